@@ -1,0 +1,129 @@
+"""Checkpoints: atomic writes, safe loading, and finding the run a command should use.
+
+A checkpoint is a dict of tensors and plain Python values only (config and vocabulary as plain
+containers), so it loads with ``torch.load(weights_only=True)`` and never runs pickled code.
+
+Keys every checkpoint has: ``format``, ``version``, ``model_config`` (ModelConfig.to_dict()),
+``vocab`` (list of symbols), ``model`` (state dict of the unwrapped CharRNN), ``dataset``
+(Dataset.summary(): name, path, content_hash, language) and ``step``. Training adds what exact
+resumption needs: ``train_config``, ``optimizer``, ``scaler``, ``data_position``, ``rng``,
+``best_val_bpc``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from charlstm.errors import CharlstmError
+from charlstm.model import CharRNN, ModelConfig
+from charlstm.vocab import Vocab
+
+FORMAT = "charlstm-checkpoint"
+VERSION = 1
+LATEST, BEST = "latest.pt", "best.pt"
+DEFAULT_RUNS_DIR = Path("checkpoints")
+# The model that ships with the repository, used until the user has trained one of their own.
+PRETRAINED_RUN = Path(__file__).resolve().parent.parent / "checkpoints" / "pretrained-python"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(file_object) on a temporary file beside `path`, then rename it into place.
+
+    A crash or a full disk at any moment leaves the previous file at `path` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CharlstmError(f"could not write {path}: {exc.strerror or exc}") from exc
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint onto the CPU without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CharlstmError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CharlstmError(
+            f"refusing to load {path}: it carries pickled Python objects, not just tensors and plain data"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CharlstmError(f"{path} is corrupt or not a checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CharlstmError(f"{path} is not a charlstm checkpoint")
+    if payload.get("version") != VERSION:
+        raise CharlstmError(f"{path} has checkpoint version {payload.get('version')}, expected {VERSION}")
+    return payload
+
+
+def model_from_checkpoint(payload: dict) -> tuple[CharRNN, Vocab]:
+    """Rebuild the model (on the CPU, in eval mode) and its vocabulary."""
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+        vocab = Vocab(payload["vocab"])
+        model = CharRNN(config)
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise CharlstmError(f"checkpoint is missing or has mismatched model data ({exc})") from exc
+    return model.eval(), vocab
+
+
+def _latest_run(runs_dir: Path) -> Path | None:
+    runs = [p for p in runs_dir.glob("*/") if (p / LATEST).is_file() or (p / BEST).is_file()]
+    runs = [p for p in runs if p.resolve() != PRETRAINED_RUN]
+    if not runs:
+        return None
+    return max(runs, key=lambda p: max((p / f).stat().st_mtime for f in (LATEST, BEST) if (p / f).exists()))
+
+
+def resolve_checkpoint(where: str | Path | None, runs_dir: Path = DEFAULT_RUNS_DIR) -> Path:
+    """A checkpoint file from a file, a run folder, or (None) the newest run, else the shipped model."""
+    if where is None:
+        run = _latest_run(Path(runs_dir))
+        if run is None and (PRETRAINED_RUN / BEST).is_file():
+            run = PRETRAINED_RUN
+        if run is None:
+            raise CharlstmError(
+                f"no trained runs under {runs_dir}/; train one with "
+                "`charlstm ingest --name python-stdlib && charlstm train --data data/python-stdlib`"
+            )
+        where = run
+    where = Path(where)
+    if where.is_dir():
+        for name in (BEST, LATEST):
+            if (where / name).is_file():
+                return where / name
+        raise CharlstmError(f"{where} holds no {BEST} or {LATEST}")
+    if not where.exists():
+        raise CharlstmError(f"checkpoint not found: {where}")
+    return where

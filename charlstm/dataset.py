@@ -1,0 +1,120 @@
+"""Reading an ingested dataset: `meta.json` plus memory-mapped `train.bin` / `val.bin`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from charlstm.errors import CharlstmError
+from charlstm.vocab import Vocab
+
+FORMAT = "charlstm-dataset"
+VERSION = 1
+SPLITS = ("train", "val")
+
+
+@dataclass
+class Dataset:
+    path: Path
+    meta: dict
+    vocab: Vocab
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.path.name)
+
+    @property
+    def language(self) -> str | None:
+        """A Pygments lexer name for the corpus's main language, when known."""
+        return self.meta.get("language")
+
+    def tokens(self, split: str) -> np.memmap:
+        """The split's token ids, memory-mapped (never read whole into RAM)."""
+        if split not in SPLITS:
+            raise CharlstmError(f"unknown split {split!r}")
+        n = int(self.meta[f"{split}_chars"])
+        if n == 0:
+            return np.zeros(0, dtype=self.vocab.dtype)  # np.memmap refuses empty files
+        return np.memmap(self.path / f"{split}.bin", dtype=self.vocab.dtype, mode="r", shape=(n,))
+
+    def summary(self) -> dict:
+        """What a checkpoint records about the data it was trained on."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "content_hash": self.meta.get("content_hash"),
+            "language": self.language,
+        }
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Open `data/NAME/`, checking format and file sizes before anything trusts it."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not path.is_dir():
+        raise CharlstmError(f"dataset not found: {path} (create it with `charlstm ingest --name {path.name}`)")
+    if not meta_path.is_file():
+        raise CharlstmError(f"{path} is not a dataset: no meta.json (ingest again with --force)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CharlstmError(f"{meta_path} is unreadable or corrupt: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CharlstmError(f"{path} is not a charlstm dataset (wrong format in meta.json)")
+    if meta.get("version") != VERSION:
+        raise CharlstmError(f"{path} has dataset version {meta.get('version')}, expected {VERSION}; ingest again")
+    try:
+        vocab = Vocab(meta["vocab"])
+        for split in SPLITS:
+            n = int(meta[f"{split}_chars"])
+            f = path / f"{split}.bin"
+            size = f.stat().st_size if f.exists() else -1
+            if size != n * vocab.dtype.itemsize:
+                raise CharlstmError(
+                    f"{f} is missing or has the wrong size ({size} bytes, expected {n * vocab.dtype.itemsize}); ingest again"
+                )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CharlstmError(f"{meta_path} is missing fields ({exc}); ingest again") from exc
+    return Dataset(path=path, meta=meta, vocab=vocab)
+
+
+def write_dataset(path: str | Path, vocab: Vocab, train_ids: np.ndarray, val_ids: np.ndarray, meta: dict) -> Dataset:
+    """Write a small dataset whole (tests, synthetic data); `charlstm ingest` streams instead.
+
+    The folder appears only once complete: written beside it, then renamed into place.
+    """
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        digest = hashlib.sha256()
+        for split, ids in (("train", train_ids), ("val", val_ids)):
+            data = np.asarray(ids, dtype=vocab.dtype).tobytes()
+            digest.update(data)
+            (tmp / f"{split}.bin").write_bytes(data)
+        full_meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": path.name,
+            "vocab": vocab.symbols,
+            "dtype": vocab.dtype.name,
+            "train_chars": int(len(train_ids)),
+            "val_chars": int(len(val_ids)),
+            "content_hash": digest.hexdigest(),
+            **meta,
+        }
+        (tmp / "meta.json").write_text(json.dumps(full_meta, ensure_ascii=False, indent=1), encoding="utf-8")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_dataset(path)

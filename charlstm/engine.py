@@ -1,0 +1,162 @@
+"""The recurrent step math, computed from a trained model's layer weights.
+
+One implementation serves both sampling (one character at a time, state carried, O(1) work per
+character) and neuron inspection (every gate of every unit recorded over a text). Both are tested
+equal to the fused ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` modules the model trains with.
+
+PyTorch's weight layouts: LSTM rows are the gates (i, f, g, o); GRU rows are (r, z, n).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from charlstm.model import CharRNN
+
+# The signals each kind of cell exposes per unit, in display order.
+SIGNALS = {
+    "lstm": ("hidden", "cell", "input", "forget", "output", "candidate"),
+    "gru": ("reset", "update", "candidate", "hidden"),
+    "rnn": ("hidden",),
+}
+
+
+def lstm_pointwise(pre: torch.Tensor, c: torch.Tensor):
+    """pre = W_ih x + b_ih + W_hh h + b_hh, shape [..., 4H] → (h, c, (i, f, g, o))."""
+    i, f, g, o = pre.chunk(4, dim=-1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c = f * c + i * g
+    return o * torch.tanh(c), c, (i, f, g, o)
+
+
+def gru_pointwise(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor):
+    """gi = W_ih x + b_ih, gh = W_hh h + b_hh, shape [..., 3H] → (h, (r, z, n))."""
+    i_r, i_z, i_n = gi.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)  # the reset gate scales the recurrent part only
+    return (1 - z) * n + z * h, (r, z, n)
+
+
+def rnn_pointwise(gi: torch.Tensor, gh: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(gi + gh)
+
+
+@dataclass
+class LayerWeights:
+    w_ih_t: torch.Tensor  # [in, G·H], transposed once so each step is a plain matmul
+    w_hh_t: torch.Tensor  # [H, G·H]
+    b_ih: torch.Tensor
+    b_hh: torch.Tensor
+    w_cat_t: torch.Tensor  # [in + H, G·H]: [x, h] @ w_cat_t is both products in one call (LSTM/RNN)
+    b_sum: torch.Tensor
+
+
+def _store(out: dict, layer: int, names: tuple[str, ...], rows: list[tuple]) -> None:
+    """Stack per-step tensors once per layer (cheaper than one copy per step and signal)."""
+    for name, column in zip(names, zip(*rows)):
+        out[name][layer] = torch.stack(column).float()
+
+
+class StepEngine:
+    """Runs a trained CharRNN one character at a time from its own copies of the weights."""
+
+    def __init__(self, model: CharRNN, dtype: torch.dtype = torch.float32):
+        cfg = model.config
+        self.kind, self.layers, self.hidden = cfg.kind, cfg.layers, cfg.hidden
+        self.vocab_size = cfg.vocab_size
+        self.dtype = dtype
+        self.signals = SIGNALS[cfg.kind]
+        p = {k: v.detach() for k, v in model.named_parameters()}
+        self.device = p["embedding.weight"].device
+        self.embedding = p["embedding.weight"].to(dtype)
+        self.head_w_t = p["head.weight"].t().contiguous().to(dtype)
+        self.head_b = p["head.bias"].to(dtype)
+        self.weights: list[LayerWeights] = []
+        for k in range(cfg.layers):
+            w_ih, w_hh = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]
+            b_ih, b_hh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]
+            self.weights.append(
+                LayerWeights(
+                    w_ih_t=w_ih.t().contiguous().to(dtype),
+                    w_hh_t=w_hh.t().contiguous().to(dtype),
+                    b_ih=b_ih.to(dtype),
+                    b_hh=b_hh.to(dtype),
+                    w_cat_t=torch.cat([w_ih, w_hh], dim=1).t().contiguous().to(dtype),
+                    b_sum=(b_ih + b_hh).to(dtype),
+                )
+            )
+
+    # ----- sampling: one step for a batch of streams -------------------------------------------
+
+    def init_state(self, batch: int = 1) -> list[tuple[torch.Tensor, ...]]:
+        """Per layer: (h, c) for an LSTM, (h,) otherwise; zeros, as in training."""
+        z = lambda: torch.zeros(batch, self.hidden, dtype=self.dtype, device=self.device)  # noqa: E731
+        return [(z(), z()) if self.kind == "lstm" else (z(),) for _ in range(self.layers)]
+
+    def step(self, tokens: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        """tokens [batch] → logits [batch, vocab] (float32) and the next state."""
+        x = self.embedding[tokens]
+        new_state = []
+        for w, s in zip(self.weights, state):
+            if self.kind == "lstm":
+                h, c, _ = lstm_pointwise(torch.addmm(w.b_sum, torch.cat([x, s[0]], dim=1), w.w_cat_t), s[1])
+                new_state.append((h, c))
+            elif self.kind == "gru":
+                gi = torch.addmm(w.b_ih, x, w.w_ih_t)
+                gh = torch.addmm(w.b_hh, s[0], w.w_hh_t)
+                h, _ = gru_pointwise(gi, gh, s[0])
+                new_state.append((h,))
+            else:
+                h = torch.tanh(torch.addmm(w.b_sum, torch.cat([x, s[0]], dim=1), w.w_cat_t))
+                new_state.append((h,))
+            x = h
+        return torch.addmm(self.head_b, x, self.head_w_t).float(), new_state
+
+    # ----- inspection: every signal of every unit over a text ----------------------------------
+
+    @torch.no_grad()
+    def trace(self, tokens: torch.Tensor, state: list | None = None) -> dict[str, torch.Tensor]:
+        """Teacher-force one sequence of token ids [T]; return each signal as [layers, T, hidden].
+
+        The input projections of a whole layer are one matrix product; only the recurrent part
+        runs step by step, through the same pointwise math as `step`.
+        """
+        steps = tokens.shape[0]
+        state = state or self.init_state(1)
+        out = {s: torch.empty(self.layers, steps, self.hidden, dtype=torch.float32) for s in self.signals}
+        x_seq = self.embedding[tokens]  # [T, in]
+        for k, (w, s) in enumerate(zip(self.weights, state)):
+            h = s[0][0]
+            if self.kind == "lstm":
+                c = s[1][0]
+                x_proj = torch.addmm(w.b_sum, x_seq, w.w_ih_t)
+                rows = []
+                for t in range(steps):
+                    h, c, (i, f, g, o) = lstm_pointwise(x_proj[t] + h @ w.w_hh_t, c)
+                    rows.append((h, c, i, f, o, g))
+                _store(out, k, ("hidden", "cell", "input", "forget", "output", "candidate"), rows)
+            elif self.kind == "gru":
+                x_proj = torch.addmm(w.b_ih, x_seq, w.w_ih_t)
+                rows = []
+                for t in range(steps):
+                    h, (r, z, n) = gru_pointwise(x_proj[t], torch.addmv(w.b_hh, w.w_hh_t.t(), h), h)
+                    rows.append((r, z, n, h))
+                _store(out, k, ("reset", "update", "candidate", "hidden"), rows)
+            else:
+                x_proj = torch.addmm(w.b_sum, x_seq, w.w_ih_t)
+                rows = []
+                for t in range(steps):
+                    h = rnn_pointwise(x_proj[t], h @ w.w_hh_t)
+                    rows.append((h,))
+                _store(out, k, ("hidden",), rows)
+            x_seq = out["hidden"][k].to(self.dtype)
+        return out
+
+    @torch.no_grad()
+    def logits_from_trace(self, trace: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-character logits [T, vocab] from a trace's top-layer hidden states."""
+        return torch.addmm(self.head_b, trace["hidden"][-1].to(self.dtype), self.head_w_t).float()

@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny code corpus as a dataset, and a tiny untrained checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from charlstm.checkpoint import save_checkpoint
+from charlstm.dataset import Dataset, write_dataset
+from charlstm.model import CharRNN, ModelConfig
+from charlstm.vocab import Vocab
+
+JAVA_SNIPPET = '''public class Greeter {
+    private final String name;
+
+    public Greeter(String name) {
+        this.name = name; // remember who to greet
+    }
+
+    public String greet() {
+        if (name.isEmpty()) {
+            return "Hello, world!";
+        }
+        return "Hello, " + name + "!";
+    }
+}
+'''
+
+PYTHON_SNIPPET = '''def greet(name):
+    """Say hello."""
+    if not name:
+        return "Hello, world!"  # nobody there
+    for ch in name:
+        print(ch)
+    return f"Hello, {name}!"
+'''
+
+
+def make_dataset(path: Path, train_text: str, val_text: str, language: str | None = "java") -> Dataset:
+    counts: dict[str, int] = {}
+    for ch in train_text + val_text:
+        counts[ch] = counts.get(ch, 0) + 1
+    vocab = Vocab.from_counts(counts)
+    return write_dataset(path, vocab, vocab.encode(train_text), vocab.encode(val_text), {"language": language})
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Dataset:
+    """A few KB of Java: enough to see a loss fall in a handful of steps."""
+    return make_dataset(tmp_path / "data" / "tiny", JAVA_SNIPPET * 12, JAVA_SNIPPET * 2)
+
+
+def make_checkpoint(path: Path, kind: str = "lstm", layers: int = 2, hidden: int = 16, seed: int = 0) -> Path:
+    """An untrained model saved in the checkpoint format, for commands that only read one."""
+    torch.manual_seed(seed)
+    counts = {ch: 1 for ch in JAVA_SNIPPET + PYTHON_SNIPPET}
+    vocab = Vocab.from_counts(counts)
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), kind=kind, layers=layers, hidden=hidden, embed=8))
+    save_checkpoint(
+        path,
+        {
+            "model_config": model.config.to_dict(),
+            "vocab": vocab.symbols,
+            "model": model.state_dict(),
+            "dataset": {"name": "tiny", "path": "data/tiny", "content_hash": None, "language": "java"},
+            "step": 0,
+        },
+    )
+    return path
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    return make_checkpoint(tmp_path / "run" / "best.pt")

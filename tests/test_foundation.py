@@ -1,0 +1,87 @@
+"""The shared pieces: vocabulary, dataset format, checkpoint safety, the CLI shell."""
+
+import json
+import pickle
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charlstm import __version__
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint, save_checkpoint
+from charlstm.cli import app
+from charlstm.dataset import load_dataset
+from charlstm.errors import CharlstmError
+from charlstm.vocab import DOC_SEP, UNK, Vocab
+
+runner = CliRunner()
+
+
+def test_version_and_help():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+    assert runner.invoke(app, ["-h"]).exit_code == 0
+
+
+def test_vocab_is_deterministic_and_maps_rare_characters_to_unknown():
+    vocab = Vocab.from_counts({"b": 5, "a": 3, "é": 1}, min_count=2)
+    assert vocab.symbols == [DOC_SEP, UNK, "a", "b"]
+    assert vocab.decode(vocab.encode("abé")) == "ab" + UNK
+    assert vocab.unknown_chars("abéz") == ["é", "z"]
+    assert vocab.dtype.itemsize == 1
+
+
+def test_dataset_round_trip_and_size_check(tiny_dataset):
+    ds = load_dataset(tiny_dataset.path)
+    assert ds.vocab.decode(ds.tokens("val")[:6]) == "public"
+    (ds.path / "val.bin").write_bytes(b"\x00")
+    with pytest.raises(CharlstmError, match="wrong size"):
+        load_dataset(ds.path)
+
+
+def test_dataset_errors_name_the_problem(tmp_path):
+    with pytest.raises(CharlstmError, match="not found"):
+        load_dataset(tmp_path / "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "meta.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(CharlstmError, match="not a charlstm dataset"):
+        load_dataset(tmp_path / "bad")
+
+
+def test_checkpoint_loads_and_rebuilds_the_model(tiny_checkpoint):
+    model, vocab = model_from_checkpoint(load_checkpoint(tiny_checkpoint))
+    assert model.config.layers == 2 and len(vocab) == model.config.vocab_size
+    assert resolve_checkpoint(tiny_checkpoint.parent) == tiny_checkpoint
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "charlstm-checkpoint", "version": 1, "x": Payload()}, path, pickle_module=pickle)
+    with pytest.raises(CharlstmError, match="refusing"):
+        load_checkpoint(path)
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path, tiny_checkpoint):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(tiny_checkpoint.read_bytes()[:100])
+    with pytest.raises(CharlstmError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, tiny_checkpoint, monkeypatch):
+    before = tiny_checkpoint.read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CharlstmError, match="No space left"):
+        save_checkpoint(tiny_checkpoint, {"step": 1})
+    assert tiny_checkpoint.read_bytes() == before
+    assert [p.name for p in tiny_checkpoint.parent.iterdir()] == [tiny_checkpoint.name]
