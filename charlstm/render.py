@@ -1,0 +1,117 @@
+"""Colouring text by activation values, in the terminal (rich) — the article's neuron view.
+
+Each character's background shows one unit's value at that character: red for negative, blue for
+positive, white for zero (hidden state and candidate on −1..1; the cell state, which is unbounded,
+scaled by its largest magnitude in the text shown). Gates live on 0..1 and get a sequential scale,
+white (closed) to dark blue (open). Whitespace is drawn as dim marks (· for a space, → for a tab,
+↵ before a newline) so that an indentation or space-counting neuron can be seen at work.
+
+The same colour functions serve the HTML explorer, so terminal and browser agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from rich.text import Text
+
+# Signals that are gates (sigmoid outputs on 0..1); everything else is signed.
+GATES = frozenset({"input", "forget", "output", "reset", "update"})
+# Signed signals bounded by tanh on −1..1; the cell state is unbounded and scaled per text.
+BOUNDED = frozenset({"hidden", "candidate"})
+
+# ColorBrewer RdBu / Blues end points: readable on light and dark terminals alike.
+NEUTRAL = (247, 247, 247)
+RED = (178, 24, 43)
+BLUE = (33, 102, 172)
+GATE_LOW = (247, 251, 255)
+GATE_HIGH = (8, 48, 107)
+
+# How whitespace and control characters are drawn so that they stay visible.
+VISIBLE = {" ": "·", "\t": "→", "\x1c": "␜", "\r": "␍"}
+NEWLINE_MARK = "↵"
+
+
+def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> tuple[int, int, int]:
+    return tuple(round(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+def value_range(signal: str, values: Sequence[float] = ()) -> tuple[float, float]:
+    """The (low, high) ends of the colour scale for `signal` (the cell's depends on the values)."""
+    if signal in GATES:
+        return 0.0, 1.0
+    if signal in BOUNDED:
+        return -1.0, 1.0
+    finite = [abs(float(v)) for v in values if math.isfinite(float(v))]
+    scale = max(finite, default=0.0) or 1.0
+    return -scale, scale
+
+
+def colour_of(value: float, signal: str, scale: float = 1.0) -> tuple[int, int, int]:
+    """RGB background for one value. `scale` is the value shown at full colour (signed signals)."""
+    value = float(value)
+    if not math.isfinite(value):
+        return NEUTRAL
+    if signal in GATES:
+        return _mix(GATE_LOW, GATE_HIGH, min(max(value, 0.0), 1.0))
+    t = min(abs(value) / (scale or 1.0), 1.0)
+    return _mix(NEUTRAL, RED if value < 0 else BLUE, t)
+
+
+def _ink(rgb: tuple[int, int, int]) -> str:
+    """Black or white text, whichever reads better on the background."""
+    r, g, b = rgb
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def colour_text(text: str, values: Sequence[float], signal: str, scale: float | None = None) -> Text:
+    """`text` with each character on a background coloured by its value of `signal`.
+
+    `scale` overrides the magnitude drawn at full colour for the cell state (default: the largest
+    |value| among `values`). Whitespace is drawn with dim marks; the text is never read as markup.
+    """
+    if len(values) != len(text):
+        raise ValueError(f"{len(text)} characters but {len(values)} values")
+    if scale is None:
+        scale = value_range(signal, values)[1]
+    out = Text(no_wrap=False)
+    for ch, v in zip(text, values):
+        bg = colour_of(v, signal, scale)
+        style = f"{_ink(bg)} on {_hex(bg)}"
+        if ch == "\n":
+            out.append(NEWLINE_MARK, style=style + " dim")
+            out.append("\n")
+        elif ch in VISIBLE:
+            out.append(VISIBLE[ch], style=style + " dim")
+        elif not ch.isprintable():
+            out.append("?", style=style + " dim")
+        else:
+            out.append(ch, style=style)
+    return out
+
+
+def legend(signal: str, scale: float | None = None, width: int = 21) -> Text:
+    """A one-line colour bar with its end values, e.g. ``hidden  −1 ▇▇▇…▇▇▇ +1``."""
+    if signal in GATES:
+        low, high = 0.0, 1.0
+        words = ("closed", "open")
+    else:
+        high = scale if scale is not None else value_range(signal)[1]
+        low = -high
+        words = ("negative", "positive")
+    out = Text()
+    out.append(f"{signal}: ", style="bold")
+    out.append(f"{words[0]} {low:+.3g} ")
+    for k in range(width):
+        v = low + (high - low) * k / (width - 1)
+        out.append(" ", style=f"on {_hex(colour_of(v, signal, high))}")
+    out.append(f" {high:+.3g} {words[1]}")
+    if signal == "cell" and scale is None:
+        out.append("  (scaled by the largest |value| shown)", style="dim")
+    out.append("   ·=space →=tab ↵=newline", style="dim")
+    return out
