@@ -1,0 +1,168 @@
+"""Bits per character: how well a model predicts a text.
+
+One function, `bits_per_char`, scores a token stream the way training reads it: the stream is cut
+into contiguous lanes and the hidden state carries from window to window, so every character is
+predicted with everything before it in its lane as context. Training's validation and
+`charlstm eval` both call it with the same lane layout, so their numbers agree.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charlstm.errors import CharlstmError
+
+LN2 = math.log(2.0)
+EVAL_SEQ_LEN = 256  # characters per forward pass; the state carries, so this sets speed, not the score
+MAX_LANES = 64  # lanes scored side by side (a batch)
+MIN_LANE_CHARS = 2048  # short texts get fewer lanes, so each lane keeps a long context
+IGNORE = -100  # target id that padding carries; cross_entropy skips it
+
+
+def lane_count(n_predictions: int, max_lanes: int = MAX_LANES) -> int:
+    """How many lanes a text of `n_predictions` scored characters is cut into (a pure function of length)."""
+    return max(1, min(max_lanes, n_predictions // MIN_LANE_CHARS))
+
+
+@torch.no_grad()
+def bits_per_char(
+    model: torch.nn.Module,
+    tokens,
+    *,
+    device: torch.device | str = "cpu",
+    autocast=nullcontext,
+    remap: np.ndarray | None = None,
+    seq_len: int = EVAL_SEQ_LEN,
+    max_lanes: int = MAX_LANES,
+) -> dict:
+    """Score `tokens` (a 1-D array or memmap of ids): every token after the first is predicted.
+
+    `remap` translates ids of another vocabulary into the model's. Returns bpc, loss (nats per
+    character) and chars (how many characters were scored). Windows are read from `tokens` one at a
+    time, so a memory-mapped split is never loaded whole.
+    """
+    n_pred = len(tokens) - 1
+    if n_pred < 1:
+        raise CharlstmError("nothing to score: the text needs at least two characters")
+    lanes = lane_count(n_pred, max_lanes)
+    lane_len = math.ceil(n_pred / lanes)
+    starts = [i * lane_len for i in range(lanes)]
+    ends = [min((i + 1) * lane_len, n_pred) for i in range(lanes)]
+    was_training = model.training
+    model.eval()
+    state = None
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        for window in range(math.ceil(lane_len / seq_len)):
+            x = np.zeros((lanes, seq_len), dtype=np.int64)
+            y = np.full((lanes, seq_len), IGNORE, dtype=np.int64)
+            for i in range(lanes):
+                s = starts[i] + window * seq_len
+                e = min(s + seq_len, ends[i])
+                if e > s:
+                    chunk = np.asarray(tokens[s : e + 1], dtype=np.int64)
+                    if remap is not None:
+                        chunk = remap[chunk]
+                    x[i, : e - s] = chunk[:-1]
+                    y[i, : e - s] = chunk[1:]
+            xt = torch.from_numpy(x).to(device, non_blocking=True)
+            yt = torch.from_numpy(y).to(device, non_blocking=True)
+            with autocast():
+                logits, state = model(xt, state)
+            # Padding sits after the real characters of a lane, so it never changes their scores.
+            total += F.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), yt.reshape(-1), ignore_index=IGNORE, reduction="sum"
+            )
+    finally:
+        model.train(was_training)
+    loss = total.item() / n_pred
+    return {"bpc": loss / LN2, "loss": loss, "chars": n_pred}
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise CharlstmError(f"text file not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CharlstmError(f"could not read {path}: {exc.strerror or exc}") from exc
+    # The same policy as ingest: invalid UTF-8 becomes U+FFFD (the unknown symbol), newlines become \n.
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+    if not text:
+        raise CharlstmError(f"{path} is empty: nothing to score")
+    return text
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path | None,
+    data: str | Path | None = None,
+    text_file: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+) -> dict:
+    """`charlstm eval`: bits per character of a checkpoint on a dataset's val split or on a text file.
+
+    With neither `data` nor `text_file`, the dataset the checkpoint was trained on is used. A text
+    file is scored as a document of its own: a document separator comes first, so every one of its
+    characters is predicted. Characters the model does not know are scored as the unknown symbol
+    and listed under `unknown_chars`.
+    """
+    # Imported here: training imports this module for its validation.
+    from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+    from charlstm.dataset import load_dataset
+    from charlstm.train import choose_precision, resolve_device
+
+    if data is not None and text_file is not None:
+        raise CharlstmError("give --data or --text-file, not both")
+    path = resolve_checkpoint(checkpoint)
+    payload = load_checkpoint(path)
+    model, vocab = model_from_checkpoint(payload)
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals slow CPU bf16 inference tenfold
+    prec = choose_precision(precision, dev, kind=model.config.kind)
+    model.to(dev)
+
+    unknown: list[str] = []
+    remap = None
+    if text_file is not None:
+        text = _read_text(Path(text_file))
+        unknown = vocab.unknown_chars(text)
+        tokens = np.concatenate([[vocab.doc_sep], vocab.encode(text)])
+        source = str(text_file)
+    else:
+        if data is None:
+            data = (payload.get("dataset") or {}).get("path")
+            if not data:
+                raise CharlstmError(f"{path} does not record its dataset; pass --data data/NAME or --text-file FILE")
+        dataset = load_dataset(data)
+        tokens = dataset.tokens("val")
+        if len(tokens) < 2:
+            raise CharlstmError(f"{data} has no validation split to score")
+        if dataset.vocab != vocab:
+            # Another corpus: translate its symbols into the model's, unknown ones to UNK.
+            unknown = [s for s in dataset.vocab.symbols if s not in vocab.index]
+            remap = np.array([vocab.index.get(s, vocab.unk) for s in dataset.vocab.symbols], dtype=np.int64)
+        source = f"{data} (val)"
+
+    start = time.perf_counter()
+    result = bits_per_char(model, tokens, device=dev, autocast=prec.autocast, remap=remap)
+    seconds = time.perf_counter() - start
+    return {
+        **result,
+        "source": source,
+        "checkpoint": str(path),
+        "step": payload.get("step"),
+        "unknown_chars": unknown,
+        "precision": prec.name,
+        "device": str(dev),
+        "seconds": round(seconds, 3),
+        "chars_per_sec": round(result["chars"] / max(seconds, 1e-9), 1),
+    }

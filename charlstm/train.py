@@ -1,0 +1,903 @@
+"""Training: stateful truncated BPTT over memory-mapped lanes, mixed precision, exact resume, DDP.
+
+Read top to bottom: `TrainConfig` (every option and its default), `LaneBatcher` (the data),
+`choose_precision` (autocast and grad scaler), `lr_at` (the schedule), `Trainer` (set-up, the
+loop, checkpoints), and `train()`, which the CLI calls.
+
+Exact resumption: a checkpoint holds the weights, the optimizer and scaler, the step, the data
+position (epoch and window), the hidden state of every lane, the learning-rate schedule's fixed
+numbers and the RNG states, so on the CPU N steps + resume + N steps reproduce 2N steps bit for bit.
+
+Multi-GPU: under `torchrun --nproc-per-node N -m charlstm train ...` (WORLD_SIZE > 1) each process
+takes batch_size / N of the lanes, so the global batch, the schedule and the numbers match a
+single-process run; gradients are averaged by DistributedDataParallel. Only rank 0 logs, evaluates
+and saves; the checkpoint holds all lanes' hidden states (gathered), so a run started on N processes
+can resume on any number that divides the batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shlex
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from charlstm.checkpoint import BEST, LATEST, atomic_write, load_checkpoint, save_checkpoint
+from charlstm.dataset import Dataset, load_dataset
+from charlstm.errors import CharlstmError
+from charlstm.evaluate import LN2, bits_per_char
+from charlstm.model import CharRNN, ModelConfig, detach_state
+from charlstm.vocab import Vocab
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+@dataclass
+class TrainConfig:
+    # data and output
+    data: str = "data/python-stdlib"  # an ingested dataset folder (`charlstm ingest`)
+    out: str | None = None  # run folder; None → checkpoints/<dataset name>-<model>
+    # model
+    model: str = "lstm"  # lstm | gru | rnn (tanh)
+    layers: int = 3  # stacked recurrent layers
+    hidden: int = 512  # units per layer
+    embed: int = 64  # character embedding width
+    dropout: float = 0.0  # off: runs of minutes underfit; 0.1–0.3 helps long runs on small corpora
+    # optimisation
+    batch_size: int = 64  # lanes: contiguous streams through the corpus, one row of a batch each
+    seq_len: int = 128  # characters back-propagated through per step (truncated BPTT)
+    lr: float = 2e-3  # peak AdamW learning rate
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr × this
+    warmup_steps: int = 20  # linear warm-up (capped at a tenth of the run when its length is known)
+    weight_decay: float = 0.01  # AdamW decoupled decay, on weight matrices only
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    steps: int | None = None  # stop after this many steps in all (the schedule's length)
+    epochs: float | None = None  # or after this many passes over the training split
+    minutes: float | None = None  # or after this much wall-clock time in this invocation
+    seed: int = 1337  # model initialisation, dropout
+    # logging and checkpoints
+    eval_every: int = 500  # steps between validations (0: only at the end)
+    save_every: int = 500  # steps between saves of latest.pt (0: only at the end)
+    log_every: int = 10  # steps between metrics lines (and the only GPU syncs)
+    # backend
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    device: str = "auto"  # auto | cuda | mps | cpu
+    threads: int | None = None  # CPU threads; None → the cores this process may use
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=vocab_size,
+            kind=self.model,
+            layers=self.layers,
+            hidden=self.hidden,
+            embed=self.embed,
+            dropout=self.dropout,
+        )
+
+    def validate(self) -> None:
+        """Nonsense options fail here, in one line, before anything is read or written."""
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise CharlstmError(message)
+
+        self.model_config(vocab_size=2)  # kind, layers, hidden, embed, dropout
+        need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        need(self.seq_len >= 1, f"--seq-len must be at least 1, got {self.seq_len}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
+        need(0 < self.min_lr_ratio <= 1, f"--min-lr-ratio must be in (0, 1], got {self.min_lr_ratio}")
+        need(self.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
+        need(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        need(self.grad_clip >= 0, f"--grad-clip must be 0 (off) or more, got {self.grad_clip}")
+        need(self.steps is None or self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
+        need(self.epochs is None or self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
+        need(self.minutes is None or self.minutes > 0, f"--minutes must be positive, got {self.minutes}")
+        for name in ("eval_every", "save_every"):
+            need(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        need(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}")
+        need(self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}")
+        need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        need(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+
+# Options that may change when a run is resumed: the budget and how it is logged and run.
+# Everything else (model shape, data layout, optimiser) is the run's and must stay as it was.
+RESUMABLE_OVERRIDES = ("steps", "epochs", "minutes", "eval_every", "save_every", "log_every", "precision", "device", "threads", "data")
+
+
+def default_run_dir(data: str, model: str) -> Path:
+    return Path("checkpoints") / f"{Path(data).name}-{model}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+class LaneBatcher:
+    """The training stream cut into `lanes` contiguous lanes; batch k is window k of every lane.
+
+    Lane i covers tokens [i·L, (i+1)·L). Each batch is the next `seq_len` characters of every lane
+    (targets: the same window shifted by one), so the hidden state of row i at the end of one batch
+    is the right context for row i of the next. After the last full window the position wraps to
+    the start of a new epoch and `next()` reports `fresh=True` so the caller resets the state.
+
+    Under DDP, rank r reads lanes [r·lanes/world, (r+1)·lanes/world). Windows are read from the
+    memory-mapped file as they are needed: the corpus is never copied into RAM.
+    """
+
+    def __init__(self, tokens: np.ndarray, lanes: int, seq_len: int, rank: int = 0, world: int = 1):
+        n = len(tokens)
+        self.lane_len = n // lanes
+        self.seq_len = seq_len
+        self.windows = (self.lane_len - 1) // seq_len  # per epoch; a target needs one character more
+        if self.windows < 1:
+            need = lanes * (seq_len + 1)
+            raise CharlstmError(
+                f"the training split has {n:,} characters; --batch-size {lanes} × (--seq-len {seq_len} + 1) "
+                f"needs at least {need:,}: lower --batch-size or --seq-len, or ingest more data"
+            )
+        if lanes % world:
+            raise CharlstmError(f"--batch-size {lanes} must be divisible by the number of processes ({world})")
+        grid = tokens[: lanes * self.lane_len].reshape(lanes, self.lane_len)  # a view, nothing read
+        per_rank = lanes // world
+        self.grid = grid[rank * per_rank : (rank + 1) * per_rank]
+        self.epoch = 0
+        self.window = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(inputs [lanes, T], targets [lanes, T], fresh): fresh when an epoch starts here."""
+        if self.window == self.windows:
+            self.epoch, self.window = self.epoch + 1, 0
+        fresh = self.window == 0
+        s = self.window * self.seq_len
+        chunk = np.asarray(self.grid[:, s : s + self.seq_len + 1], dtype=np.int64)
+        self.window += 1
+        x = torch.from_numpy(np.ascontiguousarray(chunk[:, :-1]))
+        y = torch.from_numpy(np.ascontiguousarray(chunk[:, 1:]))
+        return x, y, fresh
+
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "window": self.window, "windows": self.windows}
+
+    def seek(self, position: dict) -> None:
+        self.epoch, self.window = int(position["epoch"]), int(position["window"])
+        if not 0 <= self.window <= self.windows:
+            raise CharlstmError("the checkpoint's data position does not fit this dataset")
+
+
+# ---------------------------------------------------------------------------------------------
+# Device, threads and precision
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CharlstmError("--device cuda: no CUDA GPU is visible to this torch build (try --device cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CharlstmError("--device mps: Apple's Metal backend is not available here (try --device cpu)")
+    if name not in DEVICES:
+        raise CharlstmError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
+    return torch.device(name)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the processor multiplies bf16 in hardware (AMX or AVX-512 BF16)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    if re.search(r"\b(amx_bf16|avx512_bf16)\b", cpuinfo):
+        return True
+    return "AMX" in torch.backends.cpu.get_cpu_capability().upper()
+
+
+_RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+def probe_rnn_dtype(device: torch.device, dtype: torch.dtype | None, kind: str = "lstm") -> torch.dtype | None:
+    """Run a tiny 2-layer recurrent module forward and backward under autocast; return its output dtype.
+
+    None when it fails: the backend (e.g. an old cuDNN for bf16) cannot run it.
+    """
+    try:
+        rnn = _RNN_CLASSES[kind](8, 8, num_layers=2, batch_first=True).to(device)
+        x = torch.randn(2, 3, 8, device=device, requires_grad=True)
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+        with ctx:
+            out, _ = rnn(x)
+        out.float().sum().backward()
+        return out.dtype
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+
+
+@dataclass
+class Precision:
+    name: str  # bf16 | fp16 | fp32
+    device_type: str
+    rnn_dtype: str  # what the recurrent layer actually returns under this autocast, e.g. "bfloat16"
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        # A no-op unless fp16: bf16 and fp32 have fp32's range and need no loss scaling.
+        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
+
+
+def choose_precision(requested: str, device: torch.device, kind: str = "lstm") -> Precision:
+    """Pick bf16/fp16/fp32 for `device`, checking by running a recurrent layer, never assuming."""
+    if requested not in PRECISIONS:
+        raise CharlstmError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    dt = device.type
+
+    def made(name: str, reason: str) -> Precision:
+        probe = probe_rnn_dtype(device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name), kind)
+        if probe is None:
+            raise CharlstmError(f"--precision {name}: a {kind.upper()} does not run under {name} autocast on {dt}")
+        return Precision(name, dt, str(probe).removeprefix("torch."), reason)
+
+    if dt == "cpu":
+        if requested == "fp16":
+            raise CharlstmError("--precision fp16 is not supported on the CPU: use bf16 or fp32")
+        native = cpu_has_native_bf16()
+        if requested == "bf16":
+            return made("bf16", "requested" + ("" if native else "; this CPU has no native bf16, so it is emulated and slow"))
+        if requested == "fp32" or not native:
+            return made("fp32", "requested" if requested == "fp32" else "this CPU has no native bf16 (AMX/AVX-512 BF16)")
+        return made("bf16", "the CPU has native bf16 (AMX/AVX-512 BF16)")
+    if dt == "cuda":
+        if requested == "fp32":
+            return made("fp32", "requested")
+        if requested in ("auto", "bf16"):
+            bf16_ok = torch.cuda.is_bf16_supported() and probe_rnn_dtype(device, torch.bfloat16, kind) == torch.bfloat16
+            if bf16_ok:
+                return made("bf16", "requested" if requested == "bf16" else "the GPU and cuDNN run a bf16 RNN")
+            if requested == "bf16":
+                raise CharlstmError(
+                    f"--precision bf16: this GPU or cuDNN {torch.backends.cudnn.version()} does not run a bf16 "
+                    f"{kind.upper()}; use fp16 or fp32"
+                )
+        return made("fp16", "requested" if requested == "fp16" else "bf16 RNNs unavailable here; fp16 with loss scaling")
+    # MPS and anything else: fp32 unless asked, and then only if it really runs.
+    if requested == "auto":
+        return made("fp32", f"the safe choice on {dt}")
+    return made(requested, "requested")
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedule
+
+
+def lr_at(step: int, peak: float, warmup: int, total: int | None, min_ratio: float) -> float:
+    """The learning rate of the update after `step` earlier updates: linear warm-up, then cosine
+    decay to peak × min_ratio at `total`; constant after warm-up while `total` is unknown."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if total is None or total <= warmup:
+        return peak
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return peak * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed helpers
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _gather_lanes(state, world: int):
+    """Concatenate every rank's lanes of the hidden state along the batch dimension."""
+    if state is None or world == 1:
+        return state
+    tensors = state if isinstance(state, tuple) else (state,)
+    gathered = []
+    for t in tensors:
+        parts = [torch.empty_like(t, dtype=torch.float32) for _ in range(world)]
+        dist.all_gather(parts, t.float().contiguous())  # fp32: every backend gathers it, bf16 round-trips exactly
+        gathered.append(torch.cat(parts, dim=1).to(t.dtype))
+    return tuple(gathered) if isinstance(state, tuple) else gathered[0]
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: the run was saved; `message` says how to resume it."""
+
+
+class TrainingStopped(CharlstmError):
+    """The loss became NaN or infinite; nothing was saved after the last good checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+
+
+class Trainer:
+    """Set up a run (fresh or resumed), then `run()` the loop."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, resume_payload: dict | None = None, force: bool = False):
+        config.validate()
+        self.cfg = config
+        self.run_dir = Path(run_dir)
+        self.rank, self.world, self.local_rank = _distributed()
+        self.main = self.rank == 0
+
+        # Backend first: device, threads, denormals.
+        self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(self.device)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # denormals slow CPU bf16 training tenfold as activations shrink
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        self.threads = config.threads or max(1, available_cores() // local_world)
+        torch.set_num_threads(self.threads)
+        if self.device.type == "cuda" and config.precision == "fp32":
+            torch.backends.cuda.matmul.allow_tf32 = True  # the head's matmul; cuDNN RNNs use TF32 already
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+        # Data.
+        self.dataset: Dataset = load_dataset(config.data)
+        self.vocab: Vocab = self.dataset.vocab
+        if resume_payload is not None:
+            old = Vocab(resume_payload["vocab"])
+            if old != self.vocab:
+                raise CharlstmError(
+                    f"{config.data} has a different vocabulary ({len(self.vocab)} symbols) from the checkpoint's "
+                    f"({len(old)}); resume with the dataset the run was trained on "
+                    f"({resume_payload.get('dataset', {}).get('path')})"
+                )
+        self.batcher = LaneBatcher(self.dataset.tokens("train"), config.batch_size, config.seq_len, self.rank, self.world)
+        self.val_tokens = self.dataset.tokens("val")
+
+        # Model, optimiser, precision.
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self.model_config = config.model_config(len(self.vocab))
+        self.raw_model = CharRNN(self.model_config).to(self.device)
+        self.precision = choose_precision(config.precision, self.device, kind=config.model)
+        self.scaler = self.precision.grad_scaler()
+        decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.raw_model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+            foreach=True,
+        )
+
+        # Run state, replaced by the checkpoint's when resuming.
+        self.step = 0
+        self.state = None  # hidden state of this process's lanes
+        self.best_val_bpc: float | None = None
+        self.last_val_bpc: float | None = None
+        self.skipped_steps = 0  # fp16 steps the scaler skipped for inf/NaN gradients
+        total = self._planned_total()
+        self.schedule = {"warmup": min(config.warmup_steps, total // 10) if total else config.warmup_steps, "total": total}
+        if resume_payload is not None:
+            self._restore(resume_payload)
+        elif self.world > 1:
+            torch.manual_seed(config.seed + self.rank)  # distinct dropout masks per rank; DDP syncs the weights
+
+        self.model = self.raw_model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
+
+        self._check_run_dir(resume=resume_payload is not None, force=force)
+        if self.world > 1:
+            dist.barrier()  # every rank has checked before rank 0 writes
+        if self.main:
+            self._prepare_run_dir(resume=resume_payload is not None)
+
+    # -- set-up helpers ------------------------------------------------------------------------
+
+    def _planned_total(self) -> int | None:
+        """Total steps when the budget fixes it (--steps, or --epochs × windows per epoch)."""
+        totals = []
+        if self.cfg.steps is not None:
+            totals.append(self.cfg.steps)
+        if self.cfg.epochs is not None:
+            totals.append(max(1, math.ceil(self.cfg.epochs * self.batcher.windows)))
+        return min(totals) if totals else None
+
+    def _restore(self, payload: dict) -> None:
+        self.raw_model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])  # moves its state to the parameters' device
+        if payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        self.step = int(payload["step"])
+        self.batcher.seek(payload["data_position"])
+        self.best_val_bpc = payload.get("best_val_bpc")
+        self.last_val_bpc = payload.get("val_bpc")
+        self.skipped_steps = int(payload.get("skipped_steps", 0))
+        saved = payload.get("schedule") or {}
+        self.schedule["warmup"] = int(saved.get("warmup", self.schedule["warmup"]))
+        if self.schedule["total"] is None and self.cfg.minutes is None:
+            self.schedule["total"] = saved.get("total")  # keep a minutes-based estimate when no new budget is given
+        state = payload.get("hidden_state")
+        if state is not None:
+            state = [t.to(self.device) for t in state]
+            per_rank = self.cfg.batch_size // self.world
+            if state[0].shape[1] != self.cfg.batch_size:
+                raise CharlstmError("the checkpoint's hidden state does not match --batch-size")
+            # This process's lanes; cuDNN needs a contiguous hidden state.
+            state = [t[:, self.rank * per_rank : (self.rank + 1) * per_rank].contiguous() for t in state]
+            self.state = tuple(state) if self.model_config.kind == "lstm" else state[0]
+        rng = payload.get("rng") or {}
+        if self.world == 1:
+            if "torch" in rng:
+                torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") and self.device.type == "cuda":
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            if "python" in rng:
+                random.setstate(_as_tuple(rng["python"]))
+        else:
+            torch.manual_seed(self.cfg.seed + self.rank + self.step)
+
+    def _run_files(self) -> list[Path]:
+        return [self.run_dir / n for n in (LATEST, BEST, "metrics.jsonl", "config.json")]
+
+    def _check_run_dir(self, resume: bool, force: bool) -> None:
+        if not resume and not force and any(f.exists() for f in self._run_files()):
+            raise CharlstmError(f"{self.run_dir} already holds a run: continue it with --resume, or start over with --force")
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        d = self.run_dir
+        if resume:
+            self._truncate_metrics()
+        else:
+            for f in self._run_files():  # --force: the old run's files would be mistaken for this one's
+                f.unlink(missing_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
+        config = {
+            "train_config": asdict(self.cfg),
+            "model_config": self.model_config.to_dict(),
+            "parameters": self.raw_model.num_parameters(),
+            "dataset": {
+                **self.dataset.summary(),
+                "train_chars": int(self.dataset.meta.get("train_chars", 0)),
+                "val_chars": int(self.dataset.meta.get("val_chars", 0)),
+                "vocab_size": len(self.vocab),
+            },
+            "windows_per_epoch": self.batcher.windows,
+            "precision": self.precision.name,
+            "rnn_dtype_under_autocast": self.precision.rnn_dtype,
+            "device": str(self.device),
+            "world_size": self.world,
+            "threads": self.threads,
+            "torch": torch.__version__,
+        }
+        text = json.dumps(config, indent=2) + "\n"
+        atomic_write(d / "config.json", lambda f: f.write(text.encode()))
+
+    def _truncate_metrics(self) -> None:
+        """Drop metrics logged after the checkpoint we resume from, so no step appears twice."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+        atomic_write(path, lambda f: f.write("".join(kept).encode()))
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _payload(self, state) -> dict:
+        hidden = None
+        if state is not None:
+            hidden = [t.detach().cpu().clone() for t in (state if isinstance(state, tuple) else (state,))]
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model_config": self.model_config.to_dict(),
+            "vocab": self.vocab.symbols,
+            "model": self.raw_model.state_dict(),  # the unwrapped module: no DDP prefix
+            "dataset": self.dataset.summary(),
+            "step": self.step,
+            "train_config": asdict(self.cfg),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "data_position": self.batcher.position(),
+            "hidden_state": hidden,
+            "schedule": dict(self.schedule),
+            "rng": rng,
+            "best_val_bpc": self.best_val_bpc,
+            "val_bpc": self.last_val_bpc,
+            "skipped_steps": self.skipped_steps,
+            "precision": self.precision.name,
+        }
+
+    def save(self, name: str = LATEST, gather: bool = True) -> None:
+        """Save on rank 0 (every rank takes part in gathering the lanes' hidden state)."""
+        state = _gather_lanes(self.state, self.world) if gather else (self.state if self.world == 1 else None)
+        if self.main:
+            save_checkpoint(self.run_dir / name, self._payload(state))
+
+    # -- evaluation and logging ----------------------------------------------------------------
+
+    def validate(self) -> float | None:
+        """Validation bpc over the whole split (rank 0 only); other ranks wait."""
+        bpc = None
+        if self.main and len(self.val_tokens) >= 2:
+            bpc = bits_per_char(self.raw_model, self.val_tokens, device=self.device, autocast=self.precision.autocast)["bpc"]
+            self.last_val_bpc = bpc
+        if self.world > 1:
+            dist.barrier()
+        return bpc
+
+    def _log(self, record: dict) -> None:
+        if self.main:
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _say(self, message: str) -> None:
+        if self.main:
+            tqdm.write(message, file=sys.stderr)
+
+    def resume_command(self) -> str:
+        prefix = f"torchrun --nproc-per-node {self.world} -m charlstm" if self.world > 1 else "charlstm"
+        return f"{prefix} train --resume --out {shlex.quote(str(self.run_dir))}"
+
+    def _stop_flag(self, local: bool) -> bool:
+        """Every rank must stop at the same step: agree on the flag."""
+        if self.world == 1:
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, fresh: bool) -> torch.Tensor:
+        """One update; returns the loss as a tensor (no sync)."""
+        if fresh:
+            self.state = None  # a new epoch starts every lane from the beginning of its text
+        lr = lr_at(self.step, self.cfg.lr, self.schedule["warmup"], self.schedule["total"], self.cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        with self.precision.autocast():
+            logits, state = self.model(x, self.state)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip, foreach=True)
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.skipped_steps += self.scaler.get_scale() < scale  # the scale drops only when a step is skipped
+        else:
+            self.optimizer.step()
+        self.state = detach_state(state)  # truncated BPTT: keep the values, cut the graph
+        self.step += 1
+        return loss.detach()
+
+    def run(self, stop_after: int | None = None) -> dict:
+        """Train until the budget is spent (or `stop_after` more steps, as a pause); return a summary.
+
+        Ctrl-C saves latest.pt and raises TrainingInterrupted with the command that resumes.
+        """
+        cfg = self.cfg
+        total = self.schedule["total"] if (cfg.steps or cfg.epochs) else None
+        self._say(
+            f"{self.model_config.kind.upper()} {self.model_config.layers}×{self.model_config.hidden}, "
+            f"{self.raw_model.num_parameters():,} parameters; {self.world} process(es) on {self.device}, "
+            f"{self.threads} thread(s); precision {self.precision.name} ({self.precision.reason}; "
+            f"the {self.model_config.kind.upper()} runs in {self.precision.rnn_dtype}); "
+            f"{self.batcher.windows:,} steps per epoch; run folder {self.run_dir}"
+        )
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            disable=None if self.main else True,
+            file=sys.stderr,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        chars_per_step = cfg.batch_size * cfg.seq_len
+        start = time.perf_counter()
+        t_log, step_log = start, self.step
+        loss_sum = torch.zeros((), device=self.device)
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)  # any non-finite loss since the last check
+        local = 0  # steps taken in this invocation
+        last_good_save = self.step if (self.run_dir / LATEST).exists() else None
+        train_bpc = chars_per_sec = None
+        t_estimate = None
+        last_eval_step = None
+        self._interrupted = False
+        previous_handler = self._catch_ctrl_c()
+        try:
+            while True:
+                # Stop conditions, checked before each step so a resumed run that is done does nothing.
+                out_of_time = cfg.minutes is not None and time.perf_counter() - start >= cfg.minutes * 60
+                done = (total is not None and self.step >= total) or (stop_after is not None and local >= stop_after)
+                if self._stop_flag(out_of_time or self._interrupted) or done:
+                    break
+                x, y, fresh = self.batcher.next()
+                loss = self.train_step(x, y, fresh)
+                local += 1
+                loss_sum += loss
+                bad |= ~torch.isfinite(loss)
+
+                if self.schedule["total"] is None and cfg.minutes is not None:
+                    t_estimate = self._estimate_schedule(local, loss, start, t_estimate)
+
+                evaluate_now = cfg.eval_every and self.step % cfg.eval_every == 0
+                save_now = cfg.save_every and self.step % cfg.save_every == 0
+                last = total is not None and self.step >= total
+                record = None
+                if self.step % cfg.log_every == 0 or evaluate_now or last:
+                    if self._stop_flag(bool(bad.item())):
+                        raise self._nonfinite(last_good_save)
+                    now = time.perf_counter()
+                    n = self.step - step_log
+                    mean_loss = loss_sum.item() / max(n, 1)
+                    chars_per_sec = n * chars_per_step / max(now - t_log, 1e-9)
+                    train_bpc = mean_loss / LN2
+                    record = {
+                        "step": self.step,
+                        "epoch": self.batcher.epoch,
+                        "loss": mean_loss,
+                        "bpc": train_bpc,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "chars_per_sec": round(chars_per_sec, 1),
+                    }
+                    if self.scaler.is_enabled():
+                        record["skipped_steps"] = self.skipped_steps
+                    loss_sum.zero_()
+                    t_log, step_log = now, self.step
+                    postfix = {"loss": f"{mean_loss:.3f}", "bpc": f"{train_bpc:.3f}", "chars/s": f"{chars_per_sec:,.0f}"}
+                    if cfg.minutes is not None:
+                        postfix["left"] = f"{max(0.0, cfg.minutes * 60 - (now - start)) / 60:.1f}min"
+                    bar.set_postfix(postfix, refresh=False)
+                if evaluate_now:
+                    val = self.validate()
+                    last_eval_step = self.step
+                    self._note_validation(val, record)
+                if record is not None:
+                    self._log(record)
+                if save_now:
+                    if self._stop_flag(bool(bad.item())):
+                        raise self._nonfinite(last_good_save)
+                    self.save(LATEST)
+                    last_good_save = self.step
+                if evaluate_now or save_now:
+                    t_log = time.perf_counter()  # validation and saving are not training throughput
+                bar.update(1)
+        except KeyboardInterrupt:
+            # A second Ctrl-C (or one outside the loop's checks): the step may be half done, so
+            # nothing is saved; the last checkpoint stays as it was.
+            bar.close()
+            raise TrainingInterrupted(
+                f"interrupted at step {self.step} without saving; the last save is {self.run_dir / LATEST}. "
+                f"Resume with: {self.resume_command()}"
+            ) from None
+        finally:
+            self._restore_ctrl_c(previous_handler)
+        bar.close()
+
+        if self._interrupted:
+            if self._stop_flag(bool(bad.item())):
+                raise self._nonfinite(last_good_save)
+            self.save(LATEST)
+            raise TrainingInterrupted(
+                f"interrupted at step {self.step}; saved {self.run_dir / LATEST}. Resume with: {self.resume_command()}"
+            )
+        if self._stop_flag(bool(bad.item())):
+            raise self._nonfinite(last_good_save)
+        paused = stop_after is not None and local >= stop_after and not (total is not None and self.step >= total)
+        if not paused and last_eval_step != self.step and local > 0:
+            self._note_validation(self.validate(), None)
+        self.save(LATEST)
+        elapsed = time.perf_counter() - start
+        summary = {
+            "steps": self.step,
+            "epoch": self.batcher.epoch,
+            "train_bpc": train_bpc,
+            "val_bpc": self.last_val_bpc,
+            "best_val_bpc": self.best_val_bpc,
+            "chars_per_sec": round(chars_per_sec, 1) if chars_per_sec else None,
+            "precision": self.precision.name,
+            "rnn_dtype": self.precision.rnn_dtype,
+            "device": str(self.device),
+            "world_size": self.world,
+            "parameters": self.raw_model.num_parameters(),
+            "seconds": round(elapsed, 2),
+            "run_dir": str(self.run_dir),
+        }
+        if self.scaler.is_enabled():
+            summary["skipped_steps"] = self.skipped_steps
+        if self.world > 1:
+            dist.barrier()
+        return summary
+
+    def _catch_ctrl_c(self):
+        """First Ctrl-C: finish the current step, save, stop. A second one stops at once."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+            self._say("interrupt: finishing this step and saving (Ctrl-C again to stop at once)")
+
+        return signal.signal(signal.SIGINT, handler)
+
+    @staticmethod
+    def _restore_ctrl_c(previous) -> None:
+        import signal
+
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    def _estimate_schedule(self, local: int, loss: torch.Tensor, start: float, t_estimate: float | None):
+        """--minutes alone: time steps 3..12 of this invocation, then fix the schedule's length from
+        them (saved in checkpoints, so a resumed run stays deterministic)."""
+        if local == 2:
+            loss.item()  # sync, so the clock measures finished steps
+            return time.perf_counter()
+        if local == 12:
+            loss.item()
+            per_step = (time.perf_counter() - t_estimate) / 10
+            left = self.cfg.minutes * 60 - (time.perf_counter() - start)
+            total = max(self.step + int(left / per_step), self.schedule["warmup"] + 1)
+            if self.world > 1:  # every rank must use rank 0's number, or their learning rates differ
+                t = torch.tensor([total], dtype=torch.float64, device=self.device)
+                dist.broadcast(t, src=0)
+                total = int(t.item())
+            self.schedule["total"] = total
+            self._say(f"--minutes {self.cfg.minutes:g}: about {total:,} steps; the learning rate decays over them")
+        return t_estimate
+
+    def _note_validation(self, val: float | None, record: dict | None) -> None:
+        if val is None or not self.main:
+            return
+        improved = self.best_val_bpc is None or val < self.best_val_bpc
+        if improved:
+            self.best_val_bpc = val
+        if record is not None:
+            record["val_bpc"] = val
+        else:
+            self._log({"step": self.step, "epoch": self.batcher.epoch, "val_bpc": val})
+        self._say(f"step {self.step:,}: validation {val:.4f} bpc" + (" (best so far)" if improved else ""))
+        if improved:
+            save_checkpoint(self.run_dir / BEST, self._payload(None if self.world > 1 else self.state))
+
+    def _nonfinite(self, last_good_save: int | None) -> TrainingStopped:
+        kept = (
+            f"the last good checkpoint is {self.run_dir / LATEST} (step {last_good_save})"
+            if last_good_save is not None
+            else "no checkpoint had been saved yet"
+        )
+        return TrainingStopped(
+            f"the loss became NaN or infinite by step {self.step}; training stopped without saving, "
+            f"{kept}. Try a lower --lr, --grad-clip 1, or --precision fp32"
+        )
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _as_tuple(value):
+    """Python's RNG state is nested tuples; make sure it is one again after loading."""
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def resolve_config(options: dict, resume: bool) -> tuple[TrainConfig, Path, dict | None]:
+    """The run's config from the options the user gave (None-valued ones count as not given).
+
+    Fresh run: TrainConfig defaults overridden by the options. --resume: the run's saved config,
+    where only the budget, logging and backend options may change (see RESUMABLE_OVERRIDES); any
+    other option given with a different value is an error.
+    """
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = set(given) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise CharlstmError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    data = given.get("data", TrainConfig.data)
+    run_dir = Path(given.get("out") or default_run_dir(data, given.get("model", TrainConfig.model)))
+    if not resume:
+        config = TrainConfig(**given)
+        config.out = str(run_dir)
+        config.validate()
+        return config, run_dir, None
+    latest = run_dir / LATEST
+    if not latest.exists():
+        raise CharlstmError(f"nothing to resume: {latest} not found (pass --out RUN, or start a run without --resume)")
+    payload = load_checkpoint(latest)
+    saved = payload.get("train_config")
+    if not isinstance(saved, dict):
+        raise CharlstmError(f"{latest} was not written by `charlstm train`: it has no training config")
+    config = TrainConfig(**{k: saved[k] for k in saved if k in TrainConfig.__dataclass_fields__})
+    for key, value in given.items():
+        if key == "out":
+            continue
+        if key in RESUMABLE_OVERRIDES:
+            setattr(config, key, value)
+        elif value != getattr(config, key):
+            raise CharlstmError(
+                f"--{key.replace('_', '-')} {value} differs from the run's {getattr(config, key)}; a resumed run keeps "
+                f"its config (only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OVERRIDES)} may change)"
+            )
+    if any(k in given for k in ("steps", "epochs", "minutes")):
+        # A new budget replaces the old one entirely.
+        for k in ("steps", "epochs", "minutes"):
+            if k not in given:
+                setattr(config, k, None)
+    config.out = str(run_dir)
+    config.validate()
+    return config, run_dir, payload
+
+
+def train(options: dict, resume: bool = False, force: bool = False, stop_after: int | None = None) -> dict:
+    """`charlstm train`: set up (or resume) a run from CLI-style options, train it, return the summary."""
+    config, run_dir, payload = resolve_config(options, resume)
+    if config.steps is None and config.epochs is None and config.minutes is None:
+        config.epochs = 1.0  # no budget given: one pass over the training split
+    trainer = Trainer(config, run_dir, resume_payload=payload, force=force)
+    try:
+        return trainer.run(stop_after=stop_after)
+    finally:
+        trainer.close()
