@@ -65,3 +65,45 @@ def main(
 
 # Commands follow, one section each, in pipeline order: ingest, train, eval, sample,
 # inspect-neuron, experiment.
+
+
+# ----- experiment --------------------------------------------------------------------------------
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+@app.command("experiment", rich_help_panel="Inspect")
+@user_errors
+def experiment_command(
+    name: Annotated[
+        str, typer.Argument(help="counter | selective-counter | state | copy | all (the four, then one table).")
+    ],
+    seed: Annotated[int, typer.Option(help="Seed for data, initial weights and evaluation prompts.")] = 0,
+    steps: Annotated[
+        Optional[int], typer.Option(help="Training steps (default: each study's own, about a minute in all).")
+    ] = None,
+    max_n: Annotated[
+        Optional[int], typer.Option(help="Largest N (or length) in the training data (default 10, as the article).")
+    ] = None,
+    eval_max_n: Annotated[
+        Optional[int], typer.Option(help="Judge every N from 1 to this (default: each study's own, past training).")
+    ] = None,
+    out_dir: Annotated[
+        Path, typer.Option(help="Runs are kept in OUT_DIR/experiment-NAME/ (best.pt and results.json).")
+    ] = Path("checkpoints"),
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the results as one JSON object on stdout (for all: keyed by study).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-study report.")] = False,
+) -> None:
+    """Reproduce the source article's small studies: train a tiny LSTM on a synthetic language,
+    judge its greedy generations, and show the units that solve it (layers numbered from 1)."""
+    from charlstm.experiments import run_experiments, strip_views
+
+    results = run_experiments(
+        name, err, quiet=quiet, seed=seed, out_dir=out_dir, steps=steps, max_n=max_n, eval_max_n=eval_max_n
+    )
+    if json_out:
+        payload = {k: strip_views(v) for k, v in results.items()} if name == "all" else strip_views(results[name])
+        typer.echo(json.dumps(payload))

@@ -1,0 +1,167 @@
+"""The article's small studies: valid synthetic languages, honest judges, and a counter that learns."""
+
+import json
+import random
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from charlstm import synthetic as syn
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.cli import app
+from charlstm.errors import CharlstmError
+from charlstm.experiments import run_study
+
+runner = CliRunner()
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+max_ns = st.integers(min_value=1, max_value=30)
+
+
+# ----- generators make only valid sequences ------------------------------------------------------
+
+
+@given(seeds, max_ns)
+def test_counter_sequences_are_a_n_x_b_n(seed, max_n):
+    body = syn.counter_example(random.Random(seed), max_n)
+    match = re.fullmatch(r"(a+)X(b+)", body)
+    assert match and len(match[1]) == len(match[2]) <= max_n
+
+
+@given(seeds, max_ns)
+def test_selective_counter_sequences_have_as_many_bs_as_as(seed, max_n):
+    body = syn.selective_counter_example(random.Random(seed), max_n)
+    match = re.fullmatch(r"([aX]+)Y(b+)", body)
+    assert match
+    assert 1 <= match[1].count("a") == len(match[2]) <= max_n
+
+
+@given(seeds, max_ns)
+def test_state_sequences_end_with_the_first_letter_in_lower_case(seed, max_n):
+    body = syn.state_example(random.Random(seed), max_n)
+    match = re.fullmatch(r"([AB])(x+)Y([ab])", body)
+    assert match and match[3] == match[1].lower() and len(match[2]) <= max_n
+
+
+@given(seeds, max_ns)
+def test_copy_sequences_repeat_the_string(seed, max_n):
+    body = syn.copy_example(random.Random(seed), max_n)
+    first, second = body.split("X")
+    assert first == second and 1 <= len(first) <= max_n and set(first) <= set("abc")
+
+
+@settings(max_examples=50)
+@given(seeds, st.sampled_from(sorted(syn.GENERATORS)))
+def test_every_generated_sequence_is_judged_right_by_its_own_answer(seed, study):
+    body = syn.GENERATORS[study](random.Random(seed))
+    prompt, answer = syn.split_prompt(study, body)
+    assert prompt.startswith(syn.START) and answer.endswith(syn.END)
+    assert prompt + answer == syn.frame(body)
+    assert syn.is_correct(study, prompt, answer)
+    assert set(syn.frame(body)) <= set(syn.vocab().symbols)
+
+
+# ----- the judges on hand-made generations -------------------------------------------------------
+
+
+def test_counter_judge():
+    assert syn.counter_correct("^aaaX", "bbb$")
+    assert syn.counter_correct("aaaX", "bbb$")  # the START symbol is optional in a prompt
+    assert not syn.counter_correct("^aaaX", "bb$")  # one short
+    assert not syn.counter_correct("^aaaX", "bbbb$")  # one too many
+    assert not syn.counter_correct("^aaaX", "bbb")  # never ended
+    assert not syn.counter_correct("^aaaX", "bbb$b")  # went on after the end
+    assert not syn.counter_correct("^aaaX", "bab$")
+
+
+def test_selective_counter_judge_ignores_the_xs():
+    assert syn.selective_counter_correct("^aXaXXaY", "bbb$")
+    assert not syn.selective_counter_correct("^aXaXXaY", "bbbbbb$")  # counted the X's
+    assert not syn.selective_counter_correct("^aXaXXaY", "bb$")
+
+
+def test_state_judge():
+    assert syn.state_correct("^AxxxY", "a$")
+    assert syn.state_correct("^BxY", "b$")
+    assert not syn.state_correct("^AxxxY", "b$")
+    assert not syn.state_correct("^BxY", "B$")
+    assert not syn.state_correct("^BxY", "b")
+
+
+def test_copy_judge():
+    assert syn.copy_correct("^abcaX", "abca$")
+    assert not syn.copy_correct("^abcaX", "abc$")
+    assert not syn.copy_correct("^abcaX", "abcb$")
+    assert not syn.copy_correct("^abcaX", "abcaa$")
+
+
+@pytest.mark.parametrize(
+    "study, prompt", [("counter", "^abX"), ("counter", "^aaa"), ("state", "^CxY"), ("copy", "^abdX"), ("state", "^AY")]
+)
+def test_judges_refuse_prompts_that_are_not_of_their_language(study, prompt):
+    with pytest.raises(CharlstmError):
+        syn.is_correct(study, prompt, "$")
+
+
+def test_max_n_correct_is_the_end_of_the_first_unbroken_run():
+    assert syn.max_n_correct({1: True, 2: True, 3: False, 4: True}) == 2
+    assert syn.max_n_correct({1: False, 2: True}) == 0
+    assert syn.max_n_correct({n: True for n in range(1, 26)}) == 25
+
+
+# ----- a shortened counter run -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_counter(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return out, run_study("counter", seed=0, out_dir=out, steps=600, max_n=5, eval_max_n=6, quiet=True)
+
+
+def test_short_counter_run_learns_every_n_up_to_5(short_counter):
+    _, result = short_counter
+    per_n = result["evaluation"]["per_n"]
+    assert all(per_n[str(n)] is True for n in range(1, 6)), per_n
+    assert result["evaluation"]["max_n_correct"] >= 5
+    unit = result["neurons"]["counting_unit"]
+    assert abs(unit["r_with_count"]) > 0.8 and 0 <= unit["neuron"] < 10 and unit["layer"] == 1
+
+
+def test_short_counter_run_is_saved_as_an_ordinary_checkpoint(short_counter):
+    out, result = short_counter
+    payload = load_checkpoint(resolve_checkpoint(out / "experiment-counter"))
+    model, vocab = model_from_checkpoint(payload)
+    assert payload["dataset"]["name"] == "experiment-counter"
+    assert model.config.hidden == 10 and model.config.layers == 1
+    assert vocab.symbols[:2] == list(syn.SPECIALS)
+    saved = json.loads((out / "experiment-counter" / "results.json").read_text())
+    assert saved["evaluation"]["per_n"] == result["evaluation"]["per_n"]
+
+
+def test_same_seed_same_result(short_counter, tmp_path):
+    _, first = short_counter
+    again = run_study("counter", seed=0, out_dir=tmp_path, steps=600, max_n=5, eval_max_n=6, quiet=True)
+    assert again["final_loss"] == first["final_loss"]
+    assert again["neurons"] == first["neurons"]
+
+
+def test_cli_json_smoke(tmp_path):
+    result = runner.invoke(
+        app,
+        ["experiment", "counter", "--steps", "150", "--max-n", "3", "--eval-max-n", "4", "--quiet", "--json",
+         "--out-dir", str(tmp_path)],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["study"] == "counter"
+    assert set(payload["evaluation"]["per_n"]) == {"1", "2", "3", "4"}
+    assert isinstance(payload["evaluation"]["max_n_correct"], int)
+    assert (tmp_path / "experiment-counter" / "best.pt").is_file()
+
+
+def test_cli_rejects_an_unknown_study_in_one_line(tmp_path):
+    result = runner.invoke(app, ["experiment", "nonsense", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "unknown experiment" in result.output and "Traceback" not in result.output
