@@ -107,3 +107,446 @@ def experiment_command(
     if json_out:
         payload = {k: strip_views(v) for k, v in results.items()} if name == "all" else strip_views(results[name])
         typer.echo(json.dumps(payload))
+
+
+# ----- sample ------------------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from charlstm.sample import (  # noqa: E402
+    PRECISIONS,
+    Sampler,
+    SampleSettings,
+    StreamWriter,
+    is_color_terminal,
+    read_prime_file,
+    stdout_text,
+    stream_samples,
+    unescape,
+)
+
+
+@app.command("sample")
+@user_errors
+def sample_command(
+    checkpoint: Annotated[
+        Optional[str],
+        typer.Argument(help="Run folder or checkpoint file. Default: the newest run under checkpoints/, else the shipped model."),
+    ] = None,
+    length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate per sample.", rich_help_panel="Sampling")] = 2000,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="> 0; lower is safer, higher is wilder.", rich_help_panel="Sampling")] = 0.8,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely character (ignores temperature, top-k, top-p).", rich_help_panel="Sampling")] = False,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Draw only among the K most likely characters.", rich_help_panel="Sampling")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Draw only from the most likely characters holding this much probability, in (0, 1].", rich_help_panel="Sampling")] = None,
+    prime: Annotated[Optional[str], typer.Option("--prime", "-p", help="Text fed through the model first and printed as the start of each sample.", rich_help_panel="Sampling")] = None,
+    prime_file: Annotated[Optional[Path], typer.Option("--prime-file", help="Read the prime from a file.", rich_help_panel="Sampling")] = None,
+    stop: Annotated[Optional[str], typer.Option("--stop", help="End a sample once it generates this text (kept). Backslash escapes work: --stop '\\n\\n'.", rich_help_panel="Sampling")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples generated together as one batch, printed one after another under a '──── sample i/N ────' line.", rich_help_panel="Sampling")] = 1,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed and device give the same text.", rich_help_panel="Sampling")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file, written atomically.", rich_help_panel="Output")] = None,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel="Backend")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default: 1 for one sample (fastest at batch 1), all cores for a batch.", rich_help_panel="Backend")] = None,
+    precision: Annotated[str, typer.Option("--precision", "--dtype", help=f"Engine weights: {'|'.join(PRECISIONS)}. auto = fp16 weights on a CPU with FBGEMM (fp32 math), else fp32.", rich_help_panel="Backend")] = "auto",
+) -> None:
+    """Stream generated code from a trained model, character by character.
+
+    On a terminal each finished line is syntax-highlighted in the corpus's language; piped or redirected, the output is plain text. A new file the model starts shows as a '── new file ──' line; the unknown symbol prints as \ufffd.
+    """  # noqa: E501
+    import torch
+
+    if prime is not None and prime_file is not None:
+        raise CharlstmError("give --prime or --prime-file, not both")
+    prime_text = read_prime_file(prime_file) if prime_file is not None else (prime or "")
+    settings = SampleSettings(
+        length=length,
+        temperature=temperature,
+        greedy=greedy,
+        top_k=top_k,
+        top_p=top_p,
+        prime=prime_text,
+        stop=unescape(stop) if stop is not None else None,
+        num_samples=num_samples,
+        seed=seed,
+    )
+    settings.validate()
+    if threads is not None and threads < 1:
+        raise CharlstmError(f"--threads must be at least 1, got {threads}")
+    threads_before = torch.get_num_threads()
+    if threads is not None or num_samples == 1:
+        torch.set_num_threads(threads or 1)
+    try:
+        _sample(checkpoint, settings, out, no_color, device, precision)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _sample(checkpoint, settings: SampleSettings, out, no_color: bool, device: str, precision: str) -> None:
+    import os
+    import sys
+
+    from charlstm.checkpoint import atomic_write, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    sampler, payload = Sampler.from_checkpoint(path, device=device, precision=precision)
+    unknown = sampler.vocab.unknown_chars(settings.prime)
+    if unknown:
+        err.print(
+            f"[yellow]warning:[/yellow] the prime has characters the model does not know, read as unknown: "
+            f"{escape(' '.join(repr(ch) for ch in unknown))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if settings.stop is not None and sampler.vocab.unknown_chars(settings.stop):
+        err.print(
+            "[yellow]warning:[/yellow] the stop text has characters the model never generates",
+            highlight=False,
+            soft_wrap=True,
+        )
+    engine = sampler.engine
+    err.print(
+        f"[dim]{escape(str(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
+        f"{str(engine.weight_dtype).removeprefix('torch.')} weights on {sampler.device}[/dim]",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+    stream = stdout_text()
+    language = (payload.get("dataset") or {}).get("language")
+    writer = StreamWriter(stream, color=not no_color and is_color_terminal(stream), language=language)
+    try:
+        stream_samples(sampler, settings, writer)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise typer.Exit(code=0) from None
+    if out is not None:
+        text = "".join(writer.plain)
+        atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+        err.print(f"[dim]wrote {escape(str(out))}[/dim]", highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# train and eval
+
+from charlstm.train import TrainConfig as _TC  # noqa: E402  (defaults shown in the help)
+
+_DATA, _MODEL, _OPTIM, _RUN, _BACKEND = "Data and output", "Model", "Optimisation", "Logging and checkpoints", "Backend"
+
+
+@app.command("train", no_args_is_help=False)
+@user_errors
+def train_command(
+    data: Annotated[Optional[str], typer.Option(help=f"Ingested dataset folder (default: {_TC.data})", rich_help_panel=_DATA)] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run folder (default: checkpoints/<dataset>-<model>)", rich_help_panel=_DATA)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest.pt, exactly where it stopped. It keeps its config: only the budget (--steps/--epochs/--minutes, which then replace the old budget), --eval-every, --save-every, --log-every, --precision, --device, --threads and --data (same vocabulary) may be given again; other options that differ are an error.", rich_help_panel=_DATA)] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in a run folder that already holds a run (its checkpoints are deleted).", rich_help_panel=_DATA)] = False,
+    model: Annotated[Optional[str], typer.Option(help=f"Recurrent cell: lstm, gru or rnn (tanh) (default: {_TC.model})", rich_help_panel=_MODEL)] = None,
+    layers: Annotated[Optional[int], typer.Option(help=f"Stacked recurrent layers (default: {_TC.layers})", rich_help_panel=_MODEL)] = None,
+    hidden: Annotated[Optional[int], typer.Option(help=f"Units per layer (default: {_TC.hidden})", rich_help_panel=_MODEL)] = None,
+    embed: Annotated[Optional[int], typer.Option(help=f"Character embedding width (default: {_TC.embed})", rich_help_panel=_MODEL)] = None,
+    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout between layers and before the head; off by default because runs of minutes underfit, 0.1-0.3 helps long runs on small corpora (default: {_TC.dropout})", rich_help_panel=_MODEL)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Lanes: contiguous streams through the corpus, trained side by side (split across processes under torchrun) (default: {_TC.batch_size})", rich_help_panel=_OPTIM)] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help=f"Characters back-propagated through per step; the hidden state carries across steps (default: {_TC.seq_len})", rich_help_panel=_OPTIM)] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Peak AdamW learning rate (linear warm-up, cosine decay) (default: {_TC.lr})", rich_help_panel=_OPTIM)] = None,
+    min_lr_ratio: Annotated[Optional[float], typer.Option(help=f"Decay ends at lr × this (default: {_TC.min_lr_ratio})", rich_help_panel=_OPTIM)] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Linear warm-up steps (at most a tenth of a run of known length) (default: {_TC.warmup_steps})", rich_help_panel=_OPTIM)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=f"AdamW weight decay on weight matrices (default: {_TC.weight_decay})", rich_help_panel=_OPTIM)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help=f"Clip the global gradient norm to this (0: off) (default: {_TC.grad_clip})", rich_help_panel=_OPTIM)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in all; also the schedule's length.", rich_help_panel=_OPTIM)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training split (default: 1 when no budget is given)", rich_help_panel=_OPTIM)] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes. Alone, the schedule's length is estimated from the first steps' speed.", rich_help_panel=_OPTIM)] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Random seed (initialisation, dropout) (default: {_TC.seed})", rich_help_panel=_OPTIM)] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help=f"Steps between validations over the whole val split (0: only at the end) (default: {_TC.eval_every})", rich_help_panel=_RUN)] = None,
+    save_every: Annotated[Optional[int], typer.Option(help=f"Steps between saves of latest.pt (0: only at the end) (default: {_TC.save_every})", rich_help_panel=_RUN)] = None,
+    log_every: Annotated[Optional[int], typer.Option(help=f"Steps between lines of metrics.jsonl (default: {_TC.log_every})", rich_help_panel=_RUN)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32. auto: bf16 on a GPU whose cuDNN runs a bf16 LSTM, else fp16 with loss scaling; on a CPU bf16 where it has native bf16, else fp32 (default: auto)", rich_help_panel=_BACKEND)] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cuda, mps or cpu (default: auto)", rich_help_panel=_BACKEND)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the cores available)", rich_help_panel=_BACKEND)] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.", rich_help_panel=_RUN)] = False,
+) -> None:
+    """Train a character-level LSTM (or GRU/RNN) on an ingested dataset.
+
+    Stateful truncated BPTT over memory-mapped lanes, mixed precision, exact --resume; multi-GPU with
+    `torchrun --nproc-per-node N -m charlstm train ...`.
+    """
+    import json as _json
+
+    from charlstm.train import TrainingInterrupted, train
+
+    options = {k: v for k, v in locals().items() if k not in ("resume", "force", "json_output", "_json", "TrainingInterrupted", "train")}
+    try:
+        summary = train(options, resume=resume, force=force)
+    except TrainingInterrupted as exc:
+        err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=130) from None
+    if summary.get("world_size", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
+        return  # only rank 0 reports
+    if json_output:
+        typer.echo(_json.dumps(summary))
+    else:
+        val, best = summary["val_bpc"], summary["best_val_bpc"]
+        scores = f", validation {val:.4f} bpc (best {best:.4f})" if val is not None and best is not None else ""
+        err.print(f"done: {summary['steps']:,} steps{scores}; run in {escape(summary['run_dir'])}", highlight=False)
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    checkpoint: Annotated[Optional[str], typer.Argument(help="Checkpoint file or run folder (default: the newest run under checkpoints/)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Score this dataset's validation split (default: the checkpoint's dataset)")] = None,
+    text_file: Annotated[Optional[str], typer.Option(help="Score this text file instead (as one document).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32 (auto: as training picks it).")] = "auto",
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (bpc, chars, ...).")] = False,
+) -> None:
+    """Score a checkpoint in bits per character on a validation split or any text file."""
+    import json as _json
+
+    from charlstm.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision)
+    if result["unknown_chars"]:
+        shown = " ".join(repr(ch) for ch in result["unknown_chars"][:20])
+        more = f" and {len(result['unknown_chars']) - 20} more" if len(result["unknown_chars"]) > 20 else ""
+        err.print(f"[yellow]warning:[/yellow] characters the model does not know, scored as unknown: {escape(shown)}{more}", highlight=False)
+    if json_output:
+        typer.echo(_json.dumps(result))
+    else:
+        err.print(
+            f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
+            f"({escape(result['checkpoint'])}, step {result['step']}, {result['precision']} on {result['device']}, "
+            f"{result['chars_per_sec']:,.0f} chars/s)",
+            highlight=False,
+        )
+
+
+# ----- ingest ------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+from enum import Enum as _Enum  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# The preset names, as a choice Typer can list in --help.
+_IngestPreset = _Enum("IngestPreset", {"python_stdlib": "python-stdlib", "jdk": "jdk"}, type=str)
+
+
+@app.command("ingest")
+@user_errors
+def ingest_command(
+    sources: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Folders, single files, .zip/.tar/.tar.gz archives or git URLs; several make one dataset. "
+            "None: the running Python's standard library (--preset python-stdlib).",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Dataset name: it is written to DATA_DIR/NAME/. Default: the preset's name.", rich_help_panel="Output")] = None,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder holding datasets.", rich_help_panel="Output")] = Path("data"),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset of that name.", rich_help_panel="Output")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout instead of a table.", rich_help_panel="Output")] = False,
+    preset: Annotated[Optional[_IngestPreset], typer.Option("--preset", help="python-stdlib: this Python's standard library without its tests (.py). jdk: an installed JDK's src.zip (.java).", rich_help_panel="Sources", show_default=False)] = None,
+    ext: Annotated[Optional[list[str]], typer.Option("--ext", help="Keep files with this extension (repeatable; .java or java). Default: the preset's, else common source-code extensions.", rich_help_panel="Filtering", show_default=False)] = None,
+    max_file_bytes: Annotated[int, typer.Option("--max-file-bytes", help="Skip files larger than this (generated code, data tables).", rich_help_panel="Filtering")] = 1_000_000,
+    min_char_count: Annotated[int, typer.Option("--min-char-count", help="Characters seen fewer times map to the unknown symbol. 1 keeps every character (lossless).", rich_help_panel="Vocabulary and split")] = 1,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of characters held out for validation, as whole files.", rich_help_panel="Vocabulary and split")] = 0.05,
+    seed: Annotated[int, typer.Option("--seed", help="Chooses which files go to validation.", rich_help_panel="Vocabulary and split")] = 0,
+) -> None:
+    """Turn source code into a dataset: DATA_DIR/NAME/ with train.bin, val.bin and meta.json.
+
+    Binary, empty, duplicate, oversized and non-UTF-8 files are skipped and counted by reason, as are
+    VCS, vendored and build folders; files are split into train and validation whole.
+    """
+    from charlstm.ingest import ingest, report_table
+
+    report = ingest(
+        sources,
+        name,
+        preset=preset.value if preset is not None else None,
+        extensions=ext,
+        data_dir=data_dir,
+        max_file_bytes=max_file_bytes,
+        min_char_count=min_char_count,
+        val_fraction=val_fraction,
+        seed=seed,
+        force=force,
+        progress=True,  # on stderr, and only on a terminal
+    )
+    for warning in report["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+    if json_out:
+        typer.echo(json.dumps(report))
+    else:
+        err.print(report_table(report))
+
+
+# ----- inspect-neuron ------------------------------------------------------------------------------
+
+_INSPECT_STATES = ("hidden", "cell", "input", "forget", "output", "candidate", "reset", "update", "all")
+
+
+@app.command("inspect-neuron")
+@user_errors
+def inspect_neuron_command(
+    checkpoint: Annotated[
+        Optional[str],
+        typer.Argument(help="Run folder or checkpoint file (default: the newest run, else the shipped model)."),
+    ] = None,
+    layer: Annotated[
+        Optional[int],
+        typer.Option("--layer", "-l", help="Layer, 1-based (1 is nearest the input).", rich_help_panel="Neuron"),
+    ] = None,
+    neuron: Annotated[
+        Optional[int],
+        typer.Option("--neuron", "-n", help="Unit within the layer, 0-based.", rich_help_panel="Neuron"),
+    ] = None,
+    state: Annotated[
+        str,
+        typer.Option(
+            "--state",
+            "-s",
+            help="Signal to colour by: hidden|cell|input|forget|output|candidate (LSTM), "
+            "reset|update|candidate|hidden (GRU), hidden (RNN), or all.",
+            rich_help_panel="Neuron",
+        ),
+    ] = "hidden",
+    text: Annotated[Optional[str], typer.Option("--text", help="Inspect this text.", rich_help_panel="Text")] = None,
+    text_file: Annotated[
+        Optional[str], typer.Option("--text-file", help="Inspect this UTF-8 file.", rich_help_panel="Text")
+    ] = None,
+    from_val: Annotated[
+        Optional[int],
+        typer.Option(
+            "--from-val",
+            "--chars",
+            help="Inspect the first CHARS characters of the checkpoint's validation split "
+            "(the default text: 1000 characters; 5000 for --find/--stats; 2000 for --html).",
+            rich_help_panel="Text",
+        ),
+    ] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", help="Dataset folder for --from-val (default: the checkpoint's).", rich_help_panel="Text"),
+    ] = None,
+    find: Annotated[
+        Optional[str],
+        typer.Option(
+            "--find",
+            help="Rank every (layer, neuron, signal) by correlation with a feature: indent, column, string, "
+            "comment, brackets, spaces, or regex:PATTERN.",
+            rich_help_panel="Discovery",
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", help="How many ranked units --find shows.", rich_help_panel="Discovery")] = 10,
+    stats: Annotated[
+        bool,
+        typer.Option("--stats", help="Gate saturation per layer: time fractions < 0.1 and > 0.9.", rich_help_panel="Discovery"),
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print --find or --stats results as JSON on stdout.", rich_help_panel="Output")
+    ] = False,
+    html: Annotated[
+        Optional[str],
+        typer.Option(
+            "--html",
+            help="Write a self-contained HTML explorer (every neuron and signal, switchable in the page) to this file.",
+            rich_help_panel="Output",
+        ),
+    ] = None,
+) -> None:
+    """Colour text by one neuron's activation (red negative, blue positive), find the neurons that track
+    code structure (--find), measure gate saturation (--stats), or write an HTML explorer (--html).
+
+    Layers are numbered from 1, neurons from 0, here, in --json and in the HTML explorer.
+    """
+    import json
+
+    from rich.console import Console
+
+    from charlstm import neurons, render
+    from charlstm.features import is_binary, validate_feature
+
+    modes = [name for name, on in (("--find", find is not None), ("--stats", stats), ("--html", html is not None)) if on]
+    if len(modes) > 1:
+        raise CharlstmError(f"choose one of {', '.join(modes)} at a time")
+    if json_out and not (find or stats):
+        raise CharlstmError("--json goes with --find or --stats")
+    if state not in _INSPECT_STATES:
+        raise CharlstmError(f"unknown --state {state!r}; choose one of {', '.join(_INSPECT_STATES)}")
+    if find is not None:
+        validate_feature(find)  # before the slow part
+        if top < 1:
+            raise CharlstmError(f"--top must be at least 1, got {top}")
+
+    inspection = neurons.open_checkpoint(checkpoint)
+    if layer is not None or neuron is not None:
+        if layer is None or neuron is None:
+            raise CharlstmError("give both --layer and --neuron")
+        inspection.check_unit(layer, neuron)
+    if state != "all":
+        inspection.check_signal(state)
+    default_chars = 5000 if (find or stats) else 2000 if html else 1000
+    chosen, source = neurons.choose_text(inspection, text, text_file, from_val, data, default_chars)
+
+    if html is not None:
+        from charlstm.explorer import write_explorer
+
+        with err.status(f"tracing {len(chosen):,} characters…"):
+            summary = write_explorer(
+                html, inspection, chosen, source, layer=layer, neuron=neuron, signal=None if state == "all" else state
+            )
+        err.print(
+            f"wrote {escape(html)} ({summary['bytes'] / 1e6:.1f} MB: {summary['chars']:,} characters, "
+            f"{summary['layers']} layers × {summary['hidden']} neurons × {len(summary['signals'])} signals)",
+            highlight=False,
+        )
+        return
+
+    if find is not None:
+        with err.status(f"tracing {len(chosen):,} characters…"):
+            units, acts, feature = neurons.find_units(inspection, chosen, find, top)
+        if json_out:
+            print(json.dumps({"feature": find, "chars": len(chosen), "neurons": [u.to_dict() for u in units]}))
+            return
+        measure = "point-biserial r" if is_binary(find) else "Pearson r"
+        title = f"Units following {find!r} ({measure} over {source})"
+        window = neurons.feature_window(feature)
+        err.print(render.find_table(find, units, acts, feature, chosen, window, title))
+        if units:
+            best = units[0]
+            err.print(
+                f"see one: charlstm inspect-neuron {escape(str(inspection.path))} --layer {best.layer} "
+                f"--neuron {best.neuron} --state {best.signal}",
+                highlight=False,
+            )
+        return
+
+    if stats:
+        with err.status(f"tracing {len(chosen):,} characters…"):
+            acts = neurons.activations(inspection.model, inspection.vocab, chosen)
+            rows = neurons.saturation(acts, inspection.kind)
+        if json_out:
+            print(json.dumps({"chars": len(chosen), "gates": rows}))
+            return
+        err.print(render.stats_table(rows, f"Gate saturation ({source}; {escape(inspection.describe())})"))
+        return
+
+    if layer is None or neuron is None:
+        raise CharlstmError("give --layer and --neuron (or --find FEATURE, --stats, --html OUT.html)")
+    acts = neurons.activations(inspection.model, inspection.vocab, chosen)
+    out = Console(highlight=False)
+    err.print(
+        f"layer {layer} of {inspection.layers}, neuron {neuron} (0-based) — {escape(inspection.describe())}; {escape(source)}",
+        highlight=False,
+    )
+    for signal in inspection.signals if state == "all" else (state,):
+        values = acts[signal][layer - 1, :, neuron]
+        scale = render.value_range(signal, values)[1]
+        if state == "all":
+            out.rule(f"{signal}", align="left")
+        out.print(render.colour_text(chosen, values, signal, scale=scale), end="" if chosen.endswith("\n") else "\n")
+        out.print(render.legend(signal, scale if signal == "cell" else None))
