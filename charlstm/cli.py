@@ -335,3 +335,123 @@ def inspect_neuron_command(
             out.rule(f"{signal}", align="left")
         out.print(render.colour_text(chosen, values, signal, scale=scale), end="" if chosen.endswith("\n") else "\n")
         out.print(render.legend(signal, scale if signal == "cell" else None))
+
+
+# ----- sample ------------------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from charlstm.sample import (  # noqa: E402
+    PRECISIONS,
+    Sampler,
+    SampleSettings,
+    StreamWriter,
+    is_color_terminal,
+    read_prime_file,
+    stdout_text,
+    stream_samples,
+    unescape,
+)
+
+
+@app.command("sample")
+@user_errors
+def sample_command(
+    checkpoint: Annotated[
+        Optional[str],
+        typer.Argument(help="Run folder or checkpoint file. Default: the newest run under checkpoints/, else the shipped model."),
+    ] = None,
+    length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate per sample.", rich_help_panel="Sampling")] = 2000,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="> 0; lower is safer, higher is wilder.", rich_help_panel="Sampling")] = 0.8,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely character (ignores temperature, top-k, top-p).", rich_help_panel="Sampling")] = False,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Draw only among the K most likely characters.", rich_help_panel="Sampling")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Draw only from the most likely characters holding this much probability, in (0, 1].", rich_help_panel="Sampling")] = None,
+    prime: Annotated[Optional[str], typer.Option("--prime", "-p", help="Text fed through the model first and printed as the start of each sample.", rich_help_panel="Sampling")] = None,
+    prime_file: Annotated[Optional[Path], typer.Option("--prime-file", help="Read the prime from a file.", rich_help_panel="Sampling")] = None,
+    stop: Annotated[Optional[str], typer.Option("--stop", help="End a sample once it generates this text (kept). Backslash escapes work: --stop '\\n\\n'.", rich_help_panel="Sampling")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples generated together as one batch, printed one after another under a '──── sample i/N ────' line.", rich_help_panel="Sampling")] = 1,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed and device give the same text.", rich_help_panel="Sampling")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file, written atomically.", rich_help_panel="Output")] = None,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel="Backend")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default: 1 for one sample (fastest at batch 1), all cores for a batch.", rich_help_panel="Backend")] = None,
+    precision: Annotated[str, typer.Option("--precision", "--dtype", help=f"Engine weights: {'|'.join(PRECISIONS)}. auto = fp16 weights on a CPU with FBGEMM (fp32 math), else fp32.", rich_help_panel="Backend")] = "auto",
+) -> None:
+    """Stream generated code from a trained model, character by character.
+
+    On a terminal each finished line is syntax-highlighted in the corpus's language; piped or redirected, the output is plain text. A new file the model starts shows as a '── new file ──' line; the unknown symbol prints as \ufffd.
+    """  # noqa: E501
+    import torch
+
+    if prime is not None and prime_file is not None:
+        raise CharlstmError("give --prime or --prime-file, not both")
+    prime_text = read_prime_file(prime_file) if prime_file is not None else (prime or "")
+    settings = SampleSettings(
+        length=length,
+        temperature=temperature,
+        greedy=greedy,
+        top_k=top_k,
+        top_p=top_p,
+        prime=prime_text,
+        stop=unescape(stop) if stop is not None else None,
+        num_samples=num_samples,
+        seed=seed,
+    )
+    settings.validate()
+    if threads is not None and threads < 1:
+        raise CharlstmError(f"--threads must be at least 1, got {threads}")
+    threads_before = torch.get_num_threads()
+    if threads is not None or num_samples == 1:
+        torch.set_num_threads(threads or 1)
+    try:
+        _sample(checkpoint, settings, out, no_color, device, precision)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _sample(checkpoint, settings: SampleSettings, out, no_color: bool, device: str, precision: str) -> None:
+    import os
+    import sys
+
+    from charlstm.checkpoint import atomic_write, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    sampler, payload = Sampler.from_checkpoint(path, device=device, precision=precision)
+    unknown = sampler.vocab.unknown_chars(settings.prime)
+    if unknown:
+        err.print(
+            f"[yellow]warning:[/yellow] the prime has characters the model does not know, read as unknown: "
+            f"{escape(' '.join(repr(ch) for ch in unknown))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if settings.stop is not None and sampler.vocab.unknown_chars(settings.stop):
+        err.print(
+            "[yellow]warning:[/yellow] the stop text has characters the model never generates",
+            highlight=False,
+            soft_wrap=True,
+        )
+    engine = sampler.engine
+    err.print(
+        f"[dim]{escape(str(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
+        f"{str(engine.weight_dtype).removeprefix('torch.')} weights on {sampler.device}[/dim]",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+    stream = stdout_text()
+    language = (payload.get("dataset") or {}).get("language")
+    writer = StreamWriter(stream, color=not no_color and is_color_terminal(stream), language=language)
+    try:
+        stream_samples(sampler, settings, writer)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise typer.Exit(code=0) from None
+    if out is not None:
+        text = "".join(writer.plain)
+        atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+        err.print(f"[dim]wrote {escape(str(out))}[/dim]", highlight=False, soft_wrap=True)

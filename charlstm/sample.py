@@ -1,0 +1,351 @@
+"""Sampling: prime the model, then draw characters one at a time and stream them out.
+
+The prime goes through the model's fused forward once (O(prime) work); after that every
+character costs one `StepEngine.step` for the whole batch of samples: the state carries and the
+prefix is never re-run. Draws use the Gumbel-max trick with noise taken from a seeded generator
+in blocks: argmax(logits / T + Gumbel) is an exact sample from softmax(logits / T), costs three
+small tensor operations, and makes the same seed give the same text on the same device.
+
+`StreamWriter` renders what is generated: plain text when piped, syntax-highlighted lines on a
+terminal. Generated text only ever goes through Pygments and plain writes, never through rich
+markup, so `[...]` in code prints as itself.
+"""
+
+from __future__ import annotations
+
+import codecs
+import shutil
+import sys
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.engine import StepEngine, half_weight_kernels_available
+from charlstm.errors import CharlstmError
+from charlstm.model import CharRNN
+from charlstm.vocab import DOC_SEP, Vocab
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+NEW_FILE_RULE = "── new file ──"  # how a generated document separator (a new file starting) is shown
+NOISE_BLOCK = 256  # steps of Gumbel noise drawn per call to the generator
+
+
+@dataclass
+class SampleSettings:
+    length: int = 2000  # characters to generate per sample (the prime not counted)
+    temperature: float = 0.8  # < 1 sharpens the distribution, > 1 flattens it
+    greedy: bool = False  # always take the most likely character
+    top_k: int | None = None  # draw only among the k most likely characters
+    top_p: float | None = None  # draw only from the smallest set holding this much probability
+    prime: str = ""  # text fed through the model first and printed as the start of every sample
+    stop: str | None = None  # a sample ends once it has generated this text (which it keeps)
+    num_samples: int = 1  # samples generated together as one batch
+    seed: int | None = None  # same seed, same device → same text
+
+    def validate(self) -> None:
+        if self.length <= 0:
+            raise CharlstmError(f"--length must be positive, got {self.length}")
+        if self.num_samples < 1:
+            raise CharlstmError(f"--num-samples must be at least 1, got {self.num_samples}")
+        if not self.greedy and not self.temperature > 0:
+            raise CharlstmError(f"--temperature must be > 0 (use --greedy for argmax), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise CharlstmError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise CharlstmError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.stop == "":
+            raise CharlstmError("--stop must not be empty")
+
+
+def unescape(text: str) -> str:
+    """Backslash escapes as Python writes them (\\n, \\t, \\x1c), so a shell can pass a newline."""
+    try:
+        return codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
+    except UnicodeDecodeError as exc:
+        raise CharlstmError(f"bad backslash escape in {text!r}: {exc.reason}") from None
+
+
+def read_prime_file(path: Path) -> str:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CharlstmError(f"prime file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CharlstmError(f"cannot read prime file {path}: {exc}") from None
+    if not text:
+        raise CharlstmError(f"prime file {path} is empty")
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as ingestion normalizes newlines
+
+
+def engine_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """auto: fp16-packed weights on a CPU that has the kernels (4× less time per step here), else fp32."""
+    if precision not in PRECISIONS:
+        raise CharlstmError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return torch.float16 if device.type == "cpu" and half_weight_kernels_available() else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def pick_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CharlstmError(f"unknown device {name!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CharlstmError("--device cuda asked for, but this PyTorch build sees no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CharlstmError("--device mps asked for, but MPS is not available here")
+    return device
+
+
+class Sampler:
+    """A trained model, its vocabulary and a step engine on one device, ready to generate."""
+
+    def __init__(self, model: CharRNN, vocab: Vocab, device: str | torch.device = "cpu", precision: str = "fp32"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.vocab = vocab
+        self.engine = StepEngine(self.model, engine_dtype(precision, self.device))
+
+    @classmethod
+    def from_checkpoint(cls, where: str | Path | None, device: str = "cpu", precision: str = "auto"):
+        """Returns (sampler, payload); `where` is a checkpoint file, a run folder, or None."""
+        device = pick_device(device)  # check before the (slow) load
+        payload = load_checkpoint(resolve_checkpoint(where))
+        model, vocab = model_from_checkpoint(payload)
+        return cls(model, vocab, device, precision), payload
+
+    def prime_tokens(self, prime: str) -> tuple[torch.Tensor, list[str]]:
+        """Token ids that start a sample: the document separator (a file begins), then the prime.
+
+        Also returns the prime's characters the vocabulary lacks (they become UNK).
+        """
+        ids = [self.vocab.doc_sep, *self.vocab.encode(prime).tolist()]
+        return torch.tensor(ids, dtype=torch.long, device=self.device), self.vocab.unknown_chars(prime)
+
+    @torch.inference_mode()
+    def generate(self, settings: SampleSettings) -> Iterator[tuple[list[str], list[bool]]]:
+        """Yield, once per step, every sample's new character ("" after it stopped) and which are done."""
+        settings.validate()
+        batch, engine = settings.num_samples, self.engine
+        tokens, _ = self.prime_tokens(settings.prime)
+
+        # The prime: one fused forward over it, then its final state and logits fan out to the batch.
+        logits, state = self.model(tokens[None])
+        logits = logits[0, -1:].float().expand(batch, -1)
+        layer_states = state if isinstance(state, tuple) else (state,)
+        state = [
+            tuple(s[k].to(engine.dtype).expand(batch, -1).contiguous() for s in layer_states)
+            for k in range(engine.layers)
+        ]
+
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
+        symbols, stop = self.vocab.symbols, settings.stop
+        tails = [""] * batch  # the last len(stop) characters of each sample, to spot the stop text
+        done = [False] * batch
+        noise = None
+        for t in range(settings.length):
+            if not settings.greedy and t % NOISE_BLOCK == 0:
+                noise = _gumbel((NOISE_BLOCK, batch, engine.vocab_size), generator, self.device)
+            next_tokens = self._choose(logits, settings, None if settings.greedy else noise[t % NOISE_BLOCK])
+            chars = [symbols[i] for i in next_tokens.tolist()]
+            for b, ch in enumerate(chars):
+                if done[b]:
+                    chars[b] = ""
+                elif stop is not None:
+                    tails[b] = (tails[b] + ch)[-len(stop) :]
+                    done[b] = tails[b] == stop
+            yield chars, done
+            if all(done):
+                return
+            if t + 1 < settings.length:
+                logits, state = engine.step(next_tokens, state)
+
+    @staticmethod
+    def _choose(logits: torch.Tensor, s: SampleSettings, gumbel: torch.Tensor | None) -> torch.Tensor:
+        if gumbel is None:
+            return logits.argmax(dim=-1)
+        scores = logits / s.temperature
+        if s.top_k is not None and s.top_k < scores.shape[-1]:
+            kth = scores.topk(s.top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if s.top_p is not None and s.top_p < 1:
+            ordered, order = scores.sort(dim=-1, descending=True)
+            probs = ordered.softmax(dim=-1)
+            # Drop a character when the more likely ones already hold top_p (the first always stays).
+            drop = (probs.cumsum(dim=-1) - probs) >= s.top_p
+            scores = scores.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+        return (scores + gumbel).argmax(dim=-1)
+
+    def sample_texts(self, settings: SampleSettings) -> list[str]:
+        """Every sample's full text (prime included), without streaming."""
+        texts = [[settings.prime] for _ in range(settings.num_samples)]
+        for chars, _ in self.generate(settings):
+            for parts, ch in zip(texts, chars):
+                parts.append(ch)
+        return ["".join(parts) for parts in texts]
+
+
+def _gumbel(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device=device).clamp_(1e-12, 1 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+# ----- output -----------------------------------------------------------------------------------
+
+
+class StreamWriter:
+    """Writes generated text as it arrives.
+
+    Plain mode (piped, redirected, --no-color): the characters themselves, flushed as they come;
+    a generated document separator becomes a line `── new file ──`. Colour mode (a terminal):
+    the current line appears plain character by character, and once its newline arrives it is
+    redrawn highlighted by the corpus's Pygments lexer, which sees the previous lines as context.
+    """
+
+    CONTEXT_LINES = 30  # lines of the current file the lexer sees before the line it colours
+
+    def __init__(self, out: TextIO, color: bool = False, language: str | None = None, width: int | None = None):
+        self.out = out
+        self.color = color
+        self.lexer = self.formatter = None
+        if color and language:
+            self.lexer, self.formatter = _pygments_for(language)
+        self.width = width or shutil.get_terminal_size().columns
+        self.plain: list[str] = []  # everything written, as plain text (what --out saves)
+        self._line = ""  # the current, unfinished line
+        self._context: deque[str] = deque(maxlen=self.CONTEXT_LINES)
+
+    def write(self, text: str) -> None:
+        pieces = []
+        for ch in text:
+            if ch == DOC_SEP:
+                pieces.append(self._end_line(force_newline=False))
+                pieces.append(self._rule(NEW_FILE_RULE))
+                self._context.clear()
+            elif ch == "\n":
+                pieces.append(self._end_line(force_newline=True))
+            else:
+                self._line += ch
+                pieces.append(ch)
+                self.plain.append(ch)
+        self.out.write("".join(pieces))
+        self.out.flush()
+
+    def separator(self, label: str) -> None:
+        """A line between samples: `──── sample 2/4 ────` (dim on a terminal)."""
+        self.finish()
+        self._context.clear()
+        self.out.write(self._rule(f"──── {label} ────"))
+        self.out.flush()
+
+    def finish(self) -> None:
+        """End the current line, if one is open, so what follows starts on its own line."""
+        if self._line:
+            self.out.write(self._end_line(force_newline=True))
+            self.out.flush()
+
+    def _rule(self, text: str) -> str:
+        self.plain.append(text + "\n")
+        return f"\x1b[2m{text}\x1b[0m\n" if self.color else text + "\n"
+
+    def _end_line(self, force_newline: bool) -> str:
+        line, self._line = self._line, ""
+        if not line and not force_newline:
+            return ""
+        self.plain.append("\n")
+        redraw = ""
+        # Redraw only a line that fits the terminal: "\r" returns to the start of the last row only.
+        if self.lexer is not None and line and len(line.expandtabs()) < self.width:
+            redraw = "\r\x1b[2K" + self._highlight(line)
+        self._context.append(line)
+        return redraw + "\n"
+
+    def _highlight(self, line: str) -> str:
+        import pygments
+
+        context = "".join(f"{prev}\n" for prev in self._context)
+        start = len(context)
+        tokens = []
+        for index, kind, value in self.lexer.get_tokens_unprocessed(context + line + "\n"):
+            end = index + len(value)
+            if end <= start:
+                continue
+            value = value[max(0, start - index) : len(value) - max(0, end - (start + len(line)))]
+            if value:
+                tokens.append((kind, value))
+        return pygments.format(tokens, self.formatter).rstrip("\n")
+
+
+def _pygments_for(language: str):
+    from pygments.formatters import TerminalFormatter
+    from pygments.lexers import get_lexer_by_name
+    from pygments.util import ClassNotFound
+
+    try:
+        lexer = get_lexer_by_name(language, stripnl=False, ensurenl=False)
+    except ClassNotFound:
+        return None, None
+    # The 16 named colours follow the terminal's own palette, so text stays readable on light and
+    # dark backgrounds alike (plain text keeps the default colour).
+    return lexer, TerminalFormatter()
+
+
+def stream_samples(sampler: Sampler, settings: SampleSettings, writer: StreamWriter) -> list[str]:
+    """Generate as one batch and print the samples one after another, the first as it is made.
+
+    A sample whose turn has not come yet is kept; when its turn comes, what it has so far is
+    printed at once and the rest streams. Returns every sample's text (prime included).
+    """
+    n = settings.num_samples
+    texts: list[list[str]] = [[settings.prime] for _ in range(n)]
+    current = 0
+
+    def begin(index: int) -> None:
+        if n > 1:
+            writer.separator(f"sample {index + 1}/{n}")
+        writer.write("".join(texts[index]))
+
+    begin(0)
+    for chars, done in sampler.generate(settings):
+        for parts, ch in zip(texts, chars):
+            parts.append(ch)
+        writer.write(chars[current])
+        while current < n - 1 and done[current]:  # move on past every sample that has stopped
+            current += 1
+            begin(current)
+    # Generation is over: all samples are complete; show those not yet shown.
+    while current < n - 1:
+        current += 1
+        begin(current)
+    writer.finish()
+    return ["".join(parts) for parts in texts]
+
+
+def is_color_terminal(stream: TextIO) -> bool:
+    import os
+
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def stdout_text() -> TextIO:
+    """stdout that never fails on a character its encoding lacks (generated text may have any)."""
+    out = sys.stdout
+    if hasattr(out, "reconfigure"):
+        try:
+            out.reconfigure(errors="replace")
+        except (ValueError, OSError):
+            pass
+    return out

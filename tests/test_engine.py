@@ -1,0 +1,111 @@
+"""The step engine against the fused nn.LSTM / nn.GRU / nn.RNN modules the model trains with."""
+
+import pytest
+import torch
+
+from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available
+from charlstm.model import CharRNN, ModelConfig
+
+
+def random_model(kind: str, layers: int = 3, hidden: int = 24, vocab: int = 19, seed: int = 0) -> CharRNN:
+    """Random weights and biases well away from the initialisation, so every gate matters."""
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(vocab_size=vocab, kind=kind, layers=layers, hidden=hidden, embed=7))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+def fused_state_as_engine_state(state, kind: str, layers: int) -> list:
+    parts = state if kind == "lstm" else (state,)
+    return [tuple(s[k] for s in parts) for k in range(layers)]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_step_equals_fused_module_with_batch_and_carried_state(kind):
+    model = random_model(kind)
+    batch, steps = 4, 12
+    tokens = torch.randint(0, 19, (batch, 2 * steps))
+    with torch.no_grad():
+        # Start from a non-zero state: the first half of the text, run through the fused module.
+        _, start = model(tokens[:, :steps])
+        reference, ref_state = model(tokens[:, steps:], start)
+    engine = StepEngine(model)
+    state = fused_state_as_engine_state(start, kind, model.config.layers)
+    with torch.no_grad():
+        outputs = []
+        for t in range(steps, 2 * steps):
+            logits, state = engine.step(tokens[:, t], state)
+            outputs.append(logits)
+    torch.testing.assert_close(torch.stack(outputs, dim=1), reference, rtol=1e-4, atol=1e-4)
+    for got, want in zip(state, fused_state_as_engine_state(ref_state, kind, model.config.layers)):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_trace_equals_fused_module(kind):
+    model = random_model(kind, seed=1)
+    tokens = torch.randint(0, 19, (30,))
+    with torch.no_grad():
+        reference, final = model(tokens[None])
+        # Each layer's hidden sequence from the fused module: run the layers one at a time.
+        x = model.embedding(tokens[None])
+        layer_outputs = []
+        for k in range(model.config.layers):
+            single = type(model.rnn)(x.shape[-1], model.config.hidden, batch_first=True)
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(single, f"{name}_l0").copy_(getattr(model.rnn, f"{name}_l{k}"))
+            x, _ = single(x)
+            layer_outputs.append(x[0])
+    engine = StepEngine(model)
+    trace = engine.trace(tokens)
+    assert set(trace) == set(SIGNALS[kind])
+    assert trace["hidden"].shape == (3, 30, 24)
+    torch.testing.assert_close(trace["hidden"], torch.stack(layer_outputs), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(engine.logits_from_trace(trace), reference[0], rtol=1e-4, atol=1e-4)
+    if kind == "lstm":
+        torch.testing.assert_close(trace["cell"][:, -1], final[1][:, 0], rtol=1e-4, atol=1e-4)
+        gates = torch.cat([trace[s] for s in ("input", "forget", "output")])
+        assert gates.min() >= 0 and gates.max() <= 1
+    if kind != "rnn":
+        assert trace["candidate"].abs().max() <= 1
+
+
+@pytest.mark.skipif(not half_weight_kernels_available(), reason="this PyTorch build lacks FBGEMM fp16 kernels")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_half_weight_step_is_close_and_trace_stays_exact(kind):
+    model = random_model(kind, hidden=32, seed=2)
+    tokens = torch.randint(0, 19, (2, 20))
+    with torch.no_grad():
+        reference, _ = model(tokens)
+    engine = StepEngine(model, torch.float16)
+    assert engine.weight_dtype == torch.float16 and engine.dtype == torch.float32
+    state = engine.init_state(2)
+    outputs = []
+    with torch.no_grad():
+        for t in range(20):
+            logits, state = engine.step(tokens[:, t], state)
+            outputs.append(logits)
+    outputs = torch.stack(outputs, dim=1)
+    # fp16 weights: close, not equal (half precision keeps ~3 significant digits).
+    torch.testing.assert_close(outputs, reference, rtol=0, atol=2e-2)
+    assert (outputs.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
+    torch.testing.assert_close(engine.logits_from_trace(engine.trace(tokens[0])), reference[0], rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_engine_runs_and_stays_close():
+    model = random_model("lstm", layers=2, hidden=16, seed=3)
+    tokens = torch.randint(0, 19, (1, 10))
+    with torch.no_grad():
+        reference, _ = model(tokens)
+    engine = StepEngine(model, torch.bfloat16)
+    state = engine.init_state(1)
+    with torch.no_grad():
+        outputs = []
+        for t in range(10):
+            logits, state = engine.step(tokens[:, t], state)
+            outputs.append(logits)
+    assert outputs[0].dtype == torch.float32
+    torch.testing.assert_close(torch.stack(outputs, dim=1), reference, rtol=0, atol=0.15)

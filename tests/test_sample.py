@@ -1,0 +1,233 @@
+"""`charlstm sample`: seeded, greedy, stopped and batched sampling; streaming output; bad input."""
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charlstm import checkpoint as checkpoint_module
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from charlstm.cli import app
+from charlstm.errors import CharlstmError
+from charlstm.sample import Sampler, SampleSettings, StreamWriter, stream_samples
+from charlstm.vocab import DOC_SEP, UNK
+from conftest import make_checkpoint
+
+runner = CliRunner()
+
+
+def sample(*args: str):
+    return runner.invoke(app, ["sample", *args])
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@pytest.fixture
+def lively_checkpoint(tmp_path) -> Path:
+    """An untrained model whose weights are scaled up, so its choices vary from step to step."""
+    path = make_checkpoint(tmp_path / "lively" / "best.pt", layers=2, hidden=32, seed=1)
+    payload = load_checkpoint(path)
+    generator = torch.Generator().manual_seed(1)
+    payload["model"] = {k: torch.randn(v.shape, generator=generator) * 0.6 for k, v in payload["model"].items()}
+    save_checkpoint(path, payload)
+    return path
+
+
+def sampler_for(path: Path, precision: str = "fp32") -> Sampler:
+    model, vocab = model_from_checkpoint(load_checkpoint(path))
+    return Sampler(model, vocab, "cpu", precision)
+
+
+def test_same_seed_gives_the_same_text_and_another_seed_another(lively_checkpoint):
+    sampler = sampler_for(lively_checkpoint)
+    settings = dict(length=120, prime="class ", temperature=1.0)
+    first = sampler.sample_texts(SampleSettings(seed=7, **settings))
+    assert first == sampler.sample_texts(SampleSettings(seed=7, **settings))
+    assert first != sampler.sample_texts(SampleSettings(seed=8, **settings))
+    cli = [str(lively_checkpoint), "-n", "80", "--seed", "3"]
+    assert sample(*cli).stdout == sample(*cli).stdout
+
+
+@pytest.mark.parametrize("prime", ["", "public class Greeter {\n    "])
+def test_greedy_equals_the_argmax_path_of_the_full_forward(lively_checkpoint, prime):
+    sampler = sampler_for(lively_checkpoint)
+    model, vocab = sampler.model, sampler.vocab
+    [text] = sampler.sample_texts(SampleSettings(length=60, prime=prime, greedy=True))
+    # Independently: re-run the whole growing text through the fused model, take the argmax.
+    tokens = [vocab.doc_sep, *vocab.encode(prime).tolist()]
+    with torch.no_grad():
+        for _ in range(60):
+            logits, _ = model(torch.tensor([tokens]))
+            tokens.append(int(logits[0, -1].argmax()))
+    assert text == prime + vocab.decode(tokens[1 + len(prime) :])
+    assert len(set(text[len(prime) :])) > 3  # a path with some variety, not one repeated symbol
+
+
+def test_top_k_one_and_a_tiny_top_p_are_greedy(lively_checkpoint):
+    sampler = sampler_for(lively_checkpoint)
+    greedy = sampler.sample_texts(SampleSettings(length=50, greedy=True))
+    assert sampler.sample_texts(SampleSettings(length=50, top_k=1, temperature=2.0, seed=1)) == greedy
+    assert sampler.sample_texts(SampleSettings(length=50, top_p=1e-6, temperature=2.0, seed=1)) == greedy
+
+
+def test_prime_goes_through_the_model_once_and_each_character_is_one_step(lively_checkpoint, monkeypatch):
+    sampler = sampler_for(lively_checkpoint)
+    calls = {"forward": 0, "step": 0}
+    forward, step = sampler.model.forward, sampler.engine.step
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(sampler.model, "forward", counting("forward", forward))
+    monkeypatch.setattr(sampler.engine, "step", counting("step", step))
+    sampler.sample_texts(SampleSettings(length=40, prime="x = 1\n" * 20, num_samples=3, seed=0))
+    assert calls == {"forward": 1, "step": 39}  # the first character comes from the prime's logits
+
+
+def test_a_stop_text_ends_each_sample_of_a_batch_on_its_own(lively_checkpoint):
+    sampler = sampler_for(lively_checkpoint)
+    base = dict(length=200, temperature=1.0, seed=5, num_samples=3)
+    full = sampler.sample_texts(SampleSettings(**base))
+    stop = full[0][10:12]  # a text the first sample is known to generate
+    stopped = sampler.sample_texts(SampleSettings(stop=stop, **base))
+    for whole, cut in zip(full, stopped):
+        at = whole.find(stop)
+        if at >= 0:  # each sample ends right after its own first occurrence of the stop text
+            assert cut == whole[: at + len(stop)]
+        else:  # a sample that never generates it runs to full length, untouched
+            assert cut == whole
+    assert len(stopped[0]) <= 12
+
+
+def test_num_samples_are_independent_and_each_the_right_length(lively_checkpoint):
+    sampler = sampler_for(lively_checkpoint)
+    texts = sampler.sample_texts(SampleSettings(length=100, prime="if ", temperature=1.0, seed=2, num_samples=4))
+    assert len(texts) == 4 and all(len(t) == 103 and t.startswith("if ") for t in texts)
+    assert len(set(texts)) == 4
+    result = sample(str(lively_checkpoint), "-n", "50", "-N", "3", "--seed", "1", "-t", "1.0")
+    assert result.exit_code == 0, result.output
+    separators = re.findall(r"^──── sample (\d)/3 ────$", result.stdout, flags=re.M)
+    assert separators == ["1", "2", "3"]
+
+
+def test_piped_output_is_plain_text_with_code_brackets_kept(lively_checkpoint, tmp_path):
+    out = tmp_path / "sample.txt"
+    prime = 'int[] a = {1}; // [bold red]not markup[/bold red]\n'
+    result = sample(str(lively_checkpoint), "-n", "300", "--seed", "4", "-p", prime, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout
+    assert result.stdout.startswith(prime)
+    assert out.read_text(encoding="utf-8") == result.stdout
+    assert DOC_SEP not in result.stdout
+
+
+def test_terminal_writer_highlights_lines_and_keeps_the_text():
+    buffer = io.StringIO()
+    writer = StreamWriter(buffer, color=True, language="java", width=200)
+    code = 'String s = "[bold]"; // [red]x\n' + DOC_SEP + "int y = 2;" + UNK
+    for ch in code:
+        writer.write(ch)
+    writer.finish()
+    shown = buffer.getvalue()
+    assert ANSI.search(shown)  # coloured
+    # What the eye sees after each redraw: the highlighted line replaces the plain one.
+    visible = "\n".join(line.split("\r")[-1] for line in ANSI.sub("", shown).split("\n"))
+    assert visible == 'String s = "[bold]"; // [red]x\n── new file ──\nint y = 2;\ufffd\n'
+    assert "".join(writer.plain) == visible
+
+
+def test_piped_writer_marks_a_new_file_with_a_plain_line():
+    buffer = io.StringIO()
+    writer = StreamWriter(buffer, color=False, language="java")
+    writer.write("a = 1" + DOC_SEP + "b" + DOC_SEP)
+    writer.finish()
+    assert buffer.getvalue() == "a = 1\n── new file ──\nb\n── new file ──\n"
+
+
+def test_batched_stream_shows_samples_in_order_while_generating_together(lively_checkpoint):
+    sampler = sampler_for(lively_checkpoint)
+    settings = SampleSettings(length=80, temperature=1.0, seed=9, num_samples=3, stop="e")
+    buffer = io.StringIO()
+    texts = stream_samples(sampler, settings, StreamWriter(buffer))
+    assert texts == sampler.sample_texts(settings)
+    shown = buffer.getvalue()
+    positions = [shown.index(f"──── sample {i}/3 ────") for i in (1, 2, 3)]
+    assert positions == sorted(positions)
+
+
+def test_the_prime_file_and_unknown_prime_characters(lively_checkpoint, tmp_path):
+    prime_file = tmp_path / "prime.java"
+    prime_file.write_text("class A { ☃ }", encoding="utf-8")
+    result = sample(str(lively_checkpoint), "-n", "20", "--prime-file", str(prime_file))
+    assert result.exit_code == 0, result.output
+    assert "warning" in result.stderr and "'☃'" in result.stderr
+    assert result.stdout.startswith("class A { ☃ }")
+
+
+def test_a_run_folder_and_half_precision_work(lively_checkpoint):
+    result = sample(str(lively_checkpoint.parent), "-n", "40", "--greedy", "--precision", "fp16")
+    assert result.exit_code == 0, result.output
+    fp32 = sample(str(lively_checkpoint.parent), "-n", "40", "--greedy", "--precision", "fp32")
+    # Half-precision weights may flip a near tie late in a greedy path, but not the start of it.
+    assert result.stdout[:10] == fp32.stdout[:10]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-t", "0"], "--temperature must be > 0"),
+        (["-t", "-1"], "--temperature must be > 0"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--top-k", "0"], "--top-k must be at least 1"),
+        (["-n", "0"], "--length must be positive"),
+        (["-N", "0"], "--num-samples must be at least 1"),
+        (["--precision", "fp8"], "unknown precision"),
+        (["--prime", "a", "--prime-file", "x"], "not both"),
+        (["--prime-file", "no-such-file.txt"], "prime file not found"),
+        (["--stop", ""], "--stop must not be empty"),
+    ],
+)
+def test_bad_options_give_one_line_errors(tiny_checkpoint, args, message):
+    result = sample(str(tiny_checkpoint), *args)
+    assert result.exit_code == 1
+    assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_greedy_needs_no_temperature(tiny_checkpoint):
+    assert sample(str(tiny_checkpoint), "-t", "0", "--greedy", "-n", "5").exit_code == 0
+
+
+def test_empty_prime_file(tiny_checkpoint, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    result = sample(str(tiny_checkpoint), "--prime-file", str(empty))
+    assert result.exit_code == 1 and "is empty" in result.stderr
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    result = sample(str(tmp_path / "nothing.pt"))
+    assert result.exit_code == 1 and "checkpoint not found" in result.stderr
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    result = sample(str(corrupt))
+    assert result.exit_code == 1 and "corrupt" in result.stderr and "Traceback" not in result.output
+
+
+def test_no_runs_at_all_says_how_to_train_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(checkpoint_module, "PRETRAINED_RUN", tmp_path / "no-shipped-model")
+    result = sample("-n", "5")
+    assert result.exit_code == 1
+    assert "no trained runs" in result.stderr and "charlstm train" in result.stderr
+    with pytest.raises(CharlstmError, match="charlstm train"):
+        checkpoint_module.resolve_checkpoint(None)
