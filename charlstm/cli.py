@@ -455,3 +455,98 @@ def _sample(checkpoint, settings: SampleSettings, out, no_color: bool, device: s
         text = "".join(writer.plain)
         atomic_write(out, lambda f: f.write(text.encode("utf-8")))
         err.print(f"[dim]wrote {escape(str(out))}[/dim]", highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# train and eval
+
+from charlstm.train import TrainConfig as _TC  # noqa: E402  (defaults shown in the help)
+
+_DATA, _MODEL, _OPTIM, _RUN, _BACKEND = "Data and output", "Model", "Optimisation", "Logging and checkpoints", "Backend"
+
+
+@app.command("train", no_args_is_help=False)
+@user_errors
+def train_command(
+    data: Annotated[Optional[str], typer.Option(help=f"Ingested dataset folder (default: {_TC.data})", rich_help_panel=_DATA)] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run folder (default: checkpoints/<dataset>-<model>)", rich_help_panel=_DATA)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest.pt, exactly where it stopped. It keeps its config: only the budget (--steps/--epochs/--minutes, which then replace the old budget), --eval-every, --save-every, --log-every, --precision, --device, --threads and --data (same vocabulary) may be given again; other options that differ are an error.", rich_help_panel=_DATA)] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in a run folder that already holds a run (its checkpoints are deleted).", rich_help_panel=_DATA)] = False,
+    model: Annotated[Optional[str], typer.Option(help=f"Recurrent cell: lstm, gru or rnn (tanh) (default: {_TC.model})", rich_help_panel=_MODEL)] = None,
+    layers: Annotated[Optional[int], typer.Option(help=f"Stacked recurrent layers (default: {_TC.layers})", rich_help_panel=_MODEL)] = None,
+    hidden: Annotated[Optional[int], typer.Option(help=f"Units per layer (default: {_TC.hidden})", rich_help_panel=_MODEL)] = None,
+    embed: Annotated[Optional[int], typer.Option(help=f"Character embedding width (default: {_TC.embed})", rich_help_panel=_MODEL)] = None,
+    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout between layers and before the head; off by default because runs of minutes underfit, 0.1-0.3 helps long runs on small corpora (default: {_TC.dropout})", rich_help_panel=_MODEL)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Lanes: contiguous streams through the corpus, trained side by side (split across processes under torchrun) (default: {_TC.batch_size})", rich_help_panel=_OPTIM)] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help=f"Characters back-propagated through per step; the hidden state carries across steps (default: {_TC.seq_len})", rich_help_panel=_OPTIM)] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Peak AdamW learning rate (linear warm-up, cosine decay) (default: {_TC.lr})", rich_help_panel=_OPTIM)] = None,
+    min_lr_ratio: Annotated[Optional[float], typer.Option(help=f"Decay ends at lr × this (default: {_TC.min_lr_ratio})", rich_help_panel=_OPTIM)] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Linear warm-up steps (at most a tenth of a run of known length) (default: {_TC.warmup_steps})", rich_help_panel=_OPTIM)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=f"AdamW weight decay on weight matrices (default: {_TC.weight_decay})", rich_help_panel=_OPTIM)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help=f"Clip the global gradient norm to this (0: off) (default: {_TC.grad_clip})", rich_help_panel=_OPTIM)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in all; also the schedule's length.", rich_help_panel=_OPTIM)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training split (default: 1 when no budget is given)", rich_help_panel=_OPTIM)] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes. Alone, the schedule's length is estimated from the first steps' speed.", rich_help_panel=_OPTIM)] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Random seed (initialisation, dropout) (default: {_TC.seed})", rich_help_panel=_OPTIM)] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help=f"Steps between validations over the whole val split (0: only at the end) (default: {_TC.eval_every})", rich_help_panel=_RUN)] = None,
+    save_every: Annotated[Optional[int], typer.Option(help=f"Steps between saves of latest.pt (0: only at the end) (default: {_TC.save_every})", rich_help_panel=_RUN)] = None,
+    log_every: Annotated[Optional[int], typer.Option(help=f"Steps between lines of metrics.jsonl (default: {_TC.log_every})", rich_help_panel=_RUN)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32. auto: bf16 on a GPU whose cuDNN runs a bf16 LSTM, else fp16 with loss scaling; on a CPU bf16 where it has native bf16, else fp32 (default: auto)", rich_help_panel=_BACKEND)] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cuda, mps or cpu (default: auto)", rich_help_panel=_BACKEND)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the cores available)", rich_help_panel=_BACKEND)] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.", rich_help_panel=_RUN)] = False,
+) -> None:
+    """Train a character-level LSTM (or GRU/RNN) on an ingested dataset.
+
+    Stateful truncated BPTT over memory-mapped lanes, mixed precision, exact --resume; multi-GPU with
+    `torchrun --nproc-per-node N -m charlstm train ...`.
+    """
+    import json as _json
+
+    from charlstm.train import TrainingInterrupted, train
+
+    options = {k: v for k, v in locals().items() if k not in ("resume", "force", "json_output", "_json", "TrainingInterrupted", "train")}
+    try:
+        summary = train(options, resume=resume, force=force)
+    except TrainingInterrupted as exc:
+        err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=130) from None
+    if summary.get("world_size", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
+        return  # only rank 0 reports
+    if json_output:
+        typer.echo(_json.dumps(summary))
+    else:
+        val, best = summary["val_bpc"], summary["best_val_bpc"]
+        scores = f", validation {val:.4f} bpc (best {best:.4f})" if val is not None and best is not None else ""
+        err.print(f"done: {summary['steps']:,} steps{scores}; run in {escape(summary['run_dir'])}", highlight=False)
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    checkpoint: Annotated[Optional[str], typer.Argument(help="Checkpoint file or run folder (default: the newest run under checkpoints/)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Score this dataset's validation split (default: the checkpoint's dataset)")] = None,
+    text_file: Annotated[Optional[str], typer.Option(help="Score this text file instead (as one document).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32 (auto: as training picks it).")] = "auto",
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (bpc, chars, ...).")] = False,
+) -> None:
+    """Score a checkpoint in bits per character on a validation split or any text file."""
+    import json as _json
+
+    from charlstm.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision)
+    if result["unknown_chars"]:
+        shown = " ".join(repr(ch) for ch in result["unknown_chars"][:20])
+        more = f" and {len(result['unknown_chars']) - 20} more" if len(result["unknown_chars"]) > 20 else ""
+        err.print(f"[yellow]warning:[/yellow] characters the model does not know, scored as unknown: {escape(shown)}{more}", highlight=False)
+    if json_output:
+        typer.echo(_json.dumps(result))
+    else:
+        err.print(
+            f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
+            f"({escape(result['checkpoint'])}, step {result['step']}, {result['precision']} on {result['device']}, "
+            f"{result['chars_per_sec']:,.0f} chars/s)",
+            highlight=False,
+        )

@@ -268,7 +268,8 @@ def choose_precision(requested: str, device: torch.device, kind: str = "lstm") -
     def made(name: str, reason: str) -> Precision:
         probe = probe_rnn_dtype(device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name), kind)
         if probe is None:
-            raise CharlstmError(f"--precision {name}: a {kind.upper()} does not run under {name} autocast on {dt}")
+            hint = " (this CPU lacks AVX-512 BF16/AMX, which oneDNN's bf16 RNNs need)" if dt == "cpu" else ""
+            raise CharlstmError(f"--precision {name}: a {kind.upper()} does not run under {name} autocast on {dt}{hint}; use fp32")
         return Precision(name, dt, str(probe).removeprefix("torch."), reason)
 
     if dt == "cpu":
@@ -376,6 +377,8 @@ class Trainer:
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
 
+        self.precision = choose_precision(config.precision, self.device, kind=config.model)
+
         # Data.
         self.dataset: Dataset = load_dataset(config.data)
         self.vocab: Vocab = self.dataset.vocab
@@ -395,7 +398,6 @@ class Trainer:
         random.seed(config.seed)
         self.model_config = config.model_config(len(self.vocab))
         self.raw_model = CharRNN(self.model_config).to(self.device)
-        self.precision = choose_precision(config.precision, self.device, kind=config.model)
         self.scaler = self.precision.grad_scaler()
         decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.raw_model.parameters() if p.dim() < 2]
@@ -671,9 +673,9 @@ class Trainer:
                 if self.schedule["total"] is None and cfg.minutes is not None:
                     t_estimate = self._estimate_schedule(local, loss, start, t_estimate)
 
-                evaluate_now = cfg.eval_every and self.step % cfg.eval_every == 0
-                save_now = cfg.save_every and self.step % cfg.save_every == 0
                 last = total is not None and self.step >= total
+                evaluate_now = last or (cfg.eval_every and self.step % cfg.eval_every == 0)
+                save_now = cfg.save_every and self.step % cfg.save_every == 0
                 record = None
                 if self.step % cfg.log_every == 0 or evaluate_now or last:
                     if self._stop_flag(bool(bad.item())):

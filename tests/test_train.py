@@ -1,0 +1,331 @@
+"""Training and evaluation: loss falls, exact resume, safe saves, precision, bad input, eval agreement."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from charlstm.cli import app
+from charlstm.errors import CharlstmError
+from charlstm.evaluate import bits_per_char, evaluate_checkpoint
+from charlstm.train import LaneBatcher, TrainingInterrupted, choose_precision, lr_at, probe_rnn_dtype, train
+from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_dataset
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parent.parent
+
+# A model small enough that each step takes a millisecond or two.
+TINY = {"layers": 2, "hidden": 24, "embed": 8, "batch_size": 4, "seq_len": 16, "threads": 1, "log_every": 1}
+
+
+def options(dataset, out, **extra) -> dict:
+    return {"data": str(dataset.path), "out": str(out), **TINY, **extra}
+
+
+def metrics(run: Path) -> list[dict]:
+    """The training lines of metrics.jsonl (a run that ends between log steps adds a validation-only line)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("error:"), result.output
+    return result.output
+
+
+# --- data and schedule --------------------------------------------------------------------------
+
+
+def test_lanes_are_contiguous_streams_and_wrap_at_the_epoch():
+    tokens = np.arange(100, dtype=np.uint16)
+    batcher = LaneBatcher(tokens, lanes=4, seq_len=5)  # lanes of 25 → 4 windows an epoch
+    assert batcher.windows == 4
+    x1, y1, fresh1 = batcher.next()
+    x2, _, fresh2 = batcher.next()
+    assert fresh1 and not fresh2
+    assert x1[:, 0].tolist() == [0, 25, 50, 75]  # each row is its own stretch of the corpus
+    assert torch.equal(y1[:, :-1], x1[:, 1:])  # targets are the inputs shifted by one
+    assert torch.equal(x2[:, 0], x1[:, -1] + 1)  # the next window continues each lane
+    for _ in range(2):
+        batcher.next()
+    x5, _, fresh5 = batcher.next()
+    assert fresh5 and batcher.epoch == 1 and torch.equal(x5, x1)
+
+
+def test_lanes_split_by_rank_cover_the_batch():
+    tokens = np.arange(100, dtype=np.uint8)
+    whole = LaneBatcher(tokens, lanes=4, seq_len=5).next()[0]
+    halves = [LaneBatcher(tokens, lanes=4, seq_len=5, rank=r, world=2).next()[0] for r in range(2)]
+    assert torch.equal(torch.cat(halves), whole)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    lrs = [lr_at(s, 1.0, warmup=10, total=100, min_ratio=0.1) for s in range(120)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[100] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
+    assert lr_at(500, 1.0, warmup=10, total=None, min_ratio=0.1) == 1.0  # length unknown: constant
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def test_loss_falls_and_the_run_folder_is_complete(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    summary = train(options(tiny_dataset, run, steps=60, eval_every=30, lr=1e-2))
+    rows = metrics(run)
+    first, last = np.mean([r["bpc"] for r in rows[:5]]), np.mean([r["bpc"] for r in rows[-5:]])
+    assert last < first - 0.7, (first, last)
+    assert [r["step"] for r in rows] == list(range(1, 61))
+    assert all({"step", "loss", "bpc", "lr", "chars_per_sec"} <= set(r) for r in rows)
+    vals = [r["val_bpc"] for r in rows if "val_bpc" in r]
+    assert len(vals) == 2 and vals[1] < vals[0]
+    assert summary["steps"] == 60 and summary["val_bpc"] == vals[1] and summary["precision"] == "fp32"
+    for name in ("latest.pt", "best.pt", "config.json"):
+        assert (run / name).is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["train_config"]["hidden"] == 24 and config["model_config"]["vocab_size"] == len(tiny_dataset.vocab)
+    assert config["dataset"]["content_hash"] == tiny_dataset.meta["content_hash"]
+    payload = load_checkpoint(run / "latest.pt")  # weights_only: tensors and plain types only
+    assert payload["step"] == 60 and payload["data_position"]["epoch"] >= 1
+    assert not any(k.startswith("module.") for k in payload["model"])
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+def test_gru_and_rnn_variants_train(tiny_dataset, tmp_path, kind):
+    run = tmp_path / kind
+    train(options(tiny_dataset, run, model=kind, steps=40, eval_every=0, lr=1e-2))
+    rows = metrics(run)
+    assert np.mean([r["bpc"] for r in rows[-5:]]) < np.mean([r["bpc"] for r in rows[:5]]) - 0.5
+    model, _ = model_from_checkpoint(load_checkpoint(run / "latest.pt"))
+    assert model.config.kind == kind
+
+
+def test_resume_continues_exactly(tmp_path):
+    # Few windows per epoch, so the run crosses epoch boundaries (state reset) on both sides of the
+    # pause; dropout, so the RNG state matters too.
+    dataset = make_dataset(tmp_path / "data" / "d", JAVA_SNIPPET * 3, JAVA_SNIPPET)
+    opts = dict(steps=24, dropout=0.2, eval_every=10, save_every=7, lr=5e-3)
+    straight, paused = tmp_path / "straight", tmp_path / "paused"
+    train(options(dataset, straight, **opts))
+    first = train(options(dataset, paused, **opts), stop_after=11)
+    assert first["steps"] == 11 and load_checkpoint(paused / "latest.pt")["step"] == 11
+    train({"out": str(paused)}, resume=True)
+    a, b = metrics(straight), metrics(paused)
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # bit for bit, every step
+    assert [r.get("val_bpc") for r in a] == [r.get("val_bpc") for r in b]
+    wa, wb = load_checkpoint(straight / "latest.pt")["model"], load_checkpoint(paused / "latest.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(tiny_dataset, tmp_path, monkeypatch):
+    from charlstm.train import Trainer
+
+    original = Trainer.train_step
+
+    def step_then_interrupt(self, *args):
+        loss = original(self, *args)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal, as Ctrl-C sends it
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match=r"Resume with: charlstm train --resume --out"):
+        train(options(tiny_dataset, run, steps=50))
+    assert load_checkpoint(run / "latest.pt")["step"] == 3  # the step in flight finished, then it saved
+
+
+def test_kill_9_mid_run_leaves_a_loadable_checkpoint(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "charlstm", "train", "--data", str(tiny_dataset.path), "--out", str(run),
+           "--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8",
+           "--steps", "1000000", "--save-every", "1", "--eval-every", "0", "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while not (run / "latest.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a few hundred saves later: some write is likely in flight
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    payload = load_checkpoint(run / "latest.pt")
+    assert payload["step"] >= 1
+    summary = train({"out": str(run), "steps": payload["step"] + 2}, resume=True)
+    assert summary["steps"] == payload["step"] + 2
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(options(tiny_dataset, run, steps=4))
+    before = (run / "latest.pt").read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CharlstmError, match="No space left"):
+        train({"out": str(run), "steps": 8}, resume=True)
+    assert (run / "latest.pt").read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    real = F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] >= 7 else loss
+
+    monkeypatch.setattr(F, "cross_entropy", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(CharlstmError, match=r"NaN or infinite.*step 5"):
+        train(options(tiny_dataset, run, steps=20, save_every=5, eval_every=0))
+    payload = load_checkpoint(run / "latest.pt")
+    assert payload["step"] == 5
+    assert all(torch.isfinite(t).all() for t in payload["model"].values())
+
+
+def test_cpu_bf16_step_runs(tiny_dataset, tmp_path):
+    if probe_rnn_dtype(torch.device("cpu"), torch.bfloat16) is None:
+        with pytest.raises(CharlstmError, match="bf16 autocast on cpu"):
+            train(options(tiny_dataset, tmp_path / "run", steps=3, precision="bf16"))
+        pytest.skip("this CPU's oneDNN has no bf16 LSTM (no AVX-512 BF16/AMX); checked it is refused in one line")
+    summary = train(options(tiny_dataset, tmp_path / "run", steps=3, precision="bf16", eval_every=0))
+    assert summary["precision"] == "bf16" and summary["rnn_dtype"] == "bfloat16"
+    assert math.isfinite(summary["train_bpc"]) and math.isfinite(summary["val_bpc"])
+
+
+def test_precision_choice_on_cpu():
+    cpu = torch.device("cpu")
+    with pytest.raises(CharlstmError, match="fp16 is not supported on the CPU"):
+        choose_precision("fp16", cpu)
+    assert choose_precision("fp32", cpu).autocast().__class__.__name__ == "nullcontext"
+    auto = choose_precision("auto", cpu)
+    assert auto.name in ("bf16", "fp32") and not auto.grad_scaler().is_enabled()
+
+
+# --- eval ---------------------------------------------------------------------------------------
+
+
+def test_eval_agrees_with_training_validation(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    summary = train(options(tiny_dataset, run, steps=10))
+    result = runner.invoke(app, ["eval", str(run / "latest.pt"), "--data", str(tiny_dataset.path), "--json"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.stdout)
+    assert scored["bpc"] == pytest.approx(summary["val_bpc"], abs=1e-9)
+    assert scored["chars"] == len(tiny_dataset.tokens("val")) - 1
+
+
+def test_eval_scores_a_text_file_and_warns_about_unknown_characters(tiny_checkpoint, tmp_path):
+    text = tmp_path / "snippet.py"
+    text.write_text(PYTHON_SNIPPET + "€\n", encoding="utf-8")
+    result = runner.invoke(app, ["eval", str(tiny_checkpoint), "--text-file", str(text), "--json"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.stdout)
+    assert scored["chars"] == len(PYTHON_SNIPPET) + 2 and scored["unknown_chars"] == ["€"]
+    assert "does not know" in result.stderr
+    # An untrained model is near uniform: about log2(vocab size) bits per character.
+    model, vocab = model_from_checkpoint(load_checkpoint(tiny_checkpoint))
+    assert abs(scored["bpc"] - math.log2(len(vocab))) < 1.0
+
+
+def test_lanes_and_window_length_do_not_change_the_score(tiny_checkpoint):
+    model, vocab = model_from_checkpoint(load_checkpoint(tiny_checkpoint))
+    tokens = vocab.encode(JAVA_SNIPPET * 3)
+    a = bits_per_char(model, tokens, seq_len=7)
+    b = bits_per_char(model, tokens, seq_len=1000)
+    assert a["bpc"] == pytest.approx(b["bpc"], rel=1e-5) and a["chars"] == len(tokens) - 1
+
+
+def test_eval_bad_input(tiny_checkpoint, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    one_line_error(runner.invoke(app, ["eval", str(tiny_checkpoint), "--text-file", str(empty)]))
+    one_line_error(runner.invoke(app, ["eval", str(tiny_checkpoint), "--text-file", str(tmp_path / "nope.txt")]))
+    one_line_error(runner.invoke(app, ["eval", str(tmp_path / "missing.pt")]))
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--layers", "0"], "--layers must be at least 1"),
+        (["--lr", "-1"], "--lr must be a positive"),
+        (["--seq-len", "0"], "--seq-len must be at least 1"),
+        (["--batch-size", "5000"], "lower --batch-size or --seq-len"),
+        (["--precision", "fp16", "--device", "cpu"], "fp16 is not supported on the CPU"),
+        (["--model", "transformer"], "unknown model kind"),
+        (["--dropout", "1.5"], "--dropout must be in"),
+    ],
+)
+def test_nonsense_options_give_one_line_errors(tiny_dataset, tmp_path, args, message):
+    result = runner.invoke(app, ["train", "--data", str(tiny_dataset.path), "--out", str(tmp_path / "r"), "--steps", "2", *args])
+    assert message in one_line_error(result)
+    assert not (tmp_path / "r" / "latest.pt").exists()
+
+
+def test_run_folder_rules_and_resume_errors(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    base = ["train", "--data", str(tiny_dataset.path), "--out", str(run), "--layers", "1", "--hidden", "8",
+            "--embed", "4", "--batch-size", "2", "--seq-len", "8", "--threads", "1"]  # fmt: skip
+    assert "--resume" in one_line_error(runner.invoke(app, ["train", "--out", str(tmp_path / "none"), "--resume"]))
+    assert runner.invoke(app, [*base, "--steps", "2"]).exit_code == 0
+    latest = (run / "latest.pt").read_bytes()
+    assert "--resume, or start over with --force" in one_line_error(runner.invoke(app, [*base, "--steps", "2"]))
+    assert "differs from the run's" in one_line_error(runner.invoke(app, ["train", "--out", str(run), "--resume", "--hidden", "9"]))
+    other = make_dataset(tmp_path / "data" / "other", PYTHON_SNIPPET * 20, PYTHON_SNIPPET)
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume", "--data", str(other.path)])
+    assert "different vocabulary" in one_line_error(result)
+    missing = runner.invoke(app, ["train", "--data", str(tmp_path / "data" / "nope"), "--out", str(tmp_path / "x")])
+    assert "dataset not found" in one_line_error(missing)
+    assert (run / "latest.pt").read_bytes() == latest  # nothing above touched the run
+    result = runner.invoke(app, [*base, "--steps", "3", "--force", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["steps"] == 3
+
+
+def test_resume_refuses_a_checkpoint_with_a_pickled_object(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(options(tiny_dataset, run, steps=2))
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format": "charlstm-checkpoint", "version": 1, "evil": Evil()}, run / "latest.pt")
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume"])
+    assert "refusing to load" in one_line_error(result) and "pwned" not in result.output
+
+
+def test_checkpoint_helpers_round_trip_hidden_state(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(options(tiny_dataset, run, steps=3))
+    payload = load_checkpoint(run / "latest.pt")
+    h, c = payload["hidden_state"]
+    assert h.shape == (2, 4, 24) and c.shape == (2, 4, 24)
+    save_checkpoint(tmp_path / "copy.pt", payload)  # what training writes loads and saves again
+    assert load_checkpoint(tmp_path / "copy.pt")["rng"]["python"][0] == 3
