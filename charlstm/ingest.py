@@ -128,6 +128,12 @@ class Discovery:
         self.entries.append(entry)
 
 
+def _one_line(exc: BaseException) -> str:
+    """Library exceptions sometimes span lines (tarfile lists every method it tried): keep the first."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0].rstrip(":") if lines else type(exc).__name__
+
+
 def is_git_url(text: str) -> bool:
     return bool(_GIT_URL.match(text))
 
@@ -226,7 +232,7 @@ def _archive_members(archive: Path, index: int, source: Source, found: Discovery
                 return lambda: tf.extractfile(member).read()
 
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
-        raise CharlstmError(f"{archive}: corrupt or unreadable archive ({exc})") from None
+        raise CharlstmError(f"{archive}: corrupt or unreadable archive ({_one_line(exc)})") from None
     for member_name, size, is_dir, is_special, handle in members:
         if is_dir:
             continue
@@ -538,7 +544,7 @@ def _read_all(found: Discovery, scratch_path: Path, max_file_bytes: int, seed: i
                 bar.update(cand.size)
                 continue
             except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
-                raise CharlstmError(f"corrupt archive member {cand.path} ({exc})") from None
+                raise CharlstmError(f"corrupt archive member {cand.path} ({_one_line(exc)})") from None
             except OSError as exc:
                 entry["reason"], entry["error"] = "unreadable", exc.strerror or str(exc)
                 bar.update(cand.size)
