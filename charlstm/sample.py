@@ -14,6 +14,7 @@ markup, so `[...]` in code prints as itself.
 from __future__ import annotations
 
 import codecs
+import os
 import shutil
 import sys
 from collections import deque
@@ -208,13 +209,23 @@ class StreamWriter:
     a generated document separator becomes a line `── new file ──`. Colour mode (a terminal):
     the current line appears plain character by character, and once its newline arrives it is
     redrawn highlighted by the corpus's Pygments lexer, which sees the previous lines as context.
+    On a terminal, control characters other than tab and newline show as their Unicode pictures
+    (␛ for escape), so generated text can never drive the terminal.
     """
 
     CONTEXT_LINES = 30  # lines of the current file the lexer sees before the line it colours
 
-    def __init__(self, out: TextIO, color: bool = False, language: str | None = None, width: int | None = None):
+    def __init__(
+        self,
+        out: TextIO,
+        color: bool = False,
+        language: str | None = None,
+        width: int | None = None,
+        terminal: bool | None = None,
+    ):
         self.out = out
         self.color = color
+        self.terminal = color or (_isatty(out) if terminal is None else terminal)
         self.lexer = self.formatter = None
         if color and language:
             self.lexer, self.formatter = _pygments_for(language)
@@ -233,9 +244,11 @@ class StreamWriter:
             elif ch == "\n":
                 pieces.append(self._end_line(force_newline=True))
             else:
+                self.plain.append(ch)
+                if self.terminal and (ch < " " and ch != "\t" or ch == "\x7f"):
+                    ch = chr(0x2400 + ord(ch)) if ch < " " else "\u2421"
                 self._line += ch
                 pieces.append(ch)
-                self.plain.append(ch)
         self.out.write("".join(pieces))
         self.out.flush()
 
@@ -329,15 +342,17 @@ def stream_samples(sampler: Sampler, settings: SampleSettings, writer: StreamWri
     return ["".join(parts) for parts in texts]
 
 
-def is_color_terminal(stream: TextIO) -> bool:
-    import os
-
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
+def _isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def is_color_terminal(stream: TextIO) -> bool:
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return _isatty(stream)
 
 
 def stdout_text() -> TextIO:

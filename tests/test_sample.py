@@ -231,3 +231,13 @@ def test_no_runs_at_all_says_how_to_train_one(tmp_path, monkeypatch):
     assert "no trained runs" in result.stderr and "charlstm train" in result.stderr
     with pytest.raises(CharlstmError, match="charlstm train"):
         checkpoint_module.resolve_checkpoint(None)
+
+
+def test_control_characters_cannot_drive_a_terminal_but_pass_through_a_pipe():
+    shown, piped = io.StringIO(), io.StringIO()
+    text = "a\x1b[31mb\x0cc\td\n"
+    terminal = StreamWriter(shown, color=False, terminal=True)
+    terminal.write(text)
+    StreamWriter(piped, color=False, terminal=False).write(text)
+    assert shown.getvalue() == "a\u241b[31mb\u240cc\td\n"
+    assert piped.getvalue() == text and "".join(terminal.plain) == text
