@@ -274,6 +274,8 @@ def inspect_neuron_command(
         inspection.check_unit(layer, neuron)
     if state != "all":
         inspection.check_signal(state)
+    if not modes and (layer is None or neuron is None):
+        raise CharlstmError("give --layer and --neuron (or --find FEATURE, --stats, --html OUT.html)")
     default_chars = 5000 if (find or stats) else 2000 if html else 1000
     chosen, source = neurons.choose_text(inspection, text, text_file, from_val, data, default_chars)
 
@@ -299,7 +301,7 @@ def inspect_neuron_command(
             return
         measure = "point-biserial r" if is_binary(find) else "Pearson r"
         title = f"Units following {find!r} ({measure} over {source})"
-        window = neurons.feature_window(feature)
+        window = neurons.feature_window(feature, width=max(24, err.width - 45))  # the rest of the row fits
         err.print(render.find_table(find, units, acts, feature, chosen, window, title))
         if units:
             best = units[0]
@@ -320,8 +322,6 @@ def inspect_neuron_command(
         err.print(render.stats_table(rows, f"Gate saturation ({source}; {escape(inspection.describe())})"))
         return
 
-    if layer is None or neuron is None:
-        raise CharlstmError("give --layer and --neuron (or --find FEATURE, --stats, --html OUT.html)")
     acts = neurons.activations(inspection.model, inspection.vocab, chosen)
     out = Console(highlight=False)
     err.print(

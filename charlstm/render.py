@@ -69,11 +69,14 @@ def _hex(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-def colour_text(text: str, values: Sequence[float], signal: str, scale: float | None = None) -> Text:
+def colour_text(
+    text: str, values: Sequence[float], signal: str, scale: float | None = None, newlines: bool = True
+) -> Text:
     """`text` with each character on a background coloured by its value of `signal`.
 
     `scale` overrides the magnitude drawn at full colour for the cell state (default: the largest
     |value| among `values`). Whitespace is drawn with dim marks; the text is never read as markup.
+    With `newlines=False` a newline is only marked (↵), keeping a snippet on one line.
     """
     if len(values) != len(text):
         raise ValueError(f"{len(text)} characters but {len(values)} values")
@@ -85,7 +88,8 @@ def colour_text(text: str, values: Sequence[float], signal: str, scale: float | 
         style = f"{_ink(bg)} on {_hex(bg)}"
         if ch == "\n":
             out.append(NEWLINE_MARK, style=style + " dim")
-            out.append("\n")
+            if newlines:
+                out.append("\n")
         elif ch in VISIBLE:
             out.append(VISIBLE[ch], style=style + " dim")
         elif not ch.isprintable():
@@ -95,23 +99,76 @@ def colour_text(text: str, values: Sequence[float], signal: str, scale: float | 
     return out
 
 
-def legend(signal: str, scale: float | None = None, width: int = 21) -> Text:
-    """A one-line colour bar with its end values, e.g. ``hidden  −1 ▇▇▇…▇▇▇ +1``."""
+def legend(signal: str, scale: float | None = None, width: int = 15) -> Text:
+    """A one-line colour bar with its end values, e.g. ``hidden −1 ▇▇▇…▇▇▇ +1``."""
     if signal in GATES:
-        low, high = 0.0, 1.0
-        words = ("closed", "open")
+        low, high, words = 0.0, 1.0, ("closed", "open")
     else:
         high = scale if scale is not None else value_range(signal)[1]
-        low = -high
-        words = ("negative", "positive")
+        low, words = -high, ("", "")
     out = Text()
-    out.append(f"{signal}: ", style="bold")
-    out.append(f"{words[0]} {low:+.3g} ")
+    out.append(f"{signal} ", style="bold")
+    out.append(f"{words[0]} {low:.3g} ".lstrip())
     for k in range(width):
         v = low + (high - low) * k / (width - 1)
         out.append(" ", style=f"on {_hex(colour_of(v, signal, high))}")
-    out.append(f" {high:+.3g} {words[1]}")
-    if signal == "cell" and scale is None:
-        out.append("  (scaled by the largest |value| shown)", style="dim")
-    out.append("   ·=space →=tab ↵=newline", style="dim")
+    out.append(f" {high:{'g' if signal in GATES else '+.3g'}} {words[1]}".rstrip())
+    if signal == "cell":
+        out.append(" (largest |value| shown)", style="dim")
+    out.append("  ·space →tab ↵newline", style="dim")
     return out
+
+
+# ----- tables for `inspect-neuron --find` and `--stats` ------------------------------------------
+
+
+def feature_snippet(text: str, feature: Sequence[float]) -> Text:
+    """The feature itself drawn like a signed signal scaled by its largest |value| (0 stays white)."""
+    return colour_text(text, feature, "feature", newlines=False)
+
+
+def find_table(feature_name: str, units, acts: dict, feature, text: str, window: tuple[int, int], title: str):
+    """A ranked table of units, each with a one-line snippet of the text coloured by its activation.
+
+    `units` are objects with layer (1-based), neuron, signal, score; `acts` maps signal → [L, T, H].
+    """
+    from rich.table import Table
+
+    start, end = window
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("#", justify="right", style="dim", no_wrap=True)
+    table.add_column("layer", justify="right", no_wrap=True)
+    table.add_column("neuron", justify="right", no_wrap=True)
+    table.add_column("signal", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column(f"characters {start}–{end}", no_wrap=True, overflow="crop")
+    table.add_row("", "", "", feature_name, "", feature_snippet(text[start:end], feature[start:end]), style="italic")
+    for rank, unit in enumerate(units, 1):
+        values = acts[unit.signal][unit.layer - 1, :, unit.neuron]
+        scale = value_range(unit.signal, values)[1]  # the cell scaled over the whole text, not the snippet
+        snippet = colour_text(text[start:end], values[start:end], unit.signal, scale=scale, newlines=False)
+        colour = "blue" if unit.score > 0 else "red"
+        table.add_row(
+            str(rank), str(unit.layer), str(unit.neuron), unit.signal, f"[{colour}]{unit.score:+.3f}[/{colour}]", snippet
+        )
+    return table
+
+
+def stats_table(rows: list[dict], title: str):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("layer", "right"), ("gate", "left"), ("left <0.1", "right"), ("right >0.9", "right"),
+                          ("mostly left", "right"), ("mostly right", "right")):  # fmt: skip
+        table.add_column(name, justify=justify, no_wrap=True)
+    table.caption = "share of time each gate is saturated, averaged over units; units saturated > 50 % of the time"
+    for r in rows:
+        table.add_row(
+            str(r["layer"]),
+            r["gate"],
+            f"{100 * r['left_saturated']:.1f}%",
+            f"{100 * r['right_saturated']:.1f}%",
+            f"{r['units_mostly_left']}/{r['units']}",
+            f"{r['units_mostly_right']}/{r['units']}",
+        )
+    return table

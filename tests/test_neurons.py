@@ -1,0 +1,269 @@
+"""Neuron inspection: activations equal the training model, ranking finds planted units, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from charlstm import neurons
+from charlstm.cli import app
+from charlstm.errors import CharlstmError
+from charlstm.model import CharRNN, ModelConfig
+from charlstm.vocab import Vocab
+from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_dataset
+
+runner = CliRunner()
+VOCAB = Vocab.from_counts({ch: 1 for ch in JAVA_SNIPPET + PYTHON_SNIPPET})
+
+
+def tiny_model(kind: str, layers: int = 2, hidden: int = 12) -> CharRNN:
+    torch.manual_seed(1)
+    model = CharRNN(ModelConfig(vocab_size=len(VOCAB), kind=kind, layers=layers, hidden=hidden, embed=6))
+    with torch.no_grad():  # larger weights than the default init, so gates leave their middle range
+        for p in model.rnn.parameters():
+            p.mul_(3)
+    return model.eval()
+
+
+def layer_by_layer(model: CharRNN, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's hidden states [T, H] from single-layer fused modules fed the layer below."""
+    cfg = model.config
+    rnn_class = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cfg.kind]
+    x = model.embedding(tokens[None])
+    outputs = []
+    for k in range(cfg.layers):
+        single = rnn_class(x.shape[-1], cfg.hidden, batch_first=True)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(single, f"{name}_l0").data.copy_(getattr(model.rnn, f"{name}_l{k}"))
+        x, _ = single(x)
+        outputs.append(x[0])
+    return outputs
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@torch.no_grad()
+def test_activations_equal_the_training_forward_pass(kind):
+    model = tiny_model(kind)
+    text = PYTHON_SNIPPET[:80]
+    tokens = torch.from_numpy(VOCAB.encode(text))
+    acts = neurons.activations(model, VOCAB, text)
+    assert set(acts) == set(neurons.SIGNALS[kind])
+    for values in acts.values():
+        assert values.shape == (2, len(text), 12) and values.dtype == np.float32
+
+    logits, state = model(tokens[None])
+    from charlstm.engine import StepEngine
+
+    trace = {k: torch.from_numpy(v) for k, v in acts.items()}
+    torch.testing.assert_close(StepEngine(model).logits_from_trace(trace), logits[0], atol=1e-5, rtol=1e-4)
+    for k, expected in enumerate(layer_by_layer(model, tokens)):
+        torch.testing.assert_close(trace["hidden"][k], expected, atol=1e-5, rtol=1e-4)
+    h_n = state[0] if kind == "lstm" else state
+    torch.testing.assert_close(trace["hidden"][:, -1], h_n[:, 0], atol=1e-5, rtol=1e-4)
+    if kind == "lstm":
+        torch.testing.assert_close(trace["cell"][:, -1], state[1][:, 0], atol=1e-5, rtol=1e-4)
+        # The cell state at every step too: the fused module's final state after each prefix.
+        for t in (0, 7, 33):
+            _, (_, c_t) = model(tokens[None, : t + 1])
+            torch.testing.assert_close(trace["cell"][:, t], c_t[:, 0], atol=1e-5, rtol=1e-4)
+
+
+def test_gate_values_are_consistent_with_the_states():
+    acts = neurons.activations(tiny_model("lstm"), VOCAB, JAVA_SNIPPET[:60])
+    i, f, o, g, c, h = (acts[s][0] for s in ("input", "forget", "output", "candidate", "cell", "hidden"))
+    for gate in (i, f, o):
+        assert gate.min() >= 0 and gate.max() <= 1
+    np.testing.assert_allclose(c[1:], f[1:] * c[:-1] + i[1:] * g[1:], atol=1e-5)
+    np.testing.assert_allclose(h, o * np.tanh(c), atol=1e-5)
+
+
+# ----- ranking -----------------------------------------------------------------------------------
+
+
+def test_ranking_finds_planted_units_and_skips_constant_ones():
+    rng = np.random.default_rng(0)
+    feature = rng.integers(0, 6, size=300).astype(np.float32)
+    hidden = rng.normal(size=(2, 300, 8)).astype(np.float32)
+    hidden[1, :, 5] = 0.3 * feature - 1  # an exact linear copy: r = +1
+    cell = rng.normal(size=(2, 300, 8)).astype(np.float32)
+    cell[0, :, 2] = -feature + 0.01 * rng.normal(size=300)  # a near-perfect inverse: r ≈ −1
+    cell[0, :, 3] = 0.25  # constant: undefined correlation, left out
+    ranked = neurons.rank_units({"hidden": hidden, "cell": cell}, feature)
+    assert (ranked[0].layer, ranked[0].neuron, ranked[0].signal) == (2, 5, "hidden")
+    assert ranked[0].score == pytest.approx(1.0, abs=1e-5)
+    assert (ranked[1].layer, ranked[1].neuron, ranked[1].signal) == (1, 2, "cell")
+    assert ranked[1].score < -0.99
+    assert len(ranked) == 2 * 2 * 8 - 1 and not any(np.isnan(u.score) for u in ranked)
+    assert all(abs(a.score) >= abs(b.score) for a, b in zip(ranked, ranked[1:]))
+    assert neurons.rank_units({"hidden": hidden, "cell": cell}, feature, top=3) == ranked[:3]
+    as_dict = ranked[0].to_dict()
+    assert as_dict == {"layer": 2, "neuron": 5, "signal": "hidden", "score": pytest.approx(1.0, abs=1e-5)}
+
+
+def test_correlation_matches_numpy_and_is_point_biserial_on_binary_features():
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(200, 4)).astype(np.float32)
+    binary = (rng.random(200) < 0.3).astype(np.float32)
+    r = neurons.correlations(values, binary)
+    for n in range(4):
+        assert r[n] == pytest.approx(np.corrcoef(values[:, n], binary)[0, 1], abs=1e-5)
+        # Point-biserial: (mean₁ − mean₀) / std · sqrt(p q).
+        x, p = values[:, n].astype(np.float64), binary.mean()
+        pb = (x[binary == 1].mean() - x[binary == 0].mean()) / x.std() * np.sqrt(p * (1 - p))
+        assert r[n] == pytest.approx(pb, abs=1e-5)
+
+
+def test_constant_feature_is_a_clear_error():
+    with pytest.raises(CharlstmError, match="constant"):
+        neurons.rank_units({"hidden": np.zeros((1, 10, 3), np.float32)}, np.ones(10, np.float32))
+
+
+def test_find_units_on_a_planted_feature_of_a_real_trace():
+    """Rank a model's real activations against a feature made from one of its own units."""
+    model = tiny_model("lstm")
+    text = JAVA_SNIPPET
+    acts = neurons.activations(model, VOCAB, text)
+    planted = acts["cell"][1, :, 7]
+    ranked = neurons.rank_units(acts, planted, top=1)
+    assert (ranked[0].layer, ranked[0].neuron, ranked[0].signal) == (2, 7, "cell")
+
+
+def test_feature_window_picks_where_the_feature_varies():
+    feature = np.zeros(500, np.float32)
+    feature[300:320] = 1
+    start, end = neurons.feature_window(feature, 64)
+    assert end - start == 64 and start <= 300 and end >= 320
+    assert neurons.feature_window(feature[:10], 64) == (0, 10)
+
+
+def test_saturation_fractions():
+    steps, hidden = 100, 4
+    acts = {
+        "input": np.full((1, steps, hidden), 0.05, np.float32),
+        "forget": np.full((1, steps, hidden), 0.95, np.float32),
+        "output": np.full((1, steps, hidden), 0.5, np.float32),
+    }
+    acts["output"][0, :30, 0] = 0.99  # one unit right-saturated 30 % of the time
+    rows = {r["gate"]: r for r in neurons.saturation(acts, "lstm")}
+    assert rows["input"]["left_saturated"] == 1.0 and rows["input"]["units_mostly_left"] == 4
+    assert rows["forget"]["right_saturated"] == 1.0 and rows["forget"]["units_mostly_right"] == 4
+    assert rows["output"]["right_saturated"] == pytest.approx(0.3 / 4)
+    assert rows["output"]["units_mostly_right"] == 0 and rows["output"]["layer"] == 1
+    with pytest.raises(CharlstmError, match="no gates"):
+        neurons.saturation({"hidden": acts["input"]}, "rnn")
+
+
+# ----- the command -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_with_data(tmp_path):
+    """A checkpoint whose recorded dataset exists (same vocabulary), for --from-val."""
+    data = tmp_path / "data" / "tiny"
+    make_dataset(data, JAVA_SNIPPET + PYTHON_SNIPPET, JAVA_SNIPPET * 3)
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
+    payload = torch.load(ckpt, weights_only=True)
+    payload["dataset"]["path"] = str(data)
+    torch.save(payload, ckpt)
+    return ckpt
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["inspect-neuron", *args])
+
+
+def test_cli_colours_one_neuron(tiny_checkpoint):
+    result = invoke(str(tiny_checkpoint), "--layer", "2", "--neuron", "15", "--text", "if (name) {\n    greet();\n}\n")
+    assert result.exit_code == 0, result.output
+    assert "if·(name)·{↵" in result.stdout and "····greet();↵" in result.stdout
+    assert "hidden -1" in result.stdout  # the legend
+    assert "layer 2 of 2, neuron 15 (0-based)" in result.stderr
+
+
+def test_cli_state_all_shows_every_signal(tiny_checkpoint):
+    result = invoke(str(tiny_checkpoint), "-l", "1", "-n", "0", "--state", "all", "--text", "return name;")
+    assert result.exit_code == 0, result.output
+    for signal in ("hidden", "cell", "input", "forget", "output", "candidate"):
+        assert f"{signal} " in result.stdout
+    assert result.stdout.count("return·name;") == 6
+
+
+def test_cli_gru_names_its_own_signals(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "gru" / "best.pt", kind="gru")
+    result = invoke(str(ckpt), "-l", "1", "-n", "0", "--state", "cell", "--text", "name")
+    assert result.exit_code == 1
+    assert "a GRU has no 'cell' signal; it has: reset, update, candidate, hidden" in result.stderr
+    ok = invoke(str(ckpt), "-l", "1", "-n", "0", "--state", "update", "--text", "name")
+    assert ok.exit_code == 0 and "update closed 0" in ok.stdout
+
+
+def test_cli_from_val_and_find_json(run_with_data):
+    view = invoke(str(run_with_data), "-l", "1", "-n", "3", "--from-val", "22")
+    assert view.exit_code == 0, view.output
+    assert "public·class·Greeter·{" in view.stdout
+    result = invoke(str(run_with_data), "--find", "indent", "--top", "4", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["feature"] == "indent" and report["chars"] == len(JAVA_SNIPPET * 3)
+    assert len(report["neurons"]) == 4
+    for unit in report["neurons"]:
+        assert set(unit) == {"layer", "neuron", "signal", "score"}
+        assert 1 <= unit["layer"] <= 2 and 0 <= unit["neuron"] < 16 and -1 <= unit["score"] <= 1
+    scores = [abs(u["score"]) for u in report["neurons"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_cli_find_table_and_stats(run_with_data):
+    table = invoke(str(run_with_data), "--find", "string", "--top", "3")
+    assert table.exit_code == 0, table.output
+    assert "point-biserial" in table.stderr and "see one: charlstm inspect-neuron" in table.stderr
+    stats = invoke(str(run_with_data), "--stats", "--json")
+    assert stats.exit_code == 0, stats.output
+    rows = json.loads(stats.stdout)["gates"]
+    assert [(r["layer"], r["gate"]) for r in rows] == [
+        (1, "input"), (1, "forget"), (1, "output"), (2, "input"), (2, "forget"), (2, "output")
+    ]  # fmt: skip
+    assert all(0 <= r["left_saturated"] <= 1 and 0 <= r["right_saturated"] <= 1 for r in rows)
+    table = invoke(str(run_with_data), "--stats")
+    assert table.exit_code == 0 and "right >0.9" in table.stderr and "forget" in table.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-l", "3", "-n", "0", "--text", "n"], "layers 1..2 (1-based)"),
+        (["-l", "0", "-n", "0", "--text", "n"], "layers 1..2 (1-based)"),
+        (["-l", "1", "-n", "16", "--text", "n"], "neurons 0..15 (0-based)"),
+        (["-l", "1", "-n", "0", "--text", ""], "the text is empty"),
+        (["-l", "1", "-n", "0", "--text", "naïve€"], "lacks: 'ï', '€'"),
+        (["--find", "loops", "--text", "n"], "unknown feature 'loops'; choose one of indent, column"),
+        (["--find", "regex:(", "--text", "n"], "invalid regex '('"),
+        (["--find", "indent", "--text", "name"], "constant"),
+        (["-l", "1", "--text", "n"], "give both --layer and --neuron"),
+        (["--text", "n"], "give --layer and --neuron"),
+        (["-l", "1", "-n", "0", "--state", "memory", "--text", "n"], "unknown --state 'memory'"),
+        (["-l", "1", "-n", "0", "--text", "n", "--from-val", "5"], "give only one of --text, --from-val"),
+        (["-l", "1", "-n", "0"], "dataset data/tiny (validation text for this checkpoint) is not here"),
+        (["-l", "1", "-n", "0", "--text-file", "/nonexistent/file.java"], "cannot read /nonexistent/file.java"),
+        (["--stats", "--find", "indent", "--text", "n"], "choose one of --find, --stats"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_line(tiny_checkpoint, args, message):
+    result = invoke(str(tiny_checkpoint), *args)
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_text_file_and_missing_checkpoint(tmp_path, tiny_checkpoint):
+    f = tmp_path / "Snippet.java"
+    f.write_bytes(b"int n;\r\n")
+    result = invoke(str(tiny_checkpoint), "-l", "1", "-n", "1", "--text-file", str(f))
+    assert result.exit_code == 0 and "int·n;↵" in result.stdout and "\r" not in result.stdout
+    missing = invoke(str(tmp_path / "nothing.pt"), "-l", "1", "-n", "0", "--text", "n")
+    assert missing.exit_code == 1 and "checkpoint not found" in missing.stderr
