@@ -33,7 +33,8 @@ from charlstm.vocab import DOC_SEP, Vocab
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 NEW_FILE_RULE = "── new file ──"  # how a generated document separator (a new file starting) is shown
-NOISE_BLOCK = 256  # steps of Gumbel noise drawn per call to the generator
+PRIME_CHUNK = 4096  # prime characters per fused forward
+NOISE_ELEMENTS = 1 << 20  # Gumbel noise drawn per call to the generator (4 MB), for up to 256 steps
 
 
 @dataclass
@@ -137,8 +138,11 @@ class Sampler:
         batch, engine = settings.num_samples, self.engine
         tokens, _ = self.prime_tokens(settings.prime)
 
-        # The prime: one fused forward over it, then its final state and logits fan out to the batch.
-        logits, state = self.model(tokens[None])
+        # The prime: fused forwards over it (in chunks, so a long prime file needs little memory);
+        # its final state and logits then fan out to the batch.
+        state = None
+        for chunk in tokens.split(PRIME_CHUNK):
+            logits, state = self.model(chunk[None], state)
         logits = logits[0, -1:].float().expand(batch, -1)
         layer_states = state if isinstance(state, tuple) else (state,)
         state = [
@@ -151,11 +155,11 @@ class Sampler:
         symbols, stop = self.vocab.symbols, settings.stop
         tails = [""] * batch  # the last len(stop) characters of each sample, to spot the stop text
         done = [False] * batch
-        noise = None
+        noise, block = None, max(1, min(256, NOISE_ELEMENTS // (batch * engine.vocab_size)))
         for t in range(settings.length):
-            if not settings.greedy and t % NOISE_BLOCK == 0:
-                noise = _gumbel((NOISE_BLOCK, batch, engine.vocab_size), generator, self.device)
-            next_tokens = self._choose(logits, settings, None if settings.greedy else noise[t % NOISE_BLOCK])
+            if not settings.greedy and t % block == 0:
+                noise = _gumbel((block, batch, engine.vocab_size), generator, self.device)
+            next_tokens = self._choose(logits, settings, None if settings.greedy else noise[t % block])
             chars = [symbols[i] for i in next_tokens.tolist()]
             for b, ch in enumerate(chars):
                 if done[b]:

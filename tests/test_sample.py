@@ -241,3 +241,13 @@ def test_control_characters_cannot_drive_a_terminal_but_pass_through_a_pipe():
     StreamWriter(piped, color=False, terminal=False).write(text)
     assert shown.getvalue() == "a\u241b[31mb\u240cc\td\n"
     assert piped.getvalue() == text and "".join(terminal.plain) == text
+
+
+def test_a_long_prime_is_read_in_chunks_with_the_state_carried(lively_checkpoint, monkeypatch):
+    from charlstm import sample as sample_module
+
+    sampler = sampler_for(lively_checkpoint)
+    prime = "return x;\n" * 30
+    whole = sampler.sample_texts(SampleSettings(length=30, prime=prime, greedy=True))
+    monkeypatch.setattr(sample_module, "PRIME_CHUNK", 7)
+    assert sampler.sample_texts(SampleSettings(length=30, prime=prime, greedy=True)) == whole
