@@ -5,9 +5,9 @@ The pipeline keeps memory bounded by a small multiple of the largest file, never
 1. discover    walk every SOURCE (directory, file, archive, git clone) into candidate files, filtering by
                folder, extension, size and symlink from metadata alone;
 2. read        per candidate: reject empty, binary, duplicate and undecodable files, decode UTF-8,
-               normalise newlines, and append DOC_SEP + the text's code points (uint32) to a scratch
-               stream on disk;
-3. vocabulary  count code points over the scratch stream in chunks; keep every character seen at least
+               normalise newlines, count characters, and append DOC_SEP + the text's code points
+               (uint32) to a scratch stream on disk;
+3. vocabulary  from the code-point counts gathered while reading: every character seen at least
                `min_char_count` times, in code-point order (`Vocab.from_counts`);
 4. split       whole files go to validation, in a seeded pseudo-random order, up to `val_fraction` of
                the characters, so validation measures unseen files;
@@ -35,11 +35,11 @@ import time
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from glob import glob
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
@@ -65,7 +65,6 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".ta
 # becomes U+FFFD (the UNK symbol) and is counted. One stray Latin-1 comment should not cost a file.
 MAX_INVALID_FRACTION = 0.01
 CLONE_TIMEOUT_S = 900
-SCRATCH_CHUNK = 1 << 24  # code points per chunk when counting the scratch stream (64 MB of uint32)
 MAX_CODE_POINT = 0x110000
 _GIT_URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^[\w.-]+@[\w.-]+:", re.IGNORECASE)
 
@@ -423,8 +422,9 @@ def validate_name(name: str | None) -> str:
 @dataclass
 class _Kept:
     entry: dict
-    offset: int  # in code points, in the scratch stream (DOC_SEP included)
-    chars: int
+    offset: int  # in bytes, in the scratch stream
+    width: int  # bytes per code point there: 1 for ASCII files, else 4
+    chars: int  # tokens in the dataset: the text's characters plus the DOC_SEP before them
     order_key: bytes
 
 
@@ -475,7 +475,7 @@ def ingest(
         (work / "dataset").mkdir()
         resolved = resolve_sources(sources, preset, work / "scratch")
         found = discover(resolved, exts, closer)
-        stats = _read_all(found, work / "scratch" / "codepoints.u32", max_file_bytes, seed, progress)
+        stats = _read_all(found, work / "scratch" / "codepoints", max_file_bytes, seed, progress)
         closer.close()
         if not stats["kept"]:
             raise CharlstmError(_nothing_to_ingest(resolved, found))
@@ -522,9 +522,9 @@ def _read_all(found: Discovery, scratch_path: Path, max_file_bytes: int, seed: i
 
     kept: list[_Kept] = []
     seen: dict[bytes, str] = {}
+    counts = np.zeros(MAX_CODE_POINT, dtype=np.int64)  # occurrences of every code point, DOC_SEP included
     bytes_read = invalid_total = 0
-    offset = 0
-    doc_sep = DOC_SEP.encode("utf-32-le")
+    offset = total_chars = 0
     total = sum(min(c.size, max_file_bytes + 1) for c in found.candidates)
     with open(scratch_path, "wb", buffering=1 << 20) as out, tqdm(
         total=total, unit="B", unit_scale=True, desc="reading", file=sys.stderr, disable=None if progress else True,
@@ -566,24 +566,36 @@ def _read_all(found: Discovery, scratch_path: Path, max_file_bytes: int, seed: i
                 entry["reason"], entry["duplicate_of"] = "duplicate", seen[digest]
                 continue
             seen[digest] = cand.path
-            text, invalid = decode_source(data)
-            if invalid > MAX_INVALID_FRACTION * len(data):
-                entry["reason"], entry["invalid_bytes"] = "not-utf8", invalid
-                continue
-            if not text:  # a file that held only a byte-order mark
-                entry["reason"] = "empty"
-                continue
-            if invalid:
-                entry["invalid_bytes"] = invalid
-                invalid_total += invalid
-            out.write(doc_sep)
-            out.write(text.encode("utf-32-le"))
-            chars = len(text) + 1
+            if data.isascii() and b"\r" not in data and b"\x1c" not in data:
+                # Most source files: the bytes already are the code points, with nothing to decode or fix.
+                codes = np.frombuffer(data, dtype=np.uint8)  # kept one byte wide in the scratch stream
+                counts[:128] += np.bincount(codes, minlength=128)
+            else:
+                text, invalid = decode_source(data)
+                if invalid > MAX_INVALID_FRACTION * len(data):
+                    entry["reason"], entry["invalid_bytes"] = "not-utf8", invalid
+                    continue
+                if not text:  # a file that held only a byte-order mark
+                    entry["reason"] = "empty"
+                    continue
+                if invalid:
+                    entry["invalid_bytes"] = invalid
+                    invalid_total += invalid
+                codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+                present, n = np.unique(codes, return_counts=True)
+                counts[present] += n
+                if offset % 4:
+                    out.write(bytes(4 - offset % 4))  # keep uint32 runs aligned in the scratch stream
+                    offset += 4 - offset % 4
+            counts[ord(DOC_SEP)] += 1  # written before each file in pass 3
+            out.write(codes.data)
+            chars = len(codes) + 1
             entry["chars"] = chars
             order_key = hashlib.sha256(f"{seed}\0{cand.path}".encode("utf-8", "surrogateescape")).digest()
-            kept.append(_Kept(entry, offset, chars, order_key))
-            offset += chars
-    return {"kept": kept, "bytes_read": bytes_read, "invalid_bytes": invalid_total, "total_chars": offset}
+            kept.append(_Kept(entry, offset, codes.itemsize, chars, order_key))
+            offset += codes.nbytes
+            total_chars += chars
+    return {"kept": kept, "counts": counts, "bytes_read": bytes_read, "invalid_bytes": invalid_total, "total_chars": total_chars}
 
 
 def _nothing_to_ingest(sources: list[Source], found: Discovery) -> str:
@@ -615,18 +627,12 @@ def _split(kept: list[_Kept], val_fraction: float) -> None:
         kept[smallest].entry["split"] = "val"
 
 
-def _count_code_points(scratch: np.ndarray) -> np.ndarray:
-    counts = np.zeros(MAX_CODE_POINT, dtype=np.int64)
-    for lo in range(0, len(scratch), SCRATCH_CHUNK):
-        counts += np.bincount(scratch[lo : lo + SCRATCH_CHUNK], minlength=MAX_CODE_POINT)
-    return counts
-
-
 def _write_dataset(work, name, found, stats, sources, min_char_count, val_fraction, seed, exts) -> dict:
     """Passes 2 and 3: vocabulary from counts, split, then ids into train.bin / val.bin and meta.json."""
     kept: list[_Kept] = stats["kept"]
-    scratch = np.memmap(work / "scratch" / "codepoints.u32", dtype=np.uint32, mode="r", shape=(stats["total_chars"],))
-    counts = _count_code_points(scratch)
+    scratch_path = work / "scratch" / "codepoints"
+    scratch = np.memmap(scratch_path, dtype=np.uint8, mode="r") if scratch_path.stat().st_size else np.zeros(0, np.uint8)
+    counts = stats["counts"]
     present = np.flatnonzero(counts)
     vocab = Vocab.from_counts({chr(cp): int(counts[cp]) for cp in present}, min_count=min_char_count)
     if len(vocab) > np.iinfo(np.uint16).max + 1:
@@ -640,15 +646,18 @@ def _write_dataset(work, name, found, stats, sources, min_char_count, val_fracti
     _split(kept, val_fraction)
     out_dir = work / "dataset"
     digest = hashlib.sha256()  # over train.bin then val.bin, as dataset.write_dataset computes it
+    separator = np.array([vocab.doc_sep], dtype=vocab.dtype).tobytes()
     split_chars = {}
     for split in ("train", "val"):
         n = 0
         with open(out_dir / f"{split}.bin", "wb", buffering=1 << 20) as out:
             for k in kept:
                 if k.entry["split"] == split:
-                    data = lookup[scratch[k.offset : k.offset + k.chars]].tobytes()
-                    digest.update(data)
-                    out.write(data)
+                    codes = scratch[k.offset : k.offset + (k.chars - 1) * k.width]
+                    data = lookup[codes.view(np.uint32) if k.width == 4 else codes].tobytes()
+                    for chunk in (separator, data):
+                        digest.update(chunk)
+                        out.write(chunk)
                     n += k.chars
         split_chars[split] = n
     del scratch
@@ -689,7 +698,7 @@ def _write_dataset(work, name, found, stats, sources, min_char_count, val_fracti
         "files": sorted(found.entries, key=lambda e: (e["source"], e["path"])),
         "charlstm_version": __version__,
     }
-    (out_dir / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    (out_dir / "meta.json").write_text(_meta_json(meta), encoding="utf-8")
     return {
         "name": name,
         "path": str(work.parent / name),
@@ -708,6 +717,19 @@ def _write_dataset(work, name, found, stats, sources, min_char_count, val_fracti
         "content_hash": meta["content_hash"],
         "warnings": warnings,
     }
+
+
+def _meta_json(meta: dict) -> str:
+    """One line per key and one per file: readable, and written by json's C encoder (indent= is pure Python)."""
+    lines = []
+    for key, value in meta.items():
+        if key == "files":
+            # ASCII escapes: file names that are not valid UTF-8 carry surrogates that UTF-8 cannot write.
+            files = ",\n  ".join(json.dumps(entry) for entry in value)
+            lines.append(f'"files": [\n  {files}\n ]')
+        else:
+            lines.append(f"{json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
+    return "{\n " + ",\n ".join(lines) + "\n}\n"
 
 
 def report_table(report: dict):
