@@ -190,15 +190,15 @@ def inspect_neuron_command(
         typer.Option("--neuron", "-n", help="Unit within the layer, 0-based.", rich_help_panel="Neuron"),
     ] = None,
     state: Annotated[
-        str,
+        Optional[str],
         typer.Option(
             "--state",
             "-s",
             help="Signal to colour by: hidden|cell|input|forget|output|candidate (LSTM), "
-            "reset|update|candidate|hidden (GRU), hidden (RNN), or all.",
+            "reset|update|candidate|hidden (GRU), hidden (RNN), or all  [default: hidden].",
             rich_help_panel="Neuron",
         ),
-    ] = "hidden",
+    ] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="Inspect this text.", rich_help_panel="Text")] = None,
     text_file: Annotated[
         Optional[str], typer.Option("--text-file", help="Inspect this UTF-8 file.", rich_help_panel="Text")
@@ -209,7 +209,7 @@ def inspect_neuron_command(
             "--from-val",
             "--chars",
             help="Inspect the first CHARS characters of the checkpoint's validation split "
-            "(the default text: 1000 characters; 5000 for --find/--stats; 2000 for --html).",
+            "(the default text: 1000 characters; 5000 for --find/--stats; up to 2000 for --html).",
             rich_help_panel="Text",
         ),
     ] = None,
@@ -260,7 +260,7 @@ def inspect_neuron_command(
         raise CharlstmError(f"choose one of {', '.join(modes)} at a time")
     if json_out and not (find or stats):
         raise CharlstmError("--json goes with --find or --stats")
-    if state not in _INSPECT_STATES:
+    if state is not None and state not in _INSPECT_STATES:
         raise CharlstmError(f"unknown --state {state!r}; choose one of {', '.join(_INSPECT_STATES)}")
     if find is not None:
         validate_feature(find)  # before the slow part
@@ -272,11 +272,16 @@ def inspect_neuron_command(
         if layer is None or neuron is None:
             raise CharlstmError("give both --layer and --neuron")
         inspection.check_unit(layer, neuron)
-    if state != "all":
+    if state not in (None, "all"):
         inspection.check_signal(state)
     if not modes and (layer is None or neuron is None):
         raise CharlstmError("give --layer and --neuron (or --find FEATURE, --stats, --html OUT.html)")
-    default_chars = 5000 if (find or stats) else 2000 if html else 1000
+    if html is not None:
+        from charlstm.explorer import default_chars as html_chars
+
+        default_chars = html_chars(inspection)
+    else:
+        default_chars = 5000 if (find or stats) else 1000
     chosen, source = neurons.choose_text(inspection, text, text_file, from_val, data, default_chars)
 
     if html is not None:
@@ -328,7 +333,7 @@ def inspect_neuron_command(
         f"layer {layer} of {inspection.layers}, neuron {neuron} (0-based) — {escape(inspection.describe())}; {escape(source)}",
         highlight=False,
     )
-    for signal in inspection.signals if state == "all" else (state,):
+    for signal in inspection.signals if state == "all" else (state or "hidden",):
         values = acts[signal][layer - 1, :, neuron]
         scale = render.value_range(signal, values)[1]
         if state == "all":

@@ -1,0 +1,152 @@
+"""A self-contained HTML explorer of one model over one text, in the spirit of the LSTM explorer web
+app that accompanied the source article.
+
+The page holds every signal of every unit over the text, quantised to 8 bits per value
+(per unit: its minimum and maximum over the text, then 256 levels between them), deflated and
+base64-encoded, one block per (signal, layer); the browser inflates a block with its built-in
+DecompressionStream only when it is shown. No network, no CDN: the page's script and style are
+inlined from `charlstm/assets/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import zlib
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from charlstm.checkpoint import atomic_write
+from charlstm.errors import CharlstmError
+from charlstm.features import FEATURES
+from charlstm.neurons import Inspection, activations, top_units_by_feature
+from charlstm.render import BOUNDED, GATES
+
+# Quantised values (one byte each) per page: the default text is 2,000 characters or as many as
+# fit in DEFAULT_VALUES (a 3×512 LSTM: 1,302 characters, a page of at most ~16 MB); more than
+# MAX_VALUES is refused as too heavy for a browser tab.
+DEFAULT_VALUES = 12_000_000
+MAX_VALUES = 40_000_000
+DEFAULT_CHARS = 2000
+
+
+def values_per_char(inspection: Inspection) -> int:
+    return inspection.layers * inspection.hidden * len(inspection.signals)
+
+
+def default_chars(inspection: Inspection) -> int:
+    return max(100, min(DEFAULT_CHARS, DEFAULT_VALUES // values_per_char(inspection)))
+
+
+def quantise(values: np.ndarray) -> dict:
+    """[T, H] float → per-unit lo/hi and uint8 levels, deflated and base64-encoded (time-major)."""
+    lo = values.min(axis=0)
+    hi = values.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    q = np.rint((values - lo) / span * 255).clip(0, 255).astype(np.uint8)
+    return {
+        "lo": [float(f"{v:.6g}") for v in lo],
+        "hi": [float(f"{v:.6g}") for v in hi],
+        "q": base64.b64encode(zlib.compress(q.tobytes(), 6)).decode("ascii"),
+    }
+
+
+def dequantise(block: dict, steps: int) -> np.ndarray:
+    """The inverse of `quantise` (what the page computes), for tests."""
+    q = np.frombuffer(zlib.decompress(base64.b64decode(block["q"])), dtype=np.uint8)
+    q = q.reshape(steps, len(block["lo"])).astype(np.float64)
+    lo, hi = np.asarray(block["lo"]), np.asarray(block["hi"])
+    return lo + q * (hi - lo) / 255
+
+
+def explorer_data(
+    inspection: Inspection,
+    text: str,
+    source: str,
+    acts: dict[str, np.ndarray],
+    initial: dict,
+    top: int = 8,
+) -> dict:
+    return {
+        "title": f"charlstm explorer — {inspection.path}",
+        "model": {
+            "path": str(inspection.path),
+            "kind": inspection.kind,
+            "layers": inspection.layers,
+            "hidden": inspection.hidden,
+            "step": inspection.payload.get("step"),
+        },
+        "source": source,
+        "text": text,
+        "signals": list(inspection.signals),
+        "gates": sorted(GATES),
+        "bounded": sorted(BOUNDED),
+        "acts": {s: [quantise(acts[s][k]) for k in range(inspection.layers)] for s in inspection.signals},
+        "top": {
+            name: [u.to_dict() for u in units]
+            for name, units in top_units_by_feature(acts, text, inspection.language, FEATURES, top).items()
+        },
+        "initial": initial,
+    }
+
+
+def render_page(data: dict) -> str:
+    assets = resources.files("charlstm") / "assets"
+    page = (assets / "explorer.html").read_text(encoding="utf-8")
+    # JSON inside <script>: "</" would end the element early, so escape it.
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    return (
+        page.replace("/*STYLE*/", (assets / "explorer.css").read_text(encoding="utf-8"))
+        .replace("/*SCRIPT*/", (assets / "explorer.js").read_text(encoding="utf-8"))
+        .replace("{{TITLE}}", _html_escape(data["title"]))
+        .replace("/*DATA*/", payload)
+    )
+
+
+def _html_escape(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def write_explorer(
+    out: str | Path,
+    inspection: Inspection,
+    text: str,
+    source: str,
+    layer: int | None = None,
+    neuron: int | None = None,
+    signal: str | None = None,
+) -> dict:
+    """Trace `text`, write the explorer page to `out` atomically, and return a summary.
+
+    The page opens on `layer`/`neuron`/`signal` when given (1-based layer, 0-based neuron), else on
+    the unit that best follows indentation.
+    """
+    if len(text) * values_per_char(inspection) > MAX_VALUES:
+        most = MAX_VALUES // values_per_char(inspection)
+        raise CharlstmError(
+            f"{len(text):,} characters are too many for one page with this model; use at most {most:,} (--from-val)"
+        )
+    acts = activations(inspection.model, inspection.vocab, text)
+    data = explorer_data(inspection, text, source, acts, initial={})
+    best = (data["top"].get("indent") or [{"layer": 1, "neuron": 0, "signal": "hidden"}])[0]
+    data["initial"] = {
+        "layer": layer or best["layer"],
+        "neuron": neuron if neuron is not None else (best["neuron"] if layer is None else 0),
+        "signal": signal or (best["signal"] if layer is None else "hidden"),  # every kind has a hidden state
+    }
+    page = render_page(data).encode("utf-8")
+    atomic_write(Path(out), lambda f: f.write(page))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out, 0o666 & ~umask)  # a page to share, not a private temporary file
+    return {
+        "path": str(out),
+        "bytes": len(page),
+        "chars": len(text),
+        "layers": inspection.layers,
+        "hidden": inspection.hidden,
+        "signals": data["signals"],
+    }
