@@ -379,7 +379,7 @@ def sample_command(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file, written atomically.", rich_help_panel="Output")] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel="Backend")] = "cpu",
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default: 1 for one sample (fastest at batch 1), all cores for a batch.", rich_help_panel="Backend")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default 1: one step is too small to share, and a second thread stalls whenever another process uses the cores.", rich_help_panel="Backend")] = None,
     precision: Annotated[str, typer.Option("--precision", "--dtype", help=f"Engine weights: {'|'.join(PRECISIONS)}. auto = fp16 weights on a CPU with FBGEMM (fp32 math), else fp32.", rich_help_panel="Backend")] = "auto",
 ) -> None:
     """Stream generated code from a trained model, character by character.
@@ -406,8 +406,7 @@ def sample_command(
     if threads is not None and threads < 1:
         raise CharlstmError(f"--threads must be at least 1, got {threads}")
     threads_before = torch.get_num_threads()
-    if threads is not None or num_samples == 1:
-        torch.set_num_threads(threads or 1)
+    torch.set_num_threads(threads or 1)
     try:
         _sample(checkpoint, settings, out, no_color, device, precision)
     finally:
