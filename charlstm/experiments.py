@@ -45,6 +45,9 @@ class Study:
     batch: int = 32
     lr: float = 0.01
     embed: int = 8
+    # > 0: the longest training example grows from 2 to max_n over this fraction of the steps.
+    # Copying long strings is learned far faster once short ones are (a curriculum).
+    curriculum: float = 0.0
     article: str = ""  # what the article reports, for the side-by-side table
 
 
@@ -62,7 +65,7 @@ STUDIES = {
         article="recalls the first letter; one 'A neuron' and one 'B neuron' hold it through the x's",
     ),
     "copy": Study(
-        "copy", layers=2, hidden=20, steps=3000, eval_max_n=12, prompts_per_n=30, batch=128,
+        "copy", layers=2, hidden=20, steps=4000, eval_max_n=12, prompts_per_n=30, batch=64, curriculum=0.5,
         article="copies the string; some units predict the next character rather than hold the current one",
     ),
 }
@@ -108,7 +111,10 @@ def train(study: Study, seed: int, quiet: bool = False) -> tuple[CharRNN, dict]:
     bar = tqdm(range(study.steps), desc=f"training {study.name}", unit="step", disable=True if quiet else None,
                leave=False, dynamic_ncols=True)
     for step in bar:
-        x, y = _batch(vocab, [syn.frame(generate(rng, study.max_n)) for _ in range(study.batch)])
+        longest = study.max_n
+        if study.curriculum > 0:
+            longest = min(study.max_n, 2 + int((study.max_n - 1) * step / (study.curriculum * study.steps)))
+        x, y = _batch(vocab, [syn.frame(generate(rng, longest)) for _ in range(study.batch)])
         # Cosine decay to zero: a tiny model settles on exact counts instead of hovering near them.
         for group in optimizer.param_groups:
             group["lr"] = study.lr * 0.5 * (1 + math.cos(math.pi * step / study.steps))
@@ -192,7 +198,8 @@ def evaluate(study: Study, model: CharRNN, seed: int) -> dict:
 def _corr(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Pearson r of each column of values [N, U] with target [N]; 0 where either is constant."""
     v = values - values.mean(0)
-    t = (target - target.mean()).float()
+    target = target.float()
+    t = target - target.mean()
     denom = v.norm(dim=0) * t.norm()
     return torch.where(denom > 0, (v * t[:, None]).sum(0) / denom.clamp_min(1e-12), torch.zeros_like(denom))
 
@@ -280,14 +287,19 @@ def _find_state(study: Study, engine: StepEngine, vocab, seed: int) -> tuple[dic
         layer, unit = idx // engine.hidden, idx % engine.hidden
         # r with "started with A": positive for the A neuron, negative for the B neuron.
         found[name] = {"layer": layer + 1, "neuron": unit, "signal": "cell", "r_with_A": round(float(r[idx]), 4)}
+        pair = []
         for first in "AB":
             text = syn.START + first + "x" * 7 + "Y"
-            views.append(_view(text, _trace(engine, vocab, text), "cell", layer, unit,
-                               f"{name.replace('_', ' ')}: layer {layer + 1}, neuron {unit} (r with A = {float(r[idx]):+.3f})"))
+            pair.append(_view(text, _trace(engine, vocab, text), "cell", layer, unit,
+                              f"{name.replace('_', ' ')} (layer {layer + 1}, neuron {unit}; r with A = "
+                              f"{float(r[idx]):+.3f}) reading a sequence that starts with {first}"))
+        # One colour scale for both sequences, so A and B can be compared by eye.
+        scale = max(abs(v) for view in pair for v in view["values"]) or 1.0
+        views += [{**view, "scale": scale} for view in pair]
     return found, views
 
 
-def _find_copy(study: Study, engine: StepEngine, vocab, seed: int, top: int = 3) -> tuple[dict, list[dict]]:
+def _find_copy(study: Study, engine: StepEngine, vocab, seed: int, top: int = 2) -> tuple[dict, list[dict]]:
     """Units whose hidden state in the copy phase follows the NEXT character better than the current.
 
     At each copy-phase position where the model reads one of a/b/c and must write one, score each
@@ -320,7 +332,11 @@ def _find_copy(study: Study, engine: StepEngine, vocab, seed: int, top: int = 3)
     views = []
     shown = syn.START + "abcbaacXabcbaac"
     trace = _trace(engine, vocab, shown)
-    for idx in margin.argsort(descending=True)[:top].tolist():
+    # The best few of each layer: the top layer feeds the output head, so its units predicting the
+    # next character is expected; the same in layer 1 is the article's more interesting finding.
+    per_layer = margin.reshape(engine.layers, engine.hidden)
+    chosen = [k * engine.hidden + int(u) for k in range(engine.layers) for u in per_layer[k].argsort(descending=True)[:top]]
+    for idx in chosen:
         layer, unit = idx // engine.hidden, idx % engine.hidden
         ch = syn.COPY_ALPHABET[int(char_next[idx])]
         entry = {
@@ -332,9 +348,12 @@ def _find_copy(study: Study, engine: StepEngine, vocab, seed: int, top: int = 3)
         views.append(_view(shown, trace, "hidden", layer, unit,
                            f"layer {layer + 1}, neuron {unit}: next char is {ch!r} (|r| {best_next[idx]:.3f}) "
                            f"vs current char (|r| {best_cur[idx]:.3f})"))
-    n_predictive = int((margin > 0).sum())
-    return {"next_char_units": units, "units_next_over_current": n_predictive,
-            "units_total": engine.layers * engine.hidden}, views
+    return {
+        "next_char_units": units,
+        # Per layer: how many units follow the next character more closely than the current one.
+        "units_next_over_current": [int((per_layer[k] > 0).sum()) for k in range(engine.layers)],
+        "units_per_layer": engine.hidden,
+    }, views
 
 
 FINDERS = {
@@ -365,11 +384,14 @@ def summary_line(result: dict) -> str:
         a, b = found["A_neuron"], found["B_neuron"]
         return (f"{ev['accuracy']:.0%} right for ≤ {result['max_n']} x's; A neuron L{a['layer']} #{a['neuron']} "
                 f"(r {a['r_with_A']:+.2f}), B neuron L{b['layer']} #{b['neuron']} (r {b['r_with_A']:+.2f})")
-    units = found["next_char_units"]
-    best = f"; best L{units[0]['layer']} #{units[0]['neuron']} ('{units[0]['next_char']}' next)" if units else ""
-    return (f"{ev['accuracy']:.0%} exact copies for length ≤ {result['max_n']}; "
-            f"{found.get('units_next_over_current', 0)}/{found.get('units_total', 0)} units follow the next "
-            f"char more than the current{best}")
+    counts = ", ".join(f"{n}/{found['units_per_layer']} in L{k + 1}" for k, n in enumerate(found["units_next_over_current"]))
+    best_per_layer = {}
+    for u in found["next_char_units"]:  # listed best first within each layer
+        best_per_layer.setdefault(u["layer"], u)
+    best = "".join(f"; L{u['layer']} #{u['neuron']} follows '{u['next_char']}' next (|r| {u['best_abs_r_next']:.2f} "
+                   f"vs {u['best_abs_r_current']:.2f} current)" for u in best_per_layer.values())
+    return (f"{ev['accuracy']:.0%} exact copies for length ≤ {result['max_n']}; units following the next char "
+            f"more than the current: {counts}{best}")
 
 
 def run_study(
@@ -466,10 +488,12 @@ def report(result: dict, console: Console) -> None:
     for view in result["views"]:
         console.print(Text(view["caption"], style="bold"))
         console.print(Text(f"  charlstm inspect-neuron {result['run']} --layer {view['layer']} --neuron "
-                           f"{view['neuron']} --state {view['signal']} --text '{view['text']}'", style="dim"))
-        console.print(Text("  ").append(colour_text(view["text"], view["values"], view["signal"])))
-        console.print(Text("  ").append(legend(view["signal"], scale=max(abs(v) for v in view["values"]) or 1.0
-                                               if view["signal"] == "cell" else None)))
+                           f"{view['neuron']} --state {view['signal']} --text '{view['text']}'", style="dim"), soft_wrap=True)
+        scale = view.get("scale")
+        if scale is None and view["signal"] == "cell":
+            scale = max(abs(v) for v in view["values"]) or 1.0
+        console.print(Text("  ").append(colour_text(view["text"], view["values"], view["signal"], scale=scale)))
+        console.print(Text("  ").append(legend(view["signal"], scale=scale)))
 
 
 def comparison_table(results: dict[str, dict]) -> Table:
