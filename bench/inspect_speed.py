@@ -1,0 +1,68 @@
+"""How fast neuron inspection traces a 3×512 LSTM: every signal of every unit over 10,000 characters.
+
+    .venv/bin/python bench/inspect_speed.py [--chars 10000] [--layers 3] [--hidden 512] [--compare-threads]
+
+Prints the trace time (the step engine's `trace`, single-threaded as `neurons.activations` runs
+it; with --compare-threads also with torch's default thread count), the time to rank all units against one
+feature, and characters per second. The weights are random: the work does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from charlstm.features import compute_feature
+from charlstm.model import CharRNN, ModelConfig
+from charlstm.neurons import activations, rank_units
+from charlstm.vocab import Vocab
+
+CODE = '''    public static String abbreviate(final String str, final int maxWidth) {
+        if (str == null || maxWidth < 4) { // too short to shorten
+            return str;
+        }
+        return str.substring(0, maxWidth - 3) + "...";
+    }
+'''
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chars", type=int, default=10_000)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--compare-threads", action="store_true", help="also time torch's default thread count")
+    args = parser.parse_args()
+    text = (CODE * (args.chars // len(CODE) + 1))[: args.chars]
+    vocab = Vocab.from_counts({ch: 1 for ch in text})
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), layers=args.layers, hidden=args.hidden)).eval()
+    activations(model, vocab, text[:200])  # warm up
+
+    start = time.perf_counter()
+    acts = activations(model, vocab, text)
+    traced = time.perf_counter() - start
+    start = time.perf_counter()
+    feature = compute_feature("indent", text, "java")
+    rank_units(acts, feature, top=10)
+    ranked = time.perf_counter() - start
+    default_threads = None
+    if args.compare_threads:
+        start = time.perf_counter()
+        activations(model, vocab, text, threads=None)
+        default_threads = time.perf_counter() - start
+
+    values = sum(v.size for v in acts.values())
+    print(f"LSTM {args.layers}×{args.hidden}, {args.chars:,} characters, {len(acts)} signals ({values:,} values)")
+    print(f"trace, 1 thread:          {traced:6.2f} s  ({args.chars / traced:,.0f} chars/s)")
+    if default_threads is not None:
+        print(f"trace, {torch.get_num_threads()} threads (default): {default_threads:6.2f} s  "
+              f"(1 thread is {default_threads / traced:.2f}× faster)")
+    print(f"feature + rank all units: {ranked:6.2f} s")
+    print(f"total (trace + rank):     {traced + ranked:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
