@@ -163,6 +163,26 @@ def test_round_trip_reproduces_the_files_joined_by_the_separator(tmp_path):
     assert report["unk_rate"] > 0
 
 
+def test_data_dir_inside_the_source_and_undecodable_file_names(tmp_path):
+    src = tmp_path / "src"
+    write(src / "a.py", PYTHON_SNIPPET)
+    write(Path(os.fsdecode(bytes(src) + b"/caf\xe9.py")), "x = 1\n")  # a file name that is not UTF-8
+    report = ingest([str(src)], "in", data_dir=src / "data", progress=False)
+    assert report["files_kept"] == 2
+    meta = json.loads((src / "data" / "in" / "meta.json").read_text(encoding="utf-8"))
+    assert "caf\udce9.py" in {e["path"] for e in meta["files"]}
+    again = ingest([str(src)], "again", data_dir=src / "data", progress=False)
+    assert again["files_kept"] == 2  # the first dataset's files are not source code
+
+
+def test_languages_are_pygments_lexers():
+    from pygments.lexers import get_lexer_by_name
+
+    for ext, alias in ingest_module.LANGUAGES.items():
+        assert get_lexer_by_name(alias), ext
+    assert ingest_module.language_for_extension(".groovy") == "groovy"  # asked of Pygments itself
+
+
 def test_decoding_counts_invalid_bytes():
     assert decode_source(b"ok\r\n") == ("ok\n", 0)
     text, invalid = decode_source(b"a\xff\xfeb\xe2\x82")  # two stray bytes, then a truncated sequence
@@ -387,6 +407,12 @@ def test_name_with_a_path_separator(tmp_path, name):
     assert_clean_failure(run_ingest(str(tmp_path / "src"), "--name", name, "--data-dir", str(tmp_path / "d")),
                          "name")
     assert no_leftovers(tmp_path / "d") == [] and not (tmp_path / "x").exists()
+
+
+def test_a_source_without_a_name(tmp_path):
+    write(tmp_path / "src" / "a.py", PYTHON_SNIPPET)
+    assert_clean_failure(run_ingest(str(tmp_path / "src"), "--data-dir", str(tmp_path / "d")), "--name")
+    assert no_leftovers(tmp_path / "d") == []
 
 
 def test_existing_dataset_needs_force(tmp_path):
