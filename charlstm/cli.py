@@ -195,7 +195,7 @@ def inspect_neuron_command(
             "--state",
             "-s",
             help="Signal to colour by: hidden|cell|input|forget|output|candidate (LSTM), "
-            "reset|update|candidate|hidden (GRU), hidden (RNN), or all  [default: hidden].",
+            "reset|update|candidate|hidden (GRU), hidden (RNN), or all (default: hidden).",
             rich_help_panel="Neuron",
         ),
     ] = None,
