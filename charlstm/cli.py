@@ -96,13 +96,18 @@ def experiment_command(
         bool, typer.Option("--json", help="Print the results as one JSON object on stdout (for all: keyed by study).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-study report.")] = False,
+    html: Annotated[
+        Optional[Path],
+        typer.Option(help="Also write the HTML explorer of the run, opened on the unit found (all: OUT-STUDY.html)."),
+    ] = None,
 ) -> None:
     """Reproduce the source article's small studies: train a tiny LSTM on a synthetic language,
     judge its greedy generations, and show the units that solve it (layers numbered from 1)."""
     from charlstm.experiments import run_experiments, strip_views
 
     results = run_experiments(
-        name, err, quiet=quiet, seed=seed, out_dir=out_dir, steps=steps, max_n=max_n, eval_max_n=eval_max_n
+        name, err, quiet=quiet, html=html, seed=seed, out_dir=out_dir, steps=steps, max_n=max_n,
+        eval_max_n=eval_max_n,
     )
     if json_out:
         payload = {k: strip_views(v) for k, v in results.items()} if name == "all" else strip_views(results[name])

@@ -516,7 +516,26 @@ def strip_views(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "views"}
 
 
-def run_experiments(name: str, console: Console, quiet: bool = False, **options) -> dict:
+def write_html(result: dict, out: Path | str) -> dict:
+    """The inspection explorer page for a study's run, over its example sequence, opened on the
+    first unit found."""
+    from charlstm.explorer import write_explorer
+    from charlstm.neurons import open_checkpoint
+
+    view = result["views"][0]
+    inspection = open_checkpoint(result["run"])
+    return write_explorer(out, inspection, view["text"], f"experiment {result['study']}",
+                          layer=view["layer"], neuron=view["neuron"], signal=view["signal"])
+
+
+def html_path(html: Path | str, study: str, several: bool) -> Path:
+    """With several studies, one page each: OUT.html → OUT-STUDY.html."""
+    html = Path(html)
+    return html.with_name(f"{html.stem}-{study}{html.suffix or '.html'}") if several else html
+
+
+def run_experiments(name: str, console: Console, quiet: bool = False, html: Path | str | None = None,
+                    **options) -> dict:
     """`charlstm experiment NAME|all`: run, report each on `console`, return results by study."""
     names = NAMES if name == "all" else (name,)
     if name != "all" and name not in STUDIES:
@@ -528,6 +547,11 @@ def run_experiments(name: str, console: Console, quiet: bool = False, **options)
         results[study] = run_study(study, quiet=quiet, **options)
         if not quiet:
             report(results[study], console)
+        if html is not None:
+            page = write_html(results[study], html_path(html, study, len(names) > 1))
+            results[study]["html"] = page["path"]
+            if not quiet:
+                console.print(f"explorer page: {page['path']} ({page['bytes']:,} bytes)", highlight=False)
     if name == "all":
         console.print(comparison_table(results))
     return results

@@ -117,7 +117,7 @@ def test_max_n_correct_is_the_end_of_the_first_unbroken_run():
 @pytest.fixture(scope="module")
 def short_counter(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return out, run_study("counter", seed=0, out_dir=out, steps=600, max_n=5, eval_max_n=6, quiet=True)
+    return out, run_study("counter", seed=0, out_dir=out, steps=400, max_n=5, eval_max_n=6, quiet=True)
 
 
 def test_short_counter_run_learns_every_n_up_to_5(short_counter):
@@ -140,18 +140,18 @@ def test_short_counter_run_is_saved_as_an_ordinary_checkpoint(short_counter):
     assert saved["evaluation"]["per_n"] == result["evaluation"]["per_n"]
 
 
-def test_same_seed_same_result(short_counter, tmp_path):
-    _, first = short_counter
-    again = run_study("counter", seed=0, out_dir=tmp_path, steps=600, max_n=5, eval_max_n=6, quiet=True)
-    assert again["final_loss"] == first["final_loss"]
-    assert again["neurons"] == first["neurons"]
+def test_same_seed_same_result_other_seed_other_result(tmp_path):
+    runs = [run_study("counter", seed=s, out_dir=tmp_path, steps=60, max_n=3, eval_max_n=3, quiet=True)
+            for s in (7, 7, 8)]
+    assert runs[0]["final_loss"] == runs[1]["final_loss"] != runs[2]["final_loss"]
+    assert runs[0]["views"] == runs[1]["views"]
 
 
 def test_cli_json_smoke(tmp_path):
     result = runner.invoke(
         app,
-        ["experiment", "counter", "--steps", "150", "--max-n", "3", "--eval-max-n", "4", "--quiet", "--json",
-         "--out-dir", str(tmp_path)],
+        ["experiment", "counter", "--steps", "150", "--max-n", "3", "--eval-max-n", "4", "--json",
+         "--out-dir", str(tmp_path), "--html", str(tmp_path / "counter.html")],
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
@@ -159,6 +159,23 @@ def test_cli_json_smoke(tmp_path):
     assert set(payload["evaluation"]["per_n"]) == {"1", "2", "3", "4"}
     assert isinstance(payload["evaluation"]["max_n_correct"], int)
     assert (tmp_path / "experiment-counter" / "best.pt").is_file()
+    assert "counting unit" in result.stderr and "max_n_correct" in result.stderr
+    assert "<script" in (tmp_path / "counter.html").read_text()
+
+
+def test_cli_all_gives_one_object_keyed_by_study_and_the_comparison_table(tmp_path):
+    result = runner.invoke(
+        app,
+        ["experiment", "all", "--steps", "20", "--max-n", "2", "--eval-max-n", "2", "--quiet", "--json",
+         "--out-dir", str(tmp_path)],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert list(payload) == ["counter", "selective-counter", "state", "copy"]
+    assert all(r["ours"] and r["article"] for r in payload.values())
+    assert "fails at 19" in payload["counter"]["article"] and "article" in result.stderr
+    assert {"A_neuron", "B_neuron"} <= set(payload["state"]["neurons"])
+    assert payload["selective-counter"]["neurons"]["input_gate_on_X"] >= 0
 
 
 def test_cli_rejects_an_unknown_study_in_one_line(tmp_path):
