@@ -418,7 +418,10 @@ def sample_command(
         torch.set_num_threads(threads_before)
 
 
-def _sample(checkpoint, settings: SampleSettings, out, no_color: bool, device: str, precision: str) -> None:
+def _sample(
+    checkpoint: Optional[str], settings: SampleSettings, out: Optional[Path], no_color: bool, device: str, precision: str
+) -> None:
+    """Load, stream to stdout (highlighted on a terminal), then save --out; messages go to stderr."""
     import os
     import sys
 
