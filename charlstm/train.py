@@ -377,6 +377,7 @@ class Trainer:
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
 
+        self._check_run_dir(resume=resume_payload is not None, force=force)
         self.precision = choose_precision(config.precision, self.device, kind=config.model)
 
         # Data.
@@ -412,7 +413,7 @@ class Trainer:
         self.state = None  # hidden state of this process's lanes
         self.best_val_bpc: float | None = None
         self.last_val_bpc: float | None = None
-        self.skipped_steps = 0  # fp16 steps the scaler skipped for inf/NaN gradients
+        self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # fp16 steps skipped for inf/NaN gradients
         total = self._planned_total()
         self.schedule = {"warmup": min(config.warmup_steps, total // 10) if total else config.warmup_steps, "total": total}
         if resume_payload is not None:
@@ -425,9 +426,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
 
-        self._check_run_dir(resume=resume_payload is not None, force=force)
         if self.world > 1:
-            dist.barrier()  # every rank has checked before rank 0 writes
+            dist.barrier()  # every rank has checked the run folder before rank 0 writes to it
         if self.main:
             self._prepare_run_dir(resume=resume_payload is not None)
 
@@ -451,7 +451,7 @@ class Trainer:
         self.batcher.seek(payload["data_position"])
         self.best_val_bpc = payload.get("best_val_bpc")
         self.last_val_bpc = payload.get("val_bpc")
-        self.skipped_steps = int(payload.get("skipped_steps", 0))
+        self._skipped.fill_(int(payload.get("skipped_steps", 0)))
         saved = payload.get("schedule") or {}
         self.schedule["warmup"] = int(saved.get("warmup", self.schedule["warmup"]))
         if self.schedule["total"] is None and self.cfg.minutes is None:
@@ -531,7 +531,9 @@ class Trainer:
     def _payload(self, state) -> dict:
         hidden = None
         if state is not None:
-            hidden = [t.detach().cpu().clone() for t in (state if isinstance(state, tuple) else (state,))]
+            # fp32 whatever the autocast dtype: bf16/fp16 values round-trip exactly, and the
+            # checkpoint resumes under any precision.
+            hidden = [t.detach().float().cpu().clone() for t in (state if isinstance(state, tuple) else (state,))]
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -585,6 +587,10 @@ class Trainer:
         prefix = f"torchrun --nproc-per-node {self.world} -m charlstm" if self.world > 1 else "charlstm"
         return f"{prefix} train --resume --out {shlex.quote(str(self.run_dir))}"
 
+    @property
+    def skipped_steps(self) -> int:
+        return int(self._skipped.item())
+
     def _stop_flag(self, local: bool) -> bool:
         """Every rank must stop at the same step: agree on the flag."""
         if self.world == 1:
@@ -609,16 +615,17 @@ class Trainer:
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.cfg.grad_clip > 0:
+        if self.cfg.grad_clip > 0 or self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip, foreach=True)
-        if self.scaler.is_enabled():
-            scale = self.scaler.get_scale()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.skipped_steps += self.scaler.get_scale() < scale  # the scale drops only when a step is skipped
-        else:
-            self.optimizer.step()
+            norm = torch.nn.utils.clip_grad_norm_(
+                self.raw_model.parameters(), self.cfg.grad_clip or math.inf, foreach=True
+            )
+            if self.scaler.is_enabled():
+                # The scaler skips exactly the steps whose gradients hold inf/NaN; counted on the
+                # device, so there is no GPU sync here.
+                self._skipped += ~torch.isfinite(norm)
+        self.scaler.step(self.optimizer)  # a plain optimizer.step() when the scaler is off
+        self.scaler.update()
         self.state = detach_state(state)  # truncated BPTT: keep the values, cut the graph
         self.step += 1
         return loss.detach()
@@ -660,9 +667,12 @@ class Trainer:
         try:
             while True:
                 # Stop conditions, checked before each step so a resumed run that is done does nothing.
-                out_of_time = cfg.minutes is not None and time.perf_counter() - start >= cfg.minutes * 60
                 done = (total is not None and self.step >= total) or (stop_after is not None and local >= stop_after)
-                if self._stop_flag(out_of_time or self._interrupted) or done:
+                # Ranks agree on time-outs and Ctrl-C at log steps only: agreeing is a GPU sync.
+                if self.world == 1 or self.step % cfg.log_every == 0:
+                    out_of_time = cfg.minutes is not None and time.perf_counter() - start >= cfg.minutes * 60
+                    done = self._stop_flag(out_of_time or self._interrupted) or done
+                if done:
                     break
                 x, y, fresh = self.batcher.next()
                 loss = self.train_step(x, y, fresh)
@@ -680,6 +690,9 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or evaluate_now or last:
                     if self._stop_flag(bool(bad.item())):
                         raise self._nonfinite(last_good_save)
+                    if self.world > 1:  # the logged loss is the whole batch's, not rank 0's lanes'
+                        dist.all_reduce(loss_sum)
+                        loss_sum /= self.world
                     now = time.perf_counter()
                     n = self.step - step_log
                     mean_loss = loss_sum.item() / max(n, 1)

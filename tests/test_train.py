@@ -158,7 +158,7 @@ def test_kill_9_mid_run_leaves_a_loadable_checkpoint(tiny_dataset, tmp_path):
            "--steps", "1000000", "--save-every", "1", "--eval-every", "0", "--threads", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 30
+        deadline = time.time() + 120  # start-up is slow on a loaded machine
         while not (run / "latest.pt").exists() and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)  # a few hundred saves later: some write is likely in flight
@@ -329,3 +329,20 @@ def test_checkpoint_helpers_round_trip_hidden_state(tiny_dataset, tmp_path):
     assert h.shape == (2, 4, 24) and c.shape == (2, 4, 24)
     save_checkpoint(tmp_path / "copy.pt", payload)  # what training writes loads and saves again
     assert load_checkpoint(tmp_path / "copy.pt")["rng"]["python"][0] == 3
+
+
+def test_loss_scaling_skips_and_counts_overflowing_steps(tiny_dataset, tmp_path):
+    # The fp16 path's scaler logic, run on the CPU with an enabled GradScaler and one gradient
+    # made to overflow, as an fp16 overflow would.
+    from charlstm.train import Trainer, TrainConfig
+
+    trainer = Trainer(TrainConfig(**options(tiny_dataset, tmp_path / "run", steps=5)), tmp_path / "run")
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+    hook = trainer.raw_model.head.bias.register_hook(lambda g: g * float("inf"))
+    trainer.train_step(*trainer.batcher.next())
+    assert trainer.skipped_steps == 1 and trainer.scaler.get_scale() == 512.0
+    assert all(torch.equal(before[k], v) for k, v in trainer.raw_model.state_dict().items())  # skipped, untouched
+    hook.remove()
+    trainer.train_step(*trainer.batcher.next())
+    assert trainer.skipped_steps == 1 and not torch.equal(before["head.weight"], trainer.raw_model.head.weight)

@@ -1,0 +1,204 @@
+"""Training throughput: the project's training loop against a bare nn.LSTM loop of the same shape.
+
+Both run in this process on the same data shape (3×512 LSTM, embed 64, batch 64, seq 128), in fp32
+and in bf16 (where this CPU runs a bf16 LSTM), alternating so that load from other processes hits
+both alike. Prints chars/s, the ratio project/bare (target ≥ 0.9), and model FLOP/s (6 × parameters
+× chars/s) as a fraction of a matrix-product peak measured here for the same dtype.
+
+    .venv/bin/python bench/train_speed.py [--quick] [--device cpu|cuda] [--steps N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import sysconfig
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from charlstm.dataset import write_dataset  # noqa: E402
+from charlstm.model import CharRNN, ModelConfig  # noqa: E402
+from charlstm.train import TrainConfig, Trainer, available_cores, probe_rnn_dtype, resolve_device  # noqa: E402
+from charlstm.vocab import Vocab  # noqa: E402
+
+SHAPE = dict(layers=3, hidden=512, embed=64, batch_size=64, seq_len=128)
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def corpus(chars: int) -> str:
+    """Real code for realistic token statistics: the running Python's standard library."""
+    parts, n = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        parts.append(text)
+        n += len(text)
+        if n >= chars:
+            break
+    return "\x1c".join(parts)[:chars]
+
+
+def make_dataset(root: Path, steps: int):
+    need = SHAPE["batch_size"] * (SHAPE["seq_len"] * (steps + 2) + 1)
+    text = corpus(need + 5000)
+    counts: dict[str, int] = {}
+    for ch in text:
+        counts[ch] = counts.get(ch, 0) + 1
+    vocab = Vocab.from_counts(counts)
+    ids = vocab.encode(text)
+    return write_dataset(root / "bench", vocab, ids[:need], ids[need : need + 3000], {"language": "python"})
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def project_trainer(dataset, precision: str, device: str, threads: int, out: Path) -> Trainer:
+    config = TrainConfig(
+        data=str(dataset.path),
+        out=str(out),
+        **{"model": "lstm", **SHAPE},
+        steps=10_000,
+        eval_every=0,
+        save_every=0,
+        precision=precision,
+        device=device,
+        threads=threads,
+    )
+    return Trainer(config, out, force=True)
+
+
+def project_step(trainer: Trainer) -> float:
+    """Seconds for one step of charlstm's loop: lane batch from the memmap, schedule, autocast,
+    loss, scaler, clipping, AdamW, state carry, and the loop's non-finite check."""
+    sync(trainer.device)
+    start = time.perf_counter()
+    x, y, fresh = trainer.batcher.next()
+    loss = trainer.train_step(x, y, fresh)
+    bool(torch.isfinite(loss))
+    sync(trainer.device)
+    return time.perf_counter() - start
+
+
+class BareLoop:
+    """The textbook loop: embedding → nn.LSTM → linear, AdamW, carried state, fixed random batch."""
+
+    def __init__(self, vocab_size: int, dtype, device: torch.device):
+        torch.manual_seed(0)
+        self.model = CharRNN(
+            ModelConfig(vocab_size=vocab_size, layers=SHAPE["layers"], hidden=SHAPE["hidden"], embed=SHAPE["embed"])
+        ).to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=2e-3)
+        b, t = SHAPE["batch_size"], SHAPE["seq_len"]
+        self.x = torch.randint(0, vocab_size, (b, t), device=device)
+        self.y = torch.randint(0, vocab_size, (b, t), device=device)
+        self.dtype, self.device, self.vocab_size, self.state = dtype, device, vocab_size, None
+
+    def step(self) -> float:
+        sync(self.device)
+        start = time.perf_counter()
+        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+        with ctx:
+            logits, state = self.model(self.x, self.state)
+        loss = F.cross_entropy(logits.float().reshape(-1, self.vocab_size), self.y.reshape(-1))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.state = tuple(s.detach() for s in state)
+        loss.item()
+        sync(self.device)
+        return time.perf_counter() - start
+
+
+def matmul_peak(dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """Best FLOP/s of an n×n matrix product in `dtype` on this machine, now."""
+    a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    a @ b
+    best = 0.0
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 measured steps per loop instead of 8")
+    parser.add_argument("--steps", type=int, default=8, help="measured steps per loop (after 2 warm-up steps)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", action="store_true", help="also print the results as JSON on stdout")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps = 3
+    warmup = 2
+    device = resolve_device(args.device)
+    threads = args.threads or available_cores()
+    torch.set_num_threads(threads)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    print(
+        f"3×512 LSTM, embed 64, batch 64, seq 128 on {device} ({threads} threads, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}; "
+        f"{args.steps} measured steps of each loop, alternating, after {warmup} warm-up",
+        file=sys.stderr,
+    )
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = make_dataset(Path(tmp), warmup + args.steps)
+        vocab_size = len(dataset.vocab)
+        for name, dtype in DTYPES.items():
+            if probe_rnn_dtype(device, dtype) is None:
+                print(f"{name}: skipped — an LSTM does not run under {name} autocast on this {device.type} "
+                      "(oneDNN's bf16 RNN needs AVX-512 BF16 or AMX)", file=sys.stderr)  # fmt: skip
+                results[name] = None
+                continue
+            trainer = project_trainer(dataset, name, device.type, threads, Path(tmp) / f"run-{name}")
+            bare_loop = BareLoop(vocab_size, dtype, device)
+            params = bare_loop.model.num_parameters()
+            assert params == trainer.raw_model.num_parameters()
+            project, bare = [], []
+            # Alternate one step of each, so load from other processes slows both alike.
+            for i in range(warmup + args.steps):
+                p, b = project_step(trainer), bare_loop.step()
+                if i >= warmup:
+                    project.append(p)
+                    bare.append(b)
+            del trainer, bare_loop
+            chars = SHAPE["batch_size"] * SHAPE["seq_len"]
+            p_cps, b_cps = chars / statistics.median(project), chars / statistics.median(bare)
+            peak = matmul_peak(dtype, device)
+            flops = 6 * params * p_cps
+            results[name] = {
+                "project_chars_per_sec": round(p_cps),
+                "bare_chars_per_sec": round(b_cps),
+                "ratio": round(p_cps / b_cps, 3),
+                "model_flops": flops,
+                "matmul_peak_flops": peak,
+                "fraction_of_peak": round(flops / peak, 3),
+            }
+            print(
+                f"{name}: project {p_cps:,.0f} chars/s, bare nn.LSTM {b_cps:,.0f} chars/s → ratio {p_cps / b_cps:.3f} "
+                f"(target ≥ 0.9); model {flops / 1e9:,.1f} GFLOP/s = {flops / peak:.0%} of the measured "
+                f"{name} matmul peak {peak / 1e9:,.0f} GFLOP/s",
+                file=sys.stderr,
+            )
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
