@@ -372,7 +372,7 @@ def summary_line(result: dict) -> str:
     name, ev, found = result["study"], result["evaluation"], result["neurons"]
     if name == "counter":
         m, top = ev["max_n_correct"], max(int(n) for n in ev["per_n"])
-        reach = f"counts to {m}, fails at {m + 1}" if m < top else f"correct for every N up to {top}"
+        reach = f"counts to {m}, fails at {m + 1}" if m < top else f"correct for every N up to {top} (the largest tried)"
         u = found["counting_unit"]
         return f"{reach}; cell L{u['layer']} #{u['neuron']} counts (r = {u['r_with_count']:+.2f})"
     if name == "selective-counter":
@@ -500,14 +500,13 @@ def comparison_table(results: dict[str, dict]) -> Table:
     """`experiment all`: our results beside the article's claims."""
     table = Table(title="charlstm experiment all: our results beside the article's", title_justify="left",
                   show_lines=True)
-    table.add_column("study", style="bold")
-    table.add_column("model")
-    table.add_column("train s", justify="right")
-    table.add_column("ours")
-    table.add_column("article")
+    table.add_column("study")
+    table.add_column("ours", ratio=3)
+    table.add_column("article", ratio=2)
     for name, r in results.items():
-        table.add_row(name, f"{r['model']['layers']}×{r['model']['hidden']}", f"{r['train_seconds']:.0f}",
-                      r["ours"], r["article"])
+        study = Text(name, style="bold").append(
+            f"\n{r['model']['layers']}×{r['model']['hidden']} LSTM\n{r['train_seconds']:.0f} s training", style="dim")
+        table.add_row(study, r["ours"], r["article"])
     return table
 
 
