@@ -237,7 +237,8 @@ def _find_counter(study: Study, engine: StepEngine, vocab, seed: int) -> tuple[d
     layer, unit, r, traces = _count_neuron(engine, vocab, texts)
     shown = texts[min(7, len(texts)) - 1]
     found = {"counting_unit": {"layer": layer + 1, "neuron": unit, "signal": "cell", "r_with_count": round(r, 4)}}
-    views = [_view(shown, traces[shown], "cell", layer, unit, f"counting unit: layer {layer + 1}, neuron {unit} (r = {r:+.3f})")]
+    caption = f"counting unit: layer {layer + 1}, neuron {unit} (r = {r:+.3f})"
+    views = [_view(shown, traces[shown], "cell", layer, unit, caption)]
     return found, views
 
 
@@ -335,7 +336,8 @@ def _find_copy(study: Study, engine: StepEngine, vocab, seed: int, top: int = 2)
     # The best few of each layer: the top layer feeds the output head, so its units predicting the
     # next character is expected; the same in layer 1 is the article's more interesting finding.
     per_layer = margin.reshape(engine.layers, engine.hidden)
-    chosen = [k * engine.hidden + int(u) for k in range(engine.layers) for u in per_layer[k].argsort(descending=True)[:top]]
+    chosen = [k * engine.hidden + int(u)
+              for k in range(engine.layers) for u in per_layer[k].argsort(descending=True)[:top]]
     for idx in chosen:
         layer, unit = idx // engine.hidden, idx % engine.hidden
         ch = syn.COPY_ALPHABET[int(char_next[idx])]
@@ -372,7 +374,7 @@ def summary_line(result: dict) -> str:
     name, ev, found = result["study"], result["evaluation"], result["neurons"]
     if name == "counter":
         m, top = ev["max_n_correct"], max(int(n) for n in ev["per_n"])
-        reach = f"counts to {m}, fails at {m + 1}" if m < top else f"correct for every N up to {top} (the largest tried)"
+        reach = f"counts to {m}, fails at {m + 1}" if m < top else f"correct for every N up to {top} (largest tried)"
         u = found["counting_unit"]
         return f"{reach}; cell L{u['layer']} #{u['neuron']} counts (r = {u['r_with_count']:+.2f})"
     if name == "selective-counter":
@@ -384,7 +386,8 @@ def summary_line(result: dict) -> str:
         a, b = found["A_neuron"], found["B_neuron"]
         return (f"{ev['accuracy']:.0%} right for ≤ {result['max_n']} x's; A neuron L{a['layer']} #{a['neuron']} "
                 f"(r {a['r_with_A']:+.2f}), B neuron L{b['layer']} #{b['neuron']} (r {b['r_with_A']:+.2f})")
-    counts = ", ".join(f"{n}/{found['units_per_layer']} in L{k + 1}" for k, n in enumerate(found["units_next_over_current"]))
+    per_layer = found["units_next_over_current"]
+    counts = ", ".join(f"{n}/{found['units_per_layer']} in L{k + 1}" for k, n in enumerate(per_layer))
     best_per_layer = {}
     for u in found["next_char_units"]:  # listed best first within each layer
         best_per_layer.setdefault(u["layer"], u)
@@ -474,7 +477,8 @@ def report(result: dict, console: Console) -> None:
     console.print(table)
     summary = Table(show_header=False, box=None, padding=(0, 2))
     summary.add_row("model", f"{result['model']['layers']} × {result['model']['hidden']} LSTM, "
-                             f"{result['steps']} steps in {result['train_seconds']} s (final loss {result['final_loss']})")
+                             f"{result['steps']} steps in {result['train_seconds']} s "
+                             f"(final loss {result['final_loss']})")
     if "max_n_correct" in ev:
         summary.add_row("max_n_correct", str(ev["max_n_correct"]))
     summary.add_row("accuracy", f"{ev['accuracy']:.1%} for N ≤ {result['max_n']}")
@@ -487,8 +491,9 @@ def report(result: dict, console: Console) -> None:
                            f"(expected {failure['expected']!r})", style="dim"))
     for view in result["views"]:
         console.print(Text(view["caption"], style="bold"))
-        console.print(Text(f"  charlstm inspect-neuron {result['run']} --layer {view['layer']} --neuron "
-                           f"{view['neuron']} --state {view['signal']} --text '{view['text']}'", style="dim"), soft_wrap=True)
+        command = (f"  charlstm inspect-neuron {result['run']} --layer {view['layer']} --neuron {view['neuron']} "
+                   f"--state {view['signal']} --text '{view['text']}'")
+        console.print(Text(command, style="dim"), soft_wrap=True)
         scale = view.get("scale")
         if scale is None and view["signal"] == "cell":
             scale = max(abs(v) for v in view["values"]) or 1.0
