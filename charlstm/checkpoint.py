@@ -100,7 +100,8 @@ def model_from_checkpoint(payload: dict) -> tuple[CharRNN, Vocab]:
 
 def _latest_run(runs_dir: Path) -> Path | None:
     runs = [p for p in runs_dir.glob("*/") if (p / LATEST).is_file() or (p / BEST).is_file()]
-    runs = [p for p in runs if p.resolve() != PRETRAINED_RUN]
+    # The shipped model and the synthetic studies of `charlstm experiment` are never "your newest run".
+    runs = [p for p in runs if p.resolve() != PRETRAINED_RUN and not p.name.startswith("experiment-")]
     if not runs:
         return None
     return max(runs, key=lambda p: max((p / f).stat().st_mtime for f in (LATEST, BEST) if (p / f).exists()))
