@@ -66,25 +66,47 @@ def _store(out: dict, layer: int, names: tuple[str, ...], rows: list[tuple]) -> 
         out[name][layer] = torch.stack(column).float()
 
 
+def _pack_half(weight: torch.Tensor, bias: torch.Tensor):
+    packed = torch.fbgemm_pack_gemm_matrix_fp16(weight.float().contiguous())
+    bias = bias.float()
+    return lambda x: torch.fbgemm_linear_fp16_weight(x, packed, bias)
+
+
+def _pack_int8(weight: torch.Tensor, bias: torch.Tensor):
+    # One scale per output row keeps every row precise; the input is quantized on the fly, per
+    # call and per tensor, with FBGEMM's reduced range that avoids overflow.
+    weight = weight.float().contiguous()
+    scales = (weight.abs().amax(dim=1).clamp_min(1e-12) / 127).double()
+    zeros = torch.zeros(weight.shape[0], dtype=torch.long)
+    quantized = torch.quantize_per_channel(weight, scales, zeros, axis=0, dtype=torch.qint8)
+    packed = torch.ops.quantized.linear_prepack(quantized, bias.float())
+    return lambda x: torch.ops.quantized.linear_dynamic(x, packed, True)
+
+
+# The reduced-precision weight kernels of the CPU step: FBGEMM's packed fp16 and dynamic int8.
+_PACKERS = {torch.float16: _pack_half, torch.qint8: _pack_int8}
+
+
 @functools.lru_cache(maxsize=None)
-def half_weight_kernels_available() -> bool:
-    """Whether this PyTorch build has FBGEMM's fp16-weight matrix product (x86 CPU builds do)."""
+def packed_weights_available(dtype: torch.dtype = torch.float16) -> bool:
+    """Whether this PyTorch build runs `dtype` weights through FBGEMM (x86 CPU builds do)."""
     try:
-        with warnings.catch_warnings():  # the ops warn (once per process) that they are deprecated
+        with warnings.catch_warnings():  # these ops warn (once per process) that they are deprecated
             warnings.simplefilter("ignore")
-            packed = torch.fbgemm_pack_gemm_matrix_fp16(torch.zeros(2, 2))
-            torch.fbgemm_linear_fp16_weight(torch.zeros(1, 2), packed, torch.zeros(2))
+            _PACKERS[dtype](torch.ones(2, 2), torch.zeros(2))(torch.ones(1, 2))
         return True
-    except (AttributeError, RuntimeError):
+    except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
 
-def _projection(weight_t: torch.Tensor, bias: torch.Tensor, half_packed: bool):
-    """x ↦ x @ weight_t + bias, as one kernel call; optionally from fp16-packed weights."""
-    if half_packed:
-        packed = torch.fbgemm_pack_gemm_matrix_fp16(weight_t.t().contiguous().float())
-        bias = bias.float()
-        return lambda x: torch.fbgemm_linear_fp16_weight(x, packed, bias)
+def half_weight_kernels_available() -> bool:
+    return packed_weights_available(torch.float16)
+
+
+def _projection(weight_t: torch.Tensor, bias: torch.Tensor, packed: torch.dtype | None):
+    """x ↦ x @ weight_t + bias, as one kernel call; optionally from packed fp16 or int8 weights."""
+    if packed is not None:
+        return _PACKERS[packed](weight_t.t(), bias)
     return lambda x: torch.addmm(bias, x, weight_t)
 
 
@@ -95,8 +117,9 @@ class StepEngine:
     `step` multiplies in half precision through FBGEMM's packed fp16 kernels while activations,
     state and `trace` stay float32: sampling at batch 1 reads every weight once per character,
     so halving the bytes roughly quadruples the speed here (the fp16 copy also fits the cache).
-    Where those kernels are missing it falls back to float32. bfloat16 (and float16 on a GPU)
-    casts everything.
+    torch.qint8 halves the bytes again (int8 weights with one scale per row, inputs quantized
+    per call) at a visible cost in accuracy. Where those kernels are missing, or off the CPU for
+    int8, it falls back to float32. bfloat16 (and float16 on a GPU) casts everything.
     """
 
     def __init__(self, model: CharRNN, dtype: torch.dtype = torch.float32):
@@ -104,11 +127,11 @@ class StepEngine:
         self.kind, self.layers, self.hidden = cfg.kind, cfg.layers, cfg.hidden
         self.vocab_size = cfg.vocab_size
         device = next(model.parameters()).device
-        half_packed = dtype == torch.float16 and device.type == "cpu"
-        if half_packed and not half_weight_kernels_available():
-            half_packed, dtype = False, torch.float32
+        packed = dtype if dtype in _PACKERS and device.type == "cpu" else None
+        if (packed is not None and not packed_weights_available(packed)) or (dtype == torch.qint8 and packed is None):
+            packed, dtype = None, torch.float32
         self.weight_dtype = dtype  # what `step` multiplies with
-        self.dtype = torch.float32 if half_packed else dtype  # activations and state
+        self.dtype = torch.float32 if packed is not None else dtype  # activations and state
         dtype = self.dtype
         self.signals = SIGNALS[cfg.kind]
         p = {k: v.detach() for k, v in model.named_parameters()}
@@ -135,11 +158,11 @@ class StepEngine:
         self._step_projections = []
         for w in self.weights:
             if self.kind == "gru":
-                proj = (_projection(w.w_ih_t, w.b_ih, half_packed), _projection(w.w_hh_t, w.b_hh, half_packed))
+                proj = (_projection(w.w_ih_t, w.b_ih, packed), _projection(w.w_hh_t, w.b_hh, packed))
             else:
-                proj = (_projection(w.w_cat_t, w.b_sum, half_packed),)
+                proj = (_projection(w.w_cat_t, w.b_sum, packed),)
             self._step_projections.append(proj)
-        self._head = _projection(self.head_w_t, self.head_b, half_packed)
+        self._head = _projection(self.head_w_t, self.head_b, packed)
 
     # ----- sampling: one step for a batch of streams -------------------------------------------
 

@@ -3,8 +3,17 @@
 import pytest
 import torch
 
-from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available
+from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available, packed_weights_available
 from charlstm.model import CharRNN, ModelConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and a second one stalls on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def random_model(kind: str, layers: int = 3, hidden: int = 24, vocab: int = 19, seed: int = 0) -> CharRNN:
@@ -93,6 +102,25 @@ def test_half_weight_step_is_close_and_trace_stays_exact(kind):
     torch.testing.assert_close(outputs, reference, rtol=0, atol=2e-2)
     assert (outputs.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
     torch.testing.assert_close(engine.logits_from_trace(engine.trace(tokens[0])), reference[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not packed_weights_available(torch.qint8), reason="this PyTorch build lacks FBGEMM int8 kernels")
+def test_int8_weight_step_stays_close():
+    model = random_model("lstm", hidden=32, seed=4)
+    tokens = torch.randint(0, 19, (2, 20))
+    with torch.no_grad():
+        reference, _ = model(tokens)
+    engine = StepEngine(model, torch.qint8)
+    assert engine.weight_dtype == torch.qint8 and engine.dtype == torch.float32
+    state, outputs = engine.init_state(2), []
+    with torch.no_grad():
+        for t in range(20):
+            logits, state = engine.step(tokens[:, t], state)
+            outputs.append(logits)
+    outputs = torch.stack(outputs, dim=1)
+    kl = (reference.softmax(-1) * (reference.log_softmax(-1) - outputs.log_softmax(-1))).sum(-1).mean()
+    assert kl < 1e-2
+    assert (outputs.argmax(-1) == reference.argmax(-1)).float().mean() > 0.8
 
 
 def test_bfloat16_engine_runs_and_stays_close():

@@ -26,6 +26,15 @@ def sample(*args: str):
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and a second one stalls on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def lively_checkpoint(tmp_path) -> Path:
     """An untrained model whose weights are scaled up, so its choices vary from step to step."""
@@ -172,12 +181,14 @@ def test_the_prime_file_and_unknown_prime_characters(lively_checkpoint, tmp_path
     assert result.stdout.startswith("class A { ☃ }")
 
 
-def test_a_run_folder_and_half_precision_work(lively_checkpoint):
+def test_a_run_folder_and_reduced_precisions_work(lively_checkpoint):
     result = sample(str(lively_checkpoint.parent), "-n", "40", "--greedy", "--precision", "fp16")
     assert result.exit_code == 0, result.output
     fp32 = sample(str(lively_checkpoint.parent), "-n", "40", "--greedy", "--precision", "fp32")
     # Half-precision weights may flip a near tie late in a greedy path, but not the start of it.
     assert result.stdout[:10] == fp32.stdout[:10]
+    int8 = sample(str(lively_checkpoint.parent), "-n", "40", "--seed", "1", "--precision", "int8")
+    assert int8.exit_code == 0 and "qint8 weights" in int8.stderr
 
 
 @pytest.mark.parametrize(
