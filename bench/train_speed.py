@@ -171,9 +171,13 @@ def main() -> None:
             params = bare_loop.model.num_parameters()
             assert params == trainer.raw_model.num_parameters()
             project, bare = [], []
-            # Alternate one step of each, so load from other processes slows both alike.
+            # Alternate one step of each, and which goes first, so load from other processes and
+            # cache effects hit both alike.
             for i in range(warmup + args.steps):
-                p, b = project_step(trainer), bare_loop.step()
+                if i % 2:
+                    b, p = bare_loop.step(), project_step(trainer)
+                else:
+                    p, b = project_step(trainer), bare_loop.step()
                 if i >= warmup:
                     project.append(p)
                     bare.append(b)

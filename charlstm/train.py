@@ -413,6 +413,8 @@ class Trainer:
         self.state = None  # hidden state of this process's lanes
         self.best_val_bpc: float | None = None
         self.last_val_bpc: float | None = None
+        self.last_train_bpc: float | None = None
+        self.last_chars_per_sec: float | None = None
         self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # fp16 steps skipped for inf/NaN gradients
         total = self._planned_total()
         self.schedule = {"warmup": min(config.warmup_steps, total // 10) if total else config.warmup_steps, "total": total}
@@ -652,14 +654,12 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        chars_per_step = cfg.batch_size * cfg.seq_len
         start = time.perf_counter()
-        t_log, step_log = start, self.step
-        loss_sum = torch.zeros((), device=self.device)
+        # Loss summed on the device since the last log line, and when/where that line was.
+        meter = {"loss_sum": torch.zeros((), device=self.device), "time": start, "step": self.step}
         bad = torch.zeros((), dtype=torch.bool, device=self.device)  # any non-finite loss since the last check
         local = 0  # steps taken in this invocation
         last_good_save = self.step if (self.run_dir / LATEST).exists() else None
-        train_bpc = chars_per_sec = None
         t_estimate = None
         last_eval_step = None
         self._interrupted = False
@@ -677,7 +677,7 @@ class Trainer:
                 x, y, fresh = self.batcher.next()
                 loss = self.train_step(x, y, fresh)
                 local += 1
-                loss_sum += loss
+                meter["loss_sum"] += loss
                 bad |= ~torch.isfinite(loss)
 
                 if self.schedule["total"] is None and cfg.minutes is not None:
@@ -690,30 +690,7 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or evaluate_now or last:
                     if self._stop_flag(bool(bad.item())):
                         raise self._nonfinite(last_good_save)
-                    if self.world > 1:  # the logged loss is the whole batch's, not rank 0's lanes'
-                        dist.all_reduce(loss_sum)
-                        loss_sum /= self.world
-                    now = time.perf_counter()
-                    n = self.step - step_log
-                    mean_loss = loss_sum.item() / max(n, 1)
-                    chars_per_sec = n * chars_per_step / max(now - t_log, 1e-9)
-                    train_bpc = mean_loss / LN2
-                    record = {
-                        "step": self.step,
-                        "epoch": self.batcher.epoch,
-                        "loss": mean_loss,
-                        "bpc": train_bpc,
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "chars_per_sec": round(chars_per_sec, 1),
-                    }
-                    if self.scaler.is_enabled():
-                        record["skipped_steps"] = self.skipped_steps
-                    loss_sum.zero_()
-                    t_log, step_log = now, self.step
-                    postfix = {"loss": f"{mean_loss:.3f}", "bpc": f"{train_bpc:.3f}", "chars/s": f"{chars_per_sec:,.0f}"}
-                    if cfg.minutes is not None:
-                        postfix["left"] = f"{max(0.0, cfg.minutes * 60 - (now - start)) / 60:.1f}min"
-                    bar.set_postfix(postfix, refresh=False)
+                    record, meter = self._metrics_record(meter, bar, start)
                 if evaluate_now:
                     val = self.validate()
                     last_eval_step = self.step
@@ -726,7 +703,7 @@ class Trainer:
                     self.save(LATEST)
                     last_good_save = self.step
                 if evaluate_now or save_now:
-                    t_log = time.perf_counter()  # validation and saving are not training throughput
+                    meter["time"] = time.perf_counter()  # validation and saving are not training throughput
                 bar.update(1)
         except KeyboardInterrupt:
             # A second Ctrl-C (or one outside the loop's checks): the step may be half done, so
@@ -750,17 +727,23 @@ class Trainer:
         if self._stop_flag(bool(bad.item())):
             raise self._nonfinite(last_good_save)
         paused = stop_after is not None and local >= stop_after and not (total is not None and self.step >= total)
+        if meter["step"] != self.step:  # steps since the last log line (a --minutes run ends anywhere)
+            record, meter = self._metrics_record(meter, bar, start)
+        else:
+            record = None
         if not paused and last_eval_step != self.step and local > 0:
-            self._note_validation(self.validate(), None)
+            self._note_validation(self.validate(), record)
+        if record is not None:
+            self._log(record)
         self.save(LATEST)
         elapsed = time.perf_counter() - start
         summary = {
             "steps": self.step,
             "epoch": self.batcher.epoch,
-            "train_bpc": train_bpc,
+            "train_bpc": self.last_train_bpc,
             "val_bpc": self.last_val_bpc,
             "best_val_bpc": self.best_val_bpc,
-            "chars_per_sec": round(chars_per_sec, 1) if chars_per_sec else None,
+            "chars_per_sec": self.last_chars_per_sec,
             "precision": self.precision.name,
             "rnn_dtype": self.precision.rnn_dtype,
             "device": str(self.device),
@@ -774,6 +757,33 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return summary
+
+    def _metrics_record(self, meter: dict, bar, start: float) -> tuple[dict, dict]:
+        """The metrics line for the steps since the last one (the only place the loss is synced)."""
+        loss_sum = meter["loss_sum"]
+        if self.world > 1:  # the logged loss is the whole batch's, not rank 0's lanes'
+            dist.all_reduce(loss_sum)
+            loss_sum /= self.world
+        now = time.perf_counter()
+        n = self.step - meter["step"]
+        mean_loss = loss_sum.item() / max(n, 1)
+        chars_per_sec = n * self.cfg.batch_size * self.cfg.seq_len / max(now - meter["time"], 1e-9)
+        self.last_train_bpc, self.last_chars_per_sec = mean_loss / LN2, round(chars_per_sec, 1)
+        record = {
+            "step": self.step,
+            "epoch": self.batcher.epoch,
+            "loss": mean_loss,
+            "bpc": self.last_train_bpc,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "chars_per_sec": self.last_chars_per_sec,
+        }
+        if self.scaler.is_enabled():
+            record["skipped_steps"] = self.skipped_steps
+        postfix = {"loss": f"{mean_loss:.3f}", "bpc": f"{self.last_train_bpc:.3f}", "chars/s": f"{chars_per_sec:,.0f}"}
+        if self.cfg.minutes is not None:
+            postfix["left"] = f"{max(0.0, self.cfg.minutes * 60 - (now - start)) / 60:.1f}min"
+        bar.set_postfix(postfix, refresh=False)
+        return record, {"loss_sum": torch.zeros((), device=self.device), "time": now, "step": self.step}
 
     def _catch_ctrl_c(self):
         """First Ctrl-C: finish the current step, save, stop. A second one stops at once."""

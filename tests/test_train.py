@@ -346,3 +346,23 @@ def test_loss_scaling_skips_and_counts_overflowing_steps(tiny_dataset, tmp_path)
     hook.remove()
     trainer.train_step(*trainer.batcher.next())
     assert trainer.skipped_steps == 1 and not torch.equal(before["head.weight"], trainer.raw_model.head.weight)
+
+
+def test_minutes_budget_fixes_the_schedule_from_measured_speed(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    summary = train(options(tiny_dataset, run, minutes=0.04, eval_every=0, log_every=10))
+    payload = load_checkpoint(run / "latest.pt")
+    assert summary["steps"] > 12 and summary["val_bpc"] is not None
+    total = payload["schedule"]["total"]
+    assert total is not None and total > 12  # estimated after the first timed steps, saved for resuming
+    lrs = [r["lr"] for r in metrics(run)]
+    assert lrs[-1] < lrs[len(lrs) // 4]  # and the learning rate decays over it
+
+
+def test_eval_on_another_datasets_split_maps_its_symbols(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(options(tiny_dataset, run, steps=3))
+    other = make_dataset(tmp_path / "data" / "py", PYTHON_SNIPPET * 8, PYTHON_SNIPPET * 3 + "§")
+    result = evaluate_checkpoint(run, data=other.path)
+    assert "§" in result["unknown_chars"] and result["chars"] == len(other.tokens("val")) - 1
+    assert math.isfinite(result["bpc"])
