@@ -1,6 +1,6 @@
 """Sampling: prime the model, then draw characters one at a time and stream them out.
 
-The prime goes through the model's fused forward once (O(prime) work); after that every
+The prime goes through the model's fused forward (O(prime) work, in chunks); after that every
 character costs one `StepEngine.step` for the whole batch of samples: the state carries and the
 prefix is never re-run. Draws use the Gumbel-max trick with noise taken from a seeded generator
 in blocks: argmax(logits / T + Gumbel) is an exact sample from softmax(logits / T), costs three
