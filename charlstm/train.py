@@ -293,7 +293,11 @@ def choose_precision(requested: str, device: torch.device, kind: str = "lstm") -
                     f"--precision bf16: this GPU or cuDNN {torch.backends.cudnn.version()} does not run a bf16 "
                     f"{kind.upper()}; use fp16 or fp32"
                 )
-        return made("fp16", "requested" if requested == "fp16" else "bf16 RNNs unavailable here; fp16 with loss scaling")
+        if requested == "fp16":
+            return made("fp16", "requested")
+        if probe_rnn_dtype(device, torch.float16, kind) is not None:
+            return made("fp16", "bf16 RNNs unavailable here; fp16 with loss scaling")
+        return made("fp32", "neither a bf16 nor an fp16 RNN runs on this GPU")
     # MPS and anything else: fp32 unless asked, and then only if it really runs.
     if requested == "auto":
         return made("fp32", f"the safe choice on {dt}")
@@ -304,15 +308,28 @@ def choose_precision(requested: str, device: torch.device, kind: str = "lstm") -
 # Learning-rate schedule
 
 
-def lr_at(step: int, peak: float, warmup: int, total: int | None, min_ratio: float) -> float:
-    """The learning rate of the update after `step` earlier updates: linear warm-up, then cosine
-    decay to peak × min_ratio at `total`; constant after warm-up while `total` is unknown."""
+def lr_at(
+    step: int,
+    peak: float,
+    warmup: int,
+    total: int | None,
+    min_ratio: float,
+    from_step: int | None = None,
+    from_ratio: float = 1.0,
+) -> float:
+    """The learning rate of the update after `step` earlier updates, a pure function of the step.
+
+    Linear warm-up to `peak`, then cosine decay from peak × from_ratio at `from_step` (default: the
+    end of warm-up) to peak × min_ratio at `total`; constant while `total` is unknown. A resumed
+    run with a new budget starts a new segment where the old one stood, so the rate never jumps.
+    """
     if step < warmup:
         return peak * (step + 1) / warmup
-    if total is None or total <= warmup:
-        return peak
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    return peak * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    start = warmup if from_step is None else max(from_step, warmup)
+    if total is None or total <= start:
+        return peak * from_ratio
+    progress = min(1.0, (step - start) / (total - start))
+    return peak * (min_ratio + (from_ratio - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +434,13 @@ class Trainer:
         self.last_chars_per_sec: float | None = None
         self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # fp16 steps skipped for inf/NaN gradients
         total = self._planned_total()
-        self.schedule = {"warmup": min(config.warmup_steps, total // 10) if total else config.warmup_steps, "total": total}
+        # The schedule's fixed numbers (see lr_at), saved in checkpoints.
+        self.schedule = {
+            "warmup": min(config.warmup_steps, total // 10) if total else config.warmup_steps,
+            "total": total,
+            "from_step": None,
+            "from_ratio": 1.0,
+        }
         if resume_payload is not None:
             self._restore(resume_payload)
         elif self.world > 1:
@@ -455,9 +478,18 @@ class Trainer:
         self.last_val_bpc = payload.get("val_bpc")
         self._skipped.fill_(int(payload.get("skipped_steps", 0)))
         saved = payload.get("schedule") or {}
-        self.schedule["warmup"] = int(saved.get("warmup", self.schedule["warmup"]))
-        if self.schedule["total"] is None and self.cfg.minutes is None:
-            self.schedule["total"] = saved.get("total")  # keep a minutes-based estimate when no new budget is given
+        old_budget = {k: (payload.get("train_config") or {}).get(k) for k in ("steps", "epochs", "minutes")}
+        new_budget = {k: getattr(self.cfg, k) for k in old_budget}
+        if new_budget == old_budget and self.cfg.minutes is None:
+            self.schedule = {**self.schedule, **saved}  # the same run goes on: the same schedule
+        else:
+            # A new budget (--minutes always is one: it counts this invocation): decay from the
+            # rate the run had reached, over the new length.
+            old = {**self.schedule, **saved}
+            rate = lr_at(self.step, 1.0, old["warmup"], old["total"], self.cfg.min_lr_ratio, old["from_step"], old["from_ratio"])
+            self.schedule["warmup"] = old["warmup"]
+            if self.step >= old["warmup"]:
+                self.schedule["from_step"], self.schedule["from_ratio"] = self.step, rate
         state = payload.get("hidden_state")
         if state is not None:
             state = [t.to(self.device) for t in state]
@@ -607,7 +639,8 @@ class Trainer:
         """One update; returns the loss as a tensor (no sync)."""
         if fresh:
             self.state = None  # a new epoch starts every lane from the beginning of its text
-        lr = lr_at(self.step, self.cfg.lr, self.schedule["warmup"], self.schedule["total"], self.cfg.min_lr_ratio)
+        sch = self.schedule
+        lr = lr_at(self.step, self.cfg.lr, sch["warmup"], sch["total"], self.cfg.min_lr_ratio, sch["from_step"], sch["from_ratio"])
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x = x.to(self.device, non_blocking=True)
@@ -818,7 +851,7 @@ class Trainer:
             loss.item()
             per_step = (time.perf_counter() - t_estimate) / 10
             left = self.cfg.minutes * 60 - (time.perf_counter() - start)
-            total = max(self.step + int(left / per_step), self.schedule["warmup"] + 1)
+            total = max(self.step + int(left / per_step), self.schedule["warmup"] + 1, (self.schedule["from_step"] or 0) + 1)
             if self.world > 1:  # every rank must use rank 0's number, or their learning rates differ
                 t = torch.tensor([total], dtype=torch.float64, device=self.device)
                 dist.broadcast(t, src=0)

@@ -366,3 +366,15 @@ def test_eval_on_another_datasets_split_maps_its_symbols(tiny_dataset, tmp_path)
     result = evaluate_checkpoint(run, data=other.path)
     assert "§" in result["unknown_chars"] and result["chars"] == len(other.tokens("val")) - 1
     assert math.isfinite(result["bpc"])
+
+
+def test_a_new_budget_on_resume_continues_the_learning_rate_without_a_jump(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(options(tiny_dataset, run, steps=20, eval_every=0))
+    train({"out": str(run), "steps": 40}, resume=True)
+    lrs = [r["lr"] for r in metrics(run)]
+    assert len(lrs) == 40
+    steps_ratio = lrs[20] / lrs[19]
+    assert 0.5 < steps_ratio <= 1.0  # continues from where it stood (the floor), no return to the peak
+    assert lrs[-1] == pytest.approx(2e-3 * 0.1)
+    assert lr_at(30, 1.0, 2, 40, 0.1, from_step=20, from_ratio=0.5) < 0.5
