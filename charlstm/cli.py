@@ -482,7 +482,7 @@ _DATA, _MODEL, _OPTIM, _RUN, _BACKEND = "Data and output", "Model", "Optimisatio
 def train_command(
     data: Annotated[Optional[str], typer.Option(help=f"Ingested dataset folder (default: {_TC.data})", rich_help_panel=_DATA)] = None,
     out: Annotated[Optional[str], typer.Option(help="Run folder (default: checkpoints/<dataset>-<model>)", rich_help_panel=_DATA)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest.pt, exactly where it stopped. It keeps its config: only the budget (--steps/--epochs/--minutes, which then replace the old budget), --eval-every, --save-every, --log-every, --precision, --device, --threads and --data (same vocabulary) may be given again; other options that differ are an error.", rich_help_panel=_DATA)] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest.pt, exactly where it stopped. It keeps its config: only the budget (--steps/--epochs/--minutes: they replace the old budget, and the learning rate decays from where it stood over the new length), --eval-every, --save-every, --log-every, --precision, --device, --threads and --data (same vocabulary) may be given again; other options that differ are an error.", rich_help_panel=_DATA)] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in a run folder that already holds a run (its checkpoints are deleted).", rich_help_panel=_DATA)] = False,
     model: Annotated[Optional[str], typer.Option(help=f"Recurrent cell: lstm, gru or rnn (tanh) (default: {_TC.model})", rich_help_panel=_MODEL)] = None,
     layers: Annotated[Optional[int], typer.Option(help=f"Stacked recurrent layers (default: {_TC.layers})", rich_help_panel=_MODEL)] = None,
