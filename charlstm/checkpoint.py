@@ -6,8 +6,9 @@ containers), so it loads with ``torch.load(weights_only=True)`` and never runs p
 Keys every checkpoint has: ``format``, ``version``, ``model_config`` (ModelConfig.to_dict()),
 ``vocab`` (list of symbols), ``model`` (state dict of the unwrapped CharRNN), ``dataset``
 (Dataset.summary(): name, path, content_hash, language) and ``step``. Training adds what exact
-resumption needs: ``train_config``, ``optimizer``, ``scaler``, ``data_position``, ``rng``,
-``best_val_bpc``.
+resumption needs: ``train_config``, ``optimizer``, ``scaler``, ``data_position``,
+``hidden_state`` (fp32, every lane), ``rng``, ``schedule``, ``skipped_steps``, ``precision``,
+``val_bpc`` and ``best_val_bpc``. Experiment runs add ``experiment``.
 """
 
 from __future__ import annotations
