@@ -6,6 +6,9 @@ Domain errors (CharlstmError) become one red line on stderr and exit code 1.
 from __future__ import annotations
 
 import functools
+import json
+from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -14,6 +17,18 @@ from rich.markup import escape
 
 from charlstm import __version__
 from charlstm.errors import CharlstmError
+from charlstm.sample import (
+    PRECISIONS,
+    Sampler,
+    SampleSettings,
+    StreamWriter,
+    is_color_terminal,
+    read_prime_file,
+    stdout_text,
+    stream_samples,
+    unescape,
+)
+from charlstm.train import TrainConfig as _TC  # its defaults are shown in the help
 
 app = typer.Typer(
     name="charlstm",
@@ -63,68 +78,17 @@ def main(
     """Character-level LSTMs that learn to write code, and the tools to look inside them."""
 
 
-# Commands follow, one section each, in pipeline order: ingest, train, eval, sample,
-# inspect-neuron, experiment.
-
-
-# ----- experiment --------------------------------------------------------------------------------
-
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-
-@app.command("experiment", rich_help_panel="Inspect")
-@user_errors
-def experiment_command(
-    name: Annotated[
-        str, typer.Argument(help="counter | selective-counter | state | copy | all (the four, then one table).")
-    ],
-    seed: Annotated[int, typer.Option(help="Seed for data, initial weights and evaluation prompts.")] = 0,
-    steps: Annotated[
-        Optional[int], typer.Option(help="Training steps (default: each study's own, about a minute in all).")
-    ] = None,
-    max_n: Annotated[
-        Optional[int], typer.Option(help="Largest N (or length) in the training data (default 10, as the article).")
-    ] = None,
-    eval_max_n: Annotated[
-        Optional[int], typer.Option(help="Judge every N from 1 to this (default: each study's own, past training).")
-    ] = None,
-    out_dir: Annotated[
-        Path, typer.Option(help="Runs are kept in OUT_DIR/experiment-NAME/ (best.pt and results.json).")
-    ] = Path("checkpoints"),
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the results as one JSON object on stdout (for all: keyed by study).")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-study report.")] = False,
-    html: Annotated[
-        Optional[Path],
-        typer.Option(help="Also write the HTML explorer of the run, opened on the unit found (all: OUT-STUDY.html)."),
-    ] = None,
-) -> None:
-    """Reproduce the source article's small studies: train a tiny LSTM on a synthetic language,
-    judge its greedy generations, and show the units that solve it (layers numbered from 1)."""
-    from charlstm.experiments import run_experiments, strip_views
-
-    results = run_experiments(
-        name, err, quiet=quiet, html=html, seed=seed, out_dir=out_dir, steps=steps, max_n=max_n,
-        eval_max_n=eval_max_n,
-    )
-    if json_out:
-        payload = {k: strip_views(v) for k, v in results.items()} if name == "all" else strip_views(results[name])
-        typer.echo(json.dumps(payload))
+# Commands, one section each, in pipeline order.
 
 
 # ----- ingest ------------------------------------------------------------------------------------
 
-import json  # noqa: E402
-from enum import Enum as _Enum  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 # The preset names, as a choice Typer can list in --help.
-_IngestPreset = _Enum("IngestPreset", {"python_stdlib": "python-stdlib", "jdk": "jdk"}, type=str)
+_IngestPreset = Enum("IngestPreset", {"python_stdlib": "python-stdlib", "jdk": "jdk"}, type=str)
 
 
-@app.command("ingest")
+@app.command("ingest", rich_help_panel="Pipeline")
 @user_errors
 def ingest_command(
     sources: Annotated[
@@ -174,12 +138,213 @@ def ingest_command(
         err.print(report_table(report))
 
 
+# ----- train and eval --------------------------------------------------------------------------
+
+
+_DATA, _MODEL, _OPTIM, _RUN, _BACKEND = "Data and output", "Model", "Optimisation", "Logging and checkpoints", "Backend"
+
+
+@app.command("train", no_args_is_help=False, rich_help_panel="Pipeline")
+@user_errors
+def train_command(
+    data: Annotated[Optional[str], typer.Option(help=f"Ingested dataset folder (default: {_TC.data})", rich_help_panel=_DATA)] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run folder (default: checkpoints/<dataset>-<model>)", rich_help_panel=_DATA)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest.pt, exactly where it stopped. It keeps its config: only the budget (--steps/--epochs/--minutes: they replace the old budget, and the learning rate decays from where it stood over the new length), --eval-every, --save-every, --log-every, --precision, --device, --threads and --data (same vocabulary) may be given again; other options that differ are an error.", rich_help_panel=_DATA)] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in a run folder that already holds a run (its checkpoints are deleted).", rich_help_panel=_DATA)] = False,
+    model: Annotated[Optional[str], typer.Option(help=f"Recurrent cell: lstm, gru or rnn (tanh) (default: {_TC.model})", rich_help_panel=_MODEL)] = None,
+    layers: Annotated[Optional[int], typer.Option(help=f"Stacked recurrent layers (default: {_TC.layers})", rich_help_panel=_MODEL)] = None,
+    hidden: Annotated[Optional[int], typer.Option(help=f"Units per layer (default: {_TC.hidden})", rich_help_panel=_MODEL)] = None,
+    embed: Annotated[Optional[int], typer.Option(help=f"Character embedding width (default: {_TC.embed})", rich_help_panel=_MODEL)] = None,
+    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout between layers and before the head; off by default because runs of minutes underfit, 0.1-0.3 helps long runs on small corpora (default: {_TC.dropout})", rich_help_panel=_MODEL)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Lanes: contiguous streams through the corpus, trained side by side (split across processes under torchrun) (default: {_TC.batch_size})", rich_help_panel=_OPTIM)] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help=f"Characters back-propagated through per step; the hidden state carries across steps (default: {_TC.seq_len})", rich_help_panel=_OPTIM)] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Peak AdamW learning rate (linear warm-up, cosine decay) (default: {_TC.lr})", rich_help_panel=_OPTIM)] = None,
+    min_lr_ratio: Annotated[Optional[float], typer.Option(help=f"Decay ends at lr × this (default: {_TC.min_lr_ratio})", rich_help_panel=_OPTIM)] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Linear warm-up steps (at most a tenth of a run of known length) (default: {_TC.warmup_steps})", rich_help_panel=_OPTIM)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=f"AdamW weight decay on weight matrices (default: {_TC.weight_decay})", rich_help_panel=_OPTIM)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help=f"Clip the global gradient norm to this (0: off) (default: {_TC.grad_clip})", rich_help_panel=_OPTIM)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in all; also the schedule's length.", rich_help_panel=_OPTIM)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training split (default: 1 when no budget is given)", rich_help_panel=_OPTIM)] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation. Alone, the schedule's length is estimated from the first steps' speed.", rich_help_panel=_OPTIM)] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Random seed (initialisation, dropout) (default: {_TC.seed})", rich_help_panel=_OPTIM)] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help=f"Steps between validations over the whole val split (0: only at the end) (default: {_TC.eval_every})", rich_help_panel=_RUN)] = None,
+    save_every: Annotated[Optional[int], typer.Option(help=f"Steps between saves of latest.pt (0: only at the end) (default: {_TC.save_every})", rich_help_panel=_RUN)] = None,
+    log_every: Annotated[Optional[int], typer.Option(help=f"Steps between lines of metrics.jsonl (default: {_TC.log_every})", rich_help_panel=_RUN)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32. auto: bf16 on a GPU whose cuDNN runs a bf16 LSTM, else fp16 with loss scaling; on a CPU bf16 where it has native bf16, else fp32 (default: auto)", rich_help_panel=_BACKEND)] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cuda, mps or cpu (default: auto)", rich_help_panel=_BACKEND)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the cores available)", rich_help_panel=_BACKEND)] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.", rich_help_panel=_RUN)] = False,
+) -> None:
+    """Train a character-level LSTM (or GRU/RNN) on an ingested dataset.
+
+    Stateful truncated BPTT over memory-mapped lanes, mixed precision, exact --resume; multi-GPU with
+    `torchrun --nproc-per-node N -m charlstm train ...`.
+    """
+    import json as _json
+
+    from charlstm.train import TrainingInterrupted, train
+
+    options = {k: v for k, v in locals().items() if k not in ("resume", "force", "json_output", "_json", "TrainingInterrupted", "train")}
+    try:
+        summary = train(options, resume=resume, force=force)
+    except TrainingInterrupted as exc:
+        err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=130) from None
+    if summary.get("world_size", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
+        return  # only rank 0 reports
+    if json_output:
+        typer.echo(_json.dumps(summary))
+    else:
+        val, best = summary["val_bpc"], summary["best_val_bpc"]
+        scores = f", validation {val:.4f} bpc (best {best:.4f})" if val is not None and best is not None else ""
+        err.print(f"done: {summary['steps']:,} steps{scores}; run in {escape(summary['run_dir'])}", highlight=False)
+
+
+@app.command("eval", rich_help_panel="Pipeline")
+@user_errors
+def eval_command(
+    checkpoint: Annotated[Optional[str], typer.Argument(help="Checkpoint file or run folder (default: the newest run under checkpoints/)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Score this dataset's validation split (default: the checkpoint's dataset)")] = None,
+    text_file: Annotated[Optional[str], typer.Option(help="Score this text file instead (as one document).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32 (auto: as training picks it).")] = "auto",
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (bpc, chars, ...).")] = False,
+) -> None:
+    """Score a checkpoint in bits per character on a validation split or any text file."""
+    import json as _json
+
+    from charlstm.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision)
+    if result["unknown_chars"]:
+        shown = " ".join(repr(ch) for ch in result["unknown_chars"][:20])
+        more = f" and {len(result['unknown_chars']) - 20} more" if len(result["unknown_chars"]) > 20 else ""
+        err.print(f"[yellow]warning:[/yellow] characters the model does not know, scored as unknown: {escape(shown)}{more}", highlight=False)
+    if json_output:
+        typer.echo(_json.dumps(result))
+    else:
+        err.print(
+            f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
+            f"({escape(result['checkpoint'])}, step {result['step']}, {result['precision']} on {result['device']}, "
+            f"{result['chars_per_sec']:,.0f} chars/s)",
+            highlight=False,
+        )
+
+
+# ----- sample ------------------------------------------------------------------------------------
+
+
+@app.command("sample", rich_help_panel="Pipeline")
+@user_errors
+def sample_command(
+    checkpoint: Annotated[
+        Optional[str],
+        typer.Argument(help="Run folder or checkpoint file. Default: the newest run under checkpoints/, else the shipped model."),
+    ] = None,
+    length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate per sample.", rich_help_panel="Sampling")] = 2000,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="> 0; lower is safer, higher is wilder.", rich_help_panel="Sampling")] = 0.8,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely character (ignores temperature, top-k, top-p).", rich_help_panel="Sampling")] = False,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Draw only among the K most likely characters.", rich_help_panel="Sampling")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Draw only from the most likely characters holding this much probability, in (0, 1].", rich_help_panel="Sampling")] = None,
+    prime: Annotated[Optional[str], typer.Option("--prime", "-p", help="Text fed through the model first and printed as the start of each sample.", rich_help_panel="Sampling")] = None,
+    prime_file: Annotated[Optional[Path], typer.Option("--prime-file", help="Read the prime from a file.", rich_help_panel="Sampling")] = None,
+    stop: Annotated[Optional[str], typer.Option("--stop", help="End a sample once it generates this text (kept). Backslash escapes work: --stop '\\n\\n'.", rich_help_panel="Sampling")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples generated together as one batch, printed one after another under a '──── sample i/N ────' line.", rich_help_panel="Sampling")] = 1,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed and device give the same text.", rich_help_panel="Sampling")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file, written atomically.", rich_help_panel="Output")] = None,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel="Backend")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default 1: one step is too small to share, and a second thread stalls whenever another process uses the cores.", rich_help_panel="Backend")] = None,
+    precision: Annotated[str, typer.Option("--precision", "--dtype", help=f"Engine weights: {'|'.join(PRECISIONS)}. auto = fp16 weights on a CPU with FBGEMM (fp32 math, near exact), else fp32. int8: faster on a busy CPU, less exact.", rich_help_panel="Backend")] = "auto",
+) -> None:
+    """Stream generated code from a trained model, character by character.
+
+    On a terminal each finished line is syntax-highlighted in the corpus's language; piped or redirected, the output is plain text. A new file the model starts shows as a '── new file ──' line; the unknown symbol prints as \ufffd.
+    """  # noqa: E501
+    import torch
+
+    if prime is not None and prime_file is not None:
+        raise CharlstmError("give --prime or --prime-file, not both")
+    prime_text = read_prime_file(prime_file) if prime_file is not None else (prime or "")
+    settings = SampleSettings(
+        length=length,
+        temperature=temperature,
+        greedy=greedy,
+        top_k=top_k,
+        top_p=top_p,
+        prime=prime_text,
+        stop=unescape(stop) if stop is not None else None,
+        num_samples=num_samples,
+        seed=seed,
+    )
+    settings.validate()
+    if threads is not None and threads < 1:
+        raise CharlstmError(f"--threads must be at least 1, got {threads}")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads or 1)
+    try:
+        _sample(checkpoint, settings, out, no_color, device, precision)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _sample(
+    checkpoint: Optional[str], settings: SampleSettings, out: Optional[Path], no_color: bool, device: str, precision: str
+) -> None:
+    """Load, stream to stdout (highlighted on a terminal), then save --out; messages go to stderr."""
+    import os
+    import sys
+
+    from charlstm.checkpoint import atomic_write, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    sampler, payload = Sampler.from_checkpoint(path, device=device, precision=precision)
+    unknown = sampler.vocab.unknown_chars(settings.prime)
+    if unknown:
+        err.print(
+            f"[yellow]warning:[/yellow] the prime has characters the model does not know, read as unknown: "
+            f"{escape(' '.join(repr(ch) for ch in unknown))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if settings.stop is not None and sampler.vocab.unknown_chars(settings.stop):
+        err.print(
+            "[yellow]warning:[/yellow] the stop text has characters the model never generates",
+            highlight=False,
+            soft_wrap=True,
+        )
+    engine = sampler.engine
+    err.print(
+        f"[dim]{escape(str(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
+        f"{str(engine.weight_dtype).removeprefix('torch.')} weights on {sampler.device}[/dim]",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+    stream = stdout_text()
+    language = (payload.get("dataset") or {}).get("language")
+    writer = StreamWriter(stream, color=not no_color and is_color_terminal(stream), language=language)
+    try:
+        stream_samples(sampler, settings, writer)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise typer.Exit(code=0) from None
+    if out is not None:
+        text = "".join(writer.plain)
+        atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+        err.print(f"[dim]wrote {escape(str(out))}[/dim]", highlight=False, soft_wrap=True)
+
+
 # ----- inspect-neuron ------------------------------------------------------------------------------
 
 _INSPECT_STATES = ("hidden", "cell", "input", "forget", "output", "candidate", "reset", "update", "all")
 
 
-@app.command("inspect-neuron")
+@app.command("inspect-neuron", rich_help_panel="Look inside")
 @user_errors
 def inspect_neuron_command(
     checkpoint: Annotated[
@@ -347,218 +512,45 @@ def inspect_neuron_command(
         out.print(render.legend(signal, scale if signal == "cell" else None))
 
 
-# ----- sample ------------------------------------------------------------------------------------
-
-from pathlib import Path  # noqa: E402
-
-from charlstm.sample import (  # noqa: E402
-    PRECISIONS,
-    Sampler,
-    SampleSettings,
-    StreamWriter,
-    is_color_terminal,
-    read_prime_file,
-    stdout_text,
-    stream_samples,
-    unescape,
-)
+# ----- experiment --------------------------------------------------------------------------------
 
 
-@app.command("sample")
+@app.command("experiment", rich_help_panel="Look inside")
 @user_errors
-def sample_command(
-    checkpoint: Annotated[
-        Optional[str],
-        typer.Argument(help="Run folder or checkpoint file. Default: the newest run under checkpoints/, else the shipped model."),
+def experiment_command(
+    name: Annotated[
+        str, typer.Argument(help="counter | selective-counter | state | copy | all (the four, then one table).")
+    ],
+    seed: Annotated[int, typer.Option(help="Seed for data, initial weights and evaluation prompts.")] = 0,
+    steps: Annotated[
+        Optional[int], typer.Option(help="Training steps (default: each study's own, about a minute in all).")
     ] = None,
-    length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate per sample.", rich_help_panel="Sampling")] = 2000,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="> 0; lower is safer, higher is wilder.", rich_help_panel="Sampling")] = 0.8,
-    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely character (ignores temperature, top-k, top-p).", rich_help_panel="Sampling")] = False,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Draw only among the K most likely characters.", rich_help_panel="Sampling")] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Draw only from the most likely characters holding this much probability, in (0, 1].", rich_help_panel="Sampling")] = None,
-    prime: Annotated[Optional[str], typer.Option("--prime", "-p", help="Text fed through the model first and printed as the start of each sample.", rich_help_panel="Sampling")] = None,
-    prime_file: Annotated[Optional[Path], typer.Option("--prime-file", help="Read the prime from a file.", rich_help_panel="Sampling")] = None,
-    stop: Annotated[Optional[str], typer.Option("--stop", help="End a sample once it generates this text (kept). Backslash escapes work: --stop '\\n\\n'.", rich_help_panel="Sampling")] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples generated together as one batch, printed one after another under a '──── sample i/N ────' line.", rich_help_panel="Sampling")] = 1,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed and device give the same text.", rich_help_panel="Sampling")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file, written atomically.", rich_help_panel="Output")] = None,
-    no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel="Backend")] = "cpu",
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default 1: one step is too small to share, and a second thread stalls whenever another process uses the cores.", rich_help_panel="Backend")] = None,
-    precision: Annotated[str, typer.Option("--precision", "--dtype", help=f"Engine weights: {'|'.join(PRECISIONS)}. auto = fp16 weights on a CPU with FBGEMM (fp32 math, near exact), else fp32. int8: faster on a busy CPU, less exact.", rich_help_panel="Backend")] = "auto",
+    max_n: Annotated[
+        Optional[int], typer.Option(help="Largest N (or length) in the training data (default 10, as the article).")
+    ] = None,
+    eval_max_n: Annotated[
+        Optional[int], typer.Option(help="Judge every N from 1 to this (default: each study's own, past training).")
+    ] = None,
+    out_dir: Annotated[
+        Path, typer.Option(help="Runs are kept in OUT_DIR/experiment-NAME/ (best.pt and results.json).")
+    ] = Path("checkpoints"),
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the results as one JSON object on stdout (for all: keyed by study).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-study report.")] = False,
+    html: Annotated[
+        Optional[Path],
+        typer.Option(help="Also write the HTML explorer of the run, opened on the unit found (all: OUT-STUDY.html)."),
+    ] = None,
 ) -> None:
-    """Stream generated code from a trained model, character by character.
+    """Reproduce the source article's small studies: train a tiny LSTM on a synthetic language,
+    judge its greedy generations, and show the units that solve it (layers numbered from 1)."""
+    from charlstm.experiments import run_experiments, strip_views
 
-    On a terminal each finished line is syntax-highlighted in the corpus's language; piped or redirected, the output is plain text. A new file the model starts shows as a '── new file ──' line; the unknown symbol prints as \ufffd.
-    """  # noqa: E501
-    import torch
-
-    if prime is not None and prime_file is not None:
-        raise CharlstmError("give --prime or --prime-file, not both")
-    prime_text = read_prime_file(prime_file) if prime_file is not None else (prime or "")
-    settings = SampleSettings(
-        length=length,
-        temperature=temperature,
-        greedy=greedy,
-        top_k=top_k,
-        top_p=top_p,
-        prime=prime_text,
-        stop=unescape(stop) if stop is not None else None,
-        num_samples=num_samples,
-        seed=seed,
+    results = run_experiments(
+        name, err, quiet=quiet, html=html, seed=seed, out_dir=out_dir, steps=steps, max_n=max_n,
+        eval_max_n=eval_max_n,
     )
-    settings.validate()
-    if threads is not None and threads < 1:
-        raise CharlstmError(f"--threads must be at least 1, got {threads}")
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads or 1)
-    try:
-        _sample(checkpoint, settings, out, no_color, device, precision)
-    finally:
-        torch.set_num_threads(threads_before)
-
-
-def _sample(
-    checkpoint: Optional[str], settings: SampleSettings, out: Optional[Path], no_color: bool, device: str, precision: str
-) -> None:
-    """Load, stream to stdout (highlighted on a terminal), then save --out; messages go to stderr."""
-    import os
-    import sys
-
-    from charlstm.checkpoint import atomic_write, resolve_checkpoint
-
-    path = resolve_checkpoint(checkpoint)
-    sampler, payload = Sampler.from_checkpoint(path, device=device, precision=precision)
-    unknown = sampler.vocab.unknown_chars(settings.prime)
-    if unknown:
-        err.print(
-            f"[yellow]warning:[/yellow] the prime has characters the model does not know, read as unknown: "
-            f"{escape(' '.join(repr(ch) for ch in unknown))}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if settings.stop is not None and sampler.vocab.unknown_chars(settings.stop):
-        err.print(
-            "[yellow]warning:[/yellow] the stop text has characters the model never generates",
-            highlight=False,
-            soft_wrap=True,
-        )
-    engine = sampler.engine
-    err.print(
-        f"[dim]{escape(str(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
-        f"{str(engine.weight_dtype).removeprefix('torch.')} weights on {sampler.device}[/dim]",
-        highlight=False,
-        soft_wrap=True,
-    )
-
-    stream = stdout_text()
-    language = (payload.get("dataset") or {}).get("language")
-    writer = StreamWriter(stream, color=not no_color and is_color_terminal(stream), language=language)
-    try:
-        stream_samples(sampler, settings, writer)
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, as Unix tools do.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
-        raise typer.Exit(code=0) from None
-    if out is not None:
-        text = "".join(writer.plain)
-        atomic_write(out, lambda f: f.write(text.encode("utf-8")))
-        err.print(f"[dim]wrote {escape(str(out))}[/dim]", highlight=False, soft_wrap=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# train and eval
-
-from charlstm.train import TrainConfig as _TC  # noqa: E402  (defaults shown in the help)
-
-_DATA, _MODEL, _OPTIM, _RUN, _BACKEND = "Data and output", "Model", "Optimisation", "Logging and checkpoints", "Backend"
-
-
-@app.command("train", no_args_is_help=False)
-@user_errors
-def train_command(
-    data: Annotated[Optional[str], typer.Option(help=f"Ingested dataset folder (default: {_TC.data})", rich_help_panel=_DATA)] = None,
-    out: Annotated[Optional[str], typer.Option(help="Run folder (default: checkpoints/<dataset>-<model>)", rich_help_panel=_DATA)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest.pt, exactly where it stopped. It keeps its config: only the budget (--steps/--epochs/--minutes: they replace the old budget, and the learning rate decays from where it stood over the new length), --eval-every, --save-every, --log-every, --precision, --device, --threads and --data (same vocabulary) may be given again; other options that differ are an error.", rich_help_panel=_DATA)] = False,
-    force: Annotated[bool, typer.Option("--force", help="Start over in a run folder that already holds a run (its checkpoints are deleted).", rich_help_panel=_DATA)] = False,
-    model: Annotated[Optional[str], typer.Option(help=f"Recurrent cell: lstm, gru or rnn (tanh) (default: {_TC.model})", rich_help_panel=_MODEL)] = None,
-    layers: Annotated[Optional[int], typer.Option(help=f"Stacked recurrent layers (default: {_TC.layers})", rich_help_panel=_MODEL)] = None,
-    hidden: Annotated[Optional[int], typer.Option(help=f"Units per layer (default: {_TC.hidden})", rich_help_panel=_MODEL)] = None,
-    embed: Annotated[Optional[int], typer.Option(help=f"Character embedding width (default: {_TC.embed})", rich_help_panel=_MODEL)] = None,
-    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout between layers and before the head; off by default because runs of minutes underfit, 0.1-0.3 helps long runs on small corpora (default: {_TC.dropout})", rich_help_panel=_MODEL)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Lanes: contiguous streams through the corpus, trained side by side (split across processes under torchrun) (default: {_TC.batch_size})", rich_help_panel=_OPTIM)] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help=f"Characters back-propagated through per step; the hidden state carries across steps (default: {_TC.seq_len})", rich_help_panel=_OPTIM)] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"Peak AdamW learning rate (linear warm-up, cosine decay) (default: {_TC.lr})", rich_help_panel=_OPTIM)] = None,
-    min_lr_ratio: Annotated[Optional[float], typer.Option(help=f"Decay ends at lr × this (default: {_TC.min_lr_ratio})", rich_help_panel=_OPTIM)] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Linear warm-up steps (at most a tenth of a run of known length) (default: {_TC.warmup_steps})", rich_help_panel=_OPTIM)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help=f"AdamW weight decay on weight matrices (default: {_TC.weight_decay})", rich_help_panel=_OPTIM)] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help=f"Clip the global gradient norm to this (0: off) (default: {_TC.grad_clip})", rich_help_panel=_OPTIM)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in all; also the schedule's length.", rich_help_panel=_OPTIM)] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training split (default: 1 when no budget is given)", rich_help_panel=_OPTIM)] = None,
-    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation. Alone, the schedule's length is estimated from the first steps' speed.", rich_help_panel=_OPTIM)] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"Random seed (initialisation, dropout) (default: {_TC.seed})", rich_help_panel=_OPTIM)] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help=f"Steps between validations over the whole val split (0: only at the end) (default: {_TC.eval_every})", rich_help_panel=_RUN)] = None,
-    save_every: Annotated[Optional[int], typer.Option(help=f"Steps between saves of latest.pt (0: only at the end) (default: {_TC.save_every})", rich_help_panel=_RUN)] = None,
-    log_every: Annotated[Optional[int], typer.Option(help=f"Steps between lines of metrics.jsonl (default: {_TC.log_every})", rich_help_panel=_RUN)] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32. auto: bf16 on a GPU whose cuDNN runs a bf16 LSTM, else fp16 with loss scaling; on a CPU bf16 where it has native bf16, else fp32 (default: auto)", rich_help_panel=_BACKEND)] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cuda, mps or cpu (default: auto)", rich_help_panel=_BACKEND)] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the cores available)", rich_help_panel=_BACKEND)] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.", rich_help_panel=_RUN)] = False,
-) -> None:
-    """Train a character-level LSTM (or GRU/RNN) on an ingested dataset.
-
-    Stateful truncated BPTT over memory-mapped lanes, mixed precision, exact --resume; multi-GPU with
-    `torchrun --nproc-per-node N -m charlstm train ...`.
-    """
-    import json as _json
-
-    from charlstm.train import TrainingInterrupted, train
-
-    options = {k: v for k, v in locals().items() if k not in ("resume", "force", "json_output", "_json", "TrainingInterrupted", "train")}
-    try:
-        summary = train(options, resume=resume, force=force)
-    except TrainingInterrupted as exc:
-        err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=130) from None
-    if summary.get("world_size", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
-        return  # only rank 0 reports
-    if json_output:
-        typer.echo(_json.dumps(summary))
-    else:
-        val, best = summary["val_bpc"], summary["best_val_bpc"]
-        scores = f", validation {val:.4f} bpc (best {best:.4f})" if val is not None and best is not None else ""
-        err.print(f"done: {summary['steps']:,} steps{scores}; run in {escape(summary['run_dir'])}", highlight=False)
-
-
-@app.command("eval")
-@user_errors
-def eval_command(
-    checkpoint: Annotated[Optional[str], typer.Argument(help="Checkpoint file or run folder (default: the newest run under checkpoints/)")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Score this dataset's validation split (default: the checkpoint's dataset)")] = None,
-    text_file: Annotated[Optional[str], typer.Option(help="Score this text file instead (as one document).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32 (auto: as training picks it).")] = "auto",
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (bpc, chars, ...).")] = False,
-) -> None:
-    """Score a checkpoint in bits per character on a validation split or any text file."""
-    import json as _json
-
-    from charlstm.evaluate import evaluate_checkpoint
-
-    result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision)
-    if result["unknown_chars"]:
-        shown = " ".join(repr(ch) for ch in result["unknown_chars"][:20])
-        more = f" and {len(result['unknown_chars']) - 20} more" if len(result["unknown_chars"]) > 20 else ""
-        err.print(f"[yellow]warning:[/yellow] characters the model does not know, scored as unknown: {escape(shown)}{more}", highlight=False)
-    if json_output:
-        typer.echo(_json.dumps(result))
-    else:
-        err.print(
-            f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
-            f"({escape(result['checkpoint'])}, step {result['step']}, {result['precision']} on {result['device']}, "
-            f"{result['chars_per_sec']:,.0f} chars/s)",
-            highlight=False,
-        )
+    if json_out:
+        payload = {k: strip_views(v) for k, v in results.items()} if name == "all" else strip_views(results[name])
+        typer.echo(json.dumps(payload))
