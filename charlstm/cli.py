@@ -17,17 +17,8 @@ from rich.markup import escape
 
 from charlstm import __version__
 from charlstm.errors import CharlstmError
-from charlstm.sample import (
-    PRECISIONS,
-    Sampler,
-    SampleSettings,
-    StreamWriter,
-    is_color_terminal,
-    read_prime_file,
-    stdout_text,
-    stream_samples,
-    unescape,
-)
+from charlstm.neurons import inspect_neuron
+from charlstm.sample import PRECISIONS, SampleSettings, read_prime_file, run_sampling, unescape
 from charlstm.train import TrainConfig as _TC  # its defaults are shown in the help
 
 app = typer.Typer(
@@ -261,8 +252,6 @@ def sample_command(
 
     On a terminal each finished line is syntax-highlighted in the corpus's language; piped or redirected, the output is plain text. A new file the model starts shows as a '── new file ──' line; the unknown symbol prints as \ufffd.
     """  # noqa: E501
-    import torch
-
     if prime is not None and prime_file is not None:
         raise CharlstmError("give --prime or --prime-file, not both")
     prime_text = read_prime_file(prime_file) if prime_file is not None else (prime or "")
@@ -278,71 +267,10 @@ def sample_command(
         seed=seed,
     )
     settings.validate()
-    if threads is not None and threads < 1:
-        raise CharlstmError(f"--threads must be at least 1, got {threads}")
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads or 1)
-    try:
-        _sample(checkpoint, settings, out, no_color, device, precision)
-    finally:
-        torch.set_num_threads(threads_before)
-
-
-def _sample(
-    checkpoint: Optional[str], settings: SampleSettings, out: Optional[Path], no_color: bool, device: str, precision: str
-) -> None:
-    """Load, stream to stdout (highlighted on a terminal), then save --out; messages go to stderr."""
-    import os
-    import sys
-
-    from charlstm.checkpoint import atomic_write, resolve_checkpoint
-
-    path = resolve_checkpoint(checkpoint)
-    sampler, payload = Sampler.from_checkpoint(path, device=device, precision=precision)
-    unknown = sampler.vocab.unknown_chars(settings.prime)
-    if unknown:
-        err.print(
-            f"[yellow]warning:[/yellow] the prime has characters the model does not know, read as unknown: "
-            f"{escape(' '.join(repr(ch) for ch in unknown))}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if settings.stop is not None and sampler.vocab.unknown_chars(settings.stop):
-        err.print(
-            "[yellow]warning:[/yellow] the stop text has characters the model never generates",
-            highlight=False,
-            soft_wrap=True,
-        )
-    engine = sampler.engine
-    err.print(
-        f"[dim]{escape(str(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
-        f"{str(engine.weight_dtype).removeprefix('torch.')} weights on {sampler.device}[/dim]",
-        highlight=False,
-        soft_wrap=True,
-    )
-
-    stream = stdout_text()
-    language = (payload.get("dataset") or {}).get("language")
-    writer = StreamWriter(stream, color=not no_color and is_color_terminal(stream), language=language)
-    try:
-        stream_samples(sampler, settings, writer)
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, as Unix tools do.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
-        raise typer.Exit(code=0) from None
-    if out is not None:
-        text = "".join(writer.plain)
-        atomic_write(out, lambda f: f.write(text.encode("utf-8")))
-        err.print(f"[dim]wrote {escape(str(out))}[/dim]", highlight=False, soft_wrap=True)
+    run_sampling(checkpoint, settings, out=out, color=not no_color, device=device, precision=precision, threads=threads, console=err)
 
 
 # ----- inspect-neuron ------------------------------------------------------------------------------
-
-_INSPECT_STATES = ("hidden", "cell", "input", "forget", "output", "candidate", "reset", "update", "all")
-
 
 @app.command("inspect-neuron", rich_help_panel="Look inside")
 @user_errors
@@ -418,98 +346,10 @@ def inspect_neuron_command(
 
     Layers are numbered from 1, neurons from 0, here, in --json and in the HTML explorer.
     """
-    import json
-
-    from rich.console import Console
-
-    from charlstm import neurons, render
-    from charlstm.features import is_binary, validate_feature
-
-    modes = [name for name, on in (("--find", find is not None), ("--stats", stats), ("--html", html is not None)) if on]
-    if len(modes) > 1:
-        raise CharlstmError(f"choose one of {', '.join(modes)} at a time")
-    if json_out and not (find or stats):
-        raise CharlstmError("--json goes with --find or --stats")
-    if state is not None and state not in _INSPECT_STATES:
-        raise CharlstmError(f"unknown --state {state!r}; choose one of {', '.join(_INSPECT_STATES)}")
-    if find is not None:
-        validate_feature(find)  # before the slow part
-        if top < 1:
-            raise CharlstmError(f"--top must be at least 1, got {top}")
-
-    inspection = neurons.open_checkpoint(checkpoint)
-    if layer is not None or neuron is not None:
-        if layer is None or neuron is None:
-            raise CharlstmError("give both --layer and --neuron")
-        inspection.check_unit(layer, neuron)
-    if state not in (None, "all"):
-        inspection.check_signal(state)
-    if not modes and (layer is None or neuron is None):
-        raise CharlstmError("give --layer and --neuron (or --find FEATURE, --stats, --html OUT.html)")
-    if html is not None:
-        from charlstm.explorer import default_chars as html_chars
-
-        default_chars = html_chars(inspection)
-    else:
-        default_chars = 5000 if (find or stats) else 1000
-    chosen, source = neurons.choose_text(inspection, text, text_file, from_val, data, default_chars)
-
-    if html is not None:
-        from charlstm.explorer import write_explorer
-
-        with err.status(f"tracing {len(chosen):,} characters…"):
-            summary = write_explorer(
-                html, inspection, chosen, source, layer=layer, neuron=neuron, signal=None if state == "all" else state
-            )
-        err.print(
-            f"wrote {escape(html)} ({summary['bytes'] / 1e6:.1f} MB: {summary['chars']:,} characters, "
-            f"{summary['layers']} layers × {summary['hidden']} neurons × {len(summary['signals'])} signals)",
-            highlight=False,
-        )
-        return
-
-    if find is not None:
-        with err.status(f"tracing {len(chosen):,} characters…"):
-            units, acts, feature = neurons.find_units(inspection, chosen, find, top)
-        if json_out:
-            print(json.dumps({"feature": find, "chars": len(chosen), "neurons": [u.to_dict() for u in units]}))
-            return
-        measure = "point-biserial r" if is_binary(find) else "Pearson r"
-        title = f"Units following {find!r} ({measure} over {source})"
-        window = neurons.feature_window(feature, width=max(24, err.width - 45))  # the rest of the row fits
-        err.print(render.find_table(find, units, acts, feature, chosen, window, title))
-        if units:
-            best = units[0]
-            err.print(
-                f"see one: charlstm inspect-neuron {escape(str(inspection.path))} --layer {best.layer} "
-                f"--neuron {best.neuron} --state {best.signal}",
-                highlight=False,
-            )
-        return
-
-    if stats:
-        with err.status(f"tracing {len(chosen):,} characters…"):
-            acts = neurons.activations(inspection.model, inspection.vocab, chosen)
-            rows = neurons.saturation(acts, inspection.kind)
-        if json_out:
-            print(json.dumps({"chars": len(chosen), "gates": rows}))
-            return
-        err.print(render.stats_table(rows, f"Gate saturation ({source}; {escape(inspection.describe())})"))
-        return
-
-    acts = neurons.activations(inspection.model, inspection.vocab, chosen)
-    out = Console(highlight=False)
-    err.print(
-        f"layer {layer} of {inspection.layers}, neuron {neuron} (0-based) — {escape(inspection.describe())}; {escape(source)}",
-        highlight=False,
+    inspect_neuron(
+        checkpoint, layer=layer, neuron=neuron, state=state, text=text, text_file=text_file, from_val=from_val,
+        data=data, find=find, top=top, stats=stats, json_out=json_out, html=html, err=err,
     )
-    for signal in inspection.signals if state == "all" else (state or "hidden",):
-        values = acts[signal][layer - 1, :, neuron]
-        scale = render.value_range(signal, values)[1]
-        if state == "all":
-            out.rule(f"{signal}", align="left")
-        out.print(render.colour_text(chosen, values, signal, scale=scale), end="" if chosen.endswith("\n") else "\n")
-        out.print(render.legend(signal, scale if signal == "cell" else None))
 
 
 # ----- experiment --------------------------------------------------------------------------------

@@ -297,3 +297,122 @@ def choose_text(
         source = f"the first {len(chosen):,} validation characters of {data or inspection.payload['dataset']['path']}"
     encode_text(inspection.vocab, chosen)  # empty text and unknown characters fail here, clearly
     return chosen, source
+
+
+INSPECT_STATES = ("hidden", "cell", "input", "forget", "output", "candidate", "reset", "update", "all")
+
+
+def inspect_neuron(
+    checkpoint: str | None,
+    *,
+    layer: int | None = None,
+    neuron: int | None = None,
+    state: str | None = None,
+    text: str | None = None,
+    text_file: str | None = None,
+    from_val: int | None = None,
+    data: str | None = None,
+    find: str | None = None,
+    top: int = 10,
+    stats: bool = False,
+    json_out: bool = False,
+    html: str | None = None,
+    err,
+) -> None:
+    """`charlstm inspect-neuron`: one neuron coloured over a text, --find, --stats or --html.
+
+    Tables and messages go to `err` (stderr); coloured text and --json to stdout.
+    """
+    import json
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from charlstm import render
+    from charlstm.features import is_binary
+
+    modes = [name for name, on in (("--find", find is not None), ("--stats", stats), ("--html", html is not None)) if on]
+    if len(modes) > 1:
+        raise CharlstmError(f"choose one of {', '.join(modes)} at a time")
+    if json_out and not (find or stats):
+        raise CharlstmError("--json goes with --find or --stats")
+    if state is not None and state not in INSPECT_STATES:
+        raise CharlstmError(f"unknown --state {state!r}; choose one of {', '.join(INSPECT_STATES)}")
+    if find is not None:
+        validate_feature(find)  # before the slow part
+        if top < 1:
+            raise CharlstmError(f"--top must be at least 1, got {top}")
+
+    inspection = open_checkpoint(checkpoint)
+    if layer is not None or neuron is not None:
+        if layer is None or neuron is None:
+            raise CharlstmError("give both --layer and --neuron")
+        inspection.check_unit(layer, neuron)
+    if state not in (None, "all"):
+        inspection.check_signal(state)
+    if not modes and (layer is None or neuron is None):
+        raise CharlstmError("give --layer and --neuron (or --find FEATURE, --stats, --html OUT.html)")
+    if html is not None:
+        from charlstm.explorer import default_chars as html_chars
+
+        default_chars = html_chars(inspection)
+    else:
+        default_chars = 5000 if (find or stats) else 1000
+    chosen, source = choose_text(inspection, text, text_file, from_val, data, default_chars)
+
+    if html is not None:
+        from charlstm.explorer import write_explorer
+
+        with err.status(f"tracing {len(chosen):,} characters…"):
+            summary = write_explorer(
+                html, inspection, chosen, source, layer=layer, neuron=neuron, signal=None if state == "all" else state
+            )
+        err.print(
+            f"wrote {escape(html)} ({summary['bytes'] / 1e6:.1f} MB: {summary['chars']:,} characters, "
+            f"{summary['layers']} layers × {summary['hidden']} neurons × {len(summary['signals'])} signals)",
+            highlight=False,
+        )
+        return
+
+    if find is not None:
+        with err.status(f"tracing {len(chosen):,} characters…"):
+            units, acts, feature = find_units(inspection, chosen, find, top)
+        if json_out:
+            print(json.dumps({"feature": find, "chars": len(chosen), "neurons": [u.to_dict() for u in units]}))
+            return
+        measure = "point-biserial r" if is_binary(find) else "Pearson r"
+        title = f"Units following {find!r} ({measure} over {source})"
+        window = feature_window(feature, width=max(24, err.width - 45))  # the rest of the row fits
+        err.print(render.find_table(find, units, acts, feature, chosen, window, title))
+        if units:
+            best = units[0]
+            err.print(
+                f"see one: charlstm inspect-neuron {escape(str(inspection.path))} --layer {best.layer} "
+                f"--neuron {best.neuron} --state {best.signal}",
+                highlight=False,
+            )
+        return
+
+    if stats:
+        with err.status(f"tracing {len(chosen):,} characters…"):
+            acts = activations(inspection.model, inspection.vocab, chosen)
+            rows = saturation(acts, inspection.kind)
+        if json_out:
+            print(json.dumps({"chars": len(chosen), "gates": rows}))
+            return
+        err.print(render.stats_table(rows, f"Gate saturation ({source}; {escape(inspection.describe())})"))
+        return
+
+    acts = activations(inspection.model, inspection.vocab, chosen)
+    out = Console(highlight=False)
+    err.print(
+        f"layer {layer} of {inspection.layers}, neuron {neuron} (0-based) — {escape(inspection.describe())}; {escape(source)}",
+        highlight=False,
+    )
+    for signal in inspection.signals if state == "all" else (state or "hidden",):
+        values = acts[signal][layer - 1, :, neuron]
+        scale = render.value_range(signal, values)[1]
+        if state == "all":
+            out.rule(f"{signal}", align="left")
+        out.print(render.colour_text(chosen, values, signal, scale=scale), end="" if chosen.endswith("\n") else "\n")
+        out.print(render.legend(signal, scale if signal == "cell" else None))

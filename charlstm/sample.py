@@ -25,7 +25,7 @@ from typing import TextIO
 
 import torch
 
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.engine import StepEngine, half_weight_kernels_available
 from charlstm.errors import CharlstmError
 from charlstm.model import CharRNN
@@ -373,3 +373,77 @@ def stdout_text() -> TextIO:
         except (ValueError, OSError):
             pass
     return out
+
+
+def run_sampling(
+    checkpoint: str | None,
+    settings: SampleSettings,
+    *,
+    out: Path | None = None,
+    color: bool = True,
+    device: str = "cpu",
+    precision: str = "auto",
+    threads: int | None = None,
+    console=None,
+) -> None:
+    """`charlstm sample`: load, stream to stdout (highlighted on a terminal), then save `out`.
+
+    Messages go to `console` (stderr). One thread by default: a step is too small to share.
+    """
+    from rich.console import Console
+
+    if threads is not None and threads < 1:
+        raise CharlstmError(f"--threads must be at least 1, got {threads}")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads or 1)
+    try:
+        _run_sampling(checkpoint, settings, out, color, device, precision, console or Console(stderr=True))
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_sampling(
+    checkpoint: str | None, settings: SampleSettings, out: Path | None, color: bool, device: str, precision: str, err
+) -> None:
+    from rich.markup import escape
+
+    path = resolve_checkpoint(checkpoint)
+    sampler, payload = Sampler.from_checkpoint(path, device=device, precision=precision)
+    unknown = sampler.vocab.unknown_chars(settings.prime)
+    if unknown:
+        err.print(
+            f"[yellow]warning:[/yellow] the prime has characters the model does not know, read as unknown: "
+            f"{escape(' '.join(repr(ch) for ch in unknown))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if settings.stop is not None and sampler.vocab.unknown_chars(settings.stop):
+        err.print(
+            "[yellow]warning:[/yellow] the stop text has characters the model never generates",
+            highlight=False,
+            soft_wrap=True,
+        )
+    engine = sampler.engine
+    err.print(
+        f"[dim]{escape(str(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
+        f"{str(engine.weight_dtype).removeprefix('torch.')} weights on {sampler.device}[/dim]",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+    stream = stdout_text()
+    language = (payload.get("dataset") or {}).get("language")
+    writer = StreamWriter(stream, color=color and is_color_terminal(stream), language=language)
+    try:
+        stream_samples(sampler, settings, writer)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return
+    if out is not None:
+        text = "".join(writer.plain)
+        atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+        err.print(f"[dim]wrote {escape(str(out))}[/dim]", highlight=False, soft_wrap=True)
