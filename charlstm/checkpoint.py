@@ -129,3 +129,15 @@ def resolve_checkpoint(where: str | Path | None, runs_dir: Path = DEFAULT_RUNS_D
     if not where.exists():
         raise CharlstmError(f"checkpoint not found: {where}")
     return where
+
+
+# What sampling, inspection and evaluation need; the rest only serves resuming a run.
+INFERENCE_KEYS = ("model_config", "vocab", "model", "dataset", "step", "val_bpc", "best_val_bpc", "precision", "train_config")
+
+
+def export_for_inference(src: Path, dst: Path) -> dict:
+    """Write a copy of checkpoint `src` without optimizer, RNG and lane state (about a third the size)."""
+    payload = load_checkpoint(src)
+    slim = {k: payload[k] for k in INFERENCE_KEYS if k in payload}
+    save_checkpoint(dst, slim)
+    return slim

@@ -85,3 +85,16 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, tiny_checkpoint, mo
         save_checkpoint(tiny_checkpoint, {"step": 1})
     assert tiny_checkpoint.read_bytes() == before
     assert [p.name for p in tiny_checkpoint.parent.iterdir()] == [tiny_checkpoint.name]
+
+
+def test_export_for_inference_drops_resume_state(tmp_path, tiny_checkpoint):
+    from charlstm.checkpoint import export_for_inference
+
+    payload = load_checkpoint(tiny_checkpoint)
+    save_checkpoint(tiny_checkpoint, {**payload, "optimizer": {"state": {}, "param_groups": []}, "rng": {"torch": torch.get_rng_state()}})
+    slim = export_for_inference(tiny_checkpoint, tmp_path / "slim" / "best.pt")
+    reloaded = load_checkpoint(tmp_path / "slim" / "best.pt")
+    assert "optimizer" not in reloaded and "rng" not in reloaded and set(slim) <= set(reloaded)
+    model, _ = model_from_checkpoint(reloaded)
+    original, _ = model_from_checkpoint(payload)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values()))

@@ -1,0 +1,19 @@
+"""Copy a trained run into checkpoints/pretrained-python/ for the repository: best.pt without the
+optimizer and resume state, plus the run's config.json and metrics.jsonl.
+
+    python scripts/ship_model.py checkpoints/python-stdlib-3x256
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+from charlstm.checkpoint import BEST, PRETRAINED_RUN, export_for_inference
+
+run = Path(sys.argv[1])
+PRETRAINED_RUN.mkdir(parents=True, exist_ok=True)
+slim = export_for_inference(run / BEST, PRETRAINED_RUN / BEST)
+for name in ("config.json", "metrics.jsonl"):
+    shutil.copy(run / name, PRETRAINED_RUN / name)
+size = (PRETRAINED_RUN / BEST).stat().st_size / 1e6
+print(f"{PRETRAINED_RUN / BEST}: step {slim.get('step')}, val bpc {slim.get('best_val_bpc')}, {size:.1f} MB")
