@@ -35,6 +35,12 @@ step "3/4 Sample: 600 characters at temperature 0.7, streamed as they are genera
 charlstm sample "$DEMO_RUN" --prime "def " --length 600 --temperature 0.7 --seed 0
 echo
 
+if [ -f checkpoints/pretrained-python/best.pt ]; then
+  step "3/4 (for comparison) the shipped model, trained longer on the same corpus"
+  charlstm sample checkpoints/pretrained-python --prime "def " --length 600 --temperature 0.7 --seed 0
+  echo
+fi
+
 step "4/4 Inspect: the neuron that best tracks indentation, over validation code"
 found=$(charlstm inspect-neuron "$DEMO_RUN" --find indent --top 5 --json)
 read -r layer neuron signal < <(printf '%s' "$found" | "$PY" -c \
