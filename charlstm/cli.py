@@ -340,6 +340,10 @@ def inspect_neuron_command(
             rich_help_panel="Output",
         ),
     ] = None,
+    svg: Annotated[
+        Optional[str],
+        typer.Option("--svg", help="Also save the coloured view of one neuron as an SVG picture.", rich_help_panel="Output"),
+    ] = None,
 ) -> None:
     """Colour text by one neuron's activation (red negative, blue positive), find the neurons that track
     code structure (--find), measure gate saturation (--stats), or write an HTML explorer (--html).
@@ -348,7 +352,7 @@ def inspect_neuron_command(
     """
     inspect_neuron(
         checkpoint, layer=layer, neuron=neuron, state=state, text=text, text_file=text_file, from_val=from_val,
-        data=data, find=find, top=top, stats=stats, json_out=json_out, html=html, err=err,
+        data=data, find=find, top=top, stats=stats, json_out=json_out, html=html, svg=svg, err=err,
     )
 
 

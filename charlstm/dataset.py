@@ -94,6 +94,9 @@ def write_dataset(path: str | Path, vocab: Vocab, train_ids: np.ndarray, val_ids
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; give the folder the mode mkdir would
     try:
         digest = hashlib.sha256()
         for split, ids in (("train", train_ids), ("val", val_ids)):

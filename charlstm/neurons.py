@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset
 from charlstm.engine import SIGNALS, StepEngine
 from charlstm.errors import CharlstmError
@@ -85,11 +85,20 @@ def open_checkpoint(where: str | Path | None) -> Inspection:
     return Inspection(path=path, payload=payload, model=model, vocab=vocab)
 
 
-def validation_text(inspection: Inspection, chars: int, data: str | Path | None = None) -> str:
-    """The first `chars` characters of the validation split of the checkpoint's dataset."""
+# A run folder may carry the start of its validation split as text (the shipped model does), so
+# inspection works where the dataset it was trained on is not.
+VAL_EXCERPT = "val-excerpt.txt"
+
+
+def validation_text(inspection: Inspection, chars: int, data: str | Path | None = None) -> tuple[str, str]:
+    """The first `chars` characters of the checkpoint's validation split, and where they came from."""
     if chars < 1:
         raise CharlstmError(f"--from-val needs a positive number of characters, got {chars}")
     where = data or (inspection.payload.get("dataset") or {}).get("path")
+    excerpt = Path(inspection.path).parent / VAL_EXCERPT
+    if data is None and not (where and Path(where).is_dir()) and excerpt.is_file():
+        text = excerpt.read_text(encoding="utf-8")[:chars]
+        return text, f"the first {len(text):,} validation characters ({excerpt})"
     if not where:
         raise CharlstmError("the checkpoint does not say which dataset it was trained on; pass --data or --text")
     if not Path(where).is_dir():
@@ -103,7 +112,8 @@ def validation_text(inspection: Inspection, chars: int, data: str | Path | None 
     ids = np.asarray(dataset.tokens("val")[:chars])
     if len(ids) == 0:
         raise CharlstmError(f"dataset {where} has an empty validation split; pass --text or --text-file")
-    return dataset.vocab.decode(ids.tolist())
+    text = dataset.vocab.decode(ids.tolist())
+    return text, f"the first {len(text):,} validation characters of {where}"
 
 
 def encode_text(vocab: Vocab, text: str) -> torch.Tensor:
@@ -293,8 +303,7 @@ def choose_text(
         chosen, source = read_text_file(text_file), str(text_file)
     else:
         chars = default_chars if from_val is None else from_val
-        chosen = validation_text(inspection, chars, data)
-        source = f"the first {len(chosen):,} validation characters of {data or inspection.payload['dataset']['path']}"
+        chosen, source = validation_text(inspection, chars, data)
     encode_text(inspection.vocab, chosen)  # empty text and unknown characters fail here, clearly
     return chosen, source
 
@@ -317,11 +326,13 @@ def inspect_neuron(
     stats: bool = False,
     json_out: bool = False,
     html: str | None = None,
+    svg: str | None = None,
     err,
 ) -> None:
     """`charlstm inspect-neuron`: one neuron coloured over a text, --find, --stats or --html.
 
-    Tables and messages go to `err` (stderr); coloured text and --json to stdout.
+    Tables and messages go to `err` (stderr); coloured text and --json to stdout; with `svg` the
+    coloured view is also saved as an SVG picture (for a README, a paper, an issue).
     """
     import json
 
@@ -336,6 +347,8 @@ def inspect_neuron(
         raise CharlstmError(f"choose one of {', '.join(modes)} at a time")
     if json_out and not (find or stats):
         raise CharlstmError("--json goes with --find or --stats")
+    if svg is not None and modes:
+        raise CharlstmError(f"--svg saves the view of one neuron; it does not go with {modes[0]}")
     if state is not None and state not in INSPECT_STATES:
         raise CharlstmError(f"unknown --state {state!r}; choose one of {', '.join(INSPECT_STATES)}")
     if find is not None:
@@ -404,7 +417,7 @@ def inspect_neuron(
         return
 
     acts = activations(inspection.model, inspection.vocab, chosen)
-    out = Console(highlight=False)
+    out = Console(highlight=False, record=svg is not None)
     err.print(
         f"layer {layer} of {inspection.layers}, neuron {neuron} (0-based) — {escape(inspection.describe())}; {escape(source)}",
         highlight=False,
@@ -416,3 +429,8 @@ def inspect_neuron(
             out.rule(f"{signal}", align="left")
         out.print(render.colour_text(chosen, values, signal, scale=scale), end="" if chosen.endswith("\n") else "\n")
         out.print(render.legend(signal, scale if signal == "cell" else None))
+    if svg is not None:
+        title = f"layer {layer}, neuron {neuron}: {state or 'hidden'}"
+        picture = out.export_svg(title=title).encode("utf-8")
+        atomic_write(Path(svg), lambda f: f.write(picture))
+        err.print(f"wrote {escape(svg)}", highlight=False)

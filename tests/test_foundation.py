@@ -1,16 +1,24 @@
 """The shared pieces: vocabulary, dataset format, checkpoint safety, the CLI shell."""
 
 import json
+import os
 import pickle
+import stat
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from charlstm import __version__
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint, save_checkpoint
+from charlstm.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from charlstm.cli import app
-from charlstm.dataset import load_dataset
+from charlstm.dataset import load_dataset, write_dataset
 from charlstm.errors import CharlstmError
 from charlstm.vocab import DOC_SEP, UNK, Vocab
 
@@ -98,3 +106,15 @@ def test_export_for_inference_drops_resume_state(tmp_path, tiny_checkpoint):
     model, _ = model_from_checkpoint(reloaded)
     original, _ = model_from_checkpoint(payload)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values()))
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path, tiny_dataset):
+    """Temporary files are private (0600); what lands in place must not stay so."""
+    mask = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "out.txt", lambda f: f.write(b"x"))
+        assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o644
+        write_dataset(tmp_path / "ds", tiny_dataset.vocab, [2, 3], [4], {})
+        assert stat.S_IMODE((tmp_path / "ds").stat().st_mode) == 0o755
+    finally:
+        os.umask(mask)

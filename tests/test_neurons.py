@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from charlstm import neurons
 from charlstm.cli import app
 from charlstm.errors import CharlstmError
 from charlstm.model import CharRNN, ModelConfig
+from charlstm.neurons import VAL_EXCERPT
 from charlstm.vocab import Vocab
 from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_dataset
 
@@ -267,3 +269,25 @@ def test_cli_text_file_and_missing_checkpoint(tmp_path, tiny_checkpoint):
     assert result.exit_code == 0 and "int·n;↵" in result.stdout and "\r" not in result.stdout
     missing = invoke(str(tmp_path / "nothing.pt"), "-l", "1", "-n", "0", "--text", "n")
     assert missing.exit_code == 1 and "checkpoint not found" in missing.stderr
+
+
+def test_cli_svg_saves_the_coloured_view(tiny_checkpoint, tmp_path):
+    picture = tmp_path / "views" / "neuron.svg"
+    result = invoke(str(tiny_checkpoint), "-l", "1", "-n", "2", "--text", "if (name) {\n}\n", "--svg", str(picture))
+    assert result.exit_code == 0, result.output
+    svg = picture.read_text(encoding="utf-8").replace("&#160;", " ")
+    assert svg.startswith("<svg") and "layer 1, neuron 2: hidden" in svg
+    drawn = "".join(re.findall(r"<text class=\"[^\"]*-r\d+\"[^>]*>([^<]*)</text>", svg))
+    assert drawn.startswith("if·(name)·{↵\n}↵\n")  # every character, in order
+    assert len(set(re.findall(r'<rect fill="(#[0-9a-f]{6})"', svg))) > 3  # on their own colours
+    clash = invoke(str(tiny_checkpoint), "--find", "indent", "--text", "a\n  b\n", "--svg", str(picture))
+    assert clash.exit_code == 1 and "--svg saves the view of one neuron" in clash.stderr
+
+
+def test_a_run_folder_excerpt_stands_in_for_a_missing_dataset(tiny_checkpoint):
+    missing = invoke(str(tiny_checkpoint), "-l", "1", "-n", "0")
+    assert missing.exit_code == 1 and "is not here" in missing.stderr
+    (tiny_checkpoint.parent / VAL_EXCERPT).write_text(JAVA_SNIPPET, encoding="utf-8")
+    view = invoke(str(tiny_checkpoint), "-l", "1", "-n", "0", "--from-val", "12")
+    assert view.exit_code == 0, view.output
+    assert JAVA_SNIPPET[:12].replace(" ", "·") in view.stdout and VAL_EXCERPT in view.stderr.replace("\n", "")
