@@ -3,8 +3,10 @@
     .venv/bin/python bench/inspect_speed.py [--chars 10000] [--layers 3] [--hidden 512] [--compare-threads]
 
 Prints the trace time (the step engine's `trace`, single-threaded as `neurons.activations` runs
-it; with --compare-threads also with torch's default thread count), the time to rank all units against one
-feature, and characters per second. The weights are random: the work does not depend on them.
+it) with the default float16 weights and with --exact float32 ones, alternating over --rounds (best
+of each, and their ratio: this machine is shared and noisy), the time to rank all units against one
+feature, and characters per second; with --compare-threads also torch's default thread count. The
+weights are random: the work does not depend on them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=10_000)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compare-threads", action="store_true", help="also time torch's default thread count")
     args = parser.parse_args()
     text = (CODE * (args.chars // len(CODE) + 1))[: args.chars]
@@ -41,9 +44,12 @@ def main() -> None:
     model = CharRNN(ModelConfig(vocab_size=len(vocab), layers=args.layers, hidden=args.hidden)).eval()
     activations(model, vocab, text[:200])  # warm up
 
-    start = time.perf_counter()
-    acts = activations(model, vocab, text)
-    traced = time.perf_counter() - start
+    timings = {"default (fp16 weights)": [], "--exact (fp32 weights)": []}
+    for _ in range(args.rounds):
+        for name, exact in zip(timings, (False, True)):
+            start = time.perf_counter()
+            acts = activations(model, vocab, text, exact=exact)
+            timings[name].append(time.perf_counter() - start)
     start = time.perf_counter()
     feature = compute_feature("indent", text, "java")
     rank_units(acts, feature, top=10)
@@ -56,12 +62,17 @@ def main() -> None:
 
     values = sum(v.size for v in acts.values())
     print(f"LSTM {args.layers}×{args.hidden}, {args.chars:,} characters, {len(acts)} signals ({values:,} values)")
-    print(f"trace, 1 thread:          {traced:6.2f} s  ({args.chars / traced:,.0f} chars/s)")
+    best = {name: min(times) for name, times in timings.items()}
+    for name, seconds in best.items():
+        print(f"trace, 1 thread, {name}: {seconds:6.2f} s  ({args.chars / seconds:,.0f} chars/s; "
+              f"rounds {', '.join(f'{t:.2f}' for t in timings[name])})")
+    fast, exact = best.values()
+    print(f"default vs --exact: {exact / fast:.2f}× faster")
     if default_threads is not None:
         print(f"trace, {torch.get_num_threads()} threads (default): {default_threads:6.2f} s  "
-              f"(1 thread is {default_threads / traced:.2f}× faster)")
+              f"(1 thread is {default_threads / fast:.2f}× faster)")
     print(f"feature + rank all units: {ranked:6.2f} s")
-    print(f"total (trace + rank):     {traced + ranked:6.2f} s")
+    print(f"total (default trace + rank): {fast + ranked:6.2f} s")
 
 
 if __name__ == "__main__":

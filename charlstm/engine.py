@@ -194,8 +194,11 @@ class StepEngine:
     def trace(self, tokens: torch.Tensor, state: list | None = None) -> dict[str, torch.Tensor]:
         """Teacher-force one sequence of token ids [T]; return each signal as [layers, T, hidden].
 
-        The input projections of a whole layer are one matrix product; only the recurrent part
-        runs step by step, through the same pointwise math as `step`.
+        Only the recurrence itself runs step by step: the input projections of a whole layer are
+        one matrix product before the loop, each step adds W_hh h in place and keeps h (and c),
+        and the gates are recomputed for all steps at once afterwards from the same
+        pre-activations, through the same pointwise math as `step`. With float16 weights the
+        recurrent product uses them too (half the bytes read per character).
         """
         steps = tokens.shape[0]
         state = state or self.init_state(1)
@@ -203,30 +206,50 @@ class StepEngine:
         x_seq = self.embedding[tokens]  # [T, in]
         for k, (w, s) in enumerate(zip(self.weights, state)):
             h = s[0][0]
+            add_recurrent = self._recurrent_adder(k)
             if self.kind == "lstm":
-                c = s[1][0]
-                x_proj = torch.addmm(w.b_sum, x_seq, w.w_ih_t)
+                c0 = c = s[1][0]
+                pre = torch.addmm(w.b_sum, x_seq, w.w_ih_t)  # row t gains W_hh h_{t-1} in the loop
                 rows = []
                 for t in range(steps):
-                    h, c, (i, f, g, o) = lstm_pointwise(x_proj[t] + h @ w.w_hh_t, c)
-                    rows.append((h, c, i, f, o, g))
-                _store(out, k, ("hidden", "cell", "input", "forget", "output", "candidate"), rows)
+                    h, c, _ = lstm_pointwise(add_recurrent(pre[t], h), c)
+                    rows.append((h, c))
+                _store(out, k, ("hidden", "cell"), rows)
+                c_before = torch.cat([c0[None].float(), out["cell"][k][:-1]]).to(pre.dtype)
+                _, _, (i, f, g, o) = lstm_pointwise(pre, c_before)
+                for name, gate in (("input", i), ("forget", f), ("output", o), ("candidate", g)):
+                    out[name][k] = gate.float()
             elif self.kind == "gru":
                 x_proj = torch.addmm(w.b_ih, x_seq, w.w_ih_t)
+                h_proj = torch.empty_like(x_proj)  # row t: W_hh h_{t-1} + b_hh
                 rows = []
                 for t in range(steps):
-                    h, (r, z, n) = gru_pointwise(x_proj[t], torch.addmv(w.b_hh, w.w_hh_t.t(), h), h)
-                    rows.append((r, z, n, h))
-                _store(out, k, ("reset", "update", "candidate", "hidden"), rows)
+                    gh = add_recurrent(h_proj[t].copy_(w.b_hh), h)
+                    h, _ = gru_pointwise(x_proj[t], gh, h)
+                    rows.append((h,))
+                _store(out, k, ("hidden",), rows)
+                h_before = torch.cat([s[0][0][None].float(), out["hidden"][k][:-1]]).to(x_proj.dtype)
+                _, (r, z, n) = gru_pointwise(x_proj, h_proj, h_before)
+                for name, gate in (("reset", r), ("update", z), ("candidate", n)):
+                    out[name][k] = gate.float()
             else:
-                x_proj = torch.addmm(w.b_sum, x_seq, w.w_ih_t)
+                pre = torch.addmm(w.b_sum, x_seq, w.w_ih_t)
                 rows = []
                 for t in range(steps):
-                    h = rnn_pointwise(x_proj[t], h @ w.w_hh_t)
+                    h = rnn_pointwise(add_recurrent(pre[t], h), 0)
                     rows.append((h,))
                 _store(out, k, ("hidden",), rows)
             x_seq = out["hidden"][k].to(self.dtype)
         return out
+
+    def _recurrent_adder(self, layer: int):
+        """(row, h) ↦ row += W_hh h, in place, for `trace`: BLAS's gemv, or the packed fp16 kernel."""
+        w = self.weights[layer]
+        if self.weight_dtype == torch.float16 and self.dtype == torch.float32:  # packed fp16 on a CPU
+            product = _projection(w.w_hh_t, torch.zeros_like(w.b_hh), torch.float16)
+            return lambda row, h: row.add_(product(h[None])[0])
+        w_hh = w.w_hh_t.t()  # [G·H, H], a transposed view: gemv reads it as it is stored
+        return lambda row, h: row.addmv_(w_hh, h)
 
     @torch.no_grad()
     def logits_from_trace(self, trace: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -129,7 +129,7 @@ def write_explorer(
         raise CharlstmError(
             f"{len(text):,} characters are too many for one page with this model; use at most {most:,} (--from-val)"
         )
-    acts = activations(inspection.model, inspection.vocab, text)
+    acts = activations(inspection.model, inspection.vocab, text, exact=inspection.exact)
     data = explorer_data(inspection, text, source, acts, initial={})
     best = (data["top"].get("indent") or [{"layer": 1, "neuron": 0, "signal": "hidden"}])[0]
     data["initial"] = {

@@ -84,7 +84,7 @@ def test_trace_equals_fused_module(kind):
 
 @pytest.mark.skipif(not half_weight_kernels_available(), reason="this PyTorch build lacks FBGEMM fp16 kernels")
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_half_weight_step_is_close_and_trace_stays_exact(kind):
+def test_half_weight_step_and_trace_stay_close(kind):
     model = random_model(kind, hidden=32, seed=2)
     tokens = torch.randint(0, 19, (2, 20))
     with torch.no_grad():
@@ -101,7 +101,10 @@ def test_half_weight_step_is_close_and_trace_stays_exact(kind):
     # fp16 weights: close, not equal (half precision keeps ~3 significant digits).
     torch.testing.assert_close(outputs, reference, rtol=0, atol=2e-2)
     assert (outputs.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
-    torch.testing.assert_close(engine.logits_from_trace(engine.trace(tokens[0])), reference[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(engine.logits_from_trace(engine.trace(tokens[0])), reference[0], rtol=0, atol=2e-2)
+    exact = StepEngine(model).trace(tokens[0])
+    for signal, values in engine.trace(tokens[0]).items():
+        torch.testing.assert_close(values, exact[signal], rtol=0, atol=2e-3)
 
 
 @pytest.mark.skipif(not packed_weights_available(torch.qint8), reason="this PyTorch build lacks FBGEMM int8 kernels")

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from charlstm import neurons
 from charlstm.cli import app
+from charlstm.engine import half_weight_kernels_available
 from charlstm.errors import CharlstmError
 from charlstm.model import CharRNN, ModelConfig
 from charlstm.neurons import VAL_EXCERPT
@@ -53,7 +54,7 @@ def test_activations_equal_the_training_forward_pass(kind):
     model = tiny_model(kind)
     text = PYTHON_SNIPPET[:80]
     tokens = torch.from_numpy(VOCAB.encode(text))
-    acts = neurons.activations(model, VOCAB, text)
+    acts = neurons.activations(model, VOCAB, text, exact=True)
     assert set(acts) == set(neurons.SIGNALS[kind])
     for values in acts.values():
         assert values.shape == (2, len(text), 12) and values.dtype == np.float32
@@ -73,6 +74,18 @@ def test_activations_equal_the_training_forward_pass(kind):
         for t in (0, 7, 33):
             _, (_, c_t) = model(tokens[None, : t + 1])
             torch.testing.assert_close(trace["cell"][:, t], c_t[:, 0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not half_weight_kernels_available(), reason="this PyTorch build lacks FBGEMM fp16 kernels")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_default_half_weight_activations_stay_close_to_exact(kind):
+    torch.manual_seed(3)  # PyTorch's own initialisation, as training starts (tiny_model's are 3× larger)
+    model = CharRNN(ModelConfig(vocab_size=len(VOCAB), kind=kind, layers=2, hidden=64, embed=16)).eval()
+    exact = neurons.activations(model, VOCAB, PYTHON_SNIPPET, exact=True)
+    fast = neurons.activations(model, VOCAB, PYTHON_SNIPPET)
+    for signal in exact:
+        difference = np.abs(fast[signal] - exact[signal]).max()
+        assert 0 < difference < 2e-3, (signal, difference)  # not the same path, and close
 
 
 def test_gate_values_are_consistent_with_the_states():
