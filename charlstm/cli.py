@@ -354,8 +354,11 @@ def inspect_neuron_command(
         ),
     ] = False,
 ) -> None:
-    """Colour text by one neuron's activation (red negative, blue positive), find the neurons that track
-    code structure (--find), measure gate saturation (--stats), or write an HTML explorer (--html).
+    """Colour text by one neuron's activation, find the neurons that track code, or write an HTML explorer.
+
+    One neuron's signal colours each character, red negative and blue positive (--layer, --neuron,
+    --state; --svg saves it as a picture); --find ranks every unit by a feature of code; --stats
+    measures gate saturation; --html writes the explorer.
 
     Layers are numbered from 1, neurons from 0, here, in --json and in the HTML explorer.
     """
