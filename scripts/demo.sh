@@ -41,11 +41,11 @@ if [ -f checkpoints/pretrained-python/best.pt ]; then
   echo
 fi
 
-step "4/4 Inspect: the neuron that best tracks indentation, over validation code"
+step "4/4 Inspect: the neuron that best tracks indentation over validation code, shown on a function"
 found=$(charlstm inspect-neuron "$DEMO_RUN" --find indent --top 5 --json)
 read -r layer neuron signal < <(printf '%s' "$found" | "$PY" -c \
   "import json, sys; n = json.load(sys.stdin)['neurons'][0]; print(n['layer'], n['neuron'], n['signal'])")
-charlstm inspect-neuron "$DEMO_RUN" --layer "$layer" --neuron "$neuron" --state "$signal" --from-val 600
+charlstm inspect-neuron "$DEMO_RUN" --layer "$layer" --neuron "$neuron" --state "$signal" --text-file docs/parse.py
 charlstm inspect-neuron "$DEMO_RUN" --html "$DEMO_RUN/explorer.html" --chars 1200
 
 cat >&2 <<MSG
