@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The whole story on the embedded default corpus: ingest, train, sample, find a neuron.
-# Knobs (environment): DEMO_MINUTES (training time), DEMO_HIDDEN, DEMO_LAYERS, DEMO_DATA, DEMO_RUN.
+# Knobs (environment): DEMO_MINUTES (training time), DEMO_HIDDEN, DEMO_LAYERS, DEMO_BATCH, DEMO_SEQ,
+# DEMO_LR, DEMO_DATA, DEMO_RUN.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 DEMO_DATA=${DEMO_DATA:-data/python-stdlib}
 DEMO_RUN=${DEMO_RUN:-checkpoints/demo}
 DEMO_MINUTES=${DEMO_MINUTES:-3}
 DEMO_LAYERS=${DEMO_LAYERS:-3}
-# A GPU trains a full-size model in the same time; a CPU gets a smaller one.
+# A GPU trains a full-size model in the same time. A CPU gets a smaller one on shorter, smaller
+# batches at a higher learning rate: in 2 minutes on 2 cores that reached 2.47 validation bpc where
+# 3x256 on the default 64x128 batches was still at 4.2 after 3.
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  DEMO_HIDDEN=${DEMO_HIDDEN:-512}
+  DEMO_HIDDEN=${DEMO_HIDDEN:-512} DEMO_BATCH=${DEMO_BATCH:-64} DEMO_SEQ=${DEMO_SEQ:-128} DEMO_LR=${DEMO_LR:-2e-3}
 else
-  DEMO_HIDDEN=${DEMO_HIDDEN:-256}
+  DEMO_HIDDEN=${DEMO_HIDDEN:-128} DEMO_BATCH=${DEMO_BATCH:-32} DEMO_SEQ=${DEMO_SEQ:-64} DEMO_LR=${DEMO_LR:-4e-3}
 fi
 charlstm() { "$PY" -m charlstm "$@"; }
 step() { printf '\n\033[1;36m==> %s\033[0m\n' "$*" >&2; }
@@ -28,16 +31,16 @@ if [ -f "$DEMO_RUN/latest.pt" ]; then
   charlstm train --data "$DEMO_DATA" --out "$DEMO_RUN" --resume --minutes "$DEMO_MINUTES" --eval-every 0
 else
   charlstm train --data "$DEMO_DATA" --out "$DEMO_RUN" --layers "$DEMO_LAYERS" --hidden "$DEMO_HIDDEN" \
-    --minutes "$DEMO_MINUTES" --eval-every 0
+    --batch-size "$DEMO_BATCH" --seq-len "$DEMO_SEQ" --lr "$DEMO_LR" --minutes "$DEMO_MINUTES" --eval-every 0
 fi
 
-step "3/4 Sample: 600 characters at temperature 0.7, streamed as they are generated"
-charlstm sample "$DEMO_RUN" --prime "def " --length 600 --temperature 0.7 --seed 0
+step "3/4 Sample: 600 characters at temperature 0.6, streamed as they are generated"
+charlstm sample "$DEMO_RUN" --prime $'import os\n\n\nclass ' --length 600 --temperature 0.6 --seed 0
 echo
 
 if [ -f checkpoints/pretrained-python/best.pt ]; then
   step "3/4 (for comparison) the shipped model, trained longer on the same corpus"
-  charlstm sample checkpoints/pretrained-python --prime "def " --length 600 --temperature 0.7 --seed 0
+  charlstm sample checkpoints/pretrained-python --prime $'import os\n\n\nclass ' --length 600 --temperature 0.6 --seed 0
   echo
 fi
 
