@@ -33,10 +33,11 @@ DEFAULT_RUNS_DIR = Path("checkpoints")
 PRETRAINED_RUN = Path(__file__).resolve().parent.parent / "checkpoints" / "pretrained-python"
 
 
-def _umask() -> int:
+def default_mode(directory: bool = False) -> int:
+    """The mode open() or mkdir() would give a new file or folder under the current umask."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return (0o777 if directory else 0o666) & ~mask
 
 
 def atomic_write(path: Path, write) -> None:
@@ -48,7 +49,7 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
+        os.fchmod(fd, default_mode())  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -91,12 +91,12 @@ def write_dataset(path: str | Path, vocab: Vocab, train_ids: np.ndarray, val_ids
     import shutil
     import tempfile
 
+    from charlstm.checkpoint import default_mode
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; give the folder the mode mkdir would
+    os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes 0700
     try:
         digest = hashlib.sha256()
         for split, ids in (("train", train_ids), ("val", val_ids)):

@@ -46,10 +46,6 @@ def gru_pointwise(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor):
     return (1 - z) * n + z * h, (r, z, n)
 
 
-def rnn_pointwise(gi: torch.Tensor, gh: torch.Tensor) -> torch.Tensor:
-    return torch.tanh(gi + gh)
-
-
 @dataclass
 class LayerWeights:
     w_ih_t: torch.Tensor  # [in, G·H], transposed once so each step is a plain matmul
@@ -236,7 +232,7 @@ class StepEngine:
                 pre = torch.addmm(w.b_sum, x_seq, w.w_ih_t)
                 rows = []
                 for t in range(steps):
-                    h = rnn_pointwise(add_recurrent(pre[t], h), 0)
+                    h = torch.tanh(add_recurrent(pre[t], h))
                     rows.append((h,))
                 _store(out, k, ("hidden",), rows)
             x_seq = out["hidden"][k].to(self.dtype)
