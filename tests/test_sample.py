@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from charlstm import checkpoint as checkpoint_module
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from charlstm.cli import app
+from charlstm.engine import packed_weights_available
 from charlstm.errors import CharlstmError
-from charlstm.sample import Sampler, SampleSettings, StreamWriter, stream_samples
+from charlstm.sample import Sampler, SampleSettings, StreamWriter, engine_dtype, stream_samples
 from charlstm.vocab import DOC_SEP, UNK
 from conftest import make_checkpoint
 
@@ -262,3 +263,12 @@ def test_a_long_prime_is_read_in_chunks_with_the_state_carried(lively_checkpoint
     whole = sampler.sample_texts(SampleSettings(length=30, prime=prime, greedy=True))
     monkeypatch.setattr(sample_module, "PRIME_CHUNK", 7)
     assert sampler.sample_texts(SampleSettings(length=30, prime=prime, greedy=True)) == whole
+
+
+def test_auto_precision_picks_the_smallest_weights_the_cpu_runs():
+    cpu = torch.device("cpu")
+    expected = next(
+        (dt for dt in (torch.qint8, torch.float16) if packed_weights_available(dt)), torch.float32
+    )
+    assert engine_dtype("auto", cpu) == expected
+    assert engine_dtype("fp32", cpu) == torch.float32 and engine_dtype("fp16", cpu) == torch.float16
