@@ -8,8 +8,8 @@ end. The naive loop calls the `nn.LSTM` module one character at a time with its 
 first attempt would; ours is `Sampler.generate` (one engine step per character) with its default
 weights (`--precision auto`: int8 on a CPU with FBGEMM), and with fp16 and fp32 weights for
 comparison. Variants are measured in interleaved rounds and the median kept, since the machine is
-shared. The naive loop is timed at one thread and at all
-threads, and the ratio is taken against the faster of the two.
+shared. The naive loop is timed at one thread and at all threads, and the ratio is taken against
+the faster of the two.
 """
 
 from __future__ import annotations
