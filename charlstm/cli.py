@@ -349,7 +349,7 @@ def inspect_neuron_command(
         typer.Option(
             "--exact",
             help="Trace with float32 weights: values equal training's forward pass. Default on a CPU: float16 "
-            "weights: gates and hidden states within ~4e-3, about 1.5× faster.",
+            "weights: gates and hidden states within ~4e-3, 1.3-1.6× faster.",
             rich_help_panel="Output",
         ),
     ] = False,

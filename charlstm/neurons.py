@@ -134,7 +134,7 @@ def activations(
 
     The trace is a long chain of matrix-vector products bound by reading the recurrent weights
     once per character and layer. On a CPU with FBGEMM they are read as float16 unless `exact`:
-    about 1.5× faster, and gates and hidden states stay within ~4e-3 of the float32 ones (a
+    1.3–1.6× faster, and gates and hidden states stay within ~4e-3 of the float32 ones (a
     colour step is 1/128). `exact` gives the training model's forward pass to float32 rounding.
     On a 2-core machine shared with other work one thread measured 7× faster than two, so it
     runs single-threaded unless `threads` says otherwise (None: torch's default).
