@@ -13,7 +13,7 @@ DEMO_MINUTES ?= 3
 DEMO_DATA    ?= data/python-stdlib
 DEMO_RUN     ?= checkpoints/demo
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-fast demo bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q
+
+# The suite without the tests marked slow (those that start processes).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 demo: install
 	DEMO_MINUTES=$(DEMO_MINUTES) DEMO_DATA=$(DEMO_DATA) DEMO_RUN=$(DEMO_RUN) PY=$(PY) bash scripts/demo.sh

@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from charlstm.train import probe_rnn_dtype  # noqa: E402
+from charlstm.train import cpu_runs_bf16_rnn  # noqa: E402
 
 
 def say(message: str) -> None:
@@ -103,7 +103,7 @@ def main() -> None:
         say("no CUDA GPU: running the shortened CPU version (small model, CPU precisions)")
         shape = ["--layers", "3", "--hidden", "64", "--embed", "32", "--batch-size", "16", "--seq-len", "64"]
         steps = args.steps or 30
-        precisions = ["bf16", "fp32"] if probe_rnn_dtype(torch.device("cpu"), torch.bfloat16) is not None else ["fp32"]
+        precisions = ["bf16", "fp32"] if cpu_runs_bf16_rnn("lstm") else ["fp32"]
     summary: dict = {
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "torch": torch.__version__,

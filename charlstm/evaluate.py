@@ -100,6 +100,20 @@ def _read_text(path: Path) -> str:
     return text
 
 
+def _run_precision(payload: dict, requested: str, device: torch.device, kind: str):
+    """`auto` scores a run in the precision it trained in (so eval agrees with training's
+    validation) where that precision runs here; otherwise, or when asked, as `requested`."""
+    from charlstm.train import choose_precision
+
+    trained = payload.get("precision")
+    if requested == "auto" and trained in ("bf16", "fp16", "fp32"):
+        try:
+            return choose_precision(trained, device, kind=kind)
+        except CharlstmError:
+            pass  # e.g. a GPU fp16 run scored on a CPU
+    return choose_precision(requested, device, kind=kind)
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path | None,
     data: str | Path | None = None,
@@ -117,7 +131,7 @@ def evaluate_checkpoint(
     # Imported here: training imports this module for its validation.
     from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
     from charlstm.dataset import load_dataset
-    from charlstm.train import choose_precision, resolve_device
+    from charlstm.train import resolve_device
 
     if data is not None and text_file is not None:
         raise CharlstmError("give --data or --text-file, not both")
@@ -127,7 +141,7 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     if dev.type == "cpu":
         torch.set_flush_denormal(True)  # denormals slow CPU bf16 inference tenfold
-    prec = choose_precision(precision, dev, kind=model.config.kind)
+    prec = _run_precision(payload, precision, dev, model.config.kind)
     model.to(dev)
 
     unknown: list[str] = []

@@ -17,6 +17,7 @@ can resume on any number that divides the batch size.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -208,7 +209,12 @@ def available_cores() -> int:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where the processor multiplies bf16 in hardware (AMX or AVX-512 BF16)."""
+    """True where the processor advertises bf16 in hardware (AMX or AVX-512 BF16).
+
+    Used only to word messages: whether bf16 is *chosen* is decided by running a layer
+    (`cpu_runs_bf16_rnn`), because oneDNN may be capped below what the CPU offers
+    (e.g. ONEDNN_MAX_CPU_ISA=AVX2) and then refuses a bf16 RNN on an AMX machine.
+    """
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -236,6 +242,17 @@ def probe_rnn_dtype(device: torch.device, dtype: torch.dtype | None, kind: str =
         return out.dtype
     except (RuntimeError, NotImplementedError, TypeError):
         return None
+
+
+@functools.cache
+def cpu_runs_bf16_rnn(kind: str = "lstm") -> bool:
+    """The one probe that decides CPU bf16: does oneDNN run this RNN in bfloat16, in hardware?
+
+    Both must hold: the layer runs under bf16 autocast and returns bfloat16 (oneDNN's bf16 RNN
+    kernels need AVX-512 BF16 or AMX *and* permission to use them), and the CPU advertises native
+    bf16 (where oneDNN would emulate it, bf16 is slower than fp32).
+    """
+    return cpu_has_native_bf16() and probe_rnn_dtype(torch.device("cpu"), torch.bfloat16, kind) == torch.bfloat16
 
 
 @dataclass
@@ -268,19 +285,25 @@ def choose_precision(requested: str, device: torch.device, kind: str = "lstm") -
     def made(name: str, reason: str) -> Precision:
         probe = probe_rnn_dtype(device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name), kind)
         if probe is None:
-            hint = " (this CPU lacks AVX-512 BF16/AMX, which oneDNN's bf16 RNNs need)" if dt == "cpu" else ""
+            hint = ""
+            if dt == "cpu":
+                hint = (" (oneDNN is capped below the CPU's AMX/AVX-512 BF16, e.g. by ONEDNN_MAX_CPU_ISA)" if cpu_has_native_bf16()
+                        else " (this CPU lacks AVX-512 BF16/AMX, which oneDNN's bf16 RNNs need)")
             raise CharlstmError(f"--precision {name}: a {kind.upper()} does not run under {name} autocast on {dt}{hint}; use fp32")
         return Precision(name, dt, str(probe).removeprefix("torch."), reason)
 
     if dt == "cpu":
         if requested == "fp16":
             raise CharlstmError("--precision fp16 is not supported on the CPU: use bf16 or fp32")
-        native = cpu_has_native_bf16()
         if requested == "bf16":
+            native = cpu_has_native_bf16()
             return made("bf16", "requested" + ("" if native else "; this CPU has no native bf16, so it is emulated and slow"))
-        if requested == "fp32" or not native:
-            return made("fp32", "requested" if requested == "fp32" else "this CPU has no native bf16 (AMX/AVX-512 BF16)")
-        return made("bf16", "the CPU has native bf16 (AMX/AVX-512 BF16)")
+        if requested == "fp32":
+            return made("fp32", "requested")
+        if cpu_runs_bf16_rnn(kind):
+            return made("bf16", f"the CPU runs a bf16 {kind.upper()} natively (AMX/AVX-512 BF16)")
+        why = "oneDNN is capped below it" if cpu_has_native_bf16() else "the CPU lacks AMX/AVX-512 BF16"
+        return made("fp32", f"no native bf16 {kind.upper()} here ({why})")
     if dt == "cuda":
         if requested == "fp32":
             return made("fp32", "requested")

