@@ -41,6 +41,17 @@ from charlstm.checkpoint import BEST, LATEST, atomic_write, load_checkpoint, sav
 from charlstm.dataset import Dataset, load_dataset
 from charlstm.errors import CharlstmError
 from charlstm.evaluate import LN2, bits_per_char
+from charlstm.finetune import (
+    FINETUNE_LR,
+    FINETUNE_WARMUP_STEPS,
+    SHAPE_OPTIONS,
+    InitSource,
+    check_shape_options,
+    load_init_source,
+    merged_vocab,
+    token_map,
+    transfer_weights,
+)
 from charlstm.model import CharRNN, ModelConfig, detach_state
 from charlstm.vocab import Vocab
 
@@ -79,6 +90,8 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     device: str = "auto"  # auto | cuda | mps | cpu
     threads: int | None = None  # CPU threads; None → the cores this process may use
+    # fine-tuning
+    init_from: str | None = None  # start from a trained model (checkpoint, run folder or shipped name)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -141,8 +154,10 @@ class LaneBatcher:
     memory-mapped file as they are needed: the corpus is never copied into RAM.
     """
 
-    def __init__(self, tokens: np.ndarray, lanes: int, seq_len: int, rank: int = 0, world: int = 1):
+    def __init__(self, tokens: np.ndarray, lanes: int, seq_len: int, rank: int = 0, world: int = 1,
+                 token_map: np.ndarray | None = None):
         n = len(tokens)
+        self.token_map = token_map  # dataset id → model id, for a model whose vocabulary is wider
         self.lane_len = n // lanes
         self.seq_len = seq_len
         self.windows = (self.lane_len - 1) // seq_len  # per epoch; a target needs one character more
@@ -167,6 +182,8 @@ class LaneBatcher:
         fresh = self.window == 0
         s = self.window * self.seq_len
         chunk = np.asarray(self.grid[:, s : s + self.seq_len + 1], dtype=np.int64)
+        if self.token_map is not None:
+            chunk = self.token_map[chunk]
         self.window += 1
         x = torch.from_numpy(np.ascontiguousarray(chunk[:, :-1]))
         y = torch.from_numpy(np.ascontiguousarray(chunk[:, 1:]))
@@ -395,7 +412,8 @@ class TrainingStopped(CharlstmError):
 class Trainer:
     """Set up a run (fresh or resumed), then `run()` the loop."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, resume_payload: dict | None = None, force: bool = False):
+    def __init__(self, config: TrainConfig, run_dir: Path, resume_payload: dict | None = None, force: bool = False,
+                 init_source: InitSource | None = None, finetune_defaults: str | None = None):
         config.validate()
         self.cfg = config
         self.run_dir = Path(run_dir)
@@ -422,23 +440,37 @@ class Trainer:
 
         # Data.
         self.dataset: Dataset = load_dataset(config.data)
-        self.vocab: Vocab = self.dataset.vocab
+        self.vocab: Vocab = self.dataset.vocab  # the model's; wider than the dataset's when fine-tuning
+        if init_source is not None and resume_payload is None:
+            self.vocab = merged_vocab(init_source.vocab, self.dataset.vocab)
         if resume_payload is not None:
             old = Vocab(resume_payload["vocab"])
-            if old != self.vocab:
+            if config.init_from and all(s in old.index for s in self.vocab.symbols):
+                self.vocab = old  # a fine-tuning run keeps its source model's characters
+            elif old != self.vocab:
                 raise CharlstmError(
                     f"{config.data} has a different vocabulary ({len(self.vocab)} symbols) from the checkpoint's "
                     f"({len(old)}); resume with the dataset the run was trained on "
                     f"({resume_payload.get('dataset', {}).get('path')})"
                 )
-        self.batcher = LaneBatcher(self.dataset.tokens("train"), config.batch_size, config.seq_len, self.rank, self.world)
+        ids = token_map(self.dataset.vocab, self.vocab)
+        self.batcher = LaneBatcher(self.dataset.tokens("train"), config.batch_size, config.seq_len, self.rank, self.world, ids)
         self.val_tokens = self.dataset.tokens("val")
+        if ids is not None:
+            self.val_tokens = ids[np.asarray(self.val_tokens, dtype=np.int64)]
 
         # Model, optimiser, precision.
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.model_config = config.model_config(len(self.vocab))
-        self.raw_model = CharRNN(self.model_config).to(self.device)
+        self.raw_model = CharRNN(self.model_config)
+        self.init_source = init_source.record() if init_source is not None else None
+        if resume_payload is not None:
+            self.init_source = resume_payload.get("init_from")
+        self.finetune_defaults = finetune_defaults
+        if init_source is not None and resume_payload is None:
+            self.raw_model.load_state_dict(transfer_weights(init_source, self.vocab, config.seed))
+        self.raw_model.to(self.device)
         self.scaler = self.precision.grad_scaler()
         decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.raw_model.parameters() if p.dim() < 2]
@@ -556,11 +588,12 @@ class Trainer:
                 **self.dataset.summary(),
                 "train_chars": int(self.dataset.meta.get("train_chars", 0)),
                 "val_chars": int(self.dataset.meta.get("val_chars", 0)),
-                "vocab_size": len(self.vocab),
+                "vocab_size": len(self.dataset.vocab),
             },
             "windows_per_epoch": self.batcher.windows,
             "precision": self.precision.name,
             "rnn_dtype_under_autocast": self.precision.rnn_dtype,
+            "init_from": self.init_source,
             "device": str(self.device),
             "world_size": self.world,
             "threads": self.threads,
@@ -601,6 +634,7 @@ class Trainer:
             "dataset": self.dataset.summary(),
             "step": self.step,
             "train_config": asdict(self.cfg),
+            "init_from": self.init_source,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "data_position": self.batcher.position(),
@@ -702,6 +736,13 @@ class Trainer:
             f"the {self.model_config.kind.upper()} runs in {self.precision.rnn_dtype}); "
             f"{self.batcher.windows:,} steps per epoch; run folder {self.run_dir}"
         )
+        if self.init_source is not None and self.step == 0:
+            src, added = self.init_source, len(self.vocab) - self.init_source["vocab_size"]
+            self._say(
+                f"fine-tuning {src['checkpoint']} (step {src['step']:,}, trained on {src['dataset']}): shape from the "
+                f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and "
+                f"{cfg.warmup_steps} warm-up steps ({'as given' if self.finetune_defaults is None else self.finetune_defaults})"
+            )
         bar = tqdm(
             total=total,
             initial=self.step,
@@ -972,12 +1013,31 @@ def resolve_config(options: dict, resume: bool) -> tuple[TrainConfig, Path, dict
     return config, run_dir, payload
 
 
+def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:
+    """--init-from: the shape comes from the source model, and the learning rate and warm-up default
+    to values for a model that already knows code. Returns the options, the source, and a note on
+    the defaults used (None when the user gave both)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    source = load_init_source(given["init_from"])
+    check_shape_options(given, source)
+    mc = source.model_config
+    shape = dict(zip(SHAPE_OPTIONS, (mc.kind, mc.layers, mc.hidden, mc.embed)))
+    defaults = {k: v for k, v in (("lr", FINETUNE_LR), ("warmup_steps", FINETUNE_WARMUP_STEPS)) if k not in given}
+    note = None
+    if defaults:
+        note = "fine-tuning defaults: " + ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in defaults.items())
+    return {**options, **shape, **defaults}, source, note
+
+
 def train(options: dict, resume: bool = False, force: bool = False, stop_after: int | None = None) -> dict:
     """`charlstm train`: set up (or resume) a run from CLI-style options, train it, return the summary."""
+    source = note = None
+    if options.get("init_from") is not None and not resume:
+        options, source, note = finetune_options(options)
     config, run_dir, payload = resolve_config(options, resume)
     if config.steps is None and config.epochs is None and config.minutes is None:
         config.epochs = 1.0  # no budget given: one pass over the training split
-    trainer = Trainer(config, run_dir, resume_payload=payload, force=force)
+    trainer = Trainer(config, run_dir, resume_payload=payload, force=force, init_source=source, finetune_defaults=note)
     try:
         return trainer.run(stop_after=stop_after)
     finally:
