@@ -234,7 +234,7 @@ def sample_command(
         typer.Argument(help="Run folder or checkpoint file. Default: the newest run under checkpoints/, else the shipped model."),
     ] = None,
     length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate per sample.", rich_help_panel="Sampling")] = 2000,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="> 0; lower is safer, higher is wilder.", rich_help_panel="Sampling")] = 0.8,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="> 0; lower is safer, higher is wilder (default: 0.8).", rich_help_panel="Sampling")] = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely character (ignores temperature, top-k, top-p).", rich_help_panel="Sampling")] = False,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Draw only among the K most likely characters.", rich_help_panel="Sampling")] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Draw only from the most likely characters holding this much probability, in (0, 1].", rich_help_panel="Sampling")] = None,
@@ -243,6 +243,7 @@ def sample_command(
     stop: Annotated[Optional[str], typer.Option("--stop", help="End a sample once it generates this text (kept). Backslash escapes work: --stop '\\n\\n'.", rich_help_panel="Sampling")] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples generated together as one batch, printed one after another under a '──── sample i/N ────' line.", rich_help_panel="Sampling")] = 1,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed and device give the same text.", rich_help_panel="Sampling")] = None,
+    beam: Annotated[Optional[int], typer.Option("--beam", help="Beam search of width K instead of drawing: the most likely continuation (log-probability per character), deterministic, one sample; not with --temperature, --top-k, --top-p, --greedy, --seed or --num-samples. Streams each character once every beam agrees on it (a short lag), the rest at the end.", rich_help_panel="Sampling")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file, written atomically.", rich_help_panel="Output")] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel="Backend")] = "cpu",
@@ -266,6 +267,7 @@ def sample_command(
         stop=unescape(stop) if stop is not None else None,
         num_samples=num_samples,
         seed=seed,
+        beam=beam,
     )
     settings.validate()
     run_sampling(checkpoint, settings, out=out, color=not no_color, device=device, precision=precision, threads=threads, console=err)

@@ -25,6 +25,7 @@ from typing import TextIO
 
 import torch
 
+from charlstm.beam import beam_search
 from charlstm.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.engine import StepEngine, packed_weights_available
 from charlstm.errors import CharlstmError
@@ -34,13 +35,14 @@ from charlstm.vocab import DOC_SEP, Vocab
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 NEW_FILE_RULE = "── new file ──"  # how a generated document separator (a new file starting) is shown
 PRIME_CHUNK = 4096  # prime characters per fused forward
+DEFAULT_TEMPERATURE = 0.8
 NOISE_ELEMENTS = 1 << 20  # Gumbel noise drawn per call to the generator (4 MB), for up to 256 steps
 
 
 @dataclass
 class SampleSettings:
     length: int = 2000  # characters to generate per sample (the prime not counted)
-    temperature: float = 0.8  # < 1 sharpens the distribution, > 1 flattens it
+    temperature: float | None = None  # < 1 sharpens the distribution, > 1 flattens it; None: 0.8
     greedy: bool = False  # always take the most likely character
     top_k: int | None = None  # draw only among the k most likely characters
     top_p: float | None = None  # draw only from the smallest set holding this much probability
@@ -48,13 +50,20 @@ class SampleSettings:
     stop: str | None = None  # a sample ends once it has generated this text (which it keeps)
     num_samples: int = 1  # samples generated together as one batch
     seed: int | None = None  # same seed, same device → same text
+    beam: int | None = None  # beam search of this width instead of drawing (deterministic, one sample)
+
+    @property
+    def draw_temperature(self) -> float:
+        return DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
 
     def validate(self) -> None:
         if self.length <= 0:
             raise CharlstmError(f"--length must be positive, got {self.length}")
         if self.num_samples < 1:
             raise CharlstmError(f"--num-samples must be at least 1, got {self.num_samples}")
-        if not self.greedy and not self.temperature > 0:
+        if self.beam is not None:
+            self._validate_beam()
+        if not self.greedy and not self.draw_temperature > 0:
             raise CharlstmError(f"--temperature must be > 0 (use --greedy for argmax), got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise CharlstmError(f"--top-k must be at least 1, got {self.top_k}")
@@ -62,6 +71,17 @@ class SampleSettings:
             raise CharlstmError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.stop == "":
             raise CharlstmError("--stop must not be empty")
+
+    def _validate_beam(self) -> None:
+        if self.beam < 1:
+            raise CharlstmError(f"--beam must be at least 1, got {self.beam}")
+        drawing = {"--temperature": self.temperature, "--top-k": self.top_k, "--top-p": self.top_p,
+                   "--greedy": self.greedy or None, "--seed": self.seed}  # fmt: skip
+        given = [name for name, value in drawing.items() if value is not None]
+        if given:
+            raise CharlstmError(f"--beam searches instead of drawing at random: drop {', '.join(given)}")
+        if self.num_samples != 1:
+            raise CharlstmError("--beam finds one best continuation: drop --num-samples")
 
 
 def unescape(text: str) -> str:
@@ -190,7 +210,7 @@ class Sampler:
     def _choose(logits: torch.Tensor, s: SampleSettings, gumbel: torch.Tensor | None) -> torch.Tensor:
         if gumbel is None:
             return logits.argmax(dim=-1)
-        scores = logits / s.temperature
+        scores = logits / s.draw_temperature
         if s.top_k is not None and s.top_k < scores.shape[-1]:
             kth = scores.topk(s.top_k, dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -334,6 +354,15 @@ def stream_samples(sampler: Sampler, settings: SampleSettings, writer: StreamWri
     A sample whose turn has not come yet is kept; when its turn comes, what it has so far is
     printed at once and the rest streams. Returns every sample's text (prime included).
     """
+    if settings.beam is not None:
+        settings.validate()
+        writer.write(settings.prime)
+        pieces = [settings.prime]
+        for piece in beam_search(sampler, settings.prime, settings.beam, settings.length, settings.stop):
+            writer.write(piece)
+            pieces.append(piece)
+        writer.finish()
+        return ["".join(pieces)]
     n = settings.num_samples
     texts: list[list[str]] = [[settings.prime] for _ in range(n)]
     current = 0
