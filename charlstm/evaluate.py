@@ -100,24 +100,39 @@ def _read_text(path: Path) -> str:
     return text
 
 
+def _precision(requested: str | None, trained: str | None, device: torch.device, kind: str):
+    """The precision asked for; else the run's own, so eval scores as training validated; else
+    auto, when the run's does not run here (an fp16 GPU run scored on a CPU)."""
+    from charlstm.train import PRECISIONS, choose_precision
+
+    if requested is not None:
+        return choose_precision(requested, device, kind=kind)
+    if trained in PRECISIONS:
+        try:
+            return choose_precision(trained, device, kind=kind)
+        except CharlstmError:
+            pass
+    return choose_precision("auto", device, kind=kind)
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path | None,
     data: str | Path | None = None,
     text_file: str | Path | None = None,
     device: str = "auto",
-    precision: str = "auto",
+    precision: str | None = None,
 ) -> dict:
     """`charlstm eval`: bits per character of a checkpoint on a dataset's val split or on a text file.
 
     With neither `data` nor `text_file`, the dataset the checkpoint was trained on is used. A text
     file is scored as a document of its own: a document separator comes first, so every one of its
     characters is predicted. Characters the model does not know are scored as the unknown symbol
-    and listed under `unknown_chars`.
+    and listed under `unknown_chars`. `precision` None: the one the run was trained with.
     """
     # Imported here: training imports this module for its validation.
     from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
-    from charlstm.dataset import load_dataset
-    from charlstm.train import choose_precision, resolve_device
+    from charlstm.dataset import load_dataset, locate_recorded_dataset
+    from charlstm.train import resolve_device
 
     if data is not None and text_file is not None:
         raise CharlstmError("give --data or --text-file, not both")
@@ -127,7 +142,7 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     if dev.type == "cpu":
         torch.set_flush_denormal(True)  # denormals slow CPU bf16 inference tenfold
-    prec = choose_precision(precision, dev, kind=model.config.kind)
+    prec = _precision(precision, payload.get("precision"), dev, model.config.kind)
     model.to(dev)
 
     unknown: list[str] = []
@@ -142,6 +157,7 @@ def evaluate_checkpoint(
             data = (payload.get("dataset") or {}).get("path")
             if not data:
                 raise CharlstmError(f"{path} does not record its dataset; pass --data data/NAME or --text-file FILE")
+            data = locate_recorded_dataset(data, path)
         dataset = load_dataset(data)
         tokens = dataset.tokens("val")
         if len(tokens) < 2:
