@@ -13,6 +13,7 @@ resumption needs: ``train_config``, ``optimizer``, ``scaler``, ``data_position``
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import tempfile
@@ -70,9 +71,69 @@ def atomic_write(path: Path, write) -> None:
         pass
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append `line` to a log file in one write; if that fails (a full disk), cut the file back to
+    where it was, so no torn line is left behind."""
+    data = line.encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise CharlstmError(f"could not write {path}: {exc.strerror or exc}") from None
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written < len(data):  # the disk filled up part-way: the rest fails with the reason
+                written += os.write(fd, data[written:])
+            if written < len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, end)
+            except OSError:
+                pass
+            raise CharlstmError(f"could not write {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+class _WriteErrorRecorder:
+    """A file wrapper that remembers the OSError of a failed write.
+
+    torch.save reports a failed write (ENOSPC) only as "unexpected pos ..."; this recovers the real cause.
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+    def write(f) -> None:
+        recorder = _WriteErrorRecorder(f)
+        try:
+            torch.save(payload, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None  # atomic_write turns it into one line
+            raise
+
+    atomic_write(Path(path), write)
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -80,19 +141,32 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CharlstmError(f"checkpoint not found: {path}")
+    _check_is_zip(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CharlstmError(
             f"refusing to load {path}: it carries pickled Python objects, not just tensors and plain data"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError, TypeError) as exc:
         raise CharlstmError(f"{path} is corrupt or not a checkpoint ({type(exc).__name__})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CharlstmError(f"{path} is not a charlstm checkpoint")
     if payload.get("version") != VERSION:
         raise CharlstmError(f"{path} has checkpoint version {payload.get('version')}, expected {VERSION}")
     return payload
+
+
+def _check_is_zip(path: Path) -> None:
+    """A text file, source code or random bytes is refused before torch tries to unpickle it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except OSError as exc:
+        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head != ZIP_MAGIC:
+        what = "it is empty" if not head else "not a PyTorch zip file"
+        raise CharlstmError(f"{path} is not a charlstm checkpoint ({what})")
 
 
 def model_from_checkpoint(payload: dict) -> tuple[CharRNN, Vocab]:

@@ -199,7 +199,7 @@ def eval_command(
     data: Annotated[Optional[str], typer.Option(help="Score this dataset's validation split (default: the checkpoint's dataset)")] = None,
     text_file: Annotated[Optional[str], typer.Option(help="Score this text file instead (as one document).")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32 (auto: as training picks it).")] = "auto",
+    precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32 (default: the run's own where it runs here, else auto: as training picks it).", show_default=False)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (bpc, chars, ...).")] = False,
 ) -> None:
     """Score a checkpoint in bits per character on a validation split or any text file."""

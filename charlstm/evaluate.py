@@ -100,18 +100,19 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def _run_precision(payload: dict, requested: str, device: torch.device, kind: str):
-    """`auto` scores a run in the precision it trained in (so eval agrees with training's
-    validation) where that precision runs here; otherwise, or when asked, as `requested`."""
-    from charlstm.train import choose_precision
+def _precision(requested: str | None, trained: str | None, device: torch.device, kind: str):
+    """The precision asked for; else the run's own, so eval scores as training validated; else
+    auto, when the run's does not run here (an fp16 GPU run scored on a CPU)."""
+    from charlstm.train import PRECISIONS, choose_precision
 
-    trained = payload.get("precision")
-    if requested == "auto" and trained in ("bf16", "fp16", "fp32"):
+    if requested is not None:
+        return choose_precision(requested, device, kind=kind)
+    if trained in PRECISIONS:
         try:
             return choose_precision(trained, device, kind=kind)
         except CharlstmError:
-            pass  # e.g. a GPU fp16 run scored on a CPU
-    return choose_precision(requested, device, kind=kind)
+            pass
+    return choose_precision("auto", device, kind=kind)
 
 
 def evaluate_checkpoint(
@@ -119,18 +120,18 @@ def evaluate_checkpoint(
     data: str | Path | None = None,
     text_file: str | Path | None = None,
     device: str = "auto",
-    precision: str = "auto",
+    precision: str | None = None,
 ) -> dict:
     """`charlstm eval`: bits per character of a checkpoint on a dataset's val split or on a text file.
 
     With neither `data` nor `text_file`, the dataset the checkpoint was trained on is used. A text
     file is scored as a document of its own: a document separator comes first, so every one of its
     characters is predicted. Characters the model does not know are scored as the unknown symbol
-    and listed under `unknown_chars`.
+    and listed under `unknown_chars`. `precision` None: the one the run was trained with.
     """
     # Imported here: training imports this module for its validation.
     from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
-    from charlstm.dataset import load_dataset
+    from charlstm.dataset import load_dataset, locate_recorded_dataset
     from charlstm.train import resolve_device
 
     if data is not None and text_file is not None:
@@ -141,7 +142,7 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     if dev.type == "cpu":
         torch.set_flush_denormal(True)  # denormals slow CPU bf16 inference tenfold
-    prec = _run_precision(payload, precision, dev, model.config.kind)
+    prec = _precision(precision, payload.get("precision"), dev, model.config.kind)
     model.to(dev)
 
     unknown: list[str] = []
@@ -156,6 +157,7 @@ def evaluate_checkpoint(
             data = (payload.get("dataset") or {}).get("path")
             if not data:
                 raise CharlstmError(f"{path} does not record its dataset; pass --data data/NAME or --text-file FILE")
+            data = locate_recorded_dataset(data, path)
         dataset = load_dataset(data)
         tokens = dataset.tokens("val")
         if len(tokens) < 2:

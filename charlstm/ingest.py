@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charlstm import __version__
+from charlstm import __version__, lock
 from charlstm.dataset import FORMAT, VERSION, load_dataset
 from charlstm.errors import CharlstmError
 from charlstm.vocab import DOC_SEP, UNK, Vocab
@@ -480,12 +480,16 @@ def ingest(
 
     data_dir = Path(data_dir)
     target = data_dir / name
-    _check_target(target, force)
+    # One ingest of a name at a time, from the existence check through the final rename.
+    name_lock = lock.acquire(data_dir / f".{name}.lock", f"dataset {target}")
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        _check_target(target, force)
         work = Path(tempfile.mkdtemp(prefix=f".{name}.ingest-", dir=data_dir))
-    except OSError as exc:
-        raise CharlstmError(f"cannot write to {data_dir}: {exc.strerror or exc}") from None
+    except BaseException as exc:
+        name_lock.release()
+        if isinstance(exc, OSError):
+            raise CharlstmError(f"cannot write to {data_dir}: {exc.strerror or exc}") from None
+        raise
     closer = _Closer()
     try:
         (work / "scratch").mkdir()
@@ -502,6 +506,7 @@ def ingest(
     finally:
         closer.close()
         shutil.rmtree(work, ignore_errors=True)
+        name_lock.release()
     seconds = time.perf_counter() - start
     report["seconds"] = round(seconds, 3)
     report["mb_per_s"] = round(report["bytes_read"] / 1e6 / max(seconds, 1e-9), 2)

@@ -18,6 +18,7 @@ can resume on any number that divides the batch size.
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import re
 import shlex
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -37,8 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from charlstm.checkpoint import BEST, LATEST, atomic_write, load_checkpoint, save_checkpoint
-from charlstm.dataset import Dataset, load_dataset
+from charlstm import lock
+from charlstm.checkpoint import BEST, LATEST, append_line, atomic_write, load_checkpoint, save_checkpoint
+from charlstm.dataset import Dataset, load_dataset, locate_recorded_dataset
 from charlstm.errors import CharlstmError
 from charlstm.evaluate import LN2, bits_per_char
 from charlstm.finetune import (
@@ -57,6 +59,8 @@ from charlstm.vocab import Vocab
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; distributed ranks add their rank and the step to it
+MAX_THREADS = 4096  # torch.set_num_threads takes a C int
 
 
 @dataclass
@@ -116,15 +120,16 @@ class TrainConfig:
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
         need(0 < self.min_lr_ratio <= 1, f"--min-lr-ratio must be in (0, 1], got {self.min_lr_ratio}")
         need(self.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
-        need(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        need(0 <= self.weight_decay < math.inf, f"--weight-decay must be 0 or more, got {self.weight_decay}")
         need(self.grad_clip >= 0, f"--grad-clip must be 0 (off) or more, got {self.grad_clip}")
         need(self.steps is None or self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
-        need(self.epochs is None or self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
-        need(self.minutes is None or self.minutes > 0, f"--minutes must be positive, got {self.minutes}")
+        need(self.epochs is None or 0 < self.epochs < math.inf, f"--epochs must be a positive number, got {self.epochs}")
+        need(self.minutes is None or 0 < self.minutes < math.inf, f"--minutes must be a positive number, got {self.minutes}")
+        need(0 <= self.seed <= MAX_SEED, f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
         for name in ("eval_every", "save_every"):
             need(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         need(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}")
-        need(self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}")
+        need(self.threads is None or 1 <= self.threads <= MAX_THREADS, f"--threads must be between 1 and {MAX_THREADS}, got {self.threads}")
         need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
@@ -373,6 +378,68 @@ def lr_at(
 
 
 # ---------------------------------------------------------------------------------------------
+# Memory
+
+
+def training_memory(model_config: ModelConfig, lanes: int, seq_len: int) -> tuple[int, int]:
+    """(parameters, bytes) for training a model, roughly: fp32 weights, gradients and AdamW's two
+    moments, plus what one step keeps for the backward pass (every layer's gates and states, logits)."""
+    try:
+        with torch.device("meta"):  # counts the parameters without allocating them
+            params = CharRNN(model_config).num_parameters()
+    except (RuntimeError, TypeError, ValueError, OverflowError):
+        raise CharlstmError(
+            f"a {model_config.layers}×{model_config.hidden} model with --embed {model_config.embed} is too large to build"
+        ) from None
+    per_char = model_config.layers * model_config.hidden * 8 + model_config.embed + 3 * model_config.vocab_size
+    return params, 16 * params + 4 * lanes * seq_len * per_char
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation can get on `device`, where that is known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # a container's own limit (cgroup v2)
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def check_training_memory(model_config: ModelConfig, lanes: int, seq_len: int, device: torch.device) -> None:
+    """Refuse at once, saying how much it needs, a model too large to train here."""
+    params, need = training_memory(model_config, lanes, seq_len)
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise CharlstmError(
+            f"a {model_config.layers}×{model_config.hidden} {model_config.kind.upper()} has {params:,} parameters: "
+            f"training it needs about {_gib(need)} of memory (weights, gradients, optimizer state and one "
+            f"step's activations) and {device} has {_gib(free)} available; lower --hidden or --layers "
+            f"(or --batch-size and --seq-len)"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
 # Distributed helpers
 
 
@@ -463,14 +530,14 @@ class Trainer:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.model_config = config.model_config(len(self.vocab))
-        self.raw_model = CharRNN(self.model_config)
+        check_training_memory(self.model_config, config.batch_size // self.world, config.seq_len, self.device)
+        self.raw_model = self._build_model()
         self.init_source = init_source.record() if init_source is not None else None
         if resume_payload is not None:
             self.init_source = resume_payload.get("init_from")
         self.finetune_defaults = finetune_defaults
         if init_source is not None and resume_payload is None:
             self.raw_model.load_state_dict(transfer_weights(init_source, self.vocab, config.seed))
-        self.raw_model.to(self.device)
         self.scaler = self.precision.grad_scaler()
         decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.raw_model.parameters() if p.dim() < 2]
@@ -496,8 +563,9 @@ class Trainer:
             "from_step": None,
             "from_ratio": 1.0,
         }
+        self.saved_step: int | None = None  # the step of the latest.pt on disk, once known
         if resume_payload is not None:
-            self._restore(resume_payload)
+            self._restore_or_explain(resume_payload)
         elif self.world > 1:
             torch.manual_seed(config.seed + self.rank)  # distinct dropout masks per rank; DDP syncs the weights
 
@@ -521,6 +589,20 @@ class Trainer:
         if self.cfg.epochs is not None:
             totals.append(max(1, math.ceil(self.cfg.epochs * self.batcher.windows)))
         return min(totals) if totals else None
+
+    def _build_model(self) -> CharRNN:
+        try:
+            return CharRNN(self.model_config).to(self.device)
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            raise CharlstmError(
+                f"could not allocate the model on {self.device}: {_first_line(exc)}; lower --hidden or --layers"
+            ) from None
+
+    def _restore_or_explain(self, payload: dict) -> None:
+        try:
+            self._restore(payload)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CharlstmError(f"the checkpoint does not fit the run it should resume: {_first_line(exc)}") from None
 
     def _restore(self, payload: dict) -> None:
         self.raw_model.load_state_dict(payload["model"])
@@ -569,15 +651,28 @@ class Trainer:
         return [self.run_dir / n for n in (LATEST, BEST, "metrics.jsonl", "config.json")]
 
     def _check_run_dir(self, resume: bool, force: bool) -> None:
-        if not resume and not force and any(f.exists() for f in self._run_files()):
+        """A fresh start refuses a folder with saved progress; one whose run saved nothing starts afresh."""
+        if resume or force:
+            return
+        if (self.run_dir / LATEST).exists():
             raise CharlstmError(f"{self.run_dir} already holds a run: continue it with --resume, or start over with --force")
+        if (self.run_dir / BEST).exists():
+            raise CharlstmError(
+                f"{self.run_dir} holds a {BEST} but no {LATEST} (its run stopped before its first save): "
+                f"continue from {BEST} with --resume, or start over with --force"
+            )
 
     def _prepare_run_dir(self, resume: bool) -> None:
         d = self.run_dir
         if resume:
             self._truncate_metrics()
         else:
-            for f in self._run_files():  # --force: the old run's files would be mistaken for this one's
+            # Leftovers of a run that saved nothing, or of the run --force replaces: they would be
+            # mistaken for this one's.
+            leftovers = [f for f in self._run_files() if f.exists()]
+            if leftovers:
+                self._say(f"starting afresh in {d}: removing the earlier run's {', '.join(f.name for f in leftovers)}")
+            for f in leftovers:
                 f.unlink(missing_ok=True)
         d.mkdir(parents=True, exist_ok=True)
         config = {
@@ -651,7 +746,10 @@ class Trainer:
         """Save on rank 0 (every rank takes part in gathering the lanes' hidden state)."""
         state = _gather_lanes(self.state, self.world) if gather else (self.state if self.world == 1 else None)
         if self.main:
-            save_checkpoint(self.run_dir / name, self._payload(state))
+            with self._stop_if_writing_fails():
+                save_checkpoint(self.run_dir / name, self._payload(state))
+        if name == LATEST:
+            self.saved_step = self.step
 
     # -- evaluation and logging ----------------------------------------------------------------
 
@@ -667,8 +765,23 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         if self.main:
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            with self._stop_if_writing_fails():
+                append_line(self.run_dir / "metrics.jsonl", json.dumps(record) + "\n")
+
+    @contextmanager
+    def _stop_if_writing_fails(self):
+        """A failed save or log line (a full disk, a folder made read-only) ends the run in one line
+        that says what is kept. The write itself left the previous file whole."""
+        try:
+            yield
+        except CharlstmError as exc:
+            kept = (
+                f"{self.run_dir / LATEST} (step {self.saved_step}) is intact; once the disk has room, resume with: "
+                f"{self.resume_command()}"
+                if self.saved_step is not None
+                else "nothing had been saved yet"
+            )
+            raise TrainingStopped(f"{exc}; training stopped at step {self.step}, {kept}") from None
 
     def _say(self, message: str) -> None:
         if self.main:
@@ -756,7 +869,7 @@ class Trainer:
         meter = {"loss_sum": torch.zeros((), device=self.device), "time": start, "step": self.step}
         bad = torch.zeros((), dtype=torch.bool, device=self.device)  # any non-finite loss since the last check
         local = 0  # steps taken in this invocation
-        last_good_save = self.step if (self.run_dir / LATEST).exists() else None
+        self.saved_step = self.step if (self.run_dir / LATEST).exists() else None
         t_estimate = None
         last_eval_step = None
         self._interrupted = False
@@ -786,7 +899,7 @@ class Trainer:
                 record = None
                 if self.step % cfg.log_every == 0 or evaluate_now or last:
                     if self._stop_flag(bool(bad.item())):
-                        raise self._nonfinite(last_good_save)
+                        raise self._nonfinite(self.saved_step)
                     record, meter = self._metrics_record(meter, bar, start)
                 if evaluate_now:
                     val = self.validate()
@@ -796,9 +909,8 @@ class Trainer:
                     self._log(record)
                 if save_now:
                     if self._stop_flag(bool(bad.item())):
-                        raise self._nonfinite(last_good_save)
+                        raise self._nonfinite(self.saved_step)
                     self.save(LATEST)
-                    last_good_save = self.step
                 if evaluate_now or save_now:
                     meter["time"] = time.perf_counter()  # validation and saving are not training throughput
                 bar.update(1)
@@ -816,13 +928,13 @@ class Trainer:
 
         if self._interrupted:
             if self._stop_flag(bool(bad.item())):
-                raise self._nonfinite(last_good_save)
+                raise self._nonfinite(self.saved_step)
             self.save(LATEST)
             raise TrainingInterrupted(
                 f"interrupted at step {self.step}; saved {self.run_dir / LATEST}. Resume with: {self.resume_command()}"
             )
         if self._stop_flag(bool(bad.item())):
-            raise self._nonfinite(last_good_save)
+            raise self._nonfinite(self.saved_step)
         paused = stop_after is not None and local >= stop_after and not (total is not None and self.step >= total)
         if meter["step"] != self.step:  # steps since the last log line (a --minutes run ends anywhere)
             record, meter = self._metrics_record(meter, bar, start)
@@ -936,7 +1048,8 @@ class Trainer:
             self._log({"step": self.step, "epoch": self.batcher.epoch, "val_bpc": val})
         self._say(f"step {self.step:,}: validation {val:.4f} bpc" + (" (best so far)" if improved else ""))
         if improved:
-            save_checkpoint(self.run_dir / BEST, self._payload(None if self.world > 1 else self.state))
+            with self._stop_if_writing_fails():
+                save_checkpoint(self.run_dir / BEST, self._payload(None if self.world > 1 else self.state))
 
     def _nonfinite(self, last_good_save: int | None) -> TrainingStopped:
         kept = (
@@ -967,31 +1080,44 @@ def _as_tuple(value):
 # Entry point
 
 
-def resolve_config(options: dict, resume: bool) -> tuple[TrainConfig, Path, dict | None]:
-    """The run's config from the options the user gave (None-valued ones count as not given).
+RUN_LOCK = ".lock"  # in the run folder, held by the process training in it (see charlstm.lock)
+# What resuming reads from a checkpoint; an inference-only export (export_for_inference) lacks most of it.
+RESUME_KEYS = ("model_config", "vocab", "model", "step", "optimizer", "data_position")
 
-    Fresh run: TrainConfig defaults overridden by the options. --resume: the run's saved config,
-    where only the budget, logging and backend options may change (see RESUMABLE_OVERRIDES); any
-    other option given with a different value is an error.
-    """
+
+def _given_options(options: dict) -> dict:
+    """The options the user gave: None-valued ones count as not given."""
     given = {k: v for k, v in options.items() if v is not None}
     unknown = set(given) - {f.name for f in fields(TrainConfig)}
     if unknown:
         raise CharlstmError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    return given
+
+
+def _run_dir(given: dict) -> Path:
     data = given.get("data", TrainConfig.data)
-    run_dir = Path(given.get("out") or default_run_dir(data, given.get("model", TrainConfig.model)))
-    if not resume:
-        config = TrainConfig(**given)
-        config.out = str(run_dir)
-        config.validate()
-        return config, run_dir, None
-    latest = run_dir / LATEST
-    if not latest.exists():
-        raise CharlstmError(f"nothing to resume: {latest} not found (pass --out RUN, or start a run without --resume)")
-    payload = load_checkpoint(latest)
-    saved = payload.get("train_config")
-    if not isinstance(saved, dict):
-        raise CharlstmError(f"{latest} was not written by `charlstm train`: it has no training config")
+    return Path(given.get("out") or default_run_dir(data, given.get("model", TrainConfig.model)))
+
+
+def fresh_config(given: dict, run_dir: Path) -> TrainConfig:
+    """A new run's config: TrainConfig defaults overridden by the options. Reads and writes nothing."""
+    config = TrainConfig(**given)
+    config.out = str(run_dir)
+    config.validate()
+    config.data = os.path.abspath(config.data)  # so `--resume` finds it from any folder
+    return config
+
+
+def resumed_config(given: dict, run_dir: Path) -> tuple[TrainConfig, dict]:
+    """--resume: the run's saved config and checkpoint.
+
+    Only the budget, logging and backend options may change (see RESUMABLE_OVERRIDES); any other
+    option given with a different value is an error.
+    """
+    path = _checkpoint_to_resume(run_dir)
+    payload = load_checkpoint(path)
+    _check_resumable(payload, path)
+    saved = payload["train_config"]
     config = TrainConfig(**{k: saved[k] for k in saved if k in TrainConfig.__dataclass_fields__})
     for key, value in given.items():
         if key == "out":
@@ -1008,9 +1134,69 @@ def resolve_config(options: dict, resume: bool) -> tuple[TrainConfig, Path, dict
         for k in ("steps", "epochs", "minutes"):
             if k not in given:
                 setattr(config, k, None)
+    if "data" not in given:
+        config.data = str(locate_recorded_dataset(config.data, path))  # older runs recorded a relative path
     config.out = str(run_dir)
     config.validate()
-    return config, run_dir, payload
+    return config, payload
+
+
+def _checkpoint_to_resume(run_dir: Path) -> Path:
+    """latest.pt, else best.pt: a run that validated but was killed before its first save of latest.pt."""
+    latest, best = run_dir / LATEST, run_dir / BEST
+    if latest.is_file():
+        return latest
+    if best.is_file():
+        tqdm.write(f"{run_dir} has no {LATEST}: resuming from {BEST}", file=sys.stderr)
+        return best
+    if any((run_dir / name).exists() for name in ("config.json", "metrics.jsonl")):
+        raise CharlstmError(
+            f"nothing saved yet in {run_dir}: its run stopped before its first save (no {LATEST}); "
+            f"start it again without --resume to begin afresh"
+        )
+    raise CharlstmError(f"nothing to resume: {latest} not found (pass --out RUN, or start a run without --resume)")
+
+
+def _check_resumable(payload: dict, path: Path) -> None:
+    """Everything _restore reads is there, so a stripped or foreign checkpoint fails in one line."""
+    if not isinstance(payload.get("train_config"), dict):
+        raise CharlstmError(f"{path} was not written by `charlstm train`: it has no training config")
+    missing = [key for key in RESUME_KEYS if key not in payload]
+    if missing:
+        raise CharlstmError(
+            f"{path} cannot be resumed: it has no {', '.join(missing)} (an inference-only export keeps just the "
+            f"weights); sample or evaluate it, or start a new run with --force"
+        )
+    position = payload["data_position"]
+    if not (isinstance(position, dict) and all(isinstance(position.get(k), int) for k in ("epoch", "window"))):
+        raise CharlstmError(f"{path} cannot be resumed: its data_position is not {{'epoch': int, 'window': int}}")
+
+
+@contextmanager
+def own_run_dir(run_dir: Path):
+    """Hold the run folder for the whole run, so no second process trains in it at the same time.
+
+    Under torchrun only rank 0 takes the lock: it is the only process that writes there. The owner
+    then removes the temporary files of saves that a kill interrupted.
+    """
+    if os.path.lexists(run_dir) and not run_dir.is_dir():
+        raise CharlstmError(f"--out {run_dir} exists and is not a folder")
+    if _distributed()[0] != 0:
+        yield
+        return
+    with lock.acquire(run_dir / RUN_LOCK, str(run_dir)):
+        _remove_stale_temporaries(run_dir)
+        yield
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """atomic_write's `.NAME.*.tmp` files left by a kill during a save; safe only while holding the lock."""
+    for name in (LATEST, BEST, "config.json", "metrics.jsonl"):
+        for tmp in run_dir.glob(f".{glob.escape(name)}.*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass  # harmless where it stays
 
 
 def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:
@@ -1034,11 +1220,20 @@ def train(options: dict, resume: bool = False, force: bool = False, stop_after: 
     source = note = None
     if options.get("init_from") is not None and not resume:
         options, source, note = finetune_options(options)
-    config, run_dir, payload = resolve_config(options, resume)
-    if config.steps is None and config.epochs is None and config.minutes is None:
-        config.epochs = 1.0  # no budget given: one pass over the training split
-    trainer = Trainer(config, run_dir, resume_payload=payload, force=force, init_source=source, finetune_defaults=note)
-    try:
-        return trainer.run(stop_after=stop_after)
-    finally:
-        trainer.close()
+    given = _given_options(options)
+    run_dir = _run_dir(given)
+    if resume and not run_dir.is_dir():
+        raise CharlstmError(f"nothing to resume: {run_dir} not found (pass --out RUN, or start a run without --resume)")
+    config = None if resume else fresh_config(given, run_dir)  # nonsense options fail before the folder is made
+    with own_run_dir(run_dir):
+        payload = None
+        if resume:
+            config, payload = resumed_config(given, run_dir)
+        if config.steps is None and config.epochs is None and config.minutes is None:
+            config.epochs = 1.0  # no budget given: one pass over the training split
+        trainer = Trainer(config, run_dir, resume_payload=payload, force=force, init_source=source,
+                          finetune_defaults=note)
+        try:
+            return trainer.run(stop_after=stop_after)
+        finally:
+            trainer.close()

@@ -21,6 +21,9 @@ class Vocab:
 
     def __init__(self, symbols: Sequence[str]):
         symbols = list(symbols)
+        odd = [s for s in symbols if not (isinstance(s, str) and len(s) == 1)]
+        if odd:
+            raise CharlstmError(f"vocabulary symbols must be single characters, got {odd[0]!r}")
         if symbols[: len(SPECIALS)] != list(SPECIALS):
             raise CharlstmError("vocabulary does not start with the reserved symbols")
         if len(set(symbols)) != len(symbols):
