@@ -45,18 +45,17 @@ def _common_prefix_length(sequences: list[list[int]], start: int) -> int:
 
 
 @torch.inference_mode()
-def beam_search(sampler, prime: str, width: int, length: int, stop: str | None = None) -> Iterator[str]:
-    """Yield the best continuation of `prime` in settled pieces (see the module docstring)."""
+def beam_search(
+    sampler, prime: str, width: int, length: int, stop: str | None = None, clamps=None
+) -> Iterator[str]:
+    """Yield the best continuation of `prime` in settled pieces (see the module docstring).
+
+    `clamps` (interventions compiled by the engine) hold units at their values at every step."""
     if width < 1:
         raise CharlstmError(f"--beam must be at least 1, got {width}")
     engine, symbols = sampler.engine, sampler.vocab.symbols
     tokens, _ = sampler.prime_tokens(prime)
-    state = None
-    for chunk in tokens.split(4096):  # the prime through the fused forward, as sampling does
-        logits, state = sampler.model(chunk[None], state)
-    logits = logits[0, -1:].float()
-    layer_states = state if isinstance(state, tuple) else (state,)
-    state = [tuple(s[k].to(engine.dtype).contiguous() for s in layer_states) for k in range(engine.layers)]
+    logits, state = sampler.primed(tokens, clamps)  # as sampling primes
 
     live = [Beam()]
     finished: list[Beam] = []
@@ -88,7 +87,7 @@ def beam_search(sampler, prime: str, width: int, length: int, stop: str | None =
         index = torch.tensor([parents[k] for k in keep], dtype=torch.long, device=sampler.device)
         state = [tuple(s.index_select(0, index) for s in layer) for layer in state]
         next_tokens = torch.tensor([chars[k] for k in keep], dtype=torch.long, device=sampler.device)
-        logits, state = engine.step(next_tokens, state)
+        logits, state = engine.step(next_tokens, state, clamps)
     best = max(finished or live, key=lambda b: b.score)
     if len(best.tokens) > settled:
         yield "".join(symbols[i] for i in best.tokens[settled:])

@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from charlstm import __version__
 from charlstm.errors import CharlstmError
+from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
 from charlstm.neurons import inspect_neuron
 from charlstm.sample import PRECISIONS, SampleSettings, read_prime_file, run_sampling, unescape
 from charlstm.train import TrainConfig as _TC  # its defaults are shown in the help
@@ -244,6 +245,9 @@ def sample_command(
     num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples generated together as one batch, printed one after another under a '──── sample i/N ────' line.", rich_help_panel="Sampling")] = 1,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed and device give the same text.", rich_help_panel="Sampling")] = None,
     beam: Annotated[Optional[int], typer.Option("--beam", help="Beam search of width K instead of drawing: the most likely continuation (log-probability per character), deterministic, one sample; not with --temperature, --top-k, --top-p, --greedy, --seed or --num-samples. Streams each character once every beam agrees on it (a short lag), the rest at the end.", rich_help_panel="Sampling")] = None,
+    clamp: Annotated[Optional[list[str]], typer.Option("--clamp", help="Hold a unit at a value at every step, prime included: L:N[:cell|hidden]=VALUE, layer from 1 and neuron from 0 as inspect-neuron numbers them (default: the cell of an LSTM; clamping it also sets the unit's output to o·tanh(VALUE)). Repeatable. With --seed, the draws are the same as without it: the text differs only through the unit.", rich_help_panel="Interventions", show_default=False)] = None,
+    ablate: Annotated[Optional[list[str]], typer.Option("--ablate", help="Zero a unit at every step (cell and hidden state): L:N. Repeatable.", rich_help_panel="Interventions", show_default=False)] = None,
+    watch: Annotated[Optional[str], typer.Option("--watch", help="Colour the sample as it streams by one unit's value after each character: L:N[:hidden|cell] (default hidden), red negative, blue positive. On a terminal; piped output stays plain. One sample, not with --beam.", rich_help_panel="Interventions", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file, written atomically.", rich_help_panel="Output")] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel="Backend")] = "cpu",
@@ -268,6 +272,8 @@ def sample_command(
         num_samples=num_samples,
         seed=seed,
         beam=beam,
+        interventions=parse_interventions(clamp, ablate),
+        watch=parse_unit(watch, "--watch", WATCHABLE) if watch is not None else None,
     )
     settings.validate()
     run_sampling(checkpoint, settings, out=out, color=not no_color, device=device, precision=precision, threads=threads, console=err)
@@ -347,6 +353,36 @@ def inspect_neuron_command(
         Optional[str],
         typer.Option("--svg", help="Also save the coloured view of one neuron as an SVG picture.", rich_help_panel="Output"),
     ] = None,
+    ablate: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--ablate",
+            help="Measure what a unit does: bits per character with it zeroed at every step (L:N; repeat to "
+            "ablate several together) minus without, overall and per class of character (indentation, strings, "
+            "comments, brackets, other), beside random units of the same layer ablated alike. Scored in float32.",
+            rich_help_panel="Causal",
+            show_default=False,
+        ),
+    ] = None,
+    causal: Annotated[
+        bool,
+        typer.Option("--causal", help="With --find: ablate each ranked unit and add its effect on bits per character (all characters, and the feature's own) to the table.", rich_help_panel="Causal"),
+    ] = False,
+    controls: Annotated[
+        int, typer.Option("--controls", help="Random control ablations for --ablate and --causal.", rich_help_panel="Causal")
+    ] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Chooses the control units.", rich_help_panel="Causal")] = 0,
+    top_contexts: Annotated[
+        Optional[int],
+        typer.Option(
+            "--top-contexts",
+            help="With --layer and --neuron (and --state): the K places of the text where the unit is most positive and "
+            "the K where it is most negative, coloured, with their positions. Default text: the whole validation split, "
+            "traced in chunks.",
+            rich_help_panel="Discovery",
+            show_default=False,
+        ),
+    ] = None,
     exact: Annotated[
         bool,
         typer.Option(
@@ -367,7 +403,8 @@ def inspect_neuron_command(
     """
     inspect_neuron(
         checkpoint, layer=layer, neuron=neuron, state=state, text=text, text_file=text_file, from_val=from_val,
-        data=data, find=find, top=top, stats=stats, json_out=json_out, html=html, svg=svg, exact=exact, err=err,
+        data=data, find=find, top=top, stats=stats, json_out=json_out, html=html, svg=svg, exact=exact,
+        ablate=ablate, causal=causal, controls=controls, seed=seed, top_contexts=top_contexts, err=err,
     )
 
 

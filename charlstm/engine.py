@@ -56,6 +56,37 @@ class LayerWeights:
     b_sum: torch.Tensor
 
 
+class Clamps:
+    """Interventions compiled for one engine: after a layer's update, chosen units of its state are
+    overwritten, at every step.
+
+    `layers[k]` is None for a layer without interventions, else (cell_mask, cell_values, hidden_mask,
+    hidden_values), each None or broadcastable against the layer's state ([hidden], or
+    [batch, hidden] for a different intervention per stream). Clamping the cell also sets the unit's
+    hidden output to o · tanh(clamped cell), as the LSTM's own update would; ablating a unit is
+    clamping its cell (an LSTM) or its hidden state (a GRU or RNN) to zero, so it outputs zero.
+    Built by `StepEngine.clamps`; the step and the trace call `lstm` / `hidden` only for a layer
+    that has some, so none given costs nothing.
+    """
+
+    def __init__(self, layers: list):
+        self.layers = layers
+
+    @staticmethod
+    def lstm(fix: tuple, h: torch.Tensor, c: torch.Tensor, o: torch.Tensor):
+        cell_mask, cell_values, hidden_mask, hidden_values = fix
+        if cell_mask is not None:
+            c = torch.where(cell_mask, cell_values, c)
+            h = o * torch.tanh(c)  # the same operations as the update: other units keep their bits
+        if hidden_mask is not None:
+            h = torch.where(hidden_mask, hidden_values, h)
+        return h, c
+
+    @staticmethod
+    def hidden(fix: tuple, h: torch.Tensor) -> torch.Tensor:
+        return torch.where(fix[2], fix[3], h)
+
+
 def _store(out: dict, layer: int, names: tuple[str, ...], rows: list[tuple]) -> None:
     """Stack per-step tensors once per layer (cheaper than one copy per step and signal)."""
     for name, column in zip(names, zip(*rows)):
@@ -160,6 +191,41 @@ class StepEngine:
             self._step_projections.append(proj)
         self._head = _projection(self.head_w_t, self.head_b, packed)
 
+    def clamps(self, interventions, per_stream: bool = False) -> Clamps | None:
+        """Compile interventions for `step` and `trace`; None when there are none.
+
+        Each intervention has `layer` (1-based), `neuron` (0-based), `signal` ("cell" for an LSTM,
+        or "hidden") and `value`. With `per_stream`, `interventions` holds one such list per stream
+        of the batch (an empty one leaves that stream alone), for `step` only.
+        """
+        groups = list(interventions) if per_stream else [list(interventions)]
+        if not any(groups):
+            return None
+        for item in (i for group in groups for i in group):
+            if not (1 <= item.layer <= self.layers and 0 <= item.neuron < self.hidden):
+                raise ValueError(f"no unit {item.layer}:{item.neuron} in a {self.layers}×{self.hidden} model")
+        layers: list = [None] * self.layers
+        for k in range(self.layers):
+            parts = []
+            for signal in ("cell", "hidden"):
+                mask = torch.zeros(len(groups), self.hidden, dtype=torch.bool)
+                values = torch.zeros(len(groups), self.hidden, dtype=torch.float32)
+                for row, group in enumerate(groups):
+                    for item in group:
+                        if item.layer - 1 == k and item.signal == signal:
+                            mask[row, item.neuron], values[row, item.neuron] = True, item.value
+                if not mask.any():
+                    parts += [None, None]
+                    continue
+                if signal == "cell" and self.kind != "lstm":
+                    raise ValueError(f"a {self.kind.upper()} has no cell state to clamp")
+                if not per_stream:
+                    mask, values = mask[0], values[0]
+                parts += [mask.to(self.device), values.to(self.device, self.dtype)]
+            if any(p is not None for p in parts):
+                layers[k] = tuple(parts)
+        return Clamps(layers)
+
     # ----- sampling: one step for a batch of streams -------------------------------------------
 
     def init_state(self, batch: int = 1) -> list[tuple[torch.Tensor, ...]]:
@@ -167,19 +233,29 @@ class StepEngine:
         z = lambda: torch.zeros(batch, self.hidden, dtype=self.dtype, device=self.device)  # noqa: E731
         return [(z(), z()) if self.kind == "lstm" else (z(),) for _ in range(self.layers)]
 
-    def step(self, tokens: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
-        """tokens [batch] → logits [batch, vocab] (float32) and the next state."""
+    def step(self, tokens: torch.Tensor, state: list, clamps: Clamps | None = None) -> tuple[torch.Tensor, list]:
+        """tokens [batch] → logits [batch, vocab] (float32) and the next state.
+
+        `clamps` (from `clamps()`) overwrites units of each layer's state right after its update.
+        """
         x = self.embedding[tokens]
         new_state = []
-        for proj, s in zip(self._step_projections, state):
+        for k, (proj, s) in enumerate(zip(self._step_projections, state)):
+            fix = clamps.layers[k] if clamps is not None else None
             if self.kind == "lstm":
-                h, c, _ = lstm_pointwise(proj[0](torch.cat([x, s[0]], dim=1)), s[1])
+                h, c, gates = lstm_pointwise(proj[0](torch.cat([x, s[0]], dim=1)), s[1])
+                if fix is not None:
+                    h, c = Clamps.lstm(fix, h, c, gates[3])
                 new_state.append((h, c))
             elif self.kind == "gru":
                 h, _ = gru_pointwise(proj[0](x), proj[1](s[0]), s[0])
+                if fix is not None:
+                    h = Clamps.hidden(fix, h)
                 new_state.append((h,))
             else:
                 h = torch.tanh(proj[0](torch.cat([x, s[0]], dim=1)))
+                if fix is not None:
+                    h = Clamps.hidden(fix, h)
                 new_state.append((h,))
             x = h
         return self._head(x).float(), new_state
@@ -187,14 +263,18 @@ class StepEngine:
     # ----- inspection: every signal of every unit over a text ----------------------------------
 
     @torch.no_grad()
-    def trace(self, tokens: torch.Tensor, state: list | None = None) -> dict[str, torch.Tensor]:
+    def trace(
+        self, tokens: torch.Tensor, state: list | None = None, clamps: Clamps | None = None
+    ) -> dict[str, torch.Tensor]:
         """Teacher-force one sequence of token ids [T]; return each signal as [layers, T, hidden].
 
         Only the recurrence itself runs step by step: the input projections of a whole layer are
         one matrix product before the loop, each step adds W_hh h in place and keeps h (and c),
         and the gates are recomputed for all steps at once afterwards from the same
         pre-activations, through the same pointwise math as `step`. With float16 weights the
-        recurrent product uses them too (half the bytes read per character).
+        recurrent product uses them too (half the bytes read per character). `clamps`, as in
+        `step`, overwrites units after each update; the trace records the overwritten values, and
+        the gates it reports are the ones computed from them.
         """
         steps = tokens.shape[0]
         state = state or self.init_state(1)
@@ -203,12 +283,15 @@ class StepEngine:
         for k, (w, s) in enumerate(zip(self.weights, state)):
             h = s[0][0]
             add_recurrent = self._recurrent_adder(k)
+            fix = clamps.layers[k] if clamps is not None else None
             if self.kind == "lstm":
                 c0 = c = s[1][0]
                 pre = torch.addmm(w.b_sum, x_seq, w.w_ih_t)  # row t gains W_hh h_{t-1} in the loop
                 rows = []
                 for t in range(steps):
-                    h, c, _ = lstm_pointwise(add_recurrent(pre[t], h), c)
+                    h, c, gates = lstm_pointwise(add_recurrent(pre[t], h), c)
+                    if fix is not None:
+                        h, c = Clamps.lstm(fix, h, c, gates[3])
                     rows.append((h, c))
                 _store(out, k, ("hidden", "cell"), rows)
                 c_before = torch.cat([c0[None].float(), out["cell"][k][:-1]]).to(pre.dtype)
@@ -222,6 +305,8 @@ class StepEngine:
                 for t in range(steps):
                     gh = add_recurrent(h_proj[t], h)
                     h, _ = gru_pointwise(x_proj[t], gh, h)
+                    if fix is not None:
+                        h = Clamps.hidden(fix, h)
                     rows.append((h,))
                 _store(out, k, ("hidden",), rows)
                 h_before = torch.cat([s[0][0][None].float(), out["hidden"][k][:-1]]).to(x_proj.dtype)
@@ -233,6 +318,8 @@ class StepEngine:
                 rows = []
                 for t in range(steps):
                     h = torch.tanh(add_recurrent(pre[t], h))
+                    if fix is not None:
+                        h = Clamps.hidden(fix, h)
                     rows.append((h,))
                 _store(out, k, ("hidden",), rows)
             x_seq = out["hidden"][k].to(self.dtype)

@@ -20,6 +20,7 @@ from charlstm.checkpoint import atomic_write, load_checkpoint, model_from_checkp
 from charlstm.dataset import load_dataset
 from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available
 from charlstm.errors import CharlstmError
+from charlstm import interventions
 from charlstm.features import compute_feature, validate_feature
 from charlstm.model import CharRNN
 from charlstm.render import GATES
@@ -336,9 +337,15 @@ def inspect_neuron(
     html: str | None = None,
     svg: str | None = None,
     exact: bool = False,
+    ablate: list[str] | None = None,
+    causal: bool = False,
+    controls: int = 8,
+    seed: int = 0,
+    top_contexts: int | None = None,
     err,
 ) -> None:
-    """`charlstm inspect-neuron`: one neuron coloured over a text, --find, --stats or --html.
+    """`charlstm inspect-neuron`: one neuron coloured over a text, --find, --stats, --html, --ablate
+    or --top-contexts.
 
     Tables and messages go to `err` (stderr); coloured text and --json to stdout; with `svg` the
     coloured view is also saved as an SVG picture (for a README, a paper, an issue).
@@ -351,11 +358,22 @@ def inspect_neuron(
     from charlstm import render
     from charlstm.features import is_binary
 
-    modes = [name for name, on in (("--find", find is not None), ("--stats", stats), ("--html", html is not None)) if on]
+    modes = [name for name, on in (("--find", find is not None), ("--stats", stats), ("--html", html is not None),
+                                   ("--ablate", bool(ablate)), ("--top-contexts", top_contexts is not None)) if on]  # fmt: skip
     if len(modes) > 1:
         raise CharlstmError(f"choose one of {', '.join(modes)} at a time")
-    if json_out and not (find or stats):
-        raise CharlstmError("--json goes with --find or --stats")
+    if json_out and not (find or stats or ablate or top_contexts is not None):
+        raise CharlstmError("--json goes with --find, --stats, --ablate or --top-contexts")
+    if causal and find is None:
+        raise CharlstmError("--causal adds the ablation effect to --find FEATURE's ranking; give --find")
+    if ablate and (layer is not None or neuron is not None):
+        raise CharlstmError("--ablate names its units itself (L:N); drop --layer and --neuron")
+    if top_contexts is not None and (layer is None or neuron is None):
+        raise CharlstmError("--top-contexts needs the unit: --layer and --neuron")
+    if (ablate or causal) and controls < 1:
+        raise CharlstmError(f"--controls must be at least 1, got {controls}")
+    if ablate:
+        specs = [interventions.parse_unit(a, "--ablate") for a in ablate]
     if svg is not None and modes:
         raise CharlstmError(f"--svg saves the view of one neuron; it does not go with {modes[0]}")
     if state is not None and state not in INSPECT_STATES:
@@ -372,15 +390,42 @@ def inspect_neuron(
         inspection.check_unit(layer, neuron)
     if state not in (None, "all"):
         inspection.check_signal(state)
+    if ablate:
+        interventions.resolve(specs, inspection.kind, inspection.layers, inspection.hidden)
     if not modes and (layer is None or neuron is None):
         raise CharlstmError("give --layer and --neuron (or --find FEATURE, --stats, --html OUT.html)")
     if html is not None:
         from charlstm.explorer import default_chars as html_chars
 
         default_chars = html_chars(inspection)
+    elif top_contexts is not None:
+        default_chars = 1 << 62  # the whole validation split (or the excerpt a run carries)
     else:
-        default_chars = 5000 if (find or stats) else 1000
+        default_chars = 5000 if (find or stats or ablate) else 1000
     chosen, source = choose_text(inspection, text, text_file, from_val, data, default_chars)
+
+    if ablate:
+        with err.status(f"scoring {len(chosen):,} characters, {1 + 1 + controls} ways…"):
+            report = interventions.ablate_units(inspection, chosen, specs, controls, seed)
+        if json_out:
+            print(json.dumps({"source": source, **report}))
+            return
+        units = ", ".join(f"{la}:{n}" for la, n in report["units"])
+        err.print(interventions.ablation_table(report, f"Ablating {units} over {escape(source)}"))
+        return
+
+    if top_contexts is not None:
+        from charlstm.contexts import contexts_view, unit_top_contexts
+
+        with err.status(f"tracing {len(chosen):,} characters…"):
+            result = unit_top_contexts(inspection, chosen, layer, neuron, state or "hidden", top_contexts)
+        if json_out:
+            print(json.dumps({"source": source, **result}))
+            return
+        out = Console(highlight=False)
+        for view in contexts_view(result, escape(source), out.width):
+            out.print(view)
+        return
 
     if html is not None:
         from charlstm.explorer import write_explorer
@@ -399,13 +444,28 @@ def inspect_neuron(
     if find is not None:
         with err.status(f"tracing {len(chosen):,} characters…"):
             units, acts, feature = find_units(inspection, chosen, find, top)
+        effects = None
+        if causal:
+            targets = len({(u.layer, u.neuron) for u in units})
+            with err.status(f"ablating {targets} units and {controls} controls per layer…"):
+                effects = interventions.causal_effects(inspection, chosen, find, units, controls, seed)
         if json_out:
-            print(json.dumps({"feature": find, "chars": len(chosen), "neurons": [u.to_dict() for u in units]}))
+            found = [u.to_dict() for u in units]
+            if effects is not None:
+                for entry, u in zip(found, units):
+                    entry["ablation"] = effects["by_unit"][(u.layer, u.neuron)]["delta"]
+                effects = {k: v for k, v in effects.items() if k not in ("by_unit", "ablations")}
+            print(json.dumps({"feature": find, "chars": len(chosen), "neurons": found, "causal": effects}))
             return
         measure = "point-biserial r" if is_binary(find) else "Pearson r"
         title = f"Units following {find!r} ({measure} over {source})"
-        window = feature_window(feature, width=max(24, err.width - 45))  # the rest of the row fits
-        err.print(render.find_table(find, units, acts, feature, chosen, window, title))
+        extra = interventions.causal_columns(effects, units) if effects is not None else []
+        width = max(10 if extra else 24, err.width - 45 - sum(3 + max(7, len(name)) for name, _ in extra))
+        window = feature_window(feature, width=width)  # the rest of the row fits
+        table = render.find_table(find, units, acts, feature, chosen, window, title, extra)
+        if effects is not None:
+            table.caption = interventions.causal_caption(effects)
+        err.print(table)
         if units:
             best = units[0]
             err.print(

@@ -127,10 +127,13 @@ def feature_snippet(text: str, feature: Sequence[float]) -> Text:
     return colour_text(text, feature, "feature", newlines=False)
 
 
-def find_table(feature_name: str, units, acts: dict, feature, text: str, window: tuple[int, int], title: str):
+def find_table(
+    feature_name: str, units, acts: dict, feature, text: str, window: tuple[int, int], title: str, extra=()
+):
     """A ranked table of units, each with a one-line snippet of the text coloured by its activation.
 
-    `units` are objects with layer (1-based), neuron, signal, score; `acts` maps signal → [L, T, H].
+    `units` are objects with layer (1-based), neuron, signal, score; `acts` maps signal → [L, T, H];
+    `extra` holds more columns after the score, as (header, one cell per unit).
     """
     from rich.table import Table
 
@@ -141,16 +144,21 @@ def find_table(feature_name: str, units, acts: dict, feature, text: str, window:
     table.add_column("neuron", justify="right", no_wrap=True)
     table.add_column("signal", no_wrap=True)
     table.add_column("score", justify="right", no_wrap=True)
+    for header, cells in extra:
+        table.add_column(header, justify="right", no_wrap=True, min_width=max(len(header), *map(len, cells)))
     table.add_column(f"characters {start}–{end}", no_wrap=True, overflow="crop")
-    table.add_row("", "", "", feature_name, "", feature_snippet(text[start:end], feature[start:end]), style="italic")
+    blanks = [""] * len(extra)
+    table.add_row("", "", "", feature_name, "", *blanks, feature_snippet(text[start:end], feature[start:end]), style="italic")
     for rank, unit in enumerate(units, 1):
         values = acts[unit.signal][unit.layer - 1, :, unit.neuron]
         scale = value_range(unit.signal, values)[1]  # the cell scaled over the whole text, not the snippet
         snippet = colour_text(text[start:end], values[start:end], unit.signal, scale=scale, newlines=False)
         colour = "blue" if unit.score > 0 else "red"
+        cells = [column[rank - 1] for _, column in extra]
         table.add_row(
-            str(rank), str(unit.layer), str(unit.neuron), unit.signal, f"[{colour}]{unit.score:+.3f}[/{colour}]", snippet
-        )
+            str(rank), str(unit.layer), str(unit.neuron), unit.signal, f"[{colour}]{unit.score:+.3f}[/{colour}]",
+            *cells, snippet,
+        )  # fmt: skip
     return table
 
 

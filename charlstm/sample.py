@@ -14,6 +14,7 @@ markup, so `[...]` in code prints as itself.
 from __future__ import annotations
 
 import codecs
+import math
 import os
 import shutil
 import sys
@@ -29,10 +30,12 @@ from charlstm.beam import beam_search
 from charlstm.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.engine import StepEngine, packed_weights_available
 from charlstm.errors import CharlstmError
+from charlstm.interventions import UnitSpec, check_unit, resolve
 from charlstm.model import CharRNN
 from charlstm.vocab import DOC_SEP, Vocab
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+NEWLINE_MARK = "↵"  # --watch on a terminal: where a newline's value is shown
 NEW_FILE_RULE = "── new file ──"  # how a generated document separator (a new file starting) is shown
 PRIME_CHUNK = 4096  # prime characters per fused forward
 DEFAULT_TEMPERATURE = 0.8
@@ -51,6 +54,8 @@ class SampleSettings:
     num_samples: int = 1  # samples generated together as one batch
     seed: int | None = None  # same seed, same device → same text
     beam: int | None = None  # beam search of this width instead of drawing (deterministic, one sample)
+    interventions: tuple[UnitSpec, ...] = ()  # --clamp / --ablate: units held at a value at every step
+    watch: UnitSpec | None = None  # --watch: colour the sample by this unit as it is generated
 
     @property
     def draw_temperature(self) -> float:
@@ -71,6 +76,8 @@ class SampleSettings:
             raise CharlstmError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.stop == "":
             raise CharlstmError("--stop must not be empty")
+        if self.watch is not None and (self.beam is not None or self.num_samples != 1):
+            raise CharlstmError("--watch colours one drawn sample: drop --beam and --num-samples")
 
     def _validate_beam(self) -> None:
         if self.beam < 1:
@@ -164,24 +171,54 @@ class Sampler:
         ids = [self.vocab.doc_sep, *self.vocab.encode(prime).tolist()]
         return torch.tensor(ids, dtype=torch.long, device=self.device), self.vocab.unknown_chars(prime)
 
-    @torch.inference_mode()
-    def generate(self, settings: SampleSettings) -> Iterator[tuple[list[str], list[bool]]]:
-        """Yield, once per step, every sample's new character ("" after it stopped) and which are done."""
-        settings.validate()
-        batch, engine = settings.num_samples, self.engine
-        tokens, _ = self.prime_tokens(settings.prime)
+    def clamps(self, settings: SampleSettings):
+        """The settings' --clamp/--ablate compiled for the engine (None when there are none)."""
+        e = self.engine
+        return e.clamps(resolve(list(settings.interventions), e.kind, e.layers, e.hidden))
 
-        # The prime: fused forwards over it (in chunks, so a long prime file needs little memory);
-        # its final state and logits then fan out to the batch.
+    def watched_unit(self, settings: SampleSettings) -> tuple[int, int, int, str] | None:
+        """--watch as (layer index, index in the layer's state tuple, neuron, signal)."""
+        spec = settings.watch
+        if spec is None:
+            return None
+        e = self.engine
+        check_unit(spec, e.kind, e.layers, e.hidden)
+        signal = spec.signal or "hidden"
+        return spec.layer - 1, ("hidden", "cell").index(signal), spec.neuron, signal
+
+    def primed(self, tokens: torch.Tensor, clamps=None) -> tuple[torch.Tensor, list]:
+        """Run the prime's tokens: the last logits [1, vocab] (float32) and the state, batch 1.
+
+        Without interventions, fused forwards over it (in chunks, so a long prime file needs little
+        memory); with some, the engine's steps, so that the clamps hold from the first character.
+        """
+        engine = self.engine
+        if clamps is not None:
+            state = engine.init_state(1)
+            for token in tokens.split(1):
+                logits, state = engine.step(token, state, clamps)
+            return logits, state
         state = None
         for chunk in tokens.split(PRIME_CHUNK):
             logits, state = self.model(chunk[None], state)
-        logits = logits[0, -1:].float().expand(batch, -1)
         layer_states = state if isinstance(state, tuple) else (state,)
-        state = [
-            tuple(s[k].to(engine.dtype).expand(batch, -1).contiguous() for s in layer_states)
-            for k in range(engine.layers)
-        ]
+        state = [tuple(s[k].to(engine.dtype).contiguous() for s in layer_states) for k in range(engine.layers)]
+        return logits[0, -1:].float(), state
+
+    @torch.inference_mode()
+    def generate(self, settings: SampleSettings) -> Iterator[tuple]:
+        """Yield, once per step, every sample's new character ("" after it stopped) and which are done;
+        with `settings.watch`, also the watched unit's value after reading the new character."""
+        settings.validate()
+        batch, engine = settings.num_samples, self.engine
+        tokens, _ = self.prime_tokens(settings.prime)
+        clamps = self.clamps(settings)
+        watch = self.watched_unit(settings)
+
+        # The prime's final state and logits fan out to the batch.
+        logits, state = self.primed(tokens, clamps)
+        logits = logits.expand(batch, -1)
+        state = [tuple(s.expand(batch, -1).contiguous() for s in layer) for layer in state]
 
         generator = torch.Generator(device=self.device)
         generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
@@ -200,11 +237,17 @@ class Sampler:
                 elif stop is not None:
                     tails[b] = (tails[b] + ch)[-len(stop) :]
                     done[b] = tails[b] == stop
+            if watch is not None:  # the unit's value once the new character is read (one more step at the end)
+                logits, state = engine.step(next_tokens, state, clamps)
+                yield chars, done, float(state[watch[0]][watch[1]][0, watch[2]])
+                if all(done):
+                    return
+                continue
             yield chars, done
             if all(done):
                 return
             if t + 1 < settings.length:
-                logits, state = engine.step(next_tokens, state)
+                logits, state = engine.step(next_tokens, state, clamps)
 
     @staticmethod
     def _choose(logits: torch.Tensor, s: SampleSettings, gumbel: torch.Tensor | None) -> torch.Tensor:
@@ -225,7 +268,7 @@ class Sampler:
     def sample_texts(self, settings: SampleSettings) -> list[str]:
         """Every sample's full text (prime included), without streaming."""
         texts = [[settings.prime] for _ in range(settings.num_samples)]
-        for chars, _ in self.generate(settings):
+        for chars, *_ in self.generate(settings):
             for parts, ch in zip(texts, chars):
                 parts.append(ch)
         return ["".join(parts) for parts in texts]
@@ -259,19 +302,23 @@ class StreamWriter:
         language: str | None = None,
         width: int | None = None,
         terminal: bool | None = None,
+        paint=None,
     ):
         self.out = out
-        self.color = color
-        self.terminal = color or (_isatty(out) if terminal is None else terminal)
+        self.color = color or paint is not None
+        self.terminal = self.color or (_isatty(out) if terminal is None else terminal)
         self.lexer = self.formatter = None
-        if color and language:
+        if color and language and paint is None:
             self.lexer, self.formatter = _pygments_for(language)
+        self.paint = paint  # --watch: value ↦ the escape codes that colour a character by it
         self.width = width or shutil.get_terminal_size().columns
         self.plain: list[str] = []  # everything written, as plain text (what --out saves)
         self._line = ""  # the current, unfinished line
         self._context: deque[str] = deque(maxlen=self.CONTEXT_LINES)
 
-    def write(self, text: str) -> None:
+    def write(self, text: str, value: float | None = None) -> None:
+        """Write `text`; with a painter (--watch) and a `value`, on the background it gives."""
+        sgr = self.paint(value) if self.paint is not None and value is not None else None
         pieces = []
         for ch in text:
             if ch == DOC_SEP:
@@ -279,13 +326,15 @@ class StreamWriter:
                 pieces.append(self._rule(NEW_FILE_RULE))
                 self._context.clear()
             elif ch == "\n":
+                if sgr:  # the newline's own value, on a mark
+                    pieces.append(f"{sgr}{NEWLINE_MARK}\x1b[0m")
                 pieces.append(self._end_line(force_newline=True))
             else:
                 self.plain.append(ch)
                 if self.terminal and (ch < " " and ch != "\t" or ch == "\x7f"):
                     ch = chr(0x2400 + ord(ch)) if ch < " " else "\u2421"
                 self._line += ch
-                pieces.append(ch)
+                pieces.append(f"{sgr}{ch}\x1b[0m" if sgr else ch)
         self.out.write("".join(pieces))
         self.out.flush()
 
@@ -334,6 +383,24 @@ class StreamWriter:
         return pygments.format(tokens, self.formatter).rstrip("\n")
 
 
+class UnitPainter:
+    """--watch on a terminal: a character's background by the watched unit's value, red negative,
+    blue positive, as `inspect-neuron` colours it (hidden state on −1..1; the unbounded cell state
+    scaled by the largest |value| seen so far, at least 1)."""
+
+    def __init__(self, signal: str):
+        self.signal, self.scale = signal, 1.0
+
+    def __call__(self, value: float) -> str:
+        from charlstm.render import _ink, colour_of
+
+        if self.signal == "cell" and math.isfinite(value):
+            self.scale = max(self.scale, abs(value))
+        r, g, b = colour_of(value, self.signal, self.scale)
+        ink = "30" if _ink((r, g, b)) == "black" else "97"
+        return f"\x1b[48;2;{r};{g};{b}m\x1b[{ink}m"
+
+
 def _pygments_for(language: str):
     from pygments.formatters import TerminalFormatter
     from pygments.lexers import get_lexer_by_name
@@ -358,7 +425,8 @@ def stream_samples(sampler: Sampler, settings: SampleSettings, writer: StreamWri
         settings.validate()
         writer.write(settings.prime)
         pieces = [settings.prime]
-        for piece in beam_search(sampler, settings.prime, settings.beam, settings.length, settings.stop):
+        clamps = sampler.clamps(settings)
+        for piece in beam_search(sampler, settings.prime, settings.beam, settings.length, settings.stop, clamps):
             writer.write(piece)
             pieces.append(piece)
         writer.finish()
@@ -373,6 +441,12 @@ def stream_samples(sampler: Sampler, settings: SampleSettings, writer: StreamWri
         writer.write("".join(texts[index]))
 
     begin(0)
+    if settings.watch is not None:  # one sample, each character with the watched unit's value
+        for chars, _, value in sampler.generate(settings):
+            texts[0].append(chars[0])
+            writer.write(chars[0], value)
+        writer.finish()
+        return ["".join(texts[0])]
     for chars, done in sampler.generate(settings):
         for parts, ch in zip(texts, chars):
             parts.append(ch)
@@ -470,7 +544,23 @@ def _run_sampling(
 
     stream = stdout_text()
     language = (payload.get("dataset") or {}).get("language")
-    writer = StreamWriter(stream, color=color and is_color_terminal(stream), language=language)
+    on_terminal = color and is_color_terminal(stream)
+    for item in resolve(list(settings.interventions), engine.kind, engine.layers, engine.hidden):
+        err.print(f"[dim]holding unit {escape(item.describe())} at every step[/dim]", highlight=False)
+    paint = None
+    watch = sampler.watched_unit(settings)
+    if watch is not None:
+        layer, _, neuron, signal = watch
+        if on_terminal:
+            paint = UnitPainter(signal)
+            err.print(
+                f"[dim]colouring by layer {layer + 1}, neuron {neuron}, {signal}: red negative, blue positive"
+                f"{' (scaled by the largest |value| so far)' if signal == 'cell' else ''}[/dim]",
+                highlight=False,
+            )
+        else:
+            err.print("[dim]--watch colours a terminal only; this output is plain text[/dim]", highlight=False)
+    writer = StreamWriter(stream, color=on_terminal and paint is None, language=language, paint=paint)
     try:
         stream_samples(sampler, settings, writer)
     except BrokenPipeError:

@@ -1,0 +1,180 @@
+"""A unit's top contexts: the places in a corpus where it is most positive and most negative.
+
+The corpus (the validation split by default) is traced in chunks with the state carried from one
+chunk to the next, and only the watched unit's values are kept from each chunk, so memory stays
+bounded whatever the corpus's length: one chunk's trace, a window of values, and the best
+candidates so far. A context is a window of text ending a few characters after the peak (a
+recurrent network has only read what comes before); windows of the K best are kept apart, so
+that one long string does not fill the list with neighbouring characters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from charlstm.engine import StepEngine, half_weight_kernels_available
+from charlstm.errors import CharlstmError
+
+CHUNK = 2048  # characters traced at a time (a 3×256 LSTM: ~37 MB of signals)
+BEFORE, AFTER = 56, 8  # characters shown before and after the peak
+
+
+def unit_values(
+    engine: StepEngine, tokens: torch.Tensor, layer: int, neuron: int, signal: str, chunk: int = CHUNK
+) -> Iterator[np.ndarray]:
+    """One unit's `signal` at every token (0-based `layer`), chunk by chunk, the state carried across."""
+    state = engine.init_state(1)
+    for start in range(0, tokens.shape[0], chunk):
+        part = engine.trace(tokens[start : start + chunk], state)
+        yield part[signal][layer, :, neuron].numpy().copy()
+        last = lambda name, k: part[name][k, -1:].to(engine.device, engine.dtype)  # noqa: E731
+        names = ("hidden", "cell") if engine.kind == "lstm" else ("hidden",)
+        state = [tuple(last(name, k) for name in names) for k in range(engine.layers)]
+
+
+def _pick(values: np.ndarray, positions: np.ndarray, k: int, gap: int) -> list[int]:
+    """Indices of up to `k` largest `values` whose `positions` are more than `gap` apart (greedy)."""
+    chosen: list[int] = []
+    for i in np.argsort(-values, kind="stable"):
+        if all(abs(int(positions[i]) - int(positions[j])) > gap for j in chosen):
+            chosen.append(int(i))
+            if len(chosen) == k:
+                break
+    return chosen
+
+
+class _Best:
+    """The best `k` contexts on one side (largest sign · value), windows kept apart."""
+
+    def __init__(self, k: int, sign: float, gap: int):
+        self.k, self.sign, self.gap = k, sign, gap
+        self.items: list[tuple[float, int, int, np.ndarray]] = []  # (value, position, window start, values)
+
+    def offer(self, values: np.ndarray, first: int, buf: np.ndarray, buf_start: int, total: int) -> None:
+        positions = np.arange(first, first + len(values))
+        for i in _pick(self.sign * values, positions, self.k, self.gap):
+            p = int(positions[i])
+            start, end = max(0, p - BEFORE), min(total, p + AFTER + 1)
+            self.items.append((float(values[i]), p, start, buf[start - buf_start : end - buf_start].copy()))
+        keep = _pick(
+            np.array([self.sign * v for v, *_ in self.items]), np.array([p for _, p, *_ in self.items]), 2 * self.k, self.gap
+        )
+        self.items = [self.items[i] for i in keep]
+
+    def best(self) -> list[tuple[float, int, int, np.ndarray]]:
+        return self.items[: self.k]
+
+
+def top_contexts(
+    engine: StepEngine, tokens: torch.Tensor, layer: int, neuron: int, signal: str, k: int, chunk: int = CHUNK
+) -> dict:
+    """The `k` most positive and most negative contexts of a unit (0-based `layer`) over `tokens`.
+
+    Returns {"positive": [...], "negative": [...], "largest": max |value|}, each item
+    (value, position, window start, window values).
+    """
+    total = tokens.shape[0]
+    gap = BEFORE + AFTER
+    sides = (_Best(k, 1.0, gap), _Best(k, -1.0, gap))
+    buf, buf_start, seen, ready, largest = np.zeros(0, dtype=np.float32), 0, 0, 0, 0.0
+    for values in unit_values(engine, tokens, layer, neuron, signal, chunk):
+        buf = np.concatenate([buf, values])
+        seen += len(values)
+        if len(values):
+            largest = max(largest, float(np.nanmax(np.abs(values))))
+        end = total if seen == total else seen - AFTER  # positions whose whole window is known
+        if end > ready:
+            candidates = buf[ready - buf_start : end - buf_start]
+            for side in sides:
+                side.offer(candidates, ready, buf, buf_start, total)
+            ready = end
+        keep_from = max(0, ready - BEFORE)  # what a later window may still need
+        buf, buf_start = buf[keep_from - buf_start :], keep_from
+    positive, negative = (side.best() for side in sides)
+    return {"positive": positive, "negative": negative, "largest": largest}
+
+
+def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: str, k: int) -> dict:
+    """`inspect-neuron -l L -n N --top-contexts K`: the result as plain data (layer 1-based)."""
+    if k < 1:
+        raise CharlstmError(f"--top-contexts must be at least 1, got {k}")
+    tokens = torch.from_numpy(inspection.vocab.encode(text))
+    on_cpu = next(inspection.model.parameters()).device.type == "cpu"
+    weights = torch.float16 if on_cpu and not inspection.exact and half_weight_kernels_available() else torch.float32
+    engine = StepEngine(inspection.model, weights)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `activations`: a trace is a chain of small products
+    try:
+        found = top_contexts(engine, tokens, layer - 1, neuron, signal, k)
+    finally:
+        torch.set_num_threads(before)
+
+    def item(entry) -> dict:
+        value, position, start, values = entry
+        line = text.count("\n", 0, position) + 1
+        column = position - text.rfind("\n", 0, position)  # from 1, as editors count
+        return {
+            "position": position,
+            "line": line,
+            "column": column,
+            "value": round(value, 6),
+            "start": start,
+            "text": text[start : start + len(values)],
+            "values": [round(float(v), 5) for v in values],
+        }
+
+    return {
+        "layer": layer,
+        "neuron": neuron,
+        "signal": signal,
+        "chars": len(text),
+        "largest": found["largest"],
+        "positive": [item(e) for e in found["positive"]],
+        "negative": [item(e) for e in found["negative"]],
+    }
+
+
+def contexts_view(result: dict, source: str, width: int = 100):
+    """Rich renderables: each side's windows coloured by the unit, the peak character underlined;
+    on a console `width` columns wide, a window loses characters from its start to fit."""
+    from rich.table import Table
+
+    from charlstm.render import colour_text, value_range
+
+    signal = result["signal"]
+    scale = value_range(signal, [result["largest"]])[1]
+    views = []
+    for side, word in (("positive", "highest"), ("negative", "lowest")):
+        table = Table(
+            title=f"Layer {result['layer']}, neuron {result['neuron']}, {signal}: its {word} values over {source}",
+            title_justify="left",
+        )
+        entries = result[side]
+        # Only the context gives way on a narrow terminal: the other columns keep their width.
+        wide = lambda cells, header: max([len(header), *map(len, cells)])  # noqa: E731
+        places = [f"{e['line']}:{e['column']}" for e in entries]
+        chars = [f"{e['position']:,}" for e in entries]
+        values = [f"{e['value']:+.3f}" for e in entries]
+        widths = [len(str(len(entries))), wide(values, "value"), wide(places, "line:col"), wide(chars, "char")]
+        room = max(16, width - sum(widths) - 3 * (len(widths) + 1) - 1)  # cells are padded by 1, ruled by 1
+        for header, w in zip(("#", "value", "line:col", "char"), widths):
+            table.add_column(header, justify="right", no_wrap=True, min_width=w, style="dim" if header == "#" else None)
+        table.add_column("context (the peak underlined)", no_wrap=True, overflow="crop")
+        for rank, entry in enumerate(entries, 1):
+            cut = max(0, len(entry["text"]) - room)
+            snippet = colour_text(entry["text"][cut:], entry["values"][cut:], signal, scale=scale, newlines=False)
+            peak = entry["position"] - entry["start"] - cut
+            snippet.stylize("underline bold", peak, peak + 1)
+            colour = "blue" if entry["value"] > 0 else "red"
+            table.add_row(
+                str(rank),
+                f"[{colour}]{entry['value']:+.3f}[/{colour}]",
+                places[rank - 1],
+                chars[rank - 1],
+                snippet,
+            )
+        views.append(table)
+    return views

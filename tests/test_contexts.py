@@ -1,0 +1,126 @@
+"""`inspect-neuron --top-contexts`: a unit's highest and lowest windows over a corpus, streamed in chunks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charlstm.checkpoint import save_checkpoint
+from charlstm.cli import app
+from charlstm.contexts import AFTER, BEFORE, top_contexts
+from charlstm.engine import StepEngine
+from charlstm.model import CharRNN, ModelConfig
+from charlstm.vocab import Vocab
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----- top contexts -------------------------------------------------------------------------------
+
+PLANT = 3  # the planted unit
+VOCAB = Vocab.from_counts({ch: 1 for ch in "abcdefghij qz\n"})
+
+
+def planted_model(kind: str) -> CharRNN:
+    """Layer 2, unit PLANT is +1 right after a 'q' and −1 right after a 'z', ~0 elsewhere: the
+    embedding's first dimension is +1 for q, −1 for z, 0 for the rest, layer 1's unit 0 copies it,
+    and the planted unit reads only that."""
+    hidden = 8
+    model = CharRNN(ModelConfig(vocab_size=len(VOCAB), kind=kind, layers=2, hidden=hidden, embed=4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.embedding.weight[VOCAB.index["q"], 0] = 1.0
+        model.embedding.weight[VOCAB.index["z"], 0] = -1.0
+        for layer, source, unit in ((0, 0, 0), (1, 0, PLANT)):
+            w_ih, b_ih = getattr(model.rnn, f"weight_ih_l{layer}"), getattr(model.rnn, f"bias_ih_l{layer}")
+            if kind == "lstm":  # input and output gates open, forget gate shut, candidate = tanh(6 x)
+                b_ih[unit] = b_ih[3 * hidden + unit] = 12.0
+                b_ih[hidden + unit] = -12.0
+                w_ih[2 * hidden + unit, source] = 6.0
+            elif kind == "gru":  # update gate shut (take the candidate), candidate = tanh(6 x)
+                b_ih[hidden + unit] = -12.0
+                w_ih[2 * hidden + unit, source] = 6.0
+            else:
+                w_ih[unit, source] = 6.0
+    return model.eval()
+
+
+def planted_text(rng) -> tuple[str, list[int], list[int]]:
+    letters = np.array(list("abcdefghij \n"))
+    chars = list(rng.choice(letters, size=3000))
+    q_at, z_at = [400, 1100, 2500], [700, 1900, 2950]
+    for p in q_at:
+        chars[p] = "q"
+    for p in z_at:
+        chars[p] = "z"
+    return "".join(chars), q_at, z_at
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_top_contexts_find_the_planted_pattern_across_chunks(kind):
+    model = planted_model(kind)
+    text, q_at, z_at = planted_text(np.random.default_rng(0))
+    tokens = torch.from_numpy(VOCAB.encode(text))
+    engine = StepEngine(model)
+    found = top_contexts(engine, tokens, 1, PLANT, "hidden", k=3, chunk=97)  # many chunk boundaries
+    assert sorted(p for _, p, _, _ in found["positive"]) == q_at
+    assert sorted(p for _, p, _, _ in found["negative"]) == z_at
+    whole = engine.trace(tokens)["hidden"][1, :, PLANT].numpy()
+    for value, p, start, values in found["positive"] + found["negative"]:
+        assert value == pytest.approx(whole[p], abs=1e-5)
+        assert start == p - BEFORE and len(values) == BEFORE + AFTER + 1
+        np.testing.assert_allclose(values, whole[start : start + len(values)], atol=1e-5)
+    # The same with one chunk for the whole text.
+    assert [p for _, p, _, _ in top_contexts(engine, tokens, 1, PLANT, "hidden", k=3)["positive"]] == [
+        p for _, p, _, _ in found["positive"]
+    ]
+
+
+def test_top_contexts_keep_windows_apart_and_reach_the_ends():
+    model = planted_model("rnn")
+    text = "q" * 10 + "a" * 300 + "qq" + "b" * 5
+    engine = StepEngine(model)
+    found = top_contexts(engine, torch.from_numpy(VOCAB.encode(text)), 1, PLANT, "hidden", k=4, chunk=50)
+    positions = [p for _, p, _, _ in found["positive"]]
+    assert len(positions) == 4 and min(positions) < 10 and max(positions) >= 310
+    assert all(abs(a - b) > BEFORE + AFTER for i, a in enumerate(positions) for b in positions[i + 1 :])
+    assert all(len(v) >= 1 for _, _, _, v in found["positive"])
+
+
+def test_cli_top_contexts(tmp_path):
+    ckpt = tmp_path / "planted" / "best.pt"
+    ckpt.parent.mkdir()
+    model = planted_model("lstm")
+    save_checkpoint(
+        ckpt,
+        {"model_config": model.config.to_dict(), "vocab": VOCAB.symbols, "model": model.state_dict(),
+         "dataset": {"name": "x", "path": str(tmp_path / "nowhere"), "language": "python"}, "step": 0},
+    )  # fmt: skip
+    text, q_at, z_at = planted_text(np.random.default_rng(1))
+    (ckpt.parent / "val-excerpt.txt").write_text(text)  # the default corpus when the dataset is absent
+    result = runner.invoke(app, ["inspect-neuron", str(ckpt), "-l", "2", "-n", str(PLANT), "--top-contexts", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["chars"] == len(text)
+    assert sorted(e["position"] for e in report["positive"]) == q_at
+    assert sorted(e["position"] for e in report["negative"]) == z_at
+    for e in report["positive"]:
+        assert e["text"][e["position"] - e["start"]] == "q" and e["value"] > 0.5
+        assert e["line"] == text.count("\n", 0, e["position"]) + 1
+    shown = runner.invoke(app, ["inspect-neuron", str(ckpt), "-l", "2", "-n", str(PLANT), "--top-contexts", "2"])
+    assert shown.exit_code == 0 and "its highest values" in shown.stdout and "its lowest values" in shown.stdout
+    bad = runner.invoke(app, ["inspect-neuron", str(ckpt), "--top-contexts", "2"])
+    assert bad.exit_code == 1 and "--top-contexts needs the unit" in bad.stderr
