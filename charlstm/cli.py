@@ -202,12 +202,24 @@ def eval_command(
     device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
     precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32 (default: the run's own where it runs here, else auto: as training picks it).", show_default=False)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (bpc, chars, ...).")] = False,
+    per_char: Annotated[bool, typer.Option("--per-char", help="With --text-file: where is the model surprised? The text coloured by each character's bits (white expected, red 10 bits or more) and the most surprising characters; with --json, every character's bits and the model's top 5 guesses. Scored as one stream, every character with the whole file before it.", rich_help_panel="Surprise")] = False,
+    html: Annotated[Optional[str], typer.Option("--html", help="With --per-char: also write the coloured text as a self-contained HTML page (hover a character for its bits and top 5).", rich_help_panel="Surprise")] = None,
 ) -> None:
     """Score a checkpoint in bits per character on a validation split or any text file."""
     import json as _json
 
     from charlstm.evaluate import evaluate_checkpoint
 
+    if html is not None and not per_char:
+        raise CharlstmError("--html goes with --per-char")
+    if per_char:
+        from charlstm.surprise import report_surprise, surprise
+
+        if text_file is None or data is not None:
+            raise CharlstmError("--per-char scores one file: give --text-file (and no --data)")
+        result = surprise(checkpoint, text_file, device=device, precision=precision)
+        report_surprise(result, err, json_out=json_output, html_out=html)
+        return
     result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision)
     if result["unknown_chars"]:
         shown = " ".join(repr(ch) for ch in result["unknown_chars"][:20])

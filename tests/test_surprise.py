@@ -1,0 +1,99 @@
+"""`eval --per-char`: each character's bits and the model's top guesses."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from charlstm.cli import app
+from charlstm.evaluate import bits_per_char
+from charlstm.surprise import per_char_bits, surprise_html
+from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----- surprise -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lively(tmp_path):
+    path = make_checkpoint(tmp_path / "lively" / "best.pt", layers=2, hidden=24, seed=2)
+    payload = load_checkpoint(path)
+    generator = torch.Generator().manual_seed(2)
+    payload["model"] = {k: torch.randn(v.shape, generator=generator) * 0.5 for k, v in payload["model"].items()}
+    payload["precision"] = "fp32"
+    save_checkpoint(path, payload)
+    return path
+
+
+def test_per_char_bits_sum_to_the_total_and_rank_the_predictions(lively):
+    model, vocab = model_from_checkpoint(load_checkpoint(lively))
+    text = (JAVA_SNIPPET + PYTHON_SNIPPET) * 3  # longer than one forward window of 256
+    tokens = np.concatenate([[vocab.doc_sep], vocab.encode(text)])
+    bits, top_ids, top_probs = per_char_bits(model, tokens)
+    total = bits_per_char(model, tokens, max_lanes=1)
+    assert len(bits) == len(text) == total["chars"]
+    assert bits.sum() == pytest.approx(total["bpc"] * total["chars"], rel=1e-6)  # float32 logits, summed apart
+    # The top 5 are the five most likely, in order; the character's own bits agree with them.
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(tokens[:-1])[None])
+    probs = torch.softmax(logits[0].double(), -1)
+    expected = probs.topk(5, dim=-1)
+    assert np.array_equal(top_ids, expected.indices.numpy())
+    np.testing.assert_allclose(top_probs, expected.values.numpy(), rtol=1e-4, atol=1e-6)
+    own = probs[torch.arange(len(text)), torch.from_numpy(tokens[1:])]
+    np.testing.assert_allclose(bits, -np.log2(own.numpy()), rtol=1e-5)
+
+
+def test_cli_per_char_json_terminal_and_html(lively, tmp_path):
+    src = tmp_path / "code.java"
+    src.write_text(JAVA_SNIPPET)
+    page = tmp_path / "surprise.html"
+    result = runner.invoke(app, ["eval", str(lively), "--text-file", str(src), "--per-char", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    chars = report["characters"]
+    assert "".join(c["char"] for c in chars) == JAVA_SNIPPET and report["chars"] == len(JAVA_SNIPPET)
+    assert all(len(c["top"]) == 5 and c["bits"] >= 0 for c in chars)
+    assert sum(c["bits"] for c in chars) == pytest.approx(report["bits"], abs=1e-3 * len(chars))
+    assert report["bits"] == pytest.approx(report["bpc"] * report["chars"])
+    # A short file is one lane for plain eval too: the same bits per character.
+    plain = json.loads(runner.invoke(app, ["eval", str(lively), "--text-file", str(src), "--json"]).stdout)
+    assert plain["bpc"] == pytest.approx(report["bpc"], rel=1e-6)
+
+    shown = runner.invoke(app, ["eval", str(lively), "--text-file", str(src), "--per-char", "--html", str(page)])
+    assert shown.exit_code == 0, shown.output
+    assert "public·class·Greeter·{↵" in shown.stdout and "most surprising" in shown.stderr
+    html = page.read_text()
+    assert html.startswith("<!doctype html>") and html.count("<span ") == len(JAVA_SNIPPET)
+    assert "&quot;Hello, world!&quot;" not in html and "title=" in html
+
+    for args, message in (
+        (["--per-char"], "--per-char scores one file: give --text-file"),
+        (["--html", str(page)], "--html goes with --per-char"),
+    ):
+        bad = runner.invoke(app, ["eval", str(lively), *args])
+        assert bad.exit_code == 1 and message in bad.stderr
+
+
+def test_the_page_escapes_the_text():
+    result = {
+        "source": "<x>", "checkpoint": "c", "bpc": 1.0,
+        "characters": [{"char": "<", "bits": 3.0, "top": [["&", 0.5]]}, {"char": "\n", "bits": 12.0, "top": []}],
+    }  # fmt: skip
+    page = surprise_html(result)
+    assert "&lt;</span>" in page and "&amp;" in page and "<x>" not in page
