@@ -110,6 +110,37 @@ def _html_escape(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, int]] | None = None) -> dict:
+    """The page's surprise row: each character's bits and the model's top 5 (the text scored as a
+    file, after a document separator); with `ablate` (1-based layer, neuron), also how many bits
+    each character gains with those units ablated."""
+    import torch
+
+    from charlstm.interventions import ablation, bits_with_interventions
+    from charlstm.surprise import per_char_bits
+
+    tokens = np.concatenate([[inspection.vocab.doc_sep], inspection.vocab.encode(text)])
+    bits, top_ids, top_probs = per_char_bits(inspection.model, tokens)
+    symbols = inspection.vocab.symbols
+    out = {
+        "bits": [round(float(b), 3) for b in bits],
+        "top": [[[symbols[i], round(float(p), 3)] for i, p in zip(ids, probs)] for ids, probs in zip(top_ids.tolist(), top_probs.tolist())],
+    }
+    if ablate:
+        from charlstm.engine import StepEngine
+
+        engine = StepEngine(inspection.model, torch.float32)
+        group = [ablation(inspection.kind, layer, neuron) for layer, neuron in ablate]
+        scored = bits_with_interventions(engine, torch.from_numpy(tokens), [[], group])
+        out["ablation"] = {
+            "units": [list(u) for u in ablate],
+            "delta": [round(float(d), 3) for d in scored[1] - scored[0]],
+            "bpc": float(scored[0].mean()),
+            "bpc_ablated": float(scored[1].mean()),
+        }
+    return out
+
+
 def write_explorer(
     out: str | Path,
     inspection: Inspection,
@@ -118,11 +149,13 @@ def write_explorer(
     layer: int | None = None,
     neuron: int | None = None,
     signal: str | None = None,
+    ablate: list[tuple[int, int]] | None = None,
 ) -> dict:
     """Trace `text`, write the explorer page to `out` atomically, and return a summary.
 
     The page opens on `layer`/`neuron`/`signal` when given (1-based layer, 0-based neuron), else on
-    the unit that best follows indentation.
+    the unit that best follows indentation. It holds the model's surprise at each character too,
+    and with `ablate` the change each character's bits undergo with those units ablated.
     """
     if len(text) * values_per_char(inspection) > MAX_VALUES:
         most = MAX_VALUES // values_per_char(inspection)
@@ -131,6 +164,7 @@ def write_explorer(
         )
     acts = activations(inspection.model, inspection.vocab, text, exact=inspection.exact)
     data = explorer_data(inspection, text, source, acts, initial={})
+    data["surprise"] = surprise_data(inspection, text, ablate)
     best = (data["top"].get("indent") or [{"layer": 1, "neuron": 0, "signal": "hidden"}])[0]
     data["initial"] = {
         "layer": layer or best["layer"],

@@ -359,14 +359,14 @@ def inspect_neuron(
     from charlstm.features import is_binary
 
     modes = [name for name, on in (("--find", find is not None), ("--stats", stats), ("--html", html is not None),
-                                   ("--ablate", bool(ablate)), ("--top-contexts", top_contexts is not None)) if on]  # fmt: skip
+                                   ("--ablate", bool(ablate) and html is None), ("--top-contexts", top_contexts is not None)) if on]  # fmt: skip
     if len(modes) > 1:
         raise CharlstmError(f"choose one of {', '.join(modes)} at a time")
     if json_out and not (find or stats or ablate or top_contexts is not None):
         raise CharlstmError("--json goes with --find, --stats, --ablate or --top-contexts")
     if causal and find is None:
         raise CharlstmError("--causal adds the ablation effect to --find FEATURE's ranking; give --find")
-    if ablate and (layer is not None or neuron is not None):
+    if ablate and html is None and (layer is not None or neuron is not None):
         raise CharlstmError("--ablate names its units itself (L:N); drop --layer and --neuron")
     if top_contexts is not None and (layer is None or neuron is None):
         raise CharlstmError("--top-contexts needs the unit: --layer and --neuron")
@@ -404,7 +404,7 @@ def inspect_neuron(
         default_chars = 5000 if (find or stats or ablate) else 1000
     chosen, source = choose_text(inspection, text, text_file, from_val, data, default_chars)
 
-    if ablate:
+    if ablate and html is None:
         with err.status(f"scoring {len(chosen):,} characters, {1 + 1 + controls} ways…"):
             report = interventions.ablate_units(inspection, chosen, specs, controls, seed)
         if json_out:
@@ -431,8 +431,11 @@ def inspect_neuron(
         from charlstm.explorer import write_explorer
 
         with err.status(f"tracing {len(chosen):,} characters…"):
+            if ablate and layer is None:  # open the page on the (first) ablated unit
+                layer, neuron = specs[0].layer, specs[0].neuron
             summary = write_explorer(
-                html, inspection, chosen, source, layer=layer, neuron=neuron, signal=None if state == "all" else state
+                html, inspection, chosen, source, layer=layer, neuron=neuron, signal=None if state == "all" else state,
+                ablate=[(s.layer, s.neuron) for s in specs] if ablate else None,
             )
         err.print(
             f"wrote {escape(html)} ({summary['bytes'] / 1e6:.1f} MB: {summary['chars']:,} characters, "

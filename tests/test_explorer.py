@@ -159,5 +159,35 @@ def test_page_renders_in_headless_chromium(tmp_path, html_checkpoint):
     # One coloured span per character, and the selectors filled in.
     spans = re.findall(r'<span data-i="(\d+)"[^>]*style="[^"]*background[^"]*"', dom)
     assert len(spans) == len(text) and spans[-1] == str(len(text) - 1)
-    assert dom.count("<option") == 2 + 6  # two layers, six signals
+    assert dom.count("<option") == 2 + 6 + 2  # two layers, six signals, colour by neuron or surprise
     assert "network view: layer" in dom
+
+
+def test_page_holds_the_surprise_row_and_an_ablation(tmp_path, html_checkpoint):
+    from charlstm.surprise import per_char_bits
+
+    inspection = neurons.open_checkpoint(html_checkpoint)
+    out = tmp_path / "x.html"
+    explorer.write_explorer(out, inspection, JAVA_SNIPPET, "a test", ablate=[(1, 2)])
+    data = page_data(out.read_text(encoding="utf-8"))
+    surprise = data["surprise"]
+    tokens = np.concatenate([[inspection.vocab.doc_sep], inspection.vocab.encode(JAVA_SNIPPET)])
+    bits, _, _ = per_char_bits(inspection.model, tokens)
+    assert len(surprise["bits"]) == len(surprise["top"]) == len(JAVA_SNIPPET)
+    np.testing.assert_allclose(surprise["bits"], bits, atol=1e-3)
+    assert all(len(top) == 5 for top in surprise["top"])
+    ablation = surprise["ablation"]
+    assert ablation["units"] == [[1, 2]] and len(ablation["delta"]) == len(JAVA_SNIPPET)
+    assert ablation["bpc_ablated"] - ablation["bpc"] == pytest.approx(np.mean(ablation["delta"]), abs=1e-3)
+    assert ablation["bpc"] == pytest.approx(bits.mean(), rel=1e-4)
+
+
+def test_cli_html_with_an_ablation(tmp_path, html_checkpoint):
+    out = tmp_path / "a.html"
+    result = runner.invoke(
+        app, ["inspect-neuron", str(html_checkpoint), "--text", JAVA_SNIPPET, "--html", str(out), "--ablate", "2:3",
+              "-l", "2", "-n", "3"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = page_data(out.read_text(encoding="utf-8"))
+    assert data["surprise"]["ablation"]["units"] == [[2, 3]] and data["initial"]["neuron"] == 3

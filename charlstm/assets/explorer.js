@@ -15,7 +15,9 @@
   const T = chars.length, H = D.model.hidden, L = D.model.layers;
   const GATES = new Set(D.gates), BOUNDED = new Set(D.bounded);
   const $ = (id) => document.getElementById(id);
-  const sel = { layer: D.initial.layer, neuron: D.initial.neuron, signal: D.initial.signal };
+  const sel = { layer: D.initial.layer, neuron: D.initial.neuron, signal: D.initial.signal, mode: "neuron" };
+  // The model's surprise at each character (bits, top 5) and, where computed, an ablation's effect.
+  const S = D.surprise || null, ABL = S && S.ablation ? S.ablation : null;
 
   // ----- colours (the same scales as the terminal view, charlstm/render.py) -----
   const NEUTRAL = [247, 247, 247], RED = [178, 24, 43], BLUE = [33, 102, 172];
@@ -34,6 +36,10 @@
     return Math.max(Math.abs(b.lo[n]), Math.abs(b.hi[n])) || 1;
   }
   function fmt(v) { return (v >= 0 ? "+" : "") + v.toFixed(3); }
+  const MAX_BITS = 10, WHITE = [255, 255, 255], SURPRISED = [203, 24, 29]; // as charlstm/surprise.py
+  function bitsColour(b) { return mix(WHITE, SURPRISED, Math.min(Math.max(b, 0) / MAX_BITS, 1)); }
+  const ABL_SCALE = ABL ? Math.max(0.5, ...ABL.delta.map(Math.abs)) : 1; // ablation Δ: red costlier, blue cheaper
+  function deltaColour(d) { return mix(NEUTRAL, d > 0 ? RED : BLUE, Math.min(Math.abs(d) / ABL_SCALE, 1)); }
 
   // ----- data blocks -----
   const cache = new Map();
@@ -66,6 +72,8 @@
   for (let k = 1; k <= L; k++) $("layer").add(new Option(String(k), String(k)));
   for (const s of D.signals) $("signal").add(new Option(s, s));
   $("neuron").max = String(H - 1);
+  if (!S) $("mode").disabled = true;
+  if (ABL) $("mode").add(new Option("ablating " + ABL.units.map(function (u) { return u[0] + ":" + u[1]; }).join(", ") + " (Δ bits)", "ablation"));
 
   const MARK = { " ": "·", "\t": "→", "\n": "↵", "\x1c": "␜", "\r": "␍" };
   const spans = [];
@@ -110,6 +118,21 @@
   }
 
   function drawLegend() {
+    if (sel.mode !== "neuron") {
+      const leg = $("legend"), bar = document.createElement("span");
+      leg.textContent = "";
+      bar.className = "bar";
+      if (sel.mode === "surprise") {
+        bar.style.background = "linear-gradient(to right,rgb(" + bitsColour(0) + "),rgb(" + bitsColour(MAX_BITS) + "))";
+        leg.append("bits 0 ", bar, " ≥" + MAX_BITS + " (" + S.bits.length + " characters, " +
+          (S.bits.reduce(function (a, b) { return a + b; }, 0) / Math.max(S.bits.length, 1)).toFixed(3) + " bits per character)");
+      } else {
+        bar.style.background = "linear-gradient(to right,rgb(" + deltaColour(-ABL_SCALE) + "),rgb(" + NEUTRAL + "),rgb(" + deltaColour(ABL_SCALE) + "))";
+        leg.append("Δ bits " + fmt(-ABL_SCALE) + " ", bar, " " + fmt(ABL_SCALE) + " (bits per character " +
+          ABL.bpc.toFixed(3) + " → " + ABL.bpc_ablated.toFixed(3) + " ablated)");
+      }
+      return;
+    }
     const s = sel.signal, scale = scaleOf(s, sel.layer, sel.neuron);
     const low = GATES.has(s) ? 0 : -scale, high = GATES.has(s) ? 1 : scale;
     const stops = [0, 0.25, 0.5, 0.75, 1].map(function (f) { return "rgb(" + colour(low + (high - low) * f, s, scale) + ")"; });
@@ -126,7 +149,8 @@
     const v = await block(sel.signal, sel.layer);
     const scale = scaleOf(sel.signal, sel.layer, sel.neuron);
     for (let t = 0; t < T; t++) {
-      const c = colour(v[t * H + sel.neuron], sel.signal, scale);
+      const c = sel.mode === "surprise" ? bitsColour(S.bits[t]) : sel.mode === "ablation" ? deltaColour(ABL.delta[t])
+        : colour(v[t * H + sel.neuron], sel.signal, scale);
       spans[t].style.background = "rgb(" + c + ")";
       spans[t].style.color = "rgba(" + ink(c) + "," + (spans[t].dataset.ws ? 0.45 : 1) + ")";
     }
@@ -191,8 +215,15 @@
       const v = await block(s, sel.layer);
       parts.push(s + " " + fmt(v[t * H + sel.neuron]));
     }
-    $("hover").textContent = describeChar(t) + " │ layer " + sel.layer + ", neuron " + sel.neuron + ": " + parts.join("  ");
+    $("hover").textContent = describeChar(t) + " │ layer " + sel.layer + ", neuron " + sel.neuron + ": " + parts.join("  ") + surpriseOf(t);
   });
+  const SHOWN = { " ": "␣", "\n": "↵", "\t": "→", "\x1c": "␜" };
+  function surpriseOf(t) {
+    if (!S) return "";
+    const guesses = S.top[t].map(function (g) { return (SHOWN[g[0]] || g[0]) + " " + Math.round(100 * g[1]) + "%"; });
+    return " │ " + S.bits[t].toFixed(2) + " bits (expected " + guesses.join(", ") + ")" +
+      (ABL ? "; ablated " + fmt(ABL.delta[t]) + " bits" : "");
+  }
   canvas.addEventListener("mousemove", async function (ev) {
     const r = canvas.getBoundingClientRect();
     const t = Math.floor((ev.clientX - r.left) / COL_W), n = Math.floor((ev.clientY - r.top) / ROW_H);
@@ -209,10 +240,12 @@
 
   async function select(change) {
     const before = sel.layer + "/" + sel.signal;
+    if (!("mode" in change) && Object.keys(change).length) sel.mode = "neuron"; // picking a unit shows it
     Object.assign(sel, change);
     sel.neuron = Math.max(0, Math.min(H - 1, Math.floor(Number(sel.neuron)) || 0));
     $("layer").value = String(sel.layer);
     $("signal").value = sel.signal;
+    $("mode").value = sel.mode;
     $("neuron").value = String(sel.neuron);
     for (const a of topList.querySelectorAll("a")) {
       a.classList.toggle("current", Number(a.dataset.layer) === sel.layer && Number(a.dataset.neuron) === sel.neuron && a.dataset.signal === sel.signal);
@@ -222,6 +255,7 @@
   }
   $("layer").addEventListener("change", function () { select({ layer: Number(this.value) }); });
   $("signal").addEventListener("change", function () { select({ signal: this.value }); });
+  $("mode").addEventListener("change", function () { select({ mode: this.value }); });
   $("neuron").addEventListener("change", function () { select({ neuron: this.value }); });
   $("prev").addEventListener("click", function () { select({ neuron: sel.neuron - 1 }); });
   $("next").addEventListener("click", function () { select({ neuron: sel.neuron + 1 }); });
