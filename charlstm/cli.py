@@ -257,9 +257,9 @@ def sample_command(
     num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples generated together as one batch, printed one after another under a '──── sample i/N ────' line.", rich_help_panel="Sampling")] = 1,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed and device give the same text.", rich_help_panel="Sampling")] = None,
     beam: Annotated[Optional[int], typer.Option("--beam", help="Beam search of width K instead of drawing: the most likely continuation (log-probability per character), deterministic, one sample; not with --temperature, --top-k, --top-p, --greedy, --seed or --num-samples. Streams each character once every beam agrees on it (a short lag), the rest at the end.", rich_help_panel="Sampling")] = None,
-    clamp: Annotated[Optional[list[str]], typer.Option("--clamp", help="Hold a unit at a value at every step, prime included: L:N[:cell|hidden]=VALUE, layer from 1 and neuron from 0 as inspect-neuron numbers them (default: the cell of an LSTM; clamping it also sets the unit's output to o·tanh(VALUE)). Repeatable. With --seed, the draws are the same as without it: the text differs only through the unit.", rich_help_panel="Interventions", show_default=False)] = None,
-    ablate: Annotated[Optional[list[str]], typer.Option("--ablate", help="Zero a unit at every step (cell and hidden state): L:N. Repeatable.", rich_help_panel="Interventions", show_default=False)] = None,
-    watch: Annotated[Optional[str], typer.Option("--watch", help="Colour the sample as it streams by one unit's value after each character: L:N[:hidden|cell] (default hidden), red negative, blue positive. On a terminal; piped output stays plain. One sample, not with --beam.", rich_help_panel="Interventions", show_default=False)] = None,
+    clamp: Annotated[Optional[list[str]], typer.Option("--clamp", metavar="L:N[:cell|hidden]=VALUE", help="Hold a unit at a value at every step, prime included: L:N[:cell|hidden]=VALUE, layer from 1 and neuron from 0 as inspect-neuron numbers them (default: the cell of an LSTM; clamping it also sets the unit's output to o·tanh(VALUE)). Repeatable. With --seed, the draws are the same as without it: the text differs only through the unit.", rich_help_panel="Interventions", show_default=False)] = None,
+    ablate: Annotated[Optional[list[str]], typer.Option("--ablate", metavar="L:N", help="Zero a unit at every step (cell and hidden state): L:N. Repeatable.", rich_help_panel="Interventions", show_default=False)] = None,
+    watch: Annotated[Optional[str], typer.Option("--watch", metavar="L:N[:hidden|cell]", help="Colour the sample as it streams by one unit's value after each character: L:N[:hidden|cell] (default hidden), red negative, blue positive. On a terminal; piped output stays plain. One sample, not with --beam.", rich_help_panel="Interventions", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file, written atomically.", rich_help_panel="Output")] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel="Backend")] = "cpu",
@@ -351,7 +351,7 @@ def inspect_neuron_command(
         typer.Option("--stats", help="Gate saturation per layer: time fractions < 0.1 and > 0.9.", rich_help_panel="Discovery"),
     ] = False,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print --find or --stats results as JSON on stdout.", rich_help_panel="Output")
+        bool, typer.Option("--json", help="Print --find, --stats, --ablate or --top-contexts results as JSON on stdout.", rich_help_panel="Output")
     ] = False,
     html: Annotated[
         Optional[str],
@@ -369,6 +369,7 @@ def inspect_neuron_command(
         Optional[list[str]],
         typer.Option(
             "--ablate",
+            metavar="L:N",
             help="Measure what a unit does: bits per character with it zeroed at every step (L:N; repeat to "
             "ablate several together) minus without, overall and per class of character (indentation, strings, "
             "comments, brackets, other), beside random units of the same layer ablated alike. Scored in float32.",
@@ -405,11 +406,12 @@ def inspect_neuron_command(
         ),
     ] = False,
 ) -> None:
-    """Colour text by one neuron's activation, find the neurons that track code, or write an HTML explorer.
+    """Colour text by one neuron's activation, find the neurons that track code, test what they do, or write an HTML explorer.
 
     One neuron's signal colours each character, red negative and blue positive (--layer, --neuron,
-    --state; --svg saves it as a picture); --find ranks every unit by a feature of code; --stats
-    measures gate saturation; --html writes the explorer.
+    --state; --svg saves it as a picture); --find ranks every unit by a feature of code (--causal:
+    and ablates each); --ablate measures what zeroing units costs; --top-contexts lists where a unit
+    peaks across the corpus; --stats measures gate saturation; --html writes the explorer.
 
     Layers are numbered from 1, neurons from 0, here, in --json and in the HTML explorer.
     """
