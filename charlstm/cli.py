@@ -200,6 +200,8 @@ def eval_command(
     text_file: Annotated[Optional[str], typer.Option(help="Score this text file instead (as one document).")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
     precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32 (default: the run's own where it runs here, else auto: as training picks it).", show_default=False)] = None,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Also score the text under dynamic evaluation: the model (a copy) takes an SGD step on each 100-character segment after scoring it, adapting to the text as it reads. Reported beside the static figure; sequential, so slower.")] = False,
+    dynamic_lr: Annotated[Optional[float], typer.Option("--dynamic-lr", help="SGD learning rate for --dynamic (default: 0.3).", show_default=False)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (bpc, chars, ...).")] = False,
 ) -> None:
     """Score a checkpoint in bits per character on a validation split or any text file."""
@@ -207,7 +209,8 @@ def eval_command(
 
     from charlstm.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision)
+    result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision,
+                                 dynamic=dynamic, dynamic_lr=dynamic_lr)
     if result["unknown_chars"]:
         shown = " ".join(repr(ch) for ch in result["unknown_chars"][:20])
         more = f" and {len(result['unknown_chars']) - 20} more" if len(result["unknown_chars"]) > 20 else ""
@@ -221,6 +224,11 @@ def eval_command(
             f"{result['chars_per_sec']:,.0f} chars/s)",
             highlight=False,
         )
+        if "dynamic" in result:
+            d = result["dynamic"]
+            err.print(f"dynamic evaluation: [bold]{d['bpc']:.4f}[/bold] bits per character "
+                      f"({d['bpc'] - result['bpc']:+.4f}; SGD lr {d['lr']:g} per {d['seq_len']}-character segment, "
+                      f"{d['seconds']:.1f} s)", highlight=False)  # fmt: skip
 
 
 # ----- sample ------------------------------------------------------------------------------------

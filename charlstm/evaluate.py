@@ -121,6 +121,8 @@ def evaluate_checkpoint(
     text_file: str | Path | None = None,
     device: str = "auto",
     precision: str | None = None,
+    dynamic: bool = False,
+    dynamic_lr: float | None = None,
 ) -> dict:
     """`charlstm eval`: bits per character of a checkpoint on a dataset's val split or on a text file.
 
@@ -128,6 +130,7 @@ def evaluate_checkpoint(
     file is scored as a document of its own: a document separator comes first, so every one of its
     characters is predicted. Characters the model does not know are scored as the unknown symbol
     and listed under `unknown_chars`. `precision` None: the one the run was trained with.
+    `dynamic` adds `dynamic`: the same text scored under dynamic evaluation (see dynamic_eval.py).
     """
     # Imported here: training imports this module for its validation.
     from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
@@ -136,6 +139,8 @@ def evaluate_checkpoint(
 
     if data is not None and text_file is not None:
         raise CharlstmError("give --data or --text-file, not both")
+    if dynamic_lr is not None and not dynamic:
+        raise CharlstmError("--dynamic-lr needs --dynamic")
     path = resolve_checkpoint(checkpoint)
     payload = load_checkpoint(path)
     model, vocab = model_from_checkpoint(payload)
@@ -171,8 +176,17 @@ def evaluate_checkpoint(
     start = time.perf_counter()
     result = bits_per_char(model, tokens, device=dev, autocast=prec.autocast, remap=remap)
     seconds = time.perf_counter() - start
+    extra = {}
+    if dynamic:
+        from charlstm.dynamic_eval import DYNAMIC_LR, dynamic_bits_per_char
+
+        started = time.perf_counter()
+        adapted = dynamic_bits_per_char(model, tokens, device=dev, autocast=prec.autocast, remap=remap,
+                                        lr=DYNAMIC_LR if dynamic_lr is None else dynamic_lr)  # fmt: skip
+        extra["dynamic"] = {**adapted, "seconds": round(time.perf_counter() - started, 3)}
     return {
         **result,
+        **extra,
         "source": source,
         "checkpoint": str(path),
         "step": payload.get("step"),
