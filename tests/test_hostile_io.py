@@ -1,0 +1,207 @@
+"""Hostile but fair use of the files and streams a user names (issue 16).
+
+Outputs never replace what is not a regular file; a git source cannot pull in files from outside
+its clone; a full or closed stdout, a full disk, a read-only destination and undecodable
+command-line bytes end in one line on stderr, never a traceback; pipes are fine text sources.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charlstm.cli import app
+from charlstm.dataset import load_dataset
+from charlstm.ingest import _git_failure
+from conftest import JAVA_SNIPPET, make_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and a second one stalls on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [*args])
+
+
+def one_line_error(result, *fragments: str) -> str:
+    """Exit 1 with a single `error: ...` line, last on stderr, naming the problem; no traceback.
+
+    (sample says which model it loaded on the line before.)"""
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.output and lines, result.output
+    message = lines[-1]
+    assert message.startswith("error:") and sum(line.startswith("error:") for line in lines) == 1, lines
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def run_cli(*args, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """The real program in a child process: stdout and argv bytes are as a shell gives them."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    return subprocess.run([sys.executable, "-m", "charlstm", *args], cwd=REPO, env=env, stderr=subprocess.PIPE,
+                          timeout=180, **kwargs)  # fmt: skip
+
+
+def quiet_failure(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    for fragment in fragments:
+        assert fragment in errors[0], stderr
+    return errors[0]
+
+
+class FifoReader(threading.Thread):
+    """Reads a FIFO until its writer closes it (what a `cat fifo` in another terminal would)."""
+
+    def __init__(self, path: Path):
+        super().__init__(daemon=True)
+        self.path, self.data = path, b""
+        self.start()
+
+    def run(self):
+        with open(self.path, "rb") as f:
+            self.data = f.read()
+
+
+def fifo_with_text(path: Path, data: bytes) -> Path:
+    """A FIFO that hands `data` to whoever opens it (as `<(printf ...)` does)."""
+    os.mkfifo(path)
+
+    def feed():
+        with open(path, "wb") as f:
+            f.write(data)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return path
+
+
+SAMPLE = ("sample", "-n", "40", "--seed", "3", "--precision", "fp32")
+
+
+# ----- ingest sources: symlinks out of a source (item 3), a full disk (5), git's own reason (10) ---
+
+
+def git(*args, cwd=None):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}  # fmt: skip
+    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
+
+
+SECRET = "TOP-SECRET-TOKEN = 'do not train on me'\n"
+
+
+def tree_with_symlinks(root: Path, secret: Path) -> None:
+    """Two modules, a link to a file outside (absolute and relative) and a link to a module inside."""
+    root.mkdir()
+    (root / "a.py").write_text("def a():\n    return 1\n")
+    (root / "b.py").write_text("def b():\n    return 2\n")
+    (root / "config.py").symlink_to(secret)
+    (root / "settings.py").symlink_to("../" * 40 + str(secret).lstrip("/"))  # reaches it from any clone
+    (root / "alias.py").symlink_to("a.py")
+
+
+def all_text(dataset_dir: Path) -> str:
+    dataset = load_dataset(dataset_dir)
+    return "".join(dataset.vocab.decode(list(dataset.tokens(split))) for split in ("train", "val"))
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_source_cannot_pull_in_files_from_outside_the_clone(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET)
+    work = tmp_path / "work"
+    tree_with_symlinks(work, secret)
+    git("init", "-q", str(work))
+    git("add", ".", cwd=work)
+    git("commit", "-qm", "modules and links", cwd=work)
+    bare = tmp_path / "repo.git"
+    git("clone", "-q", "--bare", str(work), str(bare))
+    data = tmp_path / "data"
+    result = invoke("ingest", bare.as_uri(), "--name", "g", "--data-dir", str(data), "--ext", ".py", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    # The link inside the clone resolves to a.py: read, and dropped as its duplicate.
+    assert report["files_skipped"] == {"symlink-outside": 2, "duplicate": 1, "excluded-folder": 1}
+    assert report["files_kept"] == 2
+    text = all_text(data / "g")
+    assert "TOP-SECRET" not in text and "def a()" in text and "def b()" in text
+    skipped = {f["path"]: f.get("reason") for f in load_dataset(data / "g").meta["files"]}
+    assert skipped["config.py"] == skipped["settings.py"] == "symlink-outside"
+
+
+def test_directory_source_skips_symlinks_leaving_it_but_a_single_file_source_is_read(tmp_path):
+    secret = tmp_path / "secret.py"
+    secret.write_text(SECRET)
+    tree_with_symlinks(tmp_path / "src", secret)
+    data = tmp_path / "data"
+    result = invoke("ingest", str(tmp_path / "src"), "--name", "d", "--data-dir", str(data), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["files_skipped"]["symlink-outside"] == 2
+    assert "TOP-SECRET" not in all_text(data / "d")
+    # A file named on the command line is the user's explicit choice, symlink or not.
+    chosen = invoke("ingest", str(tmp_path / "src" / "config.py"), str(tmp_path / "src"), "--name", "e",
+                    "--data-dir", str(data), "--json")  # fmt: skip
+    assert chosen.exit_code == 0, chosen.output
+    assert "TOP-SECRET" in all_text(data / "e")
+
+
+def test_ingest_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """The file-size limit makes the kernel refuse writes past 64 KB, as a full disk refuses them
+    (EFBIG instead of ENOSPC; Python ignores SIGXFSZ)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):  # about 160 KB of distinct files
+        (src / f"M{i}.java").write_text(JAVA_SNIPPET.replace("Greeter", f"Greeter{i}") * 40)
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    proc = run_cli("ingest", str(src), "--name", "full", "--data-dir", str(data), preexec_fn=small_files)
+    quiet_failure(proc, f"cannot write the dataset in {data}: File too large")
+    assert list(data.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_failed_clone_shows_gits_reason(tmp_path):
+    missing = (tmp_path / "nothing.git").as_uri()
+    message = one_line_error(invoke("ingest", missing, "--name", "x", "--data-dir", str(tmp_path / "data")))
+    assert "does not appear to be a git repository" in message and "Could not read from remote repository" in message
+    assert not message.endswith("and the repository exists.")
+
+
+def test_git_reasons_are_its_fatal_and_error_lines():
+    stderr = ("fatal: '/x' does not appear to be a git repository\nfatal: Could not read from remote repository.\n\n"
+              "Please make sure you have the correct access rights\nand the repository exists.\n")  # fmt: skip
+    assert _git_failure(stderr) == "'/x' does not appear to be a git repository; Could not read from remote repository."
+    assert _git_failure("warning: odd\nsomething else went wrong\n") == "something else went wrong"
+    assert _git_failure("") == ""
