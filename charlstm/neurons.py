@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from charlstm.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset
 from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available
 from charlstm.errors import CharlstmError
 from charlstm.features import compute_feature, validate_feature
 from charlstm.model import CharRNN
 from charlstm.render import GATES
+from charlstm.userio import write_output
 from charlstm.vocab import Vocab
 
 # Karpathy, Johnson & Fei-Fei (2015): a gate is left-saturated below 0.1, right-saturated above 0.9.
@@ -441,5 +442,5 @@ def inspect_neuron(
     if svg is not None:
         title = f"layer {layer}, neuron {neuron}: {state or 'hidden'}"
         picture = out.export_svg(title=title).encode("utf-8")
-        atomic_write(Path(svg), lambda f: f.write(picture))
+        write_output(svg, picture)
         err.print(f"wrote {escape(svg)}", highlight=False)

@@ -25,10 +25,11 @@ from typing import TextIO
 
 import torch
 
-from charlstm.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.engine import StepEngine, packed_weights_available
 from charlstm.errors import CharlstmError
 from charlstm.model import CharRNN
+from charlstm.userio import write_output
 from charlstm.vocab import DOC_SEP, Vocab
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
@@ -452,6 +453,5 @@ def _run_sampling(
             pass
         return
     if out is not None:
-        text = "".join(writer.plain)
-        atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+        write_output(out, "".join(writer.plain).encode("utf-8"))
         err.print(f"[dim]wrote {escape(str(out))}[/dim]", highlight=False, soft_wrap=True)

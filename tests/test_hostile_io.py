@@ -205,3 +205,111 @@ def test_git_reasons_are_its_fatal_and_error_lines():
     assert _git_failure(stderr) == "'/x' does not appear to be a git repository; Could not read from remote repository."
     assert _git_failure("warning: odd\nsomething else went wrong\n") == "something else went wrong"
     assert _git_failure("") == ""
+
+
+# ----- outputs: never replace a special file (item 2); read-only destinations (9) -----------------
+
+
+def test_sample_out_onto_a_fifo_writes_through_it(tiny_checkpoint, tmp_path):
+    fifo = tmp_path / "samples.fifo"
+    os.mkfifo(fifo)
+    reader = FifoReader(fifo)
+    result = invoke(*SAMPLE, str(tiny_checkpoint), "-o", str(fifo))
+    reader.join(timeout=30)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # not replaced by a regular file
+    assert reader.data.decode() == result.stdout
+
+
+def test_sample_out_through_a_symlink_writes_its_target(tiny_checkpoint, tmp_path):
+    target = tmp_path / "kept" / "samples.txt"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "latest-samples.txt"
+    link.symlink_to(target)
+    result = invoke(*SAMPLE, str(tiny_checkpoint), "-o", str(link))
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == result.stdout
+    assert [p.name for p in target.parent.iterdir()] == ["samples.txt"]  # no temporary file left
+
+
+def test_outputs_onto_dev_full_through_a_link_keep_the_device_and_say_disk_full(tiny_checkpoint, tmp_path):
+    """/dev/full behind a symlink: without the rule the link is replaced, with it the device is
+    written in place and refuses (ENOSPC). The device itself is never at risk in this test."""
+    link = tmp_path / "full"
+    link.symlink_to("/dev/full")
+    sampled = invoke(*SAMPLE, str(tiny_checkpoint), "-o", str(link))
+    one_line_error(sampled, f"cannot write {link}", "No space left on device")
+    svg = invoke("inspect-neuron", str(tiny_checkpoint), "-l", "1", "-n", "0", "--text", "int n;", "--svg", str(link))
+    one_line_error(svg, "No space left on device")
+    html = invoke("inspect-neuron", str(tiny_checkpoint), "--html", str(link), "--text", "int n;\n")
+    one_line_error(html, "No space left on device")
+    assert link.is_symlink() and stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+def test_html_and_svg_onto_fifos_write_through_them(tiny_checkpoint, tmp_path):
+    for option, extra in (("--html", ()), ("--svg", ("-l", "1", "-n", "0"))):
+        fifo = tmp_path / f"view{option}"
+        os.mkfifo(fifo)
+        reader = FifoReader(fifo)
+        result = invoke("inspect-neuron", str(tiny_checkpoint), *extra, "--text", "int n;\n", option, str(fifo))
+        reader.join(timeout=30)
+        assert result.exit_code == 0, result.output
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+        assert reader.data.startswith(b"<!DOCTYPE html>" if option == "--html" else b"<svg")
+
+
+def test_sample_out_onto_a_character_device_of_our_own(tiny_checkpoint, tmp_path):
+    """A twin of /dev/null made with mknod (root only, and a file system that allows devices)."""
+    null = tmp_path / "null"
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        with open(null, "wb") as f:
+            f.write(b"probe")
+    except OSError:
+        pytest.skip("cannot make or open a device node here")
+    result = invoke(*SAMPLE, str(tiny_checkpoint), "-o", str(null))
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+
+
+def test_an_existing_regular_file_is_replaced_atomically_with_its_mode_kept(tiny_checkpoint, tmp_path):
+    out = tmp_path / "private.txt"
+    out.write_text("old")
+    out.chmod(0o600)
+    result = invoke(*SAMPLE, str(tiny_checkpoint), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == result.stdout and stat.S_IMODE(out.stat().st_mode) == 0o600
+    folder = invoke(*SAMPLE, str(tiny_checkpoint), "-o", str(tmp_path))
+    one_line_error(folder, f"cannot write {tmp_path}: it is a folder")
+
+
+@pytest.fixture
+def read_only_file_system(monkeypatch):
+    """Every file our writers would create fails as on a file system mounted read-only (root
+    ignores permission bits, so a chmod-ed folder would not stop the tests in CI)."""
+
+    def refuse(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+
+
+def test_read_only_destinations_are_one_line_errors_naming_the_path(tiny_checkpoint, tmp_path, read_only_file_system):
+    out, page, svg = tmp_path / "out.txt", tmp_path / "page.html", tmp_path / "view.svg"
+    one_line_error(invoke(*SAMPLE, str(tiny_checkpoint), "-o", str(out)), str(out), "Read-only file system")
+    one_line_error(invoke("inspect-neuron", str(tiny_checkpoint), "--html", str(page), "--text", "int n;\n"),
+                   str(page), "Read-only file system")  # fmt: skip
+    one_line_error(invoke("inspect-neuron", str(tiny_checkpoint), "-l", "1", "-n", "0", "--text", "int n;",
+                          "--svg", str(svg)), str(svg), "Read-only file system")  # fmt: skip
+    runs = tmp_path / "runs"
+    one_line_error(invoke("experiment", "counter", "--out-dir", str(runs), "--steps", "1"),
+                   f"cannot write to {runs}", "Read-only file system")  # fmt: skip; before any training
+    assert not out.exists() and not page.exists() and not svg.exists()
+
+
+def test_a_folder_that_refuses_files_is_a_one_line_error(tiny_checkpoint):
+    """/sys refuses new files even to root: the real kernel path, no monkeypatching."""
+    one_line_error(invoke(*SAMPLE, str(tiny_checkpoint), "-o", "/sys/samples.txt"), "/sys/samples.txt")
