@@ -20,6 +20,7 @@ from charlstm.errors import CharlstmError
 from charlstm.neurons import inspect_neuron
 from charlstm.sample import PRECISIONS, SampleSettings, read_prime_file, run_sampling, unescape
 from charlstm.train import TrainConfig as _TC  # its defaults are shown in the help
+from charlstm.userio import text_from_argv
 
 app = typer.Typer(
     name="charlstm",
@@ -254,7 +255,7 @@ def sample_command(
     """  # noqa: E501
     if prime is not None and prime_file is not None:
         raise CharlstmError("give --prime or --prime-file, not both")
-    prime_text = read_prime_file(prime_file) if prime_file is not None else (prime or "")
+    prime_text = read_prime_file(prime_file) if prime_file is not None else text_from_argv(prime or "")
     settings = SampleSettings(
         length=length,
         temperature=temperature,
@@ -262,7 +263,7 @@ def sample_command(
         top_k=top_k,
         top_p=top_p,
         prime=prime_text,
-        stop=unescape(stop) if stop is not None else None,
+        stop=unescape(text_from_argv(stop)) if stop is not None else None,
         num_samples=num_samples,
         seed=seed,
     )
@@ -362,6 +363,8 @@ def inspect_neuron_command(
 
     Layers are numbered from 1, neurons from 0, here, in --json and in the HTML explorer.
     """
+    if text is not None:
+        text = text_from_argv(text)
     inspect_neuron(
         checkpoint, layer=layer, neuron=neuron, state=state, text=text, text_file=text_file, from_val=from_val,
         data=data, find=find, top=top, stats=stats, json_out=json_out, html=html, svg=svg, exact=exact, err=err,

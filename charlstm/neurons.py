@@ -23,7 +23,7 @@ from charlstm.errors import CharlstmError
 from charlstm.features import compute_feature, validate_feature
 from charlstm.model import CharRNN
 from charlstm.render import GATES
-from charlstm.userio import write_output
+from charlstm.userio import read_text_source, write_output
 from charlstm.vocab import Vocab
 
 # Karpathy, Johnson & Fei-Fei (2015): a gate is left-saturated below 0.1, right-saturated above 0.9.
@@ -278,16 +278,7 @@ def saturation(acts: dict[str, np.ndarray], kind: str) -> list[dict]:
 
 
 def read_text_file(path: str | Path) -> str:
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CharlstmError(f"{path} is not valid UTF-8 (byte {exc.start})") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")  # as ingest normalises newlines
+    return read_text_source(path, "text file")
 
 
 def choose_text(

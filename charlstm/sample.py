@@ -29,7 +29,7 @@ from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_
 from charlstm.engine import StepEngine, packed_weights_available
 from charlstm.errors import CharlstmError
 from charlstm.model import CharRNN
-from charlstm.userio import write_output
+from charlstm.userio import read_text_source, write_output
 from charlstm.vocab import DOC_SEP, Vocab
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
@@ -74,16 +74,7 @@ def unescape(text: str) -> str:
 
 
 def read_prime_file(path: Path) -> str:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CharlstmError(f"prime file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CharlstmError(f"cannot read prime file {path}: {exc}") from None
-    if not text:
-        raise CharlstmError(f"prime file {path} is empty")
-    return text.replace("\r\n", "\n").replace("\r", "\n")  # as ingestion normalizes newlines
+    return read_text_source(path, "prime file")
 
 
 def engine_dtype(precision: str, device: torch.device) -> torch.dtype:

@@ -1,8 +1,13 @@
-"""Files the user names as outputs: `sample -o`, `inspect-neuron --html/--svg`, `experiment --html`.
+"""Files the user names, outputs and text inputs, and text given on the command line.
 
-`write_output` replaces a regular file atomically, but writes /dev/null, /dev/full, a FIFO or a
-terminal in place, as a shell's `>` would, and follows a symlink to its target: renaming a
-temporary file over a device would replace the device itself.
+Outputs (`sample -o`, `inspect-neuron --html/--svg`, `experiment --html`) go through
+`write_output`: a regular file is replaced atomically, but /dev/null, /dev/full, a FIFO or a
+terminal is written in place, as a shell's `>` would, and a symlink is followed to its target.
+Renaming a temporary file over a device would replace the device itself.
+
+Text inputs (`eval --text-file`, `inspect-neuron --text-file`, `sample --prime-file`) go through
+`read_text_source`: anything readable, pipes and process substitutions included, decoded the way
+ingest decodes source files.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from pathlib import Path
 
 from charlstm.checkpoint import atomic_write
 from charlstm.errors import CharlstmError
+
+# A text input is read whole; this bounds what `--text-file /dev/zero` can take (256 MiB of text
+# is hours of CPU scoring already).
+MAX_TEXT_BYTES = 256 << 20
 
 
 # ----- outputs ---------------------------------------------------------------------------------
@@ -61,3 +70,45 @@ def ensure_writable_folder(folder: str | Path) -> None:
             pass
     except OSError as exc:
         raise CharlstmError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+
+
+# ----- text inputs -----------------------------------------------------------------------------
+
+
+def read_text_source(path: str | Path, what: str = "text file") -> str:
+    """The text of a file, pipe or device, decoded as ingest decodes source files.
+
+    Invalid UTF-8 becomes U+FFFD (the unknown symbol), newlines become \\n, a byte-order mark is
+    dropped. `what` names the input in errors: "text file not found: x.txt".
+    """
+    from charlstm.ingest import decode_source  # the one decoding policy for code the model reads
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+    except FileNotFoundError:
+        raise CharlstmError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise CharlstmError(f"{what} {path} is a folder, not a file") from None
+    except OSError as exc:
+        raise CharlstmError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise CharlstmError(f"{what} {path} is larger than {MAX_TEXT_BYTES:,} bytes")
+    text, _ = decode_source(data)
+    if not text:
+        raise CharlstmError(f"{what} {path} is empty")
+    return text
+
+
+def text_from_argv(text: str) -> str:
+    """Command-line text with its non-UTF-8 bytes as U+FFFD, as ingest reads such bytes.
+
+    Python hands undecodable argv bytes over as lone surrogates (\\udcff for 0xff), which no
+    UTF-8 file can hold.
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from a byte
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")

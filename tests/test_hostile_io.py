@@ -23,6 +23,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from charlstm import userio
 from charlstm.cli import app
 from charlstm.dataset import load_dataset
 from charlstm.ingest import _git_failure
@@ -313,3 +314,53 @@ def test_read_only_destinations_are_one_line_errors_naming_the_path(tiny_checkpo
 def test_a_folder_that_refuses_files_is_a_one_line_error(tiny_checkpoint):
     """/sys refuses new files even to root: the real kernel path, no monkeypatching."""
     one_line_error(invoke(*SAMPLE, str(tiny_checkpoint), "-o", "/sys/samples.txt"), "/sys/samples.txt")
+
+
+# ----- text sources: pipes and unreadable files (item 10), command-line bytes that are not UTF-8 (9) ---
+
+
+def test_pipes_are_text_sources_for_eval_inspect_and_sample(tiny_checkpoint, tmp_path):
+    """`--text-file <(printf ...)`: a pipe, read once, decoded as ingest decodes files."""
+    scored = invoke("eval", str(tiny_checkpoint), "--text-file",
+                    str(fifo_with_text(tmp_path / "eval.fifo", b"int n;\r\n")), "--json")  # fmt: skip
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["chars"] == len("int n;\n")
+    shown = invoke("inspect-neuron", str(tiny_checkpoint), "-l", "1", "-n", "0", "--text-file",
+                   str(fifo_with_text(tmp_path / "inspect.fifo", b"int \xff;\n")))  # fmt: skip
+    assert shown.exit_code == 0, shown.output  # the invalid byte is the unknown symbol, as in ingest
+    primed = invoke(*SAMPLE, str(tiny_checkpoint), "--prime-file", str(fifo_with_text(tmp_path / "p.fifo", b"int")))
+    assert primed.exit_code == 0 and primed.stdout.startswith("int"), primed.output
+
+
+@pytest.mark.parametrize("command", ["eval", "inspect", "sample"])
+def test_text_sources_that_cannot_be_read_are_one_line_errors(tiny_checkpoint, tmp_path, command):
+    option, what, extra = {
+        "eval": ("--text-file", "text file", ()),
+        "inspect": ("--text-file", "text file", ("-l", "1", "-n", "0")),
+        "sample": ("--prime-file", "prime file", ()),
+    }[command]
+    head = ["inspect-neuron" if command == "inspect" else command, str(tiny_checkpoint), *extra]
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    one_line_error(invoke(*head, option, str(tmp_path / "nope.txt")), f"{what} not found: {tmp_path / 'nope.txt'}")
+    one_line_error(invoke(*head, option, str(tmp_path)), f"{what} {tmp_path} is a folder")
+    one_line_error(invoke(*head, option, str(empty)), f"{what} {empty} is empty")
+
+
+def test_an_endless_text_source_is_refused_at_the_limit(tiny_checkpoint, monkeypatch):
+    monkeypatch.setattr(userio, "MAX_TEXT_BYTES", 1000)
+    one_line_error(invoke("eval", str(tiny_checkpoint), "--text-file", "/dev/zero"), "text file /dev/zero is larger than")
+
+
+def test_prime_with_bytes_that_are_not_utf8_reads_them_as_unknown(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out.txt"
+    proc = run_cli(*SAMPLE, str(tiny_checkpoint), "--prime", b"\xffint", "-o", str(out))  # as `--prime $'\xff'int`
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert out.read_text(encoding="utf-8").startswith("\ufffdint")
+    # The same through typer, where Python has already turned the byte into a lone surrogate.
+    result = invoke(*SAMPLE, str(tiny_checkpoint), "--prime", "\udcffint", "--stop", "\udcfe", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.read_text(encoding="utf-8").startswith("\ufffdint")
+    page = tmp_path / "page.html"
+    shown = invoke("inspect-neuron", str(tiny_checkpoint), "--text", "int\udcff n;\n", "--html", str(page))
+    assert shown.exit_code == 0, shown.output
