@@ -20,7 +20,7 @@ from charlstm.errors import CharlstmError
 from charlstm.neurons import inspect_neuron
 from charlstm.sample import PRECISIONS, SampleSettings, read_prime_file, run_sampling, unescape
 from charlstm.train import TrainConfig as _TC  # its defaults are shown in the help
-from charlstm.userio import text_from_argv
+from charlstm.userio import guarded_stdout, text_from_argv
 
 app = typer.Typer(
     name="charlstm",
@@ -45,9 +45,12 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with guarded_stdout():  # a full stdout (/dev/full, a full disk) is a CharlstmError too
+                return command(*args, **kwargs)
         except CharlstmError as exc:
             raise fail(str(exc)) from None
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+            return None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]")
             raise typer.Exit(code=130) from None

@@ -14,6 +14,7 @@ markup, so `[...]` in code prints as itself.
 from __future__ import annotations
 
 import codecs
+import io
 import os
 import shutil
 import sys
@@ -29,7 +30,7 @@ from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_
 from charlstm.engine import StepEngine, packed_weights_available
 from charlstm.errors import CharlstmError
 from charlstm.model import CharRNN
-from charlstm.userio import read_text_source, write_output
+from charlstm.userio import read_text_source, silence_stdout, write_output
 from charlstm.vocab import DOC_SEP, Vocab
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
@@ -394,6 +395,8 @@ def run_sampling(
 
     if threads is not None and threads < 1:
         raise CharlstmError(f"--threads must be at least 1, got {threads}")
+    if sys.stdout is None and out is None:  # started with stdout closed (`>&-`)
+        raise CharlstmError("stdout is closed: nowhere to write the samples (save them with -o FILE)")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads or 1)
     try:
@@ -431,17 +434,13 @@ def _run_sampling(
         soft_wrap=True,
     )
 
-    stream = stdout_text()
+    stream = stdout_text() if sys.stdout is not None else io.StringIO()  # stdout closed: only -o gets them
     language = (payload.get("dataset") or {}).get("language")
     writer = StreamWriter(stream, color=color and is_color_terminal(stream), language=language)
     try:
         stream_samples(sampler, settings, writer)
     except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, as Unix tools do.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
+        silence_stdout()  # the reader went away (`| head`): stop quietly, as Unix tools do
         return
     if out is not None:
         write_output(out, "".join(writer.plain).encode("utf-8"))

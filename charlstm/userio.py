@@ -1,4 +1,4 @@
-"""Files the user names, outputs and text inputs, and text given on the command line.
+"""Files and streams the user names: outputs, text inputs, stdout and command-line text.
 
 Outputs (`sample -o`, `inspect-neuron --html/--svg`, `experiment --html`) go through
 `write_output`: a regular file is replaced atomically, but /dev/null, /dev/full, a FIFO or a
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from charlstm.checkpoint import atomic_write
@@ -112,3 +114,79 @@ def text_from_argv(text: str) -> str:
     except UnicodeEncodeError:  # a surrogate that did not come from a byte
         raw = text.encode("utf-8", "surrogatepass")
     return raw.decode("utf-8", "replace")
+
+
+# ----- stdout ----------------------------------------------------------------------------------
+
+
+class StdoutError(CharlstmError):
+    """Writing to stdout failed: a full disk, /dev/full, an I/O error."""
+
+
+def silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so the interpreter's last flush at exit cannot fail
+    again (as "Exception ignored ... BrokenPipeError") after the failure was reported."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+@contextmanager
+def _stdout_errors():
+    try:
+        yield
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the caller stops quietly
+    except OSError as exc:
+        raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from None
+
+
+class _GuardedStdout:
+    """sys.stdout, except that a failed write or flush raises StdoutError, which says it was stdout."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        with _stdout_errors():
+            return self._stream.write(text)
+
+    def writelines(self, lines):
+        with _stdout_errors():
+            self._stream.writelines(lines)
+
+    def flush(self):
+        with _stdout_errors():
+            self._stream.flush()
+
+    def __getattr__(self, name):  # encoding, isatty, fileno, reconfigure, buffer, ...
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def guarded_stdout():
+    """Run a command with stdout failures as StdoutError, and flush stdout at its end.
+
+    A broken pipe stays a BrokenPipeError, for the caller to stop quietly.
+
+    Whether a write to a full stdout fails at once or only at the final flush depends on the
+    buffering (PYTHONUNBUFFERED): either way it surfaces here, not as a traceback at exit.
+    """
+    real = sys.stdout
+    if real is None:  # stdout was closed (`>&-`): print() writes nothing, sample refuses
+        yield
+        return
+    sys.stdout = _GuardedStdout(real)
+    try:
+        yield
+        sys.stdout.flush()
+    except (StdoutError, BrokenPipeError):
+        silence_stdout()  # once reported, the unwritten rest must not fail again at exit
+        raise
+    finally:
+        sys.stdout = real

@@ -364,3 +364,53 @@ def test_prime_with_bytes_that_are_not_utf8_reads_them_as_unknown(tiny_checkpoin
     page = tmp_path / "page.html"
     shown = invoke("inspect-neuron", str(tiny_checkpoint), "--text", "int\udcff n;\n", "--html", str(page))
     assert shown.exit_code == 0, shown.output
+
+
+# ----- stdout: full (item 5), closed, or its reader gone (9) --------------------------------------
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+def test_sample_and_eval_json_onto_dev_full_are_one_line_errors(tmp_path, unbuffered):
+    """Buffered, a full stdout fails only at the interpreter's last flush ("Exception ignored");
+    unbuffered (PYTHONUNBUFFERED=1), at the first write."""
+    checkpoint = make_checkpoint(tmp_path / "run" / "best.pt")
+    text = tmp_path / "Snippet.java"
+    text.write_text(JAVA_SNIPPET)
+    env = {"PYTHONUNBUFFERED": unbuffered}
+    with open("/dev/full", "wb") as full:
+        sampled = run_cli(*SAMPLE, str(checkpoint), stdout=full, env=env)
+        scored = run_cli("eval", str(checkpoint), "--text-file", str(text), "--json", stdout=full, env=env)
+    quiet_failure(sampled, "cannot write to stdout: No space left on device")
+    quiet_failure(scored, "cannot write to stdout: No space left on device")
+
+
+def test_closed_stdout(tiny_checkpoint, tmp_path):
+    """`charlstm sample >&-`: Python starts with sys.stdout None."""
+    closed = run_cli(*SAMPLE, str(tiny_checkpoint), stdout=None, preexec_fn=lambda: os.close(1))
+    quiet_failure(closed, "stdout is closed", "-o FILE")
+    out = tmp_path / "out.txt"
+    saved = run_cli(*SAMPLE, str(tiny_checkpoint), "-o", str(out), stdout=None, preexec_fn=lambda: os.close(1))
+    assert saved.returncode == 0, saved.stderr.decode()
+    assert out.read_text() == invoke(*SAMPLE, str(tiny_checkpoint)).stdout  # the same seed, the same text
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, unbuffered):
+    """`charlstm sample | head -c 10` and `charlstm eval --json | true`: no traceback, no noise."""
+    checkpoint = make_checkpoint(tmp_path / "run" / "best.pt")
+    text = tmp_path / "Snippet.java"
+    text.write_text(JAVA_SNIPPET)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": unbuffered}
+    commands = (
+        ["sample", str(checkpoint), "-n", "10000000", "--precision", "fp32"],
+        ["eval", str(checkpoint), "--text-file", str(text), "--json"],
+    )
+    for command in commands:
+        proc = subprocess.Popen([sys.executable, "-m", "charlstm", *command], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        if command[0] == "sample":
+            proc.stdout.read(10)
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=180) == 0, stderr
+        assert "Traceback" not in stderr and "Exception ignored" not in stderr and "error" not in stderr, stderr
