@@ -23,7 +23,7 @@ from charlstm.errors import CharlstmError
 from charlstm.features import compute_feature, validate_feature
 from charlstm.model import CharRNN
 from charlstm.render import GATES
-from charlstm.userio import read_text_source, write_output
+from charlstm.userio import read_text_source, text_from_argv, write_output
 from charlstm.vocab import Vocab
 
 # Karpathy, Johnson & Fei-Fei (2015): a gate is left-saturated below 0.1, right-saturated above 0.9.
@@ -300,7 +300,7 @@ def choose_text(
     if text is not None:
         chosen, source = text, "--text"
     elif text_file is not None:
-        chosen, source = read_text_file(text_file), str(text_file)
+        chosen, source = read_text_file(text_file), text_from_argv(str(text_file))  # shown in the page
     else:
         chars = default_chars if from_val is None else from_val
         chosen, source = validation_text(inspection, chars, data)

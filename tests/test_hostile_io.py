@@ -364,6 +364,11 @@ def test_prime_with_bytes_that_are_not_utf8_reads_them_as_unknown(tiny_checkpoin
     page = tmp_path / "page.html"
     shown = invoke("inspect-neuron", str(tiny_checkpoint), "--text", "int\udcff n;\n", "--html", str(page))
     assert shown.exit_code == 0, shown.output
+    oddly_named = tmp_path / "\udcff.java"  # a file name that is not UTF-8, named in the page
+    oddly_named.write_text("int n;\n")
+    shown = invoke("inspect-neuron", str(tiny_checkpoint), "--text-file", str(oddly_named), "--html", str(page))
+    assert shown.exit_code == 0, shown.output
+    assert "\ufffd.java" in page.read_text(encoding="utf-8")
 
 
 # ----- stdout: full (item 5), closed, or its reader gone (9) --------------------------------------
