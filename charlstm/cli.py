@@ -20,6 +20,7 @@ from charlstm.errors import CharlstmError
 from charlstm.neurons import inspect_neuron
 from charlstm.sample import PRECISIONS, SampleSettings, read_prime_file, run_sampling, unescape
 from charlstm.train import TrainConfig as _TC  # its defaults are shown in the help
+from charlstm.userio import guarded_stdout, text_from_argv
 
 app = typer.Typer(
     name="charlstm",
@@ -44,9 +45,12 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with guarded_stdout():  # a full stdout (/dev/full, a full disk) is a CharlstmError too
+                return command(*args, **kwargs)
         except CharlstmError as exc:
             raise fail(str(exc)) from None
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+            return None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]")
             raise typer.Exit(code=130) from None
@@ -252,7 +256,7 @@ def sample_command(
     num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples generated together as one batch, printed one after another under a '──── sample i/N ────' line.", rich_help_panel="Sampling")] = 1,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed and device give the same text.", rich_help_panel="Sampling")] = None,
     beam: Annotated[Optional[int], typer.Option("--beam", help="Beam search of width K instead of drawing: the most likely continuation (log-probability per character), deterministic, one sample; not with --temperature, --top-k, --top-p, --greedy, --seed or --num-samples. Streams each character once every beam agrees on it (a short lag), the rest at the end.", rich_help_panel="Sampling")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file, written atomically.", rich_help_panel="Output")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file: a regular file is replaced atomically, a device or FIFO written in place, a symlink followed.", rich_help_panel="Output")] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel="Backend")] = "cpu",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default 1: one step is too small to share, and a second thread stalls whenever another process uses the cores.", rich_help_panel="Backend")] = None,
@@ -264,7 +268,7 @@ def sample_command(
     """  # noqa: E501
     if prime is not None and prime_file is not None:
         raise CharlstmError("give --prime or --prime-file, not both")
-    prime_text = read_prime_file(prime_file) if prime_file is not None else (prime or "")
+    prime_text = read_prime_file(prime_file) if prime_file is not None else text_from_argv(prime or "")
     settings = SampleSettings(
         length=length,
         temperature=temperature,
@@ -272,7 +276,7 @@ def sample_command(
         top_k=top_k,
         top_p=top_p,
         prime=prime_text,
-        stop=unescape(stop) if stop is not None else None,
+        stop=unescape(text_from_argv(stop)) if stop is not None else None,
         num_samples=num_samples,
         seed=seed,
         beam=beam,
@@ -373,6 +377,8 @@ def inspect_neuron_command(
 
     Layers are numbered from 1, neurons from 0, here, in --json and in the HTML explorer.
     """
+    if text is not None:
+        text = text_from_argv(text)
     inspect_neuron(
         checkpoint, layer=layer, neuron=neuron, state=state, text=text, text_file=text_file, from_val=from_val,
         data=data, find=find, top=top, stats=stats, json_out=json_out, html=html, svg=svg, exact=exact, err=err,

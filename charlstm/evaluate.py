@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from charlstm.errors import CharlstmError
+from charlstm.userio import read_text_source
 
 LN2 = math.log(2.0)
 EVAL_SEQ_LEN = 256  # characters per forward pass; the state carries, so this sets speed, not the score
@@ -86,20 +87,6 @@ def bits_per_char(
     return {"bpc": loss / LN2, "loss": loss, "chars": n_pred}
 
 
-def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise CharlstmError(f"text file not found: {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CharlstmError(f"could not read {path}: {exc.strerror or exc}") from exc
-    # The same policy as ingest: invalid UTF-8 becomes U+FFFD (the unknown symbol), newlines become \n.
-    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
-    if not text:
-        raise CharlstmError(f"{path} is empty: nothing to score")
-    return text
-
-
 def _precision(requested: str | None, trained: str | None, device: torch.device, kind: str):
     """The precision asked for; else the run's own, so eval scores as training validated; else
     auto, when the run's does not run here (an fp16 GPU run scored on a CPU)."""
@@ -153,7 +140,7 @@ def evaluate_checkpoint(
     unknown: list[str] = []
     remap = None
     if text_file is not None:
-        text = _read_text(Path(text_file))
+        text = read_text_source(text_file)
         unknown = vocab.unknown_chars(text)
         tokens = np.concatenate([[vocab.doc_sep], vocab.encode(text)])
         source = str(text_file)

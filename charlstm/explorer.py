@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import zlib
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from charlstm.checkpoint import atomic_write
 from charlstm.errors import CharlstmError
 from charlstm.features import FEATURES
 from charlstm.neurons import Inspection, activations, top_units_by_feature
 from charlstm.render import BOUNDED, GATES
+from charlstm.userio import write_output
 
 # Quantised values (one byte each) per page: the default text is 2,000 characters or as many as
 # fit in DEFAULT_VALUES (a 3×512 LSTM: 1,302 characters, a page of at most ~16 MB); more than
@@ -119,7 +118,7 @@ def write_explorer(
     neuron: int | None = None,
     signal: str | None = None,
 ) -> dict:
-    """Trace `text`, write the explorer page to `out` atomically, and return a summary.
+    """Trace `text`, write the explorer page to `out` (see userio.write_output), return a summary.
 
     The page opens on `layer`/`neuron`/`signal` when given (1-based layer, 0-based neuron), else on
     the unit that best follows indentation.
@@ -138,10 +137,7 @@ def write_explorer(
         "signal": signal or (best["signal"] if layer is None else "hidden"),  # every kind has a hidden state
     }
     page = render_page(data).encode("utf-8")
-    atomic_write(Path(out), lambda f: f.write(page))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(out, 0o666 & ~umask)  # a page to share, not a private temporary file
+    write_output(out, page)
     return {
         "path": str(out),
         "bytes": len(page),

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from charlstm.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset
 from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available
 from charlstm.errors import CharlstmError
 from charlstm.features import compute_feature, validate_feature
 from charlstm.model import CharRNN
 from charlstm.render import GATES
+from charlstm.userio import read_text_source, text_from_argv, write_output
 from charlstm.vocab import Vocab
 
 # Karpathy, Johnson & Fei-Fei (2015): a gate is left-saturated below 0.1, right-saturated above 0.9.
@@ -277,16 +278,7 @@ def saturation(acts: dict[str, np.ndarray], kind: str) -> list[dict]:
 
 
 def read_text_file(path: str | Path) -> str:
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CharlstmError(f"{path} is not valid UTF-8 (byte {exc.start})") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")  # as ingest normalises newlines
+    return read_text_source(path, "text file")
 
 
 def choose_text(
@@ -308,7 +300,7 @@ def choose_text(
     if text is not None:
         chosen, source = text, "--text"
     elif text_file is not None:
-        chosen, source = read_text_file(text_file), str(text_file)
+        chosen, source = read_text_file(text_file), text_from_argv(str(text_file))  # shown in the page
     else:
         chars = default_chars if from_val is None else from_val
         chosen, source = validation_text(inspection, chars, data)
@@ -441,5 +433,5 @@ def inspect_neuron(
     if svg is not None:
         title = f"layer {layer}, neuron {neuron}: {state or 'hidden'}"
         picture = out.export_svg(title=title).encode("utf-8")
-        atomic_write(Path(svg), lambda f: f.write(picture))
+        write_output(svg, picture)
         err.print(f"wrote {escape(svg)}", highlight=False)
