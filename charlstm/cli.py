@@ -164,6 +164,7 @@ def train_command(
     minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation. Alone, the schedule's length is estimated from the first steps' speed.", rich_help_panel=_OPTIM)] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed (initialisation, dropout) (default: {_TC.seed})", rich_help_panel=_OPTIM)] = None,
     eval_every: Annotated[Optional[int], typer.Option(help=f"Steps between validations over the whole val split (0: only at the end) (default: {_TC.eval_every})", rich_help_panel=_RUN)] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many validations in a row without a new best validation bpc (best.pt keeps the best). Off by default.", rich_help_panel=_RUN)] = None,
     save_every: Annotated[Optional[int], typer.Option(help=f"Steps between saves of latest.pt (0: only at the end) (default: {_TC.save_every})", rich_help_panel=_RUN)] = None,
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between lines of metrics.jsonl (default: {_TC.log_every})", rich_help_panel=_RUN)] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32. auto: bf16 on a GPU whose cuDNN runs a bf16 LSTM, else fp16 with loss scaling; on a CPU bf16 where it has native bf16, else fp32 (default: auto)", rich_help_panel=_BACKEND)] = None,
