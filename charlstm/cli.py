@@ -259,7 +259,7 @@ def sample_command(
     beam: Annotated[Optional[int], typer.Option("--beam", help="Beam search of width K instead of drawing: the most likely continuation (log-probability per character), deterministic, one sample; not with --temperature, --top-k, --top-p, --greedy, --seed or --num-samples. Streams each character once every beam agrees on it (a short lag), the rest at the end.", rich_help_panel="Sampling")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file: a regular file is replaced atomically, a device or FIFO written in place, a symlink followed.", rich_help_panel="Output")] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel="Backend")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when present, else the CPU), cpu or cuda. A model trained on either samples on either.", rich_help_panel="Backend")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default 1: one step is too small to share, and a second thread stalls whenever another process uses the cores.", rich_help_panel="Backend")] = None,
     precision: Annotated[str, typer.Option("--precision", "--dtype", help=f"Engine weights: {'|'.join(PRECISIONS)}. auto = int8 weights on a CPU with FBGEMM (fastest; next-character distributions within a KL of ~0.002 bits of fp32), else fp16, else fp32. fp16: near exact; fp32: exact.", rich_help_panel="Backend")] = "auto",
 ) -> None:
