@@ -369,6 +369,15 @@ def inspect_neuron_command(
             rich_help_panel="Output",
         ),
     ] = False,
+    max_chars: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-chars",
+            help="Inspect only the first MAX_CHARS characters of the text (--html pages and --svg pictures have "
+            "their own limits; long texts otherwise stream, in bounded memory).",
+            rich_help_panel="Text",
+        ),
+    ] = None,
 ) -> None:
     """Colour text by one neuron's activation, find the neurons that track code, or write an HTML explorer.
 
@@ -382,7 +391,8 @@ def inspect_neuron_command(
         text = text_from_argv(text)
     inspect_neuron(
         checkpoint, layer=layer, neuron=neuron, state=state, text=text, text_file=text_file, from_val=from_val,
-        data=data, find=find, top=top, stats=stats, json_out=json_out, html=html, svg=svg, exact=exact, err=err,
+        data=data, find=find, top=top, stats=stats, json_out=json_out, html=html, svg=svg, exact=exact,
+        max_chars=max_chars, err=err,
     )
 
 

@@ -36,6 +36,11 @@ def values_per_char(inspection: Inspection) -> int:
     return inspection.layers * inspection.hidden * len(inspection.signals)
 
 
+def most_chars(inspection: Inspection) -> int:
+    """The longest text one page holds for this model (MAX_VALUES)."""
+    return MAX_VALUES // values_per_char(inspection)
+
+
 def default_chars(inspection: Inspection) -> int:
     return max(100, min(DEFAULT_CHARS, DEFAULT_VALUES // values_per_char(inspection)))
 
@@ -123,10 +128,11 @@ def write_explorer(
     The page opens on `layer`/`neuron`/`signal` when given (1-based layer, 0-based neuron), else on
     the unit that best follows indentation.
     """
-    if len(text) * values_per_char(inspection) > MAX_VALUES:
-        most = MAX_VALUES // values_per_char(inspection)
+    if len(text) > most_chars(inspection):
+        most = most_chars(inspection)
         raise CharlstmError(
-            f"{len(text):,} characters are too many for one page with this model; use at most {most:,} (--from-val)"
+            f"{len(text):,} characters are too many for one page with this model; "
+            f"use at most {most:,} (--max-chars {most})"
         )
     acts = activations(inspection.model, inspection.vocab, text, exact=inspection.exact)
     data = explorer_data(inspection, text, source, acts, initial={})
