@@ -5,8 +5,10 @@
 Prints the trace time (the step engine's `trace`, single-threaded as `neurons.activations` runs
 it) with the default float16 weights and with --exact float32 ones, alternating over --rounds (best
 of each, and their ratio: this machine is shared and noisy), the time to rank all units against one
-feature, and characters per second; with --compare-threads also torch's default thread count. The
-weights are random: the work does not depend on them.
+feature, and characters per second; then --find as the command runs it (the trace a chunk at a time,
+correlations accumulated per chunk, no whole-text activations kept) beside the whole trace + rank;
+with --compare-threads also torch's default thread count. The weights are random: the work does not
+depend on them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from charlstm.features import compute_feature
 from charlstm.model import CharRNN, ModelConfig
-from charlstm.neurons import activations, rank_units
+from charlstm.neurons import FeatureCorrelation, activations, chunk_chars, rank_units, trace_chunks
 from charlstm.vocab import Vocab
 
 CODE = '''    public static String abbreviate(final String str, final int maxWidth) {
@@ -54,6 +56,11 @@ def main() -> None:
     feature = compute_feature("indent", text, "java")
     rank_units(acts, feature, top=10)
     ranked = time.perf_counter() - start
+    start = time.perf_counter()
+    stats = FeatureCorrelation(feature)
+    for begin, chunk in trace_chunks(model, vocab, text):
+        stats.add(begin, chunk)
+    streamed = time.perf_counter() - start
     default_threads = None
     if args.compare_threads:
         start = time.perf_counter()
@@ -73,6 +80,9 @@ def main() -> None:
               f"(1 thread is {default_threads / fast:.2f}× faster)")
     print(f"feature + rank all units: {ranked:6.2f} s")
     print(f"total (default trace + rank): {fast + ranked:6.2f} s")
+    print(f"streamed, {chunk_chars(model):,}-character chunks (as --find runs): {streamed:6.2f} s, keeping "
+          f"{sum(a.nbytes for d in (stats.mean, stats.m2, stats.co) for a in d.values()) / 1e6:.1f} MB "
+          f"of statistics instead of {values * 4 / 1e6:,.0f} MB of activations")
 
 
 if __name__ == "__main__":

@@ -41,17 +41,22 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~mask
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, mode: int | None = None) -> None:
     """Call write(file_object) on a temporary file beside `path`, then rename it into place.
 
-    A crash or a full disk at any moment leaves the previous file at `path` untouched.
+    A crash or a full disk at any moment leaves the previous file at `path` untouched. The file
+    gets `mode`, else the mode a new file gets. For regular files only: the rename would replace a
+    device or a FIFO (user-named outputs go through charlstm.userio.write_output).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, default_mode())  # mkstemp makes 0600
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a read-only file system, no permission, a parent that is a file
+        raise CharlstmError(f"could not write {path}: {exc.strerror or exc}") from None
+    try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, default_mode() if mode is None else mode)  # mkstemp makes 0600
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -21,6 +21,7 @@ from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
 from charlstm.neurons import inspect_neuron
 from charlstm.sample import PRECISIONS, SampleSettings, read_prime_file, run_sampling, unescape
 from charlstm.train import TrainConfig as _TC  # its defaults are shown in the help
+from charlstm.userio import guarded_stdout, text_from_argv
 
 app = typer.Typer(
     name="charlstm",
@@ -45,9 +46,12 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with guarded_stdout():  # a full stdout (/dev/full, a full disk) is a CharlstmError too
+                return command(*args, **kwargs)
         except CharlstmError as exc:
             raise fail(str(exc)) from None
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+            return None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]")
             raise typer.Exit(code=130) from None
@@ -161,6 +165,7 @@ def train_command(
     minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation. Alone, the schedule's length is estimated from the first steps' speed.", rich_help_panel=_OPTIM)] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed (initialisation, dropout) (default: {_TC.seed})", rich_help_panel=_OPTIM)] = None,
     eval_every: Annotated[Optional[int], typer.Option(help=f"Steps between validations over the whole val split (0: only at the end) (default: {_TC.eval_every})", rich_help_panel=_RUN)] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many validations in a row without a new best validation bpc (best.pt keeps the best). Off by default.", rich_help_panel=_RUN)] = None,
     save_every: Annotated[Optional[int], typer.Option(help=f"Steps between saves of latest.pt (0: only at the end) (default: {_TC.save_every})", rich_help_panel=_RUN)] = None,
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between lines of metrics.jsonl (default: {_TC.log_every})", rich_help_panel=_RUN)] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32. auto: bf16 on a GPU whose cuDNN runs a bf16 LSTM, else fp16 with loss scaling; on a CPU bf16 where it has native bf16, else fp32 (default: auto)", rich_help_panel=_BACKEND)] = None,
@@ -201,6 +206,8 @@ def eval_command(
     text_file: Annotated[Optional[str], typer.Option(help="Score this text file instead (as one document).")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
     precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32 (default: the run's own where it runs here, else auto: as training picks it).", show_default=False)] = None,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Also score the text under dynamic evaluation: the model (a copy) takes an SGD step on each 100-character segment after scoring it, adapting to the text as it reads. Reported beside the static figure; sequential, so slower.")] = False,
+    dynamic_lr: Annotated[Optional[float], typer.Option("--dynamic-lr", help="SGD learning rate for --dynamic (default: 0.3).", show_default=False)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (bpc, chars, ...).")] = False,
     per_char: Annotated[bool, typer.Option("--per-char", help="With --text-file: where is the model surprised? The text coloured by each character's bits (white expected, red 10 bits or more) and the most surprising characters; with --json, every character's bits and the model's top 5 guesses. Scored as one stream, every character with the whole file before it.", rich_help_panel="Surprise")] = False,
     html: Annotated[Optional[str], typer.Option("--html", help="With --per-char: also write the coloured text as a self-contained HTML page (hover a character for its bits and top 5).", rich_help_panel="Surprise")] = None,
@@ -217,10 +224,13 @@ def eval_command(
 
         if text_file is None or data is not None:
             raise CharlstmError("--per-char scores one file: give --text-file (and no --data)")
+        if dynamic:
+            raise CharlstmError("--per-char shows the model as it is: drop --dynamic")
         result = surprise(checkpoint, text_file, device=device, precision=precision)
         report_surprise(result, err, json_out=json_output, html_out=html)
         return
-    result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision)
+    result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision,
+                                 dynamic=dynamic, dynamic_lr=dynamic_lr)
     if result["unknown_chars"]:
         shown = " ".join(repr(ch) for ch in result["unknown_chars"][:20])
         more = f" and {len(result['unknown_chars']) - 20} more" if len(result["unknown_chars"]) > 20 else ""
@@ -234,6 +244,11 @@ def eval_command(
             f"{result['chars_per_sec']:,.0f} chars/s)",
             highlight=False,
         )
+        if "dynamic" in result:
+            d = result["dynamic"]
+            err.print(f"dynamic evaluation: [bold]{d['bpc']:.4f}[/bold] bits per character "
+                      f"({d['bpc'] - result['bpc']:+.4f}; SGD lr {d['lr']:g} per {d['seq_len']}-character segment, "
+                      f"{d['seconds']:.1f} s)", highlight=False)  # fmt: skip
 
 
 # ----- sample ------------------------------------------------------------------------------------
@@ -260,9 +275,9 @@ def sample_command(
     clamp: Annotated[Optional[list[str]], typer.Option("--clamp", metavar="L:N[:cell|hidden]=VALUE", help="Hold a unit at a value at every step, prime included: L:N[:cell|hidden]=VALUE, layer from 1 and neuron from 0 as inspect-neuron numbers them (default: the cell of an LSTM; clamping it also sets the unit's output to o·tanh(VALUE)). Repeatable. With --seed, the draws are the same as without it: the text differs only through the unit.", rich_help_panel="Interventions", show_default=False)] = None,
     ablate: Annotated[Optional[list[str]], typer.Option("--ablate", metavar="L:N", help="Zero a unit at every step (cell and hidden state): L:N. Repeatable.", rich_help_panel="Interventions", show_default=False)] = None,
     watch: Annotated[Optional[str], typer.Option("--watch", metavar="L:N[:hidden|cell]", help="Colour the sample as it streams by one unit's value after each character: L:N[:hidden|cell] (default hidden), red negative, blue positive. On a terminal; piped output stays plain. One sample, not with --beam.", rich_help_panel="Interventions", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file, written atomically.", rich_help_panel="Output")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also save the samples (plain text, as a pipe receives them) to this file: a regular file is replaced atomically, a device or FIFO written in place, a symlink followed.", rich_help_panel="Output")] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel="Backend")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when present, else the CPU), cpu or cuda. A model trained on either samples on either.", rich_help_panel="Backend")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default 1: one step is too small to share, and a second thread stalls whenever another process uses the cores.", rich_help_panel="Backend")] = None,
     precision: Annotated[str, typer.Option("--precision", "--dtype", help=f"Engine weights: {'|'.join(PRECISIONS)}. auto = int8 weights on a CPU with FBGEMM (fastest; next-character distributions within a KL of ~0.002 bits of fp32), else fp16, else fp32. fp16: near exact; fp32: exact.", rich_help_panel="Backend")] = "auto",
 ) -> None:
@@ -272,7 +287,7 @@ def sample_command(
     """  # noqa: E501
     if prime is not None and prime_file is not None:
         raise CharlstmError("give --prime or --prime-file, not both")
-    prime_text = read_prime_file(prime_file) if prime_file is not None else (prime or "")
+    prime_text = read_prime_file(prime_file) if prime_file is not None else text_from_argv(prime or "")
     settings = SampleSettings(
         length=length,
         temperature=temperature,
@@ -280,7 +295,7 @@ def sample_command(
         top_k=top_k,
         top_p=top_p,
         prime=prime_text,
-        stop=unescape(stop) if stop is not None else None,
+        stop=unescape(text_from_argv(stop)) if stop is not None else None,
         num_samples=num_samples,
         seed=seed,
         beam=beam,
@@ -405,6 +420,15 @@ def inspect_neuron_command(
             rich_help_panel="Output",
         ),
     ] = False,
+    max_chars: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-chars",
+            help="Inspect only the first MAX_CHARS characters of the text (--html pages and --svg pictures have "
+            "their own limits; long texts otherwise stream, in bounded memory).",
+            rich_help_panel="Text",
+        ),
+    ] = None,
 ) -> None:
     """Colour text by one neuron's activation, find the neurons that track code, test what they do, or write an HTML explorer.
 
@@ -415,10 +439,13 @@ def inspect_neuron_command(
 
     Layers are numbered from 1, neurons from 0, here, in --json and in the HTML explorer.
     """
+    if text is not None:
+        text = text_from_argv(text)
     inspect_neuron(
         checkpoint, layer=layer, neuron=neuron, state=state, text=text, text_file=text_file, from_val=from_val,
         data=data, find=find, top=top, stats=stats, json_out=json_out, html=html, svg=svg, exact=exact,
-        ablate=ablate, causal=causal, controls=controls, seed=seed, top_contexts=top_contexts, err=err,
+        max_chars=max_chars, ablate=ablate, causal=causal, controls=controls, seed=seed, top_contexts=top_contexts,
+        err=err,
     )
 
 

@@ -26,13 +26,8 @@ def unit_values(
     engine: StepEngine, tokens: torch.Tensor, layer: int, neuron: int, signal: str, chunk: int = CHUNK
 ) -> Iterator[np.ndarray]:
     """One unit's `signal` at every token (0-based `layer`), chunk by chunk, the state carried across."""
-    state = engine.init_state(1)
-    for start in range(0, tokens.shape[0], chunk):
-        part = engine.trace(tokens[start : start + chunk], state)
+    for _, part in engine.trace_chunks(tokens, chunk):
         yield part[signal][layer, :, neuron].numpy().copy()
-        last = lambda name, k: part[name][k, -1:].to(engine.device, engine.dtype)  # noqa: E731
-        names = ("hidden", "cell") if engine.kind == "lstm" else ("hidden",)
-        state = [tuple(last(name, k) for name in names) for k in range(engine.layers)]
 
 
 def _pick(values: np.ndarray, positions: np.ndarray, k: int, gap: int) -> list[int]:

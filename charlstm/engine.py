@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -324,6 +325,31 @@ class StepEngine:
                 _store(out, k, ("hidden",), rows)
             x_seq = out["hidden"][k].to(self.dtype)
         return out
+
+    def state_after(self, trace: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+        """The recurrent state after a trace's last character, as `init_state` lays it out.
+
+        Exact: the trace keeps h (and c) as float32 copies of the engine's own values.
+        """
+        last = lambda name, k: trace[name][k, -1:].to(self.device, self.dtype)  # noqa: E731
+        if self.kind == "lstm":
+            return [(last("hidden", k), last("cell", k)) for k in range(self.layers)]
+        return [(last("hidden", k),) for k in range(self.layers)]
+
+    def trace_chunks(
+        self, tokens: torch.Tensor, chunk: int, clamps: Clamps | None = None
+    ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """`trace` over a long sequence, `chunk` steps at a time: yields (start, trace of that chunk).
+
+        The state carries from one chunk to the next, so the chunks are slices of the whole trace
+        (to float rounding: the per-chunk matrix products may sum in another order), while only
+        one chunk's signals exist at a time.
+        """
+        state = self.init_state(1)
+        for start in range(0, tokens.shape[0], chunk):
+            part = self.trace(tokens[start : start + chunk], state, clamps)
+            yield start, part
+            state = self.state_after(part)
 
     def _recurrent_adder(self, layer: int):
         """(row, h) ↦ row += W_hh h, in place, for `trace`: BLAS's gemv, or the packed fp16 kernel."""

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from charlstm.errors import CharlstmError
+from charlstm.userio import read_text_source
 
 LN2 = math.log(2.0)
 EVAL_SEQ_LEN = 256  # characters per forward pass; the state carries, so this sets speed, not the score
@@ -86,20 +87,6 @@ def bits_per_char(
     return {"bpc": loss / LN2, "loss": loss, "chars": n_pred}
 
 
-def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise CharlstmError(f"text file not found: {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CharlstmError(f"could not read {path}: {exc.strerror or exc}") from exc
-    # The same policy as ingest: invalid UTF-8 becomes U+FFFD (the unknown symbol), newlines become \n.
-    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
-    if not text:
-        raise CharlstmError(f"{path} is empty: nothing to score")
-    return text
-
-
 def _precision(requested: str | None, trained: str | None, device: torch.device, kind: str):
     """The precision asked for; else the run's own, so eval scores as training validated; else
     auto, when the run's does not run here (an fp16 GPU run scored on a CPU)."""
@@ -121,6 +108,8 @@ def evaluate_checkpoint(
     text_file: str | Path | None = None,
     device: str = "auto",
     precision: str | None = None,
+    dynamic: bool = False,
+    dynamic_lr: float | None = None,
 ) -> dict:
     """`charlstm eval`: bits per character of a checkpoint on a dataset's val split or on a text file.
 
@@ -128,6 +117,7 @@ def evaluate_checkpoint(
     file is scored as a document of its own: a document separator comes first, so every one of its
     characters is predicted. Characters the model does not know are scored as the unknown symbol
     and listed under `unknown_chars`. `precision` None: the one the run was trained with.
+    `dynamic` adds `dynamic`: the same text scored under dynamic evaluation (see dynamic_eval.py).
     """
     # Imported here: training imports this module for its validation.
     from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
@@ -136,6 +126,8 @@ def evaluate_checkpoint(
 
     if data is not None and text_file is not None:
         raise CharlstmError("give --data or --text-file, not both")
+    if dynamic_lr is not None and not dynamic:
+        raise CharlstmError("--dynamic-lr needs --dynamic")
     path = resolve_checkpoint(checkpoint)
     payload = load_checkpoint(path)
     model, vocab = model_from_checkpoint(payload)
@@ -148,7 +140,7 @@ def evaluate_checkpoint(
     unknown: list[str] = []
     remap = None
     if text_file is not None:
-        text = _read_text(Path(text_file))
+        text = read_text_source(text_file)
         unknown = vocab.unknown_chars(text)
         tokens = np.concatenate([[vocab.doc_sep], vocab.encode(text)])
         source = str(text_file)
@@ -171,8 +163,17 @@ def evaluate_checkpoint(
     start = time.perf_counter()
     result = bits_per_char(model, tokens, device=dev, autocast=prec.autocast, remap=remap)
     seconds = time.perf_counter() - start
+    extra = {}
+    if dynamic:
+        from charlstm.dynamic_eval import DYNAMIC_LR, dynamic_bits_per_char
+
+        started = time.perf_counter()
+        adapted = dynamic_bits_per_char(model, tokens, device=dev, autocast=prec.autocast, remap=remap,
+                                        lr=DYNAMIC_LR if dynamic_lr is None else dynamic_lr)  # fmt: skip
+        extra["dynamic"] = {**adapted, "seconds": round(time.perf_counter() - started, 3)}
     return {
         **result,
+        **extra,
         "source": source,
         "checkpoint": str(path),
         "step": payload.get("step"),

@@ -29,6 +29,7 @@ from charlstm.checkpoint import BEST, atomic_write, save_checkpoint
 from charlstm.engine import StepEngine
 from charlstm.errors import CharlstmError
 from charlstm.model import CharRNN, ModelConfig
+from charlstm.userio import ensure_writable_folder
 
 PAD_TARGET = -100  # cross_entropy's ignore_index: padded positions carry no loss
 
@@ -417,6 +418,7 @@ def run_study(
     study = replace(study, **overrides)
     if study.eval_max_n < study.max_n:
         study = replace(study, eval_max_n=study.max_n)
+    ensure_writable_folder(out_dir)  # fail now, not after a minute of training
     vocab = syn.vocab()
     with _fixed_threads(1):
         model, stats = train(study, seed, quiet)

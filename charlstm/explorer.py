@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import zlib
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from charlstm.checkpoint import atomic_write
 from charlstm.errors import CharlstmError
 from charlstm.features import FEATURES
 from charlstm.neurons import Inspection, activations, top_units_by_feature
 from charlstm.render import BOUNDED, GATES
+from charlstm.userio import write_output
 
 # Quantised values (one byte each) per page: the default text is 2,000 characters or as many as
 # fit in DEFAULT_VALUES (a 3×512 LSTM: 1,302 characters, a page of at most ~16 MB); more than
@@ -35,6 +34,11 @@ DEFAULT_CHARS = 2000
 
 def values_per_char(inspection: Inspection) -> int:
     return inspection.layers * inspection.hidden * len(inspection.signals)
+
+
+def most_chars(inspection: Inspection) -> int:
+    """The longest text one page holds for this model (MAX_VALUES)."""
+    return MAX_VALUES // values_per_char(inspection)
 
 
 def default_chars(inspection: Inspection) -> int:
@@ -151,16 +155,17 @@ def write_explorer(
     signal: str | None = None,
     ablate: list[tuple[int, int]] | None = None,
 ) -> dict:
-    """Trace `text`, write the explorer page to `out` atomically, and return a summary.
+    """Trace `text`, write the explorer page to `out` (see userio.write_output), return a summary.
 
     The page opens on `layer`/`neuron`/`signal` when given (1-based layer, 0-based neuron), else on
     the unit that best follows indentation. It holds the model's surprise at each character too,
     and with `ablate` the change each character's bits undergo with those units ablated.
     """
-    if len(text) * values_per_char(inspection) > MAX_VALUES:
-        most = MAX_VALUES // values_per_char(inspection)
+    if len(text) > most_chars(inspection):
+        most = most_chars(inspection)
         raise CharlstmError(
-            f"{len(text):,} characters are too many for one page with this model; use at most {most:,} (--from-val)"
+            f"{len(text):,} characters are too many for one page with this model; "
+            f"use at most {most:,} (--max-chars {most})"
         )
     acts = activations(inspection.model, inspection.vocab, text, exact=inspection.exact)
     data = explorer_data(inspection, text, source, acts, initial={})
@@ -172,10 +177,7 @@ def write_explorer(
         "signal": signal or (best["signal"] if layer is None else "hidden"),  # every kind has a hidden state
     }
     page = render_page(data).encode("utf-8")
-    atomic_write(Path(out), lambda f: f.write(page))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(out, 0o666 & ~umask)  # a page to share, not a private temporary file
+    write_output(out, page)
     return {
         "path": str(out),
         "bytes": len(page),

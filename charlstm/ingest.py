@@ -36,6 +36,7 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from glob import glob
@@ -161,7 +162,13 @@ def _read_file(path: str) -> bytes:
 
 
 def _walk_directory(root: Path, index: int, source: Source, found: Discovery, accept: Callable[[str], bool]) -> None:
-    """Sorted, symlink-safe walk: symlinked folders are never followed, so no loop is possible."""
+    """Sorted, symlink-safe walk: symlinked folders are never followed, so no loop is possible.
+
+    A symlinked file is read only when it resolves inside `root` (its content is then part of the
+    source; a copy of a file already read is dropped as a duplicate). One that leaves the root is
+    skipped as "symlink-outside": a cloned repository must not pull in ~/.ssh/id_rsa.
+    """
+    real_root = os.path.realpath(root)
     stack = [(root, "")]
     while stack:
         folder, rel = stack.pop()
@@ -174,6 +181,7 @@ def _walk_directory(root: Path, index: int, source: Source, found: Discovery, ac
         subfolders = []
         for entry in entries:
             path = f"{rel}{entry.name}"
+            full = entry.path
             try:
                 if entry.is_symlink():
                     try:
@@ -183,6 +191,10 @@ def _walk_directory(root: Path, index: int, source: Source, found: Discovery, ac
                         continue
                     if stat.S_ISDIR(st.st_mode):
                         found.skip(index, path + "/", "symlinked-folder")
+                        continue
+                    full = os.path.realpath(entry.path)  # read later by this path, the one checked here
+                    if os.path.commonpath([real_root, full]) != real_root:
+                        found.skip(index, path, "symlink-outside")
                         continue
                 elif entry.is_dir(follow_symlinks=False):
                     # A virtual environment is someone else's code whatever its name: it has a pyvenv.cfg.
@@ -205,7 +217,6 @@ def _walk_directory(root: Path, index: int, source: Source, found: Discovery, ac
             elif not accept(path):
                 found.skip(index, path, "extension", st.st_size)
             else:
-                full = entry.path
                 found.candidates.append(Candidate(index, path, st.st_size, lambda full=full: _read_file(full)))
         stack.extend(reversed(subfolders))  # depth first, in name order
 
@@ -283,12 +294,19 @@ def clone(url: str, dest: Path, timeout: float = CLONE_TIMEOUT_S) -> str:
     except subprocess.TimeoutExpired:
         raise CharlstmError(f"cannot clone {url}: git clone took more than {timeout:.0f} s") from None
     if proc.returncode != 0:
-        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-        reason = lines[-1] if lines else f"git exited with code {proc.returncode}"
+        reason = _git_failure(proc.stderr) or f"git exited with code {proc.returncode}"
         hint = " (is the network available?)" if re.search(r"resolve host|unable to access|connect", reason, re.I) else ""
         raise CharlstmError(f"cannot clone {url}: {reason}{hint}")
     head = subprocess.run(["git", "-C", str(dest), "rev-parse", "HEAD"], capture_output=True, text=True)
     return head.stdout.strip() or None
+
+
+def _git_failure(stderr: str) -> str:
+    """git's reasons, joined: its `fatal:`/`error:` lines, without the advice paragraph after them
+    ("Please make sure you have the correct access rights / and the repository exists.")."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    reasons = [line.split(":", 1)[1].strip() for line in lines if line.startswith(("fatal:", "error:"))]
+    return "; ".join(reasons or lines[-1:])
 
 
 def stdlib_source() -> Source:
@@ -496,11 +514,13 @@ def ingest(
         (work / "dataset").mkdir()
         resolved = resolve_sources(sources, preset, work / "scratch")
         found = discover(resolved, exts, closer)
-        stats = _read_all(found, work / "scratch" / "codepoints", max_file_bytes, seed, progress)
+        with _write_errors(data_dir):
+            stats = _read_all(found, work / "scratch" / "codepoints", max_file_bytes, seed, progress)
         closer.close()
         if not stats["kept"]:
             raise CharlstmError(_nothing_to_ingest(resolved, found))
-        report = _write_dataset(work, name, found, stats, resolved, min_char_count, val_fraction, seed, exts)
+        with _write_errors(data_dir):
+            report = _write_dataset(work, name, found, stats, resolved, min_char_count, val_fraction, seed, exts)
         _install(work / "dataset", target, work)
         load_dataset(target)  # the same checks every later command makes
     finally:
@@ -511,6 +531,18 @@ def ingest(
     report["seconds"] = round(seconds, 3)
     report["mb_per_s"] = round(report["bytes_read"] / 1e6 / max(seconds, 1e-9), 2)
     return report
+
+
+@contextmanager
+def _write_errors(data_dir: Path):
+    """A failed write of the scratch stream or the dataset files (a full disk, a quota) as one line.
+
+    Sources' read errors are caught per file before this; what is left is our own writing.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise CharlstmError(f"cannot write the dataset in {data_dir}: {exc.strerror or exc}") from None
 
 
 def _check_target(target: Path, force: bool) -> None:

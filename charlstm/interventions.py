@@ -398,12 +398,16 @@ def ablation_table(report: dict, title: str):
     return table
 
 
+def own_header(feature: str) -> str:
+    return f"Δ {feature}" if len(feature) <= 10 else "Δ feature"
+
+
 def causal_columns(report: dict, units) -> list[tuple[str, list[str]]]:
     """The columns `--find --causal` adds to the ranking: Δ bpc on all characters and on the feature's."""
     columns = [("Δ all", [_signed(report["by_unit"][(u.layer, u.neuron)]["delta"]["all"]) for u in units])]
     if "own" in report["counts"]:
-        header = f"Δ {report['feature']}" if len(report["feature"]) <= 10 else "Δ feature"
-        columns.append((header, [_signed(report["by_unit"][(u.layer, u.neuron)]["delta"]["own"]) for u in units]))
+        own = [_signed(report["by_unit"][(u.layer, u.neuron)]["delta"]["own"]) for u in units]
+        columns.append((own_header(report["feature"]), own))
     return columns
 
 

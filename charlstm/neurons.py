@@ -10,20 +10,22 @@ explorer numbers them; neurons are 0-based, as the index of the unit in the laye
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from charlstm.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm import interventions
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset
 from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available
 from charlstm.errors import CharlstmError
-from charlstm import interventions
 from charlstm.features import compute_feature, validate_feature
 from charlstm.model import CharRNN
-from charlstm.render import GATES
+from charlstm.render import BOUNDED, GATES, value_range
+from charlstm.userio import read_text_source, text_from_argv, write_output
 from charlstm.vocab import Vocab
 
 # Karpathy, Johnson & Fei-Fei (2015): a gate is left-saturated below 0.1, right-saturated above 0.9.
@@ -128,10 +130,34 @@ def encode_text(vocab: Vocab, text: str) -> torch.Tensor:
     return torch.from_numpy(vocab.encode(text))
 
 
-def activations(
-    model: CharRNN, vocab: Vocab, text: str, threads: int | None = 1, exact: bool = False
-) -> dict[str, np.ndarray]:
-    """Every signal of every unit at every character: signal → float32 array [layers, T, hidden].
+# ----- tracing a text, a chunk at a time --------------------------------------------------------
+
+# The trace runs over a chunk of characters at a time, the recurrent state carried across, and each
+# mode keeps from each chunk only what it needs: a whole-text trace of a 3×256 LSTM holds 18 KB per
+# character (and as much again while its gates are recomputed): ~90 GB for 5 MB of text.
+CHUNK_VALUES = 4_000_000  # float32 values in one chunk's trace: 16 MB
+CHUNK_CHARS = (64, 4096)  # bounds on a chunk's length in characters
+
+
+def chunk_chars(model: CharRNN) -> int:
+    """Characters per chunk of the trace: about CHUNK_VALUES values, whatever the model's size."""
+    cfg = model.config
+    per_char = cfg.layers * cfg.hidden * len(SIGNALS[cfg.kind])
+    low, high = CHUNK_CHARS
+    return max(low, min(high, CHUNK_VALUES // per_char))
+
+
+def trace_chunks(
+    model: CharRNN,
+    vocab: Vocab,
+    text: str,
+    threads: int | None = 1,
+    exact: bool = False,
+    chunk: int | None = None,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Trace `text` a chunk at a time: yields (start, signal → float32 array [layers, chunk, hidden]).
+
+    The chunks are slices of one trace over the whole text (to float rounding).
 
     The trace is a long chain of matrix-vector products bound by reading the recurrent weights
     once per character and layer. On a CPU with FBGEMM they are read as float16 unless `exact`:
@@ -143,32 +169,130 @@ def activations(
     tokens = encode_text(vocab, text)
     on_cpu = next(model.parameters()).device.type == "cpu"
     weights = torch.float16 if on_cpu and not exact and half_weight_kernels_available() else torch.float32
+    engine = StepEngine(model, weights)
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        trace = StepEngine(model, weights).trace(tokens)
+        for start, part in engine.trace_chunks(tokens, chunk or chunk_chars(model)):
+            yield start, {name: values.numpy() for name, values in part.items()}
     finally:
         torch.set_num_threads(previous)
-    return {name: values.numpy() for name, values in trace.items()}
+
+
+def chunk_length(chunk: dict[str, np.ndarray]) -> int:
+    return next(iter(chunk.values())).shape[1]
+
+
+def trace_into(inspection: Inspection, text: str, keepers, progress=None) -> None:
+    """Trace `text` once, handing each chunk to every keeper's `add(start, chunk)`.
+
+    `progress(done, total)` hears after each chunk, in characters.
+    """
+    for start, chunk in trace_chunks(inspection.model, inspection.vocab, text, exact=inspection.exact):
+        for keeper in keepers:
+            keeper.add(start, chunk)
+        if progress is not None:
+            progress(start + chunk_length(chunk), len(text))
+
+
+def activations(
+    model: CharRNN, vocab: Vocab, text: str, threads: int | None = 1, exact: bool = False
+) -> dict[str, np.ndarray]:
+    """Every signal of every unit at every character: signal → float32 array [layers, T, hidden].
+
+    18 KB per character on a 3×256 LSTM: for texts the size of an HTML explorer page (which caps
+    its own) and for tests; the command's other modes keep less from `trace_chunks`.
+    """
+    acts: dict[str, np.ndarray] = {}
+    for start, chunk in trace_chunks(model, vocab, text, threads=threads, exact=exact):
+        for name, values in chunk.items():
+            if name not in acts:
+                acts[name] = np.empty((values.shape[0], len(text), values.shape[2]), dtype=np.float32)
+            acts[name][:, start : start + values.shape[1]] = values
+    return acts
+
+
+class UnitSignals:
+    """One unit's signals at every character: all that colouring one neuron needs (4 bytes per
+    character and signal)."""
+
+    def __init__(self, layer: int, neuron: int, signals, length: int):
+        self.layer, self.neuron = layer, neuron  # 1-based, 0-based
+        self.values = {signal: np.empty(length, dtype=np.float32) for signal in signals}
+
+    def add(self, start: int, chunk: dict[str, np.ndarray]) -> None:
+        for signal, values in self.values.items():
+            part = chunk[signal][self.layer - 1, :, self.neuron]
+            values[start : start + len(part)] = part
 
 
 # ----- ranking units by a feature ----------------------------------------------------------------
 
 
+class FeatureCorrelation:
+    """Every unit's Pearson correlation with one feature, accumulated over chunks of the trace.
+
+    Per signal it keeps each unit's mean, sum of squared deviations and co-moment with the feature
+    (float64 [layers, hidden]), and merges chunks by Chan et al.'s pairwise update: raw sums of
+    squares would cancel catastrophically for a gate that barely moves; this equals the two-pass
+    formula to rounding. On a 0/1 feature the correlation is the point-biserial one.
+    """
+
+    def __init__(self, feature: np.ndarray):
+        self.feature = feature
+        self.count = 0
+        self.feature_mean = 0.0
+        self.feature_m2 = 0.0
+        self.mean: dict[str, np.ndarray] = {}
+        self.m2: dict[str, np.ndarray] = {}
+        self.co: dict[str, np.ndarray] = {}
+
+    def add(self, start: int, chunk: dict[str, np.ndarray]) -> None:
+        n_new = chunk_length(chunk)
+        f = self.feature[start : start + n_new]
+        if len(f) != n_new:
+            raise ValueError(f"activations up to {start + n_new} but {len(self.feature)} feature values")
+        f_mean = float(f.mean(dtype=np.float64))
+        # float32 after centring is accurate to ~1e-5 here and twice as fast as float64.
+        f_centred = (f - f_mean).astype(np.float32)
+        n_old, n = self.count, self.count + n_new
+        weight = n_old * n_new / n  # how much the difference of the two means adds to the sums
+        f_shift = f_mean - self.feature_mean
+        for signal, values in chunk.items():
+            mean = values.mean(axis=1, dtype=np.float64)  # [layers, hidden]
+            x = values - mean[:, None, :].astype(np.float32)
+            m2 = np.einsum("lth,lth->lh", x, x).astype(np.float64)
+            co = np.einsum("t,lth->lh", f_centred, x).astype(np.float64)
+            if signal not in self.mean:
+                self.mean[signal], self.m2[signal], self.co[signal] = (np.zeros_like(mean) for _ in range(3))
+            shift = mean - self.mean[signal]
+            self.mean[signal] += shift * (n_new / n)
+            self.m2[signal] += m2 + shift * shift * weight
+            self.co[signal] += co + shift * f_shift * weight
+        self.feature_m2 += float(f_centred @ f_centred) + f_shift * f_shift * weight
+        self.feature_mean += f_shift * (n_new / n)
+        self.count = n
+
+    def scores(self) -> dict[str, np.ndarray]:
+        """signal → correlation [layers, hidden]; NaN where the unit or the feature is constant."""
+        out = {}
+        for signal, co in self.co.items():
+            denom = np.sqrt(self.feature_m2 * self.m2[signal])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = co / denom
+            # Units with (numerically) no variance give noise or NaN; treat them as undefined.
+            r[~(denom > 1e-12)] = np.nan
+            out[signal] = r
+        return out
+
+
 def correlations(values: np.ndarray, feature: np.ndarray) -> np.ndarray:
     """Pearson correlation of each column of `values` [T, N] with `feature` [T] (NaN where either
     is constant). On a 0/1 feature this is the point-biserial correlation."""
-    # float32 after centring is accurate to ~1e-5 here and twice as fast as float64.
-    f = (feature.astype(np.float64) - feature.mean(dtype=np.float64)).astype(np.float32)
-    x = values - values.mean(axis=0, dtype=np.float64).astype(np.float32)
-    cov = (f @ x).astype(np.float64)
-    denom = np.sqrt(float(f @ f) * np.einsum("tn,tn->n", x, x).astype(np.float64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = cov / denom
-    # Columns with (numerically) no variance give noise or NaN; treat them as undefined.
-    r[~(denom > 1e-12)] = np.nan
-    return r
+    stats = FeatureCorrelation(feature)
+    stats.add(0, {"values": values[None]})
+    return stats.scores()["values"][0]
 
 
 @dataclass(frozen=True)
@@ -182,25 +306,21 @@ class RankedUnit:
         return {"layer": self.layer, "neuron": self.neuron, "signal": self.signal, "score": round(self.score, 6)}
 
 
-def rank_units(acts: dict[str, np.ndarray], feature: np.ndarray, top: int | None = None) -> list[RankedUnit]:
-    """Every (layer, neuron, signal) ordered by |correlation| with `feature`, best first.
-
-    Units whose activation is constant over the text (undefined correlation) are left out.
-    """
+def check_feature_varies(feature: np.ndarray) -> None:
     if len(feature) < 2 or not np.ptp(feature) > 0:
         raise CharlstmError(
             "the feature is constant over this text, so no neuron can follow it; use a longer or different text"
         )
-    scores, keys = [], []
-    for signal, values in acts.items():
-        layers, steps, hidden = values.shape
-        if steps != len(feature):
-            raise ValueError(f"{steps} activations but {len(feature)} feature values")
-        for layer in range(layers):
-            r = correlations(values[layer], feature)
-            scores.append(r)
-            keys.extend((layer + 1, n, signal) for n in range(hidden))
-    flat = np.concatenate(scores)
+
+
+def ranked(scores: dict[str, np.ndarray], top: int | None = None) -> list[RankedUnit]:
+    """Every (layer, neuron, signal) with a defined score (signal → [layers, hidden]), by |score|."""
+    keys, flat = [], []
+    for signal, r in scores.items():
+        layers, hidden = r.shape
+        keys.extend((layer + 1, n, signal) for layer in range(layers) for n in range(hidden))
+        flat.append(r.ravel())
+    flat = np.concatenate(flat)
     valid = np.flatnonzero(~np.isnan(flat))
     order = valid[np.argsort(-np.abs(flat[valid]), kind="stable")]
     if top is not None:
@@ -208,14 +328,70 @@ def rank_units(acts: dict[str, np.ndarray], feature: np.ndarray, top: int | None
     return [RankedUnit(*keys[i], float(flat[i])) for i in order]
 
 
+def rank_units(acts: dict[str, np.ndarray], feature: np.ndarray, top: int | None = None) -> list[RankedUnit]:
+    """Every (layer, neuron, signal) ordered by |correlation| with `feature`, best first.
+
+    Units whose activation is constant over the text (undefined correlation) are left out.
+    """
+    check_feature_varies(feature)
+    if chunk_length(acts) != len(feature):
+        raise ValueError(f"{chunk_length(acts)} activations but {len(feature)} feature values")
+    stats = FeatureCorrelation(feature)
+    stats.add(0, acts)
+    return ranked(stats.scores(), top)
+
+
+class WindowSnippets:
+    """Every unit's signals over the characters [start, end) that the --find table shows, and the
+    colour scale of the cell state (its largest |value| over the whole text)."""
+
+    def __init__(self, window: tuple[int, int]):
+        self.start, self.end = window
+        self.values: dict[str, np.ndarray] = {}  # signal → [layers, end - start, hidden]
+        self.largest: dict[str, np.ndarray] = {}  # signal → [layers, hidden], for unbounded signals
+
+    def add(self, start: int, chunk: dict[str, np.ndarray]) -> None:
+        lo, hi = max(self.start, start), min(self.end, start + chunk_length(chunk))
+        for signal, values in chunk.items():
+            if signal not in self.values:
+                layers, _, hidden = values.shape
+                self.values[signal] = np.zeros((layers, self.end - self.start, hidden), dtype=np.float32)
+            if lo < hi:
+                self.values[signal][:, lo - self.start : hi - self.start] = values[:, lo - start : hi - start]
+            if signal not in GATES and signal not in BOUNDED:
+                largest = np.where(np.isfinite(values), np.abs(values), 0).max(axis=1)
+                self.largest[signal] = np.maximum(self.largest.get(signal, 0), largest)
+
+    def of(self, unit: RankedUnit) -> tuple[np.ndarray, float]:
+        """The unit's values over the window and the value drawn at full colour."""
+        values = self.values[unit.signal][unit.layer - 1, :, unit.neuron]
+        if unit.signal in self.largest:
+            return values, float(self.largest[unit.signal][unit.layer - 1, unit.neuron]) or 1.0
+        return values, value_range(unit.signal)[1]
+
+
+@dataclass
+class Found:
+    """What --find shows: the ranked units, the feature, and each unit's snippet over `window`."""
+
+    units: list[RankedUnit]
+    feature: np.ndarray
+    window: tuple[int, int]
+    snippets: list[tuple[np.ndarray, float]]  # per unit: values over the window, colour scale
+
+
 def find_units(
-    inspection: Inspection, text: str, feature_name: str, top: int = 10
-) -> tuple[list[RankedUnit], dict[str, np.ndarray], np.ndarray]:
-    """Rank the model's units by `feature_name` over `text`; also return activations and feature."""
+    inspection: Inspection, text: str, feature_name: str, top: int = 10, window_width: int = 64, progress=None
+) -> Found:
+    """Rank the model's units by `feature_name` over `text`, tracing it a chunk at a time."""
     validate_feature(feature_name)
-    acts = activations(inspection.model, inspection.vocab, text, exact=inspection.exact)
     feature = compute_feature(feature_name, text, inspection.language)
-    return rank_units(acts, feature, top), acts, feature
+    check_feature_varies(feature)  # before the slow part
+    window = feature_window(feature, window_width)
+    stats, snippets = FeatureCorrelation(feature), WindowSnippets(window)
+    trace_into(inspection, text, (stats, snippets), progress)
+    units = ranked(stats.scores(), top)
+    return Found(units, feature, window, [snippets.of(unit) for unit in units])
 
 
 def top_units_by_feature(
@@ -247,47 +423,58 @@ def feature_window(feature: np.ndarray, width: int = 64) -> tuple[int, int]:
 # ----- gate saturation ---------------------------------------------------------------------------
 
 
+class GateSaturation:
+    """Per layer, gate and unit: how many characters it spends left- (< 0.1) and right-saturated
+    (> 0.9), counted over chunks of the trace."""
+
+    def __init__(self, kind: str):
+        self.gates = [s for s in SIGNALS[kind] if s in GATES]
+        if not self.gates:
+            raise CharlstmError(f"a {kind.upper()} has no gates to measure; --stats needs an LSTM or GRU")
+        self.count = 0
+        self.left: dict[str, np.ndarray] = {}  # gate → [layers, hidden] characters
+        self.right: dict[str, np.ndarray] = {}
+
+    def add(self, start: int, chunk: dict[str, np.ndarray]) -> None:
+        for gate in self.gates:
+            values = chunk[gate]
+            self.left[gate] = self.left.get(gate, 0) + (values < LEFT_SATURATED).sum(axis=1)
+            self.right[gate] = self.right.get(gate, 0) + (values > RIGHT_SATURATED).sum(axis=1)
+        self.count += chunk_length(chunk)
+
+    def rows(self) -> list[dict]:
+        """Per layer and gate: mean fraction of time units are left- and right-saturated, and how
+        many units spend most of the time (> 50 %) in each state."""
+        rows = []
+        for gate in self.gates:
+            for layer, (left, right) in enumerate(zip(self.left[gate] / self.count, self.right[gate] / self.count)):
+                rows.append(
+                    {
+                        "layer": layer + 1,
+                        "gate": gate,
+                        "left_saturated": float(left.mean()),
+                        "right_saturated": float(right.mean()),
+                        "units_mostly_left": int((left > 0.5).sum()),
+                        "units_mostly_right": int((right > 0.5).sum()),
+                        "units": len(left),
+                    }
+                )
+        rows.sort(key=lambda r: (r["layer"], self.gates.index(r["gate"])))
+        return rows
+
+
 def saturation(acts: dict[str, np.ndarray], kind: str) -> list[dict]:
-    """Per layer and gate: mean fraction of time units are left- (< 0.1) and right-saturated (> 0.9),
-    and how many units spend most of the time (> 50 %) in each state."""
-    gates = [s for s in SIGNALS[kind] if s in GATES]
-    if not gates:
-        raise CharlstmError(f"a {kind.upper()} has no gates to measure; --stats needs an LSTM or GRU")
-    rows = []
-    for gate in gates:
-        values = acts[gate]
-        for layer in range(values.shape[0]):
-            left = (values[layer] < LEFT_SATURATED).mean(axis=0)  # per unit, fraction of time
-            right = (values[layer] > RIGHT_SATURATED).mean(axis=0)
-            rows.append(
-                {
-                    "layer": layer + 1,
-                    "gate": gate,
-                    "left_saturated": float(left.mean()),
-                    "right_saturated": float(right.mean()),
-                    "units_mostly_left": int((left > 0.5).sum()),
-                    "units_mostly_right": int((right > 0.5).sum()),
-                    "units": int(values.shape[2]),
-                }
-            )
-    rows.sort(key=lambda r: (r["layer"], gates.index(r["gate"])))
-    return rows
+    """Gate saturation (see `GateSaturation.rows`) over whole-text activations."""
+    counts = GateSaturation(kind)
+    counts.add(0, acts)
+    return counts.rows()
 
 
 # ----- choosing the text -------------------------------------------------------------------------
 
 
 def read_text_file(path: str | Path) -> str:
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CharlstmError(f"{path} is not valid UTF-8 (byte {exc.start})") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")  # as ingest normalises newlines
+    return read_text_source(path, "text file")
 
 
 def choose_text(
@@ -309,7 +496,7 @@ def choose_text(
     if text is not None:
         chosen, source = text, "--text"
     elif text_file is not None:
-        chosen, source = read_text_file(text_file), str(text_file)
+        chosen, source = read_text_file(text_file), text_from_argv(str(text_file))  # shown in the page
     else:
         chars = default_chars if from_val is None else from_val
         chosen, source = validation_text(inspection, chars, data)
@@ -317,7 +504,21 @@ def choose_text(
     return chosen, source
 
 
+def cut_text(text: str, source: str, most: int, why: str = "") -> tuple[str, str]:
+    """The first `most` characters of `text`, and its description saying so."""
+    if len(text) <= most:
+        return text, source
+    return text[:most], f"{source} (its first {most:,} of {len(text):,} characters{why})"
+
+
+def tracing_progress(status):
+    """A `trace_into` progress callback that updates a rich status line."""
+    return lambda done, total: status.update(f"tracing {done:,} of {total:,} characters…")
+
+
 INSPECT_STATES = ("hidden", "cell", "input", "forget", "output", "candidate", "reset", "update", "all")
+# An SVG records every character's style: ~1.4 KB each while it is drawn, a ~5 MB picture at the limit.
+SVG_MAX_CHARS = 20_000
 
 
 def inspect_neuron(
@@ -342,6 +543,7 @@ def inspect_neuron(
     controls: int = 8,
     seed: int = 0,
     top_contexts: int | None = None,
+    max_chars: int | None = None,
     err,
 ) -> None:
     """`charlstm inspect-neuron`: one neuron coloured over a text, --find, --stats, --html, --ablate
@@ -382,6 +584,8 @@ def inspect_neuron(
         validate_feature(find)  # before the slow part
         if top < 1:
             raise CharlstmError(f"--top must be at least 1, got {top}")
+    if max_chars is not None and max_chars < 1:
+        raise CharlstmError(f"--max-chars must be at least 1, got {max_chars}")
 
     inspection = open_checkpoint(checkpoint, exact=exact)
     if layer is not None or neuron is not None:
@@ -403,6 +607,13 @@ def inspect_neuron(
     else:
         default_chars = 5000 if (find or stats or ablate) else 1000
     chosen, source = choose_text(inspection, text, text_file, from_val, data, default_chars)
+    if max_chars is not None:
+        chosen, source = cut_text(chosen, source, max_chars)
+    if svg is not None and len(chosen) > SVG_MAX_CHARS:
+        raise CharlstmError(
+            f"--svg draws at most {SVG_MAX_CHARS:,} characters and this text has {len(chosen):,}; "
+            f"add --max-chars {SVG_MAX_CHARS}"
+        )
 
     if ablate and html is None:
         with err.status(f"scoring {len(chosen):,} characters, {1 + 1 + controls} ways…"):
@@ -428,7 +639,16 @@ def inspect_neuron(
         return
 
     if html is not None:
-        from charlstm.explorer import write_explorer
+        from charlstm.explorer import MAX_VALUES, most_chars, write_explorer
+
+        most = most_chars(inspection)
+        if len(chosen) > most:  # the page shows the start of a long text, and says so
+            err.print(
+                f"note: one page holds {most:,} characters with this model ({MAX_VALUES:,} values); it shows the "
+                f"first {most:,} of {len(chosen):,} (--max-chars picks fewer)",
+                highlight=False,
+            )
+            chosen, source = cut_text(chosen, source, most, ": the most one page holds")
 
         with err.status(f"tracing {len(chosen):,} characters…"):
             if ablate and layer is None:  # open the page on the (first) ablated unit
@@ -445,27 +665,29 @@ def inspect_neuron(
         return
 
     if find is not None:
-        with err.status(f"tracing {len(chosen):,} characters…"):
-            units, acts, feature = find_units(inspection, chosen, find, top)
+        width = max(24, err.width - 45)  # the snippet's width: the rest of the table's row fits
+        if causal:  # two more columns: Δ all, and Δ on the feature's own characters
+            width = max(10, width - 10 - 3 - max(7, len(interventions.own_header(find))))
+        with err.status(f"tracing {len(chosen):,} characters…") as status:
+            found = find_units(inspection, chosen, find, top, width, tracing_progress(status))
+        units = found.units
         effects = None
         if causal:
             targets = len({(u.layer, u.neuron) for u in units})
             with err.status(f"ablating {targets} units and {controls} controls per layer…"):
                 effects = interventions.causal_effects(inspection, chosen, find, units, controls, seed)
         if json_out:
-            found = [u.to_dict() for u in units]
+            ranked_units = [u.to_dict() for u in units]
             if effects is not None:
-                for entry, u in zip(found, units):
+                for entry, u in zip(ranked_units, units):
                     entry["ablation"] = effects["by_unit"][(u.layer, u.neuron)]["delta"]
                 effects = {k: v for k, v in effects.items() if k not in ("by_unit", "ablations")}
-            print(json.dumps({"feature": find, "chars": len(chosen), "neurons": found, "causal": effects}))
+            print(json.dumps({"feature": find, "chars": len(chosen), "neurons": ranked_units, "causal": effects}))
             return
         measure = "point-biserial r" if is_binary(find) else "Pearson r"
         title = f"Units following {find!r} ({measure} over {source})"
         extra = interventions.causal_columns(effects, units) if effects is not None else []
-        width = max(10 if extra else 24, err.width - 45 - sum(3 + max(7, len(name)) for name, _ in extra))
-        window = feature_window(feature, width=width)  # the rest of the row fits
-        table = render.find_table(find, units, acts, feature, chosen, window, title, extra)
+        table = render.find_table(find, units, found.snippets, found.feature, chosen, found.window, title, extra)
         if effects is not None:
             table.caption = interventions.causal_caption(effects)
         err.print(table)
@@ -479,30 +701,34 @@ def inspect_neuron(
         return
 
     if stats:
-        with err.status(f"tracing {len(chosen):,} characters…"):
-            acts = activations(inspection.model, inspection.vocab, chosen, exact=inspection.exact)
-            rows = saturation(acts, inspection.kind)
+        counts = GateSaturation(inspection.kind)  # an RNN has no gates: say so before tracing
+        with err.status(f"tracing {len(chosen):,} characters…") as status:
+            trace_into(inspection, chosen, [counts], tracing_progress(status))
+        rows = counts.rows()
         if json_out:
             print(json.dumps({"chars": len(chosen), "gates": rows}))
             return
         err.print(render.stats_table(rows, f"Gate saturation ({source}; {escape(inspection.describe())})"))
         return
 
-    acts = activations(inspection.model, inspection.vocab, chosen, exact=inspection.exact)
+    signals = inspection.signals if state == "all" else (state or "hidden",)
+    unit = UnitSignals(layer, neuron, signals, len(chosen))
+    with err.status(f"tracing {len(chosen):,} characters…") as status:
+        trace_into(inspection, chosen, [unit], tracing_progress(status))
     out = Console(highlight=False, record=svg is not None)
     err.print(
         f"layer {layer} of {inspection.layers}, neuron {neuron} (0-based) — {escape(inspection.describe())}; {escape(source)}",
         highlight=False,
     )
-    for signal in inspection.signals if state == "all" else (state or "hidden",):
-        values = acts[signal][layer - 1, :, neuron]
+    for signal in signals:
+        values = unit.values[signal]
         scale = render.value_range(signal, values)[1]
         if state == "all":
             out.rule(f"{signal}", align="left")
-        out.print(render.colour_text(chosen, values, signal, scale=scale), end="" if chosen.endswith("\n") else "\n")
+        render.print_coloured(out, chosen, values, signal, scale)
         out.print(render.legend(signal, scale if signal == "cell" else None))
     if svg is not None:
         title = f"layer {layer}, neuron {neuron}: {state or 'hidden'}"
         picture = out.export_svg(title=title).encode("utf-8")
-        atomic_write(Path(svg), lambda f: f.write(picture))
+        write_output(svg, picture)
         err.print(f"wrote {escape(svg)}", highlight=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 from rich.text import Text
 
 # Signals that are gates (sigmoid outputs on 0..1); everything else is signed.
@@ -43,8 +44,9 @@ def value_range(signal: str, values: Sequence[float] = ()) -> tuple[float, float
         return 0.0, 1.0
     if signal in BOUNDED:
         return -1.0, 1.0
-    finite = [abs(float(v)) for v in values if math.isfinite(float(v))]
-    scale = max(finite, default=0.0) or 1.0
+    magnitudes = np.abs(np.asarray(values))  # an array, not a list of floats: texts can be long
+    finite = magnitudes[np.isfinite(magnitudes)]
+    scale = (float(finite.max()) if finite.size else 0.0) or 1.0
     return -scale, scale
 
 
@@ -99,6 +101,22 @@ def colour_text(
     return out
 
 
+def print_coloured(console, text: str, values: Sequence[float], signal: str, scale: float, piece: int = 8192) -> None:
+    """Print `text` coloured by `values` a piece at a time, each cut after a newline where there
+    is one: a rich Text keeps every character's style until it is printed, which for a long text
+    would cost more memory than the trace that coloured it."""
+    start = 0
+    while start < len(text):
+        end = min(start + piece, len(text))
+        last_newline = text.rfind("\n", start, end)
+        if end < len(text) and last_newline >= 0:
+            end = last_newline + 1
+        console.print(colour_text(text[start:end], values[start:end], signal, scale=scale), end="")
+        start = end
+    if not text.endswith("\n"):
+        console.print()
+
+
 def legend(signal: str, scale: float | None = None, width: int = 15) -> Text:
     """A one-line colour bar with its end values, e.g. ``hidden −1 ▇▇▇…▇▇▇ +1``."""
     if signal in GATES:
@@ -128,11 +146,12 @@ def feature_snippet(text: str, feature: Sequence[float]) -> Text:
 
 
 def find_table(
-    feature_name: str, units, acts: dict, feature, text: str, window: tuple[int, int], title: str, extra=()
+    feature_name: str, units, snippets, feature, text: str, window: tuple[int, int], title: str, extra=()
 ):
     """A ranked table of units, each with a one-line snippet of the text coloured by its activation.
 
-    `units` are objects with layer (1-based), neuron, signal, score; `acts` maps signal → [L, T, H];
+    `units` are objects with layer (1-based), neuron, signal, score; `snippets` holds for each unit
+    its values over `window` and the value drawn at full colour (the cell's over the whole text);
     `extra` holds more columns after the score, as (header, one cell per unit).
     """
     from rich.table import Table
@@ -149,10 +168,8 @@ def find_table(
     table.add_column(f"characters {start}–{end}", no_wrap=True, overflow="crop")
     blanks = [""] * len(extra)
     table.add_row("", "", "", feature_name, "", *blanks, feature_snippet(text[start:end], feature[start:end]), style="italic")
-    for rank, unit in enumerate(units, 1):
-        values = acts[unit.signal][unit.layer - 1, :, unit.neuron]
-        scale = value_range(unit.signal, values)[1]  # the cell scaled over the whole text, not the snippet
-        snippet = colour_text(text[start:end], values[start:end], unit.signal, scale=scale, newlines=False)
+    for rank, (unit, (values, scale)) in enumerate(zip(units, snippets), 1):
+        snippet = colour_text(text[start:end], values, unit.signal, scale=scale, newlines=False)
         colour = "blue" if unit.score > 0 else "red"
         cells = [column[rank - 1] for _, column in extra]
         table.add_row(

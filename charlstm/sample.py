@@ -14,6 +14,7 @@ markup, so `[...]` in code prints as itself.
 from __future__ import annotations
 
 import codecs
+import io
 import math
 import os
 import shutil
@@ -27,11 +28,12 @@ from typing import TextIO
 import torch
 
 from charlstm.beam import beam_search
-from charlstm.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.engine import StepEngine, packed_weights_available
 from charlstm.errors import CharlstmError
 from charlstm.interventions import UnitSpec, check_unit, resolve
 from charlstm.model import CharRNN
+from charlstm.userio import read_text_source, silence_stdout, write_output
 from charlstm.vocab import DOC_SEP, Vocab
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
@@ -100,16 +102,7 @@ def unescape(text: str) -> str:
 
 
 def read_prime_file(path: Path) -> str:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CharlstmError(f"prime file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CharlstmError(f"cannot read prime file {path}: {exc}") from None
-    if not text:
-        raise CharlstmError(f"prime file {path} is empty")
-    return text.replace("\r\n", "\n").replace("\r", "\n")  # as ingestion normalizes newlines
+    return read_text_source(path, "prime file")
 
 
 def engine_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -135,10 +128,12 @@ def engine_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def pick_device(name: str) -> torch.device:
+    if name == "auto":  # a CUDA GPU when there is one: even launch-bound, it outpaces a CPU at batch 1
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise CharlstmError(f"unknown device {name!r}; use cpu or cuda") from None
+        raise CharlstmError(f"unknown device {name!r}; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CharlstmError("--device cuda asked for, but this PyTorch build sees no CUDA GPU")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -505,6 +500,8 @@ def run_sampling(
 
     if threads is not None and threads < 1:
         raise CharlstmError(f"--threads must be at least 1, got {threads}")
+    if sys.stdout is None and out is None:  # started with stdout closed (`>&-`)
+        raise CharlstmError("stdout is closed: nowhere to write the samples (save them with -o FILE)")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads or 1)
     try:
@@ -542,7 +539,7 @@ def _run_sampling(
         soft_wrap=True,
     )
 
-    stream = stdout_text()
+    stream = stdout_text() if sys.stdout is not None else io.StringIO()  # stdout closed: only -o gets them
     language = (payload.get("dataset") or {}).get("language")
     on_terminal = color and is_color_terminal(stream)
     for item in resolve(list(settings.interventions), engine.kind, engine.layers, engine.hidden):
@@ -564,13 +561,8 @@ def _run_sampling(
     try:
         stream_samples(sampler, settings, writer)
     except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, as Unix tools do.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
+        silence_stdout()  # the reader went away (`| head`): stop quietly, as Unix tools do
         return
     if out is not None:
-        text = "".join(writer.plain)
-        atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+        write_output(out, "".join(writer.plain).encode("utf-8"))
         err.print(f"[dim]wrote {escape(str(out))}[/dim]", highlight=False, soft_wrap=True)

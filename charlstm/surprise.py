@@ -62,7 +62,8 @@ def surprise(
     """`charlstm eval --per-char --text-file F`: every character of F with its bits and the model's
     top predictions, plus the totals. `precision` None: the one the run trained with, as eval."""
     from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
-    from charlstm.evaluate import _precision, _read_text
+    from charlstm.evaluate import _precision
+    from charlstm.userio import read_text_source
     from charlstm.train import resolve_device
 
     path = resolve_checkpoint(checkpoint)
@@ -73,7 +74,7 @@ def surprise(
         torch.set_flush_denormal(True)
     prec = _precision(precision, payload.get("precision"), dev, model.config.kind)
     model.to(dev)
-    text = _read_text(Path(text_file))
+    text = read_text_source(text_file)
     tokens = np.concatenate([[vocab.doc_sep], vocab.encode(text)])
     start = time.perf_counter()
     bits, top_ids, top_probs = per_char_bits(model, tokens, device=dev, autocast=prec.autocast)
@@ -189,11 +190,10 @@ def report_surprise(result: dict, err, json_out: bool = False, html_out: str | P
     from rich.console import Console
     from rich.markup import escape
 
-    from charlstm.checkpoint import atomic_write
+    from charlstm.userio import write_output
 
     if html_out is not None:
-        page = surprise_html(result).encode("utf-8")
-        atomic_write(Path(html_out), lambda f: f.write(page))
+        write_output(html_out, surprise_html(result).encode("utf-8"))
     if json_out:
         print(json.dumps({k: v for k, v in result.items() if k != "text"}, ensure_ascii=False))
         return

@@ -88,6 +88,7 @@ class TrainConfig:
     seed: int = 1337  # model initialisation, dropout
     # logging and checkpoints
     eval_every: int = 500  # steps between validations (0: only at the end)
+    patience: int | None = None  # stop after this many validations without a new best (best.pt kept)
     save_every: int = 500  # steps between saves of latest.pt (0: only at the end)
     log_every: int = 10  # steps between metrics lines (and the only GPU syncs)
     # backend
@@ -129,6 +130,8 @@ class TrainConfig:
         for name in ("eval_every", "save_every"):
             need(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         need(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}")
+        need(self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}")
+        need(self.patience is None or self.eval_every > 0, "--patience counts validations: give --eval-every N too")
         need(self.threads is None or 1 <= self.threads <= MAX_THREADS, f"--threads must be between 1 and {MAX_THREADS}, got {self.threads}")
         need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
@@ -136,7 +139,7 @@ class TrainConfig:
 
 # Options that may change when a run is resumed: the budget and how it is logged and run.
 # Everything else (model shape, data layout, optimiser) is the run's and must stay as it was.
-RESUMABLE_OVERRIDES = ("steps", "epochs", "minutes", "eval_every", "save_every", "log_every", "precision", "device", "threads", "data")
+RESUMABLE_OVERRIDES = ("steps", "epochs", "minutes", "patience", "eval_every", "save_every", "log_every", "precision", "device", "threads", "data")
 
 
 def default_run_dir(data: str, model: str) -> Path:
@@ -551,6 +554,8 @@ class Trainer:
         self.step = 0
         self.state = None  # hidden state of this process's lanes
         self.best_val_bpc: float | None = None
+        self.stale_validations = 0  # validations since the last new best, for --patience
+        self.stopped_early = False
         self.last_val_bpc: float | None = None
         self.last_train_bpc: float | None = None
         self.last_chars_per_sec: float | None = None
@@ -612,6 +617,7 @@ class Trainer:
         self.step = int(payload["step"])
         self.batcher.seek(payload["data_position"])
         self.best_val_bpc = payload.get("best_val_bpc")
+        self.stale_validations = int(payload.get("stale_validations", 0))
         self.last_val_bpc = payload.get("val_bpc")
         self._skipped.fill_(int(payload.get("skipped_steps", 0)))
         saved = payload.get("schedule") or {}
@@ -737,6 +743,7 @@ class Trainer:
             "schedule": dict(self.schedule),
             "rng": rng,
             "best_val_bpc": self.best_val_bpc,
+            "stale_validations": self.stale_validations,
             "val_bpc": self.last_val_bpc,
             "skipped_steps": self.skipped_steps,
             "precision": self.precision.name,
@@ -794,6 +801,20 @@ class Trainer:
     @property
     def skipped_steps(self) -> int:
         return int(self._skipped.item())
+
+    def _out_of_patience(self) -> bool:
+        """--patience: that many validations in a row without a new best end the run (every rank)."""
+        if self.cfg.patience is None:
+            return False
+        exhausted = self._stop_flag(self.stale_validations >= self.cfg.patience)
+        if exhausted:
+            self.stopped_early = True
+            if self.main:
+                self._say(
+                    f"no new best in {self.cfg.patience} validation(s): stopping at step {self.step:,} "
+                    f"(--patience); best.pt holds {self.best_val_bpc:.4f} bpc"
+                )
+        return exhausted
 
     def _stop_flag(self, local: bool) -> bool:
         """Every rank must stop at the same step: agree on the flag."""
@@ -914,6 +935,8 @@ class Trainer:
                 if evaluate_now or save_now:
                     meter["time"] = time.perf_counter()  # validation and saving are not training throughput
                 bar.update(1)
+                if evaluate_now and self._out_of_patience():
+                    break
         except KeyboardInterrupt:
             # A second Ctrl-C (or one outside the loop's checks): the step may be half done, so
             # nothing is saved; the last checkpoint stays as it was.
@@ -959,6 +982,7 @@ class Trainer:
             "world_size": self.world,
             "parameters": self.raw_model.num_parameters(),
             "seconds": round(elapsed, 2),
+            "stopped_early": self.stopped_early,
             "run_dir": str(self.run_dir),
         }
         if self.scaler.is_enabled():
@@ -1040,6 +1064,7 @@ class Trainer:
         if val is None or not self.main:
             return
         improved = self.best_val_bpc is None or val < self.best_val_bpc
+        self.stale_validations = 0 if improved else self.stale_validations + 1
         if improved:
             self.best_val_bpc = val
         if record is not None:

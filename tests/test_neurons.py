@@ -262,7 +262,7 @@ def test_cli_find_table_and_stats(run_with_data):
         (["-l", "1", "-n", "0", "--state", "memory", "--text", "n"], "unknown --state 'memory'"),
         (["-l", "1", "-n", "0", "--text", "n", "--from-val", "5"], "give only one of --text, --from-val"),
         (["-l", "1", "-n", "0"], "dataset data/tiny (validation text for this checkpoint) is not here"),
-        (["-l", "1", "-n", "0", "--text-file", "/nonexistent/file.java"], "cannot read /nonexistent/file.java"),
+        (["-l", "1", "-n", "0", "--text-file", "/nonexistent/file.java"], "text file not found: /nonexistent/file.java"),
         (["--stats", "--find", "indent", "--text", "n"], "choose one of --find, --stats"),
     ],
 )

@@ -274,3 +274,12 @@ def test_auto_precision_picks_the_smallest_weights_the_cpu_runs():
     )
     assert engine_dtype("auto", cpu) == expected
     assert engine_dtype("fp32", cpu) == torch.float32 and engine_dtype("fp16", cpu) == torch.float16
+
+
+def test_device_auto_picks_cuda_only_where_it_is_present(monkeypatch):
+    from charlstm.sample import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto").type == "cuda"

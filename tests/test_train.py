@@ -415,3 +415,18 @@ def test_a_new_budget_on_resume_continues_the_learning_rate_without_a_jump(tiny_
     assert 0.5 < steps_ratio <= 1.0  # continues from where it stood (the floor), no return to the peak
     assert lrs[-1] == pytest.approx(2e-3 * 0.1)
     assert lr_at(30, 1.0, 2, 40, 0.1, from_step=20, from_ratio=0.5) < 0.5
+
+
+def test_patience_stops_after_that_many_validations_without_a_new_best(tiny_dataset, tmp_path, monkeypatch):
+    from charlstm.train import Trainer
+
+    scores = iter([3.0, 2.9, 3.1, 3.2, 2.0, 1.0])  # best at the 2nd validation, then two worse ones
+    monkeypatch.setattr(Trainer, "validate", lambda self: next(scores))
+    run = tmp_path / "run"
+    summary = train(options(tiny_dataset, run, steps=50, eval_every=5, patience=2))
+    assert summary["stopped_early"] and summary["steps"] == 20 and summary["best_val_bpc"] == 2.9
+    assert load_checkpoint(run / "best.pt")["step"] == 10
+    latest = load_checkpoint(run / "latest.pt")
+    assert latest["step"] == 20 and latest["stale_validations"] == 2
+    assert "--patience" in one_line_error(runner.invoke(app, ["train", "--data", str(tiny_dataset.path), "--out",
+                                                              str(tmp_path / "p"), "--patience", "2", "--eval-every", "0"]))
