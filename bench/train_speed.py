@@ -158,13 +158,14 @@ def main() -> None:
     print(
         f"3×512 LSTM, embed 64, batch 64, seq 128 on {device} ({threads} threads, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}; "
-        f"{args.steps} measured steps of each loop, alternating, after {warmup} warm-up",
+        f"{args.steps} measured steps of each loop, interleaved, after {warmup} warm-up",
         file=sys.stderr,
     )
-    results = {}
+    results: dict[str, dict | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
         dataset = make_dataset(Path(tmp), warmup + args.steps)
         vocab_size = len(dataset.vocab)
+        loops = {}  # (precision, "project" | "bare") → a function timing one step
         for name, dtype in DTYPES.items():
             try:  # the project's own check: what `charlstm train --precision NAME` would accept here
                 choose_precision(name, device)
@@ -172,26 +173,29 @@ def main() -> None:
                 print(f"{name}: skipped — {exc}", file=sys.stderr)
                 results[name] = None
                 continue
-            peak_before = matmul_peak(dtype, device)  # measured before and after: load varies
             trainer = project_trainer(dataset, name, device.type, threads, Path(tmp) / f"run-{name}")
             bare_loop = BareLoop(vocab_size, dtype, device)
-            params = bare_loop.model.num_parameters()
-            assert params == trainer.raw_model.num_parameters()
-            project, bare = [], []
-            # Alternate one step of each, and which goes first, so load from other processes and
-            # cache effects hit both alike.
-            for i in range(warmup + args.steps):
-                if i % 2:
-                    b, p = bare_loop.step(), project_step(trainer)
-                else:
-                    p, b = project_step(trainer), bare_loop.step()
+            assert bare_loop.model.num_parameters() == trainer.raw_model.num_parameters()
+            loops[name, "project"] = lambda trainer=trainer: project_step(trainer)
+            loops[name, "bare"] = bare_loop.step
+        params = trainer.raw_model.num_parameters()
+        measured = [name for name in DTYPES if (name, "project") in loops]
+        peaks_before = {name: matmul_peak(DTYPES[name], device) for name in measured}
+        # Every loop takes one step per round, in an order that rotates each round, so load from
+        # other processes and cache effects hit all of them alike: the ratios between precisions
+        # are measured as fairly as the ratio between our loop and the bare one.
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in loops}
+        keys = list(loops)
+        for i in range(warmup + args.steps):
+            for key in keys[i % len(keys) :] + keys[: i % len(keys)]:
+                seconds = loops[key]()
                 if i >= warmup:
-                    project.append(p)
-                    bare.append(b)
-            del trainer, bare_loop
-            chars = SHAPE["batch_size"] * SHAPE["seq_len"]
-            p_cps, b_cps = chars / statistics.median(project), chars / statistics.median(bare)
-            peak = max(peak_before, matmul_peak(dtype, device))
+                    times[key].append(seconds)
+        chars = SHAPE["batch_size"] * SHAPE["seq_len"]
+        for name in measured:
+            p_cps = chars / statistics.median(times[name, "project"])
+            b_cps = chars / statistics.median(times[name, "bare"])
+            peak = max(peaks_before[name], matmul_peak(DTYPES[name], device))  # before and after: load varies
             flops = 6 * params * p_cps
             results[name] = {
                 "project_chars_per_sec": round(p_cps),
