@@ -19,7 +19,7 @@ from charlstm import __version__
 from charlstm.errors import CharlstmError
 from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
 from charlstm.neurons import inspect_neuron
-from charlstm.sample import PRECISIONS, SampleSettings, read_prime_file, run_sampling, unescape
+from charlstm.sample import WEIGHT_PRECISIONS, SampleSettings, read_prime_file, run_sampling, unescape
 from charlstm.train import TrainConfig as _TC  # its defaults are shown in the help
 from charlstm.userio import guarded_stdout, text_from_argv
 
@@ -279,7 +279,7 @@ def sample_command(
     no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
     device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when present, else the CPU), cpu or cuda. A model trained on either samples on either.", rich_help_panel="Backend")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default 1: one step is too small to share, and a second thread stalls whenever another process uses the cores.", rich_help_panel="Backend")] = None,
-    precision: Annotated[str, typer.Option("--precision", "--dtype", help=f"Engine weights: {'|'.join(PRECISIONS)}. auto = int8 weights on a CPU with FBGEMM (fastest; next-character distributions within a KL of ~0.002 bits of fp32), else fp16, else fp32. fp16: near exact; fp32: exact.", rich_help_panel="Backend")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", "--dtype", help=f"Engine weights: {'|'.join(WEIGHT_PRECISIONS)}. auto = int8 weights on a CPU with FBGEMM (fastest; next-character distributions within a KL of ~0.002 bits of fp32), else fp16, else fp32. fp16: near exact; fp32: exact.", rich_help_panel="Backend")] = "auto",
 ) -> None:
     """Stream generated code from a trained model, character by character.
 

@@ -9,7 +9,6 @@ Layers are numbered from 1, as in the article's explorer and in `inspect-neuron`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -25,6 +24,7 @@ from rich.text import Text
 from tqdm import tqdm
 
 from charlstm import synthetic as syn
+from charlstm.backend import torch_threads
 from charlstm.checkpoint import BEST, atomic_write, save_checkpoint
 from charlstm.engine import StepEngine
 from charlstm.errors import CharlstmError
@@ -71,17 +71,6 @@ STUDIES = {
     ),
 }
 NAMES = tuple(STUDIES)
-
-
-@contextlib.contextmanager
-def _fixed_threads(n: int = 1):
-    """Tiny models run fastest on one thread, and a fixed count keeps results repeatable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----- training ----------------------------------------------------------------------------------
@@ -420,7 +409,7 @@ def run_study(
         study = replace(study, eval_max_n=study.max_n)
     ensure_writable_folder(out_dir)  # fail now, not after a minute of training
     vocab = syn.vocab()
-    with _fixed_threads(1):
+    with torch_threads(1):  # tiny models run fastest on one thread, and a fixed count keeps results repeatable
         model, stats = train(study, seed, quiet)
         evaluation = evaluate(study, model, seed)
         neurons, views = FINDERS[name](study, StepEngine(model), vocab, seed)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from charlstm import interventions
+from charlstm.backend import torch_threads
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset
 from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available
@@ -170,14 +171,9 @@ def trace_chunks(
     on_cpu = next(model.parameters()).device.type == "cpu"
     weights = torch.float16 if on_cpu and not exact and half_weight_kernels_available() else torch.float32
     engine = StepEngine(model, weights)
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         for start, part in engine.trace_chunks(tokens, chunk or chunk_chars(model)):
             yield start, {name: values.numpy() for name, values in part.items()}
-    finally:
-        torch.set_num_threads(previous)
 
 
 def chunk_length(chunk: dict[str, np.ndarray]) -> int:

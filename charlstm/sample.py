@@ -27,6 +27,7 @@ from typing import TextIO
 
 import torch
 
+from charlstm.backend import sampling_device, torch_threads
 from charlstm.beam import beam_search
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.engine import StepEngine, packed_weights_available
@@ -36,7 +37,7 @@ from charlstm.model import CharRNN
 from charlstm.userio import read_text_source, silence_stdout, write_output
 from charlstm.vocab import DOC_SEP, Vocab
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+WEIGHT_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # the step engine's weights
 NEWLINE_MARK = "↵"  # --watch on a terminal: where a newline's value is shown
 NEW_FILE_RULE = "── new file ──"  # how a generated document separator (a new file starting) is shown
 PRIME_CHUNK = 4096  # prime characters per fused forward
@@ -113,8 +114,8 @@ def engine_dtype(precision: str, device: torch.device) -> torch.dtype:
     distributions of the shipped model differ by a KL divergence of 0.002 bits per character with
     int8 and under 0.00001 with fp16 (bpc +0.002 and +0.0000 over 4,000 validation characters).
     """
-    if precision not in PRECISIONS:
-        raise CharlstmError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision not in WEIGHT_PRECISIONS:
+        raise CharlstmError(f"unknown precision {precision!r}; choose one of {', '.join(WEIGHT_PRECISIONS)}")
     if precision == "auto":
         if device.type != "cpu":
             return torch.float32
@@ -125,20 +126,6 @@ def engine_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "int8" and device.type != "cpu":
         raise CharlstmError("--precision int8 runs on the CPU only")
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.qint8}[precision]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":  # a CUDA GPU when there is one: even launch-bound, it outpaces a CPU at batch 1
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CharlstmError(f"unknown device {name!r}; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CharlstmError("--device cuda asked for, but this PyTorch build sees no CUDA GPU")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CharlstmError("--device mps asked for, but MPS is not available here")
-    return device
 
 
 class Sampler:
@@ -153,7 +140,7 @@ class Sampler:
     @classmethod
     def from_checkpoint(cls, where: str | Path | None, device: str = "cpu", precision: str = "auto"):
         """Returns (sampler, payload); `where` is a checkpoint file, a run folder, or None."""
-        device = pick_device(device)  # check before the (slow) load
+        device = sampling_device(device)  # check before the (slow) load
         payload = load_checkpoint(resolve_checkpoint(where))
         model, vocab = model_from_checkpoint(payload)
         return cls(model, vocab, device, precision), payload
@@ -502,12 +489,8 @@ def run_sampling(
         raise CharlstmError(f"--threads must be at least 1, got {threads}")
     if sys.stdout is None and out is None:  # started with stdout closed (`>&-`)
         raise CharlstmError("stdout is closed: nowhere to write the samples (save them with -o FILE)")
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads or 1)
-    try:
+    with torch_threads(threads or 1):
         _run_sampling(checkpoint, settings, out, color, device, precision, console or Console(stderr=True))
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _run_sampling(

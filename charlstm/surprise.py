@@ -61,18 +61,16 @@ def surprise(
 ) -> dict:
     """`charlstm eval --per-char --text-file F`: every character of F with its bits and the model's
     top predictions, plus the totals. `precision` None: the one the run trained with, as eval."""
+    from charlstm.backend import checkpoint_precision, flush_denormals, resolve_device
     from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
-    from charlstm.evaluate import _precision
     from charlstm.userio import read_text_source
-    from charlstm.train import resolve_device
 
     path = resolve_checkpoint(checkpoint)
     payload = load_checkpoint(path)
     model, vocab = model_from_checkpoint(payload)
     dev = resolve_device(device)
-    if dev.type == "cpu":
-        torch.set_flush_denormal(True)
-    prec = _precision(precision, payload.get("precision"), dev, model.config.kind)
+    flush_denormals(dev)
+    prec = checkpoint_precision(precision, payload.get("precision"), dev, model.config.kind)
     model.to(dev)
     text = read_text_source(text_file)
     tokens = np.concatenate([[vocab.doc_sep], vocab.encode(text)])

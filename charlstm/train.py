@@ -1,8 +1,8 @@
 """Training: stateful truncated BPTT over memory-mapped lanes, mixed precision, exact resume, DDP.
 
 Read top to bottom: `TrainConfig` (every option and its default), `LaneBatcher` (the data),
-`choose_precision` (autocast and grad scaler), `lr_at` (the schedule), `Trainer` (set-up, the
-loop, checkpoints), and `train()`, which the CLI calls.
+`lr_at` (the schedule), `Trainer` (set-up, the loop, checkpoints), and `train()`, which the CLI
+calls. The device, precision (autocast and grad scaler) and threads come from backend.py.
 
 Exact resumption: a checkpoint holds the weights, the optimizer and scaler, the step, the data
 position (epoch and window), the hidden state of every lane, the learning-rate schedule's fixed
@@ -17,17 +17,15 @@ can resume on any number that divides the batch size.
 
 from __future__ import annotations
 
-import functools
 import glob
 import json
 import math
 import os
 import random
-import re
 import shlex
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -39,6 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from charlstm import lock
+from charlstm.backend import DEVICES, PRECISIONS, available_cores, choose_precision, flush_denormals, resolve_device
 from charlstm.checkpoint import BEST, LATEST, append_line, atomic_write, load_checkpoint, save_checkpoint
 from charlstm.dataset import Dataset, load_dataset, locate_recorded_dataset
 from charlstm.errors import CharlstmError
@@ -57,8 +56,6 @@ from charlstm.finetune import (
 from charlstm.model import CharRNN, ModelConfig, detach_state
 from charlstm.vocab import Vocab
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DEVICES = ("auto", "cuda", "mps", "cpu")
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; distributed ranks add their rank and the step to it
 MAX_THREADS = 4096  # torch.set_num_threads takes a C int
 
@@ -207,152 +204,6 @@ class LaneBatcher:
 
 
 # ---------------------------------------------------------------------------------------------
-# Device, threads and precision
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CharlstmError("--device cuda: no CUDA GPU is visible to this torch build (try --device cpu)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise CharlstmError("--device mps: Apple's Metal backend is not available here (try --device cpu)")
-    if name not in DEVICES:
-        raise CharlstmError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
-    return torch.device(name)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the processor advertises bf16 in hardware (AMX or AVX-512 BF16).
-
-    Used only to word messages: whether bf16 is *chosen* is decided by running a layer
-    (`cpu_runs_bf16_rnn`), because oneDNN may be capped below what the CPU offers
-    (e.g. ONEDNN_MAX_CPU_ISA=AVX2) and then refuses a bf16 RNN on an AMX machine.
-    """
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    if re.search(r"\b(amx_bf16|avx512_bf16)\b", cpuinfo):
-        return True
-    return "AMX" in torch.backends.cpu.get_cpu_capability().upper()
-
-
-_RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-
-
-def probe_rnn_dtype(device: torch.device, dtype: torch.dtype | None, kind: str = "lstm") -> torch.dtype | None:
-    """Run a tiny 2-layer recurrent module forward and backward under autocast; return its output dtype.
-
-    None when it fails: the backend (e.g. an old cuDNN for bf16) cannot run it.
-    """
-    try:
-        rnn = _RNN_CLASSES[kind](8, 8, num_layers=2, batch_first=True).to(device)
-        x = torch.randn(2, 3, 8, device=device, requires_grad=True)
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-        with ctx:
-            out, _ = rnn(x)
-        out.float().sum().backward()
-        return out.dtype
-    except (RuntimeError, NotImplementedError, TypeError):
-        return None
-
-
-@functools.cache
-def cpu_runs_bf16_rnn(kind: str = "lstm") -> bool:
-    """The one probe that decides CPU bf16: does oneDNN run this RNN in bfloat16, in hardware?
-
-    Both must hold: the layer runs under bf16 autocast and returns bfloat16 (oneDNN's bf16 RNN
-    kernels need AVX-512 BF16 or AMX *and* permission to use them), and the CPU advertises native
-    bf16 (where oneDNN would emulate it, bf16 is slower than fp32).
-    """
-    return cpu_has_native_bf16() and probe_rnn_dtype(torch.device("cpu"), torch.bfloat16, kind) == torch.bfloat16
-
-
-@dataclass
-class Precision:
-    name: str  # bf16 | fp16 | fp32
-    device_type: str
-    rnn_dtype: str  # what the recurrent layer actually returns under this autocast, e.g. "bfloat16"
-    reason: str
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
-
-    def autocast(self):
-        if self.dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    def grad_scaler(self) -> torch.amp.GradScaler:
-        # A no-op unless fp16: bf16 and fp32 have fp32's range and need no loss scaling.
-        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
-
-
-def choose_precision(requested: str, device: torch.device, kind: str = "lstm") -> Precision:
-    """Pick bf16/fp16/fp32 for `device`, checking by running a recurrent layer, never assuming."""
-    if requested not in PRECISIONS:
-        raise CharlstmError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
-    dt = device.type
-
-    def made(name: str, reason: str) -> Precision:
-        probe = probe_rnn_dtype(device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name), kind)
-        if probe is None:
-            hint = ""
-            if dt == "cpu":
-                hint = (" (oneDNN is capped below the CPU's AMX/AVX-512 BF16, e.g. by ONEDNN_MAX_CPU_ISA)" if cpu_has_native_bf16()
-                        else " (this CPU lacks AVX-512 BF16/AMX, which oneDNN's bf16 RNNs need)")
-            raise CharlstmError(f"--precision {name}: a {kind.upper()} does not run under {name} autocast on {dt}{hint}; use fp32")
-        return Precision(name, dt, str(probe).removeprefix("torch."), reason)
-
-    if dt == "cpu":
-        if requested == "fp16":
-            raise CharlstmError("--precision fp16 is not supported on the CPU: use bf16 or fp32")
-        if requested == "bf16":
-            native = cpu_has_native_bf16()
-            return made("bf16", "requested" + ("" if native else "; this CPU has no native bf16, so it is emulated and slow"))
-        if requested == "fp32":
-            return made("fp32", "requested")
-        if cpu_runs_bf16_rnn(kind):
-            return made("bf16", f"the CPU runs a bf16 {kind.upper()} natively (AMX/AVX-512 BF16)")
-        why = "oneDNN is capped below it" if cpu_has_native_bf16() else "the CPU lacks AMX/AVX-512 BF16"
-        return made("fp32", f"no native bf16 {kind.upper()} here ({why})")
-    if dt == "cuda":
-        if requested == "fp32":
-            return made("fp32", "requested")
-        if requested in ("auto", "bf16"):
-            bf16_ok = torch.cuda.is_bf16_supported() and probe_rnn_dtype(device, torch.bfloat16, kind) == torch.bfloat16
-            if bf16_ok:
-                return made("bf16", "requested" if requested == "bf16" else "the GPU and cuDNN run a bf16 RNN")
-            if requested == "bf16":
-                raise CharlstmError(
-                    f"--precision bf16: this GPU or cuDNN {torch.backends.cudnn.version()} does not run a bf16 "
-                    f"{kind.upper()}; use fp16 or fp32"
-                )
-        if requested == "fp16":
-            return made("fp16", "requested")
-        if probe_rnn_dtype(device, torch.float16, kind) is not None:
-            return made("fp16", "bf16 RNNs unavailable here; fp16 with loss scaling")
-        return made("fp32", "neither a bf16 nor an fp16 RNN runs on this GPU")
-    # MPS and anything else: fp32 unless asked, and then only if it really runs.
-    if requested == "auto":
-        return made("fp32", f"the safe choice on {dt}")
-    return made(requested, "requested")
-
-
-# ---------------------------------------------------------------------------------------------
 # Learning-rate schedule
 
 
@@ -495,8 +346,7 @@ class Trainer:
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(self.device)
-        if self.device.type == "cpu":
-            torch.set_flush_denormal(True)  # denormals slow CPU bf16 training tenfold as activations shrink
+        flush_denormals(self.device)
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
         self.threads = config.threads or max(1, available_cores() // local_world)
         torch.set_num_threads(self.threads)

@@ -277,9 +277,9 @@ def test_auto_precision_picks_the_smallest_weights_the_cpu_runs():
 
 
 def test_device_auto_picks_cuda_only_where_it_is_present(monkeypatch):
-    from charlstm.sample import pick_device
+    from charlstm.backend import sampling_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert pick_device("auto").type == "cpu"
+    assert sampling_device("auto").type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pick_device("auto").type == "cuda"
+    assert sampling_device("auto").type == "cuda"
