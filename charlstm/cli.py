@@ -18,7 +18,7 @@ from rich.markup import escape
 from charlstm import __version__
 from charlstm.errors import CharlstmError
 from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
-from charlstm.neurons import inspect_neuron
+from charlstm.inspect_command import inspect_neuron
 from charlstm.sample import WEIGHT_PRECISIONS, SampleSettings, read_prime_file, run_sampling, unescape
 from charlstm.train import TrainConfig as _TC  # its defaults are shown in the help
 from charlstm.userio import guarded_stdout, text_from_argv

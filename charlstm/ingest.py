@@ -47,7 +47,8 @@ import numpy as np
 from charlstm import __version__, lock
 from charlstm.dataset import FORMAT, VERSION, load_dataset
 from charlstm.errors import CharlstmError
-from charlstm.vocab import DOC_SEP, UNK, Vocab
+from charlstm.userio import decode_source
+from charlstm.vocab import DOC_SEP, Vocab
 
 # Common source-code extensions, used for plain directories when no --ext is given. Prose and data
 # formats (.md, .txt, .json, .csv) are left out: the model is meant to learn code.
@@ -397,27 +398,6 @@ def discover(sources: list[Source], extensions: frozenset[str] | None, closer: _
                 full = str(source.path)
                 found.candidates.append(Candidate(index, name, source.path.stat().st_size, lambda full=full: _read_file(full)))
     return found
-
-
-# ------------------------------------------------------------------------------------------ decoding
-
-
-def decode_source(data: bytes) -> tuple[str, int]:
-    """UTF-8 text with newlines normalised to \\n, and the number of invalid bytes replaced by U+FFFD."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]  # a byte-order mark is an encoding marker, not content
-    try:
-        text, invalid = data.decode("utf-8"), 0
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
-        added = text.count(UNK) - data.count(UNK.encode("utf-8"))
-        # Valid parts re-encode to their own bytes; each added U+FFFD re-encodes to 3 bytes.
-        invalid = len(data) - (len(text.encode("utf-8")) - 3 * added)
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if DOC_SEP in text:
-        text = text.replace(DOC_SEP, UNK)  # the separator is reserved for file boundaries
-    return text, invalid
 
 
 # Pygments lexer aliases for the usual extensions; asking Pygments itself costs a third of a second.
