@@ -18,10 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from charlstm.config import DEVICES, PRECISIONS
 from charlstm.errors import CharlstmError
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # autocast precisions (train, eval)
-DEVICES = ("auto", "cuda", "mps", "cpu")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

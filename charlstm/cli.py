@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from charlstm import __version__
+from charlstm.config import WEIGHT_PRECISIONS
+from charlstm.config import TrainConfig as _TC  # its defaults are shown in the help
 from charlstm.errors import CharlstmError
-from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
-from charlstm.inspect_command import inspect_neuron
-from charlstm.sample import WEIGHT_PRECISIONS, SampleSettings, read_prime_file, run_sampling, unescape
-from charlstm.train import TrainConfig as _TC  # its defaults are shown in the help
-from charlstm.userio import guarded_stdout, text_from_argv
+
+# Each command imports its implementation when it runs: they import torch (seconds), which
+# `charlstm --help` and a mistyped option do not need.
 
 app = typer.Typer(
     name="charlstm",
@@ -46,6 +46,8 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
+            from charlstm.userio import guarded_stdout  # imports torch: inside, so Ctrl-C meanwhile is caught
+
             with guarded_stdout():  # a full stdout (/dev/full, a full disk) is a CharlstmError too
                 return command(*args, **kwargs)
         except CharlstmError as exc:
@@ -285,6 +287,10 @@ def sample_command(
 
     On a terminal each finished line is syntax-highlighted in the corpus's language; piped or redirected, the output is plain text. A new file the model starts shows as a '── new file ──' line; the unknown symbol prints as \ufffd.
     """  # noqa: E501
+    from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
+    from charlstm.sample import SampleSettings, read_prime_file, run_sampling, unescape
+    from charlstm.userio import text_from_argv
+
     if prime is not None and prime_file is not None:
         raise CharlstmError("give --prime or --prime-file, not both")
     prime_text = read_prime_file(prime_file) if prime_file is not None else text_from_argv(prime or "")
@@ -439,6 +445,9 @@ def inspect_neuron_command(
 
     Layers are numbered from 1, neurons from 0, here, in --json and in the HTML explorer.
     """
+    from charlstm.inspect_command import inspect_neuron
+    from charlstm.userio import text_from_argv
+
     if text is not None:
         text = text_from_argv(text)
     inspect_neuron(

@@ -30,6 +30,7 @@ import torch
 from charlstm.backend import sampling_device, torch_threads
 from charlstm.beam import beam_search
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.config import WEIGHT_PRECISIONS
 from charlstm.engine import StepEngine, packed_weights_available
 from charlstm.errors import CharlstmError
 from charlstm.interventions import UnitSpec, check_unit, resolve
@@ -37,7 +38,6 @@ from charlstm.model import CharRNN
 from charlstm.userio import read_text_source, silence_stdout, write_output
 from charlstm.vocab import DOC_SEP, Vocab
 
-WEIGHT_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # the step engine's weights
 NEWLINE_MARK = "↵"  # --watch on a terminal: where a newline's value is shown
 NEW_FILE_RULE = "── new file ──"  # how a generated document separator (a new file starting) is shown
 PRIME_CHUNK = 4096  # prime characters per fused forward

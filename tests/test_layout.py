@@ -1,4 +1,5 @@
-"""The package's shape: no module imports, directly or through others, one that imports it back.
+"""The package's shape: no module imports, directly or through others, one that imports it back;
+and the CLI's help comes without importing torch.
 
 Every `import` counts, those inside function bodies too: an import moved into a function to dodge
 a cycle is still a cycle.
@@ -7,9 +8,14 @@ a cycle is still a cycle.
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "charlstm"
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "charlstm"
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
@@ -66,3 +72,23 @@ def test_no_import_cycles_even_inside_functions():
 
 def test_the_cycle_finder_finds_one():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+HELP_WITHOUT_TORCH = """
+import json, sys
+from typer.testing import CliRunner
+from charlstm.cli import app
+codes = [CliRunner().invoke(app, args).exit_code for args in json.loads(sys.argv[1])]
+print(json.dumps({"codes": codes, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "numpy"))}))
+"""
+
+
+def test_help_does_not_import_torch():
+    asked = [["--help"]] + [[command, "--help"] for command in
+                            ("ingest", "train", "eval", "sample", "inspect-neuron", "experiment")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH, json.dumps(asked)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result == {"codes": [0] * len(asked), "heavy": []}
