@@ -1,8 +1,11 @@
 """Training: stateful truncated BPTT over memory-mapped lanes, mixed precision, exact resume, DDP.
 
-Read top to bottom: `TrainConfig` (every option and its default), `LaneBatcher` (the data),
-`lr_at` (the schedule), `Trainer` (set-up, the loop, checkpoints), and `train()`, which the CLI
-calls. The device, precision (autocast and grad scaler) and threads come from backend.py.
+Read top to bottom: `LaneBatcher` (the data), `lr_at` (the schedule), `Trainer` (set-up, the
+loop, checkpoints), and `train()`, which the CLI calls. Its parts live beside it: every option and
+its default in config.py (`TrainConfig`); the device, precision (autocast and grad scaler),
+threads and process layout in backend.py; the run folder (its lock, config.json, metrics.jsonl,
+what --resume reads) in runfolder.py; the hidden state and RNG states a checkpoint carries in
+trainstate.py.
 
 Exact resumption: a checkpoint holds the weights, the optimizer and scaler, the step, the data
 position (epoch and window), the hidden state of every lane, the learning-rate schedule's fixed
@@ -17,7 +20,6 @@ can resume on any number that divides the batch size.
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
@@ -36,9 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from charlstm import lock
-from charlstm.backend import available_cores, choose_precision, flush_denormals, resolve_device
-from charlstm.checkpoint import BEST, LATEST, append_line, atomic_write, load_checkpoint, save_checkpoint
+from charlstm.backend import available_cores, choose_precision, distributed_layout, flush_denormals, gather_lanes, resolve_device
+from charlstm.checkpoint import BEST, LATEST, append_line, load_checkpoint, save_checkpoint
 from charlstm.config import TrainConfig
 from charlstm.dataset import Dataset, load_dataset, locate_recorded_dataset
 from charlstm.errors import CharlstmError
@@ -55,6 +56,16 @@ from charlstm.finetune import (
     transfer_weights,
 )
 from charlstm.model import CharRNN, ModelConfig, detach_state
+from charlstm.runfolder import (
+    check_resumable,
+    check_run_dir,
+    checkpoint_to_resume,
+    clear_earlier_run,
+    own_run_dir,
+    truncate_metrics,
+    write_run_config,
+)
+from charlstm.trainstate import hidden_for_checkpoint, lanes_from_checkpoint, restore_rng, rng_state
 from charlstm.vocab import Vocab
 
 # Options that may change when a run is resumed: the budget and how it is logged and run.
@@ -154,6 +165,25 @@ def lr_at(
     return peak * (min_ratio + (from_ratio - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def resumed_schedule(schedule: dict, payload: dict, config: TrainConfig, step: int) -> dict:
+    """The schedule's fixed numbers for a run resumed at `step` from `payload`: the saved ones when
+    the budget is unchanged, else a new cosine segment from the rate the run had reached."""
+    saved = payload.get("schedule") or {}
+    old_budget = {k: (payload.get("train_config") or {}).get(k) for k in ("steps", "epochs", "minutes")}
+    new_budget = {k: getattr(config, k) for k in old_budget}
+    if new_budget == old_budget and config.minutes is None:
+        return {**schedule, **saved}  # the same run goes on: the same schedule
+    # A new budget (--minutes always is one: it counts this invocation): decay from the
+    # rate the run had reached, over the new length.
+    schedule = dict(schedule)
+    old = {**schedule, **saved}
+    rate = lr_at(step, 1.0, old["warmup"], old["total"], config.min_lr_ratio, old["from_step"], old["from_ratio"])
+    schedule["warmup"] = old["warmup"]
+    if step >= old["warmup"]:
+        schedule["from_step"], schedule["from_ratio"] = step, rate
+    return schedule
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory
 
@@ -216,31 +246,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-# ---------------------------------------------------------------------------------------------
-# Distributed helpers
-
-
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _gather_lanes(state, world: int):
-    """Concatenate every rank's lanes of the hidden state along the batch dimension."""
-    if state is None or world == 1:
-        return state
-    tensors = state if isinstance(state, tuple) else (state,)
-    gathered = []
-    for t in tensors:
-        parts = [torch.empty_like(t, dtype=torch.float32) for _ in range(world)]
-        dist.all_gather(parts, t.float().contiguous())  # fp32: every backend gathers it, bf16 round-trips exactly
-        gathered.append(torch.cat(parts, dim=1).to(t.dtype))
-    return tuple(gathered) if isinstance(state, tuple) else gathered[0]
-
-
 class TrainingInterrupted(Exception):
     """Ctrl-C: the run was saved; `message` says how to resume it."""
 
@@ -261,7 +266,7 @@ class Trainer:
         config.validate()
         self.cfg = config
         self.run_dir = Path(run_dir)
-        self.rank, self.world, self.local_rank = _distributed()
+        self.rank, self.world, self.local_rank = distributed_layout()
         self.main = self.rank == 0
 
         # Backend first: device, threads, denormals.
@@ -278,7 +283,7 @@ class Trainer:
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
 
-        self._check_run_dir(resume=resume_payload is not None, force=force)
+        check_run_dir(self.run_dir, resume=resume_payload is not None, force=force)
         self.precision = choose_precision(config.precision, self.device, kind=config.model)
 
         # Data.
@@ -393,68 +398,20 @@ class Trainer:
         self.stale_validations = int(payload.get("stale_validations", 0))
         self.last_val_bpc = payload.get("val_bpc")
         self._skipped.fill_(int(payload.get("skipped_steps", 0)))
-        saved = payload.get("schedule") or {}
-        old_budget = {k: (payload.get("train_config") or {}).get(k) for k in ("steps", "epochs", "minutes")}
-        new_budget = {k: getattr(self.cfg, k) for k in old_budget}
-        if new_budget == old_budget and self.cfg.minutes is None:
-            self.schedule = {**self.schedule, **saved}  # the same run goes on: the same schedule
-        else:
-            # A new budget (--minutes always is one: it counts this invocation): decay from the
-            # rate the run had reached, over the new length.
-            old = {**self.schedule, **saved}
-            rate = lr_at(self.step, 1.0, old["warmup"], old["total"], self.cfg.min_lr_ratio, old["from_step"], old["from_ratio"])
-            self.schedule["warmup"] = old["warmup"]
-            if self.step >= old["warmup"]:
-                self.schedule["from_step"], self.schedule["from_ratio"] = self.step, rate
-        state = payload.get("hidden_state")
-        if state is not None:
-            state = [t.to(self.device) for t in state]
-            per_rank = self.cfg.batch_size // self.world
-            if state[0].shape[1] != self.cfg.batch_size:
-                raise CharlstmError("the checkpoint's hidden state does not match --batch-size")
-            # This process's lanes; cuDNN needs a contiguous hidden state.
-            state = [t[:, self.rank * per_rank : (self.rank + 1) * per_rank].contiguous() for t in state]
-            self.state = tuple(state) if self.model_config.kind == "lstm" else state[0]
-        rng = payload.get("rng") or {}
-        if self.world == 1:
-            if "torch" in rng:
-                torch.set_rng_state(rng["torch"])
-            if rng.get("cuda") and self.device.type == "cuda":
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            if "python" in rng:
-                random.setstate(_as_tuple(rng["python"]))
-        else:
-            torch.manual_seed(self.cfg.seed + self.rank + self.step)
-
-    def _run_files(self) -> list[Path]:
-        return [self.run_dir / n for n in (LATEST, BEST, "metrics.jsonl", "config.json")]
-
-    def _check_run_dir(self, resume: bool, force: bool) -> None:
-        """A fresh start refuses a folder with saved progress; one whose run saved nothing starts afresh."""
-        if resume or force:
-            return
-        if (self.run_dir / LATEST).exists():
-            raise CharlstmError(f"{self.run_dir} already holds a run: continue it with --resume, or start over with --force")
-        if (self.run_dir / BEST).exists():
-            raise CharlstmError(
-                f"{self.run_dir} holds a {BEST} but no {LATEST} (its run stopped before its first save): "
-                f"continue from {BEST} with --resume, or start over with --force"
-            )
+        self.schedule = resumed_schedule(self.schedule, payload, self.cfg, self.step)
+        hidden = payload.get("hidden_state")
+        if hidden is not None:
+            self.state = lanes_from_checkpoint(hidden, self.cfg.batch_size, self.world, self.rank,
+                                               self.model_config.kind, self.device)  # fmt: skip
+        restore_rng(payload.get("rng") or {}, self.device, self.world, self.cfg.seed + self.rank + self.step)
 
     def _prepare_run_dir(self, resume: bool) -> None:
-        d = self.run_dir
         if resume:
-            self._truncate_metrics()
+            truncate_metrics(self.run_dir, self.step)
         else:
-            # Leftovers of a run that saved nothing, or of the run --force replaces: they would be
-            # mistaken for this one's.
-            leftovers = [f for f in self._run_files() if f.exists()]
-            if leftovers:
-                self._say(f"starting afresh in {d}: removing the earlier run's {', '.join(f.name for f in leftovers)}")
-            for f in leftovers:
-                f.unlink(missing_ok=True)
-        d.mkdir(parents=True, exist_ok=True)
-        config = {
+            clear_earlier_run(self.run_dir, self._say)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(self.run_dir, {
             "train_config": asdict(self.cfg),
             "model_config": self.model_config.to_dict(),
             "parameters": self.raw_model.num_parameters(),
@@ -472,35 +429,11 @@ class Trainer:
             "world_size": self.world,
             "threads": self.threads,
             "torch": torch.__version__,
-        }
-        text = json.dumps(config, indent=2) + "\n"
-        atomic_write(d / "config.json", lambda f: f.write(text.encode()))
-
-    def _truncate_metrics(self) -> None:
-        """Drop metrics logged after the checkpoint we resume from, so no step appears twice."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line)["step"] <= self.step:
-                    kept.append(line + "\n")
-            except (ValueError, KeyError, TypeError):
-                continue
-        atomic_write(path, lambda f: f.write("".join(kept).encode()))
+        })  # fmt: skip
 
     # -- checkpoints ---------------------------------------------------------------------------
 
     def _payload(self, state) -> dict:
-        hidden = None
-        if state is not None:
-            # fp32 whatever the autocast dtype: bf16/fp16 values round-trip exactly, and the
-            # checkpoint resumes under any precision.
-            hidden = [t.detach().float().cpu().clone() for t in (state if isinstance(state, tuple) else (state,))]
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "model_config": self.model_config.to_dict(),
             "vocab": self.vocab.symbols,
@@ -512,9 +445,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "data_position": self.batcher.position(),
-            "hidden_state": hidden,
+            "hidden_state": hidden_for_checkpoint(state),
             "schedule": dict(self.schedule),
-            "rng": rng,
+            "rng": rng_state(self.device),
             "best_val_bpc": self.best_val_bpc,
             "stale_validations": self.stale_validations,
             "val_bpc": self.last_val_bpc,
@@ -524,7 +457,7 @@ class Trainer:
 
     def save(self, name: str = LATEST, gather: bool = True) -> None:
         """Save on rank 0 (every rank takes part in gathering the lanes' hidden state)."""
-        state = _gather_lanes(self.state, self.world) if gather else (self.state if self.world == 1 else None)
+        state = gather_lanes(self.state, self.world) if gather else (self.state if self.world == 1 else None)
         if self.main:
             with self._stop_if_writing_fails():
                 save_checkpoint(self.run_dir / name, self._payload(state))
@@ -636,20 +569,7 @@ class Trainer:
         """
         cfg = self.cfg
         total = self.schedule["total"] if (cfg.steps or cfg.epochs) else None
-        self._say(
-            f"{self.model_config.kind.upper()} {self.model_config.layers}×{self.model_config.hidden}, "
-            f"{self.raw_model.num_parameters():,} parameters; {self.world} process(es) on {self.device}, "
-            f"{self.threads} thread(s); precision {self.precision.name} ({self.precision.reason}; "
-            f"the {self.model_config.kind.upper()} runs in {self.precision.rnn_dtype}); "
-            f"{self.batcher.windows:,} steps per epoch; run folder {self.run_dir}"
-        )
-        if self.init_source is not None and self.step == 0:
-            src, added = self.init_source, len(self.vocab) - self.init_source["vocab_size"]
-            self._say(
-                f"fine-tuning {src['checkpoint']} (step {src['step']:,}, trained on {src['dataset']}): shape from the "
-                f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and "
-                f"{cfg.warmup_steps} warm-up steps ({'as given' if self.finetune_defaults is None else self.finetune_defaults})"
-            )
+        self._announce()
         bar = tqdm(
             total=total,
             initial=self.step,
@@ -692,8 +612,7 @@ class Trainer:
                 save_now = cfg.save_every and self.step % cfg.save_every == 0
                 record = None
                 if self.step % cfg.log_every == 0 or evaluate_now or last:
-                    if self._stop_flag(bool(bad.item())):
-                        raise self._nonfinite(self.saved_step)
+                    self._stop_if_nonfinite(bad)
                     record, meter = self._metrics_record(meter, bar, start)
                 if evaluate_now:
                     val = self.validate()
@@ -702,8 +621,7 @@ class Trainer:
                 if record is not None:
                     self._log(record)
                 if save_now:
-                    if self._stop_flag(bool(bad.item())):
-                        raise self._nonfinite(self.saved_step)
+                    self._stop_if_nonfinite(bad)
                     self.save(LATEST)
                 if evaluate_now or save_now:
                     meter["time"] = time.perf_counter()  # validation and saving are not training throughput
@@ -723,14 +641,12 @@ class Trainer:
         bar.close()
 
         if self._interrupted:
-            if self._stop_flag(bool(bad.item())):
-                raise self._nonfinite(self.saved_step)
+            self._stop_if_nonfinite(bad)
             self.save(LATEST)
             raise TrainingInterrupted(
                 f"interrupted at step {self.step}; saved {self.run_dir / LATEST}. Resume with: {self.resume_command()}"
             )
-        if self._stop_flag(bool(bad.item())):
-            raise self._nonfinite(self.saved_step)
+        self._stop_if_nonfinite(bad)
         paused = stop_after is not None and local >= stop_after and not (total is not None and self.step >= total)
         if meter["step"] != self.step:  # steps since the last log line (a --minutes run ends anywhere)
             record, meter = self._metrics_record(meter, bar, start)
@@ -741,7 +657,31 @@ class Trainer:
         if record is not None:
             self._log(record)
         self.save(LATEST)
-        elapsed = time.perf_counter() - start
+        summary = self._summary(time.perf_counter() - start)
+        if self.world > 1:
+            dist.barrier()
+        return summary
+
+    def _announce(self) -> None:
+        """What is about to train, where, and how (and, fine-tuning, from what)."""
+        cfg = self.cfg
+        self._say(
+            f"{self.model_config.kind.upper()} {self.model_config.layers}×{self.model_config.hidden}, "
+            f"{self.raw_model.num_parameters():,} parameters; {self.world} process(es) on {self.device}, "
+            f"{self.threads} thread(s); precision {self.precision.name} ({self.precision.reason}; "
+            f"the {self.model_config.kind.upper()} runs in {self.precision.rnn_dtype}); "
+            f"{self.batcher.windows:,} steps per epoch; run folder {self.run_dir}"
+        )
+        if self.init_source is not None and self.step == 0:
+            src, added = self.init_source, len(self.vocab) - self.init_source["vocab_size"]
+            self._say(
+                f"fine-tuning {src['checkpoint']} (step {src['step']:,}, trained on {src['dataset']}): shape from the "
+                f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and "
+                f"{cfg.warmup_steps} warm-up steps ({'as given' if self.finetune_defaults is None else self.finetune_defaults})"
+            )
+
+    def _summary(self, elapsed: float) -> dict:
+        """What `train()` returns (and `charlstm train --json` prints)."""
         summary = {
             "steps": self.step,
             "epoch": self.batcher.epoch,
@@ -760,9 +700,12 @@ class Trainer:
         }
         if self.scaler.is_enabled():
             summary["skipped_steps"] = self.skipped_steps
-        if self.world > 1:
-            dist.barrier()
         return summary
+
+    def _stop_if_nonfinite(self, bad: torch.Tensor) -> None:
+        """Every rank stops, saving nothing, once any saw a NaN or infinite loss since the last check."""
+        if self._stop_flag(bool(bad.item())):
+            raise self._nonfinite(self.saved_step)
 
     def _metrics_record(self, meter: dict, bar, start: float) -> tuple[dict, dict]:
         """The metrics line for the steps since the last one (the only place the loss is synced)."""
@@ -865,22 +808,8 @@ class Trainer:
             dist.destroy_process_group()
 
 
-def _as_tuple(value):
-    """Python's RNG state is nested tuples; make sure it is one again after loading."""
-    if isinstance(value, list):
-        return tuple(_as_tuple(v) for v in value)
-    if isinstance(value, tuple):
-        return tuple(_as_tuple(v) for v in value)
-    return value
-
-
 # ---------------------------------------------------------------------------------------------
 # Entry point
-
-
-RUN_LOCK = ".lock"  # in the run folder, held by the process training in it (see charlstm.lock)
-# What resuming reads from a checkpoint; an inference-only export (export_for_inference) lacks most of it.
-RESUME_KEYS = ("model_config", "vocab", "model", "step", "optimizer", "data_position")
 
 
 def _given_options(options: dict) -> dict:
@@ -912,9 +841,9 @@ def resumed_config(given: dict, run_dir: Path) -> tuple[TrainConfig, dict]:
     Only the budget, logging and backend options may change (see RESUMABLE_OVERRIDES); any other
     option given with a different value is an error.
     """
-    path = _checkpoint_to_resume(run_dir)
+    path = checkpoint_to_resume(run_dir)
     payload = load_checkpoint(path)
-    _check_resumable(payload, path)
+    check_resumable(payload, path)
     saved = payload["train_config"]
     config = TrainConfig(**{k: saved[k] for k in saved if k in TrainConfig.__dataclass_fields__})
     for key, value in given.items():
@@ -937,64 +866,6 @@ def resumed_config(given: dict, run_dir: Path) -> tuple[TrainConfig, dict]:
     config.out = str(run_dir)
     config.validate()
     return config, payload
-
-
-def _checkpoint_to_resume(run_dir: Path) -> Path:
-    """latest.pt, else best.pt: a run that validated but was killed before its first save of latest.pt."""
-    latest, best = run_dir / LATEST, run_dir / BEST
-    if latest.is_file():
-        return latest
-    if best.is_file():
-        tqdm.write(f"{run_dir} has no {LATEST}: resuming from {BEST}", file=sys.stderr)
-        return best
-    if any((run_dir / name).exists() for name in ("config.json", "metrics.jsonl")):
-        raise CharlstmError(
-            f"nothing saved yet in {run_dir}: its run stopped before its first save (no {LATEST}); "
-            f"start it again without --resume to begin afresh"
-        )
-    raise CharlstmError(f"nothing to resume: {latest} not found (pass --out RUN, or start a run without --resume)")
-
-
-def _check_resumable(payload: dict, path: Path) -> None:
-    """Everything _restore reads is there, so a stripped or foreign checkpoint fails in one line."""
-    if not isinstance(payload.get("train_config"), dict):
-        raise CharlstmError(f"{path} was not written by `charlstm train`: it has no training config")
-    missing = [key for key in RESUME_KEYS if key not in payload]
-    if missing:
-        raise CharlstmError(
-            f"{path} cannot be resumed: it has no {', '.join(missing)} (an inference-only export keeps just the "
-            f"weights); sample or evaluate it, or start a new run with --force"
-        )
-    position = payload["data_position"]
-    if not (isinstance(position, dict) and all(isinstance(position.get(k), int) for k in ("epoch", "window"))):
-        raise CharlstmError(f"{path} cannot be resumed: its data_position is not {{'epoch': int, 'window': int}}")
-
-
-@contextmanager
-def own_run_dir(run_dir: Path):
-    """Hold the run folder for the whole run, so no second process trains in it at the same time.
-
-    Under torchrun only rank 0 takes the lock: it is the only process that writes there. The owner
-    then removes the temporary files of saves that a kill interrupted.
-    """
-    if os.path.lexists(run_dir) and not run_dir.is_dir():
-        raise CharlstmError(f"--out {run_dir} exists and is not a folder")
-    if _distributed()[0] != 0:
-        yield
-        return
-    with lock.acquire(run_dir / RUN_LOCK, str(run_dir)):
-        _remove_stale_temporaries(run_dir)
-        yield
-
-
-def _remove_stale_temporaries(run_dir: Path) -> None:
-    """atomic_write's `.NAME.*.tmp` files left by a kill during a save; safe only while holding the lock."""
-    for name in (LATEST, BEST, "config.json", "metrics.jsonl"):
-        for tmp in run_dir.glob(f".{glob.escape(name)}.*.tmp"):
-            try:
-                tmp.unlink()
-            except OSError:
-                pass  # harmless where it stays
 
 
 def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:
