@@ -13,7 +13,8 @@ from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, save_che
 from charlstm.cli import app
 from charlstm.engine import packed_weights_available
 from charlstm.errors import CharlstmError
-from charlstm.sample import Sampler, SampleSettings, StreamWriter, engine_dtype, stream_samples
+from charlstm.sample import Sampler, SampleSettings, engine_dtype
+from charlstm.sample_command import StreamWriter, stream_samples
 from charlstm.vocab import DOC_SEP, UNK
 from conftest import make_checkpoint
 
