@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from charlstm import __version__
-from charlstm.config import WEIGHT_PRECISIONS
+from charlstm.config import WEIGHT_PRECISIONS, Preset
 from charlstm.config import TrainConfig as _TC  # its defaults are shown in the help
 from charlstm.errors import CharlstmError
 
@@ -82,10 +81,6 @@ def main(
 # ----- ingest ------------------------------------------------------------------------------------
 
 
-# The preset names, as a choice Typer can list in --help.
-_IngestPreset = Enum("IngestPreset", {"python_stdlib": "python-stdlib", "jdk": "jdk"}, type=str)
-
-
 @app.command("ingest", rich_help_panel="Pipeline")
 @user_errors
 def ingest_command(
@@ -101,7 +96,7 @@ def ingest_command(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder holding datasets.", rich_help_panel="Output")] = Path("data"),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset of that name.", rich_help_panel="Output")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout instead of a table.", rich_help_panel="Output")] = False,
-    preset: Annotated[Optional[_IngestPreset], typer.Option("--preset", help="python-stdlib: this Python's standard library without its tests (.py). jdk: an installed JDK's src.zip (.java).", rich_help_panel="Sources", show_default=False)] = None,
+    preset: Annotated[Optional[Preset], typer.Option("--preset", help="python-stdlib: this Python's standard library without its tests (.py). jdk: an installed JDK's src.zip (.java).", rich_help_panel="Sources", show_default=False)] = None,
     ext: Annotated[Optional[list[str]], typer.Option("--ext", help="Keep files with this extension (repeatable; .java or java). Default: the preset's, else common source-code extensions.", rich_help_panel="Filtering", show_default=False)] = None,
     max_file_bytes: Annotated[int, typer.Option("--max-file-bytes", help="Skip files larger than this (generated code, data tables).", rich_help_panel="Filtering")] = 1_000_000,
     min_char_count: Annotated[int, typer.Option("--min-char-count", help="Characters seen fewer times map to the unknown symbol. 1 keeps every character (lossless).", rich_help_panel="Vocabulary and split")] = 1,
@@ -180,11 +175,11 @@ def train_command(
     Stateful truncated BPTT over memory-mapped lanes, mixed precision, exact --resume; multi-GPU with
     `torchrun --nproc-per-node N -m charlstm train ...`.
     """
-    import json as _json
+    # The parameters, read before any other local exists: all are training options but these three.
+    options = {k: v for k, v in locals().items() if k not in ("resume", "force", "json_output")}
 
     from charlstm.train import TrainingInterrupted, train
 
-    options = {k: v for k, v in locals().items() if k not in ("resume", "force", "json_output", "_json", "TrainingInterrupted", "train")}
     try:
         summary = train(options, resume=resume, force=force)
     except TrainingInterrupted as exc:
@@ -193,7 +188,7 @@ def train_command(
     if summary.get("world_size", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
         return  # only rank 0 reports
     if json_output:
-        typer.echo(_json.dumps(summary))
+        typer.echo(json.dumps(summary))
     else:
         val, best = summary["val_bpc"], summary["best_val_bpc"]
         scores = f", validation {val:.4f} bpc (best {best:.4f})" if val is not None and best is not None else ""
@@ -215,8 +210,6 @@ def eval_command(
     html: Annotated[Optional[str], typer.Option("--html", help="With --per-char: also write the coloured text as a self-contained HTML page (hover a character for its bits and top 5).", rich_help_panel="Surprise")] = None,
 ) -> None:
     """Score a checkpoint in bits per character on a validation split or any text file."""
-    import json as _json
-
     from charlstm.evaluate import evaluate_checkpoint
 
     if html is not None and not per_char:
@@ -238,7 +231,7 @@ def eval_command(
         more = f" and {len(result['unknown_chars']) - 20} more" if len(result["unknown_chars"]) > 20 else ""
         err.print(f"[yellow]warning:[/yellow] characters the model does not know, scored as unknown: {escape(shown)}{more}", highlight=False)
     if json_output:
-        typer.echo(_json.dumps(result))
+        typer.echo(json.dumps(result))
     else:
         err.print(
             f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "

@@ -1,12 +1,13 @@
-"""Options and their defaults, without torch: the training config and the names of the devices and
-precisions. The CLI shows these defaults in its --help, which therefore starts without importing
-torch (seconds); the modules that do the work import them from here.
+"""Options and their defaults, without torch: the training config, the names of the devices and
+precisions, and ingest's presets. The CLI shows these in its --help, which therefore starts
+without importing torch (seconds); the modules that do the work import them from here.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from charlstm.errors import CharlstmError
@@ -19,6 +20,13 @@ WEIGHT_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # the step engine'
 DEVICES = ("auto", "cuda", "mps", "cpu")
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; distributed ranks add their rank and the step to it
 MAX_THREADS = 4096  # torch.set_num_threads takes a C int
+
+
+class Preset(str, Enum):
+    """Corpora every user already has on disk (`charlstm ingest --preset`)."""
+
+    python_stdlib = "python-stdlib"
+    jdk = "jdk"
 
 
 @dataclass

@@ -38,13 +38,13 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
 from glob import glob
 from pathlib import Path
 
 import numpy as np
 
 from charlstm import __version__, lock
+from charlstm.config import Preset
 from charlstm.dataset import FORMAT, VERSION, load_dataset
 from charlstm.errors import CharlstmError
 from charlstm.userio import decode_source
@@ -70,13 +70,6 @@ CLONE_TIMEOUT_S = 900
 MAX_CODE_POINT = 0x110000
 _WORK_FOLDER = re.compile(r"^\..+\.ingest-")  # an ingest in progress (ours, when --data-dir lies inside a SOURCE)
 _GIT_URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^[\w.-]+@[\w.-]+:", re.IGNORECASE)
-
-
-class Preset(str, Enum):
-    """Corpora every user already has on disk."""
-
-    python_stdlib = "python-stdlib"
-    jdk = "jdk"
 
 
 # The standard library's own tests are left out of the python-stdlib preset: they are about 3/4 of its
