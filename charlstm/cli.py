@@ -485,7 +485,8 @@ def experiment_command(
 ) -> None:
     """Reproduce the source article's small studies: train a tiny LSTM on a synthetic language,
     judge its greedy generations, and show the units that solve it (layers numbered from 1)."""
-    from charlstm.experiments import run_experiments, strip_views
+    from charlstm.experiment_command import run_experiments
+    from charlstm.experiments import strip_views
 
     results = run_experiments(
         name, err, quiet=quiet, html=html, seed=seed, out_dir=out_dir, steps=steps, max_n=max_n,
