@@ -108,7 +108,8 @@ def ingest_command(
     Binary, empty, duplicate, oversized and non-UTF-8 files are skipped and counted by reason, as are
     VCS, vendored and build folders; files are split into train and validation whole.
     """
-    from charlstm.ingest import ingest, report_table
+    from charlstm.ingest import ingest
+    from charlstm.render import ingest_table
 
     report = ingest(
         sources,
@@ -128,7 +129,7 @@ def ingest_command(
     if json_out:
         typer.echo(json.dumps(report))
     else:
-        err.print(report_table(report))
+        err.print(ingest_table(report))
 
 
 # ----- train and eval --------------------------------------------------------------------------
@@ -215,7 +216,8 @@ def eval_command(
     if html is not None and not per_char:
         raise CharlstmError("--html goes with --per-char")
     if per_char:
-        from charlstm.surprise import report_surprise, surprise
+        from charlstm.eval_command import report_surprise
+        from charlstm.surprise import surprise
 
         if text_file is None or data is not None:
             raise CharlstmError("--per-char scores one file: give --text-file (and no --data)")

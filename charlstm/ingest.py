@@ -757,24 +757,3 @@ def _meta_json(meta: dict) -> str:
         else:
             lines.append(f"{json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
     return "{\n " + ",\n ".join(lines) + "\n}\n"
-
-
-def report_table(report: dict):
-    """The terminal summary of an ingest (rich renderable, printed on stderr by the CLI)."""
-    from rich.table import Table
-
-    table = Table(title=f"dataset {report['path']}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    table.add_row("files kept", f"{report['files_kept']:,} ({report['train_files']:,} train, {report['val_files']:,} val)")
-    for reason, n in report["files_skipped"].items():
-        table.add_row(f"skipped: {reason}", f"{n:,}")
-    table.add_row("train characters", f"{report['train_chars']:,}")
-    table.add_row("val characters", f"{report['val_chars']:,}")
-    table.add_row("vocabulary", f"{report['vocab_size']} symbols ({report['dtype']})")
-    table.add_row("unknown-symbol rate", f"{report['unk_rate']:.4%}")
-    if report["invalid_bytes"]:
-        table.add_row("invalid UTF-8 bytes", f"{report['invalid_bytes']:,} (replaced by U+FFFD)")
-    table.add_row("language", str(report["language"]))
-    table.add_row("time", f"{report['seconds']:.2f} s ({report['mb_per_s']:.1f} MB/s)")
-    return table
