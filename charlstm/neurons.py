@@ -20,11 +20,11 @@ import torch
 from charlstm.backend import torch_threads
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset
-from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available
+from charlstm.engine import BOUNDED, GATES, SIGNALS, StepEngine, half_weight_kernels_available
 from charlstm.errors import CharlstmError
 from charlstm.features import compute_feature, validate_feature
 from charlstm.model import CharRNN
-from charlstm.render import BOUNDED, GATES, value_range
+from charlstm.render import value_range
 from charlstm.userio import read_text_source, text_from_argv
 from charlstm.vocab import Vocab
 

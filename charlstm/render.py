@@ -17,10 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from rich.text import Text
 
-# Signals that are gates (sigmoid outputs on 0..1); everything else is signed.
-GATES = frozenset({"input", "forget", "output", "reset", "update"})
-# Signed signals bounded by tanh on −1..1; the cell state is unbounded and scaled per text.
-BOUNDED = frozenset({"hidden", "candidate"})
+from charlstm.engine import BOUNDED, GATES
 
 # ColorBrewer RdBu / Blues end points: readable on light and dark terminals alike.
 NEUTRAL = (247, 247, 247)
