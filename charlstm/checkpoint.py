@@ -29,6 +29,9 @@ from charlstm.vocab import Vocab
 FORMAT = "charlstm-checkpoint"
 VERSION = 1
 LATEST, BEST = "latest.pt", "best.pt"
+# A run folder may carry the start of its validation split as text (the shipped model does), so
+# inspection works where the dataset it was trained on is not.
+VAL_EXCERPT = "val-excerpt.txt"
 DEFAULT_RUNS_DIR = Path("checkpoints")
 # The model that ships with the repository, used until the user has trained one of their own.
 PRETRAINED_RUN = Path(__file__).resolve().parent.parent / "checkpoints" / "pretrained-python"

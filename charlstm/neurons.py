@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from charlstm.backend import torch_threads
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.checkpoint import VAL_EXCERPT, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset
 from charlstm.engine import BOUNDED, GATES, SIGNALS, StepEngine, half_weight_kernels_available
 from charlstm.errors import CharlstmError
@@ -87,11 +87,6 @@ def open_checkpoint(where: str | Path | None, exact: bool = False) -> Inspection
     payload = load_checkpoint(path)
     model, vocab = model_from_checkpoint(payload)
     return Inspection(path=path, payload=payload, model=model, vocab=vocab, exact=exact)
-
-
-# A run folder may carry the start of its validation split as text (the shipped model does), so
-# inspection works where the dataset it was trained on is not.
-VAL_EXCERPT = "val-excerpt.txt"
 
 
 def validation_text(inspection: Inspection, chars: int, data: str | Path | None = None) -> tuple[str, str]:
