@@ -269,45 +269,14 @@ class Trainer:
         self.rank, self.world, self.local_rank = distributed_layout()
         self.main = self.rank == 0
 
-        # Backend first: device, threads, denormals.
-        self.device = resolve_device(config.device)
-        if self.device.type == "cuda" and self.world > 1:
-            self.device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(self.device)
-        flush_denormals(self.device)
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-        self.threads = config.threads or max(1, available_cores() // local_world)
-        torch.set_num_threads(self.threads)
-        if self.device.type == "cuda" and config.precision == "fp32":
-            torch.backends.cuda.matmul.allow_tf32 = True  # the head's matmul; cuDNN RNNs use TF32 already
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self._set_up_backend()  # first: device, threads, denormals
 
         check_run_dir(self.run_dir, resume=resume_payload is not None, force=force)
         self.precision = choose_precision(config.precision, self.device, kind=config.model)
 
-        # Data.
-        self.dataset: Dataset = load_dataset(config.data)
-        self.vocab: Vocab = self.dataset.vocab  # the model's; wider than the dataset's when fine-tuning
-        if init_source is not None and resume_payload is None:
-            self.vocab = merged_vocab(init_source.vocab, self.dataset.vocab)
-        if resume_payload is not None:
-            old = Vocab(resume_payload["vocab"])
-            if config.init_from and all(s in old.index for s in self.vocab.symbols):
-                self.vocab = old  # a fine-tuning run keeps its source model's characters
-            elif old != self.vocab:
-                raise CharlstmError(
-                    f"{config.data} has a different vocabulary ({len(self.vocab)} symbols) from the checkpoint's "
-                    f"({len(old)}); resume with the dataset the run was trained on "
-                    f"({resume_payload.get('dataset', {}).get('path')})"
-                )
-        ids = token_map(self.dataset.vocab, self.vocab)
-        self.batcher = LaneBatcher(self.dataset.tokens("train"), config.batch_size, config.seq_len, self.rank, self.world, ids)
-        self.val_tokens = self.dataset.tokens("val")
-        if ids is not None:
-            self.val_tokens = ids[np.asarray(self.val_tokens, dtype=np.int64)]
+        self._load_data(resume_payload, init_source)
 
-        # Model, optimiser, precision.
+        # Model and optimiser.
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.model_config = config.model_config(len(self.vocab))
@@ -319,14 +288,7 @@ class Trainer:
         self.finetune_defaults = finetune_defaults
         if init_source is not None and resume_payload is None:
             self.raw_model.load_state_dict(transfer_weights(init_source, self.vocab, config.seed))
-        self.scaler = self.precision.grad_scaler()
-        decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.raw_model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr,
-            foreach=True,
-        )
+        self._build_optimizer()
 
         # Run state, replaced by the checkpoint's when resuming.
         self.step = 0
@@ -363,6 +325,58 @@ class Trainer:
             self._prepare_run_dir(resume=resume_payload is not None)
 
     # -- set-up helpers ------------------------------------------------------------------------
+
+    def _set_up_backend(self) -> None:
+        """Device (this rank's GPU under torchrun), flushed denormals, threads, TF32, the process group."""
+        config = self.cfg
+        self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(self.device)
+        flush_denormals(self.device)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        self.threads = config.threads or max(1, available_cores() // local_world)
+        torch.set_num_threads(self.threads)
+        if self.device.type == "cuda" and config.precision == "fp32":
+            torch.backends.cuda.matmul.allow_tf32 = True  # the head's matmul; cuDNN RNNs use TF32 already
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def _load_data(self, resume_payload: dict | None, init_source: InitSource | None) -> None:
+        """The dataset, the model's vocabulary (fine-tuning: the source model's characters, then the
+        corpus's new ones), this process's lanes and the validation tokens, both in the model's ids."""
+        config = self.cfg
+        self.dataset: Dataset = load_dataset(config.data)
+        self.vocab: Vocab = self.dataset.vocab  # the model's; wider than the dataset's when fine-tuning
+        if init_source is not None and resume_payload is None:
+            self.vocab = merged_vocab(init_source.vocab, self.dataset.vocab)
+        if resume_payload is not None:
+            old = Vocab(resume_payload["vocab"])
+            if config.init_from and all(s in old.index for s in self.vocab.symbols):
+                self.vocab = old  # a fine-tuning run keeps its source model's characters
+            elif old != self.vocab:
+                raise CharlstmError(
+                    f"{config.data} has a different vocabulary ({len(self.vocab)} symbols) from the checkpoint's "
+                    f"({len(old)}); resume with the dataset the run was trained on "
+                    f"({resume_payload.get('dataset', {}).get('path')})"
+                )
+        ids = token_map(self.dataset.vocab, self.vocab)
+        self.batcher = LaneBatcher(self.dataset.tokens("train"), config.batch_size, config.seq_len, self.rank, self.world, ids)
+        self.val_tokens = self.dataset.tokens("val")
+        if ids is not None:
+            self.val_tokens = ids[np.asarray(self.val_tokens, dtype=np.int64)]
+
+    def _build_optimizer(self) -> None:
+        """The grad scaler (a no-op unless fp16) and AdamW, decaying weight matrices only."""
+        config = self.cfg
+        self.scaler = self.precision.grad_scaler()
+        decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.raw_model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+            foreach=True,
+        )
 
     def _planned_total(self) -> int | None:
         """Total steps when the budget fixes it (--steps, or --epochs × windows per epoch)."""
