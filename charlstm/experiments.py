@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from charlstm import synthetic as syn
 from charlstm.backend import torch_threads
-from charlstm.checkpoint import BEST, atomic_write, save_checkpoint
+from charlstm.checkpoint import BEST, save_checkpoint
 from charlstm.engine import StepEngine
 from charlstm.errors import CharlstmError
+from charlstm.files import atomic_write
 from charlstm.model import CharRNN, ModelConfig
 from charlstm.userio import ensure_writable_folder
 

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from charlstm import lock
 from charlstm.backend import distributed_layout
-from charlstm.checkpoint import BEST, LATEST, atomic_write
+from charlstm.checkpoint import BEST, LATEST
 from charlstm.errors import CharlstmError
+from charlstm.files import atomic_write
 
 RUN_LOCK = ".lock"  # in the run folder, held by the process training in it (see charlstm.lock)
 RUN_FILES = (LATEST, BEST, "metrics.jsonl", "config.json")  # what a run writes there

@@ -39,11 +39,12 @@ from torch import nn
 from tqdm import tqdm
 
 from charlstm.backend import available_cores, choose_precision, distributed_layout, flush_denormals, gather_lanes, resolve_device
-from charlstm.checkpoint import BEST, LATEST, append_line, load_checkpoint, save_checkpoint
+from charlstm.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
 from charlstm.config import TrainConfig
 from charlstm.dataset import Dataset, load_dataset, locate_recorded_dataset
 from charlstm.errors import CharlstmError
 from charlstm.evaluate import LN2, bits_per_char
+from charlstm.files import append_line
 from charlstm.finetune import (
     FINETUNE_LR,
     FINETUNE_WARMUP_STEPS,

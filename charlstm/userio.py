@@ -19,8 +19,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from charlstm.checkpoint import atomic_write
 from charlstm.errors import CharlstmError
+from charlstm.files import atomic_write
 from charlstm.vocab import DOC_SEP, UNK
 
 # A text input is read whole; this bounds what `--text-file /dev/zero` can take (256 MiB of text

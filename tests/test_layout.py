@@ -92,3 +92,11 @@ def test_help_does_not_import_torch():
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result == {"codes": [0] * len(asked), "heavy": []}
+
+
+def test_ingest_and_text_inputs_do_not_import_torch():
+    code = "import sys, charlstm.ingest, charlstm.userio; print('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
