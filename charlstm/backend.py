@@ -1,9 +1,10 @@
-"""The backend, decided once: device, precision, CPU threads, denormals, and the processes.
+"""The backend, decided once: device, precision, CPU threads, denormals, memory, and the processes.
 
 Training, evaluation, sampling and inspection all ask here: `resolve_device` (train, eval) and
 `sampling_device` (sample) turn a --device into a torch device; `choose_precision` picks an
 autocast precision by running a recurrent layer, never assuming, and `checkpoint_precision` does
 the same for scoring a trained model; `flush_denormals` and `torch_threads` set the CPU up;
+`check_training_memory` refuses a model too large for the device before it is built;
 `distributed_layout` reads torchrun's process layout and `gather_lanes` collects every rank's lanes.
 """
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from charlstm.config import DEVICES, PRECISIONS
 from charlstm.errors import CharlstmError
+from charlstm.model import CharRNN, ModelConfig
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -213,6 +215,63 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: what training a model needs, and what the device has
+
+
+def training_memory(model_config: ModelConfig, lanes: int, seq_len: int) -> tuple[int, int]:
+    """(parameters, bytes) for training a model, roughly: fp32 weights, gradients and AdamW's two
+    moments, plus what one step keeps for the backward pass (every layer's gates and states, logits)."""
+    try:
+        with torch.device("meta"):  # counts the parameters without allocating them
+            params = CharRNN(model_config).num_parameters()
+    except (RuntimeError, TypeError, ValueError, OverflowError):
+        raise CharlstmError(
+            f"a {model_config.layers}×{model_config.hidden} model with --embed {model_config.embed} is too large to build"
+        ) from None
+    per_char = model_config.layers * model_config.hidden * 8 + model_config.embed + 3 * model_config.vocab_size
+    return params, 16 * params + 4 * lanes * seq_len * per_char
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation can get on `device`, where that is known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # a container's own limit (cgroup v2)
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def check_training_memory(model_config: ModelConfig, lanes: int, seq_len: int, device: torch.device) -> None:
+    """Refuse at once, saying how much it needs, a model too large to train here."""
+    params, need = training_memory(model_config, lanes, seq_len)
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise CharlstmError(
+            f"a {model_config.layers}×{model_config.hidden} {model_config.kind.upper()} has {params:,} parameters: "
+            f"training it needs about {_gib(need)} of memory (weights, gradients, optimizer state and one "
+            f"step's activations) and {device} has {_gib(free)} available; lower --hidden or --layers "
+            f"(or --batch-size and --seq-len)"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from charlstm.backend import available_cores, choose_precision, distributed_layout, flush_denormals, gather_lanes, resolve_device
+from charlstm.backend import (
+    available_cores,
+    check_training_memory,
+    choose_precision,
+    distributed_layout,
+    flush_denormals,
+    gather_lanes,
+    resolve_device,
+)
 from charlstm.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
 from charlstm.config import TrainConfig
 from charlstm.dataset import Dataset, load_dataset, locate_recorded_dataset
@@ -56,7 +64,7 @@ from charlstm.finetune import (
     token_map,
     transfer_weights,
 )
-from charlstm.model import CharRNN, ModelConfig, detach_state
+from charlstm.model import CharRNN, detach_state
 from charlstm.runfolder import (
     check_resumable,
     check_run_dir,
@@ -183,63 +191,6 @@ def resumed_schedule(schedule: dict, payload: dict, config: TrainConfig, step: i
     if step >= old["warmup"]:
         schedule["from_step"], schedule["from_ratio"] = step, rate
     return schedule
-
-
-# ---------------------------------------------------------------------------------------------
-# Memory
-
-
-def training_memory(model_config: ModelConfig, lanes: int, seq_len: int) -> tuple[int, int]:
-    """(parameters, bytes) for training a model, roughly: fp32 weights, gradients and AdamW's two
-    moments, plus what one step keeps for the backward pass (every layer's gates and states, logits)."""
-    try:
-        with torch.device("meta"):  # counts the parameters without allocating them
-            params = CharRNN(model_config).num_parameters()
-    except (RuntimeError, TypeError, ValueError, OverflowError):
-        raise CharlstmError(
-            f"a {model_config.layers}×{model_config.hidden} model with --embed {model_config.embed} is too large to build"
-        ) from None
-    per_char = model_config.layers * model_config.hidden * 8 + model_config.embed + 3 * model_config.vocab_size
-    return params, 16 * params + 4 * lanes * seq_len * per_char
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes a new allocation can get on `device`, where that is known."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type != "cpu":
-        return None
-    limits = []
-    try:
-        with open("/proc/meminfo") as f:
-            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
-    except (OSError, ValueError, IndexError):
-        pass
-    try:  # a container's own limit (cgroup v2)
-        cgroup = Path("/sys/fs/cgroup")
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return min(limits) if limits else None
-
-
-def check_training_memory(model_config: ModelConfig, lanes: int, seq_len: int, device: torch.device) -> None:
-    """Refuse at once, saying how much it needs, a model too large to train here."""
-    params, need = training_memory(model_config, lanes, seq_len)
-    free = available_memory(device)
-    if free is not None and need > free:
-        raise CharlstmError(
-            f"a {model_config.layers}×{model_config.hidden} {model_config.kind.upper()} has {params:,} parameters: "
-            f"training it needs about {_gib(need)} of memory (weights, gradients, optimizer state and one "
-            f"step's activations) and {device} has {_gib(free)} available; lower --hidden or --layers "
-            f"(or --batch-size and --seq-len)"
-        )
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:,.1f} GiB"
 
 
 def _first_line(exc: BaseException) -> str:
