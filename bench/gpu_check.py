@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from charlstm.train import cpu_runs_bf16_rnn  # noqa: E402
+from charlstm.backend import cpu_runs_bf16_rnn  # noqa: E402
 
 
 def say(message: str) -> None:

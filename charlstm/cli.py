@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,12 +15,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from charlstm import __version__
+from charlstm.config import WEIGHT_PRECISIONS, Preset
+from charlstm.config import TrainConfig as _TC  # its defaults are shown in the help
 from charlstm.errors import CharlstmError
-from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
-from charlstm.neurons import inspect_neuron
-from charlstm.sample import PRECISIONS, SampleSettings, read_prime_file, run_sampling, unescape
-from charlstm.train import TrainConfig as _TC  # its defaults are shown in the help
-from charlstm.userio import guarded_stdout, text_from_argv
+
+# Each command imports its implementation when it runs: they import torch (seconds), which
+# `charlstm --help` and a mistyped option do not need.
 
 app = typer.Typer(
     name="charlstm",
@@ -46,6 +45,8 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
+            from charlstm.userio import guarded_stdout  # imports torch: inside, so Ctrl-C meanwhile is caught
+
             with guarded_stdout():  # a full stdout (/dev/full, a full disk) is a CharlstmError too
                 return command(*args, **kwargs)
         except CharlstmError as exc:
@@ -80,10 +81,6 @@ def main(
 # ----- ingest ------------------------------------------------------------------------------------
 
 
-# The preset names, as a choice Typer can list in --help.
-_IngestPreset = Enum("IngestPreset", {"python_stdlib": "python-stdlib", "jdk": "jdk"}, type=str)
-
-
 @app.command("ingest", rich_help_panel="Pipeline")
 @user_errors
 def ingest_command(
@@ -99,7 +96,7 @@ def ingest_command(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder holding datasets.", rich_help_panel="Output")] = Path("data"),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset of that name.", rich_help_panel="Output")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout instead of a table.", rich_help_panel="Output")] = False,
-    preset: Annotated[Optional[_IngestPreset], typer.Option("--preset", help="python-stdlib: this Python's standard library without its tests (.py). jdk: an installed JDK's src.zip (.java).", rich_help_panel="Sources", show_default=False)] = None,
+    preset: Annotated[Optional[Preset], typer.Option("--preset", help="python-stdlib: this Python's standard library without its tests (.py). jdk: an installed JDK's src.zip (.java).", rich_help_panel="Sources", show_default=False)] = None,
     ext: Annotated[Optional[list[str]], typer.Option("--ext", help="Keep files with this extension (repeatable; .java or java). Default: the preset's, else common source-code extensions.", rich_help_panel="Filtering", show_default=False)] = None,
     max_file_bytes: Annotated[int, typer.Option("--max-file-bytes", help="Skip files larger than this (generated code, data tables).", rich_help_panel="Filtering")] = 1_000_000,
     min_char_count: Annotated[int, typer.Option("--min-char-count", help="Characters seen fewer times map to the unknown symbol. 1 keeps every character (lossless).", rich_help_panel="Vocabulary and split")] = 1,
@@ -111,7 +108,8 @@ def ingest_command(
     Binary, empty, duplicate, oversized and non-UTF-8 files are skipped and counted by reason, as are
     VCS, vendored and build folders; files are split into train and validation whole.
     """
-    from charlstm.ingest import ingest, report_table
+    from charlstm.ingest import ingest
+    from charlstm.render import ingest_table
 
     report = ingest(
         sources,
@@ -131,7 +129,7 @@ def ingest_command(
     if json_out:
         typer.echo(json.dumps(report))
     else:
-        err.print(report_table(report))
+        err.print(ingest_table(report))
 
 
 # ----- train and eval --------------------------------------------------------------------------
@@ -178,11 +176,11 @@ def train_command(
     Stateful truncated BPTT over memory-mapped lanes, mixed precision, exact --resume; multi-GPU with
     `torchrun --nproc-per-node N -m charlstm train ...`.
     """
-    import json as _json
+    # The parameters, read before any other local exists: all are training options but these three.
+    options = {k: v for k, v in locals().items() if k not in ("resume", "force", "json_output")}
 
     from charlstm.train import TrainingInterrupted, train
 
-    options = {k: v for k, v in locals().items() if k not in ("resume", "force", "json_output", "_json", "TrainingInterrupted", "train")}
     try:
         summary = train(options, resume=resume, force=force)
     except TrainingInterrupted as exc:
@@ -191,7 +189,7 @@ def train_command(
     if summary.get("world_size", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
         return  # only rank 0 reports
     if json_output:
-        typer.echo(_json.dumps(summary))
+        typer.echo(json.dumps(summary))
     else:
         val, best = summary["val_bpc"], summary["best_val_bpc"]
         scores = f", validation {val:.4f} bpc (best {best:.4f})" if val is not None and best is not None else ""
@@ -213,14 +211,13 @@ def eval_command(
     html: Annotated[Optional[str], typer.Option("--html", help="With --per-char: also write the coloured text as a self-contained HTML page (hover a character for its bits and top 5).", rich_help_panel="Surprise")] = None,
 ) -> None:
     """Score a checkpoint in bits per character on a validation split or any text file."""
-    import json as _json
-
     from charlstm.evaluate import evaluate_checkpoint
 
     if html is not None and not per_char:
         raise CharlstmError("--html goes with --per-char")
     if per_char:
-        from charlstm.surprise import report_surprise, surprise
+        from charlstm.eval_command import report_surprise
+        from charlstm.surprise import surprise
 
         if text_file is None or data is not None:
             raise CharlstmError("--per-char scores one file: give --text-file (and no --data)")
@@ -236,7 +233,7 @@ def eval_command(
         more = f" and {len(result['unknown_chars']) - 20} more" if len(result["unknown_chars"]) > 20 else ""
         err.print(f"[yellow]warning:[/yellow] characters the model does not know, scored as unknown: {escape(shown)}{more}", highlight=False)
     if json_output:
-        typer.echo(_json.dumps(result))
+        typer.echo(json.dumps(result))
     else:
         err.print(
             f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
@@ -279,12 +276,17 @@ def sample_command(
     no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
     device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when present, else the CPU), cpu or cuda. A model trained on either samples on either.", rich_help_panel="Backend")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default 1: one step is too small to share, and a second thread stalls whenever another process uses the cores.", rich_help_panel="Backend")] = None,
-    precision: Annotated[str, typer.Option("--precision", "--dtype", help=f"Engine weights: {'|'.join(PRECISIONS)}. auto = int8 weights on a CPU with FBGEMM (fastest; next-character distributions within a KL of ~0.002 bits of fp32), else fp16, else fp32. fp16: near exact; fp32: exact.", rich_help_panel="Backend")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", "--dtype", help=f"Engine weights: {'|'.join(WEIGHT_PRECISIONS)}. auto = int8 weights on a CPU with FBGEMM (fastest; next-character distributions within a KL of ~0.002 bits of fp32), else fp16, else fp32. fp16: near exact; fp32: exact.", rich_help_panel="Backend")] = "auto",
 ) -> None:
     """Stream generated code from a trained model, character by character.
 
     On a terminal each finished line is syntax-highlighted in the corpus's language; piped or redirected, the output is plain text. A new file the model starts shows as a '── new file ──' line; the unknown symbol prints as \ufffd.
     """  # noqa: E501
+    from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
+    from charlstm.sample import SampleSettings, read_prime_file, unescape
+    from charlstm.sample_command import run_sampling
+    from charlstm.userio import text_from_argv
+
     if prime is not None and prime_file is not None:
         raise CharlstmError("give --prime or --prime-file, not both")
     prime_text = read_prime_file(prime_file) if prime_file is not None else text_from_argv(prime or "")
@@ -439,6 +441,9 @@ def inspect_neuron_command(
 
     Layers are numbered from 1, neurons from 0, here, in --json and in the HTML explorer.
     """
+    from charlstm.inspect_command import inspect_neuron
+    from charlstm.userio import text_from_argv
+
     if text is not None:
         text = text_from_argv(text)
     inspect_neuron(
@@ -482,7 +487,8 @@ def experiment_command(
 ) -> None:
     """Reproduce the source article's small studies: train a tiny LSTM on a synthetic language,
     judge its greedy generations, and show the units that solve it (layers numbered from 1)."""
-    from charlstm.experiments import run_experiments, strip_views
+    from charlstm.experiment_command import run_experiments
+    from charlstm.experiments import strip_views
 
     results = run_experiments(
         name, err, quiet=quiet, html=html, seed=seed, out_dir=out_dir, steps=steps, max_n=max_n,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from charlstm.backend import torch_threads
 from charlstm.engine import StepEngine, half_weight_kernels_available
 from charlstm.errors import CharlstmError
 
@@ -100,12 +101,8 @@ def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: st
     on_cpu = next(inspection.model.parameters()).device.type == "cpu"
     weights = torch.float16 if on_cpu and not inspection.exact and half_weight_kernels_available() else torch.float32
     engine = StepEngine(inspection.model, weights)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as `activations`: a trace is a chain of small products
-    try:
+    with torch_threads(1):  # as `activations`: a trace is a chain of small products
         found = top_contexts(engine, tokens, layer - 1, neuron, signal, k)
-    finally:
-        torch.set_num_threads(before)
 
     def item(entry) -> dict:
         value, position, start, values = entry

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from charlstm.errors import CharlstmError
+from charlstm.files import default_mode
 from charlstm.vocab import Vocab
 
 FORMAT = "charlstm-dataset"
@@ -145,8 +146,6 @@ def write_dataset(path: str | Path, vocab: Vocab, train_ids: np.ndarray, val_ids
     import os
     import shutil
     import tempfile
-
-    from charlstm.checkpoint import default_mode
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,10 @@ SIGNALS = {
     "gru": ("reset", "update", "candidate", "hidden"),
     "rnn": ("hidden",),
 }
+# Signals that are gates (sigmoid outputs on 0..1); everything else is signed.
+GATES = frozenset({"input", "forget", "output", "reset", "update"})
+# Signed signals bounded by tanh on −1..1; the cell state is unbounded.
+BOUNDED = frozenset({"hidden", "candidate"})
 
 
 def lstm_pointwise(pre: torch.Tensor, c: torch.Tensor):

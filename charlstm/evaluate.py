@@ -17,6 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charlstm.backend import checkpoint_precision, flush_denormals, resolve_device
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.dataset import load_dataset, locate_recorded_dataset
 from charlstm.errors import CharlstmError
 from charlstm.userio import read_text_source
 
@@ -87,21 +90,6 @@ def bits_per_char(
     return {"bpc": loss / LN2, "loss": loss, "chars": n_pred}
 
 
-def _precision(requested: str | None, trained: str | None, device: torch.device, kind: str):
-    """The precision asked for; else the run's own, so eval scores as training validated; else
-    auto, when the run's does not run here (an fp16 GPU run scored on a CPU)."""
-    from charlstm.train import PRECISIONS, choose_precision
-
-    if requested is not None:
-        return choose_precision(requested, device, kind=kind)
-    if trained in PRECISIONS:
-        try:
-            return choose_precision(trained, device, kind=kind)
-        except CharlstmError:
-            pass
-    return choose_precision("auto", device, kind=kind)
-
-
 def evaluate_checkpoint(
     checkpoint: str | Path | None,
     data: str | Path | None = None,
@@ -119,11 +107,6 @@ def evaluate_checkpoint(
     and listed under `unknown_chars`. `precision` None: the one the run was trained with.
     `dynamic` adds `dynamic`: the same text scored under dynamic evaluation (see dynamic_eval.py).
     """
-    # Imported here: training imports this module for its validation.
-    from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
-    from charlstm.dataset import load_dataset, locate_recorded_dataset
-    from charlstm.train import resolve_device
-
     if data is not None and text_file is not None:
         raise CharlstmError("give --data or --text-file, not both")
     if dynamic_lr is not None and not dynamic:
@@ -132,9 +115,8 @@ def evaluate_checkpoint(
     payload = load_checkpoint(path)
     model, vocab = model_from_checkpoint(payload)
     dev = resolve_device(device)
-    if dev.type == "cpu":
-        torch.set_flush_denormal(True)  # denormals slow CPU bf16 inference tenfold
-    prec = _precision(precision, payload.get("precision"), dev, model.config.kind)
+    flush_denormals(dev)
+    prec = checkpoint_precision(precision, payload.get("precision"), dev, model.config.kind)
     model.to(dev)
 
     unknown: list[str] = []

@@ -1,7 +1,7 @@
 """The article's four small studies: generate a synthetic language, train a tiny LSTM on it,
 judge its greedy generations, and find the single units that solve the task.
 
-Each study is one call to `run_study`; `report` prints its tables and coloured neurons. The units
+Each study is one call to `run_study`; experiment_command.py prints its tables and coloured neurons. The units
 are found from `StepEngine.trace` (the same step math sampling and inspection use), and each
 trained model is saved as an ordinary checkpoint so `charlstm inspect-neuron` can open it.
 Layers are numbered from 1, as in the article's explorer and in `inspect-neuron`.
@@ -9,7 +9,6 @@ Layers are numbered from 1, as in the article's explorer and in `inspect-neuron`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -19,15 +18,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 from tqdm import tqdm
 
 from charlstm import synthetic as syn
-from charlstm.checkpoint import BEST, atomic_write, save_checkpoint
+from charlstm.backend import torch_threads
+from charlstm.checkpoint import BEST, save_checkpoint
 from charlstm.engine import StepEngine
 from charlstm.errors import CharlstmError
+from charlstm.files import atomic_write
 from charlstm.model import CharRNN, ModelConfig
 from charlstm.userio import ensure_writable_folder
 
@@ -71,17 +69,6 @@ STUDIES = {
     ),
 }
 NAMES = tuple(STUDIES)
-
-
-@contextlib.contextmanager
-def _fixed_threads(n: int = 1):
-    """Tiny models run fastest on one thread, and a fixed count keeps results repeatable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----- training ----------------------------------------------------------------------------------
@@ -420,7 +407,7 @@ def run_study(
         study = replace(study, eval_max_n=study.max_n)
     ensure_writable_folder(out_dir)  # fail now, not after a minute of training
     vocab = syn.vocab()
-    with _fixed_threads(1):
+    with torch_threads(1):  # tiny models run fastest on one thread, and a fixed count keeps results repeatable
         model, stats = train(study, seed, quiet)
         evaluation = evaluate(study, model, seed)
         neurons, views = FINDERS[name](study, StepEngine(model), vocab, seed)
@@ -454,69 +441,6 @@ def run_study(
     return result
 
 
-# ----- the terminal report ----------------------------------------------------------------------
-
-
-def _mark(value) -> Text:
-    if isinstance(value, bool):
-        return Text("right", style="green") if value else Text("wrong", style="red")
-    style = "green" if value == 1.0 else ("yellow" if value >= 0.5 else "red")
-    return Text(f"{value:.0%}", style=style)
-
-
-def report(result: dict, console: Console) -> None:
-    """The per-N table, the summary, and each found unit coloured along a sequence."""
-    from charlstm.render import colour_text, legend
-
-    ev = result["evaluation"]
-    what = {"counter": "N", "selective-counter": "N (a's)", "state": "x's", "copy": "length"}[result["study"]]
-    table = Table(title="greedy generation after the prompt", title_justify="left")
-    table.add_column(what, justify="right")
-    table.add_column("result" if result["study"] == "counter" else "accuracy", justify="right")
-    table.add_column("")
-    for n, value in ev["per_n"].items():
-        table.add_row(n, _mark(value), "in training range" if int(n) <= result["max_n"] else "beyond training")
-    console.print(table)
-    summary = Table(show_header=False, box=None, padding=(0, 2))
-    summary.add_row("model", f"{result['model']['layers']} × {result['model']['hidden']} LSTM, "
-                             f"{result['steps']} steps in {result['train_seconds']} s "
-                             f"(final loss {result['final_loss']})")
-    if "max_n_correct" in ev:
-        summary.add_row("max_n_correct", str(ev["max_n_correct"]))
-    summary.add_row("accuracy", f"{ev['accuracy']:.1%} for N ≤ {result['max_n']}")
-    summary.add_row("ours", result["ours"])
-    summary.add_row("article", result["article"])
-    summary.add_row("run", result["run"])
-    console.print(summary)
-    for failure in ev["failures"][:3]:
-        console.print(Text(f"  wrong: {failure['prompt']} → {failure['generated']!r} "
-                           f"(expected {failure['expected']!r})", style="dim"))
-    for view in result["views"]:
-        console.print(Text(view["caption"], style="bold"))
-        command = (f"  charlstm inspect-neuron {result['run']} --layer {view['layer']} --neuron {view['neuron']} "
-                   f"--state {view['signal']} --text '{view['text']}'")
-        console.print(Text(command, style="dim"), soft_wrap=True)
-        scale = view.get("scale")
-        if scale is None and view["signal"] == "cell":
-            scale = max(abs(v) for v in view["values"]) or 1.0
-        console.print(Text("  ").append(colour_text(view["text"], view["values"], view["signal"], scale=scale)))
-        console.print(Text("  ").append(legend(view["signal"], scale=scale)))
-
-
-def comparison_table(results: dict[str, dict]) -> Table:
-    """`experiment all`: our results beside the article's claims."""
-    table = Table(title="charlstm experiment all: our results beside the article's", title_justify="left",
-                  show_lines=True)
-    table.add_column("study")
-    table.add_column("ours", ratio=3)
-    table.add_column("article", ratio=2)
-    for name, r in results.items():
-        study = Text(name, style="bold").append(
-            f"\n{r['model']['layers']}×{r['model']['hidden']} LSTM\n{r['train_seconds']:.0f} s training", style="dim")
-        table.add_row(study, r["ours"], r["article"])
-    return table
-
-
 def strip_views(result: dict) -> dict:
     """The result without its long per-character value lists (for --json on stdout)."""
     return {k: v for k, v in result.items() if k != "views"}
@@ -538,26 +462,3 @@ def html_path(html: Path | str, study: str, several: bool) -> Path:
     """With several studies, one page each: OUT.html → OUT-STUDY.html."""
     html = Path(html)
     return html.with_name(f"{html.stem}-{study}{html.suffix or '.html'}") if several else html
-
-
-def run_experiments(name: str, console: Console, quiet: bool = False, html: Path | str | None = None,
-                    **options) -> dict:
-    """`charlstm experiment NAME|all`: run, report each on `console`, return results by study."""
-    names = NAMES if name == "all" else (name,)
-    if name != "all" and name not in STUDIES:
-        raise CharlstmError(f"unknown experiment {name!r}; choose one of {', '.join(NAMES)} or all")
-    results = {}
-    for study in names:
-        if not quiet:
-            console.rule(f"experiment {study}")
-        results[study] = run_study(study, quiet=quiet, **options)
-        if not quiet:
-            report(results[study], console)
-        if html is not None:
-            page = write_html(results[study], html_path(html, study, len(names) > 1))
-            results[study]["html"] = page["path"]
-            if not quiet:
-                console.print(f"explorer page: {page['path']} ({page['bytes']:,} bytes)", highlight=False)
-    if name == "all":
-        console.print(comparison_table(results))
-    return results

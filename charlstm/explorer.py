@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from charlstm.engine import BOUNDED, GATES
 from charlstm.errors import CharlstmError
 from charlstm.features import FEATURES
 from charlstm.neurons import Inspection, activations, top_units_by_feature
-from charlstm.render import BOUNDED, GATES
 from charlstm.userio import write_output
 
 # Quantised values (one byte each) per page: the default text is 2,000 characters or as many as

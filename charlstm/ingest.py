@@ -38,16 +38,17 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
 from glob import glob
 from pathlib import Path
 
 import numpy as np
 
 from charlstm import __version__, lock
+from charlstm.config import Preset
 from charlstm.dataset import FORMAT, VERSION, load_dataset
 from charlstm.errors import CharlstmError
-from charlstm.vocab import DOC_SEP, UNK, Vocab
+from charlstm.userio import decode_source
+from charlstm.vocab import DOC_SEP, Vocab
 
 # Common source-code extensions, used for plain directories when no --ext is given. Prose and data
 # formats (.md, .txt, .json, .csv) are left out: the model is meant to learn code.
@@ -69,13 +70,6 @@ CLONE_TIMEOUT_S = 900
 MAX_CODE_POINT = 0x110000
 _WORK_FOLDER = re.compile(r"^\..+\.ingest-")  # an ingest in progress (ours, when --data-dir lies inside a SOURCE)
 _GIT_URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^[\w.-]+@[\w.-]+:", re.IGNORECASE)
-
-
-class Preset(str, Enum):
-    """Corpora every user already has on disk."""
-
-    python_stdlib = "python-stdlib"
-    jdk = "jdk"
 
 
 # The standard library's own tests are left out of the python-stdlib preset: they are about 3/4 of its
@@ -397,27 +391,6 @@ def discover(sources: list[Source], extensions: frozenset[str] | None, closer: _
                 full = str(source.path)
                 found.candidates.append(Candidate(index, name, source.path.stat().st_size, lambda full=full: _read_file(full)))
     return found
-
-
-# ------------------------------------------------------------------------------------------ decoding
-
-
-def decode_source(data: bytes) -> tuple[str, int]:
-    """UTF-8 text with newlines normalised to \\n, and the number of invalid bytes replaced by U+FFFD."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]  # a byte-order mark is an encoding marker, not content
-    try:
-        text, invalid = data.decode("utf-8"), 0
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
-        added = text.count(UNK) - data.count(UNK.encode("utf-8"))
-        # Valid parts re-encode to their own bytes; each added U+FFFD re-encodes to 3 bytes.
-        invalid = len(data) - (len(text.encode("utf-8")) - 3 * added)
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if DOC_SEP in text:
-        text = text.replace(DOC_SEP, UNK)  # the separator is reserved for file boundaries
-    return text, invalid
 
 
 # Pygments lexer aliases for the usual extensions; asking Pygments itself costs a third of a second.
@@ -784,24 +757,3 @@ def _meta_json(meta: dict) -> str:
         else:
             lines.append(f"{json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}")
     return "{\n " + ",\n ".join(lines) + "\n}\n"
-
-
-def report_table(report: dict):
-    """The terminal summary of an ingest (rich renderable, printed on stderr by the CLI)."""
-    from rich.table import Table
-
-    table = Table(title=f"dataset {report['path']}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    table.add_row("files kept", f"{report['files_kept']:,} ({report['train_files']:,} train, {report['val_files']:,} val)")
-    for reason, n in report["files_skipped"].items():
-        table.add_row(f"skipped: {reason}", f"{n:,}")
-    table.add_row("train characters", f"{report['train_chars']:,}")
-    table.add_row("val characters", f"{report['val_chars']:,}")
-    table.add_row("vocabulary", f"{report['vocab_size']} symbols ({report['dtype']})")
-    table.add_row("unknown-symbol rate", f"{report['unk_rate']:.4%}")
-    if report["invalid_bytes"]:
-        table.add_row("invalid UTF-8 bytes", f"{report['invalid_bytes']:,} (replaced by U+FFFD)")
-    table.add_row("language", str(report["language"]))
-    table.add_row("time", f"{report['seconds']:.2f} s ({report['mb_per_s']:.1f} MB/s)")
-    return table

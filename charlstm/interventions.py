@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from charlstm.backend import torch_threads
 from charlstm.errors import CharlstmError
 from charlstm.features import CODE, CLOSE, COMMENT, OPEN, STRING, compute_feature, is_binary, syntax_labels
 from charlstm.vocab import DOC_SEP
@@ -322,12 +323,8 @@ def _scoring_engine(inspection):
 
 def _one_thread(fn, *args, **kwargs):
     # Batched steps of a small model: on 2 shared cores one thread measured 20× faster than two.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return fn(*args, **kwargs)
-    finally:
-        torch.set_num_threads(before)
 
 
 def ablate_units(inspection, text: str, specs: list[UnitSpec], controls: int = CONTROLS, seed: int = 0) -> dict:

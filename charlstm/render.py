@@ -17,10 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from rich.text import Text
 
-# Signals that are gates (sigmoid outputs on 0..1); everything else is signed.
-GATES = frozenset({"input", "forget", "output", "reset", "update"})
-# Signed signals bounded by tanh on −1..1; the cell state is unbounded and scaled per text.
-BOUNDED = frozenset({"hidden", "candidate"})
+from charlstm.engine import BOUNDED, GATES
 
 # ColorBrewer RdBu / Blues end points: readable on light and dark terminals alike.
 NEUTRAL = (247, 247, 247)
@@ -196,4 +193,25 @@ def stats_table(rows: list[dict], title: str):
             f"{r['units_mostly_left']}/{r['units']}",
             f"{r['units_mostly_right']}/{r['units']}",
         )
+    return table
+
+
+def ingest_table(report: dict):
+    """The terminal summary of an ingest (rich renderable, printed on stderr by the CLI)."""
+    from rich.table import Table
+
+    table = Table(title=f"dataset {report['path']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("files kept", f"{report['files_kept']:,} ({report['train_files']:,} train, {report['val_files']:,} val)")
+    for reason, n in report["files_skipped"].items():
+        table.add_row(f"skipped: {reason}", f"{n:,}")
+    table.add_row("train characters", f"{report['train_chars']:,}")
+    table.add_row("val characters", f"{report['val_chars']:,}")
+    table.add_row("vocabulary", f"{report['vocab_size']} symbols ({report['dtype']})")
+    table.add_row("unknown-symbol rate", f"{report['unk_rate']:.4%}")
+    if report["invalid_bytes"]:
+        table.add_row("invalid UTF-8 bytes", f"{report['invalid_bytes']:,} (replaced by U+FFFD)")
+    table.add_row("language", str(report["language"]))
+    table.add_row("time", f"{report['seconds']:.2f} s ({report['mb_per_s']:.1f} MB/s)")
     return table

@@ -6,39 +6,29 @@ prefix is never re-run. Draws use the Gumbel-max trick with noise taken from a s
 in blocks: argmax(logits / T + Gumbel) is an exact sample from softmax(logits / T), costs three
 small tensor operations, and makes the same seed give the same text on the same device.
 
-`StreamWriter` renders what is generated: plain text when piped, syntax-highlighted lines on a
-terminal. Generated text only ever goes through Pygments and plain writes, never through rich
-markup, so `[...]` in code prints as itself.
+What is generated reaches the terminal through sample_command.py (the stream writer and the
+`charlstm sample` runner).
 """
 
 from __future__ import annotations
 
 import codecs
-import io
-import math
-import os
-import shutil
-import sys
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 import torch
 
-from charlstm.beam import beam_search
+from charlstm.backend import sampling_device
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.config import WEIGHT_PRECISIONS
 from charlstm.engine import StepEngine, packed_weights_available
 from charlstm.errors import CharlstmError
 from charlstm.interventions import UnitSpec, check_unit, resolve
 from charlstm.model import CharRNN
-from charlstm.userio import read_text_source, silence_stdout, write_output
-from charlstm.vocab import DOC_SEP, Vocab
+from charlstm.userio import read_text_source
+from charlstm.vocab import Vocab
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
-NEWLINE_MARK = "↵"  # --watch on a terminal: where a newline's value is shown
-NEW_FILE_RULE = "── new file ──"  # how a generated document separator (a new file starting) is shown
 PRIME_CHUNK = 4096  # prime characters per fused forward
 DEFAULT_TEMPERATURE = 0.8
 NOISE_ELEMENTS = 1 << 20  # Gumbel noise drawn per call to the generator (4 MB), for up to 256 steps
@@ -113,8 +103,8 @@ def engine_dtype(precision: str, device: torch.device) -> torch.dtype:
     distributions of the shipped model differ by a KL divergence of 0.002 bits per character with
     int8 and under 0.00001 with fp16 (bpc +0.002 and +0.0000 over 4,000 validation characters).
     """
-    if precision not in PRECISIONS:
-        raise CharlstmError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision not in WEIGHT_PRECISIONS:
+        raise CharlstmError(f"unknown precision {precision!r}; choose one of {', '.join(WEIGHT_PRECISIONS)}")
     if precision == "auto":
         if device.type != "cpu":
             return torch.float32
@@ -125,20 +115,6 @@ def engine_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "int8" and device.type != "cpu":
         raise CharlstmError("--precision int8 runs on the CPU only")
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.qint8}[precision]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":  # a CUDA GPU when there is one: even launch-bound, it outpaces a CPU at batch 1
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CharlstmError(f"unknown device {name!r}; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CharlstmError("--device cuda asked for, but this PyTorch build sees no CUDA GPU")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CharlstmError("--device mps asked for, but MPS is not available here")
-    return device
 
 
 class Sampler:
@@ -153,7 +129,7 @@ class Sampler:
     @classmethod
     def from_checkpoint(cls, where: str | Path | None, device: str = "cpu", precision: str = "auto"):
         """Returns (sampler, payload); `where` is a checkpoint file, a run folder, or None."""
-        device = pick_device(device)  # check before the (slow) load
+        device = sampling_device(device)  # check before the (slow) load
         payload = load_checkpoint(resolve_checkpoint(where))
         model, vocab = model_from_checkpoint(payload)
         return cls(model, vocab, device, precision), payload
@@ -272,297 +248,3 @@ class Sampler:
 def _gumbel(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     u = torch.rand(shape, generator=generator, device=device).clamp_(1e-12, 1 - 1e-7)
     return -torch.log(-torch.log(u))
-
-
-# ----- output -----------------------------------------------------------------------------------
-
-
-class StreamWriter:
-    """Writes generated text as it arrives.
-
-    Plain mode (piped, redirected, --no-color): the characters themselves, flushed as they come;
-    a generated document separator becomes a line `── new file ──`. Colour mode (a terminal):
-    the current line appears plain character by character, and once its newline arrives it is
-    redrawn highlighted by the corpus's Pygments lexer, which sees the previous lines as context.
-    On a terminal, control characters other than tab and newline show as their Unicode pictures
-    (␛ for escape), so generated text can never drive the terminal.
-    """
-
-    CONTEXT_LINES = 30  # lines of the current file the lexer sees before the line it colours
-
-    def __init__(
-        self,
-        out: TextIO,
-        color: bool = False,
-        language: str | None = None,
-        width: int | None = None,
-        terminal: bool | None = None,
-        paint=None,
-    ):
-        self.out = out
-        self.color = color or paint is not None
-        self.terminal = self.color or (_isatty(out) if terminal is None else terminal)
-        self.lexer = self.formatter = None
-        if color and language and paint is None:
-            self.lexer, self.formatter = _pygments_for(language)
-        self.paint = paint  # --watch: value ↦ the escape codes that colour a character by it
-        self.width = width or shutil.get_terminal_size().columns
-        self.plain: list[str] = []  # everything written, as plain text (what --out saves)
-        self._line = ""  # the current, unfinished line
-        self._context: deque[str] = deque(maxlen=self.CONTEXT_LINES)
-
-    def write(self, text: str, value: float | None = None) -> None:
-        """Write `text`; with a painter (--watch) and a `value`, on the background it gives."""
-        sgr = self.paint(value) if self.paint is not None and value is not None else None
-        pieces = []
-        for ch in text:
-            if ch == DOC_SEP:
-                pieces.append(self._end_line(force_newline=False))
-                pieces.append(self._rule(NEW_FILE_RULE))
-                self._context.clear()
-            elif ch == "\n":
-                if sgr:  # the newline's own value, on a mark
-                    pieces.append(f"{sgr}{NEWLINE_MARK}\x1b[0m")
-                pieces.append(self._end_line(force_newline=True))
-            else:
-                self.plain.append(ch)
-                if self.terminal and (ch < " " and ch != "\t" or ch == "\x7f"):
-                    ch = chr(0x2400 + ord(ch)) if ch < " " else "\u2421"
-                self._line += ch
-                pieces.append(f"{sgr}{ch}\x1b[0m" if sgr else ch)
-        self.out.write("".join(pieces))
-        self.out.flush()
-
-    def separator(self, label: str) -> None:
-        """A line between samples: `──── sample 2/4 ────` (dim on a terminal)."""
-        self.finish()
-        self._context.clear()
-        self.out.write(self._rule(f"──── {label} ────"))
-        self.out.flush()
-
-    def finish(self) -> None:
-        """End the current line, if one is open, so what follows starts on its own line."""
-        if self._line:
-            self.out.write(self._end_line(force_newline=True))
-            self.out.flush()
-
-    def _rule(self, text: str) -> str:
-        self.plain.append(text + "\n")
-        return f"\x1b[2m{text}\x1b[0m\n" if self.color else text + "\n"
-
-    def _end_line(self, force_newline: bool) -> str:
-        line, self._line = self._line, ""
-        if not line and not force_newline:
-            return ""
-        self.plain.append("\n")
-        redraw = ""
-        # Redraw only a line that fits the terminal: "\r" returns to the start of the last row only.
-        if self.lexer is not None and line and len(line.expandtabs()) < self.width:
-            redraw = "\r\x1b[2K" + self._highlight(line)
-        self._context.append(line)
-        return redraw + "\n"
-
-    def _highlight(self, line: str) -> str:
-        import pygments
-
-        context = "".join(f"{prev}\n" for prev in self._context)
-        start = len(context)
-        tokens = []
-        for index, kind, value in self.lexer.get_tokens_unprocessed(context + line + "\n"):
-            end = index + len(value)
-            if end <= start:
-                continue
-            value = value[max(0, start - index) : len(value) - max(0, end - (start + len(line)))]
-            if value:
-                tokens.append((kind, value))
-        return pygments.format(tokens, self.formatter).rstrip("\n")
-
-
-class UnitPainter:
-    """--watch on a terminal: a character's background by the watched unit's value, red negative,
-    blue positive, as `inspect-neuron` colours it (hidden state on −1..1; the unbounded cell state
-    scaled by the largest |value| seen so far, at least 1)."""
-
-    def __init__(self, signal: str):
-        self.signal, self.scale = signal, 1.0
-
-    def __call__(self, value: float) -> str:
-        from charlstm.render import _ink, colour_of
-
-        if self.signal == "cell" and math.isfinite(value):
-            self.scale = max(self.scale, abs(value))
-        r, g, b = colour_of(value, self.signal, self.scale)
-        ink = "30" if _ink((r, g, b)) == "black" else "97"
-        return f"\x1b[48;2;{r};{g};{b}m\x1b[{ink}m"
-
-
-def _pygments_for(language: str):
-    from pygments.formatters import TerminalFormatter
-    from pygments.lexers import get_lexer_by_name
-    from pygments.util import ClassNotFound
-
-    try:
-        lexer = get_lexer_by_name(language, stripnl=False, ensurenl=False)
-    except ClassNotFound:
-        return None, None
-    # The 16 named colours follow the terminal's own palette, so text stays readable on light and
-    # dark backgrounds alike (plain text keeps the default colour).
-    return lexer, TerminalFormatter()
-
-
-def stream_samples(sampler: Sampler, settings: SampleSettings, writer: StreamWriter) -> list[str]:
-    """Generate as one batch and print the samples one after another, the first as it is made.
-
-    A sample whose turn has not come yet is kept; when its turn comes, what it has so far is
-    printed at once and the rest streams. Returns every sample's text (prime included).
-    """
-    if settings.beam is not None:
-        settings.validate()
-        writer.write(settings.prime)
-        pieces = [settings.prime]
-        clamps = sampler.clamps(settings)
-        for piece in beam_search(sampler, settings.prime, settings.beam, settings.length, settings.stop, clamps):
-            writer.write(piece)
-            pieces.append(piece)
-        writer.finish()
-        return ["".join(pieces)]
-    n = settings.num_samples
-    texts: list[list[str]] = [[settings.prime] for _ in range(n)]
-    current = 0
-
-    def begin(index: int) -> None:
-        if n > 1:
-            writer.separator(f"sample {index + 1}/{n}")
-        writer.write("".join(texts[index]))
-
-    begin(0)
-    if settings.watch is not None:  # one sample, each character with the watched unit's value
-        for chars, _, value in sampler.generate(settings):
-            texts[0].append(chars[0])
-            writer.write(chars[0], value)
-        writer.finish()
-        return ["".join(texts[0])]
-    for chars, done in sampler.generate(settings):
-        for parts, ch in zip(texts, chars):
-            parts.append(ch)
-        writer.write(chars[current])
-        while current < n - 1 and done[current]:  # move on past every sample that has stopped
-            current += 1
-            begin(current)
-    # Generation is over: all samples are complete; show those not yet shown.
-    while current < n - 1:
-        current += 1
-        begin(current)
-    writer.finish()
-    return ["".join(parts) for parts in texts]
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def is_color_terminal(stream: TextIO) -> bool:
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
-    return _isatty(stream)
-
-
-def stdout_text() -> TextIO:
-    """stdout that never fails on a character its encoding lacks (generated text may have any)."""
-    out = sys.stdout
-    if hasattr(out, "reconfigure"):
-        try:
-            out.reconfigure(errors="replace")
-        except (ValueError, OSError):
-            pass
-    return out
-
-
-def run_sampling(
-    checkpoint: str | None,
-    settings: SampleSettings,
-    *,
-    out: Path | None = None,
-    color: bool = True,
-    device: str = "cpu",
-    precision: str = "auto",
-    threads: int | None = None,
-    console=None,
-) -> None:
-    """`charlstm sample`: load, stream to stdout (highlighted on a terminal), then save `out`.
-
-    Messages go to `console` (stderr). One thread by default: a step is too small to share.
-    """
-    from rich.console import Console
-
-    if threads is not None and threads < 1:
-        raise CharlstmError(f"--threads must be at least 1, got {threads}")
-    if sys.stdout is None and out is None:  # started with stdout closed (`>&-`)
-        raise CharlstmError("stdout is closed: nowhere to write the samples (save them with -o FILE)")
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads or 1)
-    try:
-        _run_sampling(checkpoint, settings, out, color, device, precision, console or Console(stderr=True))
-    finally:
-        torch.set_num_threads(threads_before)
-
-
-def _run_sampling(
-    checkpoint: str | None, settings: SampleSettings, out: Path | None, color: bool, device: str, precision: str, err
-) -> None:
-    from rich.markup import escape
-
-    path = resolve_checkpoint(checkpoint)
-    sampler, payload = Sampler.from_checkpoint(path, device=device, precision=precision)
-    unknown = sampler.vocab.unknown_chars(settings.prime)
-    if unknown:
-        err.print(
-            f"[yellow]warning:[/yellow] the prime has characters the model does not know, read as unknown: "
-            f"{escape(' '.join(repr(ch) for ch in unknown))}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if settings.stop is not None and sampler.vocab.unknown_chars(settings.stop):
-        err.print(
-            "[yellow]warning:[/yellow] the stop text has characters the model never generates",
-            highlight=False,
-            soft_wrap=True,
-        )
-    engine = sampler.engine
-    err.print(
-        f"[dim]{escape(str(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
-        f"{str(engine.weight_dtype).removeprefix('torch.')} weights on {sampler.device}[/dim]",
-        highlight=False,
-        soft_wrap=True,
-    )
-
-    stream = stdout_text() if sys.stdout is not None else io.StringIO()  # stdout closed: only -o gets them
-    language = (payload.get("dataset") or {}).get("language")
-    on_terminal = color and is_color_terminal(stream)
-    for item in resolve(list(settings.interventions), engine.kind, engine.layers, engine.hidden):
-        err.print(f"[dim]holding unit {escape(item.describe())} at every step[/dim]", highlight=False)
-    paint = None
-    watch = sampler.watched_unit(settings)
-    if watch is not None:
-        layer, _, neuron, signal = watch
-        if on_terminal:
-            paint = UnitPainter(signal)
-            err.print(
-                f"[dim]colouring by layer {layer + 1}, neuron {neuron}, {signal}: red negative, blue positive"
-                f"{' (scaled by the largest |value| so far)' if signal == 'cell' else ''}[/dim]",
-                highlight=False,
-            )
-        else:
-            err.print("[dim]--watch colours a terminal only; this output is plain text[/dim]", highlight=False)
-    writer = StreamWriter(stream, color=on_terminal and paint is None, language=language, paint=paint)
-    try:
-        stream_samples(sampler, settings, writer)
-    except BrokenPipeError:
-        silence_stdout()  # the reader went away (`| head`): stop quietly, as Unix tools do
-        return
-    if out is not None:
-        write_output(out, "".join(writer.plain).encode("utf-8"))
-        err.print(f"[dim]wrote {escape(str(out))}[/dim]", highlight=False, soft_wrap=True)

@@ -61,18 +61,16 @@ def surprise(
 ) -> dict:
     """`charlstm eval --per-char --text-file F`: every character of F with its bits and the model's
     top predictions, plus the totals. `precision` None: the one the run trained with, as eval."""
+    from charlstm.backend import checkpoint_precision, flush_denormals, resolve_device
     from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
-    from charlstm.evaluate import _precision
     from charlstm.userio import read_text_source
-    from charlstm.train import resolve_device
 
     path = resolve_checkpoint(checkpoint)
     payload = load_checkpoint(path)
     model, vocab = model_from_checkpoint(payload)
     dev = resolve_device(device)
-    if dev.type == "cpu":
-        torch.set_flush_denormal(True)
-    prec = _precision(precision, payload.get("precision"), dev, model.config.kind)
+    flush_denormals(dev)
+    prec = checkpoint_precision(precision, payload.get("precision"), dev, model.config.kind)
     model.to(dev)
     text = read_text_source(text_file)
     tokens = np.concatenate([[vocab.doc_sep], vocab.encode(text)])
@@ -109,41 +107,6 @@ def colour_of_bits(bits: float) -> tuple[int, int, int]:
     return round(r0 + (r1 - r0) * t), round(g0 + (g1 - g0) * t), round(b0 + (b1 - b0) * t)
 
 
-def surprise_text(result: dict):
-    """The text on a background from white (expected) to red (≥ MAX_BITS bits), for a terminal."""
-    from rich.text import Text
-
-    from charlstm.render import NEWLINE_MARK, VISIBLE, _hex, _ink
-
-    out = Text()
-    for entry in result["characters"]:
-        ch, bg = entry["char"], colour_of_bits(entry["bits"])
-        style = f"{_ink(bg)} on {_hex(bg)}"
-        if ch == "\n":
-            out.append(NEWLINE_MARK, style=style + " dim")
-            out.append("\n")
-        elif ch in VISIBLE:
-            out.append(VISIBLE[ch], style=style + " dim")
-        elif not ch.isprintable():
-            out.append("?", style=style + " dim")
-        else:
-            out.append(ch, style=style)
-    return out
-
-
-def surprise_legend():
-    from rich.text import Text
-
-    from charlstm.render import _hex
-
-    out = Text("bits ")
-    out.append("0 ")
-    for k in range(15):
-        out.append(" ", style=f"on {_hex(colour_of_bits(MAX_BITS * k / 14))}")
-    out.append(f" ≥{MAX_BITS:g}")
-    return out
-
-
 def most_surprising(result: dict, count: int = 10) -> list[dict]:
     """The `count` characters that cost the most bits, with their line and column."""
     text = result["text"]
@@ -162,8 +125,8 @@ def surprise_html(result: dict) -> str:
     spans = []
     for entry in result["characters"]:
         ch = entry["char"]
-        guesses = ", ".join(f"{_shown(sym)} {p:.0%}" for sym, p in entry["top"])
-        tip = f"{entry['bits']:.2f} bits for {_shown(ch)}; expected: {guesses}"
+        guesses = ", ".join(f"{shown_char(sym)} {p:.0%}" for sym, p in entry["top"])
+        tip = f"{entry['bits']:.2f} bits for {shown_char(ch)}; expected: {guesses}"
         shown = "↵\n" if ch == "\n" else html.escape(ch if ch.isprintable() or ch == "\t" else "?")
         r, g, b = colour_of_bits(entry["bits"])
         spans.append(f'<span style="background:rgb({r},{g},{b})" title="{html.escape(tip, quote=True)}">{shown}</span>')
@@ -178,40 +141,5 @@ def surprise_html(result: dict) -> str:
     )
 
 
-def _shown(ch: str) -> str:
+def shown_char(ch: str) -> str:
     return {"\n": "↵", " ": "␣", "\t": "→", "\x1c": "␜"}.get(ch, ch if ch.isprintable() else repr(ch))
-
-
-def report_surprise(result: dict, err, json_out: bool = False, html_out: str | Path | None = None) -> None:
-    """Print the result: JSON on stdout, or the coloured text on stdout and a summary on stderr;
-    with `html_out`, also write the page."""
-    import json
-
-    from rich.console import Console
-    from rich.markup import escape
-
-    from charlstm.userio import write_output
-
-    if html_out is not None:
-        write_output(html_out, surprise_html(result).encode("utf-8"))
-    if json_out:
-        print(json.dumps({k: v for k, v in result.items() if k != "text"}, ensure_ascii=False))
-        return
-    out = Console(highlight=False)
-    out.print(surprise_text(result), end="" if result["text"].endswith("\n") else "\n")
-    err.print(surprise_legend())
-    err.print(
-        f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} "
-        f"characters, scored as one stream ({escape(result['checkpoint'])}, {result['precision']} on {result['device']})",
-        highlight=False,
-    )
-    err.print("most surprising (line:column):", highlight=False)
-    for s in most_surprising(result, 10):
-        guesses = ", ".join(f"{_shown(sym)} {p:.0%}" for sym, p in s["top"][:3])
-        err.print(
-            f"  {s['line']}:{s['column']}  {_shown(s['char'])}  {s['bits']:.1f} bits  (expected {guesses})",
-            markup=False,
-            highlight=False,
-        )
-    if html_out is not None:
-        err.print(f"wrote {escape(str(html_out))}", highlight=False)

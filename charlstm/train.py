@@ -1,8 +1,11 @@
 """Training: stateful truncated BPTT over memory-mapped lanes, mixed precision, exact resume, DDP.
 
-Read top to bottom: `TrainConfig` (every option and its default), `LaneBatcher` (the data),
-`choose_precision` (autocast and grad scaler), `lr_at` (the schedule), `Trainer` (set-up, the
-loop, checkpoints), and `train()`, which the CLI calls.
+Read top to bottom: `LaneBatcher` (the data), `lr_at` (the schedule), `Trainer` (set-up, the
+loop, checkpoints), and `train()`, which the CLI calls. Its parts live beside it: every option and
+its default in config.py (`TrainConfig`); the device, precision (autocast and grad scaler),
+threads and process layout in backend.py; the run folder (its lock, config.json, metrics.jsonl,
+what --resume reads) in runfolder.py; the hidden state and RNG states a checkpoint carries in
+trainstate.py.
 
 Exact resumption: a checkpoint holds the weights, the optimizer and scaler, the step, the data
 position (epoch and window), the hidden state of every lane, the learning-rate schedule's fixed
@@ -17,18 +20,15 @@ can resume on any number that divides the batch size.
 
 from __future__ import annotations
 
-import functools
-import glob
 import json
 import math
 import os
 import random
-import re
 import shlex
 import sys
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields
+from contextlib import contextmanager
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +38,21 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from charlstm import lock
-from charlstm.checkpoint import BEST, LATEST, append_line, atomic_write, load_checkpoint, save_checkpoint
+from charlstm.backend import (
+    available_cores,
+    check_training_memory,
+    choose_precision,
+    distributed_layout,
+    flush_denormals,
+    gather_lanes,
+    resolve_device,
+)
+from charlstm.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
+from charlstm.config import TrainConfig
 from charlstm.dataset import Dataset, load_dataset, locate_recorded_dataset
 from charlstm.errors import CharlstmError
 from charlstm.evaluate import LN2, bits_per_char
+from charlstm.files import append_line
 from charlstm.finetune import (
     FINETUNE_LR,
     FINETUNE_WARMUP_STEPS,
@@ -54,88 +64,18 @@ from charlstm.finetune import (
     token_map,
     transfer_weights,
 )
-from charlstm.model import CharRNN, ModelConfig, detach_state
+from charlstm.model import CharRNN, detach_state
+from charlstm.runfolder import (
+    check_resumable,
+    check_run_dir,
+    checkpoint_to_resume,
+    clear_earlier_run,
+    own_run_dir,
+    truncate_metrics,
+    write_run_config,
+)
+from charlstm.trainstate import hidden_for_checkpoint, lanes_from_checkpoint, restore_rng, rng_state
 from charlstm.vocab import Vocab
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DEVICES = ("auto", "cuda", "mps", "cpu")
-MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; distributed ranks add their rank and the step to it
-MAX_THREADS = 4096  # torch.set_num_threads takes a C int
-
-
-@dataclass
-class TrainConfig:
-    # data and output
-    data: str = "data/python-stdlib"  # an ingested dataset folder (`charlstm ingest`)
-    out: str | None = None  # run folder; None → checkpoints/<dataset name>-<model>
-    # model
-    model: str = "lstm"  # lstm | gru | rnn (tanh)
-    layers: int = 3  # stacked recurrent layers
-    hidden: int = 512  # units per layer
-    embed: int = 64  # character embedding width
-    dropout: float = 0.0  # off: runs of minutes underfit; 0.1–0.3 helps long runs on small corpora
-    # optimisation
-    batch_size: int = 64  # lanes: contiguous streams through the corpus, one row of a batch each
-    seq_len: int = 128  # characters back-propagated through per step (truncated BPTT)
-    lr: float = 2e-3  # peak AdamW learning rate
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr × this
-    warmup_steps: int = 20  # linear warm-up (capped at a tenth of the run when its length is known)
-    weight_decay: float = 0.01  # AdamW decoupled decay, on weight matrices only
-    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
-    steps: int | None = None  # stop after this many steps in all (the schedule's length)
-    epochs: float | None = None  # or after this many passes over the training split
-    minutes: float | None = None  # or after this much wall-clock time in this invocation
-    seed: int = 1337  # model initialisation, dropout
-    # logging and checkpoints
-    eval_every: int = 500  # steps between validations (0: only at the end)
-    patience: int | None = None  # stop after this many validations without a new best (best.pt kept)
-    save_every: int = 500  # steps between saves of latest.pt (0: only at the end)
-    log_every: int = 10  # steps between metrics lines (and the only GPU syncs)
-    # backend
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
-    device: str = "auto"  # auto | cuda | mps | cpu
-    threads: int | None = None  # CPU threads; None → the cores this process may use
-    # fine-tuning
-    init_from: str | None = None  # start from a trained model (checkpoint, run folder or shipped name)
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=vocab_size,
-            kind=self.model,
-            layers=self.layers,
-            hidden=self.hidden,
-            embed=self.embed,
-            dropout=self.dropout,
-        )
-
-    def validate(self) -> None:
-        """Nonsense options fail here, in one line, before anything is read or written."""
-
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise CharlstmError(message)
-
-        self.model_config(vocab_size=2)  # kind, layers, hidden, embed, dropout
-        need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
-        need(self.seq_len >= 1, f"--seq-len must be at least 1, got {self.seq_len}")
-        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
-        need(0 < self.min_lr_ratio <= 1, f"--min-lr-ratio must be in (0, 1], got {self.min_lr_ratio}")
-        need(self.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
-        need(0 <= self.weight_decay < math.inf, f"--weight-decay must be 0 or more, got {self.weight_decay}")
-        need(self.grad_clip >= 0, f"--grad-clip must be 0 (off) or more, got {self.grad_clip}")
-        need(self.steps is None or self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
-        need(self.epochs is None or 0 < self.epochs < math.inf, f"--epochs must be a positive number, got {self.epochs}")
-        need(self.minutes is None or 0 < self.minutes < math.inf, f"--minutes must be a positive number, got {self.minutes}")
-        need(0 <= self.seed <= MAX_SEED, f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        for name in ("eval_every", "save_every"):
-            need(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
-        need(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}")
-        need(self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}")
-        need(self.patience is None or self.eval_every > 0, "--patience counts validations: give --eval-every N too")
-        need(self.threads is None or 1 <= self.threads <= MAX_THREADS, f"--threads must be between 1 and {MAX_THREADS}, got {self.threads}")
-        need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        need(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-
 
 # Options that may change when a run is resumed: the budget and how it is logged and run.
 # Everything else (model shape, data layout, optimiser) is the run's and must stay as it was.
@@ -207,152 +147,6 @@ class LaneBatcher:
 
 
 # ---------------------------------------------------------------------------------------------
-# Device, threads and precision
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CharlstmError("--device cuda: no CUDA GPU is visible to this torch build (try --device cpu)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise CharlstmError("--device mps: Apple's Metal backend is not available here (try --device cpu)")
-    if name not in DEVICES:
-        raise CharlstmError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
-    return torch.device(name)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the processor advertises bf16 in hardware (AMX or AVX-512 BF16).
-
-    Used only to word messages: whether bf16 is *chosen* is decided by running a layer
-    (`cpu_runs_bf16_rnn`), because oneDNN may be capped below what the CPU offers
-    (e.g. ONEDNN_MAX_CPU_ISA=AVX2) and then refuses a bf16 RNN on an AMX machine.
-    """
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    if re.search(r"\b(amx_bf16|avx512_bf16)\b", cpuinfo):
-        return True
-    return "AMX" in torch.backends.cpu.get_cpu_capability().upper()
-
-
-_RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-
-
-def probe_rnn_dtype(device: torch.device, dtype: torch.dtype | None, kind: str = "lstm") -> torch.dtype | None:
-    """Run a tiny 2-layer recurrent module forward and backward under autocast; return its output dtype.
-
-    None when it fails: the backend (e.g. an old cuDNN for bf16) cannot run it.
-    """
-    try:
-        rnn = _RNN_CLASSES[kind](8, 8, num_layers=2, batch_first=True).to(device)
-        x = torch.randn(2, 3, 8, device=device, requires_grad=True)
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-        with ctx:
-            out, _ = rnn(x)
-        out.float().sum().backward()
-        return out.dtype
-    except (RuntimeError, NotImplementedError, TypeError):
-        return None
-
-
-@functools.cache
-def cpu_runs_bf16_rnn(kind: str = "lstm") -> bool:
-    """The one probe that decides CPU bf16: does oneDNN run this RNN in bfloat16, in hardware?
-
-    Both must hold: the layer runs under bf16 autocast and returns bfloat16 (oneDNN's bf16 RNN
-    kernels need AVX-512 BF16 or AMX *and* permission to use them), and the CPU advertises native
-    bf16 (where oneDNN would emulate it, bf16 is slower than fp32).
-    """
-    return cpu_has_native_bf16() and probe_rnn_dtype(torch.device("cpu"), torch.bfloat16, kind) == torch.bfloat16
-
-
-@dataclass
-class Precision:
-    name: str  # bf16 | fp16 | fp32
-    device_type: str
-    rnn_dtype: str  # what the recurrent layer actually returns under this autocast, e.g. "bfloat16"
-    reason: str
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
-
-    def autocast(self):
-        if self.dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    def grad_scaler(self) -> torch.amp.GradScaler:
-        # A no-op unless fp16: bf16 and fp32 have fp32's range and need no loss scaling.
-        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
-
-
-def choose_precision(requested: str, device: torch.device, kind: str = "lstm") -> Precision:
-    """Pick bf16/fp16/fp32 for `device`, checking by running a recurrent layer, never assuming."""
-    if requested not in PRECISIONS:
-        raise CharlstmError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
-    dt = device.type
-
-    def made(name: str, reason: str) -> Precision:
-        probe = probe_rnn_dtype(device, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name), kind)
-        if probe is None:
-            hint = ""
-            if dt == "cpu":
-                hint = (" (oneDNN is capped below the CPU's AMX/AVX-512 BF16, e.g. by ONEDNN_MAX_CPU_ISA)" if cpu_has_native_bf16()
-                        else " (this CPU lacks AVX-512 BF16/AMX, which oneDNN's bf16 RNNs need)")
-            raise CharlstmError(f"--precision {name}: a {kind.upper()} does not run under {name} autocast on {dt}{hint}; use fp32")
-        return Precision(name, dt, str(probe).removeprefix("torch."), reason)
-
-    if dt == "cpu":
-        if requested == "fp16":
-            raise CharlstmError("--precision fp16 is not supported on the CPU: use bf16 or fp32")
-        if requested == "bf16":
-            native = cpu_has_native_bf16()
-            return made("bf16", "requested" + ("" if native else "; this CPU has no native bf16, so it is emulated and slow"))
-        if requested == "fp32":
-            return made("fp32", "requested")
-        if cpu_runs_bf16_rnn(kind):
-            return made("bf16", f"the CPU runs a bf16 {kind.upper()} natively (AMX/AVX-512 BF16)")
-        why = "oneDNN is capped below it" if cpu_has_native_bf16() else "the CPU lacks AMX/AVX-512 BF16"
-        return made("fp32", f"no native bf16 {kind.upper()} here ({why})")
-    if dt == "cuda":
-        if requested == "fp32":
-            return made("fp32", "requested")
-        if requested in ("auto", "bf16"):
-            bf16_ok = torch.cuda.is_bf16_supported() and probe_rnn_dtype(device, torch.bfloat16, kind) == torch.bfloat16
-            if bf16_ok:
-                return made("bf16", "requested" if requested == "bf16" else "the GPU and cuDNN run a bf16 RNN")
-            if requested == "bf16":
-                raise CharlstmError(
-                    f"--precision bf16: this GPU or cuDNN {torch.backends.cudnn.version()} does not run a bf16 "
-                    f"{kind.upper()}; use fp16 or fp32"
-                )
-        if requested == "fp16":
-            return made("fp16", "requested")
-        if probe_rnn_dtype(device, torch.float16, kind) is not None:
-            return made("fp16", "bf16 RNNs unavailable here; fp16 with loss scaling")
-        return made("fp32", "neither a bf16 nor an fp16 RNN runs on this GPU")
-    # MPS and anything else: fp32 unless asked, and then only if it really runs.
-    if requested == "auto":
-        return made("fp32", f"the safe choice on {dt}")
-    return made(requested, "requested")
-
-
-# ---------------------------------------------------------------------------------------------
 # Learning-rate schedule
 
 
@@ -380,91 +174,28 @@ def lr_at(
     return peak * (min_ratio + (from_ratio - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-# ---------------------------------------------------------------------------------------------
-# Memory
-
-
-def training_memory(model_config: ModelConfig, lanes: int, seq_len: int) -> tuple[int, int]:
-    """(parameters, bytes) for training a model, roughly: fp32 weights, gradients and AdamW's two
-    moments, plus what one step keeps for the backward pass (every layer's gates and states, logits)."""
-    try:
-        with torch.device("meta"):  # counts the parameters without allocating them
-            params = CharRNN(model_config).num_parameters()
-    except (RuntimeError, TypeError, ValueError, OverflowError):
-        raise CharlstmError(
-            f"a {model_config.layers}×{model_config.hidden} model with --embed {model_config.embed} is too large to build"
-        ) from None
-    per_char = model_config.layers * model_config.hidden * 8 + model_config.embed + 3 * model_config.vocab_size
-    return params, 16 * params + 4 * lanes * seq_len * per_char
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes a new allocation can get on `device`, where that is known."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type != "cpu":
-        return None
-    limits = []
-    try:
-        with open("/proc/meminfo") as f:
-            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
-    except (OSError, ValueError, IndexError):
-        pass
-    try:  # a container's own limit (cgroup v2)
-        cgroup = Path("/sys/fs/cgroup")
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return min(limits) if limits else None
-
-
-def check_training_memory(model_config: ModelConfig, lanes: int, seq_len: int, device: torch.device) -> None:
-    """Refuse at once, saying how much it needs, a model too large to train here."""
-    params, need = training_memory(model_config, lanes, seq_len)
-    free = available_memory(device)
-    if free is not None and need > free:
-        raise CharlstmError(
-            f"a {model_config.layers}×{model_config.hidden} {model_config.kind.upper()} has {params:,} parameters: "
-            f"training it needs about {_gib(need)} of memory (weights, gradients, optimizer state and one "
-            f"step's activations) and {device} has {_gib(free)} available; lower --hidden or --layers "
-            f"(or --batch-size and --seq-len)"
-        )
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:,.1f} GiB"
+def resumed_schedule(schedule: dict, payload: dict, config: TrainConfig, step: int) -> dict:
+    """The schedule's fixed numbers for a run resumed at `step` from `payload`: the saved ones when
+    the budget is unchanged, else a new cosine segment from the rate the run had reached."""
+    saved = payload.get("schedule") or {}
+    old_budget = {k: (payload.get("train_config") or {}).get(k) for k in ("steps", "epochs", "minutes")}
+    new_budget = {k: getattr(config, k) for k in old_budget}
+    if new_budget == old_budget and config.minutes is None:
+        return {**schedule, **saved}  # the same run goes on: the same schedule
+    # A new budget (--minutes always is one: it counts this invocation): decay from the
+    # rate the run had reached, over the new length.
+    schedule = dict(schedule)
+    old = {**schedule, **saved}
+    rate = lr_at(step, 1.0, old["warmup"], old["total"], config.min_lr_ratio, old["from_step"], old["from_ratio"])
+    schedule["warmup"] = old["warmup"]
+    if step >= old["warmup"]:
+        schedule["from_step"], schedule["from_ratio"] = step, rate
+    return schedule
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-# ---------------------------------------------------------------------------------------------
-# Distributed helpers
-
-
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _gather_lanes(state, world: int):
-    """Concatenate every rank's lanes of the hidden state along the batch dimension."""
-    if state is None or world == 1:
-        return state
-    tensors = state if isinstance(state, tuple) else (state,)
-    gathered = []
-    for t in tensors:
-        parts = [torch.empty_like(t, dtype=torch.float32) for _ in range(world)]
-        dist.all_gather(parts, t.float().contiguous())  # fp32: every backend gathers it, bf16 round-trips exactly
-        gathered.append(torch.cat(parts, dim=1).to(t.dtype))
-    return tuple(gathered) if isinstance(state, tuple) else gathered[0]
 
 
 class TrainingInterrupted(Exception):
@@ -487,49 +218,17 @@ class Trainer:
         config.validate()
         self.cfg = config
         self.run_dir = Path(run_dir)
-        self.rank, self.world, self.local_rank = _distributed()
+        self.rank, self.world, self.local_rank = distributed_layout()
         self.main = self.rank == 0
 
-        # Backend first: device, threads, denormals.
-        self.device = resolve_device(config.device)
-        if self.device.type == "cuda" and self.world > 1:
-            self.device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(self.device)
-        if self.device.type == "cpu":
-            torch.set_flush_denormal(True)  # denormals slow CPU bf16 training tenfold as activations shrink
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-        self.threads = config.threads or max(1, available_cores() // local_world)
-        torch.set_num_threads(self.threads)
-        if self.device.type == "cuda" and config.precision == "fp32":
-            torch.backends.cuda.matmul.allow_tf32 = True  # the head's matmul; cuDNN RNNs use TF32 already
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self._set_up_backend()  # first: device, threads, denormals
 
-        self._check_run_dir(resume=resume_payload is not None, force=force)
+        check_run_dir(self.run_dir, resume=resume_payload is not None, force=force)
         self.precision = choose_precision(config.precision, self.device, kind=config.model)
 
-        # Data.
-        self.dataset: Dataset = load_dataset(config.data)
-        self.vocab: Vocab = self.dataset.vocab  # the model's; wider than the dataset's when fine-tuning
-        if init_source is not None and resume_payload is None:
-            self.vocab = merged_vocab(init_source.vocab, self.dataset.vocab)
-        if resume_payload is not None:
-            old = Vocab(resume_payload["vocab"])
-            if config.init_from and all(s in old.index for s in self.vocab.symbols):
-                self.vocab = old  # a fine-tuning run keeps its source model's characters
-            elif old != self.vocab:
-                raise CharlstmError(
-                    f"{config.data} has a different vocabulary ({len(self.vocab)} symbols) from the checkpoint's "
-                    f"({len(old)}); resume with the dataset the run was trained on "
-                    f"({resume_payload.get('dataset', {}).get('path')})"
-                )
-        ids = token_map(self.dataset.vocab, self.vocab)
-        self.batcher = LaneBatcher(self.dataset.tokens("train"), config.batch_size, config.seq_len, self.rank, self.world, ids)
-        self.val_tokens = self.dataset.tokens("val")
-        if ids is not None:
-            self.val_tokens = ids[np.asarray(self.val_tokens, dtype=np.int64)]
+        self._load_data(resume_payload, init_source)
 
-        # Model, optimiser, precision.
+        # Model and optimiser.
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.model_config = config.model_config(len(self.vocab))
@@ -541,14 +240,7 @@ class Trainer:
         self.finetune_defaults = finetune_defaults
         if init_source is not None and resume_payload is None:
             self.raw_model.load_state_dict(transfer_weights(init_source, self.vocab, config.seed))
-        self.scaler = self.precision.grad_scaler()
-        decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.raw_model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr,
-            foreach=True,
-        )
+        self._build_optimizer()
 
         # Run state, replaced by the checkpoint's when resuming.
         self.step = 0
@@ -586,6 +278,58 @@ class Trainer:
 
     # -- set-up helpers ------------------------------------------------------------------------
 
+    def _set_up_backend(self) -> None:
+        """Device (this rank's GPU under torchrun), flushed denormals, threads, TF32, the process group."""
+        config = self.cfg
+        self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(self.device)
+        flush_denormals(self.device)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        self.threads = config.threads or max(1, available_cores() // local_world)
+        torch.set_num_threads(self.threads)
+        if self.device.type == "cuda" and config.precision == "fp32":
+            torch.backends.cuda.matmul.allow_tf32 = True  # the head's matmul; cuDNN RNNs use TF32 already
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def _load_data(self, resume_payload: dict | None, init_source: InitSource | None) -> None:
+        """The dataset, the model's vocabulary (fine-tuning: the source model's characters, then the
+        corpus's new ones), this process's lanes and the validation tokens, both in the model's ids."""
+        config = self.cfg
+        self.dataset: Dataset = load_dataset(config.data)
+        self.vocab: Vocab = self.dataset.vocab  # the model's; wider than the dataset's when fine-tuning
+        if init_source is not None and resume_payload is None:
+            self.vocab = merged_vocab(init_source.vocab, self.dataset.vocab)
+        if resume_payload is not None:
+            old = Vocab(resume_payload["vocab"])
+            if config.init_from and all(s in old.index for s in self.vocab.symbols):
+                self.vocab = old  # a fine-tuning run keeps its source model's characters
+            elif old != self.vocab:
+                raise CharlstmError(
+                    f"{config.data} has a different vocabulary ({len(self.vocab)} symbols) from the checkpoint's "
+                    f"({len(old)}); resume with the dataset the run was trained on "
+                    f"({resume_payload.get('dataset', {}).get('path')})"
+                )
+        ids = token_map(self.dataset.vocab, self.vocab)
+        self.batcher = LaneBatcher(self.dataset.tokens("train"), config.batch_size, config.seq_len, self.rank, self.world, ids)
+        self.val_tokens = self.dataset.tokens("val")
+        if ids is not None:
+            self.val_tokens = ids[np.asarray(self.val_tokens, dtype=np.int64)]
+
+    def _build_optimizer(self) -> None:
+        """The grad scaler (a no-op unless fp16) and AdamW, decaying weight matrices only."""
+        config = self.cfg
+        self.scaler = self.precision.grad_scaler()
+        decay = [p for p in self.raw_model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.raw_model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+            foreach=True,
+        )
+
     def _planned_total(self) -> int | None:
         """Total steps when the budget fixes it (--steps, or --epochs × windows per epoch)."""
         totals = []
@@ -620,68 +364,20 @@ class Trainer:
         self.stale_validations = int(payload.get("stale_validations", 0))
         self.last_val_bpc = payload.get("val_bpc")
         self._skipped.fill_(int(payload.get("skipped_steps", 0)))
-        saved = payload.get("schedule") or {}
-        old_budget = {k: (payload.get("train_config") or {}).get(k) for k in ("steps", "epochs", "minutes")}
-        new_budget = {k: getattr(self.cfg, k) for k in old_budget}
-        if new_budget == old_budget and self.cfg.minutes is None:
-            self.schedule = {**self.schedule, **saved}  # the same run goes on: the same schedule
-        else:
-            # A new budget (--minutes always is one: it counts this invocation): decay from the
-            # rate the run had reached, over the new length.
-            old = {**self.schedule, **saved}
-            rate = lr_at(self.step, 1.0, old["warmup"], old["total"], self.cfg.min_lr_ratio, old["from_step"], old["from_ratio"])
-            self.schedule["warmup"] = old["warmup"]
-            if self.step >= old["warmup"]:
-                self.schedule["from_step"], self.schedule["from_ratio"] = self.step, rate
-        state = payload.get("hidden_state")
-        if state is not None:
-            state = [t.to(self.device) for t in state]
-            per_rank = self.cfg.batch_size // self.world
-            if state[0].shape[1] != self.cfg.batch_size:
-                raise CharlstmError("the checkpoint's hidden state does not match --batch-size")
-            # This process's lanes; cuDNN needs a contiguous hidden state.
-            state = [t[:, self.rank * per_rank : (self.rank + 1) * per_rank].contiguous() for t in state]
-            self.state = tuple(state) if self.model_config.kind == "lstm" else state[0]
-        rng = payload.get("rng") or {}
-        if self.world == 1:
-            if "torch" in rng:
-                torch.set_rng_state(rng["torch"])
-            if rng.get("cuda") and self.device.type == "cuda":
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            if "python" in rng:
-                random.setstate(_as_tuple(rng["python"]))
-        else:
-            torch.manual_seed(self.cfg.seed + self.rank + self.step)
-
-    def _run_files(self) -> list[Path]:
-        return [self.run_dir / n for n in (LATEST, BEST, "metrics.jsonl", "config.json")]
-
-    def _check_run_dir(self, resume: bool, force: bool) -> None:
-        """A fresh start refuses a folder with saved progress; one whose run saved nothing starts afresh."""
-        if resume or force:
-            return
-        if (self.run_dir / LATEST).exists():
-            raise CharlstmError(f"{self.run_dir} already holds a run: continue it with --resume, or start over with --force")
-        if (self.run_dir / BEST).exists():
-            raise CharlstmError(
-                f"{self.run_dir} holds a {BEST} but no {LATEST} (its run stopped before its first save): "
-                f"continue from {BEST} with --resume, or start over with --force"
-            )
+        self.schedule = resumed_schedule(self.schedule, payload, self.cfg, self.step)
+        hidden = payload.get("hidden_state")
+        if hidden is not None:
+            self.state = lanes_from_checkpoint(hidden, self.cfg.batch_size, self.world, self.rank,
+                                               self.model_config.kind, self.device)  # fmt: skip
+        restore_rng(payload.get("rng") or {}, self.device, self.world, self.cfg.seed + self.rank + self.step)
 
     def _prepare_run_dir(self, resume: bool) -> None:
-        d = self.run_dir
         if resume:
-            self._truncate_metrics()
+            truncate_metrics(self.run_dir, self.step)
         else:
-            # Leftovers of a run that saved nothing, or of the run --force replaces: they would be
-            # mistaken for this one's.
-            leftovers = [f for f in self._run_files() if f.exists()]
-            if leftovers:
-                self._say(f"starting afresh in {d}: removing the earlier run's {', '.join(f.name for f in leftovers)}")
-            for f in leftovers:
-                f.unlink(missing_ok=True)
-        d.mkdir(parents=True, exist_ok=True)
-        config = {
+            clear_earlier_run(self.run_dir, self._say)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(self.run_dir, {
             "train_config": asdict(self.cfg),
             "model_config": self.model_config.to_dict(),
             "parameters": self.raw_model.num_parameters(),
@@ -699,35 +395,11 @@ class Trainer:
             "world_size": self.world,
             "threads": self.threads,
             "torch": torch.__version__,
-        }
-        text = json.dumps(config, indent=2) + "\n"
-        atomic_write(d / "config.json", lambda f: f.write(text.encode()))
-
-    def _truncate_metrics(self) -> None:
-        """Drop metrics logged after the checkpoint we resume from, so no step appears twice."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line)["step"] <= self.step:
-                    kept.append(line + "\n")
-            except (ValueError, KeyError, TypeError):
-                continue
-        atomic_write(path, lambda f: f.write("".join(kept).encode()))
+        })  # fmt: skip
 
     # -- checkpoints ---------------------------------------------------------------------------
 
     def _payload(self, state) -> dict:
-        hidden = None
-        if state is not None:
-            # fp32 whatever the autocast dtype: bf16/fp16 values round-trip exactly, and the
-            # checkpoint resumes under any precision.
-            hidden = [t.detach().float().cpu().clone() for t in (state if isinstance(state, tuple) else (state,))]
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "model_config": self.model_config.to_dict(),
             "vocab": self.vocab.symbols,
@@ -739,9 +411,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "data_position": self.batcher.position(),
-            "hidden_state": hidden,
+            "hidden_state": hidden_for_checkpoint(state),
             "schedule": dict(self.schedule),
-            "rng": rng,
+            "rng": rng_state(self.device),
             "best_val_bpc": self.best_val_bpc,
             "stale_validations": self.stale_validations,
             "val_bpc": self.last_val_bpc,
@@ -751,7 +423,7 @@ class Trainer:
 
     def save(self, name: str = LATEST, gather: bool = True) -> None:
         """Save on rank 0 (every rank takes part in gathering the lanes' hidden state)."""
-        state = _gather_lanes(self.state, self.world) if gather else (self.state if self.world == 1 else None)
+        state = gather_lanes(self.state, self.world) if gather else (self.state if self.world == 1 else None)
         if self.main:
             with self._stop_if_writing_fails():
                 save_checkpoint(self.run_dir / name, self._payload(state))
@@ -863,20 +535,7 @@ class Trainer:
         """
         cfg = self.cfg
         total = self.schedule["total"] if (cfg.steps or cfg.epochs) else None
-        self._say(
-            f"{self.model_config.kind.upper()} {self.model_config.layers}×{self.model_config.hidden}, "
-            f"{self.raw_model.num_parameters():,} parameters; {self.world} process(es) on {self.device}, "
-            f"{self.threads} thread(s); precision {self.precision.name} ({self.precision.reason}; "
-            f"the {self.model_config.kind.upper()} runs in {self.precision.rnn_dtype}); "
-            f"{self.batcher.windows:,} steps per epoch; run folder {self.run_dir}"
-        )
-        if self.init_source is not None and self.step == 0:
-            src, added = self.init_source, len(self.vocab) - self.init_source["vocab_size"]
-            self._say(
-                f"fine-tuning {src['checkpoint']} (step {src['step']:,}, trained on {src['dataset']}): shape from the "
-                f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and "
-                f"{cfg.warmup_steps} warm-up steps ({'as given' if self.finetune_defaults is None else self.finetune_defaults})"
-            )
+        self._announce()
         bar = tqdm(
             total=total,
             initial=self.step,
@@ -919,8 +578,7 @@ class Trainer:
                 save_now = cfg.save_every and self.step % cfg.save_every == 0
                 record = None
                 if self.step % cfg.log_every == 0 or evaluate_now or last:
-                    if self._stop_flag(bool(bad.item())):
-                        raise self._nonfinite(self.saved_step)
+                    self._stop_if_nonfinite(bad)
                     record, meter = self._metrics_record(meter, bar, start)
                 if evaluate_now:
                     val = self.validate()
@@ -929,8 +587,7 @@ class Trainer:
                 if record is not None:
                     self._log(record)
                 if save_now:
-                    if self._stop_flag(bool(bad.item())):
-                        raise self._nonfinite(self.saved_step)
+                    self._stop_if_nonfinite(bad)
                     self.save(LATEST)
                 if evaluate_now or save_now:
                     meter["time"] = time.perf_counter()  # validation and saving are not training throughput
@@ -950,14 +607,12 @@ class Trainer:
         bar.close()
 
         if self._interrupted:
-            if self._stop_flag(bool(bad.item())):
-                raise self._nonfinite(self.saved_step)
+            self._stop_if_nonfinite(bad)
             self.save(LATEST)
             raise TrainingInterrupted(
                 f"interrupted at step {self.step}; saved {self.run_dir / LATEST}. Resume with: {self.resume_command()}"
             )
-        if self._stop_flag(bool(bad.item())):
-            raise self._nonfinite(self.saved_step)
+        self._stop_if_nonfinite(bad)
         paused = stop_after is not None and local >= stop_after and not (total is not None and self.step >= total)
         if meter["step"] != self.step:  # steps since the last log line (a --minutes run ends anywhere)
             record, meter = self._metrics_record(meter, bar, start)
@@ -968,7 +623,31 @@ class Trainer:
         if record is not None:
             self._log(record)
         self.save(LATEST)
-        elapsed = time.perf_counter() - start
+        summary = self._summary(time.perf_counter() - start)
+        if self.world > 1:
+            dist.barrier()
+        return summary
+
+    def _announce(self) -> None:
+        """What is about to train, where, and how (and, fine-tuning, from what)."""
+        cfg = self.cfg
+        self._say(
+            f"{self.model_config.kind.upper()} {self.model_config.layers}×{self.model_config.hidden}, "
+            f"{self.raw_model.num_parameters():,} parameters; {self.world} process(es) on {self.device}, "
+            f"{self.threads} thread(s); precision {self.precision.name} ({self.precision.reason}; "
+            f"the {self.model_config.kind.upper()} runs in {self.precision.rnn_dtype}); "
+            f"{self.batcher.windows:,} steps per epoch; run folder {self.run_dir}"
+        )
+        if self.init_source is not None and self.step == 0:
+            src, added = self.init_source, len(self.vocab) - self.init_source["vocab_size"]
+            self._say(
+                f"fine-tuning {src['checkpoint']} (step {src['step']:,}, trained on {src['dataset']}): shape from the "
+                f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and "
+                f"{cfg.warmup_steps} warm-up steps ({'as given' if self.finetune_defaults is None else self.finetune_defaults})"
+            )
+
+    def _summary(self, elapsed: float) -> dict:
+        """What `train()` returns (and `charlstm train --json` prints)."""
         summary = {
             "steps": self.step,
             "epoch": self.batcher.epoch,
@@ -987,9 +666,12 @@ class Trainer:
         }
         if self.scaler.is_enabled():
             summary["skipped_steps"] = self.skipped_steps
-        if self.world > 1:
-            dist.barrier()
         return summary
+
+    def _stop_if_nonfinite(self, bad: torch.Tensor) -> None:
+        """Every rank stops, saving nothing, once any saw a NaN or infinite loss since the last check."""
+        if self._stop_flag(bool(bad.item())):
+            raise self._nonfinite(self.saved_step)
 
     def _metrics_record(self, meter: dict, bar, start: float) -> tuple[dict, dict]:
         """The metrics line for the steps since the last one (the only place the loss is synced)."""
@@ -1092,22 +774,8 @@ class Trainer:
             dist.destroy_process_group()
 
 
-def _as_tuple(value):
-    """Python's RNG state is nested tuples; make sure it is one again after loading."""
-    if isinstance(value, list):
-        return tuple(_as_tuple(v) for v in value)
-    if isinstance(value, tuple):
-        return tuple(_as_tuple(v) for v in value)
-    return value
-
-
 # ---------------------------------------------------------------------------------------------
 # Entry point
-
-
-RUN_LOCK = ".lock"  # in the run folder, held by the process training in it (see charlstm.lock)
-# What resuming reads from a checkpoint; an inference-only export (export_for_inference) lacks most of it.
-RESUME_KEYS = ("model_config", "vocab", "model", "step", "optimizer", "data_position")
 
 
 def _given_options(options: dict) -> dict:
@@ -1139,9 +807,9 @@ def resumed_config(given: dict, run_dir: Path) -> tuple[TrainConfig, dict]:
     Only the budget, logging and backend options may change (see RESUMABLE_OVERRIDES); any other
     option given with a different value is an error.
     """
-    path = _checkpoint_to_resume(run_dir)
+    path = checkpoint_to_resume(run_dir)
     payload = load_checkpoint(path)
-    _check_resumable(payload, path)
+    check_resumable(payload, path)
     saved = payload["train_config"]
     config = TrainConfig(**{k: saved[k] for k in saved if k in TrainConfig.__dataclass_fields__})
     for key, value in given.items():
@@ -1164,64 +832,6 @@ def resumed_config(given: dict, run_dir: Path) -> tuple[TrainConfig, dict]:
     config.out = str(run_dir)
     config.validate()
     return config, payload
-
-
-def _checkpoint_to_resume(run_dir: Path) -> Path:
-    """latest.pt, else best.pt: a run that validated but was killed before its first save of latest.pt."""
-    latest, best = run_dir / LATEST, run_dir / BEST
-    if latest.is_file():
-        return latest
-    if best.is_file():
-        tqdm.write(f"{run_dir} has no {LATEST}: resuming from {BEST}", file=sys.stderr)
-        return best
-    if any((run_dir / name).exists() for name in ("config.json", "metrics.jsonl")):
-        raise CharlstmError(
-            f"nothing saved yet in {run_dir}: its run stopped before its first save (no {LATEST}); "
-            f"start it again without --resume to begin afresh"
-        )
-    raise CharlstmError(f"nothing to resume: {latest} not found (pass --out RUN, or start a run without --resume)")
-
-
-def _check_resumable(payload: dict, path: Path) -> None:
-    """Everything _restore reads is there, so a stripped or foreign checkpoint fails in one line."""
-    if not isinstance(payload.get("train_config"), dict):
-        raise CharlstmError(f"{path} was not written by `charlstm train`: it has no training config")
-    missing = [key for key in RESUME_KEYS if key not in payload]
-    if missing:
-        raise CharlstmError(
-            f"{path} cannot be resumed: it has no {', '.join(missing)} (an inference-only export keeps just the "
-            f"weights); sample or evaluate it, or start a new run with --force"
-        )
-    position = payload["data_position"]
-    if not (isinstance(position, dict) and all(isinstance(position.get(k), int) for k in ("epoch", "window"))):
-        raise CharlstmError(f"{path} cannot be resumed: its data_position is not {{'epoch': int, 'window': int}}")
-
-
-@contextmanager
-def own_run_dir(run_dir: Path):
-    """Hold the run folder for the whole run, so no second process trains in it at the same time.
-
-    Under torchrun only rank 0 takes the lock: it is the only process that writes there. The owner
-    then removes the temporary files of saves that a kill interrupted.
-    """
-    if os.path.lexists(run_dir) and not run_dir.is_dir():
-        raise CharlstmError(f"--out {run_dir} exists and is not a folder")
-    if _distributed()[0] != 0:
-        yield
-        return
-    with lock.acquire(run_dir / RUN_LOCK, str(run_dir)):
-        _remove_stale_temporaries(run_dir)
-        yield
-
-
-def _remove_stale_temporaries(run_dir: Path) -> None:
-    """atomic_write's `.NAME.*.tmp` files left by a kill during a save; safe only while holding the lock."""
-    for name in (LATEST, BEST, "config.json", "metrics.jsonl"):
-        for tmp in run_dir.glob(f".{glob.escape(name)}.*.tmp"):
-            try:
-                tmp.unlink()
-            except OSError:
-                pass  # harmless where it stays
 
 
 def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:

@@ -19,8 +19,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from charlstm.checkpoint import atomic_write
 from charlstm.errors import CharlstmError
+from charlstm.files import atomic_write
+from charlstm.vocab import DOC_SEP, UNK
 
 # A text input is read whole; this bounds what `--text-file /dev/zero` can take (256 MiB of text
 # is hours of CPU scoring already).
@@ -77,14 +78,33 @@ def ensure_writable_folder(folder: str | Path) -> None:
 # ----- text inputs -----------------------------------------------------------------------------
 
 
+def decode_source(data: bytes) -> tuple[str, int]:
+    """UTF-8 text with newlines normalised to \\n, and the number of invalid bytes replaced by U+FFFD.
+
+    The one decoding policy for code the model reads: ingest and every text input use it.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # a byte-order mark is an encoding marker, not content
+    try:
+        text, invalid = data.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        added = text.count(UNK) - data.count(UNK.encode("utf-8"))
+        # Valid parts re-encode to their own bytes; each added U+FFFD re-encodes to 3 bytes.
+        invalid = len(data) - (len(text.encode("utf-8")) - 3 * added)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if DOC_SEP in text:
+        text = text.replace(DOC_SEP, UNK)  # the separator is reserved for file boundaries
+    return text, invalid
+
+
 def read_text_source(path: str | Path, what: str = "text file") -> str:
     """The text of a file, pipe or device, decoded as ingest decodes source files.
 
     Invalid UTF-8 becomes U+FFFD (the unknown symbol), newlines become \\n, a byte-order mark is
     dropped. `what` names the input in errors: "text file not found: x.txt".
     """
-    from charlstm.ingest import decode_source  # the one decoding policy for code the model reads
-
     path = Path(path)
     try:
         with open(path, "rb") as f:

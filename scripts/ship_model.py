@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from charlstm.checkpoint import BEST, PRETRAINED_RUN, export_for_inference
+from charlstm.checkpoint import BEST, PRETRAINED_RUN, VAL_EXCERPT, export_for_inference
 from charlstm.dataset import load_dataset
-from charlstm.neurons import VAL_EXCERPT
 
 run = Path(sys.argv[1])
 PRETRAINED_RUN.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from charlstm import __version__
 from charlstm.checkpoint import (
-    atomic_write,
     load_checkpoint,
     model_from_checkpoint,
     resolve_checkpoint,
@@ -20,6 +19,7 @@ from charlstm.checkpoint import (
 from charlstm.cli import app
 from charlstm.dataset import load_dataset, write_dataset
 from charlstm.errors import CharlstmError
+from charlstm.files import atomic_write
 from charlstm.vocab import DOC_SEP, UNK, Vocab
 
 runner = CliRunner()

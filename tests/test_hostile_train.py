@@ -18,10 +18,11 @@ import pytest
 from typer.testing import CliRunner
 
 from charlstm import lock
-from charlstm.checkpoint import append_line, export_for_inference, load_checkpoint, save_checkpoint
+from charlstm.checkpoint import export_for_inference, load_checkpoint, save_checkpoint
 from charlstm.cli import app
 from charlstm.errors import CharlstmError
 from charlstm.evaluate import evaluate_checkpoint
+from charlstm.files import append_line
 from charlstm.ingest import ingest
 from charlstm.train import train
 from conftest import JAVA_SNIPPET, make_checkpoint

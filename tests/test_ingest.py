@@ -19,7 +19,8 @@ import charlstm.ingest as ingest_module
 from charlstm.cli import app
 from charlstm.dataset import load_dataset
 from charlstm.errors import CharlstmError
-from charlstm.ingest import decode_source, ingest
+from charlstm.ingest import ingest
+from charlstm.userio import decode_source
 from charlstm.vocab import DOC_SEP, UNK
 
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET

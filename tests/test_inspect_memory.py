@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm import explorer, neurons
+from charlstm import explorer, inspect_command, neurons
 from charlstm.cli import app
 from charlstm.engine import SIGNALS, StepEngine
 from charlstm.features import compute_feature
@@ -290,8 +290,8 @@ def refuse_to_trace(*args, **kwargs):
 
 def test_svg_of_a_long_text_is_refused_before_tracing(tmp_path, text_file, monkeypatch):
     ckpt = str(make_checkpoint(tmp_path / "run" / "best.pt"))
-    monkeypatch.setattr(neurons, "SVG_MAX_CHARS", 50)
-    monkeypatch.setattr(neurons, "trace_into", refuse_to_trace)
+    monkeypatch.setattr(inspect_command, "SVG_MAX_CHARS", 50)
+    monkeypatch.setattr(inspect_command, "trace_into", refuse_to_trace)
     picture = tmp_path / "n.svg"
     result = invoke(ckpt, "--text-file", str(text_file), "-l", "1", "-n", "0", "--svg", str(picture))
     assert result.exit_code == 1 and not picture.exists()

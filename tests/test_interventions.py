@@ -30,7 +30,8 @@ from charlstm.interventions import (
     resolve,
 )
 from charlstm.model import CharRNN, ModelConfig
-from charlstm.sample import Sampler, SampleSettings, StreamWriter, stream_samples
+from charlstm.sample import Sampler, SampleSettings
+from charlstm.sample_command import StreamWriter, stream_samples
 from charlstm.vocab import Vocab
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
 
@@ -261,7 +262,7 @@ def test_watch_reports_the_units_value_after_each_character(lively):
         torch.tensor([v for _, _, v in steps]), trace["cell"][1, -40:, 5], rtol=1e-4, atol=1e-4
     )
     # On a terminal the characters are painted; the plain text stays what a pipe gets.
-    from charlstm.sample import UnitPainter
+    from charlstm.sample_command import UnitPainter
 
     sink = _Sink()
     writer = StreamWriter(sink, paint=UnitPainter("cell"))

@@ -12,11 +12,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 from charlstm import neurons
+from charlstm.checkpoint import VAL_EXCERPT
 from charlstm.cli import app
 from charlstm.engine import half_weight_kernels_available
 from charlstm.errors import CharlstmError
 from charlstm.model import CharRNN, ModelConfig
-from charlstm.neurons import VAL_EXCERPT
 from charlstm.vocab import Vocab
 from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_dataset
 

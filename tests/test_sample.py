@@ -13,7 +13,8 @@ from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, save_che
 from charlstm.cli import app
 from charlstm.engine import packed_weights_available
 from charlstm.errors import CharlstmError
-from charlstm.sample import Sampler, SampleSettings, StreamWriter, engine_dtype, stream_samples
+from charlstm.sample import Sampler, SampleSettings, engine_dtype
+from charlstm.sample_command import StreamWriter, stream_samples
 from charlstm.vocab import DOC_SEP, UNK
 from conftest import make_checkpoint
 
@@ -277,9 +278,9 @@ def test_auto_precision_picks_the_smallest_weights_the_cpu_runs():
 
 
 def test_device_auto_picks_cuda_only_where_it_is_present(monkeypatch):
-    from charlstm.sample import pick_device
+    from charlstm.backend import sampling_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert pick_device("auto").type == "cpu"
+    assert sampling_device("auto").type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pick_device("auto").type == "cuda"
+    assert sampling_device("auto").type == "cuda"

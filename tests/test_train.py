@@ -20,7 +20,8 @@ from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, save_che
 from charlstm.cli import app
 from charlstm.errors import CharlstmError
 from charlstm.evaluate import bits_per_char, evaluate_checkpoint
-from charlstm.train import LaneBatcher, TrainingInterrupted, choose_precision, cpu_runs_bf16_rnn, lr_at, train
+from charlstm.backend import choose_precision, cpu_runs_bf16_rnn
+from charlstm.train import LaneBatcher, TrainingInterrupted, lr_at, train
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_dataset
 
 runner = CliRunner()
@@ -235,18 +236,18 @@ def test_precision_choice_on_cpu():
 
 def test_auto_precision_follows_the_probe_not_the_cpu_flags(monkeypatch):
     # An AMX CPU whose oneDNN is capped (ONEDNN_MAX_CPU_ISA=AVX2) advertises bf16 but runs no bf16 RNN.
-    import charlstm.train as train_module
+    import charlstm.backend as backend
 
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(train_module, "probe_rnn_dtype", lambda device, dtype, kind="lstm": None if dtype else torch.float32)
-    train_module.cpu_runs_bf16_rnn.cache_clear()
+    monkeypatch.setattr(backend, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(backend, "probe_rnn_dtype", lambda device, dtype, kind="lstm": None if dtype else torch.float32)
+    backend.cpu_runs_bf16_rnn.cache_clear()
     try:
         auto = choose_precision("auto", torch.device("cpu"))
         assert auto.name == "fp32" and "capped" in auto.reason
         with pytest.raises(CharlstmError, match="capped"):
             choose_precision("bf16", torch.device("cpu"))
     finally:
-        train_module.cpu_runs_bf16_rnn.cache_clear()
+        backend.cpu_runs_bf16_rnn.cache_clear()
 
 
 # --- eval ---------------------------------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""`charlstm eval --per-char`'s terminal side: the text coloured by surprise, its legend, and the
+most surprising characters (surprise.py computes them and builds the HTML page).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from charlstm.surprise import MAX_BITS, colour_of_bits, most_surprising, shown_char, surprise_html
+
+
+def surprise_text(result: dict):
+    """The text on a background from white (expected) to red (≥ MAX_BITS bits), for a terminal."""
+    from rich.text import Text
+
+    from charlstm.render import NEWLINE_MARK, VISIBLE, _hex, _ink
+
+    out = Text()
+    for entry in result["characters"]:
+        ch, bg = entry["char"], colour_of_bits(entry["bits"])
+        style = f"{_ink(bg)} on {_hex(bg)}"
+        if ch == "\n":
+            out.append(NEWLINE_MARK, style=style + " dim")
+            out.append("\n")
+        elif ch in VISIBLE:
+            out.append(VISIBLE[ch], style=style + " dim")
+        elif not ch.isprintable():
+            out.append("?", style=style + " dim")
+        else:
+            out.append(ch, style=style)
+    return out
+
+
+def surprise_legend():
+    from rich.text import Text
+
+    from charlstm.render import _hex
+
+    out = Text("bits ")
+    out.append("0 ")
+    for k in range(15):
+        out.append(" ", style=f"on {_hex(colour_of_bits(MAX_BITS * k / 14))}")
+    out.append(f" ≥{MAX_BITS:g}")
+    return out
+
+
+def report_surprise(result: dict, err, json_out: bool = False, html_out: str | Path | None = None) -> None:
+    """Print the result: JSON on stdout, or the coloured text on stdout and a summary on stderr;
+    with `html_out`, also write the page."""
+    import json
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from charlstm.userio import write_output
+
+    if html_out is not None:
+        write_output(html_out, surprise_html(result).encode("utf-8"))
+    if json_out:
+        print(json.dumps({k: v for k, v in result.items() if k != "text"}, ensure_ascii=False))
+        return
+    out = Console(highlight=False)
+    out.print(surprise_text(result), end="" if result["text"].endswith("\n") else "\n")
+    err.print(surprise_legend())
+    err.print(
+        f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} "
+        f"characters, scored as one stream ({escape(result['checkpoint'])}, {result['precision']} on {result['device']})",
+        highlight=False,
+    )
+    err.print("most surprising (line:column):", highlight=False)
+    for s in most_surprising(result, 10):
+        guesses = ", ".join(f"{shown_char(sym)} {p:.0%}" for sym, p in s["top"][:3])
+        err.print(
+            f"  {s['line']}:{s['column']}  {shown_char(s['char'])}  {s['bits']:.1f} bits  (expected {guesses})",
+            markup=False,
+            highlight=False,
+        )
+    if html_out is not None:
+        err.print(f"wrote {escape(str(html_out))}", highlight=False)

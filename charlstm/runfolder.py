@@ -1,0 +1,131 @@
+"""The run folder: who owns it, what a fresh start or a resume finds there, and the files beside
+the checkpoints (config.json, metrics.jsonl).
+
+`own_run_dir` holds the folder's lock for the whole run; `check_run_dir` refuses to start afresh
+over saved progress; `clear_earlier_run` and `truncate_metrics` leave only this run's files;
+`checkpoint_to_resume` and `check_resumable` find and check what --resume reads.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from tqdm import tqdm
+
+from charlstm import lock
+from charlstm.backend import distributed_layout
+from charlstm.checkpoint import BEST, LATEST
+from charlstm.errors import CharlstmError
+from charlstm.files import atomic_write
+
+RUN_LOCK = ".lock"  # in the run folder, held by the process training in it (see charlstm.lock)
+RUN_FILES = (LATEST, BEST, "metrics.jsonl", "config.json")  # what a run writes there
+# What resuming reads from a checkpoint; an inference-only export (export_for_inference) lacks most of it.
+RESUME_KEYS = ("model_config", "vocab", "model", "step", "optimizer", "data_position")
+
+
+def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    """A fresh start refuses a folder with saved progress; one whose run saved nothing starts afresh."""
+    if resume or force:
+        return
+    if (run_dir / LATEST).exists():
+        raise CharlstmError(f"{run_dir} already holds a run: continue it with --resume, or start over with --force")
+    if (run_dir / BEST).exists():
+        raise CharlstmError(
+            f"{run_dir} holds a {BEST} but no {LATEST} (its run stopped before its first save): "
+            f"continue from {BEST} with --resume, or start over with --force"
+        )
+
+
+def clear_earlier_run(run_dir: Path, say) -> None:
+    """Remove the files of a run that saved nothing, or of the run --force replaces: they would be
+    mistaken for the new run's. `say` tells the user which."""
+    leftovers = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
+    if leftovers:
+        say(f"starting afresh in {run_dir}: removing the earlier run's {', '.join(f.name for f in leftovers)}")
+    for f in leftovers:
+        f.unlink(missing_ok=True)
+
+
+def write_run_config(run_dir: Path, record: dict) -> None:
+    """config.json: the run's options, model, data and backend, for people and for reproducing it."""
+    text = json.dumps(record, indent=2) + "\n"
+    atomic_write(run_dir / "config.json", lambda f: f.write(text.encode()))
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metrics logged after the checkpoint we resume from, so no step appears twice."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write(path, lambda f: f.write("".join(kept).encode()))
+
+
+def checkpoint_to_resume(run_dir: Path) -> Path:
+    """latest.pt, else best.pt: a run that validated but was killed before its first save of latest.pt."""
+    latest, best = run_dir / LATEST, run_dir / BEST
+    if latest.is_file():
+        return latest
+    if best.is_file():
+        tqdm.write(f"{run_dir} has no {LATEST}: resuming from {BEST}", file=sys.stderr)
+        return best
+    if any((run_dir / name).exists() for name in ("config.json", "metrics.jsonl")):
+        raise CharlstmError(
+            f"nothing saved yet in {run_dir}: its run stopped before its first save (no {LATEST}); "
+            f"start it again without --resume to begin afresh"
+        )
+    raise CharlstmError(f"nothing to resume: {latest} not found (pass --out RUN, or start a run without --resume)")
+
+
+def check_resumable(payload: dict, path: Path) -> None:
+    """Everything Trainer._restore reads is there, so a stripped or foreign checkpoint fails in one line."""
+    if not isinstance(payload.get("train_config"), dict):
+        raise CharlstmError(f"{path} was not written by `charlstm train`: it has no training config")
+    missing = [key for key in RESUME_KEYS if key not in payload]
+    if missing:
+        raise CharlstmError(
+            f"{path} cannot be resumed: it has no {', '.join(missing)} (an inference-only export keeps just the "
+            f"weights); sample or evaluate it, or start a new run with --force"
+        )
+    position = payload["data_position"]
+    if not (isinstance(position, dict) and all(isinstance(position.get(k), int) for k in ("epoch", "window"))):
+        raise CharlstmError(f"{path} cannot be resumed: its data_position is not {{'epoch': int, 'window': int}}")
+
+
+@contextmanager
+def own_run_dir(run_dir: Path):
+    """Hold the run folder for the whole run, so no second process trains in it at the same time.
+
+    Under torchrun only rank 0 takes the lock: it is the only process that writes there. The owner
+    then removes the temporary files of saves that a kill interrupted.
+    """
+    if os.path.lexists(run_dir) and not run_dir.is_dir():
+        raise CharlstmError(f"--out {run_dir} exists and is not a folder")
+    if distributed_layout()[0] != 0:
+        yield
+        return
+    with lock.acquire(run_dir / RUN_LOCK, str(run_dir)):
+        remove_stale_temporaries(run_dir)
+        yield
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """atomic_write's `.NAME.*.tmp` files left by a kill during a save; safe only while holding the lock."""
+    for name in RUN_FILES:
+        for tmp in run_dir.glob(f".{glob.escape(name)}.*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass  # harmless where it stays

@@ -1,0 +1,102 @@
+"""The package's shape: no module imports, directly or through others, one that imports it back;
+and the CLI's help comes without importing torch.
+
+Every `import` counts, those inside function bodies too: an import moved into a function to dodge
+a cycle is still a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "charlstm"
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The charlstm modules that `path` imports, at any depth of its code."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module == "charlstm":
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("charlstm."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("charlstm."))
+    return (found & modules) - {path.stem}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles_even_inside_functions():
+    paths = sorted(PACKAGE.glob("*.py"))
+    modules = {p.stem for p in paths}
+    graph = {p.stem: imports_of(p, modules) for p in paths}
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_one():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+HELP_WITHOUT_TORCH = """
+import json, sys
+from typer.testing import CliRunner
+from charlstm.cli import app
+codes = [CliRunner().invoke(app, args).exit_code for args in json.loads(sys.argv[1])]
+print(json.dumps({"codes": codes, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "numpy"))}))
+"""
+
+
+def test_help_does_not_import_torch():
+    asked = [["--help"]] + [[command, "--help"] for command in
+                            ("ingest", "train", "eval", "sample", "inspect-neuron", "experiment")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH, json.dumps(asked)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result == {"codes": [0] * len(asked), "heavy": []}
+
+
+def test_ingest_and_text_inputs_do_not_import_torch():
+    code = "import sys, charlstm.ingest, charlstm.userio; print('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
