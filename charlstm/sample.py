@@ -33,6 +33,7 @@ from charlstm.engine import StepEngine, packed_weights_available
 from charlstm.errors import CharlstmError
 from charlstm.interventions import UnitSpec, check_unit, resolve
 from charlstm.model import CharRNN
+from charlstm.train import MAX_THREADS
 from charlstm.userio import read_text_source, silence_stdout, write_output
 from charlstm.vocab import DOC_SEP, Vocab
 
@@ -41,6 +42,10 @@ NEWLINE_MARK = "↵"  # --watch on a terminal: where a newline's value is shown
 NEW_FILE_RULE = "── new file ──"  # how a generated document separator (a new file starting) is shown
 PRIME_CHUNK = 4096  # prime characters per fused forward
 DEFAULT_TEMPERATURE = 0.8
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
+# Bounds that keep a typo from taking all memory: every sample and beam holds a state and its text.
+MAX_SAMPLES = 4096
+MAX_BEAM = 1024
 NOISE_ELEMENTS = 1 << 20  # Gumbel noise drawn per call to the generator (4 MB), for up to 256 steps
 
 
@@ -68,6 +73,8 @@ class SampleSettings:
             raise CharlstmError(f"--length must be positive, got {self.length}")
         if self.num_samples < 1:
             raise CharlstmError(f"--num-samples must be at least 1, got {self.num_samples}")
+        if self.num_samples > MAX_SAMPLES:
+            raise CharlstmError(f"--num-samples must be at most {MAX_SAMPLES}, got {self.num_samples}")
         if self.beam is not None:
             self._validate_beam()
         if not self.greedy and not self.draw_temperature > 0:
@@ -80,10 +87,14 @@ class SampleSettings:
             raise CharlstmError("--stop must not be empty")
         if self.watch is not None and (self.beam is not None or self.num_samples != 1):
             raise CharlstmError("--watch colours one drawn sample: drop --beam and --num-samples")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise CharlstmError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
 
     def _validate_beam(self) -> None:
         if self.beam < 1:
             raise CharlstmError(f"--beam must be at least 1, got {self.beam}")
+        if self.beam > MAX_BEAM:
+            raise CharlstmError(f"--beam must be at most {MAX_BEAM}, got {self.beam}")
         drawing = {"--temperature": self.temperature, "--top-k": self.top_k, "--top-p": self.top_p,
                    "--greedy": self.greedy or None, "--seed": self.seed}  # fmt: skip
         given = [name for name, value in drawing.items() if value is not None]
@@ -500,6 +511,8 @@ def run_sampling(
 
     if threads is not None and threads < 1:
         raise CharlstmError(f"--threads must be at least 1, got {threads}")
+    if threads is not None and threads > MAX_THREADS:
+        raise CharlstmError(f"--threads must be at most {MAX_THREADS}, got {threads}")
     if sys.stdout is None and out is None:  # started with stdout closed (`>&-`)
         raise CharlstmError("stdout is closed: nowhere to write the samples (save them with -o FILE)")
     threads_before = torch.get_num_threads()
