@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from charlstm.errors import CharlstmError
-from charlstm.experiments import NAMES, STUDIES, html_path, run_study, write_html
+from charlstm.experiments import NAMES, STUDIES, configured_study, html_path, run_study, write_html
 
 
 def _mark(value) -> Text:
@@ -80,6 +80,9 @@ def run_experiments(name: str, console: Console, quiet: bool = False, html: Path
     names = NAMES if name == "all" else (name,)
     if name != "all" and name not in STUDIES:
         raise CharlstmError(f"unknown experiment {name!r}; choose one of {', '.join(NAMES)} or all")
+    for study in names:  # every study's options are checked before the first one trains
+        configured_study(study, options.get("seed", 0), options.get("steps"), options.get("max_n"),
+                         options.get("eval_max_n"))  # fmt: skip
     results = {}
     for study in names:
         if not quiet:

@@ -27,6 +27,7 @@ from charlstm.engine import StepEngine
 from charlstm.errors import CharlstmError
 from charlstm.files import atomic_write
 from charlstm.model import CharRNN, ModelConfig
+from charlstm.config import MAX_SEED
 from charlstm.userio import ensure_writable_folder
 
 PAD_TARGET = -100  # cross_entropy's ignore_index: padded positions carry no loss
@@ -385,6 +386,34 @@ def summary_line(result: dict) -> str:
             f"more than the current: {counts}{best}")
 
 
+# Judging every N up to eval_max_n takes time that grows with its square (copy, untrained: 7 s
+# for 100 on 2 CPU cores, so about ten minutes for this bound).
+MAX_N = 1000
+# The copy study's units are judged where a copied character is followed by another one.
+MIN_MAX_N = {"copy": 2}
+
+
+def configured_study(name: str, seed: int = 0, steps: int | None = None, max_n: int | None = None,
+                     eval_max_n: int | None = None) -> Study:
+    """The study with the user's overrides, checked: nonsense fails here, before any training."""
+    if name not in STUDIES:
+        raise CharlstmError(f"unknown experiment {name!r}; choose one of {', '.join(NAMES)} or all")
+    if not 0 <= seed <= MAX_SEED:
+        raise CharlstmError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    overrides = {k: v for k, v in (("steps", steps), ("max_n", max_n), ("eval_max_n", eval_max_n)) if v is not None}
+    for key, value in overrides.items():
+        low = MIN_MAX_N.get(name, 1) if key == "max_n" else 1
+        if value < low:
+            study = f" for the {name} study" if low > 1 else ""
+            raise CharlstmError(f"--{key.replace('_', '-')} must be at least {low}{study}, got {value}")
+        if key != "steps" and value > MAX_N:
+            raise CharlstmError(f"--{key.replace('_', '-')} must be at most {MAX_N}, got {value}")
+    study = replace(STUDIES[name], **overrides)
+    if study.eval_max_n < study.max_n:
+        study = replace(study, eval_max_n=study.max_n)
+    return study
+
+
 def run_study(
     name: str,
     seed: int = 0,
@@ -395,16 +424,7 @@ def run_study(
     quiet: bool = False,
 ) -> dict:
     """Train, evaluate, find the units, save the run; return a JSON-ready result."""
-    if name not in STUDIES:
-        raise CharlstmError(f"unknown experiment {name!r}; choose one of {', '.join(NAMES)} or all")
-    study = STUDIES[name]
-    overrides = {k: v for k, v in (("steps", steps), ("max_n", max_n), ("eval_max_n", eval_max_n)) if v is not None}
-    for key, value in overrides.items():
-        if value < 1:
-            raise CharlstmError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
-    study = replace(study, **overrides)
-    if study.eval_max_n < study.max_n:
-        study = replace(study, eval_max_n=study.max_n)
+    study = configured_study(name, seed, steps, max_n, eval_max_n)
     ensure_writable_folder(out_dir)  # fail now, not after a minute of training
     vocab = syn.vocab()
     with torch_threads(1):  # tiny models run fastest on one thread, and a fixed count keeps results repeatable

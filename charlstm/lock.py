@@ -83,6 +83,8 @@ def _open(lock_file: Path) -> int:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         # O_CLOEXEC: a child process (git, torchrun's workers) must not inherit, and so keep, the lock.
         return os.open(lock_file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except FileExistsError:  # mkdir found something there that is no folder
+        raise CharlstmError(f"cannot write to {lock_file.parent}: it exists and is not a folder") from None
     except OSError as exc:
         raise CharlstmError(f"cannot write to {lock_file.parent}: {exc.strerror or exc}") from None
 

@@ -10,6 +10,7 @@ from torch import nn
 from charlstm.errors import CharlstmError
 
 RNN_KINDS = ("lstm", "gru", "rnn")
+MAX_LAYERS = 100  # far past any use; building a stack costs time per layer even before any weight exists
 
 # A recurrent state: (h, c) for an LSTM, h for a GRU or tanh RNN; each [layers, batch, hidden].
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -30,6 +31,8 @@ class ModelConfig:
         for name in ("vocab_size", "layers", "hidden", "embed"):
             if getattr(self, name) < 1:
                 raise CharlstmError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.layers > MAX_LAYERS:
+            raise CharlstmError(f"--layers must be at most {MAX_LAYERS}, got {self.layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise CharlstmError(f"--dropout must be in [0, 1), got {self.dropout}")
 

@@ -31,6 +31,10 @@ from charlstm.vocab import Vocab
 
 PRIME_CHUNK = 4096  # prime characters per fused forward
 DEFAULT_TEMPERATURE = 0.8
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
+# Bounds that keep a typo from taking all memory: every sample and beam holds a state and its text.
+MAX_SAMPLES = 4096
+MAX_BEAM = 1024
 NOISE_ELEMENTS = 1 << 20  # Gumbel noise drawn per call to the generator (4 MB), for up to 256 steps
 
 
@@ -58,6 +62,8 @@ class SampleSettings:
             raise CharlstmError(f"--length must be positive, got {self.length}")
         if self.num_samples < 1:
             raise CharlstmError(f"--num-samples must be at least 1, got {self.num_samples}")
+        if self.num_samples > MAX_SAMPLES:
+            raise CharlstmError(f"--num-samples must be at most {MAX_SAMPLES}, got {self.num_samples}")
         if self.beam is not None:
             self._validate_beam()
         if not self.greedy and not self.draw_temperature > 0:
@@ -70,10 +76,14 @@ class SampleSettings:
             raise CharlstmError("--stop must not be empty")
         if self.watch is not None and (self.beam is not None or self.num_samples != 1):
             raise CharlstmError("--watch colours one drawn sample: drop --beam and --num-samples")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise CharlstmError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
 
     def _validate_beam(self) -> None:
         if self.beam < 1:
             raise CharlstmError(f"--beam must be at least 1, got {self.beam}")
+        if self.beam > MAX_BEAM:
+            raise CharlstmError(f"--beam must be at most {MAX_BEAM}, got {self.beam}")
         drawing = {"--temperature": self.temperature, "--top-k": self.top_k, "--top-p": self.top_p,
                    "--greedy": self.greedy or None, "--seed": self.seed}  # fmt: skip
         given = [name for name, value in drawing.items() if value is not None]

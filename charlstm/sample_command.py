@@ -20,6 +20,7 @@ from typing import TextIO
 from charlstm.backend import torch_threads
 from charlstm.beam import beam_search
 from charlstm.checkpoint import resolve_checkpoint
+from charlstm.config import MAX_THREADS
 from charlstm.errors import CharlstmError
 from charlstm.interventions import resolve
 from charlstm.sample import Sampler, SampleSettings
@@ -253,6 +254,8 @@ def run_sampling(
 
     if threads is not None and threads < 1:
         raise CharlstmError(f"--threads must be at least 1, got {threads}")
+    if threads is not None and threads > MAX_THREADS:
+        raise CharlstmError(f"--threads must be at most {MAX_THREADS}, got {threads}")
     if sys.stdout is None and out is None:  # started with stdout closed (`>&-`)
         raise CharlstmError("stdout is closed: nowhere to write the samples (save them with -o FILE)")
     with torch_threads(threads or 1):

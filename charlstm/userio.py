@@ -71,6 +71,8 @@ def ensure_writable_folder(folder: str | Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
+    except FileExistsError:  # mkdir found something there that is no folder
+        raise CharlstmError(f"cannot write to {folder}: it exists and is not a folder") from None
     except OSError as exc:
         raise CharlstmError(f"cannot write to {folder}: {exc.strerror or exc}") from None
 
