@@ -769,8 +769,13 @@ class Trainer:
             f"{kept}. Try a lower --lr, --grad-clip 1, or --precision fp32"
         )
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
         if self.world > 1 and dist.is_initialized():
+            if finished:
+                # Every rank reaches the end before any tears the group down: a rank that destroyed
+                # it while another was still in its last collective could abort the other at exit.
+                # (Not after an error: a rank that died would leave the others waiting here.)
+                dist.barrier()
             dist.destroy_process_group()
 
 
@@ -869,6 +874,9 @@ def train(options: dict, resume: bool = False, force: bool = False, stop_after: 
         trainer = Trainer(config, run_dir, resume_payload=payload, force=force, init_source=source,
                           finetune_defaults=note)
         try:
-            return trainer.run(stop_after=stop_after)
-        finally:
+            summary = trainer.run(stop_after=stop_after)
+        except BaseException:
             trainer.close()
+            raise
+        trainer.close(finished=True)
+        return summary
