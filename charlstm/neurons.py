@@ -574,6 +574,10 @@ def inspect_neuron(
         raise CharlstmError("--top-contexts needs the unit: --layer and --neuron")
     if (ablate or causal) and controls < 1:
         raise CharlstmError(f"--controls must be at least 1, got {controls}")
+    if (ablate or causal) and controls > interventions.MAX_CONTROLS:
+        raise CharlstmError(f"--controls must be at most {interventions.MAX_CONTROLS}, got {controls}")
+    if (ablate or causal) and seed < 0:
+        raise CharlstmError(f"--seed must be 0 or more, got {seed}")
     if ablate:
         specs = [interventions.parse_unit(a, "--ablate") for a in ablate]
     if svg is not None and modes:
