@@ -564,6 +564,8 @@ def run_experiments(name: str, console: Console, quiet: bool = False, html: Path
                     **options) -> dict:
     """`charlstm experiment NAME|all`: run, report each on `console`, return results by study."""
     names = NAMES if name == "all" else (name,)
+    if html is not None and not Path(html).name:  # "", ".", "/": no file name to write (or to add -STUDY to)
+        raise CharlstmError(f"--html needs a file name, got {str(html)!r}")
     for study in names:  # every study's options are checked before the first one trains
         configured_study(study, options.get("seed", 0), options.get("steps"), options.get("max_n"), options.get("eval_max_n"))
     results = {}
