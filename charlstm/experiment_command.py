@@ -80,6 +80,8 @@ def run_experiments(name: str, console: Console, quiet: bool = False, html: Path
     names = NAMES if name == "all" else (name,)
     if name != "all" and name not in STUDIES:
         raise CharlstmError(f"unknown experiment {name!r}; choose one of {', '.join(NAMES)} or all")
+    if html is not None and not Path(html).name:  # "", ".", "/": no file name to write (or to add -STUDY to)
+        raise CharlstmError(f"--html needs a file name, got {str(html)!r}")
     for study in names:  # every study's options are checked before the first one trains
         configured_study(study, options.get("seed", 0), options.get("steps"), options.get("max_n"),
                          options.get("eval_max_n"))  # fmt: skip

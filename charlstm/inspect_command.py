@@ -64,7 +64,7 @@ def inspect_neuron(
     coloured view is also saved as an SVG picture (for a README, a paper, an issue).
     """
     modes, specs = _check_flags(layer, neuron, state, find, top, stats, json_out, html, svg, ablate, causal, controls,
-                                top_contexts, max_chars)  # fmt: skip
+                                seed, top_contexts, max_chars)  # fmt: skip
 
     inspection = open_checkpoint(checkpoint, exact=exact)
     if layer is not None or neuron is not None:
@@ -105,7 +105,7 @@ def inspect_neuron(
     return _one_unit(inspection, chosen, source, layer, neuron, state, svg, err)
 
 
-def _check_flags(layer, neuron, state, find, top, stats, json_out, html, svg, ablate, causal, controls,
+def _check_flags(layer, neuron, state, find, top, stats, json_out, html, svg, ablate, causal, controls, seed,
                  top_contexts, max_chars) -> tuple[list[str], list | None]:
     """The flag combinations that make no sense, refused before the checkpoint is read. Returns the
     modes asked for and the parsed --ablate units (None without --ablate)."""
@@ -123,6 +123,10 @@ def _check_flags(layer, neuron, state, find, top, stats, json_out, html, svg, ab
         raise CharlstmError("--top-contexts needs the unit: --layer and --neuron")
     if (ablate or causal) and controls < 1:
         raise CharlstmError(f"--controls must be at least 1, got {controls}")
+    if (ablate or causal) and controls > interventions.MAX_CONTROLS:
+        raise CharlstmError(f"--controls must be at most {interventions.MAX_CONTROLS}, got {controls}")
+    if (ablate or causal) and seed < 0:
+        raise CharlstmError(f"--seed must be 0 or more, got {seed}")
     specs = [interventions.parse_unit(a, "--ablate") for a in ablate] if ablate else None
     if svg is not None and modes:
         raise CharlstmError(f"--svg saves the view of one neuron; it does not go with {modes[0]}")

@@ -32,6 +32,7 @@ from charlstm.vocab import DOC_SEP
 
 LN2 = math.log(2.0)
 CONTROLS = 8  # random control ablations per study
+MAX_CONTROLS = 100  # each is one more version of the model scoring the whole text
 CLASSES = ("indentation", "string", "comment", "brackets", "other")
 
 

@@ -336,7 +336,9 @@ class Trainer:
         if self.cfg.steps is not None:
             totals.append(self.cfg.steps)
         if self.cfg.epochs is not None:
-            totals.append(max(1, math.ceil(self.cfg.epochs * self.batcher.windows)))
+            steps = self.cfg.epochs * self.batcher.windows
+            if math.isfinite(steps):  # --epochs 1e308: more steps than a float holds, so no bound at all
+                totals.append(max(1, math.ceil(steps)))
         return min(totals) if totals else None
 
     def _build_model(self) -> CharRNN:

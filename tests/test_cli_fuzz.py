@@ -221,6 +221,7 @@ class Opt:
     hostile: st.SearchStrategy[str] | None = None
     required: bool = False  # always given: keeps models tiny and runs short
     rare: bool = False  # given only when drawn hostile
+    repeat: bool = False  # given once or twice (a repeatable option)
 
 
 def ints(flag: str, low: int, high: int, hostile: tuple[int, ...] = (*NONPOSITIVE, *HUGE), required=False) -> Opt:
@@ -271,12 +272,23 @@ def command(draw, name: str, *opts: Opt, choose_one: tuple[tuple[tuple[str, ...]
         if o.valid is None:  # a switch
             argv.append(o.flag)
             continue
-        value = draw(o.hostile if o in hostile else o.valid)
-        argv += [value] if o.flag is None else [o.flag, value]
+        for _ in range(draw(st.integers(1, 2)) if o.repeat else 1):
+            value = draw(o.hostile if o in hostile else o.valid)
+            argv += [value] if o.flag is None else [o.flag, value]
     return argv
 
 
 # ----- one strategy per command ------------------------------------------------------------------
+
+# Units as --clamp, --ablate and --watch name them (layer from 1, neuron from 0). The checkpoints
+# drawn have 1 layer of 8 units (@run, @latest) or 2 of 16 (@ckpt).
+UNITS = ["1:0", "1:7", " 1 : 3 "]
+BAD_UNITS = ["0:0", "1:99", "3:0", "1:-1", "-1:0", "x", "1", "1:", ":", "1:0:gate", f"{2**70}:0", f"1:{2**70}"]
+unit_spec = Opt(None, st.sampled_from(UNITS), st.sampled_from(BAD_UNITS) | odd_text)
+unit_specs = lambda flag: Opt(flag, unit_spec.valid, unit_spec.hostile, repeat=True)  # noqa: E731
+CLAMPS = ["1:0=1.5", "1:7:cell=-4", "1:3:hidden=0.5", "1:0=0"]
+BAD_CLAMPS = [*(u + "=1" for u in BAD_UNITS), "1:0", "1:0=", "1:0=nan", "1:0=inf", "1:0=1e309", "1:0=x", "1:0:gate=1",
+              "1:0=1=2"]
 
 INPUTS = ["@missing", "@folder", "@empty", "@bytes", "@text", "@loop", "@under-file", "@devnull"]
 CHECKPOINTS = ["@ckpt", "@run", "@latest"]
@@ -336,6 +348,7 @@ train_argv = command(
     ints("--eval-every", 0, 3),
     ints("--save-every", 0, 3),
     ints("--log-every", 1, 3),
+    ints("--patience", 1, 3),
     words("--precision", ["fp32"], ["fp16", "FP32", "int8"], required=True),  # auto/bf16 depend on the CPU
     words("--device", ["cpu"], ["mps", "cpu:0", "tpu"]),
     ints("--threads", 1, 2, (0, -1, 4097, 2**70)),
@@ -375,8 +388,13 @@ eval_argv = command(
     words("--precision", ["auto", "fp32", "bf16"], ["fp16", "int8"]),
     switch("--dynamic"),
     floats("--dynamic-lr", 1e-3, 1.0),
+    switch("--per-char"),
+    paths("--html", OUTPUTS, BAD_OUTPUTS, odd_names=True),
     switch("--json"),
-    choose_one=((("--data",), ("--text-file",), ()), (("--dynamic", "--dynamic-lr"), ("--dynamic",), ())),
+    choose_one=(
+        (("--data",), ("--text-file",), ("--text-file", "--per-char"), ("--text-file", "--per-char", "--html"), ()),
+        (("--dynamic", "--dynamic-lr"), ("--dynamic",), ()),
+    ),
 )
 
 sample_argv = command(
@@ -393,6 +411,9 @@ sample_argv = command(
     ints("--num-samples", 1, 3),
     ints("--seed", 0, 2**64 - 1, (-1, 2**64, 2**70)),
     ints("--beam", 1, 3),
+    Opt("--clamp", st.sampled_from(CLAMPS), st.sampled_from(BAD_CLAMPS) | odd_text, repeat=True),
+    unit_specs("--ablate"),
+    Opt("--watch", st.sampled_from([*UNITS, "1:2:cell", "1:2:hidden"]), unit_spec.hostile | st.just("1:0:gate")),
     paths("--out", OUTPUTS, BAD_OUTPUTS, odd_names=True),
     switch("--no-color"),
     words("--device", ["cpu"], ["cpu:0", "mps", "meta", "cuda:x"]),
@@ -423,9 +444,16 @@ inspect_argv = command(
     paths("--html", OUTPUTS, BAD_OUTPUTS, odd_names=True),
     paths("--svg", OUTPUTS, BAD_OUTPUTS, odd_names=True),
     switch("--exact"),
+    unit_specs("--ablate"),
+    switch("--causal"),
+    ints("--controls", 1, 3),
+    ints("--seed", 0, 2**32),
+    ints("--top-contexts", 1, 5),
+    ints("--max-chars", 1, 300),
     choose_one=(
-        (("--layer", "--neuron"), ("--layer", "--neuron", "--svg"), ("--find",), ("--find", "--json"), ("--stats",),
-         ("--stats", "--json"), ("--html",)),
+        (("--layer", "--neuron"), ("--layer", "--neuron", "--svg"), ("--layer", "--neuron", "--top-contexts"),
+         ("--find",), ("--find", "--json"), ("--find", "--causal"), ("--stats",), ("--stats", "--json"), ("--html",),
+         ("--ablate",), ("--ablate", "--json")),
         (("--text",), ("--text-file",), ("--from-val",), ()),
     ),
 )
@@ -468,6 +496,8 @@ def test_ingest_fuzz(inputs, argv):
 @given(argv=train_argv | resume_argv)
 @example(argv=["train", "--data", "@data", "--layers", str(2**70), "--hidden", "1", "--seq-len", "8", "--steps", "1",
                "--precision", "fp32"])  # building the layers never ended
+@example(argv=["train", "--data", "@data", "--hidden", "4", "--seq-len", "1", "--steps", "1", "--epochs", "1e308",
+               "--precision", "fp32"])  # epochs × windows overflowed to infinity
 def test_train_fuzz(inputs, argv):
     run_in_process(argv, inputs)
 
@@ -490,6 +520,8 @@ def test_sample_fuzz(inputs, argv):
 
 @settings(max_examples=40 * SCALE, **FUZZ)
 @given(argv=inspect_argv)
+@example(argv=["inspect-neuron", "@ckpt", "--text", "x = 1;", "--ablate", "1:7", "--controls", str(2**31)])  # never ended
+@example(argv=["inspect-neuron", "@ckpt", "--text", "x = 1;", "--ablate", "1:7", "--seed", "-1"])  # numpy refused the seed
 def test_inspect_neuron_fuzz(inputs, argv):
     run_in_process(argv, inputs)
 
@@ -499,6 +531,7 @@ def test_inspect_neuron_fuzz(inputs, argv):
 @example(argv=["experiment", "copy", "--steps", "1", "--max-n", "1"])  # its units had nothing to be judged on
 @example(argv=["experiment", "all", "--steps", "1", "--eval-max-n", str(2**70)])  # judging never ended
 @example(argv=["experiment", "counter", "--seed", "-1", "--steps", "1"])  # torch refused the seed
+@example(argv=["experiment", "all", "--steps", "1", "--html", ""])  # no name to add -STUDY to, after training
 def test_experiment_fuzz(inputs, argv):
     run_in_process(argv, inputs)
 
@@ -516,6 +549,10 @@ def test_experiment_fuzz(inputs, argv):
         (["sample", "@latest", "--threads", "4097"], "--threads must be at most 4096"),
         (["ingest", "@src", "--name", "x", "--data-dir", "%existing"], "existing.txt: it exists and is not a folder"),
         (["experiment", "counter", "--steps", "1", "--out-dir", "%existing"], "it exists and is not a folder"),
+        (["experiment", "all", "--steps", "1", "--html", ""], "--html needs a file name"),
+        (["inspect-neuron", "@ckpt", "--text", "x = 1;", "--ablate", "1:7", "--controls", "101"],
+         "--controls must be at most 100"),
+        (["inspect-neuron", "@ckpt", "--text", "x = 1;", "--ablate", "1:7", "--seed", "-1"], "--seed must be 0 or more"),
     ],
 )
 def test_what_the_fuzz_found_fails_in_one_line(inputs, argv, message):
