@@ -4,8 +4,11 @@ For each command a hypothesis strategy draws an argument list: valid values, bou
 hostile ones (zero, negative and huge integers, nan and infinities, empty and odd text with
 control characters and the lone surrogates Python makes of undecodable argv bytes), and paths to
 a missing file, a folder, an empty file, random bytes, a text file, /dev/null, a symlink loop, a
-tiny checkpoint, a tiny trained run and a tiny dataset. Whatever is drawn, the command must exit
-0, 1 with an `error: ...` line, 2 (a usage error from click) or 130, and print no traceback.
+truncated checkpoint, a torch file that is no checkpoint, a broken dataset, and a tiny checkpoint,
+trained run and dataset. Whatever is drawn, the command must exit 0, 1 with an `error: ...` line,
+2 (a usage error from click) or 130, print no traceback, and end within a minute and 3 GiB more
+address space (a hang or a runaway allocation fails the example rather than stall the suite or
+wake the OOM killer).
 
 Paths are drawn as tokens ("@text", "%new", ...) and resolved when an example runs, so failures
 read as what they are. "@..." names an input shared by all examples (built once, only ever read);
@@ -82,6 +85,9 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     shutil.copytree(data, broken)
     (broken / "meta.json").write_bytes(b'{"format": "charlstm-dataset", "vocab": ')
     ckpt = make_checkpoint(base / "untrained" / "best.pt", layers=2, hidden=16)
+    whole = ckpt.read_bytes()
+    (base / "truncated.pt").write_bytes(whole[: len(whole) // 2])
+    torch.save({"weights": torch.zeros(3), "note": "not ours"}, base / "foreign.pt")
     before = torch.get_num_threads()
     train({"data": str(data), "out": str(base / "run"), "layers": 1, "hidden": 8, "embed": 4, "batch_size": 2,
            "seq_len": 16, "steps": 2, "eval_every": 0, "save_every": 0, "precision": "fp32", "device": "cpu",
@@ -102,6 +108,8 @@ def inputs(tmp_path_factory) -> dict[str, str]:
         "@data": str(data),
         "@broken-data": str(broken),
         "@ckpt": str(ckpt),
+        "@truncated": str(base / "truncated.pt"),
+        "@foreign": str(base / "foreign.pt"),
         "@run": str(base / "run"),
         "@latest": str(base / "run" / "latest.pt"),
     }
@@ -285,14 +293,19 @@ def command(draw, name: str, *opts: Opt, choose_one: tuple[tuple[tuple[str, ...]
 UNITS = ["1:0", "1:7", " 1 : 3 "]
 BAD_UNITS = ["0:0", "1:99", "3:0", "1:-1", "-1:0", "x", "1", "1:", ":", "1:0:gate", f"{2**70}:0", f"1:{2**70}"]
 unit_spec = Opt(None, st.sampled_from(UNITS), st.sampled_from(BAD_UNITS) | odd_text)
-unit_specs = lambda flag: Opt(flag, unit_spec.valid, unit_spec.hostile, repeat=True)  # noqa: E731
+
+
+def unit_specs(flag: str) -> Opt:
+    return Opt(flag, unit_spec.valid, unit_spec.hostile, repeat=True)
+
+
 CLAMPS = ["1:0=1.5", "1:7:cell=-4", "1:3:hidden=0.5", "1:0=0"]
 BAD_CLAMPS = [*(u + "=1" for u in BAD_UNITS), "1:0", "1:0=", "1:0=nan", "1:0=inf", "1:0=1e309", "1:0=x", "1:0:gate=1",
               "1:0=1=2"]
 
 INPUTS = ["@missing", "@folder", "@empty", "@bytes", "@text", "@loop", "@under-file", "@devnull"]
 CHECKPOINTS = ["@ckpt", "@run", "@latest"]
-NOT_CHECKPOINTS = ["@data", *INPUTS]
+NOT_CHECKPOINTS = ["@data", "@truncated", "@foreign", *INPUTS]
 NOT_DATASETS = ["@broken-data", "@run", *INPUTS]
 OUTPUTS = ["%new", "%deep", "%existing", "@devnull"]
 BAD_OUTPUTS = ["%folder", "%under-file", "%devfull"]
@@ -317,7 +330,7 @@ ingest_argv = st.tuples(
         floats("--val-fraction", 0.01, 0.99),
         ints("--seed", 0, 10),
     ),
-).map(lambda t: [t[2][0], *t[0], *t[1], *t[2][1:]])
+).map(lambda t: [t[2][0], *t[0], *t[1], *t[2][1:]])  # the sources right after "ingest"
 
 # Tiny models always: --hidden (or --init-from, whose shape is tiny), --seq-len and --steps are
 # given (the defaults train a 3×512 model for an epoch), and past the valid range only sizes beyond
@@ -328,7 +341,7 @@ train_argv = command(
     paths("--data", ["@data"], NOT_DATASETS, required=True),
     paths("--out", ["%new", "%run-copy"], ["%existing", "%under-file", "@devnull", ""], odd_names=True),
     switch("--force"),
-    paths("--init-from", ["@ckpt", "@run"], INPUTS),
+    paths("--init-from", ["@ckpt", "@run"], ["@truncated", "@foreign", *INPUTS]),
     words("--model", ["lstm", "gru", "rnn"], ["LSTM", "transformer"]),
     ints("--layers", 1, 2, SIZES),
     ints("--hidden", 1, 16, SIZES, required=True),
