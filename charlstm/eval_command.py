@@ -13,21 +13,11 @@ def surprise_text(result: dict):
     """The text on a background from white (expected) to red (≥ MAX_BITS bits), for a terminal."""
     from rich.text import Text
 
-    from charlstm.render import NEWLINE_MARK, VISIBLE, _hex, _ink
+    from charlstm.render import append_on_colour
 
     out = Text()
     for entry in result["characters"]:
-        ch, bg = entry["char"], colour_of_bits(entry["bits"])
-        style = f"{_ink(bg)} on {_hex(bg)}"
-        if ch == "\n":
-            out.append(NEWLINE_MARK, style=style + " dim")
-            out.append("\n")
-        elif ch in VISIBLE:
-            out.append(VISIBLE[ch], style=style + " dim")
-        elif not ch.isprintable():
-            out.append("?", style=style + " dim")
-        else:
-            out.append(ch, style=style)
+        append_on_colour(out, entry["char"], colour_of_bits(entry["bits"]))
     return out
 
 

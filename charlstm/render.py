@@ -83,19 +83,24 @@ def colour_text(
         scale = value_range(signal, values)[1]
     out = Text(no_wrap=False)
     for ch, v in zip(text, values):
-        bg = colour_of(v, signal, scale)
-        style = f"{_ink(bg)} on {_hex(bg)}"
-        if ch == "\n":
-            out.append(NEWLINE_MARK, style=style + " dim")
-            if newlines:
-                out.append("\n")
-        elif ch in VISIBLE:
-            out.append(VISIBLE[ch], style=style + " dim")
-        elif not ch.isprintable():
-            out.append("?", style=style + " dim")
-        else:
-            out.append(ch, style=style)
+        append_on_colour(out, ch, colour_of(v, signal, scale), newlines)
     return out
+
+
+def append_on_colour(out: Text, ch: str, bg, newlines: bool = True) -> None:
+    """Append one character to `out` on the background colour `bg`, whitespace and control
+    characters drawn as dim marks (a newline as ↵, followed by a real one if `newlines`)."""
+    style = f"{_ink(bg)} on {_hex(bg)}"
+    if ch == "\n":
+        out.append(NEWLINE_MARK, style=style + " dim")
+        if newlines:
+            out.append("\n")
+    elif ch in VISIBLE:
+        out.append(VISIBLE[ch], style=style + " dim")
+    elif not ch.isprintable():
+        out.append("?", style=style + " dim")
+    else:
+        out.append(ch, style=style)
 
 
 def print_coloured(console, text: str, values: Sequence[float], signal: str, scale: float, piece: int = 8192) -> None:
