@@ -90,6 +90,20 @@ def bits_per_char(
     return {"bpc": loss / LN2, "loss": loss, "chars": n_pred}
 
 
+def load_for_scoring(checkpoint: str | Path | None, device: str, precision: str | None):
+    """A checkpoint's model on `device`, in the precision it is scored in (`precision` None: the
+    one the run trained with, where it runs here). Returns path, payload, model, vocab, device,
+    precision."""
+    path = resolve_checkpoint(checkpoint)
+    payload = load_checkpoint(path)
+    model, vocab = model_from_checkpoint(payload)
+    dev = resolve_device(device)
+    flush_denormals(dev)
+    prec = checkpoint_precision(precision, payload.get("precision"), dev, model.config.kind)
+    model.to(dev)
+    return path, payload, model, vocab, dev, prec
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path | None,
     data: str | Path | None = None,
@@ -111,13 +125,7 @@ def evaluate_checkpoint(
         raise CharlstmError("give --data or --text-file, not both")
     if dynamic_lr is not None and not dynamic:
         raise CharlstmError("--dynamic-lr needs --dynamic")
-    path = resolve_checkpoint(checkpoint)
-    payload = load_checkpoint(path)
-    model, vocab = model_from_checkpoint(payload)
-    dev = resolve_device(device)
-    flush_denormals(dev)
-    prec = checkpoint_precision(precision, payload.get("precision"), dev, model.config.kind)
-    model.to(dev)
+    path, payload, model, vocab, dev, prec = load_for_scoring(checkpoint, device, precision)
 
     unknown: list[str] = []
     remap = None

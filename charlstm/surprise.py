@@ -61,17 +61,10 @@ def surprise(
 ) -> dict:
     """`charlstm eval --per-char --text-file F`: every character of F with its bits and the model's
     top predictions, plus the totals. `precision` None: the one the run trained with, as eval."""
-    from charlstm.backend import checkpoint_precision, flush_denormals, resolve_device
-    from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+    from charlstm.evaluate import load_for_scoring
     from charlstm.userio import read_text_source
 
-    path = resolve_checkpoint(checkpoint)
-    payload = load_checkpoint(path)
-    model, vocab = model_from_checkpoint(payload)
-    dev = resolve_device(device)
-    flush_denormals(dev)
-    prec = checkpoint_precision(precision, payload.get("precision"), dev, model.config.kind)
-    model.to(dev)
+    path, payload, model, vocab, dev, prec = load_for_scoring(checkpoint, device, precision)
     text = read_text_source(text_file)
     tokens = np.concatenate([[vocab.doc_sep], vocab.encode(text)])
     start = time.perf_counter()
