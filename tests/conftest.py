@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlstm.checkpoint import save_checkpoint
+from charlstm.checkpoint import load_checkpoint, save_checkpoint
 from charlstm.dataset import Dataset, write_dataset
 from charlstm.model import CharRNN, ModelConfig
 from charlstm.vocab import Vocab
@@ -74,3 +74,29 @@ def make_checkpoint(path: Path, kind: str = "lstm", layers: int = 2, hidden: int
 @pytest.fixture
 def tiny_checkpoint(tmp_path) -> Path:
     return make_checkpoint(tmp_path / "run" / "best.pt")
+
+
+def make_lively_checkpoint(path: Path, hidden: int = 32, seed: int = 1, scale: float = 0.6, **extra) -> Path:
+    """An untrained model whose weights are scaled up, so its choices vary from step to step;
+    `extra` keys are added to the checkpoint (e.g. precision)."""
+    make_checkpoint(path, layers=2, hidden=hidden, seed=seed)
+    payload = load_checkpoint(path)
+    generator = torch.Generator().manual_seed(seed)
+    payload["model"] = {k: torch.randn(v.shape, generator=generator) * scale for k, v in payload["model"].items()}
+    save_checkpoint(path, {**payload, **extra})
+    return path
+
+
+@pytest.fixture
+def lively_checkpoint(tmp_path) -> Path:
+    return make_lively_checkpoint(tmp_path / "lively" / "best.pt")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and a second one stalls on shared cores.
+    Test modules that sample or trace use it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,12 +9,12 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm.beam import beam_search
-from charlstm.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint, save_checkpoint
+from charlstm.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
 from charlstm.model import CharRNN, ModelConfig
 from charlstm.sample import Sampler, SampleSettings
 from charlstm.vocab import DOC_SEP, Vocab
-from conftest import make_checkpoint
+from conftest import make_checkpoint, make_lively_checkpoint
 
 runner = CliRunner()
 TRAP = Vocab([DOC_SEP, "\ufffd", "a", "b", "x", "y", *"0123456789"])
@@ -70,12 +70,7 @@ def test_a_wider_beam_escapes_the_greedy_trap():
 
 @pytest.fixture
 def lively_sampler(tmp_path) -> Sampler:
-    path = make_checkpoint(tmp_path / "lively" / "best.pt", layers=2, hidden=32, seed=1)
-    payload = load_checkpoint(path)
-    generator = torch.Generator().manual_seed(1)
-    payload["model"] = {k: torch.randn(v.shape, generator=generator) * 0.6 for k, v in payload["model"].items()}
-    save_checkpoint(path, payload)
-    model, vocab = model_from_checkpoint(payload)
+    model, vocab = model_from_checkpoint(load_checkpoint(make_lively_checkpoint(tmp_path / "lively" / "best.pt")))
     return Sampler(model, vocab, "cpu", "fp32")
 
 

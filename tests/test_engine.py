@@ -7,13 +7,7 @@ from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available, 
 from charlstm.model import CharRNN, ModelConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a second one stalls on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_model(kind: str, layers: int = 3, hidden: int = 24, vocab: int = 19, seed: int = 0) -> CharRNN:

@@ -20,7 +20,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from charlstm import userio
@@ -33,13 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a second one stalls on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def invoke(*args: str):

@@ -25,12 +25,7 @@ TEXT = JAVA_SNIPPET + PYTHON_SNIPPET  # 578 characters: many chunks of CHUNK bel
 CHUNK = 37  # a length that divides nothing, so the last chunk is short
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(kind: str, layers: int = 2, hidden: int = 12) -> CharRNN:

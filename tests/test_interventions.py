@@ -33,18 +33,13 @@ from charlstm.model import CharRNN, ModelConfig
 from charlstm.sample import Sampler, SampleSettings
 from charlstm.sample_command import StreamWriter, stream_samples
 from charlstm.vocab import Vocab
-from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
+from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_lively_checkpoint
 
 runner = CliRunner()
 VOCAB = Vocab.from_counts({ch: 1 for ch in JAVA_SNIPPET + PYTHON_SNIPPET})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_model(kind: str = "lstm", layers: int = 2, hidden: int = 16, seed: int = 0) -> CharRNN:
@@ -190,12 +185,7 @@ def test_bad_ablate_specs_and_units_given_twice():
 
 @pytest.fixture
 def lively(tmp_path) -> Path:
-    path = make_checkpoint(tmp_path / "lively" / "best.pt", layers=2, hidden=32, seed=1)
-    payload = load_checkpoint(path)
-    generator = torch.Generator().manual_seed(1)
-    payload["model"] = {k: torch.randn(v.shape, generator=generator) * 0.6 for k, v in payload["model"].items()}
-    save_checkpoint(path, payload)
-    return path
+    return make_lively_checkpoint(tmp_path / "lively" / "best.pt")
 
 
 def fp32_sampler(path: Path) -> Sampler:

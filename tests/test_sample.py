@@ -9,14 +9,13 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm import checkpoint as checkpoint_module
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
 from charlstm.engine import packed_weights_available
 from charlstm.errors import CharlstmError
 from charlstm.sample import Sampler, SampleSettings, engine_dtype
 from charlstm.sample_command import StreamWriter, stream_samples
 from charlstm.vocab import DOC_SEP, UNK
-from conftest import make_checkpoint
 
 runner = CliRunner()
 
@@ -28,24 +27,7 @@ def sample(*args: str):
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a second one stalls on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def lively_checkpoint(tmp_path) -> Path:
-    """An untrained model whose weights are scaled up, so its choices vary from step to step."""
-    path = make_checkpoint(tmp_path / "lively" / "best.pt", layers=2, hidden=32, seed=1)
-    payload = load_checkpoint(path)
-    generator = torch.Generator().manual_seed(1)
-    payload["model"] = {k: torch.randn(v.shape, generator=generator) * 0.6 for k, v in payload["model"].items()}
-    save_checkpoint(path, payload)
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sampler_for(path: Path, precision: str = "fp32") -> Sampler:

@@ -9,21 +9,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from charlstm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
 from charlstm.evaluate import bits_per_char
 from charlstm.surprise import per_char_bits, surprise_html
-from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
+from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_lively_checkpoint
 
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----- surprise -----------------------------------------------------------------------------------
@@ -31,13 +26,7 @@ def one_thread():
 
 @pytest.fixture
 def lively(tmp_path):
-    path = make_checkpoint(tmp_path / "lively" / "best.pt", layers=2, hidden=24, seed=2)
-    payload = load_checkpoint(path)
-    generator = torch.Generator().manual_seed(2)
-    payload["model"] = {k: torch.randn(v.shape, generator=generator) * 0.5 for k, v in payload["model"].items()}
-    payload["precision"] = "fp32"
-    save_checkpoint(path, payload)
-    return path
+    return make_lively_checkpoint(tmp_path / "lively" / "best.pt", hidden=24, seed=2, scale=0.5, precision="fp32")
 
 
 def test_per_char_bits_sum_to_the_total_and_rank_the_predictions(lively):
