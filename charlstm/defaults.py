@@ -1,0 +1,137 @@
+"""Training defaults that fit the device and the corpus, each with the reason it was chosen.
+
+The fixed defaults in config.py suit a small CPU. A GPU is latency-bound at batch 64: on an H100 a
+3×512 LSTM took about as long per step at 256 lanes as at 64, so four times the lanes gave four
+times the characters per second (315k → 1.26M chars/s), and a run of minutes then passes over an
+8M-character corpus many times, where dropout pays (GUIDE.md, bench/train_speed.py). So, for the
+options the user did not give:
+
+- batch: 256 lanes per GPU process, 64 elsewhere; fewer when the training split is too short for
+  every lane to hold a few windows;
+- learning rate: 2e-3 scaled with √(batch / 64) above 64 lanes, at most doubled (the measured best
+  at 256 lanes was 4e-3; larger batches were not measured);
+- dropout: from the passes over the training split that the budget implies (none up to one pass,
+  0.3 above four: at five passes 0.3 gave 1.073 bpc where none gave 1.132 and overfitted).
+
+Pure: it takes facts (device kind, corpus size, model size, budget) and returns values and reasons,
+so it is tested without a device; train_setup gathers the facts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from charlstm.config import TrainConfig
+
+GPU_LANES_PER_PROCESS = 256  # the measured knee on an H100 for a 3×512 LSTM
+MIN_WINDOWS_PER_LANE = 4  # a lane shorter than this many windows barely carries state across steps
+MAX_LR_SCALE = 2.0  # √(256/64): measured; beyond that the scale is held
+# Passes over the training split → dropout (the first bound the passes do not exceed).
+DROPOUT_BY_PASSES = ((1.0, 0.0), (2.0, 0.1), (4.0, 0.2), (math.inf, 0.3))
+
+# Speed estimates for turning --minutes into passes: rough on purpose, since dropout only moves at
+# whole buckets of passes. Sources: GUIDE.md (2-core Sapphire Rapids; H100).
+CPU_FLOPS = {"fp32": 2.1e11, "bf16": 5.9e11}  # 6 × params × chars/s of a 3×512 LSTM on 2 cores
+CPU_SECONDS_PER_STEP_MIN = 0.005  # small models are bound by per-step overhead, not arithmetic
+GPU_SECONDS_PER_CELL_STEP = 68e-6  # H100, 3×512: ~26 ms per step of 128 characters × 3 layers, batch ≤ 256
+GPU_FLOPS = 8e13  # assumed arithmetic bound once latency no longer is (not measured)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the defaults depend on, gathered before the run is built."""
+
+    device: str  # cuda | cpu | mps
+    world: int  # training processes (torchrun)
+    train_chars: int  # characters in the training split
+    parameters: int  # of the model to be trained
+    layers: int
+    hidden: int
+    reduced_precision: bool  # the CPU trains in bf16 (about 2.8× fp32)
+
+
+@dataclass
+class Chosen:
+    values: dict  # option → value, only for options the user left out
+    reasons: dict  # option → why, in words (printed in the run header, kept in config.json)
+
+    def header(self) -> str | None:
+        if not self.values:
+            return None
+        parts = [f"{_flag(k)} {_show(v)} ({self.reasons[k]})" for k, v in self.values.items()]
+        return "chosen for this device and corpus: " + "; ".join(parts)
+
+
+def choose_defaults(given: dict, facts: Facts) -> Chosen:
+    """Batch, learning rate and dropout for the options not in `given` (a dict of options given)."""
+    chosen = Chosen({}, {})
+    seq_len = given.get("seq_len", TrainConfig.seq_len)
+    batch = given.get("batch_size")
+    if batch is None:
+        batch, reason = _batch(facts, seq_len)
+        if batch != TrainConfig.batch_size:
+            chosen.values["batch_size"], chosen.reasons["batch_size"] = batch, reason
+    if "lr" not in given and batch > TrainConfig.batch_size:
+        scale = min(MAX_LR_SCALE, math.sqrt(batch / TrainConfig.batch_size))
+        chosen.values["lr"] = float(f"{TrainConfig.lr * scale:.3g}")
+        capped = " (held at 2× beyond 256 lanes)" if scale == MAX_LR_SCALE and batch > 256 else ""
+        chosen.reasons["lr"] = f"{TrainConfig.lr:g} × √({batch}/{TrainConfig.batch_size}) for {batch} lanes{capped}"
+    if "dropout" not in given:
+        passes, how = implied_passes(given, facts, batch, seq_len)
+        dropout = next(p for bound, p in DROPOUT_BY_PASSES if passes <= bound)
+        if dropout != TrainConfig.dropout:
+            chosen.values["dropout"] = dropout
+            chosen.reasons["dropout"] = f"{how}; more passes overfit without it"
+    return chosen
+
+
+def _batch(facts: Facts, seq_len: int) -> tuple[int, str]:
+    if facts.device == "cuda":
+        batch = GPU_LANES_PER_PROCESS * facts.world
+        reason = "a GPU is latency-bound at 64 lanes: 256 per GPU ran 4× the characters per second on an H100"
+    else:
+        batch, reason = TrainConfig.batch_size, "the default"
+    # Largest lane count (a multiple of the process count) that leaves every lane a few windows.
+    fits = facts.train_chars // (MIN_WINDOWS_PER_LANE * seq_len + 1)
+    fits -= fits % facts.world
+    if fits < batch and fits >= facts.world:
+        return fits, (f"the training split ({facts.train_chars:,} characters) gives {batch} lanes fewer than "
+                      f"{MIN_WINDOWS_PER_LANE} windows of {seq_len} each")
+    return batch, reason
+
+
+def implied_passes(given: dict, facts: Facts, batch: int, seq_len: int) -> tuple[float, str]:
+    """Passes over the training split the budget allows, and how that was worked out."""
+    n = max(1, facts.train_chars)
+    bounds = []
+    if "steps" in given:
+        bounds.append((given["steps"] * batch * seq_len / n, f"{given['steps']:,} steps"))
+    if "epochs" in given:
+        bounds.append((float(given["epochs"]), "as given"))
+    if "minutes" in given:
+        rate = estimated_chars_per_second(facts, batch, seq_len)
+        bounds.append((given["minutes"] * 60 * rate / n, f"{given['minutes']:g} min at an estimated {rate:,.0f} chars/s"))
+    if not bounds:
+        bounds.append((1.0, "no budget given: one pass"))
+    passes, how = min(bounds, key=lambda b: b[0])
+    return passes, f"~{passes:.1f} passes over {facts.train_chars:,} training characters ({how})"
+
+
+def estimated_chars_per_second(facts: Facts, batch: int, seq_len: int) -> float:
+    """Training speed from the measured anchors; within a factor of two or so, which is enough here."""
+    chars = batch * seq_len
+    flops = 6 * facts.parameters * chars
+    if facts.device == "cuda":
+        latency = seq_len * facts.layers * GPU_SECONDS_PER_CELL_STEP * max(1.0, facts.hidden / 512)
+        return chars / max(latency, flops / GPU_FLOPS)
+    per_step = flops / CPU_FLOPS["bf16" if facts.reduced_precision else "fp32"]
+    return chars / max(per_step, CPU_SECONDS_PER_STEP_MIN)
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _show(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
