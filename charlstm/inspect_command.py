@@ -14,12 +14,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from charlstm import explorer, interventions, render
-from charlstm.contexts import contexts_view, unit_top_contexts
+from charlstm.contexts import unit_top_contexts
 from charlstm.errors import CharlstmError
 from charlstm.explorer import most_chars, write_explorer
 from charlstm.explorer import default_chars as html_chars
 from charlstm.features import is_binary, validate_feature
 from charlstm.neurons import GateSaturation, UnitSignals, choose_text, cut_text, find_units, open_checkpoint, trace_into
+from charlstm.scales import value_range
 from charlstm.userio import write_output
 
 
@@ -166,7 +167,7 @@ def _ablate_units(inspection, chosen: str, source: str, specs, controls: int, se
         print(json.dumps({"source": source, **report}))
         return
     units = ", ".join(f"{la}:{n}" for la, n in report["units"])
-    err.print(interventions.ablation_table(report, f"Ablating {units} over {escape(source)}"))
+    err.print(render.ablation_table(report, f"Ablating {units} over {escape(source)}"))
 
 
 def _top_contexts(inspection, chosen: str, source: str, layer: int, neuron: int, state: str | None, k: int,
@@ -178,7 +179,7 @@ def _top_contexts(inspection, chosen: str, source: str, layer: int, neuron: int,
         print(json.dumps({"source": source, **result}))
         return
     out = Console(highlight=False)
-    for view in contexts_view(result, escape(source), out.width):
+    for view in render.contexts_view(result, escape(source), out.width):
         out.print(view)
 
 
@@ -213,7 +214,7 @@ def _find(inspection, chosen: str, source: str, find: str, top: int, causal: boo
     """--find FEATURE: the units that follow it most closely (--causal: and what ablating each costs)."""
     width = max(24, err.width - 45)  # the snippet's width: the rest of the table's row fits
     if causal:  # two more columns: Δ all, and Δ on the feature's own characters
-        width = max(10, width - 10 - 3 - max(7, len(interventions.own_header(find))))
+        width = max(10, width - 10 - 3 - max(7, len(render.own_header(find))))
     with err.status(f"tracing {len(chosen):,} characters…") as status:
         found = find_units(inspection, chosen, find, top, width, tracing_progress(status))
     units = found.units
@@ -232,10 +233,10 @@ def _find(inspection, chosen: str, source: str, find: str, top: int, causal: boo
         return
     measure = "point-biserial r" if is_binary(find) else "Pearson r"
     title = f"Units following {find!r} ({measure} over {source})"
-    extra = interventions.causal_columns(effects, units) if effects is not None else []
+    extra = render.causal_columns(effects, units) if effects is not None else []
     table = render.find_table(find, units, found.snippets, found.feature, chosen, found.window, title, extra)
     if effects is not None:
-        table.caption = interventions.causal_caption(effects)
+        table.caption = render.causal_caption(effects)
     err.print(table)
     if units:
         best = units[0]
@@ -272,7 +273,7 @@ def _one_unit(inspection, chosen: str, source: str, layer: int, neuron: int, sta
     )
     for signal in signals:
         values = unit.values[signal]
-        scale = render.value_range(signal, values)[1]
+        scale = value_range(signal, values)[1]
         if state == "all":
             out.rule(f"{signal}", align="left")
         render.print_coloured(out, chosen, values, signal, scale)

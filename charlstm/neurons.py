@@ -24,7 +24,7 @@ from charlstm.engine import BOUNDED, GATES, SIGNALS, StepEngine, half_weight_ker
 from charlstm.errors import CharlstmError
 from charlstm.features import compute_feature, validate_feature
 from charlstm.model import CharRNN
-from charlstm.render import value_range
+from charlstm.scales import value_range
 from charlstm.userio import read_text_source, text_from_argv
 from charlstm.vocab import Vocab
 
