@@ -19,7 +19,8 @@ from charlstm.backend import torch_threads
 from charlstm.engine import StepEngine, half_weight_kernels_available
 from charlstm.errors import CharlstmError
 
-CHUNK = 2048  # characters traced at a time (a 3×256 LSTM: ~37 MB of signals)
+# Characters traced at a time: one chunk's signals take CHUNK × layers × hidden × signals × 4 bytes.
+CHUNK = 2048
 BEFORE, AFTER = 56, 8  # characters shown before and after the peak
 
 

@@ -334,7 +334,8 @@ def _scoring_engine(inspection):
 
 
 def _one_thread(fn, *args, **kwargs):
-    # Batched steps of a small model: on 2 shared cores one thread measured 20× faster than two.
+    # Batched steps of a small model: too small to share between threads, and a second thread
+    # stalls whenever other work uses the cores (README, "Slow on a busy machine").
     with torch_threads(1):
         return fn(*args, **kwargs)
 
