@@ -313,124 +313,27 @@ def sample_command(
 @app.command("inspect-neuron", rich_help_panel="Look inside")
 @user_errors
 def inspect_neuron_command(
-    checkpoint: Annotated[
-        Optional[str],
-        typer.Argument(help="Run folder or checkpoint file (default: the newest run, else the shipped model)."),
-    ] = None,
-    layer: Annotated[
-        Optional[int],
-        typer.Option("--layer", "-l", help="Layer, 1-based (1 is nearest the input).", rich_help_panel="Neuron"),
-    ] = None,
-    neuron: Annotated[
-        Optional[int],
-        typer.Option("--neuron", "-n", help="Unit within the layer, 0-based.", rich_help_panel="Neuron"),
-    ] = None,
-    state: Annotated[
-        Optional[str],
-        typer.Option(
-            "--state",
-            "-s",
-            help="Signal to colour by: hidden|cell|input|forget|output|candidate (LSTM), "
-            "reset|update|candidate|hidden (GRU), hidden (RNN), or all (default: hidden).",
-            rich_help_panel="Neuron",
-        ),
-    ] = None,
+    checkpoint: Annotated[Optional[str], typer.Argument(help="Run folder or checkpoint file (default: the newest run, else the shipped model).")] = None,
+    layer: Annotated[Optional[int], typer.Option("--layer", "-l", help="Layer, 1-based (1 is nearest the input).", rich_help_panel="Neuron")] = None,
+    neuron: Annotated[Optional[int], typer.Option("--neuron", "-n", help="Unit within the layer, 0-based.", rich_help_panel="Neuron")] = None,
+    state: Annotated[Optional[str], typer.Option("--state", "-s", help="Signal to colour by: hidden|cell|input|forget|output|candidate (LSTM), reset|update|candidate|hidden (GRU), hidden (RNN), or all (default: hidden).", rich_help_panel="Neuron")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="Inspect this text.", rich_help_panel="Text")] = None,
-    text_file: Annotated[
-        Optional[str], typer.Option("--text-file", help="Inspect this UTF-8 file.", rich_help_panel="Text")
-    ] = None,
-    from_val: Annotated[
-        Optional[int],
-        typer.Option(
-            "--from-val",
-            "--chars",
-            help="Inspect the first CHARS characters of the checkpoint's validation split "
-            "(the default text: 1000 characters; 5000 for --find/--stats; up to 2000 for --html).",
-            rich_help_panel="Text",
-        ),
-    ] = None,
-    data: Annotated[
-        Optional[str],
-        typer.Option("--data", help="Dataset folder for --from-val (default: the checkpoint's).", rich_help_panel="Text"),
-    ] = None,
-    find: Annotated[
-        Optional[str],
-        typer.Option(
-            "--find",
-            help="Rank every (layer, neuron, signal) by correlation with a feature: indent, column, string, "
-            "comment, brackets, spaces, or regex:PATTERN.",
-            rich_help_panel="Discovery",
-        ),
-    ] = None,
+    text_file: Annotated[Optional[str], typer.Option("--text-file", help="Inspect this UTF-8 file.", rich_help_panel="Text")] = None,
+    from_val: Annotated[Optional[int], typer.Option("--from-val", "--chars", help="Inspect the first CHARS characters of the checkpoint's validation split (the default text: 1000 characters; 5000 for --find/--stats; up to 2000 for --html).", rich_help_panel="Text")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset folder for --from-val (default: the checkpoint's).", rich_help_panel="Text")] = None,
+    max_chars: Annotated[Optional[int], typer.Option("--max-chars", help="Inspect only the first MAX_CHARS characters of the text (--html pages and --svg pictures have their own limits; long texts otherwise stream, in bounded memory).", rich_help_panel="Text")] = None,
+    find: Annotated[Optional[str], typer.Option("--find", help="Rank every (layer, neuron, signal) by correlation with a feature: indent, column, string, comment, brackets, spaces, or regex:PATTERN.", rich_help_panel="Discovery")] = None,
     top: Annotated[int, typer.Option("--top", help="How many ranked units --find shows.", rich_help_panel="Discovery")] = 10,
-    stats: Annotated[
-        bool,
-        typer.Option("--stats", help="Gate saturation per layer: time fractions < 0.1 and > 0.9.", rich_help_panel="Discovery"),
-    ] = False,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print --find, --stats, --ablate or --top-contexts results as JSON on stdout.", rich_help_panel="Output")
-    ] = False,
-    html: Annotated[
-        Optional[str],
-        typer.Option(
-            "--html",
-            help="Write a self-contained HTML explorer (every neuron and signal, switchable in the page) to this file.",
-            rich_help_panel="Output",
-        ),
-    ] = None,
-    svg: Annotated[
-        Optional[str],
-        typer.Option("--svg", help="Also save the coloured view of one neuron as an SVG picture.", rich_help_panel="Output"),
-    ] = None,
-    ablate: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--ablate",
-            metavar="L:N",
-            help="Measure what a unit does: bits per character with it zeroed at every step (L:N; repeat to "
-            "ablate several together) minus without, overall and per class of character (indentation, strings, "
-            "comments, brackets, other), beside random units of the same layer ablated alike. Scored in float32.",
-            rich_help_panel="Causal",
-            show_default=False,
-        ),
-    ] = None,
-    causal: Annotated[
-        bool,
-        typer.Option("--causal", help="With --find: ablate each ranked unit and add its effect on bits per character (all characters, and the feature's own) to the table.", rich_help_panel="Causal"),
-    ] = False,
-    controls: Annotated[
-        int, typer.Option("--controls", help="Random control ablations for --ablate and --causal.", rich_help_panel="Causal")
-    ] = 8,
+    stats: Annotated[bool, typer.Option("--stats", help="Gate saturation per layer: time fractions < 0.1 and > 0.9.", rich_help_panel="Discovery")] = False,
+    top_contexts: Annotated[Optional[int], typer.Option("--top-contexts", help="With --layer and --neuron (and --state): the K places of the text where the unit is most positive and the K where it is most negative, coloured, with their positions. Default text: the whole validation split, traced in chunks.", rich_help_panel="Discovery", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print --find, --stats, --ablate or --top-contexts results as JSON on stdout.", rich_help_panel="Output")] = False,
+    html: Annotated[Optional[str], typer.Option("--html", help="Write a self-contained HTML explorer (every neuron and signal, switchable in the page) to this file.", rich_help_panel="Output")] = None,
+    svg: Annotated[Optional[str], typer.Option("--svg", help="Also save the coloured view of one neuron as an SVG picture.", rich_help_panel="Output")] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="Trace with float32 weights: values equal training's forward pass. Default on a CPU: float16 weights, faster, with gates and hidden states within ~4e-3.", rich_help_panel="Output")] = False,
+    ablate: Annotated[Optional[list[str]], typer.Option("--ablate", metavar="L:N", help="Measure what a unit does: bits per character with it zeroed at every step (L:N; repeat to ablate several together) minus without, overall and per class of character (indentation, strings, comments, brackets, other), beside random units of the same layer ablated alike. Scored in float32.", rich_help_panel="Causal", show_default=False)] = None,
+    causal: Annotated[bool, typer.Option("--causal", help="With --find: ablate each ranked unit and add its effect on bits per character (all characters, and the feature's own) to the table.", rich_help_panel="Causal")] = False,
+    controls: Annotated[int, typer.Option("--controls", help="Random control ablations for --ablate and --causal.", rich_help_panel="Causal")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Chooses the control units.", rich_help_panel="Causal")] = 0,
-    top_contexts: Annotated[
-        Optional[int],
-        typer.Option(
-            "--top-contexts",
-            help="With --layer and --neuron (and --state): the K places of the text where the unit is most positive and "
-            "the K where it is most negative, coloured, with their positions. Default text: the whole validation split, "
-            "traced in chunks.",
-            rich_help_panel="Discovery",
-            show_default=False,
-        ),
-    ] = None,
-    exact: Annotated[
-        bool,
-        typer.Option(
-            "--exact",
-            help="Trace with float32 weights: values equal training's forward pass. Default on a CPU: float16 "
-            "weights: gates and hidden states within ~4e-3, 1.3-1.6× faster.",
-            rich_help_panel="Output",
-        ),
-    ] = False,
-    max_chars: Annotated[
-        Optional[int],
-        typer.Option(
-            "--max-chars",
-            help="Inspect only the first MAX_CHARS characters of the text (--html pages and --svg pictures have "
-            "their own limits; long texts otherwise stream, in bounded memory).",
-            rich_help_panel="Text",
-        ),
-    ] = None,
 ) -> None:
     """Colour text by one neuron's activation, find the neurons that track code, test what they do, or write an HTML explorer.
 
@@ -440,18 +343,16 @@ def inspect_neuron_command(
     peaks across the corpus; --stats measures gate saturation; --html writes the explorer.
 
     Layers are numbered from 1, neurons from 0, here, in --json and in the HTML explorer.
-    """
-    from charlstm.inspect_command import inspect_neuron
+    """  # noqa: E501
+    # The parameters, read before any other local exists: all but the checkpoint are inspect options.
+    options = {k: v for k, v in locals().items() if k != "checkpoint"}
+
+    from charlstm.inspect_command import InspectOptions, inspect_neuron
     from charlstm.userio import text_from_argv
 
     if text is not None:
-        text = text_from_argv(text)
-    inspect_neuron(
-        checkpoint, layer=layer, neuron=neuron, state=state, text=text, text_file=text_file, from_val=from_val,
-        data=data, find=find, top=top, stats=stats, json_out=json_out, html=html, svg=svg, exact=exact,
-        max_chars=max_chars, ablate=ablate, causal=causal, controls=controls, seed=seed, top_contexts=top_contexts,
-        err=err,
-    )
+        options["text"] = text_from_argv(text)
+    inspect_neuron(checkpoint, InspectOptions(**options), err=err)
 
 
 # ----- experiment --------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from charlstm.backend import torch_threads
 from charlstm.engine import StepEngine, half_weight_kernels_available
 from charlstm.errors import CharlstmError
 
-CHUNK = 2048  # characters traced at a time (a 3×256 LSTM: ~37 MB of signals)
+# Characters traced at a time: one chunk's signals take CHUNK × layers × hidden × signals × 4 bytes.
+CHUNK = 2048
 BEFORE, AFTER = 56, 8  # characters shown before and after the peak
 
 
@@ -127,46 +128,3 @@ def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: st
         "positive": [item(e) for e in found["positive"]],
         "negative": [item(e) for e in found["negative"]],
     }
-
-
-def contexts_view(result: dict, source: str, width: int = 100):
-    """Rich renderables: each side's windows coloured by the unit, the peak character underlined;
-    on a console `width` columns wide, a window loses characters from its start to fit."""
-    from rich.table import Table
-
-    from charlstm.render import colour_text, value_range
-
-    signal = result["signal"]
-    scale = value_range(signal, [result["largest"]])[1]
-    views = []
-    for side, word in (("positive", "highest"), ("negative", "lowest")):
-        table = Table(
-            title=f"Layer {result['layer']}, neuron {result['neuron']}, {signal}: its {word} values over {source}",
-            title_justify="left",
-        )
-        entries = result[side]
-        # Only the context gives way on a narrow terminal: the other columns keep their width.
-        wide = lambda cells, header: max([len(header), *map(len, cells)])  # noqa: E731
-        places = [f"{e['line']}:{e['column']}" for e in entries]
-        chars = [f"{e['position']:,}" for e in entries]
-        values = [f"{e['value']:+.3f}" for e in entries]
-        widths = [len(str(len(entries))), wide(values, "value"), wide(places, "line:col"), wide(chars, "char")]
-        room = max(16, width - sum(widths) - 3 * (len(widths) + 1) - 1)  # cells are padded by 1, ruled by 1
-        for header, w in zip(("#", "value", "line:col", "char"), widths):
-            table.add_column(header, justify="right", no_wrap=True, min_width=w, style="dim" if header == "#" else None)
-        table.add_column("context (the peak underlined)", no_wrap=True, overflow="crop")
-        for rank, entry in enumerate(entries, 1):
-            cut = max(0, len(entry["text"]) - room)
-            snippet = colour_text(entry["text"][cut:], entry["values"][cut:], signal, scale=scale, newlines=False)
-            peak = entry["position"] - entry["start"] - cut
-            snippet.stylize("underline bold", peak, peak + 1)
-            colour = "blue" if entry["value"] > 0 else "red"
-            table.add_row(
-                str(rank),
-                f"[{colour}]{entry['value']:+.3f}[/{colour}]",
-                places[rank - 1],
-                chars[rank - 1],
-                snippet,
-            )
-        views.append(table)
-    return views

@@ -109,8 +109,7 @@ def _vocab(meta: dict, meta_path: Path) -> Vocab:
 def _check_token_ids(dataset: Dataset, meta_path: Path) -> None:
     """Every id in the data must name a symbol of the vocabulary (a shortened vocab would not).
 
-    One pass over each split in chunks: about 1 ms per 10 MB from the page cache, never the whole
-    file in RAM."""
+    One pass over each split in chunks, never the whole file in RAM."""
     size = len(dataset.vocab)
     for split in SPLITS:
         tokens = dataset.tokens(split)

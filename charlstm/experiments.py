@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -27,6 +28,7 @@ from charlstm.engine import StepEngine
 from charlstm.errors import CharlstmError
 from charlstm.files import atomic_write
 from charlstm.model import CharRNN, ModelConfig
+from charlstm.neurons import correlations
 from charlstm.config import MAX_SEED
 from charlstm.userio import ensure_writable_folder
 
@@ -184,13 +186,11 @@ def evaluate(study: Study, model: CharRNN, seed: int) -> dict:
 # ----- finding the units ------------------------------------------------------------------------
 
 
-def _corr(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Pearson r of each column of values [N, U] with target [N]; 0 where either is constant."""
-    v = values - values.mean(0)
-    target = target.float()
-    t = target - target.mean()
-    denom = v.norm(dim=0) * t.norm()
-    return torch.where(denom > 0, (v * t[:, None]).sum(0) / denom.clamp_min(1e-12), torch.zeros_like(denom))
+def _corr(values: torch.Tensor, target) -> torch.Tensor:
+    """Pearson r of each column of values [N, U] with target [N] (neurons.correlations); 0 where
+    either is constant: a unit that never moves follows nothing."""
+    r = correlations(values.detach().float().cpu().numpy(), np.asarray(target, dtype=np.float64))
+    return torch.from_numpy(np.nan_to_num(r, nan=0.0))
 
 
 def _trace(engine: StepEngine, vocab, text: str) -> dict[str, torch.Tensor]:
@@ -215,7 +215,7 @@ def _count_neuron(engine: StepEngine, vocab, texts: list[str]) -> tuple[int, int
         for ch in text:
             running += (ch == "a") - (ch == "b")
             counts.append(running)
-    r = _corr(torch.cat(cells), torch.tensor(counts, dtype=torch.float32))
+    r = _corr(torch.cat(cells), counts)
     best = int(r.abs().argmax())
     return best // engine.hidden, best % engine.hidden, float(r[best]), traces
 
@@ -269,7 +269,7 @@ def _find_state(study: Study, engine: StepEngine, vocab, seed: int) -> tuple[dic
                 if ch == "x":
                     values.append(cells[t])
                     labels.append(1.0 if first == "A" else 0.0)
-    r = _corr(torch.stack(values), torch.tensor(labels))
+    r = _corr(torch.stack(values), labels)
     a_best, b_best = int(r.argmax()), int(r.argmin())
     found = {}
     views = []
@@ -313,8 +313,8 @@ def _find_copy(study: Study, engine: StepEngine, vocab, seed: int, top: int = 2)
     if not hidden:
         return {"next_char_units": []}, []
     values = torch.stack(hidden)
-    r_next = torch.stack([_corr(values, torch.tensor([c == ch for c in nexts])) for ch in syn.COPY_ALPHABET])
-    r_cur = torch.stack([_corr(values, torch.tensor([c == ch for c in currents])) for ch in syn.COPY_ALPHABET])
+    r_next = torch.stack([_corr(values, [c == ch for c in nexts]) for ch in syn.COPY_ALPHABET])
+    r_cur = torch.stack([_corr(values, [c == ch for c in currents]) for ch in syn.COPY_ALPHABET])
     best_next, char_next = r_next.abs().max(0)
     best_cur, _ = r_cur.abs().max(0)
     margin = best_next - best_cur

@@ -8,17 +8,19 @@ this module alone talks to the terminal for the command.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.markup import escape
 
 from charlstm import explorer, interventions, render
-from charlstm.contexts import contexts_view, unit_top_contexts
+from charlstm.contexts import unit_top_contexts
 from charlstm.errors import CharlstmError
 from charlstm.explorer import most_chars, write_explorer
 from charlstm.explorer import default_chars as html_chars
 from charlstm.features import is_binary, validate_feature
 from charlstm.neurons import GateSaturation, UnitSignals, choose_text, cut_text, find_units, open_checkpoint, trace_into
+from charlstm.scales import value_range
 from charlstm.userio import write_output
 
 
@@ -32,113 +34,129 @@ INSPECT_STATES = ("hidden", "cell", "input", "forget", "output", "candidate", "r
 SVG_MAX_CHARS = 20_000
 
 
-def inspect_neuron(
-    checkpoint: str | None,
-    *,
-    layer: int | None = None,
-    neuron: int | None = None,
-    state: str | None = None,
-    text: str | None = None,
-    text_file: str | None = None,
-    from_val: int | None = None,
-    data: str | None = None,
-    find: str | None = None,
-    top: int = 10,
-    stats: bool = False,
-    json_out: bool = False,
-    html: str | None = None,
-    svg: str | None = None,
-    exact: bool = False,
-    ablate: list[str] | None = None,
-    causal: bool = False,
-    controls: int = 8,
-    seed: int = 0,
-    top_contexts: int | None = None,
-    max_chars: int | None = None,
-    err,
-) -> None:
+@dataclass(frozen=True)
+class InspectOptions:
+    """inspect-neuron's options, as the command line gives them (None: not given)."""
+
+    layer: int | None = None  # 1-based
+    neuron: int | None = None  # 0-based
+    state: str | None = None  # a signal, or "all"
+    text: str | None = None
+    text_file: str | None = None
+    from_val: int | None = None
+    data: str | None = None
+    max_chars: int | None = None
+    find: str | None = None
+    top: int = 10
+    stats: bool = False
+    top_contexts: int | None = None
+    json_out: bool = False
+    html: str | None = None
+    svg: str | None = None
+    exact: bool = False
+    ablate: list[str] | None = None
+    causal: bool = False
+    controls: int = 8
+    seed: int = 0
+
+    @property
+    def unit_given(self) -> bool:
+        return self.layer is not None and self.neuron is not None
+
+
+def inspect_neuron(checkpoint: str | None, opts: InspectOptions, *, err) -> None:
     """`charlstm inspect-neuron`: one neuron coloured over a text, --find, --stats, --html, --ablate
     or --top-contexts.
 
     Tables and messages go to `err` (stderr); coloured text and --json to stdout; with `svg` the
     coloured view is also saved as an SVG picture (for a README, a paper, an issue).
     """
-    modes, specs = _check_flags(layer, neuron, state, find, top, stats, json_out, html, svg, ablate, causal, controls,
-                                seed, top_contexts, max_chars)  # fmt: skip
+    modes, specs = _check_flags(opts)
+    inspection = open_checkpoint(checkpoint, exact=opts.exact)
+    _check_against_model(inspection, opts, specs, modes)
+    chosen, source = _text(inspection, opts)
+    if opts.ablate and opts.html is None:
+        return _ablate_units(inspection, chosen, source, specs, opts.controls, opts.seed, opts.json_out, err)
+    if opts.top_contexts is not None:
+        return _top_contexts(inspection, chosen, source, opts.layer, opts.neuron, opts.state, opts.top_contexts,
+                             opts.json_out, err)  # fmt: skip
+    if opts.html is not None:
+        return _explorer_page(inspection, chosen, source, opts.html, opts.layer, opts.neuron, opts.state, specs, err)
+    if opts.find is not None:
+        return _find(inspection, chosen, source, opts.find, opts.top, opts.causal, opts.controls, opts.seed,
+                     opts.json_out, err)  # fmt: skip
+    if opts.stats:
+        return _stats(inspection, chosen, source, opts.json_out, err)
+    return _one_unit(inspection, chosen, source, opts.layer, opts.neuron, opts.state, opts.svg, err)
 
-    inspection = open_checkpoint(checkpoint, exact=exact)
-    if layer is not None or neuron is not None:
-        if layer is None or neuron is None:
+
+def _check_flags(o: InspectOptions) -> tuple[list[str], list | None]:
+    """The flag combinations that make no sense, refused before the checkpoint is read. Returns the
+    modes asked for and the parsed --ablate units (None without --ablate)."""
+    modes = [name for name, on in (("--find", o.find is not None), ("--stats", o.stats), ("--html", o.html is not None),
+                                   ("--ablate", bool(o.ablate) and o.html is None),
+                                   ("--top-contexts", o.top_contexts is not None)) if on]  # fmt: skip
+    if len(modes) > 1:
+        raise CharlstmError(f"choose one of {', '.join(modes)} at a time")
+    if o.json_out and not (o.find or o.stats or o.ablate or o.top_contexts is not None):
+        raise CharlstmError("--json goes with --find, --stats, --ablate or --top-contexts")
+    if o.causal and o.find is None:
+        raise CharlstmError("--causal adds the ablation effect to --find FEATURE's ranking; give --find")
+    if o.ablate and o.html is None and (o.layer is not None or o.neuron is not None):
+        raise CharlstmError("--ablate names its units itself (L:N); drop --layer and --neuron")
+    if o.top_contexts is not None and not o.unit_given:
+        raise CharlstmError("--top-contexts needs the unit: --layer and --neuron")
+    if (o.ablate or o.causal) and o.controls < 1:
+        raise CharlstmError(f"--controls must be at least 1, got {o.controls}")
+    if (o.ablate or o.causal) and o.controls > interventions.MAX_CONTROLS:
+        raise CharlstmError(f"--controls must be at most {interventions.MAX_CONTROLS}, got {o.controls}")
+    if (o.ablate or o.causal) and o.seed < 0:
+        raise CharlstmError(f"--seed must be 0 or more, got {o.seed}")
+    specs = [interventions.parse_unit(a, "--ablate") for a in o.ablate] if o.ablate else None
+    if o.svg is not None and modes:
+        raise CharlstmError(f"--svg saves the view of one neuron; it does not go with {modes[0]}")
+    if o.state is not None and o.state not in INSPECT_STATES:
+        raise CharlstmError(f"unknown --state {o.state!r}; choose one of {', '.join(INSPECT_STATES)}")
+    if o.find is not None:
+        validate_feature(o.find)  # before the slow part
+        if o.top < 1:
+            raise CharlstmError(f"--top must be at least 1, got {o.top}")
+    if o.max_chars is not None and o.max_chars < 1:
+        raise CharlstmError(f"--max-chars must be at least 1, got {o.max_chars}")
+    return modes, specs
+
+
+def _check_against_model(inspection, o: InspectOptions, specs, modes: list[str]) -> None:
+    """The unit, the signal and the --ablate units must exist in this model."""
+    if o.layer is not None or o.neuron is not None:
+        if not o.unit_given:
             raise CharlstmError("give both --layer and --neuron")
-        inspection.check_unit(layer, neuron)
-    if state not in (None, "all"):
-        inspection.check_signal(state)
-    if ablate:
+        inspection.check_unit(o.layer, o.neuron)
+    if o.state not in (None, "all"):
+        inspection.check_signal(o.state)
+    if specs:
         interventions.resolve(specs, inspection.kind, inspection.layers, inspection.hidden)
-    if not modes and (layer is None or neuron is None):
+    if not modes and not o.unit_given:
         raise CharlstmError("give --layer and --neuron (or --find FEATURE, --stats, --html OUT.html)")
-    if html is not None:
+
+
+def _text(inspection, o: InspectOptions) -> tuple[str, str]:
+    """The text to inspect and where it came from; how much of the validation split depends on the mode."""
+    if o.html is not None:
         default_chars = html_chars(inspection)
-    elif top_contexts is not None:
+    elif o.top_contexts is not None:
         default_chars = 1 << 62  # the whole validation split (or the excerpt a run carries)
     else:
-        default_chars = 5000 if (find or stats or ablate) else 1000
-    chosen, source = choose_text(inspection, text, text_file, from_val, data, default_chars)
-    if max_chars is not None:
-        chosen, source = cut_text(chosen, source, max_chars)
-    if svg is not None and len(chosen) > SVG_MAX_CHARS:
+        default_chars = 5000 if (o.find or o.stats or o.ablate) else 1000
+    chosen, source = choose_text(inspection, o.text, o.text_file, o.from_val, o.data, default_chars)
+    if o.max_chars is not None:
+        chosen, source = cut_text(chosen, source, o.max_chars)
+    if o.svg is not None and len(chosen) > SVG_MAX_CHARS:
         raise CharlstmError(
             f"--svg draws at most {SVG_MAX_CHARS:,} characters and this text has {len(chosen):,}; "
             f"add --max-chars {SVG_MAX_CHARS}"
         )
-
-    if ablate and html is None:
-        return _ablate_units(inspection, chosen, source, specs, controls, seed, json_out, err)
-    if top_contexts is not None:
-        return _top_contexts(inspection, chosen, source, layer, neuron, state, top_contexts, json_out, err)
-    if html is not None:
-        return _explorer_page(inspection, chosen, source, html, layer, neuron, state, specs, err)
-    if find is not None:
-        return _find(inspection, chosen, source, find, top, causal, controls, seed, json_out, err)
-    if stats:
-        return _stats(inspection, chosen, source, json_out, err)
-    return _one_unit(inspection, chosen, source, layer, neuron, state, svg, err)
-
-
-def _check_flags(layer, neuron, state, find, top, stats, json_out, html, svg, ablate, causal, controls, seed,
-                 top_contexts, max_chars) -> tuple[list[str], list | None]:
-    """The flag combinations that make no sense, refused before the checkpoint is read. Returns the
-    modes asked for and the parsed --ablate units (None without --ablate)."""
-    modes = [name for name, on in (("--find", find is not None), ("--stats", stats), ("--html", html is not None),
-                                   ("--ablate", bool(ablate) and html is None), ("--top-contexts", top_contexts is not None)) if on]  # fmt: skip
-    if len(modes) > 1:
-        raise CharlstmError(f"choose one of {', '.join(modes)} at a time")
-    if json_out and not (find or stats or ablate or top_contexts is not None):
-        raise CharlstmError("--json goes with --find, --stats, --ablate or --top-contexts")
-    if causal and find is None:
-        raise CharlstmError("--causal adds the ablation effect to --find FEATURE's ranking; give --find")
-    if ablate and html is None and (layer is not None or neuron is not None):
-        raise CharlstmError("--ablate names its units itself (L:N); drop --layer and --neuron")
-    if top_contexts is not None and (layer is None or neuron is None):
-        raise CharlstmError("--top-contexts needs the unit: --layer and --neuron")
-    if (ablate or causal) and controls < 1:
-        raise CharlstmError(f"--controls must be at least 1, got {controls}")
-    if (ablate or causal) and controls > interventions.MAX_CONTROLS:
-        raise CharlstmError(f"--controls must be at most {interventions.MAX_CONTROLS}, got {controls}")
-    if (ablate or causal) and seed < 0:
-        raise CharlstmError(f"--seed must be 0 or more, got {seed}")
-    specs = [interventions.parse_unit(a, "--ablate") for a in ablate] if ablate else None
-    if svg is not None and modes:
-        raise CharlstmError(f"--svg saves the view of one neuron; it does not go with {modes[0]}")
-    if state is not None and state not in INSPECT_STATES:
-        raise CharlstmError(f"unknown --state {state!r}; choose one of {', '.join(INSPECT_STATES)}")
-    if find is not None:
-        validate_feature(find)  # before the slow part
-        if top < 1:
-            raise CharlstmError(f"--top must be at least 1, got {top}")
-    if max_chars is not None and max_chars < 1:
-        raise CharlstmError(f"--max-chars must be at least 1, got {max_chars}")
-    return modes, specs
+    return chosen, source
 
 
 def _ablate_units(inspection, chosen: str, source: str, specs, controls: int, seed: int, json_out: bool, err) -> None:
@@ -149,7 +167,7 @@ def _ablate_units(inspection, chosen: str, source: str, specs, controls: int, se
         print(json.dumps({"source": source, **report}))
         return
     units = ", ".join(f"{la}:{n}" for la, n in report["units"])
-    err.print(interventions.ablation_table(report, f"Ablating {units} over {escape(source)}"))
+    err.print(render.ablation_table(report, f"Ablating {units} over {escape(source)}"))
 
 
 def _top_contexts(inspection, chosen: str, source: str, layer: int, neuron: int, state: str | None, k: int,
@@ -161,7 +179,7 @@ def _top_contexts(inspection, chosen: str, source: str, layer: int, neuron: int,
         print(json.dumps({"source": source, **result}))
         return
     out = Console(highlight=False)
-    for view in contexts_view(result, escape(source), out.width):
+    for view in render.contexts_view(result, escape(source), out.width):
         out.print(view)
 
 
@@ -196,7 +214,7 @@ def _find(inspection, chosen: str, source: str, find: str, top: int, causal: boo
     """--find FEATURE: the units that follow it most closely (--causal: and what ablating each costs)."""
     width = max(24, err.width - 45)  # the snippet's width: the rest of the table's row fits
     if causal:  # two more columns: Δ all, and Δ on the feature's own characters
-        width = max(10, width - 10 - 3 - max(7, len(interventions.own_header(find))))
+        width = max(10, width - 10 - 3 - max(7, len(render.own_header(find))))
     with err.status(f"tracing {len(chosen):,} characters…") as status:
         found = find_units(inspection, chosen, find, top, width, tracing_progress(status))
     units = found.units
@@ -215,10 +233,10 @@ def _find(inspection, chosen: str, source: str, find: str, top: int, causal: boo
         return
     measure = "point-biserial r" if is_binary(find) else "Pearson r"
     title = f"Units following {find!r} ({measure} over {source})"
-    extra = interventions.causal_columns(effects, units) if effects is not None else []
+    extra = render.causal_columns(effects, units) if effects is not None else []
     table = render.find_table(find, units, found.snippets, found.feature, chosen, found.window, title, extra)
     if effects is not None:
-        table.caption = interventions.causal_caption(effects)
+        table.caption = render.causal_caption(effects)
     err.print(table)
     if units:
         best = units[0]
@@ -255,7 +273,7 @@ def _one_unit(inspection, chosen: str, source: str, layer: int, neuron: int, sta
     )
     for signal in signals:
         values = unit.values[signal]
-        scale = render.value_range(signal, values)[1]
+        scale = value_range(signal, values)[1]
         if state == "all":
             out.rule(f"{signal}", align="left")
         render.print_coloured(out, chosen, values, signal, scale)

@@ -244,71 +244,82 @@ def ablation_study(
     if not text:
         raise CharlstmError("the text is empty; give some characters to score")
     tokens = torch.tensor([vocab.doc_sep, *vocab.encode(text).tolist()], dtype=torch.long)
-    kind, hidden = engine.kind, engine.hidden
-    rng = np.random.default_rng(seed)
+    control_groups = _control_groups(targets, engine.hidden, controls, np.random.default_rng(seed))
+    conditions = [[]] + [[ablation(engine.kind, *u) for u in g] for g in targets]
+    for groups in control_groups.values():
+        conditions += [[ablation(engine.kind, *u) for u in g] for g in groups]
+    bits = bits_with_interventions(engine, tokens, conditions)
+
+    masks = _masks(text, language, own)
+
+    def effects(row_bits: np.ndarray) -> dict:
+        base = bits[0]
+        return {name: (None if _mean(base, m) is None else _mean(row_bits - base, m)) for name, m in masks.items()}
+
+    shapes = list(control_groups)
+    results = [
+        {"units": [list(u) for u in group], "delta": effects(bits[i]), "control": shapes.index(_shape(group))}
+        for i, group in enumerate(targets, start=1)
+    ]
+    row = 1 + len(targets)
+    controls_out = []
+    for shape, groups in control_groups.items():
+        deltas = [effects(bits[row + j]) for j in range(len(groups))]
+        row += len(groups)
+        controls_out.append(_control_summary(shape, groups, deltas, masks))
+    return {
+        "chars": len(text),
+        "counts": {name: int(len(text) if m is None else m.sum()) for name, m in masks.items()},
+        "baseline_bpc": {name: _mean(bits[0], m) for name, m in masks.items()},
+        "ablations": results,
+        "controls": controls_out,
+        "seed": seed,
+    }
+
+
+def _shape(group: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """A group's layer make-up: ((layer, units in it), ...), by layer."""
+    return tuple(sorted({layer: sum(1 for lay, _ in group if lay == layer) for layer, _ in group}.items()))
+
+
+def _control_groups(targets, hidden: int, controls: int, rng) -> dict[tuple, list[list[tuple[int, int]]]]:
+    """One control design per distinct layer make-up of the targets, in the targets' order: `controls`
+    random groups of that make-up, drawn among the units no target names."""
     named: dict[int, set[int]] = {}
     for group in targets:
         for layer, neuron in group:
             named.setdefault(layer, set()).add(neuron)
-    # One control design per distinct layer make-up of the targets: {layer: units}.
-    shapes = []
-    for group in targets:
-        shape = tuple(sorted({layer: sum(1 for lay, _ in group if lay == layer) for layer, _ in group}.items()))
-        if shape not in shapes:
-            shapes.append(shape)
-    control_groups = {
+    shapes = list(dict.fromkeys(_shape(group) for group in targets))
+    return {
         shape: [
             [(layer, n) for layer, count in shape for n in random_units(hidden, count, named.get(layer, set()), rng)]
             for _ in range(controls)
         ]
         for shape in shapes
     }
-    conditions = [[]] + [[ablation(kind, *u) for u in g] for g in targets]
-    for groups in control_groups.values():
-        conditions += [[ablation(kind, *u) for u in g] for g in groups]
-    bits = bits_with_interventions(engine, tokens, conditions)
 
+
+def _masks(text: str, language: str | None, own: np.ndarray | None) -> dict[str, np.ndarray | None]:
+    """The characters each effect is measured over: all (None), each class, and `own` and the others."""
     classes = character_classes(text, language)
     masks: dict[str, np.ndarray | None] = {"all": None}
     masks.update({name: classes == k for k, name in enumerate(CLASSES)})
     if own is not None:
         masks["own"], masks["others"] = own, ~own
+    return masks
 
-    def effects(row_bits: np.ndarray) -> dict:
-        base = bits[0]
-        return {name: (None if _mean(base, m) is None else _mean(row_bits - base, m)) for name, m in masks.items()}
 
-    baseline = {name: _mean(bits[0], m) for name, m in masks.items()}
-    results = []
-    for i, group in enumerate(targets, start=1):
-        results.append({"units": [list(u) for u in group], "delta": effects(bits[i])})
-    row = 1 + len(targets)
-    controls_out = []
-    for shape, groups in control_groups.items():
-        deltas = [effects(bits[row + j]) for j in range(len(groups))]
-        row += len(groups)
-        summary = {}
-        for name in masks:
-            values = [d[name] for d in deltas if d[name] is not None]
-            summary[name] = (float(np.mean(values)), float(np.max(values))) if values else (None, None)
-        controls_out.append(
-            {
-                "layers": {str(layer): count for layer, count in shape},
-                "groups": [[list(u) for u in g] for g in groups],
-                "delta_mean": {name: v[0] for name, v in summary.items()},
-                "delta_max": {name: v[1] for name, v in summary.items()},
-            }
-        )
-    for result, group in zip(results, targets):
-        shape = tuple(sorted({layer: sum(1 for lay, _ in group if lay == layer) for layer, _ in group}.items()))
-        result["control"] = shapes.index(shape)
+def _control_summary(shape, groups, deltas: list[dict], masks) -> dict:
+    """A control design's groups, and the mean and the largest of their effects per mask."""
+    summary = {}
+    for name in masks:
+        values = [d[name] for d in deltas if d[name] is not None]
+        summary[name] = (float(np.mean(values)), float(np.max(values))) if values else (None, None)
     return {
-        "chars": len(text),
-        "counts": {name: int(len(text) if m is None else m.sum()) for name, m in masks.items()},
-        "baseline_bpc": baseline,
-        "ablations": results,
-        "controls": controls_out,
-        "seed": seed,
+        "layers": {str(layer): count for layer, count in shape},
+        "groups": [[list(u) for u in g] for g in groups],
+        "delta_mean": {name: v[0] for name, v in summary.items()},
+        "delta_max": {name: v[1] for name, v in summary.items()},
     }
 
 
@@ -323,7 +334,8 @@ def _scoring_engine(inspection):
 
 
 def _one_thread(fn, *args, **kwargs):
-    # Batched steps of a small model: on 2 shared cores one thread measured 20× faster than two.
+    # Batched steps of a small model: too small to share between threads, and a second thread
+    # stalls whenever other work uses the cores (README, "Slow on a busy machine").
     with torch_threads(1):
         return fn(*args, **kwargs)
 
@@ -359,66 +371,3 @@ def causal_effects(inspection, text: str, feature: str, units, controls: int = C
     report["feature"] = feature
     report["by_unit"] = {t: a for t, a in zip(targets, report["ablations"])}
     return report
-
-
-def _signed(value: float | None, digits: int = 4) -> str:
-    return "" if value is None else f"{value:+.{digits}f}"
-
-
-def ablation_table(report: dict, title: str):
-    """Per class of character: how many, bpc as is, the change with the ablation, the control's."""
-    from rich.table import Table
-
-    control = report["controls"][0]
-    table = Table(title=title, title_justify="left")
-    for name, justify in (("characters", "left"), ("count", "right"), ("bpc", "right"), ("Δ ablated", "right"),
-                          ("Δ control, mean", "right"), ("Δ control, max", "right")):  # fmt: skip
-        table.add_column(name, justify=justify, no_wrap=True)
-    delta = report["ablations"][0]["delta"]
-    for name in ("all", *CLASSES):
-        if not report["counts"][name]:
-            continue
-        base = report["baseline_bpc"][name]
-        table.add_row(
-            name if name != "all" else "[bold]all[/bold]",
-            f"{report['counts'][name]:,}",
-            f"{base:.3f}",
-            _signed(delta[name]),
-            _signed(control["delta_mean"][name]),
-            _signed(control["delta_max"][name]),
-        )
-    layers = ", ".join(f"{n} in layer {layer}" for layer, n in control["layers"].items())
-    table.caption = (
-        f"Δ: bits per character with the ablation minus without. Control: {len(control['groups'])} random groups of "
-        f"units ({layers}), each ablated like the units, seed {report['seed']}. Classes: leading indentation, then "
-        "inside strings, comments, bracket characters, the rest."
-    )
-    return table
-
-
-def own_header(feature: str) -> str:
-    return f"Δ {feature}" if len(feature) <= 10 else "Δ feature"
-
-
-def causal_columns(report: dict, units) -> list[tuple[str, list[str]]]:
-    """The columns `--find --causal` adds to the ranking: Δ bpc on all characters and on the feature's."""
-    columns = [("Δ all", [_signed(report["by_unit"][(u.layer, u.neuron)]["delta"]["all"]) for u in units])]
-    if "own" in report["counts"]:
-        own = [_signed(report["by_unit"][(u.layer, u.neuron)]["delta"]["own"]) for u in units]
-        columns.append((own_header(report["feature"]), own))
-    return columns
-
-
-def causal_caption(report: dict) -> str:
-    parts = []
-    for control in report["controls"]:
-        [layer] = control["layers"]
-        own = f", Δ {report['feature']} {_signed(control['delta_mean']['own'])}" if "own" in report["counts"] else ""
-        parts.append(f"layer {layer}: Δ all {_signed(control['delta_mean']['all'])}{own}")
-    n = len(report["controls"][0]["groups"]) if report["controls"] else 0
-    return (
-        f"Δ: bits per character with the unit ablated (zero at every step) minus without, over "
-        f"{report['chars']:,} characters"
-        + (f", {report['counts']['own']:,} of them {report['feature']}'s" if "own" in report["counts"] else "")
-        + f". Control, the mean of {n} random units of the layer ablated alone: " + "; ".join(parts) + "."
-    )

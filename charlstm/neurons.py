@@ -24,7 +24,7 @@ from charlstm.engine import BOUNDED, GATES, SIGNALS, StepEngine, half_weight_ker
 from charlstm.errors import CharlstmError
 from charlstm.features import compute_feature, validate_feature
 from charlstm.model import CharRNN
-from charlstm.render import value_range
+from charlstm.scales import value_range
 from charlstm.userio import read_text_source, text_from_argv
 from charlstm.vocab import Vocab
 
@@ -156,10 +156,11 @@ def trace_chunks(
 
     The trace is a long chain of matrix-vector products bound by reading the recurrent weights
     once per character and layer. On a CPU with FBGEMM they are read as float16 unless `exact`:
-    1.3–1.6× faster, and gates and hidden states stay within ~4e-3 of the float32 ones (a
-    colour step is 1/128). `exact` gives the training model's forward pass to float32 rounding.
-    On a 2-core machine shared with other work one thread measured 7× faster than two, so it
-    runs single-threaded unless `threads` says otherwise (None: torch's default).
+    half the bytes, so faster, and gates and hidden states stay within ~4e-3 of the float32 ones
+    (a colour step is 1/128). `exact` gives the training model's forward pass to float32 rounding.
+    Each product is too small to share between threads, and a second thread stalls whenever other
+    work uses the cores, so it runs single-threaded unless `threads` says otherwise (None: torch's
+    default). bench/inspect_speed.py measures both choices (--compare-threads for the second).
     """
     tokens = encode_text(vocab, text)
     on_cpu = next(model.parameters()).device.type == "cpu"

@@ -6,7 +6,9 @@ scaled by its largest magnitude in the text shown). Gates live on 0..1 and get a
 white (closed) to dark blue (open). Whitespace is drawn as dim marks (· for a space, → for a tab,
 ↵ before a newline) so that an indentation or space-counting neuron can be seen at work.
 
-The same colour functions serve the HTML explorer, so terminal and browser agree.
+The same colour functions serve the HTML explorer, so terminal and browser agree; the range each
+signal spans is scales.py's. The tables commands print (ingest's summary, inspect-neuron's --find,
+--stats, --ablate and --top-contexts) are here too.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 from rich.text import Text
 
-from charlstm.engine import BOUNDED, GATES
+from charlstm.engine import GATES
+from charlstm.interventions import CLASSES
+from charlstm.scales import value_range
 
 # ColorBrewer RdBu / Blues end points: readable on light and dark terminals alike.
 NEUTRAL = (247, 247, 247)
@@ -33,18 +36,6 @@ NEWLINE_MARK = "↵"
 
 def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> tuple[int, int, int]:
     return tuple(round(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
-
-
-def value_range(signal: str, values: Sequence[float] = ()) -> tuple[float, float]:
-    """The (low, high) ends of the colour scale for `signal` (the cell's depends on the values)."""
-    if signal in GATES:
-        return 0.0, 1.0
-    if signal in BOUNDED:
-        return -1.0, 1.0
-    magnitudes = np.abs(np.asarray(values))  # an array, not a list of floats: texts can be long
-    finite = magnitudes[np.isfinite(magnitudes)]
-    scale = (float(finite.max()) if finite.size else 0.0) or 1.0
-    return -scale, scale
 
 
 def colour_of(value: float, signal: str, scale: float = 1.0) -> tuple[int, int, int]:
@@ -220,3 +211,111 @@ def ingest_table(report: dict):
     table.add_row("language", str(report["language"]))
     table.add_row("time", f"{report['seconds']:.2f} s ({report['mb_per_s']:.1f} MB/s)")
     return table
+
+
+# ----- inspect-neuron --ablate, --find --causal and --top-contexts ------------------------------
+
+
+def signed(value: float | None, digits: int = 4) -> str:
+    """A difference in bits, signed; blank where there is none."""
+    return "" if value is None else f"{value:+.{digits}f}"
+
+
+def ablation_table(report: dict, title: str):
+    """Per class of character: how many, bpc as is, the change with the ablation, the control's."""
+    from rich.table import Table
+
+    control = report["controls"][0]
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("characters", "left"), ("count", "right"), ("bpc", "right"), ("Δ ablated", "right"),
+                          ("Δ control, mean", "right"), ("Δ control, max", "right")):  # fmt: skip
+        table.add_column(name, justify=justify, no_wrap=True)
+    delta = report["ablations"][0]["delta"]
+    for name in ("all", *CLASSES):
+        if not report["counts"][name]:
+            continue
+        base = report["baseline_bpc"][name]
+        table.add_row(
+            name if name != "all" else "[bold]all[/bold]",
+            f"{report['counts'][name]:,}",
+            f"{base:.3f}",
+            signed(delta[name]),
+            signed(control["delta_mean"][name]),
+            signed(control["delta_max"][name]),
+        )
+    layers = ", ".join(f"{n} in layer {layer}" for layer, n in control["layers"].items())
+    table.caption = (
+        f"Δ: bits per character with the ablation minus without. Control: {len(control['groups'])} random groups of "
+        f"units ({layers}), each ablated like the units, seed {report['seed']}. Classes: leading indentation, then "
+        "inside strings, comments, bracket characters, the rest."
+    )
+    return table
+
+
+def own_header(feature: str) -> str:
+    return f"Δ {feature}" if len(feature) <= 10 else "Δ feature"
+
+
+def causal_columns(report: dict, units) -> list[tuple[str, list[str]]]:
+    """The columns `--find --causal` adds to the ranking: Δ bpc on all characters and on the feature's."""
+    columns = [("Δ all", [signed(report["by_unit"][(u.layer, u.neuron)]["delta"]["all"]) for u in units])]
+    if "own" in report["counts"]:
+        own = [signed(report["by_unit"][(u.layer, u.neuron)]["delta"]["own"]) for u in units]
+        columns.append((own_header(report["feature"]), own))
+    return columns
+
+
+def causal_caption(report: dict) -> str:
+    parts = []
+    for control in report["controls"]:
+        [layer] = control["layers"]
+        own = f", Δ {report['feature']} {signed(control['delta_mean']['own'])}" if "own" in report["counts"] else ""
+        parts.append(f"layer {layer}: Δ all {signed(control['delta_mean']['all'])}{own}")
+    n = len(report["controls"][0]["groups"]) if report["controls"] else 0
+    return (
+        f"Δ: bits per character with the unit ablated (zero at every step) minus without, over "
+        f"{report['chars']:,} characters"
+        + (f", {report['counts']['own']:,} of them {report['feature']}'s" if "own" in report["counts"] else "")
+        + f". Control, the mean of {n} random units of the layer ablated alone: " + "; ".join(parts) + "."
+    )
+
+
+def contexts_view(result: dict, source: str, width: int = 100):
+    """Rich renderables: each side's windows coloured by the unit, the peak character underlined;
+    on a console `width` columns wide, a window loses characters from its start to fit."""
+    from rich.table import Table
+
+    signal = result["signal"]
+    scale = value_range(signal, [result["largest"]])[1]
+    views = []
+    for side, word in (("positive", "highest"), ("negative", "lowest")):
+        table = Table(
+            title=f"Layer {result['layer']}, neuron {result['neuron']}, {signal}: its {word} values over {source}",
+            title_justify="left",
+        )
+        entries = result[side]
+        # Only the context gives way on a narrow terminal: the other columns keep their width.
+        wide = lambda cells, header: max([len(header), *map(len, cells)])  # noqa: E731
+        places = [f"{e['line']}:{e['column']}" for e in entries]
+        chars = [f"{e['position']:,}" for e in entries]
+        values = [f"{e['value']:+.3f}" for e in entries]
+        widths = [len(str(len(entries))), wide(values, "value"), wide(places, "line:col"), wide(chars, "char")]
+        room = max(16, width - sum(widths) - 3 * (len(widths) + 1) - 1)  # cells are padded by 1, ruled by 1
+        for header, w in zip(("#", "value", "line:col", "char"), widths):
+            table.add_column(header, justify="right", no_wrap=True, min_width=w, style="dim" if header == "#" else None)
+        table.add_column("context (the peak underlined)", no_wrap=True, overflow="crop")
+        for rank, entry in enumerate(entries, 1):
+            cut = max(0, len(entry["text"]) - room)
+            snippet = colour_text(entry["text"][cut:], entry["values"][cut:], signal, scale=scale, newlines=False)
+            peak = entry["position"] - entry["start"] - cut
+            snippet.stylize("underline bold", peak, peak + 1)
+            colour = "blue" if entry["value"] > 0 else "red"
+            table.add_row(
+                str(rank),
+                f"[{colour}]{entry['value']:+.3f}[/{colour}]",
+                places[rank - 1],
+                chars[rank - 1],
+                snippet,
+            )
+        views.append(table)
+    return views

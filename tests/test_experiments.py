@@ -4,11 +4,14 @@ import json
 import random
 import re
 
+import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from charlstm import experiments
 from charlstm import synthetic as syn
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.cli import app
@@ -182,3 +185,14 @@ def test_cli_rejects_an_unknown_study_in_one_line(tmp_path):
     result = runner.invoke(app, ["experiment", "nonsense", "--out-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "unknown experiment" in result.output and "Traceback" not in result.output
+
+
+def test_the_studies_correlate_through_neurons_and_a_constant_unit_scores_zero():
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=50)
+    values = np.stack([target + rng.normal(scale=0.3, size=50), np.full(50, 2.0), -target], axis=1).astype(np.float32)
+    r = experiments._corr(torch.from_numpy(values), target.tolist())
+    assert r[0] == pytest.approx(np.corrcoef(values[:, 0].astype(np.float64), target)[0, 1], abs=1e-5)
+    assert r[1] == 0.0  # a unit that never moves follows nothing
+    assert r[2] == pytest.approx(-1.0, abs=1e-5)
+    assert experiments._corr(torch.from_numpy(values), [True] * 50).eq(0).all()  # nor does a constant target

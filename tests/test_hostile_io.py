@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from charlstm import userio
 from charlstm.cli import app
 from charlstm.dataset import load_dataset
-from charlstm.ingest import _git_failure
+from charlstm.sources import _git_failure
 from conftest import JAVA_SNIPPET, make_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import charlstm.ingest as ingest_module
+import charlstm.sources as sources_module
 from charlstm.cli import app
 from charlstm.dataset import load_dataset
 from charlstm.errors import CharlstmError
@@ -180,8 +180,8 @@ def test_languages_are_pygments_lexers():
     from pygments.lexers import LEXERS  # the lexer table, without importing every lexer
 
     known = {alias for _module, _name, aliases, _files, _mimes in LEXERS.values() for alias in aliases}
-    assert set(ingest_module.LANGUAGES.values()) <= known
-    assert ingest_module.language_for_extension(".groovy") == "groovy"  # asked of Pygments itself
+    assert set(sources_module.LANGUAGES.values()) <= known
+    assert sources_module.language_for_extension(".groovy") == "groovy"  # asked of Pygments itself
 
 
 def test_decoding_counts_invalid_bytes():
@@ -219,7 +219,7 @@ def test_preset_python_stdlib_skips_tests_and_installed_packages(tmp_path, monke
     write(lib / "__pycache__" / "os.cpython-311.pyc", b"\x00\x01")
     write(lib / "some-env" / "pyvenv.cfg", "home = /usr\n")
     write(lib / "some-env" / "mod.py", "in_a_virtualenv = True\n")
-    monkeypatch.setattr(ingest_module.sysconfig, "get_paths", lambda: {"stdlib": str(lib)})
+    monkeypatch.setattr(sources_module.sysconfig, "get_paths", lambda: {"stdlib": str(lib)})
     data = tmp_path / "data"
     result = run_ingest("--data-dir", str(data), "--json")  # no SOURCE: the python-stdlib preset
     assert result.exit_code == 0, result.output
@@ -256,7 +256,7 @@ def test_preset_jdk_reads_src_zip_from_java_home(tmp_path, monkeypatch):
 def test_preset_jdk_missing_names_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "nojdk"))
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(ingest_module, "glob", lambda pattern: [])
+    monkeypatch.setattr(sources_module, "glob", lambda pattern: [])
     result = run_ingest("--preset", "jdk", "--data-dir", str(tmp_path / "data"))
     assert_clean_failure(result, "no JDK sources", str(tmp_path / "nojdk" / "lib" / "src.zip"))
     assert no_leftovers(tmp_path / "data") == []
@@ -440,7 +440,7 @@ def test_ctrl_c_during_ingest_leaves_nothing_and_keeps_the_old_dataset(tmp_path,
     for i in range(5):
         write(src / f"m{i}.py", PYTHON_SNIPPET.replace("greet", f"greet{i}"))
     data = tmp_path / "d"
-    real_read = ingest_module._read_file
+    real_read = sources_module._read_file
     calls = []
 
     def interrupted_read(path):
@@ -449,17 +449,17 @@ def test_ctrl_c_during_ingest_leaves_nothing_and_keeps_the_old_dataset(tmp_path,
             raise KeyboardInterrupt
         return real_read(path)
 
-    monkeypatch.setattr(ingest_module, "_read_file", interrupted_read)
+    monkeypatch.setattr(sources_module, "_read_file", interrupted_read)
     result = run_ingest(str(src), "--name", "x", "--data-dir", str(data))
     assert result.exit_code == 130 and isinstance(result.exception, SystemExit)
     assert "interrupted" in result.stderr and "Traceback" not in result.output
     assert no_leftovers(data) == []
 
-    monkeypatch.setattr(ingest_module, "_read_file", real_read)
+    monkeypatch.setattr(sources_module, "_read_file", real_read)
     assert run_ingest(str(src), "--name", "x", "--data-dir", str(data)).exit_code == 0
     before = snapshot(data / "x")
     calls.clear()
-    monkeypatch.setattr(ingest_module, "_read_file", interrupted_read)
+    monkeypatch.setattr(sources_module, "_read_file", interrupted_read)
     result = run_ingest(str(src), "--name", "x", "--data-dir", str(data), "--force")
     assert result.exit_code == 130
     assert no_leftovers(data) == ["x"] and snapshot(data / "x") == before

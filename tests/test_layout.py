@@ -74,6 +74,43 @@ def test_the_cycle_finder_finds_one():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+# The terminal's modules: only they talk to the user, so only they may import rich.
+UI_MODULES = {"__main__", "cli", "render"}
+
+
+def imports_rich(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "rich":
+            return True
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "rich" for a in node.names):
+            return True
+    return False
+
+
+def test_only_the_ui_layer_imports_rich_or_the_ui():
+    """Pipeline and analysis modules return data: neither rich nor render.py, cli.py or a
+    *_command.py runner, at any depth of their code."""
+    paths = sorted(PACKAGE.glob("*.py"))
+    modules = {p.stem for p in paths}
+    ui = {m for m in modules if m in UI_MODULES or m.endswith("_command")}
+    offenders = {}
+    for path in paths:
+        if path.stem in ui:
+            continue
+        wrong = sorted(imports_of(path, modules) & ui) + (["rich"] if imports_rich(path) else [])
+        if wrong:
+            offenders[path.stem] = wrong
+    assert offenders == {}
+
+
+def test_the_ui_check_sees_rich_inside_a_function(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def view():\n    from rich.table import Table\n    return Table()\n", encoding="utf-8")
+    assert imports_rich(module)
+    module.write_text("import richer\n", encoding="utf-8")
+    assert not imports_rich(module)
+
+
 HELP_WITHOUT_TORCH = """
 import json, sys
 from typer.testing import CliRunner

@@ -131,6 +131,26 @@ def test_correlation_matches_numpy_and_is_point_biserial_on_binary_features():
         assert r[n] == pytest.approx(pb, abs=1e-5)
 
 
+def test_correlation_matches_numpy_corrcoef_column_by_column_and_is_undefined_on_a_constant_one():
+    rng = np.random.default_rng(2)
+    feature = rng.normal(size=300)
+    columns = [
+        rng.normal(size=300),  # unrelated
+        2.5 * feature + rng.normal(scale=0.5, size=300),  # follows the feature
+        -feature,  # exactly against it
+        1000.0 + 0.01 * feature + rng.normal(scale=0.01, size=300),  # a large offset, a small swing
+        np.full(300, 0.7),  # constant: no correlation is defined
+    ]
+    values = np.stack(columns, axis=1).astype(np.float32)
+    r = neurons.correlations(values, feature)
+    for n in range(4):
+        expected = np.corrcoef(values[:, n].astype(np.float64), feature)[0, 1]
+        assert r[n] == pytest.approx(expected, abs=1e-4), n
+    assert r[2] == pytest.approx(-1.0, abs=1e-5)
+    assert np.isnan(r[4])
+    assert np.isnan(neurons.correlations(values, np.ones(300))).all()  # a constant feature: none defined
+
+
 def test_constant_feature_is_a_clear_error():
     with pytest.raises(CharlstmError, match="constant"):
         neurons.rank_units({"hidden": np.zeros((1, 10, 3), np.float32)}, np.ones(10, np.float32))
