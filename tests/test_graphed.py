@@ -3,6 +3,9 @@ eager loop for the same seed, K steps per launch, stop texts, noise across block
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -184,3 +187,20 @@ def test_watch_still_runs_eagerly_beside_the_blocks_mode(tmp_path):
     got = list(blocks.generate(SampleSettings(**settings)))
     assert got == list(eager.generate(SampleSettings(**settings)))
     assert blocks.last_path[0] == "eager" and len(got[0]) == 3
+
+
+def test_the_gpu_check_script_passes_uncaptured_on_a_cpu(tmp_path, monkeypatch):
+    """bench/cuda_graph_check.py runs on a GPU only later: here its CPU form must pass, and fail on a
+    difference."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "cuda_graph_check.py"
+    spec = importlib.util.spec_from_file_location("cuda_graph_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    checkpoint = make_lively_checkpoint(tmp_path / "c.pt", hidden=16)
+    monkeypatch.setattr(module, "timings", lambda *args: {})
+    result = module.check(checkpoint, torch.device("cpu"))
+    assert result["ok"] and result["mode"] == "blocks" and result["cases"] == len(module.CASES) + 2
+    assert result["block"]["logits_bitwise_equal"] and not result["mismatches"]
+    monkeypatch.setattr(module, "CASES", [dict(seed=1, length=40)])
+    monkeypatch.setattr(Sampler, "sampling_path", lambda self, s: ("blocks", None))  # "auto" must say eager
+    assert not module.check(checkpoint, torch.device("cpu"))["ok"]
