@@ -43,6 +43,7 @@ MAX_BEAM = 1024
 # settings allow, else eagerly; eager; blocks = the graph's block logic without capture (any
 # device: tests); capture = the CUDA graph or an error.
 GRAPH_MODES = ("auto", "eager", "blocks", "capture")
+KEPT_GRAPHS = 4  # captured graphs a sampler keeps (batch and draw settings differ), oldest dropped first
 
 
 @dataclass
@@ -152,7 +153,7 @@ class Sampler:
         self.engine = StepEngine(self.model, engine_dtype(precision, self.device))
         self.graphs = graphs
         self.last_path: tuple[str, str | None] | None = None  # what the latest `generate` ran, and why
-        self._blocks: BlockSteps | None = None  # the latest block buffers (and graph), reused while they fit
+        self._blocks: dict[tuple, BlockSteps] = {}  # block buffers (and graphs) by batch and rule, newest last
 
     @classmethod
     def from_checkpoint(cls, where: str | Path | None, device: str = "cpu", precision: str = "auto"):
@@ -279,18 +280,22 @@ class Sampler:
                 logits, state = engine.step(next_tokens, state, clamps)
 
     def _claim_blocks(self, batch: int, rule: DrawRule, capture: bool) -> tuple[BlockSteps | None, str | None]:
-        """Block buffers (and their graph) for this batch and rule, reused from the last call when
-        they fit and are free; (None, why) when the capture failed and `graphs` is auto."""
-        blocks = self._blocks
-        if blocks is None or blocks.key != (batch, rule, GRAPH_STEPS, capture) or blocks.busy:
+        """Block buffers (and their graph) for this batch and rule, reused from an earlier call when
+        free; (None, why) when the capture failed and `graphs` is auto."""
+        key = (batch, rule, GRAPH_STEPS, capture)
+        blocks = self._blocks.get(key)
+        if blocks is None or blocks.busy:
             try:
                 blocks = BlockSteps(self.engine, batch, rule, GRAPH_STEPS, capture)
             except RuntimeError as exc:  # a kernel the capture refuses: the eager loop still works
                 if self.graphs != "auto":
                     raise
                 return None, f"CUDA graph capture failed: {exc}"
-            if self._blocks is None or not self._blocks.busy:
-                self._blocks = blocks
+            if key not in self._blocks or not self._blocks[key].busy:
+                self._blocks.pop(key, None)
+                self._blocks[key] = blocks
+                while len(self._blocks) > KEPT_GRAPHS:
+                    del self._blocks[next(iter(self._blocks))]
         blocks.busy = True
         return blocks, None
 

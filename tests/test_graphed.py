@@ -15,7 +15,7 @@ from charlstm.draw import DrawRule, GumbelNoise
 from charlstm.errors import CharlstmError
 from charlstm.graphed import EAGER_ENV, GRAPH_STEPS, BlockSteps, capture_unavailable
 from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
-from charlstm.sample import Sampler, SampleSettings
+from charlstm.sample import KEPT_GRAPHS, Sampler, SampleSettings
 from conftest import make_checkpoint, make_lively_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -140,8 +140,8 @@ def test_block_buffers_are_reused_and_two_live_generations_do_not_share_them(liv
     eager, blocks = samplers(lively_checkpoint)
     settings = SampleSettings(seed=21, length=70, num_samples=2)
     first = blocks.sample_texts(settings)
-    kept = blocks._blocks
-    assert blocks.sample_texts(settings) == first and blocks._blocks is kept
+    [kept] = blocks._blocks.values()
+    assert blocks.sample_texts(settings) == first and list(blocks._blocks.values()) == [kept]
     # Interleaved: two generations at once, each must keep its own buffers.
     a, b = blocks.generate(settings), blocks.generate(SampleSettings(seed=22, length=70, num_samples=2))
     texts_a, texts_b = [""] * 2, [""] * 2
@@ -151,7 +151,11 @@ def test_block_buffers_are_reused_and_two_live_generations_do_not_share_them(liv
     assert texts_a == first == eager.sample_texts(settings)
     assert texts_b == eager.sample_texts(SampleSettings(seed=22, length=70, num_samples=2))
     blocks.sample_texts(SampleSettings(seed=1, length=40, top_k=3))  # another rule: new buffers
-    assert blocks._blocks is not kept and blocks._blocks.key[1] == DrawRule(0.8, top_k=3)
+    assert [b.key[1] for b in blocks._blocks.values()] == [DrawRule(0.8), DrawRule(0.8, top_k=3)]
+    assert next(iter(blocks._blocks.values())) is kept
+    for k in range(2, 6):  # the oldest are dropped beyond KEPT_GRAPHS
+        blocks.sample_texts(SampleSettings(seed=1, length=40, top_k=k + 1))
+    assert len(blocks._blocks) == KEPT_GRAPHS and kept not in blocks._blocks.values()
 
 
 def test_which_path_runs_and_why(lively_checkpoint, monkeypatch):
