@@ -3,8 +3,10 @@
 The prime goes through the model's fused forward (O(prime) work, in chunks); after that every
 character costs one `StepEngine.step` for the whole batch of samples: the state carries and the
 prefix is never re-run. Draws use the Gumbel-max trick with noise taken from a seeded generator
-in blocks: argmax(logits / T + Gumbel) is an exact sample from softmax(logits / T), costs three
-small tensor operations, and makes the same seed give the same text on the same device.
+in blocks (draw.py): argmax(logits / T + Gumbel) is an exact sample from softmax(logits / T), costs
+three small tensor operations, and makes the same seed give the same text on the same device.
+On a CUDA GPU the steps are replayed from a CUDA graph, K characters per launch (graphed.py), with
+the same text as the eager loop; --clamp, --ablate and --watch keep the eager loop.
 
 What is generated reaches the terminal through sample_command.py (the stream writer and the
 `charlstm sample` runner).
@@ -22,8 +24,10 @@ import torch
 from charlstm.backend import sampling_device
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.config import WEIGHT_PRECISIONS
+from charlstm.draw import DrawRule, GumbelNoise
 from charlstm.engine import StepEngine, packed_weights_available
 from charlstm.errors import CharlstmError
+from charlstm.graphed import GRAPH_STEPS, BlockSteps, capture_unavailable, replays
 from charlstm.interventions import UnitSpec, check_unit, resolve
 from charlstm.model import CharRNN
 from charlstm.userio import read_text_source
@@ -35,7 +39,11 @@ MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
 # Bounds that keep a typo from taking all memory: every sample and beam holds a state and its text.
 MAX_SAMPLES = 4096
 MAX_BEAM = 1024
-NOISE_ELEMENTS = 1 << 20  # Gumbel noise drawn per call to the generator (4 MB), for up to 256 steps
+# How `generate` runs its steps: auto = replayed from a CUDA graph on a CUDA device when the
+# settings allow, else eagerly; eager; blocks = the graph's block logic without capture (any
+# device: tests); capture = the CUDA graph or an error.
+GRAPH_MODES = ("auto", "eager", "blocks", "capture")
+KEPT_GRAPHS = 4  # captured graphs a sampler keeps (batch and draw settings differ), oldest dropped first
 
 
 @dataclass
@@ -56,6 +64,10 @@ class SampleSettings:
     @property
     def draw_temperature(self) -> float:
         return DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
+
+    @property
+    def draw_rule(self) -> DrawRule:
+        return DrawRule(self.draw_temperature, self.greedy, self.top_k, self.top_p)
 
     def validate(self) -> None:
         if self.length <= 0:
@@ -130,11 +142,18 @@ def engine_dtype(precision: str, device: torch.device) -> torch.dtype:
 class Sampler:
     """A trained model, its vocabulary and a step engine on one device, ready to generate."""
 
-    def __init__(self, model: CharRNN, vocab: Vocab, device: str | torch.device = "cpu", precision: str = "fp32"):
+    def __init__(
+        self, model: CharRNN, vocab: Vocab, device: str | torch.device = "cpu", precision: str = "fp32", graphs: str = "auto"
+    ):
+        if graphs not in GRAPH_MODES:
+            raise CharlstmError(f"unknown graph mode {graphs!r}; choose one of {', '.join(GRAPH_MODES)}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.vocab = vocab
         self.engine = StepEngine(self.model, engine_dtype(precision, self.device))
+        self.graphs = graphs
+        self.last_path: tuple[str, str | None] | None = None  # what the latest `generate` ran, and why
+        self._blocks: dict[tuple, BlockSteps] = {}  # block buffers (and graphs) by batch and rule, newest last
 
     @classmethod
     def from_checkpoint(cls, where: str | Path | None, device: str = "cpu", precision: str = "auto"):
@@ -186,38 +205,68 @@ class Sampler:
         state = [tuple(s[k].to(engine.dtype).contiguous() for s in layer_states) for k in range(engine.layers)]
         return logits[0, -1:].float(), state
 
+    def sampling_path(self, settings: SampleSettings) -> tuple[str, str | None]:
+        """Which loop `generate` runs: ("graphed", None), ("blocks", None), or ("eager", the reason)."""
+        if self.graphs == "eager":
+            return "eager", "eager steps asked for"
+        if settings.beam is not None:
+            return "eager", "--beam searches instead of drawing"
+        if settings.interventions:
+            return "eager", "--clamp and --ablate hold units inside the eager step"
+        if settings.watch is not None:
+            return "eager", "--watch reads a unit after every character"
+        if self.graphs == "blocks":
+            return "blocks", None
+        reason = capture_unavailable(self.device)
+        if self.graphs == "capture" and self.device.type != "cuda":
+            raise CharlstmError(f"a CUDA graph was asked for, but {reason}")
+        if reason is not None and self.graphs == "auto":
+            return "eager", reason
+        return "graphed", None
+
     @torch.inference_mode()
     def generate(self, settings: SampleSettings) -> Iterator[tuple]:
         """Yield, once per step, every sample's new character ("" after it stopped) and which are done;
         with `settings.watch`, also the watched unit's value after reading the new character."""
         settings.validate()
+        path, reason = self.sampling_path(settings)
         batch, engine = settings.num_samples, self.engine
         tokens, _ = self.prime_tokens(settings.prime)
         clamps = self.clamps(settings)
         watch = self.watched_unit(settings)
 
-        # The prime's final state and logits fan out to the batch.
         logits, state = self.primed(tokens, clamps)
-        logits = logits.expand(batch, -1)
-        state = [tuple(s.expand(batch, -1).contiguous() for s in layer) for layer in state]
-
         generator = torch.Generator(device=self.device)
         generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
-        symbols, stop = self.vocab.symbols, settings.stop
-        tails = [""] * batch  # the last len(stop) characters of each sample, to spot the stop text
-        done = [False] * batch
-        noise, block = None, max(1, min(256, NOISE_ELEMENTS // (batch * engine.vocab_size)))
+        noise = None if settings.greedy else GumbelNoise(generator, batch, engine.vocab_size, self.device)
+        progress = _Progress(self.vocab.symbols, batch, settings.stop)
+        blocks = None
+        if path != "eager":
+            blocks, reason = self._claim_blocks(batch, settings.draw_rule, capture=path == "graphed")
+            path = path if blocks is not None else "eager"
+        self.last_path = (path, reason)
+        if blocks is None:
+            # The prime's final state and logits fan out to the batch.
+            logits = logits.expand(batch, -1)
+            state = [tuple(s.expand(batch, -1).contiguous() for s in layer) for layer in state]
+            yield from self._eager(settings, logits, state, clamps, watch, noise, progress)
+            return
+        try:
+            blocks.load(logits, state)  # copies fan the prime's state out to the batch
+            for rows in replays(blocks, noise, settings.length):
+                for ids in rows:
+                    yield progress.advance(ids), progress.done
+                    if all(progress.done):
+                        return
+        finally:
+            blocks.busy = False
+
+    def _eager(self, settings: SampleSettings, logits, state, clamps, watch, noise, progress) -> Iterator[tuple]:
+        """One engine step per character, each launched from Python: any settings, any device."""
+        engine, rule, done = self.engine, settings.draw_rule, progress.done
         for t in range(settings.length):
-            if not settings.greedy and t % block == 0:
-                noise = _gumbel((block, batch, engine.vocab_size), generator, self.device)
-            next_tokens = self._choose(logits, settings, None if settings.greedy else noise[t % block])
-            chars = [symbols[i] for i in next_tokens.tolist()]
-            for b, ch in enumerate(chars):
-                if done[b]:
-                    chars[b] = ""
-                elif stop is not None:
-                    tails[b] = (tails[b] + ch)[-len(stop) :]
-                    done[b] = tails[b] == stop
+            next_tokens = rule.choose(logits, None if noise is None else noise.at(t))
+            chars = progress.advance(next_tokens.tolist())
             if watch is not None:  # the unit's value once the new character is read (one more step at the end)
                 logits, state = engine.step(next_tokens, state, clamps)
                 yield chars, done, float(state[watch[0]][watch[1]][0, watch[2]])
@@ -230,21 +279,25 @@ class Sampler:
             if t + 1 < settings.length:
                 logits, state = engine.step(next_tokens, state, clamps)
 
-    @staticmethod
-    def _choose(logits: torch.Tensor, s: SampleSettings, gumbel: torch.Tensor | None) -> torch.Tensor:
-        if gumbel is None:
-            return logits.argmax(dim=-1)
-        scores = logits / s.draw_temperature
-        if s.top_k is not None and s.top_k < scores.shape[-1]:
-            kth = scores.topk(s.top_k, dim=-1).values[:, -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if s.top_p is not None and s.top_p < 1:
-            ordered, order = scores.sort(dim=-1, descending=True)
-            probs = ordered.softmax(dim=-1)
-            # Drop a character when the more likely ones already hold top_p (the first always stays).
-            drop = (probs.cumsum(dim=-1) - probs) >= s.top_p
-            scores = scores.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
-        return (scores + gumbel).argmax(dim=-1)
+    def _claim_blocks(self, batch: int, rule: DrawRule, capture: bool) -> tuple[BlockSteps | None, str | None]:
+        """Block buffers (and their graph) for this batch and rule, reused from an earlier call when
+        free; (None, why) when the capture failed and `graphs` is auto."""
+        key = (batch, rule, GRAPH_STEPS, capture)
+        blocks = self._blocks.get(key)
+        if blocks is None or blocks.busy:
+            try:
+                blocks = BlockSteps(self.engine, batch, rule, GRAPH_STEPS, capture)
+            except RuntimeError as exc:  # a kernel the capture refuses: the eager loop still works
+                if self.graphs != "auto":
+                    raise
+                return None, f"CUDA graph capture failed: {exc}"
+            if key not in self._blocks or not self._blocks[key].busy:
+                self._blocks.pop(key, None)
+                self._blocks[key] = blocks
+                while len(self._blocks) > KEPT_GRAPHS:
+                    del self._blocks[next(iter(self._blocks))]
+        blocks.busy = True
+        return blocks, None
 
     def sample_texts(self, settings: SampleSettings) -> list[str]:
         """Every sample's full text (prime included), without streaming."""
@@ -255,6 +308,22 @@ class Sampler:
         return ["".join(parts) for parts in texts]
 
 
-def _gumbel(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, device=device).clamp_(1e-12, 1 - 1e-7)
-    return -torch.log(-torch.log(u))
+class _Progress:
+    """Each sample's characters as they are drawn, and whether it has generated the stop text."""
+
+    def __init__(self, symbols: list[str], batch: int, stop: str | None):
+        self.symbols, self.stop = symbols, stop
+        self.tails = [""] * batch  # the last len(stop) characters of each sample, to spot the stop text
+        self.done = [False] * batch
+
+    def advance(self, ids: list[int]) -> list[str]:
+        """One step's token ids → its characters ("" for a sample that had already stopped)."""
+        chars = [self.symbols[i] for i in ids]
+        stop = self.stop
+        for b, ch in enumerate(chars):
+            if self.done[b]:
+                chars[b] = ""
+            elif stop is not None:
+                self.tails[b] = (self.tails[b] + ch)[-len(stop) :]
+                self.done[b] = self.tails[b] == stop
+        return chars

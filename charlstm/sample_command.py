@@ -22,6 +22,7 @@ from charlstm.beam import beam_search
 from charlstm.checkpoint import resolve_checkpoint
 from charlstm.config import MAX_THREADS
 from charlstm.errors import CharlstmError
+from charlstm.graphed import GRAPH_STEPS
 from charlstm.interventions import resolve
 from charlstm.sample import Sampler, SampleSettings
 from charlstm.userio import silence_stdout, write_output
@@ -291,6 +292,11 @@ def _run_sampling(
         soft_wrap=True,
     )
 
+    planned = sampler.sampling_path(settings)
+    if sampler.device.type == "cuda":  # on a CPU there is one loop and nothing to say
+        note = f"steps replayed from a CUDA graph, {GRAPH_STEPS} characters per launch"
+        err.print(f"[dim]{note if planned[0] == 'graphed' else 'eager steps: ' + escape(planned[1])}[/dim]", highlight=False)
+
     stream = stdout_text() if sys.stdout is not None else io.StringIO()  # stdout closed: only -o gets them
     language = (payload.get("dataset") or {}).get("language")
     on_terminal = color and is_color_terminal(stream)
@@ -315,6 +321,8 @@ def _run_sampling(
     except BrokenPipeError:
         silence_stdout()  # the reader went away (`| head`): stop quietly, as Unix tools do
         return
+    if planned[0] == "graphed" and sampler.last_path is not None and sampler.last_path[0] != "graphed":
+        err.print(f"[yellow]warning:[/yellow] sampled eagerly: {escape(sampler.last_path[1])}", highlight=False)
     if out is not None:
         write_output(out, "".join(writer.plain).encode("utf-8"))
         err.print(f"[dim]wrote {escape(str(out))}[/dim]", highlight=False, soft_wrap=True)
