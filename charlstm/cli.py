@@ -166,7 +166,7 @@ def train_command(
     patience: Annotated[Optional[int], typer.Option(help="Stop after this many validations in a row without a new best validation bpc (best.pt keeps the best). Off by default.", rich_help_panel=_RUN)] = None,
     save_every: Annotated[Optional[int], typer.Option(help=f"Steps between saves of latest.pt (0: only at the end) (default: {_TC.save_every})", rich_help_panel=_RUN)] = None,
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between lines of metrics.jsonl (default: {_TC.log_every})", rich_help_panel=_RUN)] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32. auto: bf16 on a GPU whose cuDNN runs a bf16 LSTM, else fp16 with loss scaling; on a CPU bf16 where it has native bf16, else fp32 (default: auto)", rich_help_panel=_BACKEND)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32. auto: on a GPU, mixed precision only where it was measured faster for this hidden size (fp32 elsewhere; the run log says which measurement); on a CPU bf16 where it has native bf16, else fp32 (default: auto)", rich_help_panel=_BACKEND)] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cuda, mps or cpu (default: auto)", rich_help_panel=_BACKEND)] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the cores available)", rich_help_panel=_BACKEND)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.", rich_help_panel=_RUN)] = False,
