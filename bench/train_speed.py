@@ -199,7 +199,7 @@ def single(args, device, threads, warmup: int) -> dict:
         file=sys.stderr,
     )
     precisions, skipped = accepted_precisions(device)
-    results: dict[str, dict | None] = {name: None for name in skipped}
+    results: dict[str, dict | None] = {name: None for name in DTYPES}  # None: skipped here
     with tempfile.TemporaryDirectory() as tmp:
         dataset = make_dataset(Path(tmp), warmup + args.steps)
         loops, params = build_loops(dataset, precisions, device, threads, Path(tmp), SHAPE)

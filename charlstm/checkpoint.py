@@ -175,9 +175,12 @@ def resolve_model(name: str) -> Path:
 INFERENCE_KEYS = ("model_config", "vocab", "model", "dataset", "step", "val_bpc", "best_val_bpc", "precision", "train_config")
 
 
-def export_for_inference(src: Path, dst: Path) -> dict:
-    """Write a copy of checkpoint `src` without optimizer, RNG and lane state (about a third the size)."""
+def export_for_inference(src: Path, dst: Path, half: bool = False) -> dict:
+    """Write a copy of checkpoint `src` without optimizer, RNG and lane state (about a third the size);
+    `half` stores the weights in float16 (half again: loading casts them back to the model's float32)."""
     payload = load_checkpoint(src)
     slim = {k: payload[k] for k in INFERENCE_KEYS if k in payload}
+    if half:
+        slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in slim["model"].items()}
     save_checkpoint(dst, slim)
     return slim
