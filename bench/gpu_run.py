@@ -10,13 +10,14 @@ when the deadline leaves no other way.
                 equals the plain loop
   train_speed   bench/train_speed.py --grid: fp32/fp16/bf16 × batch 64/256/1024 at hidden 512,
                 ours vs bare nn.LSTM (hidden 1024 too when time is left at the end)
-  sample_speed  bench/sample_speed.py: naive vs ours at batch 1 and 16
   python, java  `charlstm ingest` (python: the default corpus; java: --java-data DIR, else
                 `--preset jdk`, else skipped with the reason), then `charlstm train` with only
                 --layers/--hidden/--minutes (the device- and corpus-aware defaults choose batch,
                 lr, dropout and precision), then scripts/ship_model.py --fp16 into
                 OUT/checkpoints/pretrained-NAME (best.pt, config.json, metrics.jsonl,
                 val-excerpt.txt, COMMANDS.txt), then eval and a sample of the exported model
+  sample_speed  bench/sample_speed.py: naive vs ours at batch 1 and 16 (after the models, whose
+                budgets come first; the hidden-1024 row of train_speed follows if time is left)
 
 On CUDA, datasets and run folders go where a user's would (data/, checkpoints/ in the repository).
 Without CUDA (or with --smoke) it runs a shortened form in a temporary folder: a tiny model, seconds
@@ -27,7 +28,7 @@ command's output to OUT/logs/. OUT is --out, else $OUT, else a temporary folder.
 when a stage failed.
 
     PYTHONPATH=$PWD python3 bench/gpu_run.py [--java-data data/jdk] [--python-minutes 3.0]
-        [--java-minutes 2.2] [--deadline-minutes 8] [--skip STAGE] [--smoke] [--out DIR]
+        [--java-minutes 2.0] [--deadline-minutes 8] [--skip STAGE] [--smoke] [--out DIR]
         [--java-data-made-by "how data/jdk was made"] [--python-data DIR]
 """
 
@@ -45,7 +46,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("env", "graph_check", "train_speed", "sample_speed", "python", "java")
+STAGES = ("env", "graph_check", "train_speed", "python", "java", "sample_speed")
 PYTHON_GOAL_BPC = 1.25  # issue 12: the shipped Python model's validation bpc
 SHIP_LIMIT_MB = 20.0
 
@@ -173,7 +174,7 @@ def stage_graph_check(s: Session, device: str) -> dict:
 
 def stage_train_speed(s: Session, device: str, hiddens: list[int], cap_s: float) -> dict:
     args = [sys.executable, str(REPO / "bench" / "train_speed.py"), "--grid", "--device", device, "--json"]
-    args += ["--steps", "5"] if device == "cuda" else ["--quick"]
+    args += ["--steps", "4"] if device == "cuda" else ["--quick"]
     for h in hiddens:
         args += ["--hidden", str(h)]
     if device != "cuda":
@@ -277,7 +278,7 @@ def stage_model(s: Session, lang: str, given: Path | None, minutes: float, shape
     data, how = prepare_data(s, lang, given)
     if made_by:
         how.append(f"# the dataset was made with: {made_by}")
-    overhead = 45 if device == "cuda" else 25  # start-up, final validation, export, eval, sample
+    overhead = 40 if device == "cuda" else 25  # start-up, final validation, export, eval, sample
     fit = (s.left() - s.reserve - overhead) / 60
     if fit < min(minutes, 0.3 if device == "cuda" else 0.05):
         raise StageError(f"deadline: {fit * 60:.0f} s left for training, too little")
@@ -298,7 +299,7 @@ def parse_args():
     parser.add_argument("--java-data-made-by", default=None, help="how --java-data was made, for COMMANDS.txt")
     parser.add_argument("--python-data", type=Path, default=None, help="an ingested Python dataset (default: ingest the stdlib)")
     parser.add_argument("--python-minutes", type=float, default=None, help="training budget (CUDA 3.0, smoke 0.1)")
-    parser.add_argument("--java-minutes", type=float, default=None, help="training budget (CUDA 2.2, smoke 0.1)")
+    parser.add_argument("--java-minutes", type=float, default=None, help="training budget (CUDA 2.0, smoke 0.1)")
     parser.add_argument("--deadline-minutes", type=float, default=None, help="everything within this (CUDA 8, smoke 4)")
     parser.add_argument("--skip", action="append", default=[], choices=STAGES, help="leave a stage out (repeatable)")
     parser.add_argument("--smoke", action="store_true", help="the shortened CPU form (automatic without CUDA)")
@@ -314,30 +315,31 @@ def main() -> None:
     out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(tempfile.mkdtemp(prefix="gpu_run-")))
     scratch = tempfile.TemporaryDirectory(prefix="gpu_run-work-") if smoke else None
     work = Path(scratch.name) if scratch else REPO  # on CUDA, data/ and checkpoints/ as a user's
-    minutes = {"python": args.python_minutes or (0.1 if smoke else 3.0), "java": args.java_minutes or (0.1 if smoke else 2.2)}
+    minutes = {"python": args.python_minutes or (0.1 if smoke else 3.0), "java": args.java_minutes or (0.1 if smoke else 2.0)}
     shape = (2, 32) if smoke else (3, 512)
     s = Session(out, work, (args.deadline_minutes or (4 if smoke else 8)) * 60, smoke)
     if smoke:
         say("shortened form: no CUDA GPU here or --smoke (a tiny model, seconds of training)")
     # Time kept for the stages after each one: the benchmarks shrink, not the models' budgets.
-    overhead = 45 if not smoke else 25  # a model's start-up, final validation, export, eval, sample
+    overhead = 40 if not smoke else 25  # a model's start-up, final validation, export, eval, sample
+    sample_need = 0 if "sample_speed" in args.skip else 20
     java_need = 0 if "java" in args.skip else minutes["java"] * 60 + overhead
-    python_need = 0 if "python" in args.skip else minutes["python"] * 60 + overhead + (30 if args.python_data is None else 0)
-    reserve = {"python": java_need, "java": 0.0}
+    python_need = 0 if "python" in args.skip else minutes["python"] * 60 + overhead + (10 if args.python_data is None else 0)
+    reserve = {"python": java_need + sample_need, "java": sample_need, "sample_speed": 0.0}
     plan = [
         ("env", lambda: stage_env(s, device), 1),
         ("graph_check", lambda: stage_graph_check(s, device), 10),
         ("train_speed", lambda: stage_train_speed(s, device, [512] if not smoke else [32], 90 if not smoke else 45), 20),
-        ("sample_speed", lambda: stage_sample_speed(s, device), 10),
         ("python", lambda: stage_model(s, "python", args.python_data, minutes["python"], shape, device, made_by=None), 30),
         ("java", lambda: stage_model(s, "java", args.java_data, minutes["java"], shape, device, args.java_data_made_by), 30),
+        ("sample_speed", lambda: stage_sample_speed(s, device), 15),  # after the models: the GUIDE has figures already
     ]
     try:
         for name, fn, need in plan:
             if name in args.skip:
                 s.record["stages"][name] = {"status": "skipped", "reason": "--skip"}
                 continue
-            s.reserve = reserve.get(name, python_need + java_need)
+            s.reserve = reserve.get(name, python_need + java_need + sample_need)
             s.stage(name, fn, need_s=need)  # graph_check's own "missing" status replaces "ok"
         s.reserve = 0.0
         if "train_speed" not in args.skip and s.left() > 100:  # extra: the larger hidden size, when time is left
