@@ -8,6 +8,17 @@ matrix-product peak measured here for the same dtype, and each reduced precision
 fp32 for the project's loop (target on an AMX CPU: bf16 ≥ 1.8×).
 
     .venv/bin/python bench/train_speed.py [--quick] [--device cpu|cuda] [--steps N] [--json]
+
+`--grid` measures a table instead of the one shape: every precision charlstm accepts here ×
+batch × hidden. On CUDA: 3 layers, embed 64, seq 128, hidden 512 and 1024, batch 64, 256 and
+1024; elsewhere a tiny grid (hidden 32/64, batch 4/16, embed 16, seq 32) that proves the script
+in seconds. `--hidden H` / `--batch B` (repeatable) choose other sizes. The loops of one
+(hidden, batch) are interleaved; each row gives chars/s of ours and of the bare loop, their ratio
+and each precision's speed-up over fp32, and the JSON's "auto_table" holds the bare loop's figures
+in the form of charlstm.backend.CUDA_MEASURED, which `--precision auto` on CUDA follows.
+
+    .venv/bin/python bench/train_speed.py --grid --device cuda --json
+    .venv/bin/python bench/train_speed.py --grid --quick          # the tiny grid on a CPU
 """
 
 from __future__ import annotations
@@ -50,8 +61,8 @@ def corpus(chars: int) -> str:
     return "\x1c".join(parts)[:chars]
 
 
-def make_dataset(root: Path, steps: int):
-    need = SHAPE["batch_size"] * (SHAPE["seq_len"] * (steps + 2) + 1)
+def make_dataset(root: Path, steps: int, shape: dict = SHAPE):
+    need = shape["batch_size"] * (shape["seq_len"] * (steps + 2) + 1)
     text = corpus(need + 5000)
     counts: dict[str, int] = {}
     for ch in text:
@@ -66,11 +77,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def project_trainer(dataset, precision: str, device: str, threads: int, out: Path) -> Trainer:
+def project_trainer(dataset, precision: str, device: str, threads: int, out: Path, shape: dict = SHAPE) -> Trainer:
     config = TrainConfig(
         data=str(dataset.path),
         out=str(out),
-        **{"model": "lstm", **SHAPE},
+        **{"model": "lstm", **shape},
         steps=10_000,
         eval_every=0,
         save_every=0,
@@ -96,14 +107,14 @@ def project_step(trainer: Trainer) -> float:
 class BareLoop:
     """The textbook loop: embedding → nn.LSTM → linear, AdamW, carried state, fixed random batch."""
 
-    def __init__(self, vocab_size: int, dtype, device: torch.device):
+    def __init__(self, vocab_size: int, dtype, device: torch.device, shape: dict = SHAPE):
         torch.manual_seed(0)
         self.model = CharRNN(
-            ModelConfig(vocab_size=vocab_size, layers=SHAPE["layers"], hidden=SHAPE["hidden"], embed=SHAPE["embed"])
+            ModelConfig(vocab_size=vocab_size, layers=shape["layers"], hidden=shape["hidden"], embed=shape["embed"])
         ).to(device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=2e-3)
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # as fp16 training needs
-        b, t = SHAPE["batch_size"], SHAPE["seq_len"]
+        b, t = shape["batch_size"], shape["seq_len"]
         self.x = torch.randint(0, vocab_size, (b, t), device=device)
         self.y = torch.randint(0, vocab_size, (b, t), device=device)
         self.dtype, self.device, self.vocab_size, self.state = dtype, device, vocab_size, None
@@ -140,60 +151,62 @@ def matmul_peak(dtype, device: torch.device, n: int = 2048, reps: int = 5) -> fl
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 measured steps per loop instead of 8")
-    parser.add_argument("--steps", type=int, default=8, help="measured steps per loop (after 2 warm-up steps)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", action="store_true", help="also print the results as JSON on stdout")
-    args = parser.parse_args()
-    if args.quick:
-        args.steps = 3
-    warmup = 2
-    device = resolve_device(args.device)
-    threads = args.threads or available_cores()
-    torch.set_num_threads(threads)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
+def accepted_precisions(device: torch.device) -> tuple[list[str], dict[str, str]]:
+    """The precisions `charlstm train --precision NAME` would accept here, and why the rest are not."""
+    accepted, skipped = [], {}
+    for name in DTYPES:
+        try:  # the project's own check
+            choose_precision(name, device)
+            accepted.append(name)
+        except CharlstmError as exc:
+            skipped[name] = str(exc)
+            print(f"{name}: skipped — {exc}", file=sys.stderr)
+    return accepted, skipped
+
+
+def build_loops(dataset, precisions, device, threads, tmp: Path, shape: dict) -> tuple[dict, int]:
+    """(precision, "project" | "bare") → a function timing one step; and the parameter count."""
+    loops = {}
+    for name in precisions:
+        trainer = project_trainer(dataset, name, device.type, threads, tmp / f"run-{name}", shape)
+        bare_loop = BareLoop(len(dataset.vocab), DTYPES[name], device, shape)
+        assert bare_loop.model.num_parameters() == trainer.raw_model.num_parameters()
+        loops[name, "project"] = lambda trainer=trainer: project_step(trainer)
+        loops[name, "bare"] = bare_loop.step
+    return loops, trainer.raw_model.num_parameters()
+
+
+def interleave(loops: dict, warmup: int, steps: int) -> dict:
+    """Every loop takes one step per round, in an order that rotates each round, so load from
+    other processes and cache effects hit all of them alike: the ratios between precisions are
+    measured as fairly as the ratio between our loop and the bare one."""
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in loops}
+    keys = list(loops)
+    for i in range(warmup + steps):
+        for key in keys[i % len(keys) :] + keys[: i % len(keys)]:
+            seconds = loops[key]()
+            if i >= warmup:
+                times[key].append(seconds)
+    return times
+
+
+def single(args, device, threads, warmup: int) -> dict:
+    """The default: one shape (3×512, batch 64), with each loop's share of the matmul peak."""
     print(
         f"3×512 LSTM, embed 64, batch 64, seq 128 on {device} ({threads} threads, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}; "
         f"{args.steps} measured steps of each loop, interleaved, after {warmup} warm-up",
         file=sys.stderr,
     )
-    results: dict[str, dict | None] = {}
+    precisions, skipped = accepted_precisions(device)
+    results: dict[str, dict | None] = {name: None for name in DTYPES}  # None: skipped here
     with tempfile.TemporaryDirectory() as tmp:
         dataset = make_dataset(Path(tmp), warmup + args.steps)
-        vocab_size = len(dataset.vocab)
-        loops = {}  # (precision, "project" | "bare") → a function timing one step
-        for name, dtype in DTYPES.items():
-            try:  # the project's own check: what `charlstm train --precision NAME` would accept here
-                choose_precision(name, device)
-            except CharlstmError as exc:
-                print(f"{name}: skipped — {exc}", file=sys.stderr)
-                results[name] = None
-                continue
-            trainer = project_trainer(dataset, name, device.type, threads, Path(tmp) / f"run-{name}")
-            bare_loop = BareLoop(vocab_size, dtype, device)
-            assert bare_loop.model.num_parameters() == trainer.raw_model.num_parameters()
-            loops[name, "project"] = lambda trainer=trainer: project_step(trainer)
-            loops[name, "bare"] = bare_loop.step
-        params = trainer.raw_model.num_parameters()
-        measured = [name for name in DTYPES if (name, "project") in loops]
-        peaks_before = {name: matmul_peak(DTYPES[name], device) for name in measured}
-        # Every loop takes one step per round, in an order that rotates each round, so load from
-        # other processes and cache effects hit all of them alike: the ratios between precisions
-        # are measured as fairly as the ratio between our loop and the bare one.
-        times: dict[tuple[str, str], list[float]] = {key: [] for key in loops}
-        keys = list(loops)
-        for i in range(warmup + args.steps):
-            for key in keys[i % len(keys) :] + keys[: i % len(keys)]:
-                seconds = loops[key]()
-                if i >= warmup:
-                    times[key].append(seconds)
+        loops, params = build_loops(dataset, precisions, device, threads, Path(tmp), SHAPE)
+        peaks_before = {name: matmul_peak(DTYPES[name], device) for name in precisions}
+        times = interleave(loops, warmup, args.steps)
         chars = SHAPE["batch_size"] * SHAPE["seq_len"]
-        for name in measured:
+        for name in precisions:
             p_cps = chars / statistics.median(times[name, "project"])
             b_cps = chars / statistics.median(times[name, "bare"])
             peak = max(peaks_before[name], matmul_peak(DTYPES[name], device))  # before and after: load varies
@@ -218,6 +231,86 @@ def main() -> None:
             speedup = results[name]["project_chars_per_sec"] / fp32["project_chars_per_sec"]
             results[name]["speedup_over_fp32"] = round(speedup, 3)
             print(f"{name} / fp32 for the project's loop: {speedup:.2f}×", file=sys.stderr)
+    return results
+
+
+def grid_cell(precisions, device, threads, warmup: int, steps: int, shape: dict) -> list[dict]:
+    """One (hidden, batch) of the grid: every accepted precision, ours and bare, interleaved."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = make_dataset(Path(tmp), warmup + steps, shape)
+        loops, _ = build_loops(dataset, precisions, device, threads, Path(tmp), shape)
+        times = interleave(loops, warmup, steps)
+        del loops  # frees this cell's models before the next, larger one is built
+    chars = shape["batch_size"] * shape["seq_len"]
+    rows = []
+    for name in precisions:
+        ours = chars / statistics.median(times[name, "project"])
+        bare = chars / statistics.median(times[name, "bare"])
+        rows.append({"hidden": shape["hidden"], "batch": shape["batch_size"], "precision": name,
+                     "ours_chars_per_sec": round(ours), "bare_chars_per_sec": round(bare), "ratio": round(ours / bare, 3)})  # fmt: skip
+    fp32 = next((r for r in rows if r["precision"] == "fp32"), None)
+    for row in rows:
+        if fp32 is not None:
+            row["ours_speedup_over_fp32"] = round(row["ours_chars_per_sec"] / fp32["ours_chars_per_sec"], 3)
+            row["bare_speedup_over_fp32"] = round(row["bare_chars_per_sec"] / fp32["bare_chars_per_sec"], 3)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def grid(args, device, threads, warmup: int) -> dict:
+    """Precisions × batch × hidden; rows as measured, plus the bare loop's figures in the shape of
+    charlstm.backend.CUDA_MEASURED ("auto_table"), which `--precision auto` on CUDA reads."""
+    cuda = device.type == "cuda"
+    hiddens = args.hidden or ([512, 1024] if cuda else [32, 64])
+    batches = args.batch or ([64, 256, 1024] if cuda else [4, 16])
+    base = dict(layers=3, embed=64, seq_len=128) if cuda else dict(layers=3, embed=16, seq_len=32)
+    print(
+        f"grid: {base['layers']}-layer LSTM, embed {base['embed']}, seq {base['seq_len']}, hidden {hiddens} × batch "
+        f"{batches} on {device} ({threads} threads), torch {torch.__version__}; {args.steps} measured steps "
+        f"per loop after {warmup} warm-up, interleaved within each (hidden, batch)",
+        file=sys.stderr,
+    )
+    precisions, skipped = accepted_precisions(device)
+    rows: list[dict] = []
+    for hidden in hiddens:
+        for batch in batches:
+            shape = {**base, "hidden": hidden, "batch_size": batch}
+            cell = grid_cell(precisions, device, threads, warmup, args.steps, shape)
+            for r in cell:
+                speedup = f", {r['ours_speedup_over_fp32']:.2f}× fp32" if "ours_speedup_over_fp32" in r else ""
+                print(f"3×{hidden} batch {batch} {r['precision']}: ours {r['ours_chars_per_sec']:,} chars/s, bare "
+                      f"{r['bare_chars_per_sec']:,} → ratio {r['ratio']:.3f}{speedup}", file=sys.stderr)  # fmt: skip
+            rows += cell
+    table: dict[int, dict[int, dict[str, int]]] = {}
+    for r in rows:
+        table.setdefault(r["hidden"], {}).setdefault(r["batch"], {})[r["precision"]] = r["bare_chars_per_sec"]
+    device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    return {"device": device_name, "torch": torch.__version__, "cudnn": torch.backends.cudnn.version() if cuda else None,
+            "shape": {**base, "hiddens": hiddens, "batches": batches}, "steps": args.steps,
+            "skipped": skipped, "rows": rows, "auto_table": table}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 measured steps per loop instead of 8")
+    parser.add_argument("--steps", type=int, default=8, help="measured steps per loop (after 2 warm-up steps)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--grid", action="store_true", help="precisions × batch × hidden instead of the one default shape")
+    parser.add_argument("--hidden", type=int, action="append", help="with --grid: a hidden size (repeatable)")
+    parser.add_argument("--batch", type=int, action="append", help="with --grid: a batch size (repeatable)")
+    parser.add_argument("--json", action="store_true", help="also print the results as JSON on stdout")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps = 3
+    warmup = 2
+    device = resolve_device(args.device)
+    threads = args.threads or available_cores()
+    torch.set_num_threads(threads)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    results = grid(args, device, threads, warmup) if args.grid else single(args, device, threads, warmup)
     if args.json:
         print(json.dumps(results))
 

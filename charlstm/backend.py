@@ -11,6 +11,7 @@ the same for scoring a trained model; `flush_denormals` and `torch_threads` set 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from contextlib import contextmanager, nullcontext
@@ -117,8 +118,12 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
 
-def choose_precision(requested: str, device: torch.device, kind: str = "lstm") -> Precision:
-    """Pick bf16/fp16/fp32 for `device`, checking by running a recurrent layer, never assuming."""
+def choose_precision(requested: str, device: torch.device, kind: str = "lstm", hidden: int | None = None,
+                     batch: int | None = None) -> Precision:
+    """Pick bf16/fp16/fp32 for `device`, checking by running a recurrent layer, never assuming.
+
+    `hidden` and `batch` (the model's units per layer and the lanes per step) let `auto` on CUDA
+    follow what was measured for that shape (`CUDA_MEASURED`); without them it stays in fp32."""
     if requested not in PRECISIONS:
         raise CharlstmError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     dt = device.type
@@ -148,24 +153,68 @@ def choose_precision(requested: str, device: torch.device, kind: str = "lstm") -
     if dt == "cuda":
         if requested == "fp32":
             return made("fp32", "requested")
-        if requested in ("auto", "bf16"):
-            bf16_ok = torch.cuda.is_bf16_supported() and probe_rnn_dtype(device, torch.bfloat16, kind) == torch.bfloat16
-            if bf16_ok:
-                return made("bf16", "requested" if requested == "bf16" else "the GPU and cuDNN run a bf16 RNN")
-            if requested == "bf16":
-                raise CharlstmError(
-                    f"--precision bf16: this GPU or cuDNN {torch.backends.cudnn.version()} does not run a bf16 "
-                    f"{kind.upper()}; use fp16 or fp32"
-                )
+        if requested == "bf16":
+            if _cuda_runs(device, "bf16", kind):
+                return made("bf16", "requested")
+            raise CharlstmError(
+                f"--precision bf16: this GPU or cuDNN {torch.backends.cudnn.version()} does not run a bf16 "
+                f"{kind.upper()}; use fp16 or fp32"
+            )
         if requested == "fp16":
             return made("fp16", "requested")
-        if probe_rnn_dtype(device, torch.float16, kind) is not None:
-            return made("fp16", "bf16 RNNs unavailable here; fp16 with loss scaling")
-        return made("fp32", "neither a bf16 nor an fp16 RNN runs on this GPU")
+        return made(*cuda_auto_precision(device, kind, hidden, batch))
     # MPS and anything else: fp32 unless asked, and then only if it really runs.
     if requested == "auto":
         return made("fp32", f"the safe choice on {dt}")
     return made(requested, "requested")
+
+
+# What `--precision auto` trains in on CUDA rests on measurements, not on what the GPU supports:
+# the LSTM's recurrence is latency-bound at these sizes, so fp16 can cost loss scaling and buy
+# nothing. Per hidden size: where it was measured, and chars/s of a bare 3-layer nn.LSTM training
+# loop (embed 64, seq 128) by batch and precision, as `bench/train_speed.py --grid --json` prints
+# them under "auto_table". A reduced precision is chosen only where it was measured at least
+# CUDA_MIN_SPEEDUP× faster than fp32 at the measured batch nearest the run's; shapes never measured
+# train in fp32, the exact choice, until someone measures them.
+CUDA_MEASURED: dict[int, tuple[str, dict[int, dict[str, float]]]] = {
+    512: (
+        "an H100 80GB (torch 2.11.0+cu130, cuDNN 9.19, 2026-11-27)",
+        {64: {"fp32": 315e3, "fp16": 299e3}, 256: {"fp32": 1.21e6, "fp16": 1.23e6}},
+    ),
+}
+CUDA_MIN_SPEEDUP = 1.15  # below this, fp16's loss scaling and skipped steps are not worth it
+
+
+def _cuda_runs(device: torch.device, name: str, kind: str) -> bool:
+    """Does a `kind` RNN really run in this precision here (bf16: and return bfloat16)?"""
+    if name == "fp32":
+        return True
+    if name == "bf16":
+        return torch.cuda.is_bf16_supported() and probe_rnn_dtype(device, torch.bfloat16, kind) == torch.bfloat16
+    return probe_rnn_dtype(device, torch.float16, kind) is not None
+
+
+def cuda_auto_precision(device: torch.device, kind: str, hidden: int | None, batch: int | None) -> tuple[str, str]:
+    """(precision, reason) for `--precision auto` on CUDA, from `CUDA_MEASURED`."""
+    measured = ", ".join(str(h) for h in sorted(CUDA_MEASURED))
+    if hidden is None or hidden not in CUDA_MEASURED:
+        shape = "the model's shape was not given" if hidden is None else f"hidden {hidden} was never measured on a GPU"
+        return "fp32", f"{shape} (measured: hidden {measured}); fp32 until bench/train_speed.py --grid measures it"
+    source, by_batch = CUDA_MEASURED[hidden]
+    # The measured batch nearest the run's (by ratio); with no batch given, the smallest measured.
+    near = min(by_batch, key=lambda b: abs(math.log(b / batch)) if batch else b)
+    speeds = by_batch[near]
+    fp32 = speeds["fp32"]
+    faster = sorted((cps, name) for name, cps in speeds.items() if name != "fp32" and cps >= CUDA_MIN_SPEEDUP * fp32)
+    where = f"bare 3×{hidden} LSTM at batch {near} on {source}"
+    for cps, name in reversed(faster):
+        if _cuda_runs(device, name, kind):
+            return name, f"{name} measured {cps / fp32:.2f}× fp32 ({cps:,.0f} vs {fp32:,.0f} chars/s), {where}"
+    best = max((name for name in speeds if name != "fp32"), key=speeds.get, default=None)
+    if best is None:
+        return "fp32", f"only fp32 was measured, {where}"
+    return "fp32", (f"{best} measured {speeds[best] / fp32:.2f}× fp32 ({speeds[best]:,.0f} vs {fp32:,.0f} chars/s), "
+                    f"below the {CUDA_MIN_SPEEDUP}× that pays for mixed precision, {where}")
 
 
 def checkpoint_precision(requested: str | None, trained: str | None, device: torch.device, kind: str) -> Precision:

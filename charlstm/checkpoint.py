@@ -33,6 +33,8 @@ VAL_EXCERPT = "val-excerpt.txt"
 DEFAULT_RUNS_DIR = Path("checkpoints")
 # The model that ships with the repository, used until the user has trained one of their own.
 PRETRAINED_RUN = Path(__file__).resolve().parent.parent / "checkpoints" / "pretrained-python"
+# The models a copy of the repository may ship, by the name `sample --model` takes.
+SHIPPED_MODELS = {"python": PRETRAINED_RUN, "java": PRETRAINED_RUN.parent / "pretrained-java"}
 
 
 class _WriteErrorRecorder:
@@ -121,8 +123,9 @@ def model_from_checkpoint(payload: dict) -> tuple[CharRNN, Vocab]:
 
 def _latest_run(runs_dir: Path) -> Path | None:
     runs = [p for p in runs_dir.glob("*/") if (p / LATEST).is_file() or (p / BEST).is_file()]
-    # The shipped model and the synthetic studies of `charlstm experiment` are never "your newest run".
-    runs = [p for p in runs if p.resolve() != PRETRAINED_RUN and not p.name.startswith("experiment-")]
+    # The shipped models and the synthetic studies of `charlstm experiment` are never "your newest run".
+    shipped = set(SHIPPED_MODELS.values())
+    runs = [p for p in runs if p.resolve() not in shipped and not p.name.startswith("experiment-")]
     if not runs:
         return None
     return max(runs, key=lambda p: max((p / f).stat().st_mtime for f in (LATEST, BEST) if (p / f).exists()))
@@ -151,13 +154,33 @@ def resolve_checkpoint(where: str | Path | None, runs_dir: Path = DEFAULT_RUNS_D
     return where
 
 
+def shipped_models() -> list[str]:
+    """Names of the shipped models this copy holds."""
+    return [name for name, run in SHIPPED_MODELS.items() if (run / BEST).is_file()]
+
+
+def resolve_model(name: str) -> Path:
+    """`--model`: a shipped model by name (python, java), else a run folder or checkpoint file."""
+    shipped = ", ".join(shipped_models()) or "none"
+    if name in SHIPPED_MODELS:
+        if not (SHIPPED_MODELS[name] / BEST).is_file():
+            raise CharlstmError(f"model {name!r} is not shipped in this copy ({SHIPPED_MODELS[name]} holds no {BEST}); shipped: {shipped}")
+        return SHIPPED_MODELS[name]
+    if Path(name).exists():
+        return Path(name)
+    raise CharlstmError(f"unknown model {name!r}: shipped models are {shipped}; or give a run folder or checkpoint file")
+
+
 # What sampling, inspection and evaluation need; the rest only serves resuming a run.
 INFERENCE_KEYS = ("model_config", "vocab", "model", "dataset", "step", "val_bpc", "best_val_bpc", "precision", "train_config")
 
 
-def export_for_inference(src: Path, dst: Path) -> dict:
-    """Write a copy of checkpoint `src` without optimizer, RNG and lane state (about a third the size)."""
+def export_for_inference(src: Path, dst: Path, half: bool = False) -> dict:
+    """Write a copy of checkpoint `src` without optimizer, RNG and lane state (about a third the size);
+    `half` stores the weights in float16 (half again: loading casts them back to the model's float32)."""
     payload = load_checkpoint(src)
     slim = {k: payload[k] for k in INFERENCE_KEYS if k in payload}
+    if half:
+        slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in slim["model"].items()}
     save_checkpoint(dst, slim)
     return slim

@@ -166,7 +166,7 @@ def train_command(
     patience: Annotated[Optional[int], typer.Option(help="Stop after this many validations in a row without a new best validation bpc (best.pt keeps the best). Off by default.", rich_help_panel=_RUN)] = None,
     save_every: Annotated[Optional[int], typer.Option(help=f"Steps between saves of latest.pt (0: only at the end) (default: {_TC.save_every})", rich_help_panel=_RUN)] = None,
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between lines of metrics.jsonl (default: {_TC.log_every})", rich_help_panel=_RUN)] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32. auto: bf16 on a GPU whose cuDNN runs a bf16 LSTM, else fp16 with loss scaling; on a CPU bf16 where it has native bf16, else fp32 (default: auto)", rich_help_panel=_BACKEND)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32. auto: on a GPU, mixed precision only where it was measured faster for this hidden size (fp32 elsewhere; the run log says which measurement); on a CPU bf16 where it has native bf16, else fp32 (default: auto)", rich_help_panel=_BACKEND)] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cuda, mps or cpu (default: auto)", rich_help_panel=_BACKEND)] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the cores available)", rich_help_panel=_BACKEND)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.", rich_help_panel=_RUN)] = False,
@@ -277,11 +277,13 @@ def sample_command(
     device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when present, else the CPU), cpu or cuda. A model trained on either samples on either.", rich_help_panel="Backend")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default 1: one step is too small to share, and a second thread stalls whenever another process uses the cores.", rich_help_panel="Backend")] = None,
     precision: Annotated[str, typer.Option("--precision", "--dtype", help=f"Engine weights: {'|'.join(WEIGHT_PRECISIONS)}. auto = int8 weights on a CPU with FBGEMM (fastest; next-character distributions within a KL of ~0.002 bits of fp32), else fp16, else fp32. fp16: near exact; fp32: exact.", rich_help_panel="Backend")] = "auto",
+    model: Annotated[Optional[str], typer.Option("--model", help="A shipped model by name (python, java) or a run folder or checkpoint, instead of CHECKPOINT.", show_default=False)] = None,
 ) -> None:
     """Stream generated code from a trained model, character by character.
 
     On a terminal each finished line is syntax-highlighted in the corpus's language; piped or redirected, the output is plain text. A new file the model starts shows as a '── new file ──' line; the unknown symbol prints as \ufffd.
     """  # noqa: E501
+    from charlstm.checkpoint import resolve_model
     from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
     from charlstm.sample import SampleSettings, read_prime_file, unescape
     from charlstm.sample_command import run_sampling
@@ -305,6 +307,10 @@ def sample_command(
         watch=parse_unit(watch, "--watch", WATCHABLE) if watch is not None else None,
     )
     settings.validate()
+    if model is not None:
+        if checkpoint is not None:
+            raise CharlstmError("give a CHECKPOINT or --model, not both")
+        checkpoint = str(resolve_model(model))
     run_sampling(checkpoint, settings, out=out, color=not no_color, device=device, precision=precision, threads=threads, console=err)
 
 

@@ -1,0 +1,60 @@
+"""`charlstm sample --model NAME`: a shipped model by name, or a path as CHECKPOINT takes."""
+
+import pytest
+from typer.testing import CliRunner
+
+import charlstm.checkpoint as checkpoint_module
+from charlstm.cli import app
+from charlstm.errors import CharlstmError
+from conftest import make_lively_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+
+
+def sample(*args):
+    return runner.invoke(app, ["sample", "--length", "40", "--seed", "3", "--device", "cpu", "--no-color", *args])
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """Shipped models in a temporary checkpoints/: python (a lively model), java not (yet) there."""
+    folders = {"python": tmp_path / "checkpoints" / "pretrained-python", "java": tmp_path / "checkpoints" / "pretrained-java"}
+    make_lively_checkpoint(folders["python"] / "best.pt", seed=1)
+    monkeypatch.setattr(checkpoint_module, "SHIPPED_MODELS", folders)
+    monkeypatch.setattr(checkpoint_module, "PRETRAINED_RUN", folders["python"])
+    monkeypatch.chdir(tmp_path)
+    return folders
+
+
+def test_a_shipped_name_samples_that_model(shipped):
+    by_name, by_path = sample("--model", "python"), sample(str(shipped["python"]))
+    assert by_name.exit_code == 0, by_name.output
+    assert by_name.stdout == by_path.stdout and len(by_name.stdout) >= 40
+    make_lively_checkpoint(shipped["java"] / "best.pt", seed=2)
+    java = sample("--model", "java")
+    assert java.exit_code == 0 and java.stdout != by_name.stdout
+
+
+def test_an_unshipped_or_unknown_name_is_one_line_listing_the_shipped(shipped):
+    result = sample("--model", "java")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "'java' is not shipped" in result.stderr and "shipped: python" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = sample("--model", "cobol")
+    assert result.exit_code == 1 and "unknown model 'cobol'" in result.stderr and "shipped models are python" in result.stderr
+
+
+def test_model_takes_a_path_but_not_beside_a_checkpoint(shipped, tmp_path):
+    run = make_lively_checkpoint(tmp_path / "mine" / "best.pt", seed=5).parent
+    assert sample("--model", str(run)).stdout == sample(str(run)).stdout
+    result = sample(str(run), "--model", "python")
+    assert result.exit_code == 1 and "not both" in result.stderr
+
+
+def test_without_a_run_sample_uses_the_python_model_even_beside_a_shipped_java(shipped):
+    make_lively_checkpoint(shipped["java"] / "best.pt", seed=2)  # newer than the python one
+    assert checkpoint_module.resolve_checkpoint(None) == shipped["python"] / "best.pt"
+    assert sample().stdout == sample("--model", "python").stdout
+    with pytest.raises(CharlstmError, match="shipped models are java, python|shipped models are python, java"):
+        checkpoint_module.resolve_model("c++")
