@@ -19,7 +19,8 @@ from charlstm.errors import CharlstmError
 from charlstm.explorer import most_chars, write_explorer
 from charlstm.explorer import default_chars as html_chars
 from charlstm.features import is_binary, validate_feature
-from charlstm.neurons import GateSaturation, UnitSignals, choose_text, cut_text, find_units, open_checkpoint, trace_into
+from charlstm.neurons import UnitSignals, choose_text, cut_text, find_units, open_checkpoint, trace_into
+from charlstm.saturation import GateSaturation
 from charlstm.scales import value_range
 from charlstm.userio import write_output
 
