@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from charlstm.backend import torch_threads
+from charlstm.backend import cpu_threads, resolve_device, torch_threads
 from charlstm.checkpoint import VAL_EXCERPT, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset
 from charlstm.engine import BOUNDED, GATES, SIGNALS, StepEngine, half_weight_kernels_available
@@ -37,6 +37,10 @@ class Inspection:
     model: CharRNN
     vocab: Vocab
     exact: bool = False  # trace with float32 weights (else float16 where the CPU kernels exist)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @property
     def kind(self) -> str:
@@ -78,11 +82,15 @@ class Inspection:
             )
 
 
-def open_checkpoint(where: str | Path | None, exact: bool = False) -> Inspection:
+def open_checkpoint(
+    where: str | Path | None, exact: bool = False, device: str | torch.device = "cpu"
+) -> Inspection:
+    """The checkpoint's model on `device` (a --device name, auto included, or a torch device)."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)  # before the (slow) load
     path = resolve_checkpoint(where)
-    payload = load_checkpoint(path)
+    payload = load_checkpoint(path)  # onto the CPU, wherever it was saved from
     model, vocab = model_from_checkpoint(payload)
-    return Inspection(path=path, payload=payload, model=model, vocab=vocab, exact=exact)
+    return Inspection(path=path, payload=payload, model=model.to(dev), vocab=vocab, exact=exact)
 
 
 def validation_text(inspection: Inspection, chars: int, data: str | Path | None = None) -> tuple[str, str]:
@@ -138,6 +146,14 @@ def chunk_chars(model: CharRNN) -> int:
     return max(low, min(high, CHUNK_VALUES // per_char))
 
 
+def trace_weights(model: CharRNN, exact: bool = False) -> torch.dtype:
+    """The weights' type for a trace: float16 on a CPU with FBGEMM's kernels unless `exact`, where the
+    trace is bound by reading the weights; float32 elsewhere. On a GPU a batch-1 step is bound by
+    launching kernels, not by reading weights, and there float16 would cast the state too."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return torch.float16 if on_cpu and not exact and half_weight_kernels_available() else torch.float32
+
+
 def trace_chunks(
     model: CharRNN,
     vocab: Vocab,
@@ -151,20 +167,20 @@ def trace_chunks(
     The chunks are slices of one trace over the whole text (to float rounding).
 
     The trace is a long chain of matrix-vector products bound by reading the recurrent weights
-    once per character and layer. On a CPU with FBGEMM they are read as float16 unless `exact`:
-    half the bytes, so faster, and gates and hidden states stay within ~4e-3 of the float32 ones
-    (a colour step is 1/128). `exact` gives the training model's forward pass to float32 rounding.
+    once per character and layer. On a CPU with FBGEMM they are read as float16 unless `exact`
+    (`trace_weights`): half the bytes, so faster, and gates and hidden states stay within ~4e-3 of
+    the float32 ones (a colour step is 1/128). `exact` gives the training model's forward pass to float32 rounding.
     Each product is too small to share between threads, and a second thread stalls whenever other
     work uses the cores, so it runs single-threaded unless `threads` says otherwise (None: torch's
     default). bench/inspect_speed.py measures both choices (--compare-threads for the second).
+    Off the CPU the trace runs on the model's device and `threads` is ignored; each chunk comes
+    back to the CPU as numpy.
     """
-    tokens = encode_text(vocab, text)
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    weights = torch.float16 if on_cpu and not exact and half_weight_kernels_available() else torch.float32
-    engine = StepEngine(model, weights)
-    with torch_threads(threads):
+    engine = StepEngine(model, trace_weights(model, exact))
+    tokens = encode_text(vocab, text).to(engine.device)
+    with torch_threads(cpu_threads(engine.device, threads)):
         for start, part in engine.trace_chunks(tokens, chunk or chunk_chars(model)):
-            yield start, {name: values.numpy() for name, values in part.items()}
+            yield start, {name: values.cpu().numpy() for name, values in part.items()}
 
 
 def chunk_length(chunk: dict[str, np.ndarray]) -> int:
