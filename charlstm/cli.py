@@ -386,6 +386,9 @@ def experiment_command(
         Optional[Path],
         typer.Option(help="Also write the HTML explorer of the run, opened on the unit found (all: OUT-STUDY.html)."),
     ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (a CUDA GPU when present, else the CPU), cuda or cpu: where the studies train and are judged.")
+    ] = "auto",
 ) -> None:
     """Reproduce the source article's small studies: train a tiny LSTM on a synthetic language,
     judge its greedy generations, and show the units that solve it (layers numbered from 1)."""
@@ -394,7 +397,7 @@ def experiment_command(
 
     results = run_experiments(
         name, err, quiet=quiet, html=html, seed=seed, out_dir=out_dir, steps=steps, max_n=max_n,
-        eval_max_n=eval_max_n,
+        eval_max_n=eval_max_n, device=device,
     )
     if json_out:
         payload = {k: strip_views(v) for k, v in results.items()} if name == "all" else strip_views(results[name])
