@@ -211,7 +211,9 @@ def bits_with_interventions(engine, tokens: torch.Tensor, conditions: list[list[
     out = torch.empty(rows, steps, dtype=torch.float64, device=scored_on)
     for t in range(steps):
         logits, state = engine.step(tokens[t].expand(rows), state, clamps)
-        out[:, t] = -torch.log_softmax(logits.to(scored_on, torch.float64), dim=-1)[:, targets[t + 1]] / LN2
+        log_probs = torch.log_softmax(logits.to(scored_on, torch.float64), dim=-1)
+        # index_select with a slice of the targets: a tensor index would wait for the GPU each step.
+        out[:, t] = -log_probs.index_select(1, targets[t + 1 : t + 2])[:, 0] / LN2
     return out.cpu().numpy()
 
 
