@@ -1,9 +1,10 @@
 """The backend, decided once: device, precision, CPU threads, denormals, memory, and the processes.
 
-Training, evaluation, sampling and inspection all ask here: `resolve_device` (train, eval) and
-`sampling_device` (sample) turn a --device into a torch device; `choose_precision` picks an
-autocast precision by running a recurrent layer, never assuming, and `checkpoint_precision` does
-the same for scoring a trained model; `flush_denormals` and `torch_threads` set the CPU up;
+Training, evaluation, sampling and inspection all ask here: `resolve_device` (train, eval,
+inspect-neuron) and `sampling_device` (sample, experiment) turn a --device into a torch device;
+`choose_precision` picks an autocast precision by running a recurrent layer, never assuming, and
+`checkpoint_precision` does the same for scoring a trained model; `flush_denormals` and
+`torch_threads` set the CPU up (`cpu_threads`: only for work that runs there);
 `check_training_memory` refuses a model too large for the device before it is built;
 `distributed_layout` reads torchrun's process layout and `gather_lanes` collects every rank's lanes.
 """
@@ -264,6 +265,12 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def cpu_threads(device: torch.device, n: int | None) -> int | None:
+    """`n` for `torch_threads` on a CPU; None (leave the count alone) elsewhere, where the CPU only
+    launches the device's kernels."""
+    return n if device.type == "cpu" else None
 
 
 # ---------------------------------------------------------------------------------------------

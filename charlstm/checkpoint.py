@@ -77,7 +77,11 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint onto the CPU without unpickling arbitrary objects."""
+    """Load a checkpoint onto the CPU without unpickling arbitrary objects.
+
+    `map_location` puts every tensor on the CPU whatever device it was saved from (a GPU run's
+    checkpoint loads on a CPU-only machine); callers move the model to their --device after.
+    """
     path = Path(path)
     if not path.is_file():
         raise CharlstmError(f"checkpoint not found: {path}")

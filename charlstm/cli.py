@@ -335,11 +335,12 @@ def inspect_neuron_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print --find, --stats, --ablate or --top-contexts results as JSON on stdout.", rich_help_panel="Output")] = False,
     html: Annotated[Optional[str], typer.Option("--html", help="Write a self-contained HTML explorer (every neuron and signal, switchable in the page) to this file.", rich_help_panel="Output")] = None,
     svg: Annotated[Optional[str], typer.Option("--svg", help="Also save the coloured view of one neuron as an SVG picture.", rich_help_panel="Output")] = None,
-    exact: Annotated[bool, typer.Option("--exact", help="Trace with float32 weights: values equal training's forward pass. Default on a CPU: float16 weights, faster, with gates and hidden states within ~4e-3.", rich_help_panel="Output")] = False,
+    exact: Annotated[bool, typer.Option("--exact", help="Trace with float32 weights: values equal training's forward pass. Default on a CPU: float16 weights, faster, with gates and hidden states within ~4e-3; on a GPU the trace always uses float32.", rich_help_panel="Output")] = False,
     ablate: Annotated[Optional[list[str]], typer.Option("--ablate", metavar="L:N", help="Measure what a unit does: bits per character with it zeroed at every step (L:N; repeat to ablate several together) minus without, overall and per class of character (indentation, strings, comments, brackets, other), beside random units of the same layer ablated alike. Scored in float32.", rich_help_panel="Causal", show_default=False)] = None,
     causal: Annotated[bool, typer.Option("--causal", help="With --find: ablate each ranked unit and add its effect on bits per character (all characters, and the feature's own) to the table.", rich_help_panel="Causal")] = False,
     controls: Annotated[int, typer.Option("--controls", help="Random control ablations for --ablate and --causal.", rich_help_panel="Causal")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Chooses the control units.", rich_help_panel="Causal")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when present, else the CPU), cuda, mps or cpu: where the trace, --find, --ablate/--causal, --top-contexts and --html run. A model trained on either inspects on either.", rich_help_panel="Backend")] = "auto",
 ) -> None:
     """Colour text by one neuron's activation, find the neurons that track code, test what they do, or write an HTML explorer.
 
@@ -391,6 +392,9 @@ def experiment_command(
         Optional[Path],
         typer.Option(help="Also write the HTML explorer of the run, opened on the unit found (all: OUT-STUDY.html)."),
     ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (a CUDA GPU when present, else the CPU), cuda or cpu: where the studies train and are judged.")
+    ] = "auto",
 ) -> None:
     """Reproduce the source article's small studies: train a tiny LSTM on a synthetic language,
     judge its greedy generations, and show the units that solve it (layers numbered from 1)."""
@@ -399,7 +403,7 @@ def experiment_command(
 
     results = run_experiments(
         name, err, quiet=quiet, html=html, seed=seed, out_dir=out_dir, steps=steps, max_n=max_n,
-        eval_max_n=eval_max_n,
+        eval_max_n=eval_max_n, device=device,
     )
     if json_out:
         payload = {k: strip_views(v) for k, v in results.items()} if name == "all" else strip_views(results[name])

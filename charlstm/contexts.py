@@ -15,9 +15,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from charlstm.backend import torch_threads
-from charlstm.engine import StepEngine, half_weight_kernels_available
+from charlstm.backend import cpu_threads, torch_threads
+from charlstm.engine import StepEngine
 from charlstm.errors import CharlstmError
+from charlstm.neurons import trace_weights
 
 # Characters traced at a time: one chunk's signals take CHUNK × layers × hidden × signals × 4 bytes.
 CHUNK = 2048
@@ -29,7 +30,7 @@ def unit_values(
 ) -> Iterator[np.ndarray]:
     """One unit's `signal` at every token (0-based `layer`), chunk by chunk, the state carried across."""
     for _, part in engine.trace_chunks(tokens, chunk):
-        yield part[signal][layer, :, neuron].numpy().copy()
+        yield part[signal][layer, :, neuron].cpu().numpy().copy()
 
 
 def _pick(values: np.ndarray, positions: np.ndarray, k: int, gap: int) -> list[int]:
@@ -98,11 +99,9 @@ def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: st
     """`inspect-neuron -l L -n N --top-contexts K`: the result as plain data (layer 1-based)."""
     if k < 1:
         raise CharlstmError(f"--top-contexts must be at least 1, got {k}")
-    tokens = torch.from_numpy(inspection.vocab.encode(text))
-    on_cpu = next(inspection.model.parameters()).device.type == "cpu"
-    weights = torch.float16 if on_cpu and not inspection.exact and half_weight_kernels_available() else torch.float32
-    engine = StepEngine(inspection.model, weights)
-    with torch_threads(1):  # as `activations`: a trace is a chain of small products
+    engine = StepEngine(inspection.model, trace_weights(inspection.model, inspection.exact))
+    tokens = torch.from_numpy(inspection.vocab.encode(text)).to(engine.device)
+    with torch_threads(cpu_threads(engine.device, 1)):  # as `activations`: a trace is a chain of small products
         found = top_contexts(engine, tokens, layer - 1, neuron, signal, k)
 
     def item(entry) -> dict:

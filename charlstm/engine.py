@@ -283,7 +283,10 @@ class StepEngine:
         """
         steps = tokens.shape[0]
         state = state or self.init_state(1)
-        out = {s: torch.empty(self.layers, steps, self.hidden, dtype=torch.float32) for s in self.signals}
+        # On the engine's device: the next layer reads this one's hidden states from here.
+        out = {
+            s: torch.empty(self.layers, steps, self.hidden, dtype=torch.float32, device=self.device) for s in self.signals
+        }
         x_seq = self.embedding[tokens]  # [T, in]
         for k, (w, s) in enumerate(zip(self.weights, state)):
             h = s[0][0]

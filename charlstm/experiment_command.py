@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from charlstm.errors import CharlstmError
+from charlstm.backend import sampling_device
 from charlstm.experiments import NAMES, STUDIES, configured_study, html_path, run_study, write_html
 
 
@@ -74,12 +75,18 @@ def comparison_table(results: dict[str, dict]) -> Table:
     return table
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def run_experiments(name: str, console: Console, quiet: bool = False, html: Path | str | None = None,
-                    **options) -> dict:
+                    device: str = "auto", **options) -> dict:
     """`charlstm experiment NAME|all`: run, report each on `console`, return results by study."""
     names = NAMES if name == "all" else (name,)
     if name != "all" and name not in STUDIES:
         raise CharlstmError(f"unknown experiment {name!r}; choose one of {', '.join(NAMES)} or all")
+    if device not in DEVICES:
+        raise CharlstmError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    dev = sampling_device(device)  # auto: a CUDA GPU when there is one, else the CPU
     if html is not None and not Path(html).name:  # "", ".", "/": no file name to write (or to add -STUDY to)
         raise CharlstmError(f"--html needs a file name, got {str(html)!r}")
     for study in names:  # every study's options are checked before the first one trains
@@ -89,11 +96,11 @@ def run_experiments(name: str, console: Console, quiet: bool = False, html: Path
     for study in names:
         if not quiet:
             console.rule(f"experiment {study}")
-        results[study] = run_study(study, quiet=quiet, **options)
+        results[study] = run_study(study, quiet=quiet, device=dev, **options)
         if not quiet:
             report(results[study], console)
         if html is not None:
-            page = write_html(results[study], html_path(html, study, len(names) > 1))
+            page = write_html(results[study], html_path(html, study, len(names) > 1), dev)
             results[study]["html"] = page["path"]
             if not quiet:
                 console.print(f"explorer page: {page['path']} ({page['bytes']:,} bytes)", highlight=False)

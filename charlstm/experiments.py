@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from charlstm import synthetic as syn
-from charlstm.backend import torch_threads
+from charlstm.backend import cpu_threads, torch_threads
 from charlstm.checkpoint import BEST, save_checkpoint
 from charlstm.engine import StepEngine
 from charlstm.errors import CharlstmError
@@ -89,12 +89,15 @@ def _batch(vocab, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def train(study: Study, seed: int, quiet: bool = False) -> tuple[CharRNN, dict]:
+def train(
+    study: Study, seed: int, quiet: bool = False, device: torch.device = torch.device("cpu")
+) -> tuple[CharRNN, dict]:
     """Train a fresh model on an endless stream of seeded random examples; one example a row."""
     vocab = syn.vocab()
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = CharRNN(ModelConfig(len(vocab), "lstm", study.layers, study.hidden, study.embed))
+    # Built on the CPU, then moved: the same seed starts from the same weights on every device.
+    model = CharRNN(ModelConfig(len(vocab), "lstm", study.layers, study.hidden, study.embed)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=study.lr)
     generate = syn.GENERATORS[study.name]
     started = time.perf_counter()
@@ -105,7 +108,7 @@ def train(study: Study, seed: int, quiet: bool = False) -> tuple[CharRNN, dict]:
         longest = study.max_n
         if study.curriculum > 0:
             longest = min(study.max_n, 2 + int((study.max_n - 1) * step / (study.curriculum * study.steps)))
-        x, y = _batch(vocab, [syn.frame(generate(rng, longest)) for _ in range(study.batch)])
+        x, y = (t.to(device) for t in _batch(vocab, [syn.frame(generate(rng, longest)) for _ in range(study.batch)]))
         # Cosine decay to zero: a tiny model settles on exact counts instead of hovering near them.
         for group in optimizer.param_groups:
             group["lr"] = study.lr * 0.5 * (1 + math.cos(math.pi * step / study.steps))
@@ -131,14 +134,14 @@ def greedy(engine: StepEngine, vocab, prompt: str, max_chars: int) -> str:
     """Feed `prompt`, then take the most likely character until END or `max_chars`."""
     state = engine.init_state(1)
     for token in vocab.encode(prompt):
-        logits, state = engine.step(torch.tensor([int(token)]), state)
+        logits, state = engine.step(torch.tensor([int(token)], device=engine.device), state)
     out = []
     for _ in range(max_chars):
         token = int(logits.argmax())
         out.append(vocab.symbols[token])
         if out[-1] == syn.END:
             break
-        logits, state = engine.step(torch.tensor([token]), state)
+        logits, state = engine.step(torch.tensor([token], device=engine.device), state)
     return "".join(out)
 
 
@@ -194,7 +197,9 @@ def _corr(values: torch.Tensor, target) -> torch.Tensor:
 
 
 def _trace(engine: StepEngine, vocab, text: str) -> dict[str, torch.Tensor]:
-    return engine.trace(torch.from_numpy(vocab.encode(text)))
+    """The trace on the CPU, whatever the engine's device: the finders read it value by value."""
+    trace = engine.trace(torch.from_numpy(vocab.encode(text)).to(engine.device))
+    return {signal: values.cpu() for signal, values in trace.items()}
 
 
 def _view(text: str, trace: dict, signal: str, layer: int, unit: int, caption: str) -> dict:
@@ -422,13 +427,15 @@ def run_study(
     max_n: int | None = None,
     eval_max_n: int | None = None,
     quiet: bool = False,
+    device: torch.device = torch.device("cpu"),
 ) -> dict:
     """Train, evaluate, find the units, save the run; return a JSON-ready result."""
     study = configured_study(name, seed, steps, max_n, eval_max_n)
     ensure_writable_folder(out_dir)  # fail now, not after a minute of training
     vocab = syn.vocab()
-    with torch_threads(1):  # tiny models run fastest on one thread, and a fixed count keeps results repeatable
-        model, stats = train(study, seed, quiet)
+    # Tiny models run fastest on one CPU thread, and a fixed count keeps results repeatable.
+    with torch_threads(cpu_threads(device, 1)):
+        model, stats = train(study, seed, quiet, device)
         evaluation = evaluate(study, model, seed)
         neurons, views = FINDERS[name](study, StepEngine(model), vocab, seed)
     run_dir = Path(out_dir) / f"experiment-{name}"
@@ -436,6 +443,7 @@ def run_study(
         "study": name,
         "seed": seed,
         "model": {"kind": "lstm", "layers": study.layers, "hidden": study.hidden},
+        "device": device.type,
         "steps": study.steps,
         "max_n": study.max_n,
         **stats,
@@ -451,7 +459,7 @@ def run_study(
         {
             "model_config": model.config.to_dict(),
             "vocab": vocab.symbols,
-            "model": model.state_dict(),
+            "model": {k: v.cpu() for k, v in model.state_dict().items()},  # a file free of the device
             "dataset": {"name": f"experiment-{name}", "path": None, "content_hash": None, "language": None},
             "step": study.steps,
             "experiment": {**asdict(study), "seed": seed},
@@ -466,14 +474,14 @@ def strip_views(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "views"}
 
 
-def write_html(result: dict, out: Path | str) -> dict:
+def write_html(result: dict, out: Path | str, device: torch.device = torch.device("cpu")) -> dict:
     """The inspection explorer page for a study's run, over its example sequence, opened on the
     first unit found."""
     from charlstm.explorer import write_explorer
     from charlstm.neurons import open_checkpoint
 
     view = result["views"][0]
-    inspection = open_checkpoint(result["run"])
+    inspection = open_checkpoint(result["run"], device=device)
     return write_explorer(out, inspection, view["text"], f"experiment {result['study']}",
                           layer=view["layer"], neuron=view["neuron"], signal=view["signal"])
 

@@ -124,7 +124,7 @@ def surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, int
     from charlstm.surprise import per_char_bits
 
     tokens = np.concatenate([[inspection.vocab.doc_sep], inspection.vocab.encode(text)])
-    bits, top_ids, top_probs = per_char_bits(inspection.model, tokens)
+    bits, top_ids, top_probs = per_char_bits(inspection.model, tokens, device=inspection.device)
     symbols = inspection.vocab.symbols
     out = {
         "bits": [round(float(b), 3) for b in bits],

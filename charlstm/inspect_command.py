@@ -19,7 +19,8 @@ from charlstm.errors import CharlstmError
 from charlstm.explorer import most_chars, write_explorer
 from charlstm.explorer import default_chars as html_chars
 from charlstm.features import is_binary, validate_feature
-from charlstm.neurons import GateSaturation, UnitSignals, choose_text, cut_text, find_units, open_checkpoint, trace_into
+from charlstm.neurons import UnitSignals, choose_text, cut_text, find_units, open_checkpoint, trace_into
+from charlstm.saturation import GateSaturation
 from charlstm.scales import value_range
 from charlstm.userio import write_output
 
@@ -58,6 +59,7 @@ class InspectOptions:
     causal: bool = False
     controls: int = 8
     seed: int = 0
+    device: str = "auto"  # auto | cuda | mps | cpu
 
     @property
     def unit_given(self) -> bool:
@@ -72,7 +74,7 @@ def inspect_neuron(checkpoint: str | None, opts: InspectOptions, *, err) -> None
     coloured view is also saved as an SVG picture (for a README, a paper, an issue).
     """
     modes, specs = _check_flags(opts)
-    inspection = open_checkpoint(checkpoint, exact=opts.exact)
+    inspection = open_checkpoint(checkpoint, exact=opts.exact, device=opts.device)
     _check_against_model(inspection, opts, specs, modes)
     chosen, source = _text(inspection, opts)
     if opts.ablate and opts.html is None:

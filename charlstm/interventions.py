@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from charlstm.backend import torch_threads
+from charlstm.backend import cpu_threads, torch_threads
 from charlstm.errors import CharlstmError
 from charlstm.features import CODE, CLOSE, COMMENT, OPEN, STRING, compute_feature, is_binary, syntax_labels
 from charlstm.vocab import DOC_SEP
@@ -205,11 +205,16 @@ def bits_with_interventions(engine, tokens: torch.Tensor, conditions: list[list[
     clamps = engine.clamps(conditions, per_stream=True)
     state = engine.init_state(rows)
     steps = tokens.shape[0] - 1
-    out = torch.empty(rows, steps, dtype=torch.float64)
+    # Scored in float64 where the steps run (no copy back per step), except on MPS, which has none.
+    scored_on = torch.device("cpu") if engine.device.type == "mps" else engine.device
+    tokens, targets = tokens.to(engine.device), tokens.to(scored_on)
+    out = torch.empty(rows, steps, dtype=torch.float64, device=scored_on)
     for t in range(steps):
         logits, state = engine.step(tokens[t].expand(rows), state, clamps)
-        out[:, t] = -torch.log_softmax(logits.double(), dim=-1)[:, tokens[t + 1]] / LN2
-    return out.numpy()
+        log_probs = torch.log_softmax(logits.to(scored_on, torch.float64), dim=-1)
+        # index_select with a slice of the targets: a tensor index would wait for the GPU each step.
+        out[:, t] = -log_probs.index_select(1, targets[t + 1 : t + 2])[:, 0] / LN2
+    return out.cpu().numpy()
 
 
 def random_units(hidden: int, count: int, exclude: set[int], rng: np.random.Generator) -> list[int]:
@@ -333,11 +338,11 @@ def _scoring_engine(inspection):
     return StepEngine(inspection.model, torch.float32)
 
 
-def _one_thread(fn, *args, **kwargs):
+def _one_thread(fn, engine, *args, **kwargs):
     # Batched steps of a small model: too small to share between threads, and a second thread
     # stalls whenever other work uses the cores (README, "Slow on a busy machine").
-    with torch_threads(1):
-        return fn(*args, **kwargs)
+    with torch_threads(cpu_threads(engine.device, 1)):
+        return fn(engine, *args, **kwargs)
 
 
 def ablate_units(inspection, text: str, specs: list[UnitSpec], controls: int = CONTROLS, seed: int = 0) -> dict:

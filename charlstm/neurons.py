@@ -1,5 +1,5 @@
 """Neuron inspection: record every signal of every unit over a text, rank units by how closely they
-follow a feature of the code, and measure gate saturation.
+follow a feature of the code (gate saturation, counted over the same trace, is in saturation.py).
 
 Activations come from the step engine's `trace` — the same cell math sampling uses, checked equal to
 the fused modules training uses — so what is shown is what the trained model computes.
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from charlstm.backend import torch_threads
+from charlstm.backend import cpu_threads, resolve_device, torch_threads
 from charlstm.checkpoint import VAL_EXCERPT, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset
 from charlstm.engine import BOUNDED, GATES, SIGNALS, StepEngine, half_weight_kernels_available
@@ -28,10 +28,6 @@ from charlstm.scales import value_range
 from charlstm.userio import read_text_source, text_from_argv
 from charlstm.vocab import Vocab
 
-# Karpathy, Johnson & Fei-Fei (2015): a gate is left-saturated below 0.1, right-saturated above 0.9.
-LEFT_SATURATED, RIGHT_SATURATED = 0.1, 0.9
-
-
 @dataclass
 class Inspection:
     """A loaded model ready to be traced, with what the user needs to hear about it."""
@@ -41,6 +37,10 @@ class Inspection:
     model: CharRNN
     vocab: Vocab
     exact: bool = False  # trace with float32 weights (else float16 where the CPU kernels exist)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @property
     def kind(self) -> str:
@@ -82,11 +82,15 @@ class Inspection:
             )
 
 
-def open_checkpoint(where: str | Path | None, exact: bool = False) -> Inspection:
+def open_checkpoint(
+    where: str | Path | None, exact: bool = False, device: str | torch.device = "cpu"
+) -> Inspection:
+    """The checkpoint's model on `device` (a --device name, auto included, or a torch device)."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)  # before the (slow) load
     path = resolve_checkpoint(where)
-    payload = load_checkpoint(path)
+    payload = load_checkpoint(path)  # onto the CPU, wherever it was saved from
     model, vocab = model_from_checkpoint(payload)
-    return Inspection(path=path, payload=payload, model=model, vocab=vocab, exact=exact)
+    return Inspection(path=path, payload=payload, model=model.to(dev), vocab=vocab, exact=exact)
 
 
 def validation_text(inspection: Inspection, chars: int, data: str | Path | None = None) -> tuple[str, str]:
@@ -142,6 +146,14 @@ def chunk_chars(model: CharRNN) -> int:
     return max(low, min(high, CHUNK_VALUES // per_char))
 
 
+def trace_weights(model: CharRNN, exact: bool = False) -> torch.dtype:
+    """The weights' type for a trace: float16 on a CPU with FBGEMM's kernels unless `exact`, where the
+    trace is bound by reading the weights; float32 elsewhere. On a GPU a batch-1 step is bound by
+    launching kernels, not by reading weights, and there float16 would cast the state too."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return torch.float16 if on_cpu and not exact and half_weight_kernels_available() else torch.float32
+
+
 def trace_chunks(
     model: CharRNN,
     vocab: Vocab,
@@ -155,20 +167,20 @@ def trace_chunks(
     The chunks are slices of one trace over the whole text (to float rounding).
 
     The trace is a long chain of matrix-vector products bound by reading the recurrent weights
-    once per character and layer. On a CPU with FBGEMM they are read as float16 unless `exact`:
-    half the bytes, so faster, and gates and hidden states stay within ~4e-3 of the float32 ones
-    (a colour step is 1/128). `exact` gives the training model's forward pass to float32 rounding.
+    once per character and layer. On a CPU with FBGEMM they are read as float16 unless `exact`
+    (`trace_weights`): half the bytes, so faster, and gates and hidden states stay within ~4e-3 of
+    the float32 ones (a colour step is 1/128). `exact` gives the training model's forward pass to float32 rounding.
     Each product is too small to share between threads, and a second thread stalls whenever other
     work uses the cores, so it runs single-threaded unless `threads` says otherwise (None: torch's
     default). bench/inspect_speed.py measures both choices (--compare-threads for the second).
+    Off the CPU the trace runs on the model's device and `threads` is ignored; each chunk comes
+    back to the CPU as numpy.
     """
-    tokens = encode_text(vocab, text)
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    weights = torch.float16 if on_cpu and not exact and half_weight_kernels_available() else torch.float32
-    engine = StepEngine(model, weights)
-    with torch_threads(threads):
+    engine = StepEngine(model, trace_weights(model, exact))
+    tokens = encode_text(vocab, text).to(engine.device)
+    with torch_threads(cpu_threads(engine.device, threads)):
         for start, part in engine.trace_chunks(tokens, chunk or chunk_chars(model)):
-            yield start, {name: values.numpy() for name, values in part.items()}
+            yield start, {name: values.cpu().numpy() for name, values in part.items()}
 
 
 def chunk_length(chunk: dict[str, np.ndarray]) -> int:
@@ -409,56 +421,6 @@ def feature_window(feature: np.ndarray, width: int = 64) -> tuple[int, int]:
     variance = squares / width - (sums / width) ** 2
     start = int(np.argmax(variance))
     return start, start + width
-
-
-# ----- gate saturation ---------------------------------------------------------------------------
-
-
-class GateSaturation:
-    """Per layer, gate and unit: how many characters it spends left- (< 0.1) and right-saturated
-    (> 0.9), counted over chunks of the trace."""
-
-    def __init__(self, kind: str):
-        self.gates = [s for s in SIGNALS[kind] if s in GATES]
-        if not self.gates:
-            raise CharlstmError(f"a {kind.upper()} has no gates to measure; --stats needs an LSTM or GRU")
-        self.count = 0
-        self.left: dict[str, np.ndarray] = {}  # gate → [layers, hidden] characters
-        self.right: dict[str, np.ndarray] = {}
-
-    def add(self, start: int, chunk: dict[str, np.ndarray]) -> None:
-        for gate in self.gates:
-            values = chunk[gate]
-            self.left[gate] = self.left.get(gate, 0) + (values < LEFT_SATURATED).sum(axis=1)
-            self.right[gate] = self.right.get(gate, 0) + (values > RIGHT_SATURATED).sum(axis=1)
-        self.count += chunk_length(chunk)
-
-    def rows(self) -> list[dict]:
-        """Per layer and gate: mean fraction of time units are left- and right-saturated, and how
-        many units spend most of the time (> 50 %) in each state."""
-        rows = []
-        for gate in self.gates:
-            for layer, (left, right) in enumerate(zip(self.left[gate] / self.count, self.right[gate] / self.count)):
-                rows.append(
-                    {
-                        "layer": layer + 1,
-                        "gate": gate,
-                        "left_saturated": float(left.mean()),
-                        "right_saturated": float(right.mean()),
-                        "units_mostly_left": int((left > 0.5).sum()),
-                        "units_mostly_right": int((right > 0.5).sum()),
-                        "units": len(left),
-                    }
-                )
-        rows.sort(key=lambda r: (r["layer"], self.gates.index(r["gate"])))
-        return rows
-
-
-def saturation(acts: dict[str, np.ndarray], kind: str) -> list[dict]:
-    """Gate saturation (see `GateSaturation.rows`) over whole-text activations."""
-    counts = GateSaturation(kind)
-    counts.add(0, acts)
-    return counts.rows()
 
 
 # ----- choosing the text -------------------------------------------------------------------------

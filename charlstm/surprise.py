@@ -49,7 +49,7 @@ def per_char_bits(model, tokens: np.ndarray, *, device="cpu", autocast=nullconte
         with autocast():
             logits, state = model(x, state)
         log_probs = torch.log_softmax(logits[0].float(), dim=-1)
-        bits[start:end] = (-log_probs.gather(1, y[:, None])[:, 0].double() / LN2).cpu().numpy()
+        bits[start:end] = (-log_probs.gather(1, y[:, None])[:, 0].cpu().double() / LN2).numpy()  # MPS has no float64
         values, ids = log_probs.topk(min(top, log_probs.shape[-1]), dim=-1)
         top_ids[start:end, : ids.shape[1]] = ids.cpu().numpy()
         top_probs[start:end, : ids.shape[1]] = values.exp().cpu().numpy()

@@ -463,6 +463,7 @@ inspect_argv = command(
     ints("--seed", 0, 2**32),
     ints("--top-contexts", 1, 5),
     ints("--max-chars", 1, 300),
+    words("--device", ["cpu"], ["mps", "tpu", "cuda:x"]),
     choose_one=(
         (("--layer", "--neuron"), ("--layer", "--neuron", "--svg"), ("--layer", "--neuron", "--top-contexts"),
          ("--find",), ("--find", "--json"), ("--find", "--causal"), ("--stats",), ("--stats", "--json"), ("--html",),
@@ -484,6 +485,7 @@ experiment_argv = command(
     switch("--json"),
     switch("--quiet"),
     paths("--html", OUTPUTS, BAD_OUTPUTS, odd_names=True),
+    words("--device", ["cpu"], ["mps", "tpu", "cuda:x"]),
 )
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm import explorer, inspect_command, neurons
+from charlstm import explorer, inspect_command, neurons, saturation
 from charlstm.cli import app
 from charlstm.engine import SIGNALS, StepEngine
 from charlstm.features import compute_feature
@@ -122,13 +122,13 @@ def test_correlation_of_a_barely_moving_gate_survives_merging():
 
 def test_saturation_unit_signals_and_snippets_over_chunks():
     acts = neurons.activations(tiny_model("lstm"), VOCAB, TEXT)
-    counts = neurons.GateSaturation("lstm")
+    counts = saturation.GateSaturation("lstm")
     unit = neurons.UnitSignals(2, 5, ("hidden", "cell", "forget"), len(TEXT))
     snippets = neurons.WindowSnippets((100, 164))
     for start, chunk in chunks_of(acts):
         for keeper in (counts, unit, snippets):
             keeper.add(start, chunk)
-    assert counts.rows() == neurons.saturation(acts, "lstm")
+    assert counts.rows() == saturation.saturation(acts, "lstm")
     for signal, values in unit.values.items():
         np.testing.assert_array_equal(values, acts[signal][1, :, 5])
     for signal in acts:
@@ -157,7 +157,7 @@ def keep_over(text: str, model: CharRNN):
     feature = compute_feature("indent", text, "java")
     keepers = {
         "correlation": neurons.FeatureCorrelation(feature),
-        "saturation": neurons.GateSaturation("lstm"),
+        "saturation": saturation.GateSaturation("lstm"),
         "snippets": neurons.WindowSnippets(neurons.feature_window(feature, 40)),
         "unit": neurons.UnitSignals(1, 3, ("hidden", "cell"), len(text)),
     }

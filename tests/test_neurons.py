@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from charlstm import neurons
+from charlstm import neurons, saturation
 from charlstm.checkpoint import VAL_EXCERPT
 from charlstm.cli import app
 from charlstm.engine import half_weight_kernels_available
@@ -182,13 +182,13 @@ def test_saturation_fractions():
         "output": np.full((1, steps, hidden), 0.5, np.float32),
     }
     acts["output"][0, :30, 0] = 0.99  # one unit right-saturated 30 % of the time
-    rows = {r["gate"]: r for r in neurons.saturation(acts, "lstm")}
+    rows = {r["gate"]: r for r in saturation.saturation(acts, "lstm")}
     assert rows["input"]["left_saturated"] == 1.0 and rows["input"]["units_mostly_left"] == 4
     assert rows["forget"]["right_saturated"] == 1.0 and rows["forget"]["units_mostly_right"] == 4
     assert rows["output"]["right_saturated"] == pytest.approx(0.3 / 4)
     assert rows["output"]["units_mostly_right"] == 0 and rows["output"]["layer"] == 1
     with pytest.raises(CharlstmError, match="no gates"):
-        neurons.saturation({"hidden": acts["input"]}, "rnn")
+        saturation.saturation({"hidden": acts["input"]}, "rnn")
 
 
 # ----- the command -------------------------------------------------------------------------------
