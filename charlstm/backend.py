@@ -1,11 +1,11 @@
-"""The backend, decided once: device, precision, CPU threads, denormals, memory, and the processes.
+"""The backend, decided once: device, precision, CPU threads, denormals and memory.
 
 Training, evaluation, sampling and inspection all ask here: `resolve_device` (train, eval) and
 `sampling_device` (sample) turn a --device into a torch device; `choose_precision` picks an
 autocast precision by running a recurrent layer, never assuming, and `checkpoint_precision` does
 the same for scoring a trained model; `flush_denormals` and `torch_threads` set the CPU up;
-`check_training_memory` refuses a model too large for the device before it is built;
-`distributed_layout` reads torchrun's process layout and `gather_lanes` collects every rank's lanes.
+`check_training_memory` refuses a model too large for the device before it is built.
+torchrun's processes are distributed.py's.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from charlstm.config import DEVICES, PRECISIONS
@@ -272,28 +271,3 @@ def check_training_memory(model_config: ModelConfig, lanes: int, seq_len: int, d
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB"
-
-
-# ---------------------------------------------------------------------------------------------
-# Processes under torchrun
-
-
-def distributed_layout() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def gather_lanes(state, world: int):
-    """Concatenate every rank's lanes of the hidden state along the batch dimension."""
-    if state is None or world == 1:
-        return state
-    tensors = state if isinstance(state, tuple) else (state,)
-    gathered = []
-    for t in tensors:
-        parts = [torch.empty_like(t, dtype=torch.float32) for _ in range(world)]
-        dist.all_gather(parts, t.float().contiguous())  # fp32: every backend gathers it, bf16 round-trips exactly
-        gathered.append(torch.cat(parts, dim=1).to(t.dtype))
-    return tuple(gathered) if isinstance(state, tuple) else gathered[0]

@@ -38,17 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from charlstm.backend import (
-    available_cores,
-    check_training_memory,
-    choose_precision,
-    distributed_layout,
-    flush_denormals,
-    gather_lanes,
-    resolve_device,
-)
+from charlstm.backend import available_cores, check_training_memory, choose_precision, flush_denormals, resolve_device
 from charlstm.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
 from charlstm.config import TrainConfig
+from charlstm.distributed import distributed_layout, gather_lanes
 from charlstm.dataset import Dataset, load_dataset, locate_recorded_dataset
 from charlstm.errors import CharlstmError
 from charlstm.evaluate import LN2, bits_per_char
