@@ -3,9 +3,10 @@
 Training, evaluation, sampling and inspection all ask here: `resolve_device` (train, eval) and
 `sampling_device` (sample) turn a --device into a torch device; `choose_precision` picks an
 autocast precision by running a recurrent layer, never assuming, and `checkpoint_precision` does
-the same for scoring a trained model; `flush_denormals` and `torch_threads` set the CPU up;
-`check_training_memory` refuses a model too large for the device before it is built.
-torchrun's processes are distributed.py's.
+the same for scoring a trained model; `flush_denormals` and `torch_threads` set the CPU up, and
+`training_device` sets up a training process's device and threads; `check_training_memory`
+refuses a model too large for the device before it is built. torchrun's processes are in
+distributed.py.
 """
 
 from __future__ import annotations
@@ -214,6 +215,23 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def training_device(device_name: str, precision: str, threads: int | None, world: int, local_rank: int):
+    """(device, threads) for a training process: this rank's GPU under torchrun, denormals flushed,
+    the CPU threads set (by default the cores shared among this machine's processes) and TF32 on
+    for an fp32 run on a GPU."""
+    device = resolve_device(device_name)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    flush_denormals(device)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    threads = threads or max(1, available_cores() // local_world)
+    torch.set_num_threads(threads)
+    if device.type == "cuda" and precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the head's matmul; cuDNN RNNs use TF32 already
+    return device, threads
 
 
 # ---------------------------------------------------------------------------------------------
