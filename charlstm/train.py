@@ -7,7 +7,8 @@ lanes and the model's vocabulary in batching.py; the learning-rate schedule in s
 device, precision (autocast and grad scaler) and threads in backend.py; torchrun's processes and
 their collectives in distributed.py; the run folder (its lock, config.json, metrics.jsonl, what
 --resume reads) in runfolder.py; the hidden state and RNG states a checkpoint carries in
-trainstate.py.
+trainstate.py; Ctrl-C and the errors of a run that ends early in stopping.py; one call of `run`
+(its budget, progress bar, loss since the last metrics line) in progress.py.
 
 Exact resumption: a checkpoint holds the weights, the optimizer and scaler, the step, the data
 position (epoch and window), the hidden state of every lane, the learning-rate schedule's fixed
