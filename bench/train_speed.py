@@ -42,7 +42,8 @@ from charlstm.dataset import write_dataset  # noqa: E402
 from charlstm.model import CharRNN, ModelConfig  # noqa: E402
 from charlstm.errors import CharlstmError  # noqa: E402
 from charlstm.backend import available_cores, choose_precision, resolve_device  # noqa: E402
-from charlstm.train import TrainConfig, Trainer  # noqa: E402
+from charlstm.config import TrainConfig  # noqa: E402
+from charlstm.train import Trainer  # noqa: E402
 from charlstm.vocab import Vocab  # noqa: E402
 
 SHAPE = dict(layers=3, hidden=512, embed=64, batch_size=64, seq_len=128)

@@ -1,12 +1,13 @@
-"""The backend, decided once: device, precision, CPU threads, denormals, memory, and the processes.
+"""The backend, decided once: device, precision, CPU threads, denormals and memory.
 
 Training, evaluation, sampling and inspection all ask here: `resolve_device` (train, eval,
 inspect-neuron) and `sampling_device` (sample, experiment) turn a --device into a torch device;
 `choose_precision` picks an autocast precision by running a recurrent layer, never assuming, and
 `checkpoint_precision` does the same for scoring a trained model; `flush_denormals` and
-`torch_threads` set the CPU up (`cpu_threads`: only for work that runs there);
-`check_training_memory` refuses a model too large for the device before it is built;
-`distributed_layout` reads torchrun's process layout and `gather_lanes` collects every rank's lanes.
+`torch_threads` set the CPU up (`cpu_threads`: only for work that runs there), and
+`training_device` sets up a training process's device and threads; `check_training_memory`
+refuses a model too large for the device before it is built. torchrun's processes are in
+distributed.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from charlstm.config import DEVICES, PRECISIONS
@@ -273,6 +273,23 @@ def cpu_threads(device: torch.device, n: int | None) -> int | None:
     return n if device.type == "cpu" else None
 
 
+def training_device(device_name: str, precision: str, threads: int | None, world: int, local_rank: int):
+    """(device, threads) for a training process: this rank's GPU under torchrun, denormals flushed,
+    the CPU threads set (by default the cores shared among this machine's processes) and TF32 on
+    for an fp32 run on a GPU."""
+    device = resolve_device(device_name)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    flush_denormals(device)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    threads = threads or max(1, available_cores() // local_world)
+    torch.set_num_threads(threads)
+    if device.type == "cuda" and precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the head's matmul; cuDNN RNNs use TF32 already
+    return device, threads
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory: what training a model needs, and what the device has
 
@@ -328,28 +345,3 @@ def check_training_memory(model_config: ModelConfig, lanes: int, seq_len: int, d
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB"
-
-
-# ---------------------------------------------------------------------------------------------
-# Processes under torchrun
-
-
-def distributed_layout() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def gather_lanes(state, world: int):
-    """Concatenate every rank's lanes of the hidden state along the batch dimension."""
-    if state is None or world == 1:
-        return state
-    tensors = state if isinstance(state, tuple) else (state,)
-    gathered = []
-    for t in tensors:
-        parts = [torch.empty_like(t, dtype=torch.float32) for _ in range(world)]
-        dist.all_gather(parts, t.float().contiguous())  # fp32: every backend gathers it, bf16 round-trips exactly
-        gathered.append(torch.cat(parts, dim=1).to(t.dtype))
-    return tuple(gathered) if isinstance(state, tuple) else gathered[0]

@@ -179,7 +179,8 @@ def train_command(
     # The parameters, read before any other local exists: all are training options but these three.
     options = {k: v for k, v in locals().items() if k not in ("resume", "force", "json_output")}
 
-    from charlstm.train import TrainingInterrupted, train
+    from charlstm.stopping import TrainingInterrupted
+    from charlstm.train_setup import train
 
     try:
         summary = train(options, resume=resume, force=force)

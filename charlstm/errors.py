@@ -3,3 +3,9 @@
 
 class CharlstmError(Exception):
     """A problem the user can fix: bad input, missing files, impossible options."""
+
+
+def first_line(exc: BaseException) -> str:
+    """Another library's exception, cut to the one line a CharlstmError message quotes."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

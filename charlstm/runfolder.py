@@ -2,8 +2,8 @@
 the checkpoints (config.json, metrics.jsonl).
 
 `own_run_dir` holds the folder's lock for the whole run; `check_run_dir` refuses to start afresh
-over saved progress; `clear_earlier_run` and `truncate_metrics` leave only this run's files;
-`checkpoint_to_resume` and `check_resumable` find and check what --resume reads.
+over saved progress; `prepare_run_dir` (`clear_earlier_run`, `truncate_metrics`) leaves only this
+run's files; `checkpoint_to_resume` and `check_resumable` find and check what --resume reads.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from charlstm import lock
-from charlstm.backend import distributed_layout
+from charlstm.distributed import distributed_layout
 from charlstm.checkpoint import BEST, LATEST
 from charlstm.errors import CharlstmError
 from charlstm.files import atomic_write
@@ -51,6 +51,15 @@ def clear_earlier_run(run_dir: Path, say) -> None:
     for f in leftovers:
         f.unlink(missing_ok=True)
 
+
+def prepare_run_dir(run_dir: Path, resumed_at: int | None, say) -> None:
+    """A resumed run's metrics cut back to its checkpoint's step `resumed_at`; a fresh run's folder
+    made, without an earlier run's files."""
+    if resumed_at is not None:
+        truncate_metrics(run_dir, resumed_at)
+    else:
+        clear_earlier_run(run_dir, say)
+    run_dir.mkdir(parents=True, exist_ok=True)
 
 def write_run_config(run_dir: Path, record: dict) -> None:
     """config.json: the run's options, model, data and backend, for people and for reproducing it."""

@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from charlstm.cli import app
-from charlstm.train import train
+from charlstm.train_setup import train
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_dataset
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from charlstm.checkpoint import load_checkpoint
 from charlstm.cli import app
 from charlstm.backend import cpu_runs_bf16_rnn
-from charlstm.train import Trainer, train
+from charlstm.train import Trainer
+from charlstm.train_setup import train
 from conftest import JAVA_SNIPPET, make_dataset
 
 pytestmark = pytest.mark.skipif(

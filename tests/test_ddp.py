@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlstm.train import train
+from charlstm.train_setup import train
 
 REPO = Path(__file__).resolve().parent.parent
 ARGS = ["--layers", "2", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16",

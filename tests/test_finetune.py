@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from charlstm.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
 from charlstm.engine import StepEngine
-from charlstm.train import train
+from charlstm.train_setup import train
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_dataset
 
 runner = CliRunner()

@@ -24,7 +24,7 @@ from charlstm.errors import CharlstmError
 from charlstm.evaluate import evaluate_checkpoint
 from charlstm.files import append_line
 from charlstm.ingest import ingest
-from charlstm.train import train
+from charlstm.train_setup import train
 from conftest import JAVA_SNIPPET, make_checkpoint
 
 runner = CliRunner()

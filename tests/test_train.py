@@ -21,7 +21,10 @@ from charlstm.cli import app
 from charlstm.errors import CharlstmError
 from charlstm.evaluate import bits_per_char, evaluate_checkpoint
 from charlstm.backend import choose_precision, cpu_runs_bf16_rnn
-from charlstm.train import LaneBatcher, TrainingInterrupted, lr_at, train
+from charlstm.batching import LaneBatcher
+from charlstm.schedule import lr_at
+from charlstm.stopping import TrainingInterrupted
+from charlstm.train_setup import train
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_dataset
 
 runner = CliRunner()
@@ -358,7 +361,8 @@ def test_checkpoint_helpers_round_trip_hidden_state(tiny_dataset, tmp_path):
 def test_loss_scaling_skips_and_counts_overflowing_steps(tiny_dataset, tmp_path):
     # The fp16 path's scaler logic, run on the CPU with an enabled GradScaler and one gradient
     # made to overflow, as an fp16 overflow would.
-    from charlstm.train import Trainer, TrainConfig
+    from charlstm.config import TrainConfig
+    from charlstm.train import Trainer
 
     trainer = Trainer(TrainConfig(**options(tiny_dataset, tmp_path / "run", steps=5)), tmp_path / "run")
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)

@@ -1,0 +1,79 @@
+"""The learning-rate schedule: linear warm-up, then cosine decay to a floor.
+
+`lr_at` is a pure function of the step and the schedule's fixed numbers (warmup, total,
+from_step, from_ratio), which a checkpoint saves as a dict; the other functions decide those
+numbers for a new run, a resumed one, and a --minutes run once its speed is measured.
+"""
+
+from __future__ import annotations
+
+import math
+
+from charlstm.config import TrainConfig
+
+
+def lr_at(
+    step: int,
+    peak: float,
+    warmup: int,
+    total: int | None,
+    min_ratio: float,
+    from_step: int | None = None,
+    from_ratio: float = 1.0,
+) -> float:
+    """The learning rate of the update after `step` earlier updates, a pure function of the step.
+
+    Linear warm-up to `peak`, then cosine decay from peak × from_ratio at `from_step` (default: the
+    end of warm-up) to peak × min_ratio at `total`; constant while `total` is unknown. A resumed
+    run with a new budget starts a new segment where the old one stood, so the rate never jumps.
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    start = warmup if from_step is None else max(from_step, warmup)
+    if total is None or total <= start:
+        return peak * from_ratio
+    progress = min(1.0, (step - start) / (total - start))
+    return peak * (min_ratio + (from_ratio - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def planned_total(steps: int | None, epochs: float | None, windows_per_epoch: int) -> int | None:
+    """Total steps when the budget fixes it (--steps, or --epochs × windows per epoch)."""
+    totals = []
+    if steps is not None:
+        totals.append(steps)
+    if epochs is not None:
+        n = epochs * windows_per_epoch
+        if math.isfinite(n):  # --epochs 1e308: more steps than a float holds, so no bound at all
+            totals.append(max(1, math.ceil(n)))
+    return min(totals) if totals else None
+
+
+def new_schedule(warmup_steps: int, total: int | None) -> dict:
+    """A new run's fixed numbers: warm-up is at most a tenth of a known length."""
+    warmup = min(warmup_steps, total // 10) if total else warmup_steps
+    return {"warmup": warmup, "total": total, "from_step": None, "from_ratio": 1.0}
+
+
+def resumed_schedule(schedule: dict, payload: dict, config: TrainConfig, step: int) -> dict:
+    """The schedule's fixed numbers for a run resumed at `step` from `payload`: the saved ones when
+    the budget is unchanged, else a new cosine segment from the rate the run had reached."""
+    saved = payload.get("schedule") or {}
+    old_budget = {k: (payload.get("train_config") or {}).get(k) for k in ("steps", "epochs", "minutes")}
+    new_budget = {k: getattr(config, k) for k in old_budget}
+    if new_budget == old_budget and config.minutes is None:
+        return {**schedule, **saved}  # the same run goes on: the same schedule
+    # A new budget (--minutes always is one: it counts this invocation): decay from the
+    # rate the run had reached, over the new length.
+    schedule = dict(schedule)
+    old = {**schedule, **saved}
+    rate = lr_at(step, 1.0, old["warmup"], old["total"], config.min_lr_ratio, old["from_step"], old["from_ratio"])
+    schedule["warmup"] = old["warmup"]
+    if step >= old["warmup"]:
+        schedule["from_step"], schedule["from_ratio"] = step, rate
+    return schedule
+
+
+def estimated_total(schedule: dict, step: int, seconds_per_step: float, seconds_left: float) -> int:
+    """--minutes alone: the steps the time left allows at the measured speed, and always past the
+    warm-up and the segment's start, so the rate decays over at least one step."""
+    return max(step + int(seconds_left / seconds_per_step), schedule["warmup"] + 1, (schedule["from_step"] or 0) + 1)

@@ -1,0 +1,155 @@
+"""`charlstm train`: the options become a run's config, then a Trainer runs it (`train()`).
+
+A new run's config is decided in one place, `fresh_config`: TrainConfig's defaults, with
+--init-from the source model's shape and the fine-tuning defaults, and over them the options
+given. A resumed run keeps the config it was saved with: `resumed_config` lets only the budget,
+logging and backend options change.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from charlstm.checkpoint import load_checkpoint
+from charlstm.config import TrainConfig
+from charlstm.dataset import locate_recorded_dataset
+from charlstm.errors import CharlstmError
+from charlstm.finetune import (
+    FINETUNE_LR,
+    FINETUNE_WARMUP_STEPS,
+    SHAPE_OPTIONS,
+    InitSource,
+    check_shape_options,
+    load_init_source,
+)
+from charlstm.runfolder import check_resumable, checkpoint_to_resume, own_run_dir
+from charlstm.train import Trainer
+
+# Options that may change when a run is resumed: the budget and how it is logged and run.
+# Everything else (model shape, data layout, optimiser) is the run's and must stay as it was.
+RESUMABLE_OVERRIDES = ("steps", "epochs", "minutes", "patience", "eval_every", "save_every", "log_every", "precision", "device", "threads", "data")
+BUDGET = ("steps", "epochs", "minutes")
+
+
+def default_run_dir(data: str, model: str) -> Path:
+    return Path("checkpoints") / f"{Path(data).name}-{model}"
+
+
+@dataclass
+class NewRun:
+    config: TrainConfig
+    init_source: InitSource | None = None  # --init-from: the model it starts from
+    defaults_note: str | None = None  # which defaults were chosen for it, for the announcement
+
+
+def given_options(options: dict) -> dict:
+    """The options the user gave: None-valued ones count as not given."""
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = set(given) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise CharlstmError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    return given
+
+
+def run_dir_of(given: dict) -> Path:
+    data = given.get("data", TrainConfig.data)
+    return Path(given.get("out") or default_run_dir(data, given.get("model", TrainConfig.model)))
+
+
+def fresh_config(options: dict) -> NewRun:
+    """A new run's config, the one place its defaults are decided: TrainConfig's, then (fine-tuning)
+    the source model's shape and `finetune_options`' learning rate and warm-up, then the options
+    given; no budget means one epoch. Reads the source model at most; writes nothing."""
+    source = note = None
+    if options.get("init_from") is not None:
+        options, source, note = finetune_options(options)
+    given = given_options(options)
+    config = TrainConfig(**given)
+    config.out = str(run_dir_of(given))
+    config.validate()
+    config.data = os.path.abspath(config.data)  # so `--resume` finds it from any folder
+    _default_budget(config)
+    return NewRun(config, source, note)
+
+
+def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:
+    """--init-from: the shape comes from the source model, and the learning rate and warm-up default
+    to values for a model that already knows code. Returns the options, the source, and a note on
+    the defaults used (None when the user gave both)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    source = load_init_source(given["init_from"])
+    check_shape_options(given, source)
+    mc = source.model_config
+    shape = dict(zip(SHAPE_OPTIONS, (mc.kind, mc.layers, mc.hidden, mc.embed)))
+    defaults = {k: v for k, v in (("lr", FINETUNE_LR), ("warmup_steps", FINETUNE_WARMUP_STEPS)) if k not in given}
+    note = None
+    if defaults:
+        note = "fine-tuning defaults: " + ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in defaults.items())
+    return {**options, **shape, **defaults}, source, note
+
+
+def resumed_config(given: dict, run_dir: Path) -> tuple[TrainConfig, dict]:
+    """--resume: the run's saved config and checkpoint.
+
+    Only the budget, logging and backend options may change (see RESUMABLE_OVERRIDES); any other
+    option given with a different value is an error.
+    """
+    path = checkpoint_to_resume(run_dir)
+    payload = load_checkpoint(path)
+    check_resumable(payload, path)
+    saved = payload["train_config"]
+    config = TrainConfig(**{k: saved[k] for k in saved if k in TrainConfig.__dataclass_fields__})
+    for key, value in given.items():
+        if key == "out":
+            continue
+        if key in RESUMABLE_OVERRIDES:
+            setattr(config, key, value)
+        elif value != getattr(config, key):
+            raise CharlstmError(
+                f"--{key.replace('_', '-')} {value} differs from the run's {getattr(config, key)}; a resumed run keeps "
+                f"its config (only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OVERRIDES)} may change)"
+            )
+    if any(k in given for k in BUDGET):
+        # A new budget replaces the old one entirely.
+        for k in BUDGET:
+            if k not in given:
+                setattr(config, k, None)
+    if "data" not in given:
+        config.data = str(locate_recorded_dataset(config.data, path))  # older runs recorded a relative path
+    config.out = str(run_dir)
+    config.validate()
+    _default_budget(config)
+    return config, payload
+
+
+def _default_budget(config: TrainConfig) -> None:
+    if all(getattr(config, k) is None for k in BUDGET):
+        config.epochs = 1.0  # no budget given: one pass over the training split
+
+
+def train(options: dict, resume: bool = False, force: bool = False, stop_after: int | None = None) -> dict:
+    """`charlstm train`: set up (or resume) a run from CLI-style options, train it, return the summary."""
+    if resume:
+        given = given_options(options)
+        run_dir = run_dir_of(given)
+        if not run_dir.is_dir():
+            raise CharlstmError(f"nothing to resume: {run_dir} not found (pass --out RUN, or start a run without --resume)")
+    else:
+        new = fresh_config(options)  # nonsense options fail before the folder is made
+        run_dir = Path(new.config.out)
+    with own_run_dir(run_dir):
+        if resume:
+            config, payload = resumed_config(given, run_dir)
+            trainer = Trainer(config, run_dir, resume_payload=payload, force=force)
+        else:
+            trainer = Trainer(new.config, run_dir, force=force, init_source=new.init_source,
+                              finetune_defaults=new.defaults_note)  # fmt: skip
+        try:
+            summary = trainer.run(stop_after=stop_after)
+        except BaseException:
+            trainer.close()
+            raise
+        trainer.close(finished=True)
+        return summary
