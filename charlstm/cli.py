@@ -5,6 +5,7 @@ Domain errors (CharlstmError) become one red line on stderr and exit code 1.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -135,6 +136,7 @@ def ingest_command(
 # ----- train and eval --------------------------------------------------------------------------
 
 
+_TRAIN_OPTIONS = frozenset(f.name for f in dataclasses.fields(_TC))  # the parameters that become a TrainConfig
 _DATA, _MODEL, _OPTIM, _RUN, _BACKEND = "Data and output", "Model", "Optimisation", "Logging and checkpoints", "Backend"
 
 
@@ -150,10 +152,10 @@ def train_command(
     layers: Annotated[Optional[int], typer.Option(help=f"Stacked recurrent layers (default: {_TC.layers})", rich_help_panel=_MODEL)] = None,
     hidden: Annotated[Optional[int], typer.Option(help=f"Units per layer (default: {_TC.hidden})", rich_help_panel=_MODEL)] = None,
     embed: Annotated[Optional[int], typer.Option(help=f"Character embedding width (default: {_TC.embed})", rich_help_panel=_MODEL)] = None,
-    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout between layers and before the head; off by default because runs of minutes underfit, 0.1-0.3 helps long runs on small corpora (default: {_TC.dropout})", rich_help_panel=_MODEL)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Lanes: contiguous streams through the corpus, trained side by side (split across processes under torchrun) (default: {_TC.batch_size})", rich_help_panel=_OPTIM)] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the head (default: from the passes over the corpus the budget implies: none up to one, 0.1 to two, 0.2 to four, 0.3 beyond; printed with its reason)", rich_help_panel=_MODEL)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Lanes: contiguous streams through the corpus, trained side by side (split across processes under torchrun) (default: {_TC.batch_size} on a CPU, 256 per GPU; fewer when the corpus is short)", rich_help_panel=_OPTIM)] = None,
     seq_len: Annotated[Optional[int], typer.Option(help=f"Characters back-propagated through per step; the hidden state carries across steps (default: {_TC.seq_len})", rich_help_panel=_OPTIM)] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"Peak AdamW learning rate (linear warm-up, cosine decay) (default: {_TC.lr})", rich_help_panel=_OPTIM)] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Peak AdamW learning rate (linear warm-up, cosine decay) (default: {_TC.lr}, × √(batch/64) above 64 lanes, at most doubled)", rich_help_panel=_OPTIM)] = None,
     min_lr_ratio: Annotated[Optional[float], typer.Option(help=f"Decay ends at lr × this (default: {_TC.min_lr_ratio})", rich_help_panel=_OPTIM)] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(help=f"Linear warm-up steps (at most a tenth of a run of known length) (default: {_TC.warmup_steps})", rich_help_panel=_OPTIM)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help=f"AdamW weight decay on weight matrices (default: {_TC.weight_decay})", rich_help_panel=_OPTIM)] = None,
@@ -176,8 +178,7 @@ def train_command(
     Stateful truncated BPTT over memory-mapped lanes, mixed precision, exact --resume; multi-GPU with
     `torchrun --nproc-per-node N -m charlstm train ...`.
     """
-    # The parameters, read before any other local exists: all are training options but these three.
-    options = {k: v for k, v in locals().items() if k not in ("resume", "force", "json_output")}
+    options = {k: v for k, v in locals().items() if k in _TRAIN_OPTIONS}
 
     from charlstm.stopping import TrainingInterrupted
     from charlstm.train_setup import train

@@ -63,6 +63,8 @@ class TrainConfig:
     threads: int | None = None  # CPU threads; None → the cores this process may use
     # fine-tuning
     init_from: str | None = None  # start from a trained model (checkpoint, run folder or shipped name)
+    # recorded, not an option: the defaults chosen for this device and corpus, option → reason
+    chosen: dict | None = None
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         from charlstm.model import ModelConfig  # model.py imports torch, which --help must not

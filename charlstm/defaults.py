@@ -82,7 +82,7 @@ def choose_defaults(given: dict, facts: Facts) -> Chosen:
         dropout = next(p for bound, p in DROPOUT_BY_PASSES if passes <= bound)
         if dropout != TrainConfig.dropout:
             chosen.values["dropout"] = dropout
-            chosen.reasons["dropout"] = f"{how}; more passes overfit without it"
+            chosen.reasons["dropout"] = f"{how}; more passes overfit without dropout"
     return chosen
 
 
@@ -106,16 +106,16 @@ def implied_passes(given: dict, facts: Facts, batch: int, seq_len: int) -> tuple
     n = max(1, facts.train_chars)
     bounds = []
     if "steps" in given:
-        bounds.append((given["steps"] * batch * seq_len / n, f"{given['steps']:,} steps"))
+        bounds.append((given["steps"] * batch * seq_len / n, f"{given['steps']:,} steps of {batch} × {seq_len}"))
     if "epochs" in given:
-        bounds.append((float(given["epochs"]), "as given"))
+        bounds.append((float(given["epochs"]), "--epochs"))
     if "minutes" in given:
         rate = estimated_chars_per_second(facts, batch, seq_len)
         bounds.append((given["minutes"] * 60 * rate / n, f"{given['minutes']:g} min at an estimated {rate:,.0f} chars/s"))
     if not bounds:
-        bounds.append((1.0, "no budget given: one pass"))
+        bounds.append((1.0, "no budget given, one pass"))
     passes, how = min(bounds, key=lambda b: b[0])
-    return passes, f"~{passes:.1f} passes over {facts.train_chars:,} training characters ({how})"
+    return passes, f"~{passes:.1f} passes over {facts.train_chars:,} training characters: {how}"
 
 
 def estimated_chars_per_second(facts: Facts, batch: int, seq_len: int) -> float:

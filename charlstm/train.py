@@ -1,14 +1,13 @@
 """The Trainer: stateful truncated BPTT over memory-mapped lanes, mixed precision, exact resume, DDP.
 
 Read top to bottom: set-up (fresh or resumed), checkpoints, evaluation and logging, then the
-loop (`train_step`, `run`). Its parts live beside it: the options and their defaults in config.py
-(`TrainConfig`) and their resolution, with `train()` that the CLI calls, in train_setup.py; the
-lanes and the model's vocabulary in batching.py; the learning-rate schedule in schedule.py; the
-device, precision (autocast and grad scaler) and threads in backend.py; torchrun's processes and
-their collectives in distributed.py; the run folder (its lock, config.json, metrics.jsonl, what
---resume reads) in runfolder.py; the hidden state and RNG states a checkpoint carries in
-trainstate.py; Ctrl-C and the errors of a run that ends early in stopping.py; one call of `run`
-(its budget, progress bar, loss since the last metrics line) in progress.py.
+loop (`train_step`, `run`). Its parts live beside it: options and defaults in config.py and
+defaults.py, their resolution and `train()` (what the CLI calls) in train_setup.py; lanes and the
+model's vocabulary in batching.py; the learning-rate schedule in schedule.py; device, precision
+and threads in backend.py; torchrun's processes in distributed.py; the run folder (lock,
+config.json, metrics.jsonl, what --resume reads) in runfolder.py; the hidden and RNG states a
+checkpoint carries in trainstate.py; Ctrl-C and early ends in stopping.py; one call of `run` (its
+budget, progress bar, loss since the last metrics line) in progress.py.
 
 Exact resumption: a checkpoint holds the weights, the optimizer and scaler, the step, the data
 position (epoch and window), the hidden state of every lane, the learning-rate schedule's fixed
@@ -46,6 +45,7 @@ from charlstm.errors import CharlstmError, first_line
 from charlstm.evaluate import LN2, bits_per_char
 from charlstm.files import append_line
 from charlstm.finetune import InitSource, transfer_weights
+from charlstm.defaults import Chosen
 from charlstm.model import CharRNN, detach_state
 from charlstm.progress import Invocation
 from charlstm.runfolder import check_run_dir, prepare_run_dir, write_run_config
@@ -78,7 +78,6 @@ class Trainer:
         data = training_data(config, self.rank, self.world, init_vocab, resume_payload)
         self.dataset, self.vocab, self.batcher = data.dataset, data.vocab, data.batcher
         self.val_tokens = data.val_tokens
-
         # Model and optimiser.
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -465,6 +464,8 @@ class Trainer:
             f"the {self.model_config.kind.upper()} runs in {self.precision.rnn_dtype}); "
             f"{self.batcher.windows:,} steps per epoch; run folder {self.run_dir}"
         )
+        if cfg.chosen and self.step == 0:
+            self._say(Chosen(values={k: getattr(cfg, k) for k in cfg.chosen}, reasons=cfg.chosen).header())
         if self.init_source is not None and self.step == 0:
             src, added = self.init_source, len(self.vocab) - self.init_source["vocab_size"]
             self._say(

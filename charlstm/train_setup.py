@@ -1,8 +1,9 @@
 """`charlstm train`: the options become a run's config, then a Trainer runs it (`train()`).
 
 A new run's config is decided in one place, `fresh_config`: TrainConfig's defaults, with
---init-from the source model's shape and the fine-tuning defaults, and over them the options
-given. A resumed run keeps the config it was saved with: `resumed_config` lets only the budget,
+--init-from the source model's shape and the fine-tuning defaults, then batch, learning rate and
+dropout fitted to the device and the corpus (defaults.py) where not given, and over them the
+options given. A resumed run keeps the config it was saved with: `resumed_config` lets only the budget,
 logging and backend options change.
 """
 
@@ -12,9 +13,12 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from charlstm.backend import choose_precision, resolve_device, training_memory
 from charlstm.checkpoint import load_checkpoint
 from charlstm.config import TrainConfig
-from charlstm.dataset import locate_recorded_dataset
+from charlstm.dataset import load_dataset, locate_recorded_dataset
+from charlstm.defaults import Facts, choose_defaults
+from charlstm.distributed import distributed_layout
 from charlstm.errors import CharlstmError
 from charlstm.finetune import (
     FINETUNE_LR,
@@ -47,7 +51,7 @@ class NewRun:
 def given_options(options: dict) -> dict:
     """The options the user gave: None-valued ones count as not given."""
     given = {k: v for k, v in options.items() if v is not None}
-    unknown = set(given) - {f.name for f in fields(TrainConfig)}
+    unknown = set(given) - ({f.name for f in fields(TrainConfig)} - {"chosen"})  # chosen: recorded, never given
     if unknown:
         raise CharlstmError(f"unknown training option(s): {', '.join(sorted(unknown))}")
     return given
@@ -69,9 +73,26 @@ def fresh_config(options: dict) -> NewRun:
     config = TrainConfig(**given)
     config.out = str(run_dir_of(given))
     config.validate()
+    chosen = choose_defaults(given, facts_for(config))
+    if chosen.values:
+        config = TrainConfig(**{**given, **chosen.values}, chosen=chosen.reasons)
+        config.out = str(run_dir_of(given))
+        config.validate()
     config.data = os.path.abspath(config.data)  # so `--resume` finds it from any folder
     _default_budget(config)
     return NewRun(config, source, note)
+
+
+def facts_for(config: TrainConfig) -> Facts:
+    """What the device- and corpus-aware defaults depend on: the device, the processes, the corpus
+    size, the model's size and (on a CPU) whether it trains in bf16. Reads the dataset's meta.json."""
+    dataset = load_dataset(config.data)
+    device = resolve_device(config.device)
+    mc = config.model_config(len(dataset.vocab))
+    parameters, _ = training_memory(mc, config.batch_size, config.seq_len)  # refuses a model too large to build
+    reduced = device.type == "cpu" and choose_precision(config.precision, device, kind=config.model).name == "bf16"
+    return Facts(device=device.type, world=distributed_layout()[1], train_chars=int(dataset.meta.get("train_chars", 0)),
+                 parameters=parameters, layers=config.layers, hidden=config.hidden, reduced_precision=reduced)
 
 
 def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:

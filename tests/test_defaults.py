@@ -50,7 +50,7 @@ def test_dropout_grows_with_the_passes_the_budget_implies(epochs, dropout):
 def test_steps_are_turned_into_passes_exactly():
     passes, how = implied_passes({"steps": 1000}, CPU_STDLIB, batch=64, seq_len=128)
     assert passes == pytest.approx(1000 * 64 * 128 / 12_000_000)
-    assert "1,000 steps" in how
+    assert "1,000 steps of 64 × 128" in how
 
 
 def test_the_tightest_budget_decides_the_passes():
@@ -90,3 +90,57 @@ def test_lanes_stay_a_multiple_of_the_process_count():
 def test_gpu_lanes_scale_with_processes():
     facts = Facts(**{**H100_JAVA.__dict__, "world": 4, "train_chars": 80_000_000})
     assert choose_defaults({"steps": 10}, facts).values["batch_size"] == 1024
+
+
+# ----- through `charlstm train` ----------------------------------------------------------------
+
+SMALL = ["--layers", "1", "--hidden", "16", "--embed", "8", "--seq-len", "16", "--threads", "1",
+         "--precision", "fp32", "--eval-every", "0", "--log-every", "1"]  # fmt: skip
+
+
+def _train(dataset, run, *extra):
+    from typer.testing import CliRunner
+
+    from charlstm.cli import app
+
+    return CliRunner().invoke(app, ["train", "--data", str(dataset.path), "--out", str(run), *SMALL, *extra])
+
+
+def _config(run):
+    import json
+
+    return json.loads((run / "config.json").read_text())["train_config"]
+
+
+def test_train_prints_and_records_the_chosen_defaults(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    result = _train(tiny_dataset, run, "--batch-size", "4", "--epochs", "6")
+    assert result.exit_code == 0, result.output
+    assert "chosen for this device and corpus: --dropout 0.3 (~6.0 passes over" in result.output
+    config = _config(run)
+    assert config["dropout"] == 0.3
+    assert set(config["chosen"]) == {"dropout"} and "passes" in config["chosen"]["dropout"]
+    # A resumed run keeps what was chosen and does not announce it again.
+    again = _train(tiny_dataset, run, "--resume", "--epochs", "7")
+    assert again.exit_code == 0, again.output
+    assert "chosen for this device" not in again.output
+    assert _config(run)["dropout"] == 0.3 and _config(run)["chosen"] == config["chosen"]
+
+
+def test_options_given_are_kept_and_nothing_is_announced(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    result = _train(tiny_dataset, run, "--batch-size", "4", "--epochs", "6", "--dropout", "0")
+    assert result.exit_code == 0, result.output
+    assert "chosen for this device" not in result.output
+    assert _config(run)["dropout"] == 0.0 and _config(run)["chosen"] is None
+
+
+def test_a_short_corpus_trains_on_fewer_lanes_unless_the_batch_was_given(tiny_dataset, tmp_path):
+    chars = int(tiny_dataset.meta["train_chars"])
+    assert chars < 64 * (4 * 16 + 1)  # 64 lanes of four 16-character windows do not fit
+    result = _train(tiny_dataset, tmp_path / "auto", "--steps", "2", "--dropout", "0")
+    assert result.exit_code == 0, result.output
+    lanes = _config(tmp_path / "auto")["batch_size"]
+    assert 1 <= lanes < 64 and f"--batch-size {lanes} (the training split ({chars:,} characters)" in result.output
+    given = _train(tiny_dataset, tmp_path / "given", "--steps", "2", "--batch-size", "64", "--seq-len", "200")
+    assert given.exit_code == 1 and "lower --batch-size or --seq-len" in given.output
