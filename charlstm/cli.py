@@ -93,27 +93,14 @@ def ingest_command(
             show_default=False,
         ),
     ] = None,
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help=(
-        "Dataset name: it is written to DATA_DIR/NAME/. Default: the preset's name."
-    ), rich_help_panel="Output")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Dataset name: it is written to DATA_DIR/NAME/. Default: the preset's name.", rich_help_panel="Output")] = None,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder holding datasets.", rich_help_panel="Output")] = Path("data"),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset of that name.", rich_help_panel="Output")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help=(
-        "Print the summary as one JSON object on stdout instead of a table."
-    ), rich_help_panel="Output")] = False,
-    preset: Annotated[Optional[Preset], typer.Option("--preset", help=(
-        "python-stdlib: this Python's standard library without its tests (.py). jdk: an installed "
-        "JDK's src.zip (.java)."
-    ), rich_help_panel="Sources", show_default=False)] = None,
-    ext: Annotated[Optional[list[str]], typer.Option("--ext", help=(
-        "Keep files with this extension (repeatable; .java or java). Default: the preset's, else "
-        "common source-code extensions."
-    ), rich_help_panel="Filtering", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout instead of a table.", rich_help_panel="Output")] = False,
+    preset: Annotated[Optional[Preset], typer.Option("--preset", help="python-stdlib: this Python's standard library without its tests (.py). jdk: an installed JDK's src.zip (.java).", rich_help_panel="Sources", show_default=False)] = None,
+    ext: Annotated[Optional[list[str]], typer.Option("--ext", help="Keep files with this extension (repeatable; .java or java). Default: the preset's, else common source-code extensions.", rich_help_panel="Filtering", show_default=False)] = None,
     max_file_bytes: Annotated[int, typer.Option("--max-file-bytes", help="Skip files larger than this (generated code, data tables).", rich_help_panel="Filtering")] = 1_000_000,
-    min_char_count: Annotated[int, typer.Option("--min-char-count", help=(
-        "Characters seen fewer times map to the unknown symbol. 1 keeps every character "
-        "(lossless)."
-    ), rich_help_panel="Vocabulary and split")] = 1,
+    min_char_count: Annotated[int, typer.Option("--min-char-count", help="Characters seen fewer times map to the unknown symbol. 1 keeps every character (lossless).", rich_help_panel="Vocabulary and split")] = 1,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of characters held out for validation, as whole files.", rich_help_panel="Vocabulary and split")] = 0.05,
     seed: Annotated[int, typer.Option("--seed", help="Chooses which files go to validation.", rich_help_panel="Vocabulary and split")] = 0,
 ) -> None:
@@ -159,85 +146,47 @@ def train_command(
     data: Annotated[Optional[str], typer.Option(help=f"Ingested dataset folder (default: {_TC.data})", rich_help_panel=_DATA)] = None,
     out: Annotated[Optional[str], typer.Option(help="Run folder (default: checkpoints/<dataset>-<model>)", rich_help_panel=_DATA)] = None,
     resume: Annotated[bool, typer.Option("--resume", help=(
-        "Continue the run in --out from its latest.pt, exactly where it stopped. It keeps its "
-        "config: only the budget (--steps/--epochs/--minutes: they replace the old budget, and "
-        "the learning rate decays from where it stood over the new length), --eval-every, "
-        "--save-every, --log-every, --precision, --device, --threads and --data (same vocabulary) "
-        "may be given again; other options that differ are an error."
+        "Continue the run in --out from its latest.pt, exactly where it stopped. It keeps its config: only the budget "
+        "(--steps/--epochs/--minutes: they replace the old budget, and the learning rate decays from where it stood "
+        "over the new length), --eval-every, --save-every, --log-every, --precision, --device, --threads and --data "
+        "(same vocabulary) may be given again; other options that differ are an error."
     ), rich_help_panel=_DATA)] = False,
-    force: Annotated[bool, typer.Option("--force", help=(
-        "Start over in a run folder that already holds a run (its checkpoints are deleted)."
-    ), rich_help_panel=_DATA)] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in a run folder that already holds a run (its checkpoints are deleted).", rich_help_panel=_DATA)] = False,
     init_from: Annotated[Optional[str], typer.Option(help=(
-        "Fine-tune: start from this trained model (a checkpoint, a run folder, or "
-        "pretrained-python, the shipped model). Its shape is kept (shape options are then an "
-        "error if they differ); characters both know keep their weights, characters new to it "
-        "start improbable; --lr and --warmup-steps default to 1e-3 and 50."
+        "Fine-tune: start from this trained model (a checkpoint, a run folder, or pretrained-python, the shipped "
+        "model). Its shape is kept (shape options are then an error if they differ); characters both know keep their "
+        "weights, characters new to it start improbable; --lr and --warmup-steps default to 1e-3 and 50."
     ), rich_help_panel=_MODEL)] = None,
-    model: Annotated[Optional[str], typer.Option(help=(
-        f"Recurrent cell: lstm, gru or rnn (tanh) (default: {_TC.model})"
-    ), rich_help_panel=_MODEL)] = None,
+    model: Annotated[Optional[str], typer.Option(help=f"Recurrent cell: lstm, gru or rnn (tanh) (default: {_TC.model})", rich_help_panel=_MODEL)] = None,
     layers: Annotated[Optional[int], typer.Option(help=f"Stacked recurrent layers (default: {_TC.layers})", rich_help_panel=_MODEL)] = None,
     hidden: Annotated[Optional[int], typer.Option(help=f"Units per layer (default: {_TC.hidden})", rich_help_panel=_MODEL)] = None,
     embed: Annotated[Optional[int], typer.Option(help=f"Character embedding width (default: {_TC.embed})", rich_help_panel=_MODEL)] = None,
     dropout: Annotated[Optional[float], typer.Option(help=(
-        "Dropout between layers and before the head (default: from the passes over the corpus the "
-        "budget implies: none up to one, 0.1 to two, 0.2 to four, 0.3 beyond; printed with its "
-        "reason)"
+        "Dropout between layers and before the head (default: from the passes over the corpus the budget implies: "
+        "none up to one, 0.1 to two, 0.2 to four, 0.3 beyond; printed with its reason)"
     ), rich_help_panel=_MODEL)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=(
-        f"Lanes: contiguous streams through the corpus, trained side by side (split across "
-        f"processes under torchrun) (default: {_TC.batch_size} on a CPU, 256 per GPU; fewer when "
-        f"the corpus is short)"
+        f"Lanes: contiguous streams through the corpus, trained side by side (split across processes under torchrun) "
+        f"(default: {_TC.batch_size} on a CPU, 256 per GPU; fewer when the corpus is short)"
     ), rich_help_panel=_OPTIM)] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help=(
-        f"Characters back-propagated through per step; the hidden state carries across steps "
-        f"(default: {_TC.seq_len})"
-    ), rich_help_panel=_OPTIM)] = None,
-    lr: Annotated[Optional[float], typer.Option(help=(
-        f"Peak AdamW learning rate (linear warm-up, cosine decay) (default: {_TC.lr}, × "
-        f"√(batch/64) above 64 lanes, at most doubled)"
-    ), rich_help_panel=_OPTIM)] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help=f"Characters back-propagated through per step; the hidden state carries across steps (default: {_TC.seq_len})", rich_help_panel=_OPTIM)] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Peak AdamW learning rate (linear warm-up, cosine decay) (default: {_TC.lr}, × √(batch/64) above 64 lanes, at most doubled)", rich_help_panel=_OPTIM)] = None,
     min_lr_ratio: Annotated[Optional[float], typer.Option(help=f"Decay ends at lr × this (default: {_TC.min_lr_ratio})", rich_help_panel=_OPTIM)] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help=(
-        f"Linear warm-up steps (at most a tenth of a run of known length) (default: "
-        f"{_TC.warmup_steps})"
-    ), rich_help_panel=_OPTIM)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help=(
-        f"AdamW weight decay on weight matrices (default: {_TC.weight_decay})"
-    ), rich_help_panel=_OPTIM)] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help=(
-        f"Clip the global gradient norm to this (0: off) (default: {_TC.grad_clip})"
-    ), rich_help_panel=_OPTIM)] = None,
-    steps: Annotated[Optional[int], typer.Option(help=(
-        "Stop after this many steps in all; also the schedule's length."
-    ), rich_help_panel=_OPTIM)] = None,
-    epochs: Annotated[Optional[float], typer.Option(help=(
-        "Stop after this many passes over the training split (default: 1 when no budget is given)"
-    ), rich_help_panel=_OPTIM)] = None,
-    minutes: Annotated[Optional[float], typer.Option(help=(
-        "Stop after this many minutes of this invocation. Alone, the schedule's length is "
-        "estimated from the first steps' speed."
-    ), rich_help_panel=_OPTIM)] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Linear warm-up steps (at most a tenth of a run of known length) (default: {_TC.warmup_steps})", rich_help_panel=_OPTIM)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=f"AdamW weight decay on weight matrices (default: {_TC.weight_decay})", rich_help_panel=_OPTIM)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help=f"Clip the global gradient norm to this (0: off) (default: {_TC.grad_clip})", rich_help_panel=_OPTIM)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in all; also the schedule's length.", rich_help_panel=_OPTIM)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training split (default: 1 when no budget is given)", rich_help_panel=_OPTIM)] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation. Alone, the schedule's length is estimated from the first steps' speed.", rich_help_panel=_OPTIM)] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed (initialisation, dropout) (default: {_TC.seed})", rich_help_panel=_OPTIM)] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help=(
-        f"Steps between validations over the whole val split (0: only at the end) (default: "
-        f"{_TC.eval_every})"
-    ), rich_help_panel=_RUN)] = None,
-    patience: Annotated[Optional[int], typer.Option(help=(
-        "Stop after this many validations in a row without a new best validation bpc (best.pt "
-        "keeps the best). Off by default."
-    ), rich_help_panel=_RUN)] = None,
-    save_every: Annotated[Optional[int], typer.Option(help=(
-        f"Steps between saves of latest.pt (0: only at the end) (default: {_TC.save_every})"
-    ), rich_help_panel=_RUN)] = None,
-    log_every: Annotated[Optional[int], typer.Option(help=(
-        f"Steps between lines of metrics.jsonl (default: {_TC.log_every})"
-    ), rich_help_panel=_RUN)] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help=f"Steps between validations over the whole val split (0: only at the end) (default: {_TC.eval_every})", rich_help_panel=_RUN)] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many validations in a row without a new best validation bpc (best.pt keeps the best). Off by default.", rich_help_panel=_RUN)] = None,
+    save_every: Annotated[Optional[int], typer.Option(help=f"Steps between saves of latest.pt (0: only at the end) (default: {_TC.save_every})", rich_help_panel=_RUN)] = None,
+    log_every: Annotated[Optional[int], typer.Option(help=f"Steps between lines of metrics.jsonl (default: {_TC.log_every})", rich_help_panel=_RUN)] = None,
     precision: Annotated[Optional[str], typer.Option(help=(
-        "auto, bf16, fp16 or fp32. auto: on a GPU, mixed precision only where it was measured "
-        "faster for this hidden size (fp32 elsewhere; the run log says which measurement); on a "
-        "CPU bf16 where it has native bf16, else fp32 (default: auto)"
+        "auto, bf16, fp16 or fp32. auto: on a GPU, mixed precision only where it was measured faster for this hidden "
+        "size (fp32 elsewhere; the run log says which measurement); on a CPU bf16 where it has native bf16, else fp32 "
+        "(default: auto)"
     ), rich_help_panel=_BACKEND)] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cuda, mps or cpu (default: auto)", rich_help_panel=_BACKEND)] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the cores available)", rich_help_panel=_BACKEND)] = None,
@@ -271,35 +220,24 @@ def train_command(
 @app.command("eval", rich_help_panel="Pipeline")
 @user_errors
 def eval_command(
-    checkpoint: Annotated[Optional[str], typer.Argument(help=(
-        "Checkpoint file or run folder (default: the newest run under checkpoints/)"
-    ))] = None,
-    data: Annotated[Optional[str], typer.Option(help=(
-        "Score this dataset's validation split (default: the checkpoint's dataset)"
-    ))] = None,
+    checkpoint: Annotated[Optional[str], typer.Argument(help="Checkpoint file or run folder (default: the newest run under checkpoints/)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Score this dataset's validation split (default: the checkpoint's dataset)")] = None,
     text_file: Annotated[Optional[str], typer.Option(help="Score this text file instead (as one document).")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, mps or cpu.")] = "auto",
-    precision: Annotated[Optional[str], typer.Option(help=(
-        "auto, bf16, fp16 or fp32 (default: the run's own where it runs here, else auto: as "
-        "training picks it)."
-    ), show_default=False)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, bf16, fp16 or fp32 (default: the run's own where it runs here, else auto: as training picks it).", show_default=False)] = None,
     dynamic: Annotated[bool, typer.Option("--dynamic", help=(
-        "Also score the text under dynamic evaluation: the model (a copy) takes an SGD step on "
-        "each 100-character segment after scoring it, adapting to the text as it reads. Reported "
-        "beside the static figure; sequential, so slower."
+        "Also score the text under dynamic evaluation: the model (a copy) takes an SGD step on each 100-character "
+        "segment after scoring it, adapting to the text as it reads. Reported beside the static figure; sequential, "
+        "so slower."
     ))] = False,
     dynamic_lr: Annotated[Optional[float], typer.Option("--dynamic-lr", help="SGD learning rate for --dynamic (default: 0.3).", show_default=False)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (bpc, chars, ...).")] = False,
     per_char: Annotated[bool, typer.Option("--per-char", help=(
-        "With --text-file: where is the model surprised? The text coloured by each character's "
-        "bits (white expected, red 10 bits or more) and the most surprising characters; with "
-        "--json, every character's bits and the model's top 5 guesses. Scored as one stream, "
-        "every character with the whole file before it."
+        "With --text-file: where is the model surprised? The text coloured by each character's bits (white expected, "
+        "red 10 bits or more) and the most surprising characters; with --json, every character's bits and the model's "
+        "top 5 guesses. Scored as one stream, every character with the whole file before it."
     ), rich_help_panel="Surprise")] = False,
-    html: Annotated[Optional[str], typer.Option("--html", help=(
-        "With --per-char: also write the coloured text as a self-contained HTML page (hover a "
-        "character for its bits and top 5)."
-    ), rich_help_panel="Surprise")] = None,
+    html: Annotated[Optional[str], typer.Option("--html", help="With --per-char: also write the coloured text as a self-contained HTML page (hover a character for its bits and top 5).", rich_help_panel="Surprise")] = None,
 ) -> None:
     """Score a checkpoint in bits per character on a validation split or any text file."""
     from charlstm.evaluate import evaluate_checkpoint
@@ -347,77 +285,47 @@ def eval_command(
 def sample_command(
     checkpoint: Annotated[
         Optional[str],
-        typer.Argument(help=(
-            "Run folder or checkpoint file. Default: the newest run under checkpoints/, else the "
-            "shipped model."
-        )),
+        typer.Argument(help="Run folder or checkpoint file. Default: the newest run under checkpoints/, else the shipped model."),
     ] = None,
     length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate per sample.", rich_help_panel="Sampling")] = 2000,
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="> 0; lower is safer, higher is wilder (default: 0.8).", rich_help_panel="Sampling")] = None,
-    greedy: Annotated[bool, typer.Option("--greedy", help=(
-        "Always take the most likely character (ignores temperature, top-k, top-p)."
-    ), rich_help_panel="Sampling")] = False,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely character (ignores temperature, top-k, top-p).", rich_help_panel="Sampling")] = False,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Draw only among the K most likely characters.", rich_help_panel="Sampling")] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", help=(
-        "Draw only from the most likely characters holding this much probability, in (0, 1]."
-    ), rich_help_panel="Sampling")] = None,
-    prime: Annotated[Optional[str], typer.Option("--prime", "-p", help=(
-        "Text fed through the model first and printed as the start of each sample."
-    ), rich_help_panel="Sampling")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Draw only from the most likely characters holding this much probability, in (0, 1].", rich_help_panel="Sampling")] = None,
+    prime: Annotated[Optional[str], typer.Option("--prime", "-p", help="Text fed through the model first and printed as the start of each sample.", rich_help_panel="Sampling")] = None,
     prime_file: Annotated[Optional[Path], typer.Option("--prime-file", help="Read the prime from a file.", rich_help_panel="Sampling")] = None,
-    stop: Annotated[Optional[str], typer.Option("--stop", help=(
-        "End a sample once it generates this text (kept). Backslash escapes work: --stop "
-        "'\\n\\n'."
-    ), rich_help_panel="Sampling")] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-N", help=(
-        "Samples generated together as one batch, printed one after another under a '──── sample "
-        "i/N ────' line."
-    ), rich_help_panel="Sampling")] = 1,
+    stop: Annotated[Optional[str], typer.Option("--stop", help="End a sample once it generates this text (kept). Backslash escapes work: --stop '\\n\\n'.", rich_help_panel="Sampling")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-N", help="Samples generated together as one batch, printed one after another under a '──── sample i/N ────' line.", rich_help_panel="Sampling")] = 1,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed and device give the same text.", rich_help_panel="Sampling")] = None,
     beam: Annotated[Optional[int], typer.Option("--beam", help=(
-        "Beam search of width K instead of drawing: the most likely continuation (log-probability "
-        "per character), deterministic, one sample; not with --temperature, --top-k, --top-p, "
-        "--greedy, --seed or --num-samples. Streams each character once every beam agrees on it "
-        "(a short lag), the rest at the end."
+        "Beam search of width K instead of drawing: the most likely continuation (log-probability per character), "
+        "deterministic, one sample; not with --temperature, --top-k, --top-p, --greedy, --seed or --num-samples. "
+        "Streams each character once every beam agrees on it (a short lag), the rest at the end."
     ), rich_help_panel="Sampling")] = None,
     clamp: Annotated[Optional[list[str]], typer.Option("--clamp", metavar="L:N[:cell|hidden]=VALUE", help=(
-        "Hold a unit at a value at every step, prime included: L:N[:cell|hidden]=VALUE, layer "
-        "from 1 and neuron from 0 as inspect-neuron numbers them (default: the cell of an LSTM; "
-        "clamping it also sets the unit's output to o·tanh(VALUE)). Repeatable. With --seed, the "
-        "draws are the same as without it: the text differs only through the unit."
+        "Hold a unit at a value at every step, prime included: L:N[:cell|hidden]=VALUE, layer from 1 and neuron from "
+        "0 as inspect-neuron numbers them (default: the cell of an LSTM; clamping it also sets the unit's output to "
+        "o·tanh(VALUE)). Repeatable. With --seed, the draws are the same as without it: the text differs only through "
+        "the unit."
     ), rich_help_panel="Interventions", show_default=False)] = None,
-    ablate: Annotated[Optional[list[str]], typer.Option("--ablate", metavar="L:N", help=(
-        "Zero a unit at every step (cell and hidden state): L:N. Repeatable."
-    ), rich_help_panel="Interventions", show_default=False)] = None,
+    ablate: Annotated[Optional[list[str]], typer.Option("--ablate", metavar="L:N", help="Zero a unit at every step (cell and hidden state): L:N. Repeatable.", rich_help_panel="Interventions", show_default=False)] = None,
     watch: Annotated[Optional[str], typer.Option("--watch", metavar="L:N[:hidden|cell]", help=(
-        "Colour the sample as it streams by one unit's value after each character: "
-        "L:N[:hidden|cell] (default hidden), red negative, blue positive. On a terminal; piped "
-        "output stays plain. One sample, not with --beam."
+        "Colour the sample as it streams by one unit's value after each character: L:N[:hidden|cell] (default "
+        "hidden), red negative, blue positive. On a terminal; piped output stays plain. One sample, not with --beam."
     ), rich_help_panel="Interventions", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help=(
-        "Also save the samples (plain text, as a pipe receives them) to this file: a regular file "
-        "is replaced atomically, a device or FIFO written in place, a symlink followed."
+        "Also save the samples (plain text, as a pipe receives them) to this file: a regular file is replaced "
+        "atomically, a device or FIFO written in place, a symlink followed."
     ), rich_help_panel="Output")] = None,
-    no_color: Annotated[bool, typer.Option("--no-color", help=(
-        "No syntax highlighting on a terminal (piped output never has any)."
-    ), rich_help_panel="Output")] = False,
-    device: Annotated[str, typer.Option("--device", help=(
-        "auto (a CUDA GPU when present, else the CPU), cpu or cuda. A model trained on either "
-        "samples on either."
-    ), rich_help_panel="Backend")] = "auto",
-    threads: Annotated[Optional[int], typer.Option("--threads", help=(
-        "CPU threads. Default 1: one step is too small to share, and a second thread stalls "
-        "whenever another process uses the cores."
-    ), rich_help_panel="Backend")] = None,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No syntax highlighting on a terminal (piped output never has any).", rich_help_panel="Output")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when present, else the CPU), cpu or cuda. A model trained on either samples on either.", rich_help_panel="Backend")] = "auto",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads. Default 1: one step is too small to share, and a second thread stalls whenever another process uses the cores.", rich_help_panel="Backend")] = None,
     precision: Annotated[str, typer.Option("--precision", "--dtype", help=(
-        f"Engine weights: {'|'.join(WEIGHT_PRECISIONS)}. auto = int8 weights on a CPU with FBGEMM "
-        f"(fastest; next-character distributions within a KL of ~0.002 bits of fp32), else fp16, "
-        f"else fp32. fp16: near exact; fp32: exact."
+        f"Engine weights: {'|'.join(WEIGHT_PRECISIONS)}. auto = int8 weights on a CPU with FBGEMM (fastest; "
+        f"next-character distributions within a KL of ~0.002 bits of fp32), else fp16, else fp32. fp16: near exact; "
+        f"fp32: exact."
     ), rich_help_panel="Backend")] = "auto",
-    model: Annotated[Optional[str], typer.Option("--model", help=(
-        "A shipped model by name (python, java) or a run folder or checkpoint, instead of "
-        "CHECKPOINT."
-    ), show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="A shipped model by name (python, java) or a run folder or checkpoint, instead of CHECKPOINT.", show_default=False)] = None,
 ) -> None:
     """Stream generated code from a trained model, character by character.
 
@@ -459,66 +367,50 @@ def sample_command(
 @app.command("inspect-neuron", rich_help_panel="Look inside")
 @user_errors
 def inspect_neuron_command(
-    checkpoint: Annotated[Optional[str], typer.Argument(help=(
-        "Run folder or checkpoint file (default: the newest run, else the shipped model)."
-    ))] = None,
+    checkpoint: Annotated[Optional[str], typer.Argument(help="Run folder or checkpoint file (default: the newest run, else the shipped model).")] = None,
     layer: Annotated[Optional[int], typer.Option("--layer", "-l", help="Layer, 1-based (1 is nearest the input).", rich_help_panel="Neuron")] = None,
     neuron: Annotated[Optional[int], typer.Option("--neuron", "-n", help="Unit within the layer, 0-based.", rich_help_panel="Neuron")] = None,
     state: Annotated[Optional[str], typer.Option("--state", "-s", help=(
-        "Signal to colour by: hidden|cell|input|forget|output|candidate (LSTM), "
-        "reset|update|candidate|hidden (GRU), hidden (RNN), or all (default: hidden)."
+        "Signal to colour by: hidden|cell|input|forget|output|candidate (LSTM), reset|update|candidate|hidden (GRU), "
+        "hidden (RNN), or all (default: hidden)."
     ), rich_help_panel="Neuron")] = None,
     text: Annotated[Optional[str], typer.Option("--text", help="Inspect this text.", rich_help_panel="Text")] = None,
     text_file: Annotated[Optional[str], typer.Option("--text-file", help="Inspect this UTF-8 file.", rich_help_panel="Text")] = None,
     from_val: Annotated[Optional[int], typer.Option("--from-val", "--chars", help=(
-        "Inspect the first CHARS characters of the checkpoint's validation split (the default "
-        "text: 1000 characters; 5000 for --find/--stats; up to 2000 for --html)."
+        "Inspect the first CHARS characters of the checkpoint's validation split (the default text: 1000 characters; "
+        "5000 for --find/--stats; up to 2000 for --html)."
     ), rich_help_panel="Text")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset folder for --from-val (default: the checkpoint's).", rich_help_panel="Text")] = None,
     max_chars: Annotated[Optional[int], typer.Option("--max-chars", help=(
-        "Inspect only the first MAX_CHARS characters of the text (--html pages and --svg pictures "
-        "have their own limits; long texts otherwise stream, in bounded memory)."
+        "Inspect only the first MAX_CHARS characters of the text (--html pages and --svg pictures have their own "
+        "limits; long texts otherwise stream, in bounded memory)."
     ), rich_help_panel="Text")] = None,
-    find: Annotated[Optional[str], typer.Option("--find", help=(
-        "Rank every (layer, neuron, signal) by correlation with a feature: indent, column, "
-        "string, comment, brackets, spaces, or regex:PATTERN."
-    ), rich_help_panel="Discovery")] = None,
+    find: Annotated[Optional[str], typer.Option("--find", help="Rank every (layer, neuron, signal) by correlation with a feature: indent, column, string, comment, brackets, spaces, or regex:PATTERN.", rich_help_panel="Discovery")] = None,
     top: Annotated[int, typer.Option("--top", help="How many ranked units --find shows.", rich_help_panel="Discovery")] = 10,
     stats: Annotated[bool, typer.Option("--stats", help="Gate saturation per layer: time fractions < 0.1 and > 0.9.", rich_help_panel="Discovery")] = False,
     top_contexts: Annotated[Optional[int], typer.Option("--top-contexts", help=(
-        "With --layer and --neuron (and --state): the K places of the text where the unit is most "
-        "positive and the K where it is most negative, coloured, with their positions. Default "
-        "text: the whole validation split, traced in chunks."
+        "With --layer and --neuron (and --state): the K places of the text where the unit is most positive and the K "
+        "where it is most negative, coloured, with their positions. Default text: the whole validation split, traced "
+        "in chunks."
     ), rich_help_panel="Discovery", show_default=False)] = None,
-    json_out: Annotated[bool, typer.Option("--json", help=(
-        "Print --find, --stats, --ablate or --top-contexts results as JSON on stdout."
-    ), rich_help_panel="Output")] = False,
-    html: Annotated[Optional[str], typer.Option("--html", help=(
-        "Write a self-contained HTML explorer (every neuron and signal, switchable in the page) "
-        "to this file."
-    ), rich_help_panel="Output")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print --find, --stats, --ablate or --top-contexts results as JSON on stdout.", rich_help_panel="Output")] = False,
+    html: Annotated[Optional[str], typer.Option("--html", help="Write a self-contained HTML explorer (every neuron and signal, switchable in the page) to this file.", rich_help_panel="Output")] = None,
     svg: Annotated[Optional[str], typer.Option("--svg", help="Also save the coloured view of one neuron as an SVG picture.", rich_help_panel="Output")] = None,
     exact: Annotated[bool, typer.Option("--exact", help=(
-        "Trace with float32 weights: values equal training's forward pass. Default on a CPU: "
-        "float16 weights, faster, with gates and hidden states within ~4e-3; on a GPU the trace "
-        "always uses float32."
+        "Trace with float32 weights: values equal training's forward pass. Default on a CPU: float16 weights, faster, "
+        "with gates and hidden states within ~4e-3; on a GPU the trace always uses float32."
     ), rich_help_panel="Output")] = False,
     ablate: Annotated[Optional[list[str]], typer.Option("--ablate", metavar="L:N", help=(
-        "Measure what a unit does: bits per character with it zeroed at every step (L:N; repeat "
-        "to ablate several together) minus without, overall and per class of character "
-        "(indentation, strings, comments, brackets, other), beside random units of the same layer "
-        "ablated alike. Scored in float32."
+        "Measure what a unit does: bits per character with it zeroed at every step (L:N; repeat to ablate several "
+        "together) minus without, overall and per class of character (indentation, strings, comments, brackets, "
+        "other), beside random units of the same layer ablated alike. Scored in float32."
     ), rich_help_panel="Causal", show_default=False)] = None,
-    causal: Annotated[bool, typer.Option("--causal", help=(
-        "With --find: ablate each ranked unit and add its effect on bits per character (all "
-        "characters, and the feature's own) to the table."
-    ), rich_help_panel="Causal")] = False,
+    causal: Annotated[bool, typer.Option("--causal", help="With --find: ablate each ranked unit and add its effect on bits per character (all characters, and the feature's own) to the table.", rich_help_panel="Causal")] = False,
     controls: Annotated[int, typer.Option("--controls", help="Random control ablations for --ablate and --causal.", rich_help_panel="Causal")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Chooses the control units.", rich_help_panel="Causal")] = 0,
     device: Annotated[str, typer.Option("--device", help=(
-        "auto (a CUDA GPU when present, else the CPU), cuda, mps or cpu: where the trace, --find, "
-        "--ablate/--causal, --top-contexts and --html run. A model trained on either inspects on "
-        "either."
+        "auto (a CUDA GPU when present, else the CPU), cuda, mps or cpu: where the trace, --find, --ablate/--causal, "
+        "--top-contexts and --html run. A model trained on either inspects on either."
     ), rich_help_panel="Backend")] = "auto",
 ) -> None:
     """Colour text by one neuron's activation, find the neurons that track code, test what they do, or write an HTML explorer.
@@ -555,15 +447,10 @@ def experiment_command(
         Optional[int], typer.Option(help="Training steps (default: each study's own, about a minute in all).")
     ] = None,
     max_n: Annotated[
-        Optional[int], typer.Option(help=(
-            "Largest N (or length) in the training data, up to 1000; copy needs 2 or more (default "
-            "10, as the article)."
-        ))
+        Optional[int], typer.Option(help="Largest N (or length) in the training data, up to 1000; copy needs 2 or more (default 10, as the article).")
     ] = None,
     eval_max_n: Annotated[
-        Optional[int], typer.Option(help=(
-            "Judge every N from 1 to this, up to 1000 (default: each study's own, past training)."
-        ))
+        Optional[int], typer.Option(help="Judge every N from 1 to this, up to 1000 (default: each study's own, past training).")
     ] = None,
     out_dir: Annotated[
         Path, typer.Option(help="Runs are kept in OUT_DIR/experiment-NAME/ (best.pt and results.json).")
@@ -577,10 +464,7 @@ def experiment_command(
         typer.Option(help="Also write the HTML explorer of the run, opened on the unit found (all: OUT-STUDY.html)."),
     ] = None,
     device: Annotated[
-        str, typer.Option(help=(
-            "auto (a CUDA GPU when present, else the CPU), cuda or cpu: where the studies train and "
-            "are judged."
-        ))
+        str, typer.Option(help="auto (a CUDA GPU when present, else the CPU), cuda or cpu: where the studies train and are judged.")
     ] = "auto",
 ) -> None:
     """Reproduce the source article's small studies: train a tiny LSTM on a synthetic language,
