@@ -18,6 +18,8 @@ when the deadline leaves no other way.
                 val-excerpt.txt, COMMANDS.txt), then eval and a sample of the exported model
   sample_speed  bench/sample_speed.py: naive vs ours at batch 1 and 16 (after the models, whose
                 budgets come first; the hidden-1024 row of train_speed follows if time is left)
+  devices       bench/device_check.py: traces, inspect-neuron and experiment on the GPU against the
+                CPU, and the Python model trained here sampled and scored on the CPU
 
 On CUDA, datasets and run folders go where a user's would (data/, checkpoints/ in the repository).
 Without CUDA (or with --smoke) it runs a shortened form in a temporary folder: a tiny model, seconds
@@ -46,7 +48,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("env", "graph_check", "train_speed", "python", "java", "sample_speed")
+STAGES = ("env", "graph_check", "train_speed", "python", "java", "sample_speed", "devices")
 PYTHON_GOAL_BPC = 1.25  # issue 12: the shipped Python model's validation bpc
 SHIP_LIMIT_MB = 20.0
 
@@ -292,6 +294,20 @@ def stage_model(s: Session, lang: str, given: Path | None, minutes: float, shape
     return trained
 
 
+def stage_devices(s: Session, device: str) -> dict:
+    """bench/device_check.py: trace, inspect-neuron and experiment on the device against the CPU, and
+    the model trained here (the Python export) sampled and scored on the CPU."""
+    argv = [sys.executable, str(REPO / "bench" / "device_check.py"), "--device", device]
+    exported = s.out / "checkpoints" / "pretrained-python"
+    if (exported / "best.pt").is_file():
+        argv += ["--gpu-model", str(exported)]
+    done = s.run("devices", argv, timeout=s.budget(90))
+    result = last_json(done.stdout)
+    if done.returncode != 0:
+        raise StageError(f"exit {done.returncode}: {json.dumps(result) if result else one_line(done.stderr)}")
+    return {"result": result}
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="artifacts folder (default: $OUT, else a temporary one)")
@@ -323,9 +339,11 @@ def main() -> None:
     # Time kept for the stages after each one: the benchmarks shrink, not the models' budgets.
     overhead = 40 if not smoke else 25  # a model's start-up, final validation, export, eval, sample
     sample_need = 0 if "sample_speed" in args.skip else 20
+    devices_need = 0 if "devices" in args.skip else 40
     java_need = 0 if "java" in args.skip else minutes["java"] * 60 + overhead
     python_need = 0 if "python" in args.skip else minutes["python"] * 60 + overhead + (10 if args.python_data is None else 0)
-    reserve = {"python": java_need + sample_need, "java": sample_need, "sample_speed": 0.0}
+    reserve = {"python": java_need + sample_need + devices_need, "java": sample_need + devices_need,
+               "sample_speed": devices_need, "devices": 0.0}  # fmt: skip
     plan = [
         ("env", lambda: stage_env(s, device), 1),
         ("graph_check", lambda: stage_graph_check(s, device), 10),
@@ -333,13 +351,14 @@ def main() -> None:
         ("python", lambda: stage_model(s, "python", args.python_data, minutes["python"], shape, device, made_by=None), 30),
         ("java", lambda: stage_model(s, "java", args.java_data, minutes["java"], shape, device, args.java_data_made_by), 30),
         ("sample_speed", lambda: stage_sample_speed(s, device), 15),  # after the models: the GUIDE has figures already
+        ("devices", lambda: stage_devices(s, device), 20),
     ]
     try:
         for name, fn, need in plan:
             if name in args.skip:
                 s.record["stages"][name] = {"status": "skipped", "reason": "--skip"}
                 continue
-            s.reserve = reserve.get(name, python_need + java_need + sample_need)
+            s.reserve = reserve.get(name, python_need + java_need + sample_need + devices_need)
             s.stage(name, fn, need_s=need)  # graph_check's own "missing" status replaces "ok"
         s.reserve = 0.0
         if "train_speed" not in args.skip and s.left() > 100:  # extra: the larger hidden size, when time is left
