@@ -1,20 +1,20 @@
 """Training defaults that fit the device and the corpus, each with the reason it was chosen.
 
-The fixed defaults in config.py suit a small CPU. A GPU is latency-bound at batch 64: on an H100 a
-3×512 LSTM took about as long per step at 256 lanes as at 64, so four times the lanes gave four
-times the characters per second (315k → 1.26M chars/s), and a run of minutes then passes over an
-8M-character corpus many times, where dropout pays (GUIDE.md, bench/train_speed.py). So, for the
-options the user did not give:
+The fixed defaults in config.py suit a small CPU. A GPU is latency-bound at 64 lanes: a step of
+256 lanes takes about as long, so four times the lanes give four times the characters per second,
+and a run of minutes then passes over a corpus many times, where dropout pays. So, for the options
+the user did not give:
 
 - batch: 256 lanes per GPU process, 64 elsewhere; fewer when the training split is too short for
   every lane to hold a few windows;
-- learning rate: 2e-3 scaled with √(batch / 64) above 64 lanes, at most doubled (the measured best
-  at 256 lanes was 4e-3; larger batches were not measured);
+- learning rate: 2e-3 scaled with √(batch / 64) above 64 lanes, at most doubled (the best measured
+  at 256 lanes; larger batches were not measured);
 - dropout: from the passes over the training split that the budget implies (none up to one pass,
-  0.3 above four: at five passes 0.3 gave 1.073 bpc where none gave 1.132 and overfitted).
+  more with more passes, 0.3 above four).
 
-Pure: it takes facts (device kind, corpus size, model size, budget) and returns values and reasons,
-so it is tested without a device; train_setup gathers the facts.
+The measurements behind these choices are in the README ("Defaults that fit the device and the
+corpus"). Pure: it takes facts (device kind, corpus size, model size, budget) and returns values
+and reasons, so it is tested without a device; train_setup gathers the facts.
 """
 
 from __future__ import annotations
