@@ -29,7 +29,7 @@ Prints ONE JSON object on stdout (also OUT/gpu_run.json); progress goes to stder
 command's output to OUT/logs/. OUT is --out, else $OUT, else a temporary folder. Exit status 1
 when a stage failed.
 
-    PYTHONPATH=$PWD python3 bench/gpu_run.py [--java-data data/jdk] [--python-minutes 3.0]
+    PYTHONPATH=$PWD python3 bench/gpu_run.py [--java-data data/jdk] [--python-minutes 2.5]
         [--java-minutes 2.0] [--deadline-minutes 8] [--skip STAGE] [--smoke] [--out DIR]
         [--java-data-made-by "how data/jdk was made"] [--python-data DIR]
 """
@@ -297,11 +297,13 @@ def stage_model(s: Session, lang: str, given: Path | None, minutes: float, shape
 def stage_devices(s: Session, device: str) -> dict:
     """bench/device_check.py: trace, inspect-neuron and experiment on the device against the CPU, and
     the model trained here (the Python export) sampled and scored on the CPU."""
-    argv = [sys.executable, str(REPO / "bench" / "device_check.py"), "--device", device]
+    budget = s.budget(90)
+    argv = [sys.executable, str(REPO / "bench" / "device_check.py"), "--device", device,
+            "--deadline-s", f"{max(budget - 25, 1):.0f}"]  # no check starts in the last 25 s
     exported = s.out / "checkpoints" / "pretrained-python"
     if (exported / "best.pt").is_file():
         argv += ["--gpu-model", str(exported)]
-    done = s.run("devices", argv, timeout=s.budget(90))
+    done = s.run("devices", argv, timeout=budget)
     result = last_json(done.stdout)
     if done.returncode != 0:
         raise StageError(f"exit {done.returncode}: {json.dumps(result) if result else one_line(done.stderr)}")
@@ -314,8 +316,8 @@ def parse_args():
     parser.add_argument("--java-data", type=Path, default=None, help="an ingested Java dataset (else --preset jdk is tried)")
     parser.add_argument("--java-data-made-by", default=None, help="how --java-data was made, for COMMANDS.txt")
     parser.add_argument("--python-data", type=Path, default=None, help="an ingested Python dataset (default: ingest the stdlib)")
-    parser.add_argument("--python-minutes", type=float, default=None, help="training budget (CUDA 3.0, smoke 0.1)")
-    parser.add_argument("--java-minutes", type=float, default=None, help="training budget (CUDA 2.0, smoke 0.1)")
+    parser.add_argument("--python-minutes", type=float, default=None, help="training budget (CUDA 2.5, smoke 0.1)")
+    parser.add_argument("--java-minutes", type=float, default=None, help="training budget (CUDA 1.8, smoke 0.1)")
     parser.add_argument("--deadline-minutes", type=float, default=None, help="everything within this (CUDA 8, smoke 4)")
     parser.add_argument("--skip", action="append", default=[], choices=STAGES, help="leave a stage out (repeatable)")
     parser.add_argument("--smoke", action="store_true", help="the shortened CPU form (automatic without CUDA)")
@@ -331,7 +333,7 @@ def main() -> None:
     out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(tempfile.mkdtemp(prefix="gpu_run-")))
     scratch = tempfile.TemporaryDirectory(prefix="gpu_run-work-") if smoke else None
     work = Path(scratch.name) if scratch else REPO  # on CUDA, data/ and checkpoints/ as a user's
-    minutes = {"python": args.python_minutes or (0.1 if smoke else 3.0), "java": args.java_minutes or (0.1 if smoke else 2.0)}
+    minutes = {"python": args.python_minutes or (0.1 if smoke else 2.5), "java": args.java_minutes or (0.1 if smoke else 1.8)}
     shape = (2, 32) if smoke else (3, 512)
     s = Session(out, work, (args.deadline_minutes or (4 if smoke else 8)) * 60, smoke)
     if smoke:
@@ -339,7 +341,7 @@ def main() -> None:
     # Time kept for the stages after each one: the benchmarks shrink, not the models' budgets.
     overhead = 40 if not smoke else 25  # a model's start-up, final validation, export, eval, sample
     sample_need = 0 if "sample_speed" in args.skip else 20
-    devices_need = 0 if "devices" in args.skip else 40
+    devices_need = 0 if "devices" in args.skip else 50
     java_need = 0 if "java" in args.skip else minutes["java"] * 60 + overhead
     python_need = 0 if "python" in args.skip else minutes["python"] * 60 + overhead + (10 if args.python_data is None else 0)
     reserve = {"python": java_need + sample_need + devices_need, "java": sample_need + devices_need,

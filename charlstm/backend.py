@@ -5,7 +5,7 @@ inspect-neuron) and `sampling_device` (sample, experiment) turn a --device into 
 `choose_precision` picks an autocast precision by running a recurrent layer, never assuming, and
 `checkpoint_precision` does the same for scoring a trained model; `flush_denormals` and
 `torch_threads` set the CPU up (`cpu_threads`: only for work that runs there), and
-`training_device` sets up a training process's device and threads; `check_training_memory`
+`training_device` and `training_precision` set up a training process; `check_training_memory`
 refuses a model too large for the device before it is built. torchrun's processes are in
 distributed.py.
 """
@@ -273,10 +273,9 @@ def cpu_threads(device: torch.device, n: int | None) -> int | None:
     return n if device.type == "cpu" else None
 
 
-def training_device(device_name: str, precision: str, threads: int | None, world: int, local_rank: int):
+def training_device(device_name: str, threads: int | None, world: int, local_rank: int):
     """(device, threads) for a training process: this rank's GPU under torchrun, denormals flushed,
-    the CPU threads set (by default the cores shared among this machine's processes) and TF32 on
-    for an fp32 run on a GPU."""
+    the CPU threads set (by default the cores shared among this machine's processes)."""
     device = resolve_device(device_name)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
@@ -285,9 +284,16 @@ def training_device(device_name: str, precision: str, threads: int | None, world
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     threads = threads or max(1, available_cores() // local_world)
     torch.set_num_threads(threads)
-    if device.type == "cuda" and precision == "fp32":
-        torch.backends.cuda.matmul.allow_tf32 = True  # the head's matmul; cuDNN RNNs use TF32 already
     return device, threads
+
+
+def training_precision(requested: str, device: torch.device, kind: str, hidden: int, lanes: int) -> Precision:
+    """`choose_precision` for training (`lanes`: per process), with TF32 matrix products on when a GPU
+    run ends up in fp32, asked for or chosen by auto (cuDNN's RNNs use TF32 already; this is the head)."""
+    precision = choose_precision(requested, device, kind=kind, hidden=hidden, batch=lanes)
+    if device.type == "cuda" and precision.name == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return precision
 
 
 # ---------------------------------------------------------------------------------------------

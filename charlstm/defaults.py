@@ -92,6 +92,9 @@ def _batch(facts: Facts, seq_len: int) -> tuple[int, str]:
         reason = "a GPU is latency-bound at 64 lanes: 256 per GPU ran 4× the characters per second on an H100"
     else:
         batch, reason = TrainConfig.batch_size, "the default"
+        if batch % facts.world:  # every process takes the same share of the lanes
+            batch = max(facts.world, batch - batch % facts.world)
+            reason = f"the default {TrainConfig.batch_size}, rounded to a multiple of the {facts.world} processes"
     # Largest lane count (a multiple of the process count) that leaves every lane a few windows.
     fits = facts.train_chars // (MIN_WINDOWS_PER_LANE * seq_len + 1)
     fits -= fits % facts.world

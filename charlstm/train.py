@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from charlstm.backend import check_training_memory, choose_precision, training_device
+from charlstm.backend import check_training_memory, training_device, training_precision
 from charlstm import distributed
 from charlstm.batching import training_data
 from charlstm.checkpoint import BEST, LATEST, save_checkpoint
@@ -66,13 +66,12 @@ class Trainer:
         self.main = self.rank == 0
 
         # First: the device, threads and denormals, then the process group.
-        self.device, self.threads = training_device(config.device, config.precision, config.threads, self.world,
-                                                    self.local_rank)  # fmt: skip
+        self.device, self.threads = training_device(config.device, config.threads, self.world, self.local_rank)
         distributed.start_process_group(self.device, self.world)
 
         check_run_dir(self.run_dir, resume=resume_payload is not None, force=force)
-        self.precision = choose_precision(config.precision, self.device, kind=config.model, hidden=config.hidden,
-                                          batch=config.batch_size // self.world)  # lanes per GPU
+        self.precision = training_precision(config.precision, self.device, config.model, config.hidden,
+                                            lanes=config.batch_size // self.world)
 
         init_vocab = init_source.vocab if init_source is not None else None
         data = training_data(config, self.rank, self.world, init_vocab, resume_payload)

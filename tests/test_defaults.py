@@ -144,3 +144,28 @@ def test_a_short_corpus_trains_on_fewer_lanes_unless_the_batch_was_given(tiny_da
     assert 1 <= lanes < 64 and f"--batch-size {lanes} (the training split ({chars:,} characters)" in result.output
     given = _train(tiny_dataset, tmp_path / "given", "--steps", "2", "--batch-size", "64", "--seq-len", "200")
     assert given.exit_code == 1 and "lower --batch-size or --seq-len" in given.output
+
+
+def test_cpu_lanes_are_shared_evenly_among_processes():
+    facts = Facts(**{**CPU_STDLIB.__dict__, "world": 3})
+    chosen = choose_defaults({"minutes": 1}, facts)
+    assert chosen.values["batch_size"] == 63 and "3 processes" in chosen.reasons["batch_size"]
+    assert "batch_size" not in choose_defaults({"minutes": 1}, Facts(**{**CPU_STDLIB.__dict__, "world": 2})).values
+
+
+def test_an_fp32_gpu_run_turns_tf32_on_for_its_matrix_products(monkeypatch):
+    import torch
+
+    from charlstm import backend
+
+    picked = backend.Precision("fp32", "cuda", "float32", "auto: measured no faster")
+    monkeypatch.setattr(backend, "choose_precision", lambda *a, **k: picked)
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        backend.training_precision("cpu-run", torch.device("cpu"), "lstm", 16, lanes=4)
+        assert torch.backends.cuda.matmul.allow_tf32 is False  # a CPU run leaves it alone
+        assert backend.training_precision("auto", torch.device("cuda"), "lstm", 512, lanes=256) is picked
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
