@@ -33,7 +33,8 @@ DROPOUT_BY_PASSES = ((1.0, 0.0), (2.0, 0.1), (4.0, 0.2), (math.inf, 0.3))
 # Speed estimates for turning --minutes into passes: rough on purpose, since dropout only moves at
 # whole buckets of passes. Sources: GUIDE.md (2-core Sapphire Rapids; H100).
 CPU_FLOPS = {"fp32": 2.1e11, "bf16": 5.9e11}  # 6 × params × chars/s of a 3×512 LSTM on 2 cores
-CPU_SECONDS_PER_STEP_MIN = 0.005  # small models are bound by per-step overhead, not arithmetic
+CPU_SECONDS_PER_LOGIT = 7e-9  # softmax and loss over the logits, bound by memory: a large vocabulary's cost
+CPU_SECONDS_PER_STEP_MIN = 0.002  # what any step costs
 GPU_SECONDS_PER_CELL_STEP = 68e-6  # H100, 3×512: ~26 ms per step of 128 characters × 3 layers, batch ≤ 256
 GPU_FLOPS = 8e13  # assumed arithmetic bound once latency no longer is (not measured)
 
@@ -46,6 +47,7 @@ class Facts:
     world: int  # training processes (torchrun)
     train_chars: int  # characters in the training split
     parameters: int  # of the model to be trained
+    vocab: int  # symbols the model predicts among
     layers: int
     hidden: int
     reduced_precision: bool  # the CPU trains in bf16 (about 2.8× fp32)
@@ -128,7 +130,7 @@ def estimated_chars_per_second(facts: Facts, batch: int, seq_len: int) -> float:
     if facts.device == "cuda":
         latency = seq_len * facts.layers * GPU_SECONDS_PER_CELL_STEP * max(1.0, facts.hidden / 512)
         return chars / max(latency, flops / GPU_FLOPS)
-    per_step = flops / CPU_FLOPS["bf16" if facts.reduced_precision else "fp32"]
+    per_step = flops / CPU_FLOPS["bf16" if facts.reduced_precision else "fp32"] + chars * facts.vocab * CPU_SECONDS_PER_LOGIT
     return chars / max(per_step, CPU_SECONDS_PER_STEP_MIN)
 
 

@@ -7,6 +7,7 @@ torch.distributed, so a plain run never needs a process group.
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -34,6 +35,11 @@ def end_process_group(world: int, finished: bool) -> None:
             # it while another was still in its last collective could abort the other at exit.
             # (Not after an error: a rank that died would leave the others waiting here.)
             dist.barrier()
+        # The DDP wrapper's reducer holds the group too. Collected after the group is destroyed, it
+        # would free it holding the GIL, while gloo's worker thread waits for the GIL to free its
+        # last tensors: a deadlock at exit (seen once in ~10 two-process runs). Collected first,
+        # the group is freed here, by destroy_process_group, which releases the GIL to do it.
+        gc.collect()
         dist.destroy_process_group()
 
 

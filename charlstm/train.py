@@ -496,4 +496,5 @@ class Trainer:
         return summary
 
     def close(self, finished: bool = False) -> None:
+        self.model = self.raw_model  # DDP's reducer goes before the process group (see end_process_group)
         distributed.end_process_group(self.world, finished)

@@ -92,7 +92,7 @@ def facts_for(config: TrainConfig) -> Facts:
     parameters, _ = training_memory(mc, config.batch_size, config.seq_len)  # refuses a model too large to build
     reduced = device.type == "cpu" and choose_precision(config.precision, device, kind=config.model).name == "bf16"
     return Facts(device=device.type, world=distributed_layout()[1], train_chars=int(dataset.meta.get("train_chars", 0)),
-                 parameters=parameters, layers=config.layers, hidden=config.hidden, reduced_precision=reduced)
+                 parameters=parameters, vocab=len(dataset.vocab), layers=config.layers, hidden=config.hidden, reduced_precision=reduced)
 
 
 def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:

@@ -5,9 +5,9 @@ import pytest
 from charlstm.config import TrainConfig
 from charlstm.defaults import Facts, choose_defaults, estimated_chars_per_second, implied_passes
 
-H100_JAVA = Facts(device="cuda", world=1, train_chars=8_000_000, parameters=5_400_000, layers=3, hidden=512,
+H100_JAVA = Facts(device="cuda", world=1, train_chars=8_000_000, parameters=5_400_000, vocab=100, layers=3, hidden=512,
                   reduced_precision=False)
-CPU_STDLIB = Facts(device="cpu", world=1, train_chars=12_000_000, parameters=5_400_000, layers=3, hidden=512,
+CPU_STDLIB = Facts(device="cpu", world=1, train_chars=12_000_000, parameters=5_400_000, vocab=100, layers=3, hidden=512,
                    reduced_precision=True)
 
 
@@ -37,6 +37,11 @@ def test_cpu_estimate_follows_precision_and_the_measured_rates():
     # GUIDE: 3×512 on 2 cores, ~6.5k chars/s fp32 and ~18k bf16.
     assert 4e3 < estimated_chars_per_second(fp32, 64, 128) < 9e3
     assert 12e3 < estimated_chars_per_second(CPU_STDLIB, 64, 128) < 25e3
+    # Measured on 2 cores in bf16 (`charlstm train --steps 30 --json`): a 1×16 model over 110
+    # symbols ran at 1.05M chars/s, over 1,939 symbols at 68k: small models are bound by the logits.
+    tiny = dict(device="cpu", world=1, train_chars=10**7, layers=1, hidden=16, reduced_precision=True)
+    assert 0.5e6 < estimated_chars_per_second(Facts(**tiny, parameters=14_158, vocab=110), 64, 128) < 2e6
+    assert 34e3 < estimated_chars_per_second(Facts(**tiny, parameters=162_307, vocab=1939), 64, 128) < 136e3
 
 
 @pytest.mark.parametrize("epochs, dropout", [(0.5, None), (1.5, 0.1), (3, 0.2), (5, 0.3), (40, 0.3)])
@@ -71,7 +76,7 @@ def test_learning_rate_scales_with_a_batch_the_user_gave():
 
 
 def test_a_short_corpus_gets_fewer_lanes_instead_of_an_error():
-    tiny = Facts(device="cpu", world=1, train_chars=5_000, parameters=10_000, layers=1, hidden=32,
+    tiny = Facts(device="cpu", world=1, train_chars=5_000, parameters=10_000, vocab=100, layers=1, hidden=32,
                  reduced_precision=False)
     chosen = choose_defaults({"seq_len": 32, "steps": 10}, tiny)
     lanes = chosen.values["batch_size"]
@@ -81,7 +86,7 @@ def test_a_short_corpus_gets_fewer_lanes_instead_of_an_error():
 
 
 def test_lanes_stay_a_multiple_of_the_process_count():
-    facts = Facts(device="cuda", world=3, train_chars=200_000, parameters=10_000, layers=1, hidden=32,
+    facts = Facts(device="cuda", world=3, train_chars=200_000, parameters=10_000, vocab=100, layers=1, hidden=32,
                   reduced_precision=False)
     lanes = choose_defaults({"steps": 10}, facts).values["batch_size"]
     assert lanes % 3 == 0 and lanes < 768
