@@ -9,8 +9,8 @@ the user did not give:
   every lane to hold a few windows;
 - learning rate: 2e-3 scaled with √(batch / 64) above 64 lanes, at most doubled (the best measured
   at 256 lanes; larger batches were not measured);
-- dropout: from the passes over the training split that the budget implies (none up to one pass,
-  more with more passes, 0.3 above four).
+- dropout: from the passes over the training split that the budget implies and the model's size
+  against the corpus (none within one pass or for a model small beside its corpus; up to 0.3).
 
 The measurements behind these choices are in the README ("Defaults that fit the device and the
 corpus"). Pure: it takes facts (device kind, corpus size, model size, budget) and returns values
@@ -27,14 +27,17 @@ from charlstm.config import TrainConfig
 GPU_LANES_PER_PROCESS = 256  # the measured knee on an H100 for a 3×512 LSTM
 MIN_WINDOWS_PER_LANE = 4  # a lane shorter than this many windows barely carries state across steps
 MAX_LR_SCALE = 2.0  # √(256/64): measured; beyond that the scale is held
-# Passes over the training split → dropout (the first bound the passes do not exceed).
-DROPOUT_BY_PASSES = ((1.0, 0.0), (2.0, 0.1), (4.0, 0.2), (math.inf, 0.3))
+# Overfitting needs repeats and capacity: no dropout within one pass; beyond, the pressure is the
+# passes × parameters per training character, and the first bound it does not exceed sets dropout.
+# (H100, 3×512 on 8M characters: 5 passes, pressure ~3.4, overfitted without dropout; a 3×128 on
+# the stdlib for 3 CPU minutes, pressure ~0.05, trained worse with dropout 0.2.)
+DROPOUT_BY_PRESSURE = ((0.5, 0.0), (1.0, 0.1), (2.0, 0.2), (math.inf, 0.3))
 
 # Speed estimates for turning --minutes into passes: rough on purpose, since dropout only moves at
 # whole buckets of passes. Sources: GUIDE.md (2-core Sapphire Rapids; H100).
 CPU_FLOPS = {"fp32": 2.1e11, "bf16": 5.9e11}  # 6 × params × chars/s of a 3×512 LSTM on 2 cores
 CPU_SECONDS_PER_LOGIT = 7e-9  # softmax and loss over the logits, bound by memory: a large vocabulary's cost
-CPU_SECONDS_PER_STEP_MIN = 0.002  # what any step costs
+CPU_SECONDS_PER_CELL_STEP = 57e-6  # per character of a lane per layer, whatever the size: the recurrence
 GPU_SECONDS_PER_CELL_STEP = 68e-6  # H100, 3×512: ~26 ms per step of 128 characters × 3 layers, batch ≤ 256
 GPU_FLOPS = 8e13  # assumed arithmetic bound once latency no longer is (not measured)
 
@@ -81,10 +84,12 @@ def choose_defaults(given: dict, facts: Facts) -> Chosen:
         chosen.reasons["lr"] = f"{TrainConfig.lr:g} × √({batch}/{TrainConfig.batch_size}) for {batch} lanes{capped}"
     if "dropout" not in given:
         passes, how = implied_passes(given, facts, batch, seq_len)
-        dropout = next(p for bound, p in DROPOUT_BY_PASSES if passes <= bound)
+        pressure = passes * facts.parameters / max(1, facts.train_chars)
+        dropout = 0.0 if passes <= 1 else next(p for bound, p in DROPOUT_BY_PRESSURE if pressure <= bound)
         if dropout != TrainConfig.dropout:
             chosen.values["dropout"] = dropout
-            chosen.reasons["dropout"] = f"{how}; more passes overfit without dropout"
+            chosen.reasons["dropout"] = (f"{how}, with {facts.parameters / max(1, facts.train_chars):.2g} parameters "
+                                         f"per character: repeats a model this size can memorise")
     return chosen
 
 
@@ -130,8 +135,9 @@ def estimated_chars_per_second(facts: Facts, batch: int, seq_len: int) -> float:
     if facts.device == "cuda":
         latency = seq_len * facts.layers * GPU_SECONDS_PER_CELL_STEP * max(1.0, facts.hidden / 512)
         return chars / max(latency, flops / GPU_FLOPS)
-    per_step = flops / CPU_FLOPS["bf16" if facts.reduced_precision else "fp32"] + chars * facts.vocab * CPU_SECONDS_PER_LOGIT
-    return chars / max(per_step, CPU_SECONDS_PER_STEP_MIN)
+    per_step = (flops / CPU_FLOPS["bf16" if facts.reduced_precision else "fp32"] + chars * facts.vocab * CPU_SECONDS_PER_LOGIT
+                + seq_len * facts.layers * CPU_SECONDS_PER_CELL_STEP)
+    return chars / per_step
 
 
 def _flag(option: str) -> str:
