@@ -162,8 +162,8 @@ def train_command(
     hidden: Annotated[Optional[int], typer.Option(help=f"Units per layer (default: {_TC.hidden})", rich_help_panel=_MODEL)] = None,
     embed: Annotated[Optional[int], typer.Option(help=f"Character embedding width (default: {_TC.embed})", rich_help_panel=_MODEL)] = None,
     dropout: Annotated[Optional[float], typer.Option(help=(
-        "Dropout between layers and before the head (default: from the passes over the corpus the budget implies: "
-        "none up to one, 0.1 to two, 0.2 to four, 0.3 beyond; printed with its reason)"
+        "Dropout between layers and before the head (default: none within one pass over the corpus; beyond, up to "
+        "0.3 as the passes × parameters per training character grow; printed with its reason)"
     ), rich_help_panel=_MODEL)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=(
         f"Lanes: contiguous streams through the corpus, trained side by side (split across processes under torchrun) "
