@@ -39,11 +39,11 @@ class TrainConfig:
     layers: int = 3  # stacked recurrent layers
     hidden: int = 512  # units per layer
     embed: int = 64  # character embedding width
-    dropout: float = 0.0  # off: runs of minutes underfit; 0.1–0.3 helps long runs on small corpora
+    dropout: float = 0.0  # when not given, defaults.py picks it from the passes and the model size
     # optimisation
-    batch_size: int = 64  # lanes: contiguous streams through the corpus, one row of a batch each
+    batch_size: int = 64  # lanes: contiguous streams through the corpus (a GPU: 256 per process, defaults.py)
     seq_len: int = 128  # characters back-propagated through per step (truncated BPTT)
-    lr: float = 2e-3  # peak AdamW learning rate
+    lr: float = 2e-3  # peak AdamW learning rate (scaled with the lanes above 64, defaults.py)
     min_lr_ratio: float = 0.1  # cosine decay ends at lr × this
     warmup_steps: int = 20  # linear warm-up (capped at a tenth of the run when its length is known)
     weight_decay: float = 0.01  # AdamW decoupled decay, on weight matrices only
