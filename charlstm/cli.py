@@ -155,7 +155,7 @@ def train_command(
     init_from: Annotated[Optional[str], typer.Option(help=(
         "Fine-tune: start from this trained model (a checkpoint, a run folder, or pretrained-python, the shipped "
         "model). Its shape is kept (shape options are then an error if they differ); characters both know keep their "
-        "weights, characters new to it start improbable; --lr and --warmup-steps default to 1e-3 and 50."
+        "weights, characters new to it start improbable; --lr and --warmup-steps default to 1e-3 and 50, --dropout to the source's."
     ), rich_help_panel=_MODEL)] = None,
     model: Annotated[Optional[str], typer.Option(help=f"Recurrent cell: lstm, gru or rnn (tanh) (default: {_TC.model})", rich_help_panel=_MODEL)] = None,
     layers: Annotated[Optional[int], typer.Option(help=f"Stacked recurrent layers (default: {_TC.layers})", rich_help_panel=_MODEL)] = None,

@@ -96,15 +96,18 @@ def facts_for(config: TrainConfig) -> Facts:
 
 
 def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:
-    """--init-from: the shape comes from the source model, and the learning rate and warm-up default
-    to values for a model that already knows code. Returns the options, the source, and a note on
-    the defaults used (None when the user gave both)."""
+    """--init-from: the shape and dropout come from the source model, and the learning rate and
+    warm-up default to values for a model that already knows code. Returns the options, the source, and a note on
+    the defaults used (None when the user gave them all)."""
     given = {k: v for k, v in options.items() if v is not None}
     source = load_init_source(given["init_from"])
     check_shape_options(given, source)
     mc = source.model_config
     shape = dict(zip(SHAPE_OPTIONS, (mc.kind, mc.layers, mc.hidden, mc.embed)))
-    defaults = {k: v for k, v in (("lr", FINETUNE_LR), ("warmup_steps", FINETUNE_WARMUP_STEPS)) if k not in given}
+    # Dropout stays the source model's: one trained without it fine-tunes worse with it (measured on
+    # rich's source, 150 steps from the shipped model: 1.418 bpc without, 1.569 with 0.2).
+    defaults = {k: v for k, v in (("lr", FINETUNE_LR), ("warmup_steps", FINETUNE_WARMUP_STEPS), ("dropout", mc.dropout))
+                if k not in given}  # fmt: skip
     note = None
     if defaults:
         note = "fine-tuning defaults: " + ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in defaults.items())

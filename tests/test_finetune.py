@@ -131,3 +131,15 @@ def test_a_missing_source_is_refused_in_one_line(python_data, tmp_path):
                                  "--init-from", str(tmp_path / "nope")])  # fmt: skip
     assert result.exit_code == 1 and "no such checkpoint or run folder" in result.output
     assert "pretrained-python" in result.output
+
+
+def test_fine_tuning_keeps_the_source_models_dropout_unless_given(java_run, python_data, tmp_path):
+    source_dropout = json.loads((java_run / "config.json").read_text())["train_config"]["dropout"]
+    common = {"data": str(python_data.path), "init_from": str(java_run), "epochs": 8, "threads": 1,
+              "precision": "fp32", "eval_every": 0, "batch_size": 4, "seq_len": 16}  # fmt: skip
+    # Eight passes over a tiny corpus: a fresh run would get dropout chosen; fine-tuning keeps the source's.
+    train({**common, "out": str(tmp_path / "kept")}, stop_after=2)
+    kept = json.loads((tmp_path / "kept" / "config.json").read_text())["train_config"]
+    assert kept["dropout"] == source_dropout and not (kept["chosen"] or {}).get("dropout")
+    train({**common, "out": str(tmp_path / "given"), "dropout": 0.1}, stop_after=2)
+    assert json.loads((tmp_path / "given" / "config.json").read_text())["train_config"]["dropout"] == 0.1
