@@ -10,7 +10,7 @@ logging and backend options change.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from charlstm.backend import choose_precision, resolve_device, training_memory
@@ -64,8 +64,10 @@ def run_dir_of(given: dict) -> Path:
 
 def fresh_config(options: dict) -> NewRun:
     """A new run's config, the one place its defaults are decided: TrainConfig's, then (fine-tuning)
-    the source model's shape and `finetune_options`' learning rate and warm-up, then the options
-    given; no budget means one epoch. Reads the source model at most; writes nothing."""
+    the source model's shape and `finetune_options`' learning rate, warm-up and dropout, then the
+    options given, then (defaults.py) batch, learning rate and dropout fitted to the device and the
+    corpus for those still not given; no budget means one epoch. Reads the dataset's meta.json and
+    the source model at most; writes nothing."""
     source = note = None
     if options.get("init_from") is not None:
         options, source, note = finetune_options(options)
@@ -75,9 +77,7 @@ def fresh_config(options: dict) -> NewRun:
     config.validate()
     chosen = choose_defaults(given, facts_for(config))
     if chosen.values:
-        config = TrainConfig(**{**given, **chosen.values}, chosen=chosen.reasons)
-        config.out = str(run_dir_of(given))
-        config.validate()
+        config = replace(config, **chosen.values, chosen=chosen.reasons)
     config.data = os.path.abspath(config.data)  # so `--resume` finds it from any folder
     _default_budget(config)
     return NewRun(config, source, note)
@@ -92,7 +92,8 @@ def facts_for(config: TrainConfig) -> Facts:
     parameters, _ = training_memory(mc, config.batch_size, config.seq_len)  # refuses a model too large to build
     reduced = device.type == "cpu" and choose_precision(config.precision, device, kind=config.model).name == "bf16"
     return Facts(device=device.type, world=distributed_layout()[1], train_chars=int(dataset.meta.get("train_chars", 0)),
-                 parameters=parameters, vocab=len(dataset.vocab), layers=config.layers, hidden=config.hidden, reduced_precision=reduced)
+                 parameters=parameters, vocab=len(dataset.vocab), layers=config.layers, hidden=config.hidden,
+                 reduced_precision=reduced)
 
 
 def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:
