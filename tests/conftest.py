@@ -52,6 +52,20 @@ def tiny_dataset(tmp_path) -> Dataset:
     return make_dataset(tmp_path / "data" / "tiny", JAVA_SNIPPET * 12, JAVA_SNIPPET * 2)
 
 
+SNIPPET_VOCAB = Vocab.from_counts({ch: 1 for ch in JAVA_SNIPPET + PYTHON_SNIPPET})
+
+
+def make_lively_model(kind: str, seed: int, layers: int = 2, hidden: int = 12) -> CharRNN:
+    """An untrained model over SNIPPET_VOCAB whose recurrent weights are scaled up, so its gates
+    leave their middle range (a default init keeps every gate near 0.5)."""
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(vocab_size=len(SNIPPET_VOCAB), kind=kind, layers=layers, hidden=hidden, embed=6))
+    with torch.no_grad():
+        for p in model.rnn.parameters():
+            p.mul_(3)
+    return model.eval()
+
+
 def make_checkpoint(path: Path, kind: str = "lstm", layers: int = 2, hidden: int = 16, seed: int = 0) -> Path:
     """An untrained model saved in the checkpoint format, for commands that only read one."""
     torch.manual_seed(seed)

@@ -15,12 +15,11 @@ from charlstm import explorer, inspect_command, neurons, saturation
 from charlstm.cli import app
 from charlstm.engine import SIGNALS, StepEngine
 from charlstm.features import compute_feature
-from charlstm.model import CharRNN, ModelConfig
-from charlstm.vocab import Vocab
-from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
+from charlstm.model import CharRNN
+from tests.conftest import SNIPPET_VOCAB, JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_lively_model
 
 runner = CliRunner()
-VOCAB = Vocab.from_counts({ch: 1 for ch in JAVA_SNIPPET + PYTHON_SNIPPET})
+VOCAB = SNIPPET_VOCAB
 TEXT = JAVA_SNIPPET + PYTHON_SNIPPET  # 578 characters: many chunks of CHUNK below
 CHUNK = 37  # a length that divides nothing, so the last chunk is short
 
@@ -29,12 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(kind: str, layers: int = 2, hidden: int = 12) -> CharRNN:
-    torch.manual_seed(5)
-    model = CharRNN(ModelConfig(vocab_size=len(VOCAB), kind=kind, layers=layers, hidden=hidden, embed=6))
-    with torch.no_grad():  # larger weights than the default init, so gates leave their middle range
-        for p in model.rnn.parameters():
-            p.mul_(3)
-    return model.eval()
+    return make_lively_model(kind, seed=5, layers=layers, hidden=hidden)
 
 
 @pytest.fixture

@@ -17,20 +17,14 @@ from charlstm.cli import app
 from charlstm.engine import half_weight_kernels_available
 from charlstm.errors import CharlstmError
 from charlstm.model import CharRNN, ModelConfig
-from charlstm.vocab import Vocab
-from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_dataset
+from tests.conftest import SNIPPET_VOCAB, JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_dataset, make_lively_model
 
 runner = CliRunner()
-VOCAB = Vocab.from_counts({ch: 1 for ch in JAVA_SNIPPET + PYTHON_SNIPPET})
+VOCAB = SNIPPET_VOCAB
 
 
 def tiny_model(kind: str, layers: int = 2, hidden: int = 12) -> CharRNN:
-    torch.manual_seed(1)
-    model = CharRNN(ModelConfig(vocab_size=len(VOCAB), kind=kind, layers=layers, hidden=hidden, embed=6))
-    with torch.no_grad():  # larger weights than the default init, so gates leave their middle range
-        for p in model.rnn.parameters():
-            p.mul_(3)
-    return model.eval()
+    return make_lively_model(kind, seed=1, layers=layers, hidden=hidden)
 
 
 def layer_by_layer(model: CharRNN, tokens: torch.Tensor) -> list[torch.Tensor]:
