@@ -121,6 +121,9 @@ def pretend_gpu(monkeypatch):
     """torch says a CUDA GPU is present; the first module moved onto a non-CPU device stops the command
     with a one-line error naming the device."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # Optimizers ask whether CUDA is capturing a graph once is_available says yes; on a CUDA build of
+    # torch with no driver that question itself fails, where a real GPU would answer no.
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     real_to = torch.nn.Module.to
 
     def to(self, *args, **kwargs):
