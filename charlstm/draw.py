@@ -25,13 +25,14 @@ class DrawRule:
     top_k: int | None = None
     top_p: float | None = None
 
-    def choose(self, logits: torch.Tensor, gumbel: torch.Tensor | None) -> torch.Tensor:
+    def choose(self, logits: torch.Tensor, gumbel: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
         """logits [batch, vocab] and noise of the same shape (None when greedy) → tokens [batch].
 
         No host synchronisation and no data-dependent shapes, so a CUDA graph can capture it.
+        `out` (long, [batch]) receives the tokens in place: a graph's static buffer, one copy fewer.
         """
         if self.greedy:
-            return logits.argmax(dim=-1)
+            return torch.argmax(logits, dim=-1, out=out)
         scores = logits / self.temperature
         if self.top_k is not None and self.top_k < scores.shape[-1]:
             kth = scores.topk(self.top_k, dim=-1).values[:, -1:]
@@ -42,7 +43,7 @@ class DrawRule:
             # Drop a character when the more likely ones already hold top_p (the first always stays).
             drop = (probs.cumsum(dim=-1) - probs) >= self.top_p
             scores = scores.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
-        return (scores + gumbel).argmax(dim=-1)
+        return torch.argmax(scores + gumbel, dim=-1, out=out)
 
 
 def noise_block_steps(batch: int, vocab: int) -> int:

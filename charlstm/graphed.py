@@ -98,8 +98,8 @@ class BlockSteps:
         """K steps from the static buffers back into them: what the graph records."""
         logits, state = self.logits, self.state
         for j in range(self.steps):
-            tokens = self.rule.choose(logits, None if self.noise is None else self.noise[j])
-            self.tokens[j].copy_(tokens)
+            # Drawn straight into the static row the engine then reads: no copy per step.
+            tokens = self.rule.choose(logits, None if self.noise is None else self.noise[j], out=self.tokens[j])
             logits, state = self.engine.step(tokens, state)
         self.logits.copy_(logits)
         for static, value in zip(_flat(self.state), _flat(state)):
