@@ -11,11 +11,12 @@ when the deadline leaves no other way.
   train_speed   bench/train_speed.py --grid: fp32/fp16/bf16 × batch 64/256/1024 at hidden 512,
                 ours vs bare nn.LSTM (hidden 1024 too when time is left at the end)
   python, java  `charlstm ingest` (python: the default corpus; java: --java-data DIR, else
-                `--preset jdk`, else skipped with the reason), then `charlstm train` with only
-                --layers/--hidden/--minutes (the device- and corpus-aware defaults choose batch,
-                lr, dropout and precision), then scripts/ship_model.py --fp16 into
-                OUT/checkpoints/pretrained-NAME (best.pt, config.json, metrics.jsonl,
-                val-excerpt.txt, COMMANDS.txt), then eval and a sample of the exported model
+                `--preset jdk` when a JDK's src.zip is found, else skipped with the reason), then
+                `charlstm train` with only --layers/--hidden/--minutes (the device- and
+                corpus-aware defaults choose batch, lr, dropout and precision), then
+                scripts/ship_model.py --fp16 into pretrained-NAME (best.pt, config.json,
+                metrics.jsonl, val-excerpt.txt, COMMANDS.txt), packed as OUT/pretrained-NAME.tar,
+                then eval and a sample of the exported model
   sample_speed  bench/sample_speed.py: naive vs ours at batch 1 and 16 (after the models, whose
                 budgets come first; the hidden-1024 row of train_speed follows if time is left)
   devices       bench/device_check.py: traces, inspect-neuron and experiment on the GPU against the
@@ -25,9 +26,14 @@ On CUDA, datasets and run folders go where a user's would (data/, checkpoints/ i
 Without CUDA (or with --smoke) it runs a shortened form in a temporary folder: a tiny model, seconds
 of training, the CPU grid of train_speed.py, so the whole script is proven on a CPU.
 
-Prints ONE JSON object on stdout (also OUT/gpu_run.json); progress goes to stderr and each
-command's output to OUT/logs/. OUT is --out, else $OUT, else a temporary folder. Exit status 1
-when a stage failed.
+Prints ONE JSON object on stdout (also OUT/gpu_run.json, rewritten after every stage, so a run
+stopped from outside still leaves what it finished); progress goes to stderr and each command's
+output to OUT/commands.log. OUT is --out, else $OUT, else a temporary folder. Exit status 1 when
+a stage failed. OUT never holds more than four files, none in a folder, since a device run brings
+back at most 8 files of 16 MiB: gpu_run.json, commands.log, and per shipped model one uncompressed
+tar, pretrained-NAME.tar (unpack it into checkpoints/); the exported folders themselves are made
+under the work folder's checkpoints/shipped/. Every command stops by the deadline plus
+HARD_GRACE_S, the whole process group with it.
 
     PYTHONPATH=$PWD python3 bench/gpu_run.py [--java-data data/jdk] [--python-minutes 2.5]
         [--java-minutes 2.0] [--deadline-minutes 8] [--skip STAGE] [--smoke] [--out DIR]
@@ -41,8 +47,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -51,10 +59,21 @@ REPO = Path(__file__).resolve().parent.parent
 STAGES = ("env", "graph_check", "train_speed", "python", "java", "sample_speed", "devices")
 PYTHON_GOAL_BPC = 1.25  # issue 12: the shipped Python model's validation bpc
 SHIP_LIMIT_MB = 20.0
+RETURNED_FILE_LIMIT = 16 * 2**20  # a device run brings back files of at most 16 MiB
+LOG_TAIL_CHARS = 200_000  # of each command's stdout and of its stderr, in commands.log
+# A command's own process group, so a timeout kills its children too (a group, not a session:
+# whatever stops this script from outside still stops them).
+OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+HARD_GRACE_S = 40  # a command may overrun the deadline by this much, no more (8 min + 40 s < a 9 min call)
 
 
 class StageError(Exception):
-    """A stage's failure, as the one line the JSON records."""
+    """A stage's failure, as the one line the JSON records; `partial`: the last JSON line a command
+    printed before it was stopped, if any."""
+
+    def __init__(self, message: str, partial: dict | None = None):
+        super().__init__(message)
+        self.partial = partial
 
 
 def say(message: str) -> None:
@@ -92,8 +111,8 @@ class Session:
         self.start = time.monotonic()
         self.deadline = self.start + deadline_s
         self.out, self.work, self.smoke = out, work, smoke
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-        self.record: dict = {"smoke": smoke, "deadline_s": deadline_s, "out": str(out), "stages": {}}
+        out.mkdir(parents=True, exist_ok=True)
+        self.record: dict = {"smoke": smoke, "deadline_s": deadline_s, "out": str(out), "finished": False, "stages": {}}
         self.commands: list[str] = []  # every command, as run (cwd: the repository)
         self.reserve = 0.0  # seconds kept for the stages still to come (the models' budgets)
 
@@ -105,23 +124,40 @@ class Session:
         return max(min(cap, self.left() - self.reserve), 1.0)
 
     def run(self, log: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
-        """Run a command from the repository root, its output kept in OUT/logs/LOG.log."""
+        """Run a command from the repository root, its output kept in OUT/commands.log under LOG.
+
+        Stopped after `timeout` s, and never later than the deadline plus HARD_GRACE_S: then its
+        whole process group is killed (a check's own children too), and StageError carries the
+        last JSON line it had printed."""
         shown = " ".join(shlex.quote(a) for a in argv)
         self.commands.append(shown)
+        timeout = max(min(timeout, self.left() + HARD_GRACE_S), 1)
         say(f"$ {shown}  (at most {timeout:.0f} s)")
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        try:
-            done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=max(timeout, 1), env=env)
-        except subprocess.TimeoutExpired as exc:
-            self._log(log, shown, exc.stdout or "", exc.stderr or "", "timeout")
-            raise StageError(f"{argv[1] if len(argv) > 1 else argv[0]} ran past {timeout:.0f} s and was stopped") from None
-        self._log(log, shown, done.stdout, done.stderr, done.returncode)
-        return done
+        with subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              **OWN_GROUP) as proc:  # fmt: skip
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:  # the group ended meanwhile
+                    pass
+                stdout, stderr = proc.communicate()
+                self._log(log, shown, stdout, stderr, "timeout")
+                name = argv[1] if len(argv) > 1 else argv[0]
+                raise StageError(f"{name} ran past {timeout:.0f} s and was stopped", last_json(stdout or "")) from None
+        self._log(log, shown, stdout, stderr, proc.returncode)
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
     def _log(self, log: str, shown: str, stdout, stderr, rc) -> None:
-        as_text = lambda s: s.decode(errors="replace") if isinstance(s, bytes) else s  # noqa: E731
-        with open(self.out / "logs" / f"{log}.log", "a", encoding="utf-8") as f:
-            f.write(f"$ {shown}\n[exit {rc}]\n--- stdout\n{as_text(stdout)}\n--- stderr\n{as_text(stderr)}\n")
+        tail = lambda s: s if len(s) <= LOG_TAIL_CHARS else f"[… {len(s) - LOG_TAIL_CHARS} characters left out]" + s[-LOG_TAIL_CHARS:]  # noqa: E731
+        with open(self.out / "commands.log", "a", encoding="utf-8") as f:
+            f.write(f"===== {log}\n$ {shown}\n[exit {rc}]\n--- stdout\n{tail(stdout or '')}\n--- stderr\n{tail(stderr or '')}\n")
+
+    def save(self) -> None:
+        """OUT/gpu_run.json as it stands (after every stage; the final one adds the totals)."""
+        (self.out / "gpu_run.json").write_text(json.dumps(self.record) + "\n", encoding="utf-8")
 
     def charlstm(self, log: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
         return self.run(log, [sys.executable, "-m", "charlstm", *args], timeout)
@@ -137,12 +173,13 @@ class Session:
             try:
                 result = {"status": "ok", **(fn() or {})}
             except StageError as exc:
-                result = {"status": "failed", "error": str(exc)}
+                result = {"status": "failed", "error": str(exc)} | ({"partial": exc.partial} if exc.partial else {})
             except Exception as exc:  # noqa: BLE001 — one stage's bug must not cost the others
                 result = {"status": "failed", "error": f"{type(exc).__name__}: {one_line(str(exc))}"}
         result["seconds"] = round(time.monotonic() - t, 1)
         self.record["stages"][name] = result
         say(f"stage {name}: {result['status']} {result.get('error') or result.get('reason') or ''}")
+        self.save()
         return result
 
 
@@ -251,9 +288,25 @@ def train_run(s: Session, lang: str, data: Path, minutes: float, shape: tuple[in
     return result, run_dir
 
 
+def exported(s: Session, lang: str) -> Path:
+    """Where the fp16 export of `lang` is made (OUT gets it packed: `pack`)."""
+    return s.work / "checkpoints" / "shipped" / f"pretrained-{lang}"
+
+
+def pack(s: Session, folder: Path) -> dict:
+    """OUT/FOLDER.tar: the folder's files under FOLDER/, one file that a device run brings back."""
+    tar = s.out / f"{folder.name}.tar"
+    with tarfile.open(tar, "w") as archive:
+        for path in sorted(folder.iterdir()):
+            archive.add(path, arcname=f"{folder.name}/{path.name}")
+    size = tar.stat().st_size
+    return {"packed": tar.name, "packed_mib": round(size / 2**20, 2), "packed_fits_16mib": size <= RETURNED_FILE_LIMIT}
+
+
 def ship(s: Session, lang: str, run_dir: Path, made_by: list[str], device: str) -> dict:
-    """Export for inference in fp16 into OUT/checkpoints/pretrained-LANG; check it loads, scores, samples."""
-    to = s.out / "checkpoints" / f"pretrained-{lang}"
+    """Export for inference in fp16 into pretrained-LANG, packed into OUT at once; check it loads,
+    scores, samples."""
+    to = exported(s, lang)
     done = s.run(f"{lang}-ship", [sys.executable, "scripts/ship_model.py", rel(run_dir), "--to", str(to), "--fp16"], timeout=120)
     if done.returncode != 0:
         raise StageError(f"ship_model.py exit {done.returncode}: {one_line(done.stderr)}")
@@ -262,6 +315,7 @@ def ship(s: Session, lang: str, run_dir: Path, made_by: list[str], device: str) 
                 *made_by, *s.commands[-2:]]  # fmt: skip
     (to / "COMMANDS.txt").write_text("\n".join(commands) + "\n", encoding="utf-8")
     result: dict = {"folder": rel(to), "best_pt_mb": round(size_mb, 2), "within_limit": size_mb <= SHIP_LIMIT_MB}
+    result |= pack(s, to)  # before the checks below: the model comes back even if one of them hangs
     if s.left() > 20:
         done = s.charlstm(f"{lang}-eval", ["eval", str(to), "--device", device, "--json"], timeout=min(90, s.left()))
         scored = last_json(done.stdout)
@@ -272,6 +326,8 @@ def ship(s: Session, lang: str, run_dir: Path, made_by: list[str], device: str) 
         result["sample"] = done.stdout[:400] if done.returncode == 0 else one_line(done.stderr)
     if not result["within_limit"]:
         raise StageError(f"{to / 'best.pt'} is {size_mb:.1f} MB, over {SHIP_LIMIT_MB:.0f} MB")
+    if not result["packed_fits_16mib"]:
+        raise StageError(f"{result['packed']} is {result['packed_mib']} MiB: a device run brings back 16 MiB a file")
     return result
 
 
@@ -300,14 +356,28 @@ def stage_devices(s: Session, device: str) -> dict:
     budget = s.budget(90)
     argv = [sys.executable, str(REPO / "bench" / "device_check.py"), "--device", device,
             "--deadline-s", f"{max(budget - 25, 1):.0f}"]  # no check starts in the last 25 s
-    exported = s.out / "checkpoints" / "pretrained-python"
-    if (exported / "best.pt").is_file():
-        argv += ["--gpu-model", str(exported)]
+    python_model = exported(s, "python")
+    if (python_model / "best.pt").is_file():
+        argv += ["--gpu-model", str(python_model)]
     done = s.run("devices", argv, timeout=budget)
     result = last_json(done.stdout)
     if done.returncode != 0:
         raise StageError(f"exit {done.returncode}: {json.dumps(result) if result else one_line(done.stderr)}")
     return {"result": result}
+
+
+def java_unavailable(s: Session, given: Path | None) -> str | None:
+    """Why the java stage can't get a dataset (None when it can): no --java-data, none ingested
+    already, and no JDK sources for `--preset jdk`."""
+    from charlstm.sources import jdk_src_zip_candidates
+
+    if given is not None or (s.work / "data" / "jdk" / "meta.json").is_file():
+        return None
+    looked = jdk_src_zip_candidates()
+    if any(path.is_file() for path in looked):
+        return None
+    where = ", ".join(str(p) for p in looked) or "$JAVA_HOME (unset) and no `java` on PATH"
+    return f"no --java-data and no JDK sources (src.zip) for --preset jdk; looked in: {where}"
 
 
 def parse_args():
@@ -340,6 +410,10 @@ def main() -> None:
         say("shortened form: no CUDA GPU here or --smoke (a tiny model, seconds of training)")
     # Time kept for the stages after each one: the benchmarks shrink, not the models' budgets.
     overhead = 40 if not smoke else 25  # a model's start-up, final validation, export, eval, sample
+    no_java = None if "java" in args.skip else java_unavailable(s, args.java_data)
+    if no_java:
+        say(f"java: skipped, {no_java}")
+        args.skip.append("java")
     sample_need = 0 if "sample_speed" in args.skip else 20
     devices_need = 0 if "devices" in args.skip else 50
     java_need = 0 if "java" in args.skip else minutes["java"] * 60 + overhead
@@ -358,7 +432,7 @@ def main() -> None:
     try:
         for name, fn, need in plan:
             if name in args.skip:
-                s.record["stages"][name] = {"status": "skipped", "reason": "--skip"}
+                s.record["stages"][name] = {"status": "skipped", "reason": no_java if name == "java" and no_java else "--skip"}
                 continue
             s.reserve = reserve.get(name, python_need + java_need + sample_need + devices_need)
             s.stage(name, fn, need_s=need)  # graph_check's own "missing" status replaces "ok"
@@ -372,9 +446,9 @@ def main() -> None:
     s.record["failed"] = [name for name, r in stages.items() if r["status"] == "failed"]
     s.record["ok"] = not s.record["failed"]
     s.record["seconds"] = round(time.monotonic() - s.start, 1)
-    text = json.dumps(s.record)
-    (out / "gpu_run.json").write_text(text + "\n", encoding="utf-8")
-    print(text, flush=True)
+    s.record["finished"] = True
+    s.save()
+    print(json.dumps(s.record), flush=True)
     sys.exit(0 if s.record["ok"] else 1)
 
 

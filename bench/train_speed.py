@@ -12,7 +12,8 @@ fp32 for the project's loop (target on an AMX CPU: bf16 ≥ 1.8×).
 `--grid` measures a table instead of the one shape: every precision charlstm accepts here ×
 batch × hidden. On CUDA: 3 layers, embed 64, seq 128, hidden 512 and 1024, batch 64, 256 and
 1024; elsewhere a tiny grid (hidden 32/64, batch 4/16, embed 16, seq 32) that proves the script
-in seconds. `--hidden H` / `--batch B` (repeatable) choose other sizes. The loops of one
+in seconds. With --json the grid prints its record so far after every (hidden, batch), one JSON
+line each, so a run stopped early keeps the cells it finished; the last line is the whole. `--hidden H` / `--batch B` (repeatable) choose other sizes. The loops of one
 (hidden, batch) are interleaved; each row gives chars/s of ours and of the bare loop, their ratio
 and each precision's speed-up over fp32, and the JSON's "auto_table" holds the bare loop's figures
 in the form of charlstm.backend.CUDA_MEASURED, which `--precision auto` on CUDA follows.
@@ -283,12 +284,19 @@ def grid(args, device, threads, warmup: int) -> dict:
                 print(f"3×{hidden} batch {batch} {r['precision']}: ours {r['ours_chars_per_sec']:,} chars/s, bare "
                       f"{r['bare_chars_per_sec']:,} → ratio {r['ratio']:.3f}{speedup}", file=sys.stderr)  # fmt: skip
             rows += cell
+            if args.json:  # the table so far, one JSON line per cell: a run stopped early keeps the cells done
+                print(json.dumps(grid_record(rows, device, base, hiddens, batches, args.steps, skipped)), flush=True)
+    return grid_record(rows, device, base, hiddens, batches, args.steps, skipped)
+
+
+def grid_record(rows: list[dict], device, base: dict, hiddens, batches, steps: int, skipped: dict) -> dict:
     table: dict[int, dict[int, dict[str, int]]] = {}
     for r in rows:
         table.setdefault(r["hidden"], {}).setdefault(r["batch"], {})[r["precision"]] = r["bare_chars_per_sec"]
+    cuda = device.type == "cuda"
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     return {"device": device_name, "torch": torch.__version__, "cudnn": torch.backends.cudnn.version() if cuda else None,
-            "shape": {**base, "hiddens": hiddens, "batches": batches}, "steps": args.steps,
+            "shape": {**base, "hiddens": hiddens, "batches": batches}, "steps": steps,
             "skipped": skipped, "rows": rows, "auto_table": table}  # fmt: skip
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -41,9 +42,27 @@ def test_a_failing_stage_is_one_line_and_the_deadline_skips_rather_than_overruns
     assert result["status"] == "skipped" and "deadline" in result["reason"] and not ran
     assert s.budget(300) <= 10.5
     done = s.run("echo", [sys.executable, "-c", "print(6 * 7)"], timeout=10)
-    assert done.stdout.strip() == "42" and "print(6 * 7)" in (tmp_path / "logs" / "echo.log").read_text()
+    assert done.stdout.strip() == "42" and "print(6 * 7)" in (tmp_path / "commands.log").read_text()
     with pytest.raises(gpu_run.StageError, match="ran past 1 s"):
         s.run("sleep", [sys.executable, "-c", "import time; time.sleep(5)"], timeout=1)
+    assert json.loads((tmp_path / "gpu_run.json").read_text())["stages"]["big"]["status"] == "skipped"  # saved per stage
+
+
+def test_a_stopped_command_takes_its_children_along_and_leaves_its_last_json(tmp_path, monkeypatch):
+    gpu_run = load_gpu_run()
+    monkeypatch.setattr(gpu_run, "HARD_GRACE_S", 0)
+    s = gpu_run.Session(tmp_path, tmp_path, deadline_s=3, smoke=True)
+    marker = tmp_path / "grandchild-lived"
+    grandchild = f"import time, pathlib; time.sleep(4); pathlib.Path({str(marker)!r}).write_text('x')"
+    script = (f"import json, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
+              "print(json.dumps({'cells': 1}), flush=True); time.sleep(60)")  # fmt: skip
+    start = time.monotonic()
+    # The deadline, not the 300 s asked for, stops it; the stage records its last JSON line.
+    result = s.stage("stuck", lambda: s.run("stuck", [sys.executable, "-c", script], timeout=300), need_s=0)
+    assert time.monotonic() - start < 10 and "ran past 3 s" in result["error"]
+    assert result["status"] == "failed" and result["partial"] == {"cells": 1}
+    time.sleep(5)
+    assert not marker.exists()  # the whole process group was killed
 
 
 @pytest.mark.slow
@@ -63,7 +82,11 @@ def test_the_smoke_form_runs_every_stage_and_ships_both_models(tmp_path):
     assert len(done.stdout.strip().splitlines()) == 1, done.stdout  # ONE JSON object on stdout
     record = json.loads(done.stdout)
     assert record == json.loads((out / "gpu_run.json").read_text())
-    assert time.monotonic() - start < record["deadline_s"] + 30
+    assert time.monotonic() - start < record["deadline_s"] + 30 and record["finished"]
+    # What a device run brings back: at most 8 files of 16 MiB, no more than 2 folders down.
+    returned = [p for p in out.rglob("*") if p.is_file()]
+    assert len(returned) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in returned)
+    assert all(len(p.relative_to(out).parts) <= 3 for p in returned)
     stages = record["stages"]
     assert set(stages) >= {"env", "graph_check", "train_speed", "sample_speed", "python", "java"}
     assert record["failed"] == [] and done.returncode == 0, (record["failed"], done.stderr[-2000:])
@@ -73,7 +96,9 @@ def test_the_smoke_form_runs_every_stage_and_ships_both_models(tmp_path):
         run = stages[lang]
         assert run["status"] == "ok" and run["steps"] >= 1 and run["best_val_bpc"] > 0
         assert run["choices"]["precision"] in ("fp32", "bf16") and run["choices"]["batch_size"] >= 1
-        shipped = out / "checkpoints" / f"pretrained-{lang}"
+        with tarfile.open(out / f"pretrained-{lang}.tar") as packed:
+            packed.extractall(tmp_path / "unpacked", filter="data")
+        shipped = tmp_path / "unpacked" / f"pretrained-{lang}"
         assert {p.name for p in shipped.iterdir()} == {"best.pt", "config.json", "metrics.jsonl", "val-excerpt.txt", "COMMANDS.txt"}
         payload = load_checkpoint(shipped / "best.pt")
         assert {v.dtype for v in payload["model"].values()} == {torch.float16} and "optimizer" not in payload
@@ -85,7 +110,7 @@ def test_the_smoke_form_runs_every_stage_and_ships_both_models(tmp_path):
         # The fp16 weights score as the run did.
         assert run["export"]["eval_fp16_weights_bpc"] == pytest.approx(run["best_val_bpc"], abs=0.01)
         assert run["export"]["within_limit"] and isinstance(run["export"]["sample"], str)
-    assert "make_dataset in a test" in (out / "checkpoints" / "pretrained-java" / "COMMANDS.txt").read_text()
+    assert "make_dataset in a test" in (tmp_path / "unpacked" / "pretrained-java" / "COMMANDS.txt").read_text()
     assert stages["python"]["goal_met"] is False  # seconds of a tiny model: far from 1.25 bpc
 
 
