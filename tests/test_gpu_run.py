@@ -129,3 +129,16 @@ def test_an_fp16_export_halves_the_file_and_loads_back_into_float32(tmp_path):
     x = torch.randint(0, len(full["vocab"]), (2, 30))
     with torch.no_grad():
         assert torch.allclose(a(x)[0], b(x)[0], atol=5e-3)  # fp16's rounding of the weights, no more
+
+
+def test_the_java_stage_is_skipped_with_the_reason_when_there_are_no_jdk_sources(tmp_path, monkeypatch):
+    from charlstm import sources
+
+    gpu_run = load_gpu_run()
+    s = gpu_run.Session(tmp_path / "out", tmp_path, deadline_s=60, smoke=True)
+    monkeypatch.setattr(sources, "jdk_src_zip_candidates", lambda: [tmp_path / "jdk" / "lib" / "src.zip"])
+    assert "no JDK sources" in gpu_run.java_unavailable(s, None)
+    assert gpu_run.java_unavailable(s, tmp_path / "given") is None
+    (tmp_path / "jdk" / "lib").mkdir(parents=True)
+    (tmp_path / "jdk" / "lib" / "src.zip").write_bytes(b"")
+    assert gpu_run.java_unavailable(s, None) is None
