@@ -1,6 +1,6 @@
 """Check that sampling replayed from a CUDA graph gives the eager loop's text, and time both.
 
-    .venv/bin/python bench/cuda_graph_check.py [--checkpoint PATH] [--device auto|cpu|cuda]
+    .venv/bin/python bench/cuda_graph_check.py [--checkpoint PATH] [--device auto|cpu|cuda] [--quick]
 
 For a dozen settings (seeds, temperatures, top-k, top-p, greedy, batches up to 300, primes, stop
 texts, lengths inside and across launches and noise blocks, fp16 weights) it generates with the
@@ -129,18 +129,19 @@ def timings(eager: Sampler, graphed: Sampler, cpu: bool) -> dict:
     return out
 
 
-def check(checkpoint: Path, device: torch.device) -> dict:
+def check(checkpoint: Path, device: torch.device, quick: bool = False) -> dict:
     cpu = device.type != "cuda"
+    cases, fp16_case = (CASES, FP16_CASE) if not quick else ([dict(c, length=40) for c in CASES[:3]], dict(FP16_CASE, length=40))
     mode, expect = ("blocks", "blocks") if cpu else ("capture", "graphed")
     model, vocab = model_from_checkpoint(load_checkpoint(checkpoint))
     eager = Sampler(model, vocab, device, "fp32", graphs="eager")
     graphed = Sampler(model, vocab, device, "fp32", graphs=mode)
-    count, mismatches = compare_cases(eager, graphed, CASES, expect)
+    count, mismatches = compare_cases(eager, graphed, cases, expect)
     auto = Sampler(model, vocab, device, "fp32")  # what `charlstm sample` builds: graphed on CUDA by default
-    n, more = compare_cases(eager, auto, CASES[:1], "eager" if cpu else "graphed", "auto: ")
+    n, more = compare_cases(eager, auto, cases[:1], "eager" if cpu else "graphed", "auto: ")
     count, mismatches = count + n, mismatches + more
     half = [Sampler(model, vocab, device, "fp16", graphs=g) for g in ("eager", mode)]
-    n, more = compare_cases(*half, [FP16_CASE], expect, "fp16 weights: ")
+    n, more = compare_cases(*half, [fp16_case], expect, "fp16 weights: ")
     count, mismatches = count + n, mismatches + more
     block = block_difference(graphed, capture=not cpu)
     say(f"one block captured vs uncaptured: {block}")
@@ -155,7 +156,7 @@ def check(checkpoint: Path, device: torch.device) -> dict:
         "cases": count,
         "mismatches": mismatches,
         "block": block,
-        "timings": timings(eager, graphed, cpu),
+        "timings": None if quick else timings(eager, graphed, cpu),
     }
 
 
@@ -163,11 +164,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(PRETRAINED_RUN), help="checkpoint file or run folder (default: the shipped model)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--quick", action="store_true", help="three cases of 40 steps and the block check, no timings: a CPU's proof that the script runs")
     args = parser.parse_args()
     start = time.perf_counter()
     device = sampling_device(args.device)
     try:
-        result = check(resolve_checkpoint(args.checkpoint), device)
+        result = check(resolve_checkpoint(args.checkpoint), device, args.quick)
     except Exception as exc:  # one JSON line whatever happens, for the script that runs this
         traceback.print_exc()
         result = {"ok": False, "device": str(device), "error": f"{type(exc).__name__}: {exc}"}
