@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from charlstm.backend import sampling_device  # noqa: E402
 from charlstm.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint, resolve_checkpoint  # noqa: E402
 from charlstm.draw import DrawRule, GumbelNoise  # noqa: E402
+from charlstm.engine import StepEngine  # noqa: E402
 from charlstm.graphed import GRAPH_STEPS, BlockSteps  # noqa: E402
 from charlstm.sample import Sampler, SampleSettings  # noqa: E402
 
@@ -80,6 +81,20 @@ def compare_cases(eager: Sampler, graphed: Sampler, cases: list[dict], expect_pa
 
 
 @torch.inference_mode()
+def fused_cell_difference(sampler: Sampler, steps: int = 500) -> dict:
+    """The same teacher-forced text through the engine with and without the fused cell: how far apart."""
+    engines = [StepEngine(sampler.model, sampler.engine.weight_dtype, fused_cell=f) for f in (True, False)]
+    gen = torch.Generator(device=sampler.device).manual_seed(2)
+    tokens = torch.randint(0, engines[0].vocab_size, (steps, 4), generator=gen, device=sampler.device)
+    states = [e.init_state(4) for e in engines]
+    worst = 0.0
+    for t in range(steps):
+        (a, states[0]), (b, states[1]) = (e.step(tokens[t], s) for e, s in zip(engines, states))
+        worst = max(worst, float((a - b).abs().max()))
+    return {"fused_cell_used": engines[0].fused_cell, "logits_max_abs_diff": worst, "steps": steps}
+
+
+@torch.inference_mode()
 def block_difference(sampler: Sampler, capture: bool) -> dict:
     """One block from the same start, captured (if `capture`) and uncaptured: how far apart."""
     engine, batch, rule = sampler.engine, 4, DrawRule(0.9, top_k=40, top_p=0.95)
@@ -122,6 +137,11 @@ def timings(eager: Sampler, graphed: Sampler, cpu: bool) -> dict:
         e, g = speed(eager, batch, length), speed(graphed, batch, length)
         out[f"batch{batch}"] = {"eager_chars_per_s": e, "graphed_chars_per_s": g, "graphed_vs_eager": round(g / e, 2)}
         say(f"batch {batch}: eager {e:,} chars/s, graphed {g:,} chars/s ({g / e:.1f}×)")
+    # The fused LSTM cell (torch.lstm_cell) that CUDA steps with by default, against the unfused math.
+    plain = Sampler(graphed.model, graphed.vocab, graphed.device, "fp32", graphs=graphed.graphs, fused_cell=False)
+    unfused = speed(plain, 1, 300 if cpu else 3000)
+    out["batch1_unfused_cell"] = {"graphed_chars_per_s": unfused, "fused_vs_unfused": round(out["batch1"]["graphed_chars_per_s"] / unfused, 2)}
+    say(f"batch 1, graphed with the unfused cell: {unfused:,} chars/s")
     start = time.perf_counter()
     with torch.inference_mode():
         BlockSteps(graphed.engine, 1, DrawRule(0.7), GRAPH_STEPS, capture=not cpu)
@@ -145,6 +165,8 @@ def check(checkpoint: Path, device: torch.device, quick: bool = False) -> dict:
     count, mismatches = count + n, mismatches + more
     block = block_difference(graphed, capture=not cpu)
     say(f"one block captured vs uncaptured: {block}")
+    cell = fused_cell_difference(graphed, 50 if quick else 500)
+    say(f"fused vs unfused LSTM cell: {cell}")
     return {
         "ok": not mismatches and block["tokens_equal"],
         "device": str(device),
@@ -156,6 +178,7 @@ def check(checkpoint: Path, device: torch.device, quick: bool = False) -> dict:
         "cases": count,
         "mismatches": mismatches,
         "block": block,
+        "fused_cell": cell,
         "timings": None if quick else timings(eager, graphed, cpu),
     }
 

@@ -152,9 +152,14 @@ class StepEngine:
     torch.qint8 halves the bytes again (int8 weights with one scale per row, inputs quantized
     per call) at a small cost in accuracy (a KL of ~0.002 bits per character on trained models).
     Where those kernels are missing, or off the CPU for int8, it falls back to float32. bfloat16 (and float16 on a GPU) casts everything.
+
+    `fused_cell` (default: an LSTM on CUDA in fp32 or fp16) makes `step` call `torch.lstm_cell`,
+    which CUDA runs as two matrix products and one fused pointwise kernel per layer instead of
+    about nine kernels: at batch 1 a GPU step costs per kernel, not per FLOP. Its rounding differs
+    from the unfused math in the last bits. A layer with clamps, and `trace`, stay unfused.
     """
 
-    def __init__(self, model: CharRNN, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: CharRNN, dtype: torch.dtype = torch.float32, fused_cell: bool | None = None):
         cfg = model.config
         self.kind, self.layers, self.hidden = cfg.kind, cfg.layers, cfg.hidden
         self.vocab_size = cfg.vocab_size
@@ -195,6 +200,9 @@ class StepEngine:
                 proj = (_projection(w.w_cat_t, w.b_sum, packed),)
             self._step_projections.append(proj)
         self._head = _projection(self.head_w_t, self.head_b, packed)
+        if fused_cell is None:
+            fused_cell = self.device.type == "cuda" and dtype in (torch.float32, torch.float16)
+        self.fused_cell = fused_cell and cfg.kind == "lstm" and packed is None
 
     def clamps(self, interventions, per_stream: bool = False) -> Clamps | None:
         """Compile interventions for `step` and `trace`; None when there are none.
@@ -247,7 +255,11 @@ class StepEngine:
         new_state = []
         for k, (proj, s) in enumerate(zip(self._step_projections, state)):
             fix = clamps.layers[k] if clamps is not None else None
-            if self.kind == "lstm":
+            if self.fused_cell and fix is None:
+                w = self.weights[k]  # the transposed copies, transposed back: views, no copies
+                h, c = torch.lstm_cell(x, s, w.w_ih_t.t(), w.w_hh_t.t(), w.b_ih, w.b_hh)
+                new_state.append((h, c))
+            elif self.kind == "lstm":
                 h, c, gates = lstm_pointwise(proj[0](torch.cat([x, s[0]], dim=1)), s[1])
                 if fix is not None:
                     h, c = Clamps.lstm(fix, h, c, gates[3])

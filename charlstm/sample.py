@@ -143,14 +143,20 @@ class Sampler:
     """A trained model, its vocabulary and a step engine on one device, ready to generate."""
 
     def __init__(
-        self, model: CharRNN, vocab: Vocab, device: str | torch.device = "cpu", precision: str = "fp32", graphs: str = "auto"
+        self,
+        model: CharRNN,
+        vocab: Vocab,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        graphs: str = "auto",
+        fused_cell: bool | None = None,  # StepEngine's: None fuses the LSTM cell on CUDA
     ):
         if graphs not in GRAPH_MODES:
             raise CharlstmError(f"unknown graph mode {graphs!r}; choose one of {', '.join(GRAPH_MODES)}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.vocab = vocab
-        self.engine = StepEngine(self.model, engine_dtype(precision, self.device))
+        self.engine = StepEngine(self.model, engine_dtype(precision, self.device), fused_cell)
         self.graphs = graphs
         self.last_path: tuple[str, str | None] | None = None  # what the latest `generate` ran, and why
         self._blocks: dict[tuple, BlockSteps] = {}  # block buffers (and graphs) by batch and rule, newest last

@@ -25,8 +25,8 @@ def fused_state_as_engine_state(state, kind: str, layers: int) -> list:
     return [tuple(s[k] for s in parts) for k in range(layers)]
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_step_equals_fused_module_with_batch_and_carried_state(kind):
+@pytest.mark.parametrize("kind,fused_cell", [("lstm", False), ("lstm", True), ("gru", None), ("rnn", None)])
+def test_step_equals_fused_module_with_batch_and_carried_state(kind, fused_cell):
     model = random_model(kind)
     batch, steps = 4, 12
     tokens = torch.randint(0, 19, (batch, 2 * steps))
@@ -34,7 +34,8 @@ def test_step_equals_fused_module_with_batch_and_carried_state(kind):
         # Start from a non-zero state: the first half of the text, run through the fused module.
         _, start = model(tokens[:, :steps])
         reference, ref_state = model(tokens[:, steps:], start)
-    engine = StepEngine(model)
+    engine = StepEngine(model, fused_cell=fused_cell)
+    assert engine.fused_cell is bool(fused_cell)
     state = fused_state_as_engine_state(start, kind, model.config.layers)
     with torch.no_grad():
         outputs = []
@@ -138,3 +139,26 @@ def test_bfloat16_engine_runs_and_stays_close():
             outputs.append(logits)
     assert outputs[0].dtype == torch.float32
     torch.testing.assert_close(torch.stack(outputs, dim=1), reference, rtol=0, atol=0.15)
+
+
+def test_the_fused_cell_is_cuda_only_by_default_and_lstm_only_on_request():
+    # The CPU keeps its tuned step (one product over [x, h]); CUDA gets torch.lstm_cell, which it
+    # runs as one fused pointwise kernel per layer.
+    assert not StepEngine(random_model("lstm")).fused_cell
+    assert not StepEngine(random_model("gru"), fused_cell=True).fused_cell
+
+
+def test_a_layer_with_clamps_steps_unfused_and_equals_the_unfused_engine():
+    # Clamping a cell needs the output gate, which torch.lstm_cell does not return.
+    from charlstm.interventions import parse_interventions, resolve
+
+    model = random_model("lstm")
+    fused, plain = StepEngine(model, fused_cell=True), StepEngine(model)
+    every_layer = [f"{k}:3:cell=0.5" for k in range(1, model.config.layers + 1)]
+    units = resolve(parse_interventions(every_layer, []), "lstm", model.config.layers, model.config.hidden)
+    tokens = torch.randint(0, 19, (3,))
+    with torch.no_grad():
+        a, state_a = fused.step(tokens, fused.init_state(3), fused.clamps(units))
+        b, state_b = plain.step(tokens, plain.init_state(3), plain.clamps(units))
+    assert torch.equal(a, b) and all(torch.equal(x, y) for la, lb in zip(state_a, state_b) for x, y in zip(la, lb))
+    assert all(float(c[0, 3]) == 0.5 for _, c in state_a)

@@ -12,6 +12,7 @@ import torch
 from charlstm import draw
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint
 from charlstm.draw import DrawRule, GumbelNoise
+from charlstm.engine import StepEngine
 from charlstm.errors import CharlstmError
 from charlstm.graphed import EAGER_ENV, GRAPH_STEPS, BlockSteps, capture_unavailable
 from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
@@ -59,6 +60,15 @@ def test_blocks_match_eager_for_every_cell_kind(tmp_path, kind):
     eager, blocks = samplers(make_checkpoint(tmp_path / "m.pt", kind=kind, hidden=24))
     settings = dict(seed=9, length=70, temperature=1.5, num_samples=3)
     assert steps_of(blocks, **settings) == steps_of(eager, **settings)
+
+
+def test_blocks_match_eager_with_the_fused_cell_that_cuda_steps_with(lively_checkpoint):
+    eager, blocks = samplers(lively_checkpoint)
+    for sampler in (eager, blocks):
+        sampler.engine = StepEngine(sampler.model, torch.float32, fused_cell=True)
+    settings = dict(seed=13, length=75, temperature=1.1, num_samples=3)
+    assert steps_of(blocks, **settings) == steps_of(eager, **settings)
+    assert blocks.last_path == ("blocks", None)
 
 
 def test_blocks_match_eager_with_reduced_precision_weights(lively_checkpoint):
