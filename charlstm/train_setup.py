@@ -143,6 +143,7 @@ def resumed_config(given: dict, run_dir: Path) -> tuple[TrainConfig, dict]:
                 setattr(config, k, None)
     if "data" not in given:
         config.data = str(locate_recorded_dataset(config.data, path))  # older runs recorded a relative path
+    config.data = os.path.abspath(config.data)  # as a new run records it: found again from any folder
     config.out = str(run_dir)
     config.validate()
     _default_budget(config)

@@ -429,6 +429,17 @@ def test_eval_finds_the_dataset_from_another_folder(tiny_dataset, tmp_path, monk
     assert train({"out": str(run), "steps": 3}, resume=True)["steps"] == 3
 
 
+def test_a_relative_data_given_on_resume_is_recorded_absolute(tiny_dataset, tmp_path, monkeypatch):
+    """--data given again on --resume, relative to a folder the run is not under, is still found later."""
+    run = tmp_path / "runs" / "run"
+    train(options(tiny_dataset, run, steps=2))
+    monkeypatch.chdir(tiny_dataset.path.parent)
+    train({"out": str(run), "steps": 3, "data": tiny_dataset.path.name}, resume=True)
+    assert Path(load_checkpoint(run / "latest.pt")["train_config"]["data"]).is_absolute()
+    monkeypatch.chdir(tmp_path / "runs")
+    assert train({"out": str(run), "steps": 4}, resume=True)["steps"] == 4
+
+
 def test_an_older_relative_dataset_path_is_found_beside_the_run(tiny_dataset, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train(options(tiny_dataset, run, steps=2))
