@@ -466,11 +466,11 @@ class Trainer:
         if cfg.chosen and self.step == 0:
             self._say(Chosen(values={k: getattr(cfg, k) for k in cfg.chosen}, reasons=cfg.chosen).header())
         if self.init_source is not None and self.step == 0:
-            src, added = self.init_source, len(self.vocab) - self.init_source["vocab_size"]
+            src, added, warmup = self.init_source, len(self.vocab) - self.init_source["vocab_size"], self.schedule["warmup"]
             self._say(
                 f"fine-tuning {src['checkpoint']} (step {src['step']:,}, trained on {src['dataset']}): shape from the "
-                f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and "
-                f"{cfg.warmup_steps} warm-up steps ({'as given' if self.finetune_defaults is None else self.finetune_defaults})"
+                f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and {warmup} warm-up steps"
+                f"{' (at most a tenth of the run)' * (warmup < cfg.warmup_steps)} ({self.finetune_defaults or 'as given'})"
             )
 
     def _summary(self, elapsed: float) -> dict:
