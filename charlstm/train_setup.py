@@ -157,6 +157,8 @@ def _default_budget(config: TrainConfig) -> None:
 
 def train(options: dict, resume: bool = False, force: bool = False, stop_after: int | None = None) -> dict:
     """`charlstm train`: set up (or resume) a run from CLI-style options, train it, return the summary."""
+    if resume and force:
+        raise CharlstmError("--resume continues the run, --force starts it over: give one of them")
     if resume:
         given = given_options(options)
         run_dir = run_dir_of(given)

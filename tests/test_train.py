@@ -325,6 +325,8 @@ def test_run_folder_rules_and_resume_errors(tiny_dataset, tmp_path):
     latest = (run / "latest.pt").read_bytes()
     assert "--resume, or start over with --force" in one_line_error(runner.invoke(app, [*base, "--steps", "2"]))
     assert "differs from the run's" in one_line_error(runner.invoke(app, ["train", "--out", str(run), "--resume", "--hidden", "9"]))
+    both = runner.invoke(app, ["train", "--out", str(run), "--resume", "--force", "--steps", "4"])
+    assert "--resume continues the run, --force starts it over" in one_line_error(both)
     other = make_dataset(tmp_path / "data" / "other", PYTHON_SNIPPET * 20, PYTHON_SNIPPET)
     result = runner.invoke(app, ["train", "--out", str(run), "--resume", "--data", str(other.path)])
     assert "different vocabulary" in one_line_error(result)
