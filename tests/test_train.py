@@ -437,3 +437,13 @@ def test_patience_stops_after_that_many_validations_without_a_new_best(tiny_data
     assert latest["step"] == 20 and latest["stale_validations"] == 2
     assert "--patience" in one_line_error(runner.invoke(app, ["train", "--data", str(tiny_dataset.path), "--out",
                                                               str(tmp_path / "p"), "--patience", "2", "--eval-every", "0"]))
+
+
+def test_patience_on_a_dataset_without_a_validation_split_is_refused(tmp_path):
+    """One file ingested: no validation split, so --patience could never stop the run."""
+    no_val = make_dataset(tmp_path / "data" / "one-file", JAVA_SNIPPET * 12, "")
+    args = ["train", "--data", str(no_val.path), "--out", str(tmp_path / "r"), "--layers", "1", "--hidden", "8",
+            "--batch-size", "2", "--seq-len", "8", "--steps", "4", "--eval-every", "2", "--threads", "1"]  # fmt: skip
+    assert "no validation split" in one_line_error(runner.invoke(app, [*args, "--patience", "2"]))
+    assert not (tmp_path / "r" / "latest.pt").exists()
+    assert runner.invoke(app, args).exit_code == 0  # without --patience it trains, unvalidated
