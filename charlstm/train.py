@@ -228,7 +228,7 @@ class Trainer:
             else "no checkpoint had been saved yet"
         )
         raise TrainingStopped(
-            f"the loss became NaN or infinite by step {self.step}; training stopped without saving, "
+            f"the loss or validation became NaN or infinite by step {self.step}; training stopped without saving, "
             f"{kept}. Try a lower --lr, --grad-clip 1, or --precision fp32"
         )
 
@@ -254,12 +254,12 @@ class Trainer:
     # -- evaluation and logging ----------------------------------------------------------------
 
     def validate(self) -> float | None:
-        """Validation bpc over the whole split (rank 0 only); other ranks wait."""
+        """Validation bpc over the whole split (rank 0 only); other ranks wait. NaN stops every rank, as a NaN loss does."""
         bpc = None
         if self.main and len(self.val_tokens) >= 2:
-            bpc = bits_per_char(self.raw_model, self.val_tokens, device=self.device, autocast=self.precision.autocast)["bpc"]
-            self.last_val_bpc = bpc
-        distributed.barrier(self.world)
+            self.last_val_bpc = bpc = bits_per_char(self.raw_model, self.val_tokens, device=self.device, autocast=self.precision.autocast)["bpc"]
+            self._nonfinite |= not math.isfinite(bpc)  # weights an update blew up can score NaN before the loss is
+        self._stop_if_nonfinite()  # every rank takes part: the barrier, too
         return bpc
 
     def _note_validation(self, val: float | None, record: dict | None) -> None:

@@ -215,6 +215,29 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_pat
     assert all(torch.isfinite(t).all() for t in payload["model"].values())
 
 
+def test_a_validation_that_is_nan_stops_the_run_and_is_never_the_best(tiny_dataset, tmp_path, monkeypatch):
+    """Weights blown up by an update can score NaN before the training loss does: that validation
+    is no new best, nor saved, nor written to metrics.jsonl as a NaN."""
+    import charlstm.train as train_module
+
+    real = train_module.bits_per_char
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        result = real(*args, **kwargs)
+        return {**result, "bpc": float("nan")} if calls["n"] >= 2 else result
+
+    monkeypatch.setattr(train_module, "bits_per_char", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(CharlstmError, match=r"NaN or infinite.*step 10"):
+        train(options(tiny_dataset, run, steps=20, save_every=5, eval_every=5))
+    assert load_checkpoint(run / "latest.pt")["step"] == 5
+    best = load_checkpoint(run / "best.pt")
+    assert best["step"] == 5 and math.isfinite(best["best_val_bpc"])
+    assert "NaN" not in (run / "metrics.jsonl").read_text()
+
+
 def test_bf16_on_a_cpu_without_a_bf16_rnn_is_refused_in_one_line(tiny_dataset, tmp_path):
     if cpu_runs_bf16_rnn("lstm"):
         pytest.skip("this CPU runs a bf16 LSTM; tests/test_cpu_bf16.py covers that path")
