@@ -352,6 +352,14 @@ def test_a_checkpoint_whose_vocabulary_holds_a_number_is_caught_by_sample(tmp_pa
 # --- 9. odd places and absurd numbers ------------------------------------------------------------
 
 
+def test_a_fresh_run_refused_at_set_up_leaves_no_folder_behind(tiny_dataset, tmp_path):
+    """A batch the corpus cannot hold is found once the run folder is owned: the folder it made goes again."""
+    result = runner.invoke(app, [*train_args(tiny_dataset, tmp_path / "r" / "deep", "--steps", "2"),
+                                 "--batch-size", "64", "--seq-len", "200"])  # fmt: skip
+    assert "lower --batch-size or --seq-len" in one_line_error(result)
+    assert not (tmp_path / "r" / "deep").exists()
+
+
 def test_out_that_is_a_file_is_refused_and_left_alone(tiny_dataset, tmp_path):
     out = tmp_path / "notes.txt"
     out.write_text("mine")
