@@ -103,6 +103,9 @@ def training_data(config: TrainConfig, rank: int, world: int, init_vocab: Vocab 
     ids = token_map(dataset.vocab, vocab)
     batcher = LaneBatcher(dataset.tokens("train"), config.batch_size, config.seq_len, rank, world, ids)
     val_tokens = dataset.tokens("val")
+    if config.patience is not None and len(val_tokens) < 2:
+        raise CharlstmError(f"--patience counts validations, but {config.data} has no validation split to score "
+                            f"(ingest more than one file, or drop --patience)")  # fmt: skip
     if ids is not None:
         val_tokens = ids[np.asarray(val_tokens, dtype=np.int64)]
     return TrainingData(dataset, vocab, batcher, val_tokens)

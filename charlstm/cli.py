@@ -257,10 +257,9 @@ def eval_command(
         return
     result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision,
                                  dynamic=dynamic, dynamic_lr=dynamic_lr)
-    if result["unknown_chars"]:
-        shown = " ".join(repr(ch) for ch in result["unknown_chars"][:20])
-        more = f" and {len(result['unknown_chars']) - 20} more" if len(result["unknown_chars"]) > 20 else ""
-        err.print(f"[yellow]warning:[/yellow] characters the model does not know, scored as unknown: {escape(shown)}{more}", highlight=False)
+    from charlstm.eval_command import warn_unknown
+
+    warn_unknown(result["unknown_chars"], err)
     if json_output:
         typer.echo(json.dumps(result))
     else:

@@ -108,6 +108,12 @@ def _batch(facts: Facts, seq_len: int) -> tuple[int, str]:
     if fits < batch and fits >= facts.world:
         return fits, (f"the training split ({facts.train_chars:,} characters) gives {batch} lanes fewer than "
                       f"{MIN_WINDOWS_PER_LANE} windows of {seq_len} each")
+    # Too short for even that: the most lanes that hold one window each, where any do.
+    fits = facts.train_chars // (seq_len + 1)
+    fits -= fits % facts.world
+    if fits < batch and fits >= facts.world:
+        return fits, (f"the training split ({facts.train_chars:,} characters) holds no lane of {MIN_WINDOWS_PER_LANE} "
+                      f"windows of {seq_len}, only {fits} of one")
     return batch, reason
 
 

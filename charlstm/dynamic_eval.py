@@ -56,6 +56,9 @@ def dynamic_bits_per_char(
             logits, next_state = adapted(x, state)
         loss = F.cross_entropy(logits[0].float(), y, reduction="sum")
         total += float(loss.detach())  # scored before the model learns from it
+        if not math.isfinite(total):
+            raise CharlstmError(f"dynamic evaluation diverged at --dynamic-lr {lr:g} (the loss became infinite or NaN "
+                                f"after {start:,} characters); try a lower rate (default {DYNAMIC_LR:g})")  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         (loss / len(y)).backward()
         torch.nn.utils.clip_grad_norm_(adapted.parameters(), DYNAMIC_GRAD_CLIP)

@@ -34,6 +34,17 @@ def surprise_legend():
     return out
 
 
+def warn_unknown(chars: list[str], err) -> None:
+    """The characters of a text the model does not know (each scored as the unknown symbol), on stderr."""
+    from rich.markup import escape
+
+    if chars:
+        shown = " ".join(repr(ch) for ch in chars[:20])
+        more = f" and {len(chars) - 20} more" if len(chars) > 20 else ""
+        err.print(f"[yellow]warning:[/yellow] characters the model does not know, scored as unknown: {escape(shown)}{more}",
+                  highlight=False)  # fmt: skip
+
+
 def report_surprise(result: dict, err, json_out: bool = False, html_out: str | Path | None = None) -> None:
     """Print the result: JSON on stdout, or the coloured text on stdout and a summary on stderr;
     with `html_out`, also write the page."""
@@ -46,6 +57,7 @@ def report_surprise(result: dict, err, json_out: bool = False, html_out: str | P
 
     if html_out is not None:
         write_output(html_out, surprise_html(result).encode("utf-8"))
+    warn_unknown(result["unknown_chars"], err)
     if json_out:
         print(json.dumps({k: v for k, v in result.items() if k != "text"}, ensure_ascii=False))
         return

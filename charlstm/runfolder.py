@@ -12,7 +12,7 @@ import glob
 import json
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tqdm import tqdm
@@ -125,9 +125,16 @@ def own_run_dir(run_dir: Path):
     if distributed_layout()[0] != 0:
         yield
         return
-    with lock.acquire(run_dir / RUN_LOCK, str(run_dir)):
-        remove_stale_temporaries(run_dir)
-        yield
+    made = not os.path.lexists(run_dir)
+    try:
+        with lock.acquire(run_dir / RUN_LOCK, str(run_dir)):
+            remove_stale_temporaries(run_dir)
+            yield
+    except BaseException:
+        if made:
+            with suppress(OSError):  # not empty (a run that saved something), or gone: leave it
+                run_dir.rmdir()  # a new run refused at set-up leaves no empty folder behind
+        raise
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:

@@ -228,7 +228,7 @@ class Trainer:
             else "no checkpoint had been saved yet"
         )
         raise TrainingStopped(
-            f"the loss became NaN or infinite by step {self.step}; training stopped without saving, "
+            f"the loss or validation became NaN or infinite by step {self.step}; training stopped without saving, "
             f"{kept}. Try a lower --lr, --grad-clip 1, or --precision fp32"
         )
 
@@ -254,12 +254,12 @@ class Trainer:
     # -- evaluation and logging ----------------------------------------------------------------
 
     def validate(self) -> float | None:
-        """Validation bpc over the whole split (rank 0 only); other ranks wait."""
+        """Validation bpc over the whole split (rank 0 only); other ranks wait. NaN stops every rank, as a NaN loss does."""
         bpc = None
         if self.main and len(self.val_tokens) >= 2:
-            bpc = bits_per_char(self.raw_model, self.val_tokens, device=self.device, autocast=self.precision.autocast)["bpc"]
-            self.last_val_bpc = bpc
-        distributed.barrier(self.world)
+            self.last_val_bpc = bpc = bits_per_char(self.raw_model, self.val_tokens, device=self.device, autocast=self.precision.autocast)["bpc"]
+            self._nonfinite |= not math.isfinite(bpc)  # weights an update blew up can score NaN before the loss is
+        self._stop_if_nonfinite()  # every rank takes part: the barrier, too
         return bpc
 
     def _note_validation(self, val: float | None, record: dict | None) -> None:
@@ -466,11 +466,11 @@ class Trainer:
         if cfg.chosen and self.step == 0:
             self._say(Chosen(values={k: getattr(cfg, k) for k in cfg.chosen}, reasons=cfg.chosen).header())
         if self.init_source is not None and self.step == 0:
-            src, added = self.init_source, len(self.vocab) - self.init_source["vocab_size"]
+            src, added, warmup = self.init_source, len(self.vocab) - self.init_source["vocab_size"], self.schedule["warmup"]
             self._say(
                 f"fine-tuning {src['checkpoint']} (step {src['step']:,}, trained on {src['dataset']}): shape from the "
-                f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and "
-                f"{cfg.warmup_steps} warm-up steps ({'as given' if self.finetune_defaults is None else self.finetune_defaults})"
+                f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and {warmup} warm-up steps"
+                f"{' (at most a tenth of the run)' * (warmup < cfg.warmup_steps)} ({self.finetune_defaults or 'as given'})"
             )
 
     def _summary(self, elapsed: float) -> dict:

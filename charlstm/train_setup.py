@@ -143,6 +143,7 @@ def resumed_config(given: dict, run_dir: Path) -> tuple[TrainConfig, dict]:
                 setattr(config, k, None)
     if "data" not in given:
         config.data = str(locate_recorded_dataset(config.data, path))  # older runs recorded a relative path
+    config.data = os.path.abspath(config.data)  # as a new run records it: found again from any folder
     config.out = str(run_dir)
     config.validate()
     _default_budget(config)
@@ -156,6 +157,8 @@ def _default_budget(config: TrainConfig) -> None:
 
 def train(options: dict, resume: bool = False, force: bool = False, stop_after: int | None = None) -> dict:
     """`charlstm train`: set up (or resume) a run from CLI-style options, train it, return the summary."""
+    if resume and force:
+        raise CharlstmError("--resume continues the run, --force starts it over: give one of them")
     if resume:
         given = given_options(options)
         run_dir = run_dir_of(given)

@@ -1,7 +1,9 @@
 """Device- and corpus-aware training defaults (charlstm/defaults.py): pure decisions from facts."""
 
+import numpy as np
 import pytest
 
+from charlstm.batching import LaneBatcher
 from charlstm.config import TrainConfig
 from charlstm.defaults import Facts, choose_defaults, estimated_chars_per_second, implied_passes
 
@@ -196,3 +198,13 @@ def test_no_dropout_within_one_pass_however_large_the_model():
     huge = Facts(**{**CPU_STDLIB.__dict__, "parameters": 10**9})
     assert "dropout" not in choose_defaults({"epochs": 1.0}, huge).values
     assert choose_defaults({"epochs": 1.2}, huge).values["dropout"] == 0.3
+
+
+def test_a_corpus_too_short_for_four_windows_a_lane_still_gets_lanes_that_fit():
+    """300 training characters hold no lane of four 128-character windows, but two lanes of one:
+    the default then is 2 lanes, not 64 (an error the user never asked for)."""
+    facts = Facts(**{**CPU_STDLIB.__dict__, "train_chars": 300})
+    chosen = choose_defaults({"steps": 1}, facts)
+    assert chosen.values["batch_size"] == 2 and "300 characters" in chosen.reasons["batch_size"]
+    LaneBatcher(np.zeros(300, dtype=np.uint8), chosen.values["batch_size"], 128)  # fits
+    assert choose_defaults({"steps": 1}, Facts(**{**CPU_STDLIB.__dict__, "train_chars": 100})).values.get("batch_size") is None

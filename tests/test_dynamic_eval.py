@@ -48,3 +48,13 @@ def test_cli_reports_both_and_rejects_bad_rates(tiny_checkpoint, tmp_path):
                           (["--dynamic-lr", "0.1"], "--dynamic-lr needs --dynamic")]:  # fmt: skip
         bad = runner.invoke(app, ["eval", str(tiny_checkpoint), "--text-file", str(text), *args])
         assert bad.exit_code == 1 and message in bad.output and "Traceback" not in bad.output
+
+
+def test_a_rate_that_diverges_is_a_one_line_error_not_a_nan(tiny_checkpoint, tmp_path):
+    """NaN is no JSON value and no score: a rate that blows the weights up says so."""
+    text = tmp_path / "t.java"
+    text.write_text(JAVA_SNIPPET * 3)
+    result = runner.invoke(app, ["eval", str(tiny_checkpoint), "--text-file", str(text), "--dynamic",
+                                 "--dynamic-lr", "1e30", "--json"])  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "diverged" in result.output and "NaN" not in result.stdout

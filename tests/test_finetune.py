@@ -112,6 +112,16 @@ def test_the_shipped_model_fine_tunes_by_name(python_data, tmp_path):
     assert config["model_config"]["hidden"] == 256 and config["train_config"]["lr"] == 1e-3
 
 
+def test_the_header_names_the_warm_up_the_schedule_uses(java_run, python_data, tmp_path):
+    """Warm-up is at most a tenth of a run of known length: 20 steps warm up over 2, not the default 50."""
+    result = runner.invoke(app, ["train", "--data", str(python_data.path), "--out", str(tmp_path / "ft"),
+                                 "--init-from", str(java_run), "--steps", "20", "--batch-size", "4", "--seq-len", "8",
+                                 "--eval-every", "0", "--threads", "1", "--precision", "fp32"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "ft" / "latest.pt")["schedule"]["warmup"] == 2
+    assert "and 2 warm-up steps" in result.stderr and "and 50 warm-up steps" not in result.stderr
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -352,6 +352,14 @@ def test_a_checkpoint_whose_vocabulary_holds_a_number_is_caught_by_sample(tmp_pa
 # --- 9. odd places and absurd numbers ------------------------------------------------------------
 
 
+def test_a_fresh_run_refused_at_set_up_leaves_no_folder_behind(tiny_dataset, tmp_path):
+    """A batch the corpus cannot hold is found once the run folder is owned: the folder it made goes again."""
+    result = runner.invoke(app, [*train_args(tiny_dataset, tmp_path / "r" / "deep", "--steps", "2"),
+                                 "--batch-size", "64", "--seq-len", "200"])  # fmt: skip
+    assert "lower --batch-size or --seq-len" in one_line_error(result)
+    assert not (tmp_path / "r" / "deep").exists()
+
+
 def test_out_that_is_a_file_is_refused_and_left_alone(tiny_dataset, tmp_path):
     out = tmp_path / "notes.txt"
     out.write_text("mine")
@@ -427,6 +435,17 @@ def test_eval_finds_the_dataset_from_another_folder(tiny_dataset, tmp_path, monk
     monkeypatch.chdir(elsewhere)
     assert evaluate_checkpoint(str(run))["chars"] == len(tiny_dataset.tokens("val")) - 1
     assert train({"out": str(run), "steps": 3}, resume=True)["steps"] == 3
+
+
+def test_a_relative_data_given_on_resume_is_recorded_absolute(tiny_dataset, tmp_path, monkeypatch):
+    """--data given again on --resume, relative to a folder the run is not under, is still found later."""
+    run = tmp_path / "runs" / "run"
+    train(options(tiny_dataset, run, steps=2))
+    monkeypatch.chdir(tiny_dataset.path.parent)
+    train({"out": str(run), "steps": 3, "data": tiny_dataset.path.name}, resume=True)
+    assert Path(load_checkpoint(run / "latest.pt")["train_config"]["data"]).is_absolute()
+    monkeypatch.chdir(tmp_path / "runs")
+    assert train({"out": str(run), "steps": 4}, resume=True)["steps"] == 4
 
 
 def test_an_older_relative_dataset_path_is_found_beside_the_run(tiny_dataset, tmp_path, monkeypatch):

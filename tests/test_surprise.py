@@ -86,3 +86,13 @@ def test_the_page_escapes_the_text():
     }  # fmt: skip
     page = surprise_html(result)
     assert "&lt;</span>" in page and "&amp;" in page and "<x>" not in page
+
+
+def test_per_char_warns_about_characters_the_model_does_not_know(tiny_checkpoint, tmp_path):
+    """As plain eval does: they are scored as the unknown symbol, which the coloured text does not show."""
+    text = tmp_path / "t.py"
+    text.write_text("class X: pass  # ü\n")
+    for extra in ([], ["--json"]):
+        result = runner.invoke(app, ["eval", str(tiny_checkpoint), "--per-char", "--text-file", str(text), *extra])
+        assert result.exit_code == 0, result.output
+        assert "scored as unknown" in result.stderr and "'ü'" in result.stderr

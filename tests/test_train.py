@@ -215,6 +215,29 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_pat
     assert all(torch.isfinite(t).all() for t in payload["model"].values())
 
 
+def test_a_validation_that_is_nan_stops_the_run_and_is_never_the_best(tiny_dataset, tmp_path, monkeypatch):
+    """Weights blown up by an update can score NaN before the training loss does: that validation
+    is no new best, nor saved, nor written to metrics.jsonl as a NaN."""
+    import charlstm.train as train_module
+
+    real = train_module.bits_per_char
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        result = real(*args, **kwargs)
+        return {**result, "bpc": float("nan")} if calls["n"] >= 2 else result
+
+    monkeypatch.setattr(train_module, "bits_per_char", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(CharlstmError, match=r"NaN or infinite.*step 10"):
+        train(options(tiny_dataset, run, steps=20, save_every=5, eval_every=5))
+    assert load_checkpoint(run / "latest.pt")["step"] == 5
+    best = load_checkpoint(run / "best.pt")
+    assert best["step"] == 5 and math.isfinite(best["best_val_bpc"])
+    assert "NaN" not in (run / "metrics.jsonl").read_text()
+
+
 def test_bf16_on_a_cpu_without_a_bf16_rnn_is_refused_in_one_line(tiny_dataset, tmp_path):
     if cpu_runs_bf16_rnn("lstm"):
         pytest.skip("this CPU runs a bf16 LSTM; tests/test_cpu_bf16.py covers that path")
@@ -325,6 +348,8 @@ def test_run_folder_rules_and_resume_errors(tiny_dataset, tmp_path):
     latest = (run / "latest.pt").read_bytes()
     assert "--resume, or start over with --force" in one_line_error(runner.invoke(app, [*base, "--steps", "2"]))
     assert "differs from the run's" in one_line_error(runner.invoke(app, ["train", "--out", str(run), "--resume", "--hidden", "9"]))
+    both = runner.invoke(app, ["train", "--out", str(run), "--resume", "--force", "--steps", "4"])
+    assert "--resume continues the run, --force starts it over" in one_line_error(both)
     other = make_dataset(tmp_path / "data" / "other", PYTHON_SNIPPET * 20, PYTHON_SNIPPET)
     result = runner.invoke(app, ["train", "--out", str(run), "--resume", "--data", str(other.path)])
     assert "different vocabulary" in one_line_error(result)
@@ -435,3 +460,13 @@ def test_patience_stops_after_that_many_validations_without_a_new_best(tiny_data
     assert latest["step"] == 20 and latest["stale_validations"] == 2
     assert "--patience" in one_line_error(runner.invoke(app, ["train", "--data", str(tiny_dataset.path), "--out",
                                                               str(tmp_path / "p"), "--patience", "2", "--eval-every", "0"]))
+
+
+def test_patience_on_a_dataset_without_a_validation_split_is_refused(tmp_path):
+    """One file ingested: no validation split, so --patience could never stop the run."""
+    no_val = make_dataset(tmp_path / "data" / "one-file", JAVA_SNIPPET * 12, "")
+    args = ["train", "--data", str(no_val.path), "--out", str(tmp_path / "r"), "--layers", "1", "--hidden", "8",
+            "--batch-size", "2", "--seq-len", "8", "--steps", "4", "--eval-every", "2", "--threads", "1"]  # fmt: skip
+    assert "no validation split" in one_line_error(runner.invoke(app, [*args, "--patience", "2"]))
+    assert not (tmp_path / "r" / "latest.pt").exists()
+    assert runner.invoke(app, args).exit_code == 0  # without --patience it trains, unvalidated
