@@ -32,7 +32,9 @@ class DrawRule:
         """
         if self.greedy:
             return logits.argmax(dim=-1)
-        scores = logits / self.temperature
+        # Shifted so the best character scores 0: a tiny temperature cannot overflow to +inf, where
+        # argmax would take the first overflowing character instead of the most likely one.
+        scores = (logits - logits.amax(dim=-1, keepdim=True)) / self.temperature
         if self.top_k is not None and self.top_k < scores.shape[-1]:
             kth = scores.topk(self.top_k, dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -67,6 +67,15 @@ def test_top_k_one_and_a_tiny_top_p_are_greedy(lively_checkpoint):
     assert sampler.sample_texts(SampleSettings(length=50, top_p=1e-6, temperature=2.0, seed=1)) == greedy
 
 
+@pytest.mark.parametrize("temperature", [1e-3, 1e-39, 1e-45])
+def test_a_tiny_temperature_is_greedy_not_the_first_overflowing_character(lively_checkpoint, temperature):
+    # logits / 1e-39 overflow float32 to ±inf; argmax then took the first +inf, not the largest logit.
+    sampler = sampler_for(lively_checkpoint)
+    greedy = sampler.sample_texts(SampleSettings(length=50, greedy=True))
+    assert sampler.sample_texts(SampleSettings(length=50, temperature=temperature, seed=1)) == greedy
+    assert sampler.sample_texts(SampleSettings(length=50, temperature=temperature, top_p=0.5, seed=1)) == greedy
+
+
 def test_prime_goes_through_the_model_once_and_each_character_is_one_step(lively_checkpoint, monkeypatch):
     sampler = sampler_for(lively_checkpoint)
     calls = {"forward": 0, "step": 0}
