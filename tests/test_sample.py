@@ -229,6 +229,18 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     assert result.exit_code == 1 and "corrupt" in result.stderr and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("change", [-3, 2])
+def test_a_vocabulary_that_does_not_fit_the_model_is_refused(lively_checkpoint, change):
+    # Fewer symbols than output rows crashed mid-sample (IndexError); more sampled without a word.
+    payload = load_checkpoint(lively_checkpoint)
+    extra = ["\u00e9", "\u00fc"]
+    payload["vocab"] = payload["vocab"][:change] if change < 0 else payload["vocab"] + extra[:change]
+    checkpoint_module.save_checkpoint(lively_checkpoint, payload)
+    result = sample(str(lively_checkpoint), "-n", "200", "--seed", "1")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "vocabulary" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_no_runs_at_all_says_how_to_train_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(checkpoint_module, "PRETRAINED_RUN", tmp_path / "no-shipped-model")
