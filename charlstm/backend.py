@@ -236,11 +236,11 @@ def sampling_device(name: str) -> torch.device:
     a CPU at batch 1), else the CPU; a CPU, CUDA or MPS device name with an index (cuda:1) is accepted."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
+    try:  # torch also knows meta, xpu, mkldnn (with a warning), ...: none of them samples
+        device = torch.device(name) if name.split(":")[0] in ("cpu", "cuda", "mps") else None
     except RuntimeError:
         device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):  # torch knows meta, xpu, ...: none samples
+    if device is None:
         raise CharlstmError(f"unknown device {name!r}; use auto, cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CharlstmError("--device cuda asked for, but this PyTorch build sees no CUDA GPU")
