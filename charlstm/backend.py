@@ -233,15 +233,20 @@ def checkpoint_precision(requested: str | None, trained: str | None, device: tor
 
 def sampling_device(name: str) -> torch.device:
     """--device for sampling: auto is a CUDA GPU when there is one (even launch-bound, it outpaces
-    a CPU at batch 1), else the CPU; any torch device name (cuda:1) is accepted."""
+    a CPU at batch 1), else the CPU; a CPU, CUDA or MPS device name with an index (cuda:1) is accepted."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
+    try:  # torch also knows meta, xpu, mkldnn (with a warning), ...: none of them samples
+        device = torch.device(name) if name.split(":")[0] in ("cpu", "cuda", "mps") else None
     except RuntimeError:
-        raise CharlstmError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+        device = None
+    if device is None:
+        raise CharlstmError(f"unknown device {name!r}; use auto, cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CharlstmError("--device cuda asked for, but this PyTorch build sees no CUDA GPU")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise CharlstmError(f"--device {name}: this machine has {count} GPU{'s' if count != 1 else ''} (cuda:0..{count - 1})")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise CharlstmError("--device mps asked for, but MPS is not available here")
     return device

@@ -10,8 +10,9 @@ else among the live ones.
 
 Streaming: a character is *settled* once every candidate that could still win shares it — the
 longest common prefix of the live and finished beams. Settled text is yielded as soon as it is
-known; the rest of the winner comes at the end. On code the beams usually agree within a few
-characters, so the text streams with a short lag.
+known and dropped from every beam, so a beam carries only its unsettled characters and extending
+it costs the lag, not the length; the rest of the winner comes at the end. On code the beams
+usually agree within a few characters, so the text streams with a short lag.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from charlstm.errors import CharlstmError
 
 @dataclass
 class Beam:
-    tokens: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # generated characters not yet settled (streamed)
     log_prob: float = 0.0
+    length: int = 0  # characters generated, settled ones included
 
     @property
     def score(self) -> float:
         """Mean log-probability per generated character."""
-        return self.log_prob / max(1, len(self.tokens))
+        return self.log_prob / max(1, self.length)
 
 
 def _common_prefix_length(sequences: list[list[int]], start: int) -> int:
@@ -59,7 +61,7 @@ def beam_search(
 
     live = [Beam()]
     finished: list[Beam] = []
-    settled = 0  # characters of the answer already yielded
+    settled_tail: list[int] = []  # the last settled characters, where a stop text may begin
     stop_ids = [sampler.vocab.index.get(ch, -1) for ch in stop] if stop else None
     for t in range(length):
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # [beams, vocab]
@@ -69,19 +71,23 @@ def beam_search(
         order = torch.argsort(-flat, stable=True)[:width]
         vocab = log_probs.shape[-1]
         parents, chars = (order // vocab).tolist(), (order % vocab).tolist()
-        candidates = [Beam(live[p].tokens + [c], float(flat[i])) for p, c, i in zip(parents, chars, order.tolist())]
+        candidates = [Beam(live[p].tokens + [c], float(flat[i]), t + 1) for p, c, i in zip(parents, chars, order.tolist())]
         keep = []
         for k, beam in enumerate(candidates):
-            if stop_ids is not None and beam.tokens[-len(stop_ids) :] == stop_ids:
+            if stop_ids is not None and (settled_tail + beam.tokens)[-len(stop_ids) :] == stop_ids:
                 finished.append(beam)
             else:
                 keep.append(k)
         live = [candidates[k] for k in keep]
         contenders = live + finished
-        ahead = _common_prefix_length([b.tokens for b in contenders], settled)
-        if ahead > settled:
-            yield "".join(symbols[i] for i in contenders[0].tokens[settled:ahead])
-            settled = ahead
+        ahead = _common_prefix_length([b.tokens for b in contenders], 0)
+        if ahead > 0:
+            piece = contenders[0].tokens[:ahead]
+            yield "".join(symbols[i] for i in piece)
+            for beam in contenders:
+                beam.tokens = beam.tokens[ahead:]
+            if stop_ids is not None:
+                settled_tail = (settled_tail + piece)[-len(stop_ids) :]
         if not live or len(finished) >= width or t + 1 == length:
             break
         index = torch.tensor([parents[k] for k in keep], dtype=torch.long, device=sampler.device)
@@ -89,5 +95,5 @@ def beam_search(
         next_tokens = torch.tensor([chars[k] for k in keep], dtype=torch.long, device=sampler.device)
         logits, state = engine.step(next_tokens, state, clamps)
     best = max(finished or live, key=lambda b: b.score)
-    if len(best.tokens) > settled:
-        yield "".join(symbols[i] for i in best.tokens[settled:])
+    if best.tokens:
+        yield "".join(symbols[i] for i in best.tokens)

@@ -122,6 +122,10 @@ def model_from_checkpoint(payload: dict) -> tuple[CharRNN, Vocab]:
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, RuntimeError) as exc:
         raise CharlstmError(f"checkpoint is missing or has mismatched model data ({exc})") from exc
+    if len(vocab) != config.vocab_size:  # each output row of the model is one symbol of the vocabulary
+        raise CharlstmError(
+            f"checkpoint's vocabulary has {len(vocab)} symbols but its model has {config.vocab_size} outputs"
+        )
     return model.eval(), vocab
 
 

@@ -14,6 +14,7 @@ import torch
 
 NOISE_ELEMENTS = 1 << 20  # Gumbel noise drawn per call to the generator (4 MB), for up to 256 steps
 MAX_NOISE_STEPS = 256
+SHIFT_BELOW_TEMPERATURE = 1e-20  # logits of up to 1e18 divide by any larger temperature without overflow
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,13 @@ class DrawRule:
         """
         if self.greedy:
             return torch.argmax(logits, dim=-1, out=out)
-        scores = logits / self.temperature
+        if self.temperature >= SHIFT_BELOW_TEMPERATURE:
+            scores = logits / self.temperature
+        else:
+            # Shifted so the best character scores 0: a tiny temperature cannot overflow to +inf,
+            # where argmax would take the first overflowing character instead of the most likely
+            # one. Only here: the shift is two more kernels per step on a GPU.
+            scores = (logits - logits.amax(dim=-1, keepdim=True)) / self.temperature
         if self.top_k is not None and self.top_k < scores.shape[-1]:
             kth = scores.topk(self.top_k, dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))

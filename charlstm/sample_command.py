@@ -320,9 +320,20 @@ def _run_sampling(
         stream_samples(sampler, settings, writer)
     except BrokenPipeError:
         silence_stdout()  # the reader went away (`| head`): stop quietly, as Unix tools do
+        _save_out(out, writer, err, " (the text generated before the reader went away)")
         return
+    except KeyboardInterrupt:
+        _save_out(out, writer, err, " (the text generated before the interrupt)")
+        raise
     if planned[0] == "graphed" and sampler.last_path is not None and sampler.last_path[0] != "graphed":
         err.print(f"[yellow]warning:[/yellow] sampled eagerly: {escape(sampler.last_path[1])}", highlight=False)
+    _save_out(out, writer, err)
+
+
+def _save_out(out: Path | None, writer: StreamWriter, err, note: str = "") -> None:
+    """--out: what was generated, as plain text; after a stop that ended the stream early, so far."""
+    from rich.markup import escape
+
     if out is not None:
         write_output(out, "".join(writer.plain).encode("utf-8"))
-        err.print(f"[dim]wrote {escape(str(out))}[/dim]", highlight=False, soft_wrap=True)
+        err.print(f"[dim]wrote {escape(str(out))}{note}[/dim]", highlight=False, soft_wrap=True)

@@ -173,10 +173,22 @@ def test_cuda_asked_for_without_one_is_a_one_line_error(command, tmp_path):
 @pytest.mark.parametrize(
     "command, device, fragment",
     [("inspect-neuron", "tpu", "--device must be one of"), ("experiment", "tpu", "--device must be one of"),
-     ("experiment", "mps", "--device must be one of auto, cpu, cuda")],
+     ("experiment", "mps", "--device must be one of auto, cpu, cuda"),
+     # torch knows these names, but sampling cannot run there: a traceback before
+     ("sample", "meta", "unknown device 'meta'"), ("sample", "xpu", "unknown device 'xpu'"),
+     ("sample", "mkldnn", "unknown device")],
 )  # fmt: skip
 def test_an_unknown_device_is_a_one_line_error(command, device, fragment, tmp_path):
-    one_line_error(runner.invoke(app, [*command_lines(tmp_path)[command], "--device", device]), fragment)
+    result = runner.invoke(app, [*command_lines(tmp_path)[command], "--device", device])
+    one_line_error(result, fragment)
+    assert "Warning" not in result.stderr  # torch warns of a deprecated name as it parses it
+
+
+def test_a_gpu_index_beyond_the_gpus_there_are_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    argv = command_lines(tmp_path)["sample"]
+    one_line_error(runner.invoke(app, [*argv, "--device", "cuda:3"]), "cuda:3", "1 GPU")
 
 
 def test_auto_inspects_on_the_cpu_where_there_is_no_gpu(tiny_checkpoint, monkeypatch):

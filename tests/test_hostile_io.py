@@ -8,6 +8,7 @@ command-line bytes end in one line on stderr, never a traceback; pipes are fine 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import resource
@@ -412,3 +413,31 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, unbuffered):
         stderr = proc.stderr.read().decode()
         assert proc.wait(timeout=180) == 0, stderr
         assert "Traceback" not in stderr and "Exception ignored" not in stderr and "error" not in stderr, stderr
+
+
+class _StdoutThatStops(io.StringIO):
+    """A stdout whose reader stops after `limit` characters: the next write raises `error`."""
+
+    def __init__(self, limit: int, error: type[BaseException]):
+        super().__init__()
+        self.limit, self.error = limit, error
+
+    def write(self, text):
+        if self.tell() + len(text) > self.limit:
+            raise self.error()
+        return super().write(text)
+
+
+@pytest.mark.parametrize("error, code", [(BrokenPipeError, 0), (KeyboardInterrupt, 130)])
+def test_out_keeps_what_was_generated_when_the_stream_stops_early(tiny_checkpoint, tmp_path, monkeypatch, error, code):
+    """`charlstm sample -o samples.txt | head` and Ctrl-C: -o was never written (exit 0 after a
+    broken pipe, so nothing said so)."""
+    from charlstm import sample_command
+
+    stream = _StdoutThatStops(300, error)
+    monkeypatch.setattr(sample_command, "stdout_text", lambda: stream)
+    out = tmp_path / "samples.txt"
+    result = invoke("sample", str(tiny_checkpoint), "-n", "100000", "--seed", "3", "-o", str(out))
+    assert result.exit_code == code, result.output
+    saved = out.read_text(encoding="utf-8")
+    assert saved.startswith(stream.getvalue()) and len(saved) >= 300 and str(out) in result.stderr

@@ -67,6 +67,15 @@ def test_top_k_one_and_a_tiny_top_p_are_greedy(lively_checkpoint):
     assert sampler.sample_texts(SampleSettings(length=50, top_p=1e-6, temperature=2.0, seed=1)) == greedy
 
 
+@pytest.mark.parametrize("temperature", [1e-3, 1e-39, 1e-45])
+def test_a_tiny_temperature_is_greedy_not_the_first_overflowing_character(lively_checkpoint, temperature):
+    # logits / 1e-39 overflow float32 to ±inf; argmax then took the first +inf, not the largest logit.
+    sampler = sampler_for(lively_checkpoint)
+    greedy = sampler.sample_texts(SampleSettings(length=50, greedy=True))
+    assert sampler.sample_texts(SampleSettings(length=50, temperature=temperature, seed=1)) == greedy
+    assert sampler.sample_texts(SampleSettings(length=50, temperature=temperature, top_p=0.5, seed=1)) == greedy
+
+
 def test_prime_goes_through_the_model_once_and_each_character_is_one_step(lively_checkpoint, monkeypatch):
     sampler = sampler_for(lively_checkpoint)
     calls = {"forward": 0, "step": 0}
@@ -218,6 +227,18 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     corrupt.write_bytes(b"not a checkpoint at all")
     result = sample(str(corrupt))
     assert result.exit_code == 1 and "corrupt" in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("change", [-3, 2])
+def test_a_vocabulary_that_does_not_fit_the_model_is_refused(lively_checkpoint, change):
+    # Fewer symbols than output rows crashed mid-sample (IndexError); more sampled without a word.
+    payload = load_checkpoint(lively_checkpoint)
+    extra = ["\u00e9", "\u00fc"]
+    payload["vocab"] = payload["vocab"][:change] if change < 0 else payload["vocab"] + extra[:change]
+    checkpoint_module.save_checkpoint(lively_checkpoint, payload)
+    result = sample(str(lively_checkpoint), "-n", "200", "--seed", "1")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "vocabulary" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_no_runs_at_all_says_how_to_train_one(tmp_path, monkeypatch):
