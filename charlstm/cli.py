@@ -98,7 +98,7 @@ def ingest_command(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset of that name.", rich_help_panel="Output")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout instead of a table.", rich_help_panel="Output")] = False,
     preset: Annotated[Optional[Preset], typer.Option("--preset", help="python-stdlib: this Python's standard library without its tests (.py). jdk: an installed JDK's src.zip (.java).", rich_help_panel="Sources", show_default=False)] = None,
-    ext: Annotated[Optional[list[str]], typer.Option("--ext", help="Keep files with this extension (repeatable; .java or java). Default: the preset's, else common source-code extensions.", rich_help_panel="Filtering", show_default=False)] = None,
+    ext: Annotated[Optional[list[str]], typer.Option("--ext", help="Keep files with this extension (repeatable or comma-separated; .java or java). Default: the preset's, else common source-code extensions.", rich_help_panel="Filtering", show_default=False)] = None,
     max_file_bytes: Annotated[int, typer.Option("--max-file-bytes", help="Skip files larger than this (generated code, data tables).", rich_help_panel="Filtering")] = 1_000_000,
     min_char_count: Annotated[int, typer.Option("--min-char-count", help="Characters seen fewer times map to the unknown symbol. 1 keeps every character (lossless).", rich_help_panel="Vocabulary and split")] = 1,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of characters held out for validation, as whole files.", rich_help_panel="Vocabulary and split")] = 0.05,

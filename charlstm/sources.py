@@ -109,7 +109,7 @@ def normalize_extensions(exts: list[str] | None) -> frozenset[str] | None:
     if not exts:
         return None
     out = set()
-    for ext in exts:
+    for ext in (part for text in exts for part in text.split(",")):  # --ext py,java as --ext py --ext java
         ext = ext.strip().lower()
         if not ext or ext == "." or "/" in ext or os.sep in ext:
             raise CharlstmError(f"--ext {ext!r} is not a file extension (try --ext .java)")

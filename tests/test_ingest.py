@@ -335,6 +335,17 @@ def test_no_matching_files(tmp_path):
     assert no_leftovers(tmp_path / "d") == []
 
 
+def test_comma_separated_extensions_keep_each_kind(tmp_path):
+    write(tmp_path / "src" / "A.java", java_class("A"))
+    write(tmp_path / "src" / "b.py", "def b():\n    return 1\n")
+    write(tmp_path / "src" / "c.txt", "notes\n")
+    result = run_ingest(str(tmp_path / "src"), "--name", "x", "--ext", "py, .JAVA", "--data-dir", str(tmp_path / "d"),
+                        "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["files_kept"] == 2 and report["files_skipped"] == {"extension": 1}
+
+
 def test_only_binary_files(tmp_path):
     write(tmp_path / "src" / "a.c", b"\x7fELF\x00\x00\x01")
     write(tmp_path / "src" / "b.c", b"int x;\x00")
