@@ -22,7 +22,9 @@ from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
 
 runner = CliRunner()
 # Characters that must survive being embedded in HTML and in a <script> element.
-AWKWARD = 'if (a < b && c > d) { s = "</script><b>&amp;"; } // ü\t\x1c'
+# "<!--<script>" would put a browser's parser in its double-escaped script state, where the
+# page's own "</script>" no longer ends the data block and the page's script never runs.
+AWKWARD = 'if (a < b && c > d) { s = "<!--<script></script><b>&amp;"; } // ü\t\x1c'
 
 
 @pytest.fixture
@@ -72,6 +74,8 @@ def test_page_is_self_contained_and_holds_every_signal(tmp_path, html_checkpoint
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "<script src" not in html and "<link" not in html and "@import" not in html
     assert html.count("</script>") == 2  # the data's own "</script>" was escaped
+    block = re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S).group(1)
+    assert "<!--" not in block and "<script" not in block.lower()  # nor can it open a comment or a script
     data = page_data(html)
     assert data["text"] == text and data["initial"] == {"layer": 2, "neuron": 5, "signal": "cell"}
     assert data["signals"] == ["hidden", "cell", "input", "forget", "output", "candidate"]
