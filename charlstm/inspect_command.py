@@ -108,6 +108,12 @@ def _check_flags(o: InspectOptions) -> tuple[list[str], list | None]:
         raise CharlstmError("--ablate names its units itself (L:N); drop --layer and --neuron")
     if o.top_contexts is not None and not o.unit_given:
         raise CharlstmError("--top-contexts needs the unit: --layer and --neuron")
+    if o.top_contexts is not None and o.state == "all":
+        raise CharlstmError("--top-contexts follows one signal; choose it with --state (not all)")
+    unit_flags = o.layer is not None or o.neuron is not None or o.state is not None
+    if unit_flags and (o.find is not None or o.stats):
+        what = "--find ranks every unit and signal" if o.find is not None else "--stats covers every unit and gate"
+        raise CharlstmError(f"{what}; drop --layer, --neuron and --state")
     if (o.ablate or o.causal) and o.controls < 1:
         raise CharlstmError(f"--controls must be at least 1, got {o.controls}")
     if (o.ablate or o.causal) and o.controls > interventions.MAX_CONTROLS:
