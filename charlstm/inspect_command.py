@@ -240,7 +240,7 @@ def _find(inspection, chosen: str, source: str, find: str, top: int, causal: boo
         print(json.dumps({"feature": find, "chars": len(chosen), "neurons": ranked_units, "causal": effects}))
         return
     measure = "point-biserial r" if is_binary(find) else "Pearson r"
-    title = f"Units following {find!r} ({measure} over {source})"
+    title = f"Units following {escape(repr(find))} ({measure} over {escape(source)})"
     extra = render.causal_columns(effects, units) if effects is not None else []
     table = render.find_table(find, units, found.snippets, found.feature, chosen, found.window, title, extra)
     if effects is not None:
@@ -264,7 +264,7 @@ def _stats(inspection, chosen: str, source: str, json_out: bool, err) -> None:
     if json_out:
         print(json.dumps({"chars": len(chosen), "gates": rows}))
         return
-    err.print(render.stats_table(rows, f"Gate saturation ({source}; {escape(inspection.describe())})"))
+    err.print(render.stats_table(rows, f"Gate saturation ({escape(source)}; {escape(inspection.describe())})"))
 
 
 def _one_unit(inspection, chosen: str, source: str, layer: int, neuron: int, state: str | None, svg: str | None,
