@@ -338,3 +338,9 @@ def test_a_regex_feature_with_brackets_is_shown_as_it_is(tiny_checkpoint, causal
                     "--text", "if (name) {\n    greet();\n}\n")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "regex:[/e]" in result.stderr
+
+
+def test_help_states_every_default_text_length():
+    result = runner.invoke(app, ["inspect-neuron", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert "5000 for --find/--stats/--ablate" in result.output and "whole split for --top-contexts" in result.output
