@@ -281,6 +281,7 @@ def test_cli_find_table_and_stats(run_with_data):
         (["-l", "1", "-n", "0", "--top-contexts", "2", "--state", "all", "--text", "n"], "one signal"),
         (["--find", "indent", "-l", "1", "-n", "0", "--text", "a\n  b\n"], "--find ranks every unit"),
         (["--stats", "-l", "1", "-n", "0", "--text", "n"], "--stats covers every unit"),
+        (["-l", "1", "-n", "0", "--text", "n", "--data", "data/tiny"], "--data picks the validation split"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(tiny_checkpoint, args, message):
