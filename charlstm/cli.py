@@ -377,7 +377,7 @@ def inspect_neuron_command(
     text_file: Annotated[Optional[str], typer.Option("--text-file", help="Inspect this UTF-8 file.", rich_help_panel="Text")] = None,
     from_val: Annotated[Optional[int], typer.Option("--from-val", "--chars", help=(
         "Inspect the first CHARS characters of the checkpoint's validation split (the default text: 1000 characters; "
-        "5000 for --find/--stats; up to 2000 for --html)."
+        "5000 for --find/--stats/--ablate; up to 2000 for --html; the whole split for --top-contexts)."
     ), rich_help_panel="Text")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset folder for --from-val (default: the checkpoint's).", rich_help_panel="Text")] = None,
     max_chars: Annotated[Optional[int], typer.Option("--max-chars", help=(

@@ -13,6 +13,7 @@ from rich.text import Text
 from charlstm.errors import CharlstmError
 from charlstm.backend import sampling_device
 from charlstm.experiments import NAMES, STUDIES, configured_study, html_path, run_study, write_html
+from charlstm.userio import check_output
 
 
 def _mark(value) -> Text:
@@ -89,9 +90,11 @@ def run_experiments(name: str, console: Console, quiet: bool = False, html: Path
     dev = sampling_device(device)  # auto: a CUDA GPU when there is one, else the CPU
     if html is not None and not Path(html).name:  # "", ".", "/": no file name to write (or to add -STUDY to)
         raise CharlstmError(f"--html needs a file name, got {str(html)!r}")
-    for study in names:  # every study's options are checked before the first one trains
+    for study in names:  # every study's options and page are checked before the first one trains
         configured_study(study, options.get("seed", 0), options.get("steps"), options.get("max_n"),
                          options.get("eval_max_n"))  # fmt: skip
+        if html is not None:
+            check_output(html_path(html, study, len(names) > 1))
     results = {}
     for study in names:
         if not quiet:

@@ -100,8 +100,10 @@ def explorer_data(
 def render_page(data: dict) -> str:
     assets = resources.files("charlstm") / "assets"
     page = (assets / "explorer.html").read_text(encoding="utf-8")
-    # JSON inside <script>: "</" would end the element early, so escape it.
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    # JSON inside <script>: "</script>" would end the element early, and "<!--<script>" would put the
+    # parser in a state where even the page's own "</script>" does not: no "<" may appear. JSON
+    # only has "<" inside strings, where \u003c reads back as the same character.
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
     return (
         page.replace("/*STYLE*/", (assets / "explorer.css").read_text(encoding="utf-8"))
         .replace("/*SCRIPT*/", (assets / "explorer.js").read_text(encoding="utf-8"))

@@ -148,9 +148,12 @@ def _lexer(language: str | None):
 
 def lexer_name(language: str | None, text: str = "") -> str:
     """The Pygments lexer used for `language`: itself when Pygments knows it, else a guess from
-    the text, else python."""
+    the text if it names a common programming language, else python. (Pygments' guess for a short
+    excerpt of code is often a rare lexer: TeraTerm macros for a Python function.)"""
     from pygments.lexers import get_lexer_by_name, guess_lexer
     from pygments.util import ClassNotFound
+
+    from charlstm.sources import LANGUAGES
 
     if language:
         try:
@@ -161,7 +164,7 @@ def lexer_name(language: str | None, text: str = "") -> str:
     if text.strip():
         try:
             guessed = guess_lexer(text[:20000])
-            if guessed.aliases and guessed.aliases[0] not in ("text", "output"):
+            if guessed.aliases and guessed.aliases[0] in LANGUAGES.values():
                 return guessed.aliases[0]
         except ClassNotFound:
             pass

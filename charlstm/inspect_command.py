@@ -108,6 +108,12 @@ def _check_flags(o: InspectOptions) -> tuple[list[str], list | None]:
         raise CharlstmError("--ablate names its units itself (L:N); drop --layer and --neuron")
     if o.top_contexts is not None and not o.unit_given:
         raise CharlstmError("--top-contexts needs the unit: --layer and --neuron")
+    if o.top_contexts is not None and o.state == "all":
+        raise CharlstmError("--top-contexts follows one signal; choose it with --state (not all)")
+    unit_flags = o.layer is not None or o.neuron is not None or o.state is not None
+    if unit_flags and (o.find is not None or o.stats):
+        what = "--find ranks every unit and signal" if o.find is not None else "--stats covers every unit and gate"
+        raise CharlstmError(f"{what}; drop --layer, --neuron and --state")
     if (o.ablate or o.causal) and o.controls < 1:
         raise CharlstmError(f"--controls must be at least 1, got {o.controls}")
     if (o.ablate or o.causal) and o.controls > interventions.MAX_CONTROLS:
@@ -234,7 +240,7 @@ def _find(inspection, chosen: str, source: str, find: str, top: int, causal: boo
         print(json.dumps({"feature": find, "chars": len(chosen), "neurons": ranked_units, "causal": effects}))
         return
     measure = "point-biserial r" if is_binary(find) else "Pearson r"
-    title = f"Units following {find!r} ({measure} over {source})"
+    title = f"Units following {escape(repr(find))} ({measure} over {escape(source)})"
     extra = render.causal_columns(effects, units) if effects is not None else []
     table = render.find_table(find, units, found.snippets, found.feature, chosen, found.window, title, extra)
     if effects is not None:
@@ -258,7 +264,7 @@ def _stats(inspection, chosen: str, source: str, json_out: bool, err) -> None:
     if json_out:
         print(json.dumps({"chars": len(chosen), "gates": rows}))
         return
-    err.print(render.stats_table(rows, f"Gate saturation ({source}; {escape(inspection.describe())})"))
+    err.print(render.stats_table(rows, f"Gate saturation ({escape(source)}; {escape(inspection.describe())})"))
 
 
 def _one_unit(inspection, chosen: str, source: str, layer: int, neuron: int, state: str | None, svg: str | None,

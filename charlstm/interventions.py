@@ -295,6 +295,13 @@ def _control_groups(targets, hidden: int, controls: int, rng) -> dict[tuple, lis
         for layer, neuron in group:
             named.setdefault(layer, set()).add(neuron)
     shapes = list(dict.fromkeys(_shape(group) for group in targets))
+    for layer, count in (part for shape in shapes for part in shape):
+        free = hidden - len(named[layer])
+        if free < count:  # a smaller control group would not be ablated "like the units"
+            raise CharlstmError(
+                f"no control for layer {layer}: it needs {count} random unit(s) that are not measured, and only "
+                f"{free} of its {hidden} are left; ablate or rank fewer of its units"
+            )
     return {
         shape: [
             [(layer, n) for layer, count in shape for n in random_units(hidden, count, named.get(layer, set()), rng)]

@@ -446,6 +446,8 @@ def choose_text(
     given = [name for name, v in (("--text", text), ("--text-file", text_file), ("--from-val", from_val)) if v is not None]
     if len(given) > 1:
         raise CharlstmError(f"give only one of {', '.join(given)}")
+    if data is not None and (text is not None or text_file is not None):
+        raise CharlstmError(f"--data picks the validation split to read; it does not go with {given[0]}")
     if text is not None:
         chosen, source = text, "--text"
     elif text_file is not None:

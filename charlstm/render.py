@@ -157,10 +157,11 @@ def find_table(
     table.add_column("signal", no_wrap=True)
     table.add_column("score", justify="right", no_wrap=True)
     for header, cells in extra:
-        table.add_column(header, justify="right", no_wrap=True, min_width=max(len(header), *map(len, cells)))
+        table.add_column(Text(header), justify="right", no_wrap=True, min_width=max(len(header), *map(len, cells)))
     table.add_column(f"characters {start}–{end}", no_wrap=True, overflow="crop")
     blanks = [""] * len(extra)
-    table.add_row("", "", "", feature_name, "", *blanks, feature_snippet(text[start:end], feature[start:end]), style="italic")
+    snippet = feature_snippet(text[start:end], feature[start:end])
+    table.add_row("", "", "", Text(feature_name), "", *blanks, snippet, style="italic")  # a regex is no markup
     for rank, (unit, (values, scale)) in enumerate(zip(units, snippets), 1):
         snippet = colour_text(text[start:end], values, unit.signal, scale=scale, newlines=False)
         colour = "blue" if unit.score > 0 else "red"
@@ -266,16 +267,19 @@ def causal_columns(report: dict, units) -> list[tuple[str, list[str]]]:
 
 
 def causal_caption(report: dict) -> str:
+    from rich.markup import escape
+
+    feature = escape(report["feature"])  # a regex is no markup
     parts = []
     for control in report["controls"]:
         [layer] = control["layers"]
-        own = f", Δ {report['feature']} {signed(control['delta_mean']['own'])}" if "own" in report["counts"] else ""
+        own = f", Δ {feature} {signed(control['delta_mean']['own'])}" if "own" in report["counts"] else ""
         parts.append(f"layer {layer}: Δ all {signed(control['delta_mean']['all'])}{own}")
     n = len(report["controls"][0]["groups"]) if report["controls"] else 0
     return (
         f"Δ: bits per character with the unit ablated (zero at every step) minus without, over "
         f"{report['chars']:,} characters"
-        + (f", {report['counts']['own']:,} of them {report['feature']}'s" if "own" in report["counts"] else "")
+        + (f", {report['counts']['own']:,} of them {feature}'s" if "own" in report["counts"] else "")
         + f". Control, the mean of {n} random units of the layer ablated alone: " + "; ".join(parts) + "."
     )
 

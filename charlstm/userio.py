@@ -55,6 +55,21 @@ def write_output(path: str | Path, data: bytes) -> None:
         _write_in_place(path, data)
 
 
+def check_output(path: str | Path) -> None:
+    """Refuse, before a long job, an output `write_output` would refuse at its end: a folder, or a
+    path under something that is not a folder. Creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise CharlstmError(f"cannot write {path}: it is a folder")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:  # folders write_output would create
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CharlstmError(f"cannot write {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CharlstmError(f"cannot write {path}: no permission to write in {parent}")
+
+
 def _write_in_place(path: Path, data: bytes) -> None:
     try:
         with open(path, "wb") as f:

@@ -196,3 +196,14 @@ def test_the_studies_correlate_through_neurons_and_a_constant_unit_scores_zero()
     assert r[1] == 0.0  # a unit that never moves follows nothing
     assert r[2] == pytest.approx(-1.0, abs=1e-5)
     assert experiments._corr(torch.from_numpy(values), [True] * 50).eq(0).all()  # nor does a constant target
+
+
+@pytest.mark.parametrize("page", ["folder", "file/x.html"])
+def test_cli_html_that_cannot_be_written_fails_before_training(tmp_path, page):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("not a folder")
+    result = runner.invoke(app, ["experiment", "counter", "--steps", "1", "--out-dir", str(tmp_path / "runs"),
+                                 "--html", str(tmp_path / page), "--quiet"])  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "cannot write" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "experiment-counter").exists()  # nothing trained for a page it could not write

@@ -22,7 +22,9 @@ from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
 
 runner = CliRunner()
 # Characters that must survive being embedded in HTML and in a <script> element.
-AWKWARD = 'if (a < b && c > d) { s = "</script><b>&amp;"; } // ü\t\x1c'
+# "<!--<script>" would put a browser's parser in its double-escaped script state, where the
+# page's own "</script>" no longer ends the data block and the page's script never runs.
+AWKWARD = 'if (a < b && c > d) { s = "<!--<script></script><b>&amp;"; } // ü\t\x1c'
 
 
 @pytest.fixture
@@ -72,6 +74,8 @@ def test_page_is_self_contained_and_holds_every_signal(tmp_path, html_checkpoint
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "<script src" not in html and "<link" not in html and "@import" not in html
     assert html.count("</script>") == 2  # the data's own "</script>" was escaped
+    block = re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S).group(1)
+    assert "<!--" not in block and "<script" not in block.lower()  # nor can it open a comment or a script
     data = page_data(html)
     assert data["text"] == text and data["initial"] == {"layer": 2, "neuron": 5, "signal": "cell"}
     assert data["signals"] == ["hidden", "cell", "input", "forget", "output", "candidate"]
@@ -131,12 +135,7 @@ def _chromium() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
-def test_page_renders_in_headless_chromium(tmp_path, html_checkpoint):
-    inspection = neurons.open_checkpoint(html_checkpoint)
-    text = (JAVA_SNIPPET + AWKWARD + "\n") * 3
-    out = tmp_path / "explorer.html"
-    explorer.write_explorer(out, inspection, text, "a test")
+def _render_in_chromium(tmp_path, out) -> str:
     command = [
         _chromium(),
         "--headless",
@@ -152,7 +151,16 @@ def test_page_renders_in_headless_chromium(tmp_path, html_checkpoint):
         "--dump-dom",
         out.as_uri(),
     ]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=90).stdout
+    return subprocess.run(command, capture_output=True, text=True, timeout=90).stdout
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+def test_page_renders_in_headless_chromium(tmp_path, html_checkpoint):
+    inspection = neurons.open_checkpoint(html_checkpoint)
+    text = (JAVA_SNIPPET + AWKWARD + "\n") * 3
+    out = tmp_path / "explorer.html"
+    explorer.write_explorer(out, inspection, text, "a test")
+    dom = _render_in_chromium(tmp_path, out)
     errors = re.search(r'<div id="errors"[^>]*>(.*?)</div>', dom, re.S)
     assert errors is not None and errors.group(1).strip() == "", errors and errors.group(1)
     assert re.search(r'<body[^>]*data-ready="1"', dom), "the page's script did not finish drawing"
@@ -191,3 +199,19 @@ def test_cli_html_with_an_ablation(tmp_path, html_checkpoint):
     assert result.exit_code == 0, result.output
     data = page_data(out.read_text(encoding="utf-8"))
     assert data["surprise"]["ablation"]["units"] == [[2, 3]] and data["initial"]["neuron"] == 3
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+def test_page_with_a_long_ablation_renders_in_headless_chromium(tmp_path, html_checkpoint):
+    # A small model's page holds up to hundreds of thousands of characters; the script once took the
+    # largest ablation effect with Math.max(...deltas), past the browser's limit on arguments.
+    inspection = neurons.open_checkpoint(html_checkpoint)
+    out = tmp_path / "a.html"
+    explorer.write_explorer(out, inspection, JAVA_SNIPPET, "a test", ablate=[(1, 2)])
+    data = page_data(out.read_text(encoding="utf-8"))
+    data["surprise"]["ablation"]["delta"] += [0.0] * 300_000  # as long a row as a 300,000-character page's
+    out.write_text(explorer.render_page(data), encoding="utf-8")
+    dom = _render_in_chromium(tmp_path, out)
+    errors = re.search(r'<div id="errors"[^>]*>(.*?)</div>', dom, re.S)
+    assert errors is not None and errors.group(1).strip() == "", errors and errors.group(1)
+    assert re.search(r'<body[^>]*data-ready="1"', dom), "the page's script did not finish drawing"

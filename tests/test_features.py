@@ -140,3 +140,11 @@ def test_language_fallbacks():
     assert lexer_name("no-such-language", "") == "python"
     # A string is a string in either lexer.
     assert compute_feature("string", 'x = "a"\n', None).tolist() == [0, 0, 0, 0, 1, 1, 1, 0]
+
+
+def test_a_model_without_a_language_gets_a_code_lexer_not_pygments_odd_guess():
+    # Pygments' guess for short code is often some rare lexer (TeraTerm macros for this snippet),
+    # which labels no comment at all; a model whose corpus had no known language must still see them.
+    assert lexer_name(None, PYTHON_SNIPPET) == "python"
+    assert compute_feature("comment", PYTHON_SNIPPET, None).tolist() == compute_feature("comment", PYTHON_SNIPPET, "python").tolist()
+    assert lexer_name(None, "#include <stdio.h>\nint main(void) { return 0; }\n") in ("c", "cpp", "python")

@@ -383,6 +383,9 @@ def test_cli_inspect_ablate_and_find_causal(run_with_python, tmp_path):
         (["--ablate", "1:0", "-l", "1", "-n", "0"], "--ablate names its units itself"),
         (["--causal"], "--causal adds the ablation effect to --find"),
         (["--ablate", "1:0", "--controls", "0"], "--controls must be at least 1"),
+        # The control ablates as many other units of the layer: none are left for it.
+        ([arg for n in range(7) for arg in ("--ablate", f"1:{n}")], "only 5 of its 12 are left"),
+        (["--find", "regex:name", "--causal", "--top", "200"], "of its 12 are left"),
     ],
 )
 def test_cli_inspect_bad_ablations(run_with_python, args, message):

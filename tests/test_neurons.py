@@ -278,6 +278,10 @@ def test_cli_find_table_and_stats(run_with_data):
         (["-l", "1", "-n", "0"], "dataset data/tiny (validation text for this checkpoint) is not here"),
         (["-l", "1", "-n", "0", "--text-file", "/nonexistent/file.java"], "text file not found: /nonexistent/file.java"),
         (["--stats", "--find", "indent", "--text", "n"], "choose one of --find, --stats"),
+        (["-l", "1", "-n", "0", "--top-contexts", "2", "--state", "all", "--text", "n"], "one signal"),
+        (["--find", "indent", "-l", "1", "-n", "0", "--text", "a\n  b\n"], "--find ranks every unit"),
+        (["--stats", "-l", "1", "-n", "0", "--text", "n"], "--stats covers every unit"),
+        (["-l", "1", "-n", "0", "--text", "n", "--data", "data/tiny"], "--data picks the validation split"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(tiny_checkpoint, args, message):
@@ -316,3 +320,28 @@ def test_a_run_folder_excerpt_stands_in_for_a_missing_dataset(tiny_checkpoint):
     view = invoke(str(tiny_checkpoint), "-l", "1", "-n", "0", "--from-val", "12")
     assert view.exit_code == 0, view.output
     assert JAVA_SNIPPET[:12].replace(" ", "·") in view.stdout and VAL_EXCERPT in view.stderr.replace("\n", "")
+
+
+@pytest.mark.parametrize("mode", [["--find", "indent"], ["--stats"], ["--ablate", "1:0"], ["-l", "1", "-n", "0"]])
+def test_a_text_file_name_with_brackets_is_shown_as_it_is(tiny_checkpoint, tmp_path, mode):
+    folder = tmp_path / "["
+    folder.mkdir()
+    f = folder / "x] [bold]y.java"  # "[/x]": a closing tag rich would refuse; "[bold]": one it would eat
+    f.write_text("if (name) {\n    greet();\n}\n", encoding="utf-8")
+    result = invoke(str(tiny_checkpoint), *mode, "--text-file", str(f))
+    assert result.exit_code == 0, result.output
+    assert "[/x][bold]y.java" in re.sub(r"\s", "", result.stderr)  # as the title wraps it
+
+
+@pytest.mark.parametrize("causal", [[], ["--causal", "--controls", "1"]])
+def test_a_regex_feature_with_brackets_is_shown_as_it_is(tiny_checkpoint, causal):
+    result = invoke(str(tiny_checkpoint), "--find", "regex:[/e]", "--top", "2", *causal,
+                    "--text", "if (name) {\n    greet();\n}\n")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "regex:[/e]" in result.stderr
+
+
+def test_help_states_every_default_text_length():
+    result = runner.invoke(app, ["inspect-neuron", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert "5000 for --find/--stats/--ablate" in result.output and "whole split for --top-contexts" in result.output

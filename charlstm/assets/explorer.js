@@ -38,7 +38,8 @@
   function fmt(v) { return (v >= 0 ? "+" : "") + v.toFixed(3); }
   const MAX_BITS = 10, WHITE = [255, 255, 255], SURPRISED = [203, 24, 29]; // as charlstm/surprise.py
   function bitsColour(b) { return mix(WHITE, SURPRISED, Math.min(Math.max(b, 0) / MAX_BITS, 1)); }
-  const ABL_SCALE = ABL ? Math.max(0.5, ...ABL.delta.map(Math.abs)) : 1; // ablation Δ: red costlier, blue cheaper
+  // ablation Δ: red costlier, blue cheaper (a loop: Math.max(...delta) overflows the stack on a long text)
+  const ABL_SCALE = ABL ? ABL.delta.reduce(function (m, d) { return Math.max(m, Math.abs(d)); }, 0.5) : 1;
   function deltaColour(d) { return mix(NEUTRAL, d > 0 ? RED : BLUE, Math.min(Math.abs(d) / ABL_SCALE, 1)); }
 
   // ----- data blocks -----
