@@ -25,7 +25,7 @@ from charlstm.errors import CharlstmError
 from charlstm.graphed import GRAPH_STEPS
 from charlstm.interventions import resolve
 from charlstm.sample import Sampler, SampleSettings
-from charlstm.userio import silence_stdout, write_output
+from charlstm.userio import check_output, silence_stdout, write_output
 from charlstm.vocab import DOC_SEP
 
 NEWLINE_MARK = "↵"  # --watch on a terminal: where a newline's value is shown
@@ -259,6 +259,8 @@ def run_sampling(
         raise CharlstmError(f"--threads must be at most {MAX_THREADS}, got {threads}")
     if sys.stdout is None and out is None:  # started with stdout closed (`>&-`)
         raise CharlstmError("stdout is closed: nowhere to write the samples (save them with -o FILE)")
+    if out is not None:
+        check_output(out)  # a folder or an impossible path, refused before the generation, not after
     with torch_threads(threads or 1):
         _run_sampling(checkpoint, settings, out, color, device, precision, console or Console(stderr=True))
 

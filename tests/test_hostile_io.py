@@ -280,6 +280,14 @@ def test_an_existing_regular_file_is_replaced_atomically_with_its_mode_kept(tiny
     one_line_error(folder, f"cannot write {tmp_path}: it is a folder")
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_anything_is_generated(tiny_checkpoint, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    for out, reason in ((tmp_path, "it is a folder"), (tmp_path / "a-file" / "s.txt", "is not a folder")):
+        result = invoke(*SAMPLE, str(tiny_checkpoint), "-o", str(out))
+        one_line_error(result, f"cannot write {out}", reason)
+        assert result.stdout == ""  # no sample streamed first
+
+
 @pytest.fixture
 def read_only_file_system(monkeypatch):
     """Every file our writers would create fails as on a file system mounted read-only (root
