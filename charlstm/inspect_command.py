@@ -212,7 +212,7 @@ def _explorer_page(inspection, chosen: str, source: str, html: str, layer: int |
         )
     err.print(
         f"wrote {escape(html)} ({summary['bytes'] / 1e6:.1f} MB: {summary['chars']:,} characters, "
-        f"{summary['layers']} layers × {summary['hidden']} neurons × {len(summary['signals'])} signals)",
+        f"{summary['layers']} layer{'s' * (summary['layers'] != 1)} × {summary['hidden']} neurons × {len(summary['signals'])} signals)",
         highlight=False,
     )
 

@@ -64,7 +64,7 @@ class Inspection:
 
     def describe(self) -> str:
         c = self.model.config
-        return f"{self.path} ({c.kind.upper()}, {c.layers} layers × {c.hidden} units)"
+        return f"{self.path} ({c.kind.upper()}, {c.layers} layer{'s' * (c.layers != 1)} × {c.hidden} units)"
 
     def check_unit(self, layer: int, neuron: int) -> None:
         """`layer` is 1-based, `neuron` 0-based; raise a clear error naming the valid ranges."""
