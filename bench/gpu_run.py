@@ -36,7 +36,7 @@ under the work folder's checkpoints/shipped/. Every command stops by the deadlin
 HARD_GRACE_S, the whole process group with it.
 
     PYTHONPATH=$PWD python3 bench/gpu_run.py [--java-data data/jdk] [--python-minutes 2.5]
-        [--java-minutes 2.0] [--deadline-minutes 8] [--skip STAGE] [--smoke] [--out DIR]
+        [--java-minutes 1.8] [--deadline-minutes 8] [--skip STAGE] [--smoke] [--out DIR]
         [--java-data-made-by "how data/jdk was made"] [--python-data DIR]
 """
 
@@ -96,6 +96,14 @@ def one_line(text: str, limit: int = 300) -> str:
     return (lines[-1] if lines else "no output")[:limit]
 
 
+def command_name(argv: list[str]) -> str:
+    """What a message calls a command: `charlstm train` for `python -m charlstm train ...`, else the
+    script or program run."""
+    if argv[1:3] == ["-m", "charlstm"]:
+        return " ".join(argv[2:4])
+    return Path(argv[1] if len(argv) > 1 and not argv[1].startswith("-") else argv[0]).name
+
+
 def rel(path: Path) -> str:
     """A path as a user in the repository would type it."""
     try:
@@ -145,8 +153,7 @@ class Session:
                     pass
                 stdout, stderr = proc.communicate()
                 self._log(log, shown, stdout, stderr, "timeout")
-                name = argv[1] if len(argv) > 1 else argv[0]
-                raise StageError(f"{name} ran past {timeout:.0f} s and was stopped", last_json(stdout or "")) from None
+                raise StageError(f"{command_name(argv)} ran past {timeout:.0f} s and was stopped", last_json(stdout or "")) from None
         self._log(log, shown, stdout, stderr, proc.returncode)
         return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
@@ -427,7 +434,7 @@ def main() -> None:
         ("train_speed", lambda: stage_train_speed(s, device, [512] if not smoke else [32], 90 if not smoke else 45), 20),
         ("python", lambda: stage_model(s, "python", args.python_data, minutes["python"], shape, device, made_by=None), 30),
         ("java", lambda: stage_model(s, "java", args.java_data, minutes["java"], shape, device, args.java_data_made_by), 30),
-        ("sample_speed", lambda: stage_sample_speed(s, device), 15),  # after the models: the GUIDE has figures already
+        ("sample_speed", lambda: stage_sample_speed(s, device), 15),  # after the models: the README has figures already
         ("devices", lambda: stage_devices(s, device), 20),
     ]
     try:

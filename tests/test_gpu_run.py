@@ -48,6 +48,13 @@ def test_a_failing_stage_is_one_line_and_the_deadline_skips_rather_than_overruns
     assert json.loads((tmp_path / "gpu_run.json").read_text())["stages"]["big"]["status"] == "skipped"  # saved per stage
 
 
+def test_a_stopped_command_is_named_as_a_user_would_type_it():
+    name = load_gpu_run().command_name
+    assert name([sys.executable, "-m", "charlstm", "train", "--data", "x"]) == "charlstm train"
+    assert name([sys.executable, "/repo/bench/train_speed.py", "--grid"]) == "train_speed.py"
+    assert name([sys.executable, "-c", "pass"]) == Path(sys.executable).name
+
+
 def test_a_stopped_command_takes_its_children_along_and_leaves_its_last_json(tmp_path, monkeypatch):
     gpu_run = load_gpu_run()
     monkeypatch.setattr(gpu_run, "HARD_GRACE_S", 0)
