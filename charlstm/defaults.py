@@ -34,7 +34,7 @@ MAX_LR_SCALE = 2.0  # √(256/64): measured; beyond that the scale is held
 DROPOUT_BY_PRESSURE = ((0.5, 0.0), (1.0, 0.1), (2.0, 0.2), (math.inf, 0.3))
 
 # Speed estimates for turning --minutes into passes: rough on purpose, since dropout only moves at
-# whole buckets of passes. Sources: GUIDE.md (2-core Sapphire Rapids; H100).
+# whole buckets of passes. Sources: the README's Performance and GPU sections (2-core Sapphire Rapids; H100).
 CPU_FLOPS = {"fp32": 2.1e11, "bf16": 5.9e11}  # 6 × params × chars/s of a 3×512 LSTM on 2 cores
 CPU_SECONDS_PER_LOGIT = 7e-9  # softmax and loss over the logits, bound by memory: a large vocabulary's cost
 CPU_SECONDS_PER_CELL_STEP = 57e-6  # per character of a lane per layer, whatever the size: the recurrence
