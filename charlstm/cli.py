@@ -408,7 +408,7 @@ def inspect_neuron_command(
     controls: Annotated[int, typer.Option("--controls", help="Random control ablations for --ablate and --causal.", rich_help_panel="Causal")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Chooses the control units.", rich_help_panel="Causal")] = 0,
     device: Annotated[str, typer.Option("--device", help=(
-        "auto (a CUDA GPU when present, else the CPU), cuda, mps or cpu: where the trace, --find, --ablate/--causal, "
+        "auto (a CUDA GPU, else MPS, else the CPU), cuda, mps or cpu: where the trace, --find, --ablate/--causal, "
         "--top-contexts and --html run. A model trained on either inspects on either."
     ), rich_help_panel="Backend")] = "auto",
 ) -> None:
