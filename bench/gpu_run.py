@@ -381,6 +381,8 @@ def java_unavailable(s: Session, given: Path | None) -> str | None:
 
     if given is not None or (s.work / "data" / "jdk" / "meta.json").is_file():
         return None
+    if s.smoke:  # a JDK's 10M validation characters alone outlast the shortened form's budget
+        return "the shortened form takes Java only from --java-data"
     looked = jdk_src_zip_candidates()
     if any(path.is_file() for path in looked):
         return None

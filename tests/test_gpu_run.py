@@ -142,10 +142,14 @@ def test_the_java_stage_is_skipped_with_the_reason_when_there_are_no_jdk_sources
     from charlstm import sources
 
     gpu_run = load_gpu_run()
-    s = gpu_run.Session(tmp_path / "out", tmp_path, deadline_s=60, smoke=True)
+    s = gpu_run.Session(tmp_path / "out", tmp_path, deadline_s=60, smoke=False)
     monkeypatch.setattr(sources, "jdk_src_zip_candidates", lambda: [tmp_path / "jdk" / "lib" / "src.zip"])
     assert "no JDK sources" in gpu_run.java_unavailable(s, None)
     assert gpu_run.java_unavailable(s, tmp_path / "given") is None
     (tmp_path / "jdk" / "lib").mkdir(parents=True)
     (tmp_path / "jdk" / "lib" / "src.zip").write_bytes(b"")
     assert gpu_run.java_unavailable(s, None) is None
+    # The shortened CPU form never ingests a whole JDK: its validation alone outlasts the budget.
+    smoke = gpu_run.Session(tmp_path / "out2", tmp_path, deadline_s=60, smoke=True)
+    assert "--java-data" in gpu_run.java_unavailable(smoke, None)
+    assert gpu_run.java_unavailable(smoke, tmp_path / "given") is None
