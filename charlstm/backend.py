@@ -149,7 +149,8 @@ def choose_precision(requested: str, device: torch.device, kind: str = "lstm", h
             return made("fp32", "requested")
         if cpu_runs_bf16_rnn(kind):
             return made("bf16", f"the CPU runs a bf16 {kind.upper()} natively (AMX/AVX-512 BF16)")
-        why = "oneDNN is capped below it" if cpu_has_native_bf16() else "the CPU lacks AMX/AVX-512 BF16"
+        why = ("oneDNN runs no bf16 kernel for it: capped by ONEDNN_MAX_CPU_ISA, or none for this cell kind"
+               if cpu_has_native_bf16() else "the CPU lacks AMX/AVX-512 BF16")
         return made("fp32", f"no native bf16 {kind.upper()} here ({why})")
     if dt == "cuda":
         if requested == "fp32":
