@@ -98,7 +98,55 @@ def load_checkpoint(path: Path) -> dict:
         raise CharlstmError(f"{path} is not a charlstm checkpoint")
     if payload.get("version") != VERSION:
         raise CharlstmError(f"{path} has checkpoint version {payload.get('version')}, expected {VERSION}")
+    _check_fields(payload, path)
+    _check_weights(payload.get("model") or {}, path)
     return payload
+
+
+# The type each field must have where a checkpoint has it (None: absent), so that an edited or
+# damaged file is one line here rather than an AttributeError wherever the field is read.
+_NUMBER, _TEXT = (int, float), (str, type(None))
+FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "model_config": ((dict,), "a dict"),
+    "model": ((dict,), "a dict"),
+    "vocab": ((list, tuple), "a list"),
+    "dataset": ((dict, type(None)), "a dict"),
+    "step": ((int,), "a whole number"),
+    "train_config": ((dict,), "a dict"),
+    "schedule": ((dict, type(None)), "a dict"),
+    "rng": ((dict, type(None)), "a dict"),
+    "init_from": ((dict, type(None)), "a dict"),
+    "experiment": ((dict, type(None)), "a dict"),
+    "precision": (_TEXT, "a string"),
+    "val_bpc": ((*_NUMBER, type(None)), "a number"),
+    "best_val_bpc": ((*_NUMBER, type(None)), "a number"),
+    "skipped_steps": ((int,), "a whole number"),
+    "stale_validations": ((int,), "a whole number"),
+}
+DATASET_FIELDS = ("name", "path", "content_hash", "language")  # Dataset.summary(): each a string or None
+
+
+def _check_fields(payload: dict, path: Path) -> None:
+    for key, (types, expected) in FIELD_TYPES.items():
+        value = payload.get(key)
+        if key in payload and (not isinstance(value, types) or isinstance(value, bool)):
+            raise CharlstmError(f"{path} has a malformed {key!r} field: it should be {expected}, got {type(value).__name__}")
+    for key in DATASET_FIELDS:
+        value = (payload.get("dataset") or {}).get(key)
+        if not isinstance(value, _TEXT):
+            raise CharlstmError(
+                f"{path} has a malformed 'dataset' field: its {key!r} should be a string, got {type(value).__name__}"
+            )
+
+
+def _check_weights(weights: dict, path: Path) -> None:
+    """Every weight a tensor, and a finite one: NaN or inf samples nothing sensible (and int8
+    quantization fails on it)."""
+    for name, value in weights.items():
+        if not isinstance(value, torch.Tensor):
+            raise CharlstmError(f"{path} has a malformed 'model' field: {name} is a {type(value).__name__}, not a tensor")
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            raise CharlstmError(f"{path} holds non-finite weights (NaN or inf in {name}): no use can be made of it")
 
 
 def _check_is_zip(path: Path) -> None:
@@ -141,6 +189,8 @@ def _latest_run(runs_dir: Path) -> Path | None:
 
 def resolve_checkpoint(where: str | Path | None, runs_dir: Path = DEFAULT_RUNS_DIR) -> Path:
     """A checkpoint file from a file, a run folder, or (None) the newest run, else the shipped model."""
+    if isinstance(where, str) and not where:  # Path("") is the current folder: not what was meant
+        raise CharlstmError("CHECKPOINT is empty: give a checkpoint file or run folder, or leave it out for the newest run")
     if where is None:
         run = _latest_run(Path(runs_dir))
         if run is None and (PRETRAINED_RUN / BEST).is_file():
@@ -170,6 +220,8 @@ def shipped_models() -> list[str]:
 def resolve_model(name: str) -> Path:
     """`--model`: a shipped model by name (python, java), else a run folder or checkpoint file."""
     shipped = ", ".join(shipped_models()) or "none"
+    if not name:  # Path("") is the current folder: not what was meant
+        raise CharlstmError(f"--model is empty: give a shipped model ({shipped}), a run folder or a checkpoint file")
     if name in SHIPPED_MODELS:
         if not (SHIPPED_MODELS[name] / BEST).is_file():
             raise CharlstmError(f"model {name!r} is not shipped in this copy ({SHIPPED_MODELS[name]} holds no {BEST}); shipped: {shipped}")

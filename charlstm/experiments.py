@@ -415,7 +415,11 @@ def configured_study(name: str, seed: int = 0, steps: int | None = None, max_n: 
             raise CharlstmError(f"--{key.replace('_', '-')} must be at most {MAX_N}, got {value}")
     study = replace(STUDIES[name], **overrides)
     if study.eval_max_n < study.max_n:
-        study = replace(study, eval_max_n=study.max_n)
+        if eval_max_n is not None:  # the accuracy is over every N trained on: each must be judged
+            limit = "--max-n" if max_n is not None else "the default --max-n"
+            raise CharlstmError(f"--eval-max-n {eval_max_n} is below {limit} {study.max_n}: every N the model "
+                                f"trained on is judged, so give {study.max_n} or more")  # fmt: skip
+        study = replace(study, eval_max_n=study.max_n)  # the study's own, raised to the training range
     return study
 
 

@@ -58,6 +58,9 @@ from charlstm.vocab import DOC_SEP, Vocab
 # A file is "not UTF-8" (skipped) above this fraction of invalid bytes; below it, each invalid sequence
 # becomes U+FFFD (the UNK symbol) and is counted. One stray Latin-1 comment should not cost a file.
 MAX_INVALID_FRACTION = 0.01
+# Above this share of unknown symbols ingest warns: a model learns nothing from them. Files kept
+# have at most MAX_INVALID_FRACTION invalid bytes, so it takes --min-char-count to pass it.
+UNK_WARN_RATE = 0.01
 MAX_CODE_POINT = 0x110000
 
 
@@ -430,6 +433,9 @@ def _write_dataset(work: Path, found: Discovery, read: _Pass1, sources: list[Sou
     warnings = []
     if split_chars["val"] == 0:
         warnings.append("only one file was kept, so the validation split is empty; add more files to validate")
+    unk_rate = vocab_counts[vocab.unk] / read.total_chars
+    if unk_rate > UNK_WARN_RATE:
+        warnings.append(_unknown_warning(unk_rate, settings.min_char_count))
     return {
         "name": settings.name,
         "path": str(work.parent / settings.name),
@@ -441,13 +447,20 @@ def _write_dataset(work: Path, found: Discovery, read: _Pass1, sources: list[Sou
         "val_chars": split_chars["val"],
         "vocab_size": len(vocab),
         "dtype": vocab.dtype.name,
-        "unk_rate": vocab_counts[vocab.unk] / read.total_chars,
+        "unk_rate": unk_rate,
         "invalid_bytes": read.invalid_bytes,
         "language": language,
         "bytes_read": read.bytes_read,
         "content_hash": content_hash,
         "warnings": warnings,
     }
+
+
+def _unknown_warning(unk_rate: float, min_char_count: int) -> str:
+    cause = (f"--min-char-count {min_char_count} maps every character seen fewer times to it; lower it"
+             if min_char_count > 1 else "invalid UTF-8 bytes and U+FFFD characters in the files")  # fmt: skip
+    return (f"{unk_rate:.2%} of the characters are the unknown symbol (this warns above {UNK_WARN_RATE:.0%}), "
+            f"and a model learns nothing from them: {cause}")  # fmt: skip
 
 
 def _meta_json(meta: dict) -> str:

@@ -32,6 +32,26 @@ NEWLINE_MARK = "↵"  # --watch on a terminal: where a newline's value is shown
 NEW_FILE_RULE = "── new file ──"  # how a generated document separator (a new file starting) is shown
 
 
+class TextChunks:
+    """Text that grows a piece at a time, kept as strings of up to CHUNK pieces each: a list of
+    one-character strings costs 8 bytes a character, a string 1 to 4."""
+
+    CHUNK = 1024
+
+    def __init__(self, start: str = ""):
+        self.chunks = [start] if start else []
+        self._tail: list[str] = []
+
+    def add(self, piece: str) -> None:
+        self._tail.append(piece)
+        if len(self._tail) >= self.CHUNK:
+            self.chunks.append("".join(self._tail))
+            self._tail.clear()
+
+    def pieces(self) -> list[str]:
+        return [*self.chunks, "".join(self._tail)]
+
+
 class StreamWriter:
     """Writes generated text as it arrives.
 
@@ -40,7 +60,9 @@ class StreamWriter:
     the current line appears plain character by character, and once its newline arrives it is
     redrawn highlighted by the corpus's Pygments lexer, which sees the previous lines as context.
     On a terminal, control characters other than tab and newline show as their Unicode pictures
-    (␛ for escape), so generated text can never drive the terminal.
+    (␛ for escape), so generated text can never drive the terminal. With `keep_plain`, it also
+    keeps all it wrote as plain text (`plain`, what --out saves); otherwise it keeps only the
+    current line and the lexer's context.
     """
 
     CONTEXT_LINES = 30  # lines of the current file the lexer sees before the line it colours
@@ -53,6 +75,7 @@ class StreamWriter:
         width: int | None = None,
         terminal: bool | None = None,
         paint=None,
+        keep_plain: bool = False,
     ):
         self.out = out
         self.color = color or paint is not None
@@ -62,7 +85,9 @@ class StreamWriter:
             self.lexer, self.formatter = _pygments_for(language)
         self.paint = paint  # --watch: value ↦ the escape codes that colour a character by it
         self.width = width or shutil.get_terminal_size().columns
-        self.plain: list[str] = []  # everything written, as plain text (what --out saves)
+        # Everything written, as plain text (what --out saves): kept only when asked for, since a
+        # long stream would otherwise grow without bound.
+        self._plain = TextChunks() if keep_plain else None
         self._line = ""  # the current, unfinished line
         self._context: deque[str] = deque(maxlen=self.CONTEXT_LINES)
 
@@ -80,13 +105,21 @@ class StreamWriter:
                     pieces.append(f"{sgr}{NEWLINE_MARK}\x1b[0m")
                 pieces.append(self._end_line(force_newline=True))
             else:
-                self.plain.append(ch)
+                if self._plain is not None:
+                    self._plain.add(ch)
                 if self.terminal and (ch < " " and ch != "\t" or ch == "\x7f"):
                     ch = chr(0x2400 + ord(ch)) if ch < " " else "\u2421"
                 self._line += ch
                 pieces.append(f"{sgr}{ch}\x1b[0m" if sgr else ch)
         self.out.write("".join(pieces))
         self.out.flush()
+
+    @property
+    def plain(self) -> str:
+        """Everything written so far, as plain text; needs `keep_plain`."""
+        if self._plain is None:
+            raise ValueError("this StreamWriter keeps no text (keep_plain=False)")
+        return "".join(self._plain.pieces())
 
     def separator(self, label: str) -> None:
         """A line between samples: `──── sample 2/4 ────` (dim on a terminal)."""
@@ -102,14 +135,16 @@ class StreamWriter:
             self.out.flush()
 
     def _rule(self, text: str) -> str:
-        self.plain.append(text + "\n")
+        if self._plain is not None:
+            self._plain.add(text + "\n")
         return f"\x1b[2m{text}\x1b[0m\n" if self.color else text + "\n"
 
     def _end_line(self, force_newline: bool) -> str:
         line, self._line = self._line, ""
         if not line and not force_newline:
             return ""
-        self.plain.append("\n")
+        if self._plain is not None:
+            self._plain.add("\n")
         redraw = ""
         # Redraw only a line that fits the terminal: "\r" returns to the start of the last row only.
         if self.lexer is not None and line and len(line.expandtabs()) < self.width:
@@ -165,11 +200,14 @@ def _pygments_for(language: str):
     return lexer, TerminalFormatter()
 
 
-def stream_samples(sampler: Sampler, settings: SampleSettings, writer: StreamWriter) -> list[str]:
+def stream_samples(
+    sampler: Sampler, settings: SampleSettings, writer: StreamWriter, keep_texts: bool = False
+) -> list[str] | None:
     """Generate as one batch and print the samples one after another, the first as it is made.
 
     A sample whose turn has not come yet is kept; when its turn comes, what it has so far is
-    printed at once and the rest streams. Returns every sample's text (prime included).
+    printed at once and the rest streams. What has been printed is not kept: with `keep_texts`,
+    returns every sample's text (prime included), else None.
     """
     if settings.beam is not None:
         settings.validate()
@@ -178,28 +216,37 @@ def stream_samples(sampler: Sampler, settings: SampleSettings, writer: StreamWri
         clamps = sampler.clamps(settings)
         for piece in beam_search(sampler, settings.prime, settings.beam, settings.length, settings.stop, clamps):
             writer.write(piece)
-            pieces.append(piece)
+            if keep_texts:
+                pieces.append(piece)
         writer.finish()
-        return ["".join(pieces)]
+        return ["".join(pieces)] if keep_texts else None
     n = settings.num_samples
-    texts: list[list[str]] = [[settings.prime] for _ in range(n)]
+    texts: list[list[str]] | None = [[settings.prime] for _ in range(n)] if keep_texts else None
+    waiting: list[TextChunks | None] = [None] + [TextChunks(settings.prime) for _ in range(n - 1)]  # not yet shown
     current = 0
 
     def begin(index: int) -> None:
         if n > 1:
             writer.separator(f"sample {index + 1}/{n}")
-        writer.write("".join(texts[index]))
+        kept = [settings.prime] if index == 0 else waiting[index].pieces()
+        waiting[index] = None
+        for piece in kept:  # a piece at a time: the writer's work on a piece costs more than its text
+            writer.write(piece)
 
     begin(0)
     if settings.watch is not None:  # one sample, each character with the watched unit's value
         for chars, _, value in sampler.generate(settings):
-            texts[0].append(chars[0])
+            if texts is not None:
+                texts[0].append(chars[0])
             writer.write(chars[0], value)
         writer.finish()
-        return ["".join(texts[0])]
+        return ["".join(texts[0])] if texts is not None else None
     for chars, done in sampler.generate(settings):
-        for parts, ch in zip(texts, chars):
-            parts.append(ch)
+        if texts is not None:
+            for parts, ch in zip(texts, chars):
+                parts.append(ch)
+        for index in range(current + 1, n):
+            waiting[index].add(chars[index])
         writer.write(chars[current])
         while current < n - 1 and done[current]:  # move on past every sample that has stopped
             current += 1
@@ -209,7 +256,7 @@ def stream_samples(sampler: Sampler, settings: SampleSettings, writer: StreamWri
         current += 1
         begin(current)
     writer.finish()
-    return ["".join(parts) for parts in texts]
+    return ["".join(parts) for parts in texts] if texts is not None else None
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -317,7 +364,8 @@ def _run_sampling(
             )
         else:
             err.print("[dim]--watch colours a terminal only; this output is plain text[/dim]", highlight=False)
-    writer = StreamWriter(stream, color=on_terminal and paint is None, language=language, paint=paint)
+    highlight = on_terminal and paint is None
+    writer = StreamWriter(stream, color=highlight, language=language, paint=paint, keep_plain=out is not None)
     try:
         stream_samples(sampler, settings, writer)
     except BrokenPipeError:
@@ -337,5 +385,5 @@ def _save_out(out: Path | None, writer: StreamWriter, err, note: str = "") -> No
     from rich.markup import escape
 
     if out is not None:
-        write_output(out, "".join(writer.plain).encode("utf-8"))
+        write_output(out, writer.plain.encode("utf-8"))
         err.print(f"[dim]wrote {escape(str(out))}{note}[/dim]", highlight=False, soft_wrap=True)

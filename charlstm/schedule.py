@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from charlstm.config import TrainConfig
+from charlstm.errors import CharlstmError
 
 
 def lr_at(
@@ -56,12 +57,15 @@ def new_schedule(warmup_steps: int, total: int | None) -> dict:
 
 def resumed_schedule(schedule: dict, payload: dict, config: TrainConfig, step: int) -> dict:
     """The schedule's fixed numbers for a run resumed at `step` from `payload`: the saved ones when
-    the budget is unchanged, else a new cosine segment from the rate the run had reached."""
+    the budget is unchanged, else a new cosine segment from the rate the run had reached. A budget
+    that ends at `step` or before is refused (check_budget_left)."""
     saved = payload.get("schedule") or {}
     old_budget = {k: (payload.get("train_config") or {}).get(k) for k in ("steps", "epochs", "minutes")}
     new_budget = {k: getattr(config, k) for k in old_budget}
     if new_budget == old_budget and config.minutes is None:
-        return {**schedule, **saved}  # the same run goes on: the same schedule
+        schedule = {**schedule, **saved}  # the same run goes on: the same schedule
+        check_budget_left(schedule, config, step)
+        return schedule
     # A new budget (--minutes always is one: it counts this invocation): decay from the
     # rate the run had reached, over the new length.
     schedule = dict(schedule)
@@ -70,7 +74,23 @@ def resumed_schedule(schedule: dict, payload: dict, config: TrainConfig, step: i
     schedule["warmup"] = old["warmup"]
     if step >= old["warmup"]:
         schedule["from_step"], schedule["from_ratio"] = step, rate
+    check_budget_left(schedule, config, step)
     return schedule
+
+
+def check_budget_left(schedule: dict, config: TrainConfig, step: int) -> None:
+    """A resumed run already at the step its budget ends at (or past it) has nothing to train: say
+    so, rather than report it done and save the same checkpoint again."""
+    total = schedule.get("total")
+    if total is None or step < total:
+        return
+    budget = " and ".join(f"--{k} {getattr(config, k):g}" for k in ("steps", "epochs") if getattr(config, k) is not None)
+    if config.steps != total:
+        budget += f", which ends at step {total:,}"
+    raise CharlstmError(
+        f"nothing to train: the run is already at step {step:,} and its budget ({budget}) is spent; "
+        f"--steps and --epochs count from the run's start, so give a larger one (or --minutes) to go on"
+    )
 
 
 def estimated_total(schedule: dict, step: int, seconds_per_step: float, seconds_left: float) -> int:

@@ -187,6 +187,18 @@ def test_cli_rejects_an_unknown_study_in_one_line(tmp_path):
     assert "unknown experiment" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("args, named", [(["--max-n", "8", "--eval-max-n", "5"], "below --max-n 8"),
+                                         (["--eval-max-n", "5"], "below the default --max-n 10")])  # fmt: skip
+def test_cli_refuses_an_eval_max_n_below_the_training_range(tmp_path, args, named):
+    result = runner.invoke(app, ["experiment", "counter", "--steps", "1", *args, "--out-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--eval-max-n 5" in lines[0] and named in lines[0]
+    assert not any(tmp_path.iterdir())  # refused before training
+    # Not given, it is each study's own, raised to the training range when --max-n passes it.
+    assert experiments.configured_study("counter", max_n=30).eval_max_n == 30
+
+
 def test_the_studies_correlate_through_neurons_and_a_constant_unit_scores_zero():
     rng = np.random.default_rng(0)
     target = rng.normal(size=50)

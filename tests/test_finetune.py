@@ -143,6 +143,14 @@ def test_a_missing_source_is_refused_in_one_line(python_data, tmp_path):
     assert "pretrained-python" in result.output
 
 
+def test_an_empty_source_is_refused_naming_the_option(python_data, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(python_data.path), "--out", str(tmp_path / "ft"),
+                                 "--init-from", ""])  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "--init-from is empty" in result.output and "holds no" not in result.output
+    assert not (tmp_path / "ft").exists()
+
+
 def test_fine_tuning_keeps_the_source_models_dropout_unless_given(java_run, python_data, tmp_path):
     source_dropout = json.loads((java_run / "config.json").read_text())["train_config"]["dropout"]
     common = {"data": str(python_data.path), "init_from": str(java_run), "epochs": 8, "threads": 1,

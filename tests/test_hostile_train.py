@@ -349,6 +349,32 @@ def test_a_checkpoint_whose_vocabulary_holds_a_number_is_caught_by_sample(tmp_pa
     assert "single characters" in one_line_error(runner.invoke(app, ["sample", str(path), "-n", "5"]))
 
 
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [("dataset", "tiny", "a dict"), ("dataset", {"name": "tiny", "language": 5}, "its 'language' should be a string"),
+     ("model_config", ["lstm"], "a dict"), ("model", [1, 2], "a dict"), ("step", "20", "a whole number"),
+     ("precision", 16, "a string"), ("train_config", "steps=4", "a dict"), ("val_bpc", "low", "a number")],
+)  # fmt: skip
+def test_a_checkpoint_with_a_field_of_the_wrong_type_is_one_line(tmp_path, field, value, expected):
+    path = make_checkpoint(tmp_path / "best.pt")
+    save_checkpoint(path, {**load_checkpoint(path), field: value})
+    message = one_line_error(runner.invoke(app, ["sample", str(path), "-n", "5"]))
+    assert "malformed" in message and expected in message and str(path) in message
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("command", [["sample", "-n", "5"], ["sample", "-n", "5", "--precision", "fp32"], ["eval"]])
+def test_a_checkpoint_with_non_finite_weights_is_one_line(tmp_path, bad, command):
+    path = make_checkpoint(tmp_path / "best.pt")
+    payload = load_checkpoint(path)
+    name = next(k for k in payload["model"] if "weight_hh" in k)
+    payload["model"][name][0, 0] = bad
+    save_checkpoint(path, payload)
+    message = one_line_error(runner.invoke(app, [command[0], str(path), *command[1:]]))
+    assert "non-finite weights" in message and name in message
+
+
 # --- 9. odd places and absurd numbers ------------------------------------------------------------
 
 

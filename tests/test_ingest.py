@@ -205,6 +205,24 @@ def test_rare_characters_map_to_unknown_and_the_split_is_deterministic(tmp_path)
     assert ds.meta["vocab_counts"][1] == 3  # 'Q', 'z' and '=' each seen once
 
 
+
+def test_a_high_unknown_share_is_warned_about(tmp_path):
+    src = tmp_path / "src"
+    for i in range(20):
+        write(src / f"m{i}.py", PYTHON_SNIPPET.replace("greet", f"greet{i}"))
+    write(src / "rare.py", "z = 'Q'\n")
+    data = str(tmp_path / "data")
+    assert ingest([str(src)], "a", data_dir=data, progress=False, min_char_count=2)["warnings"] == []  # 3 rare ones
+    result = run_ingest(str(src), "--name", "b", "--data-dir", data, "--min-char-count", "1000000", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["unk_rate"] > 0.99
+    [warning] = report["warnings"]
+    assert f"{report['unk_rate']:.2%} of the characters" in warning and "--min-char-count 1000000" in warning
+    assert "above 1%" in warning
+    assert "warning:" in result.stderr and "--min-char-count 1000000" in result.stderr
+
+
 # --------------------------------------------------------------------------------- presets
 
 

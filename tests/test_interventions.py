@@ -224,7 +224,7 @@ def test_clamps_hold_through_the_prime_and_beam_search(lively):
         tokens.append(int(out[0].argmax()))
     assert text == settings.prime + sampler.vocab.decode(tokens[-30:])
     beam = SampleSettings(length=30, prime="if (x) {\n", beam=1, interventions=settings.interventions)
-    assert stream_samples(sampler, beam, StreamWriter(_Sink())) == [text]  # width 1 is greedy
+    assert stream_samples(sampler, beam, StreamWriter(_Sink()), keep_texts=True) == [text]  # width 1 is greedy
 
 
 class _Sink:
@@ -255,10 +255,10 @@ def test_watch_reports_the_units_value_after_each_character(lively):
     from charlstm.sample_command import UnitPainter
 
     sink = _Sink()
-    writer = StreamWriter(sink, paint=UnitPainter("cell"))
+    writer = StreamWriter(sink, paint=UnitPainter("cell"), keep_plain=True)
     stream_samples(sampler, settings, writer)
     shown = "".join(sink.parts)
-    assert "\x1b[48;2;" in shown and "".join(writer.plain) == "x = " + text + "\n"  # finish() ends the line
+    assert "\x1b[48;2;" in shown and writer.plain == "x = " + text + "\n"  # finish() ends the line
 
 
 def test_cli_clamp_ablate_and_watch(lively):

@@ -133,7 +133,7 @@ def test_piped_output_is_plain_text_with_code_brackets_kept(lively_checkpoint, t
 
 def test_terminal_writer_highlights_lines_and_keeps_the_text():
     buffer = io.StringIO()
-    writer = StreamWriter(buffer, color=True, language="java", width=200)
+    writer = StreamWriter(buffer, color=True, language="java", width=200, keep_plain=True)
     code = 'String s = "[bold]"; // [red]x\n' + DOC_SEP + "int y = 2;" + UNK
     for ch in code:
         writer.write(ch)
@@ -143,7 +143,7 @@ def test_terminal_writer_highlights_lines_and_keeps_the_text():
     # What the eye sees after each redraw: the highlighted line replaces the plain one.
     visible = "\n".join(line.split("\r")[-1] for line in ANSI.sub("", shown).split("\n"))
     assert visible == 'String s = "[bold]"; // [red]x\n── new file ──\nint y = 2;\ufffd\n'
-    assert "".join(writer.plain) == visible
+    assert writer.plain == visible
 
 
 def test_piped_writer_marks_a_new_file_with_a_plain_line():
@@ -158,7 +158,7 @@ def test_batched_stream_shows_samples_in_order_while_generating_together(lively_
     sampler = sampler_for(lively_checkpoint)
     settings = SampleSettings(length=80, temperature=1.0, seed=9, num_samples=3, stop="e")
     buffer = io.StringIO()
-    texts = stream_samples(sampler, settings, StreamWriter(buffer))
+    texts = stream_samples(sampler, settings, StreamWriter(buffer), keep_texts=True)
     assert texts == sampler.sample_texts(settings)
     shown = buffer.getvalue()
     positions = [shown.index(f"──── sample {i}/3 ────") for i in (1, 2, 3)]
@@ -254,11 +254,11 @@ def test_no_runs_at_all_says_how_to_train_one(tmp_path, monkeypatch):
 def test_control_characters_cannot_drive_a_terminal_but_pass_through_a_pipe():
     shown, piped = io.StringIO(), io.StringIO()
     text = "a\x1b[31mb\x0cc\td\n"
-    terminal = StreamWriter(shown, color=False, terminal=True)
+    terminal = StreamWriter(shown, color=False, terminal=True, keep_plain=True)
     terminal.write(text)
     StreamWriter(piped, color=False, terminal=False).write(text)
     assert shown.getvalue() == "a\u241b[31mb\u240cc\td\n"
-    assert piped.getvalue() == text and "".join(terminal.plain) == text
+    assert piped.getvalue() == text and terminal.plain == text
 
 
 def test_a_long_prime_is_read_in_chunks_with_the_state_carried(lively_checkpoint, monkeypatch):
@@ -287,3 +287,47 @@ def test_device_auto_picks_cuda_only_where_it_is_present(monkeypatch):
     assert sampling_device("auto").type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert sampling_device("auto").type == "cuda"
+
+
+class _Discard:
+    """A stdout that forgets what it is given."""
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+def _peak_python_bytes(checkpoint: Path, length: int, num_samples: int = 1) -> int:
+    import tracemalloc
+
+    from charlstm.sample_command import run_sampling
+
+    settings = SampleSettings(length=length, seed=1, temperature=1.0, num_samples=num_samples)
+    tracemalloc.start()
+    try:
+        run_sampling(str(checkpoint), settings, color=False, precision="fp32", console=_QuietConsole())
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+class _QuietConsole:
+    def print(self, *args, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize("num_samples", [1, 2])
+def test_sampling_without_out_keeps_no_text_that_has_been_shown(tiny_checkpoint, monkeypatch, num_samples):
+    """Without -o, what has been printed is not kept: memory does not grow with --length (two
+    samples: only the second, still waiting for its turn, is kept)."""
+    monkeypatch.setattr("sys.stdout", _Discard())
+    short = _peak_python_bytes(tiny_checkpoint, 1500, num_samples)
+    long = _peak_python_bytes(tiny_checkpoint, 7500, num_samples)
+    # Before: two lists of 8-byte references per character and sample (over 96 KB more for 6,000
+    # characters); a sample waiting its turn costs about a byte per character.
+    assert long - short < 6000 * (num_samples - 1) * 2 + 24_000

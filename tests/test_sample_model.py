@@ -58,3 +58,17 @@ def test_without_a_run_sample_uses_the_python_model_even_beside_a_shipped_java(s
     assert sample().stdout == sample("--model", "python").stdout
     with pytest.raises(CharlstmError, match="shipped models are java, python|shipped models are python, java"):
         checkpoint_module.resolve_model("c++")
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [(["sample", "--model", ""], "--model"), (["sample", ""], "CHECKPOINT"), (["eval", ""], "CHECKPOINT"),
+     (["inspect-neuron", "", "--layer", "1", "--neuron", "0", "--text", "x = 1"], "CHECKPOINT")],
+)  # fmt: skip
+def test_an_empty_path_is_an_error_that_names_the_option(shipped, argv, named):
+    """Not '. holds no best.pt or latest.pt' (an empty path read as the current folder)."""
+    make_lively_checkpoint(shipped["python"].parent.parent / "best.pt", seed=4)  # even where "." holds one
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and f"{named} is empty" in message, message

@@ -360,6 +360,18 @@ def test_run_folder_rules_and_resume_errors(tiny_dataset, tmp_path):
     assert result.exit_code == 0 and json.loads(result.stdout)["steps"] == 3
 
 
+def test_resuming_a_run_whose_budget_is_spent_says_so_and_touches_nothing(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(options(tiny_dataset, run, steps=6, epochs=None))
+    before = {name: (run / name).read_bytes() for name in ("latest.pt", "metrics.jsonl", "config.json")}
+    spent = one_line_error(runner.invoke(app, ["train", "--out", str(run), "--resume", "--steps", "4"]))
+    assert "already at step 6" in spent and "--steps 4" in spent and "nothing to train" in spent
+    finished = one_line_error(runner.invoke(app, ["train", "--out", str(run), "--resume"]))  # its own budget
+    assert "already at step 6" in finished and "--steps 6" in finished
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert train({"out": str(run), "steps": 7}, resume=True)["steps"] == 7  # a larger budget goes on
+
+
 def test_resume_refuses_a_checkpoint_with_a_pickled_object(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     train(options(tiny_dataset, run, steps=2))
