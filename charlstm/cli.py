@@ -449,7 +449,7 @@ def experiment_command(
         Optional[int], typer.Option(help="Largest N (or length) in the training data, up to 1000; copy needs 2 or more (default 10, as the article).")
     ] = None,
     eval_max_n: Annotated[
-        Optional[int], typer.Option(help="Judge every N from 1 to this, up to 1000 (default: each study's own, past training).")
+        Optional[int], typer.Option(help="Judge every N from 1 to this, up to 1000, and at least --max-n (default: each study's own, past training).")
     ] = None,
     out_dir: Annotated[
         Path, typer.Option(help="Runs are kept in OUT_DIR/experiment-NAME/ (best.pt and results.json).")
