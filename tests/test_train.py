@@ -350,6 +350,9 @@ def test_run_folder_rules_and_resume_errors(tiny_dataset, tmp_path):
     assert "differs from the run's" in one_line_error(runner.invoke(app, ["train", "--out", str(run), "--resume", "--hidden", "9"]))
     both = runner.invoke(app, ["train", "--out", str(run), "--resume", "--force", "--steps", "4"])
     assert "--resume continues the run, --force starts it over" in one_line_error(both)
+    for option in ("--data", "--out"):  # not the current folder, not silently the default
+        empty = runner.invoke(app, ["train", *base[1:], option, "", "--steps", "2"])
+        assert f"{option} is empty" in one_line_error(empty)
     other = make_dataset(tmp_path / "data" / "other", PYTHON_SNIPPET * 20, PYTHON_SNIPPET)
     result = runner.invoke(app, ["train", "--out", str(run), "--resume", "--data", str(other.path)])
     assert "different vocabulary" in one_line_error(result)
