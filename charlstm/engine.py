@@ -251,6 +251,16 @@ class StepEngine:
 
         `clamps` (from `clamps()`) overwrites units of each layer's state right after its update.
         """
+        x, new_state = self.advance(tokens, state, clamps)
+        return self._head(x).float(), new_state
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Top-layer hidden states [N, hidden] → logits [N, vocab] (float32), as `step` computes them."""
+        return self._head(x).float()
+
+    def advance(self, tokens: torch.Tensor, state: list, clamps: Clamps | None = None) -> tuple[torch.Tensor, list]:
+        """`step` without the output layer: tokens [batch] → the top layer's hidden state [batch,
+        hidden] and the next state. Scoring many steps can then run `head` on a block of them at once."""
         x = self.embedding[tokens]
         new_state = []
         for k, (proj, s) in enumerate(zip(self._step_projections, state)):
@@ -275,7 +285,7 @@ class StepEngine:
                     h = Clamps.hidden(fix, h)
                 new_state.append((h,))
             x = h
-        return self._head(x).float(), new_state
+        return x, new_state
 
     # ----- inspection: every signal of every unit over a text ----------------------------------
 
