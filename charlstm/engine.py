@@ -251,6 +251,16 @@ class StepEngine:
 
         `clamps` (from `clamps()`) overwrites units of each layer's state right after its update.
         """
+        x, new_state = self.advance(tokens, state, clamps)
+        return self._head(x).float(), new_state
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Top-layer hidden states [N, hidden] → logits [N, vocab] (float32), as `step` computes them."""
+        return self._head(x).float()
+
+    def advance(self, tokens: torch.Tensor, state: list, clamps: Clamps | None = None) -> tuple[torch.Tensor, list]:
+        """`step` without the output layer: tokens [batch] → the top layer's hidden state [batch,
+        hidden] and the next state. Scoring many steps can then run `head` on a block of them at once."""
         x = self.embedding[tokens]
         new_state = []
         for k, (proj, s) in enumerate(zip(self._step_projections, state)):
@@ -275,7 +285,7 @@ class StepEngine:
                     h = Clamps.hidden(fix, h)
                 new_state.append((h,))
             x = h
-        return self._head(x).float(), new_state
+        return x, new_state
 
     # ----- inspection: every signal of every unit over a text ----------------------------------
 
@@ -305,15 +315,9 @@ class StepEngine:
             add_recurrent = self._recurrent_adder(k)
             fix = clamps.layers[k] if clamps is not None else None
             if self.kind == "lstm":
-                c0 = c = s[1][0]
+                c0 = s[1][0]
                 pre = torch.addmm(w.b_sum, x_seq, w.w_ih_t)  # row t gains W_hh h_{t-1} in the loop
-                rows = []
-                for t in range(steps):
-                    h, c, gates = lstm_pointwise(add_recurrent(pre[t], h), c)
-                    if fix is not None:
-                        h, c = Clamps.lstm(fix, h, c, gates[3])
-                    rows.append((h, c))
-                _store(out, k, ("hidden", "cell"), rows)
+                out["hidden"][k], out["cell"][k] = self._lstm_recurrence(k, pre, h, c0, fix)
                 c_before = torch.cat([c0[None].float(), out["cell"][k][:-1]]).to(pre.dtype)
                 _, _, (i, f, g, o) = lstm_pointwise(pre, c_before)
                 for name, gate in (("input", i), ("forget", f), ("output", o), ("candidate", g)):
@@ -369,6 +373,39 @@ class StepEngine:
             part = self.trace(tokens[start : start + chunk], state, clamps)
             yield start, part
             state = self.state_after(part)
+
+    def _lstm_recurrence(self, layer: int, pre: torch.Tensor, h: torch.Tensor, c: torch.Tensor, fix):
+        """The step-by-step part of `trace` for an LSTM layer: each row of `pre` [T, 4H] gains
+        W_hh h_{t-1} in place; returns h and c [T, H] as float32.
+
+        `lstm_pointwise`'s operations on the same shapes, so the same values, with fewer tensor
+        operations per step (what a small model's trace is bound by): the gates' sigmoid goes into
+        one buffer whose views are made once, the candidate's input is a view of `pre` made once,
+        and with packed fp16 weights the rows and the state stay [1, ·], the kernel's own shape."""
+        hidden = self.hidden
+        if self.weight_dtype == torch.float16 and self.dtype == torch.float32:  # packed fp16 on a CPU
+            w = self.weights[layer]
+            product = _projection(w.w_hh_t, torch.zeros_like(w.b_hh), torch.float16)
+            rows, h, c = pre[:, None], h[None], c[None]
+            add = lambda row, h: row.add_(product(h))  # noqa: E731
+        else:
+            w_hh = self.weights[layer].w_hh_t.t()  # [G·H, H], a transposed view: gemv reads it as it is stored
+            rows = pre
+            add = lambda row, h: row.addmv_(w_hh, h)  # noqa: E731
+        candidate_in = rows[..., 2 * hidden : 3 * hidden]
+        gates = torch.empty_like(rows[0])
+        i, f, _, o = gates.chunk(4, dim=-1)  # views of `gates`, refilled every step
+        hs, cs = [], []
+        for t in range(pre.shape[0]):
+            torch.sigmoid(add(rows[t], h), out=gates)
+            c = torch.addcmul(f * c, i, torch.tanh(candidate_in[t]))
+            h = o * torch.tanh(c)
+            if fix is not None:
+                h, c = Clamps.lstm(fix, h, c, o)
+            hs.append(h)
+            cs.append(c)
+        steps = pre.shape[0]
+        return torch.stack(hs).view(steps, hidden).float(), torch.stack(cs).view(steps, hidden).float()
 
     def _recurrent_adder(self, layer: int):
         """(row, h) ↦ row += W_hh h, in place, for `trace`: BLAS's gemv, or the packed fp16 kernel."""

@@ -120,6 +120,15 @@ def surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, int
     """The page's surprise row: each character's bits and the model's top 5 (the text scored as a
     file, after a document separator); with `ablate` (1-based layer, neuron), also how many bits
     each character gains with those units ablated."""
+    from charlstm.backend import cpu_threads, torch_threads
+
+    # One thread, as the trace: at a small model's sizes a second thread only waits (and on a busy
+    # machine the batched steps of the ablation ran 20× slower with two).
+    with torch_threads(cpu_threads(inspection.device, 1)):
+        return _surprise_data(inspection, text, ablate)
+
+
+def _surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, int]] | None) -> dict:
     import torch
 
     from charlstm.interventions import ablation, bits_with_interventions

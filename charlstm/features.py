@@ -87,35 +87,35 @@ def _advance(col: int, ch: str) -> int:
 
 
 def column(text: str) -> np.ndarray:
-    out = np.zeros(len(text), dtype=np.float32)
+    out = []
     col = 0
-    for t, ch in enumerate(text):
-        out[t] = col
+    for ch in text:
+        out.append(col)
         col = 0 if ch in ("\n", DOC_SEP) else _advance(col, ch)
-    return out
+    return np.array(out, dtype=np.float32)
 
 
 def indent(text: str) -> np.ndarray:
-    out = np.zeros(len(text), dtype=np.float32)
+    out = []
     width, leading = 0, True  # indentation so far; still inside the leading whitespace?
-    for t, ch in enumerate(text):
+    for ch in text:
         if leading and ch in " \t":
             width = _advance(width, ch)
         else:
             leading = False
-        out[t] = width
+        out.append(width)
         if ch in ("\n", DOC_SEP):
             width, leading = 0, True
-    return out
+    return np.array(out, dtype=np.float32)
 
 
 def spaces(text: str) -> np.ndarray:
-    out = np.zeros(len(text), dtype=np.float32)
+    out = []
     run = 0
-    for t, ch in enumerate(text):
+    for ch in text:
         run = run + 1 if ch == " " else 0
-        out[t] = run
-    return out
+        out.append(run)
+    return np.array(out, dtype=np.float32)
 
 
 def regex(text: str, pattern: str) -> np.ndarray:
@@ -172,7 +172,15 @@ def lexer_name(language: str | None, text: str = "") -> str:
 
 
 def syntax_labels(text: str, language: str | None = None) -> np.ndarray:
-    """CODE / STRING / COMMENT for every character, from the lexer for `language`."""
+    """CODE / STRING / COMMENT for every character, from the lexer for `language` (read-only).
+
+    The last few texts' labels are kept: the explorer asks for string, comment and brackets over
+    one text, and lexing is the slow part of each (seconds for 100k characters)."""
+    return _syntax_labels(text, language)
+
+
+@lru_cache(maxsize=2)  # one int8 per character of a text the caller holds anyway
+def _syntax_labels(text: str, language: str | None) -> np.ndarray:
     from pygments.token import Comment, String
 
     lexer = _lexer(lexer_name(language, text))
@@ -185,21 +193,22 @@ def syntax_labels(text: str, language: str | None = None) -> np.ndarray:
             elif token in Comment and token not in Comment.Preproc and token not in Comment.PreprocFile:
                 labels[start + offset : start + offset + len(value)] = COMMENT
         start += len(doc) + 1
+    labels.flags.writeable = False
     return labels
 
 
 def brackets(text: str, labels: np.ndarray | None = None) -> np.ndarray:
     if labels is None:
         labels = syntax_labels(text)
-    out = np.zeros(len(text), dtype=np.float32)
+    out = []  # a list, then one array: setting numpy elements one by one costs more than the loop
     depth = 0
-    for t, ch in enumerate(text):
+    for ch, code in zip(text, (labels == CODE).tolist()):
         if ch == DOC_SEP:
             depth = 0
-        elif labels[t] == CODE:
+        elif code:
             if ch in OPEN:
                 depth += 1
             elif ch in CLOSE:
                 depth = max(depth - 1, 0)
-        out[t] = depth
-    return out
+        out.append(depth)
+    return np.array(out, dtype=np.float32)

@@ -197,23 +197,35 @@ def feature_characters(feature: str, text: str, language: str | None = None) -> 
 # ----- running ablations side by side ------------------------------------------------------------
 
 
+# Logits scored at once: a block of steps' top-layer states goes through the output layer and the
+# log-softmax together (the same values, row for row, as one step at a time), at most this many.
+SCORE_VALUES = 1 << 20
+
+
 @torch.no_grad()
 def bits_with_interventions(engine, tokens: torch.Tensor, conditions: list[list[Intervention]]) -> np.ndarray:
     """Bits of each next character [len(conditions), len(tokens) - 1], float64, one row per condition
-    (an empty list: the model as it is). The conditions run as one batch through `engine.step`."""
+    (an empty list: the model as it is). The conditions run as one batch through `engine.advance`;
+    the output layer and the log-softmax run on a block of steps at a time."""
     rows = len(conditions)
     clamps = engine.clamps(conditions, per_stream=True)
     state = engine.init_state(rows)
     steps = tokens.shape[0] - 1
     # Scored in float64 where the steps run (no copy back per step), except on MPS, which has none.
     scored_on = torch.device("cpu") if engine.device.type == "mps" else engine.device
-    tokens, targets = tokens.to(engine.device), tokens.to(scored_on)
+    tokens, targets = tokens.to(engine.device), tokens[1:].to(scored_on)
     out = torch.empty(rows, steps, dtype=torch.float64, device=scored_on)
-    for t in range(steps):
-        logits, state = engine.step(tokens[t].expand(rows), state, clamps)
-        log_probs = torch.log_softmax(logits.to(scored_on, torch.float64), dim=-1)
-        # index_select with a slice of the targets: a tensor index would wait for the GPU each step.
-        out[:, t] = -log_probs.index_select(1, targets[t + 1 : t + 2])[:, 0] / LN2
+    block = max(1, min(256, SCORE_VALUES // (rows * engine.vocab_size)))
+    for start in range(0, steps, block):
+        tops = []
+        for t in range(start, min(start + block, steps)):
+            top, state = engine.advance(tokens[t].expand(rows), state, clamps)
+            tops.append(top)
+        n = len(tops)
+        logits = engine.head(torch.cat(tops))  # [n · rows, vocab], step-major
+        log_probs = torch.log_softmax(logits.to(scored_on, torch.float64), dim=-1).view(n, rows, -1)
+        picked = log_probs.gather(2, targets[start : start + n].view(n, 1, 1).expand(n, rows, 1))[..., 0]
+        out[:, start : start + n] = (-picked / LN2).t()
     return out.cpu().numpy()
 
 

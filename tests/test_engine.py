@@ -162,3 +162,38 @@ def test_a_layer_with_clamps_steps_unfused_and_equals_the_unfused_engine():
         b, state_b = plain.step(tokens, plain.init_state(3), plain.clamps(units))
     assert torch.equal(a, b) and all(torch.equal(x, y) for la, lb in zip(state_a, state_b) for x, y in zip(la, lb))
     assert all(float(c[0, 3]) == 0.5 for _, c in state_a)
+
+
+def stepwise_lstm_trace(engine: StepEngine, tokens: torch.Tensor, clamps=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """h and c [layers, T, hidden] as `trace` first computed them: `lstm_pointwise` every step."""
+    from charlstm.engine import Clamps, lstm_pointwise
+
+    x_seq, hs, cs = engine.embedding[tokens], [], []
+    for k, w in enumerate(engine.weights):
+        h = c = torch.zeros(engine.hidden, dtype=engine.dtype)
+        add, fix = engine._recurrent_adder(k), clamps.layers[k] if clamps is not None else None
+        pre, rows = torch.addmm(w.b_sum, x_seq, w.w_ih_t), []
+        for t in range(tokens.shape[0]):
+            h, c, gates = lstm_pointwise(add(pre[t], h), c)
+            if fix is not None:
+                h, c = Clamps.lstm(fix, h, c, gates[3])
+            rows.append((h, c))
+        hs.append(torch.stack([r[0] for r in rows]).float())
+        cs.append(torch.stack([r[1] for r in rows]).float())
+        x_seq = hs[-1].to(engine.dtype)
+    return torch.stack(hs), torch.stack(cs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("hidden", [16, 20])
+def test_the_lstm_trace_loop_equals_lstm_pointwise_step_by_step(dtype, hidden):
+    from charlstm.interventions import Intervention
+
+    if dtype == torch.float16 and not half_weight_kernels_available():
+        pytest.skip("no FBGEMM fp16 kernels in this build")
+    engine = StepEngine(random_model("lstm", layers=2, hidden=hidden, seed=7), dtype)
+    tokens = torch.randint(0, 19, (300,), generator=torch.Generator().manual_seed(1))
+    for clamps in (None, engine.clamps([Intervention(1, 3, "cell", 2.5), Intervention(2, 0, "hidden", -0.5)])):
+        trace = engine.trace(tokens, clamps=clamps)
+        h, c = stepwise_lstm_trace(engine, tokens, clamps)
+        assert torch.equal(trace["hidden"], h) and torch.equal(trace["cell"], c)

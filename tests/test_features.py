@@ -148,3 +148,39 @@ def test_a_model_without_a_language_gets_a_code_lexer_not_pygments_odd_guess():
     assert lexer_name(None, PYTHON_SNIPPET) == "python"
     assert compute_feature("comment", PYTHON_SNIPPET, None).tolist() == compute_feature("comment", PYTHON_SNIPPET, "python").tolist()
     assert lexer_name(None, "#include <stdio.h>\nint main(void) { return 0; }\n") in ("c", "cpp", "python")
+
+
+def test_syntax_labels_are_lexed_once_per_text_and_read_only():
+    text = PYTHON_SNIPPET + DOC_SEP + PYTHON_SNIPPET
+    first = syntax_labels(text, "python")
+    assert syntax_labels(text, "python") is first  # string, comment and brackets share one lexing
+    assert not first.flags.writeable
+    with pytest.raises(ValueError):
+        first[0] = 1
+    # Features built from them are fresh, writable arrays.
+    for name in ("string", "comment", "brackets"):
+        values = compute_feature(name, text, "python")
+        assert values.flags.writeable and values.dtype == np.float32 and len(values) == len(text)
+
+
+def test_layout_features_equal_a_character_by_character_reference():
+    def reference(text: str) -> dict[str, list[float]]:
+        out = {"indent": [], "column": [], "spaces": []}
+        width, leading, col, run = 0, True, 0, 0
+        for ch in text:
+            if leading and ch in " \t":
+                width = (width // 4 + 1) * 4 if ch == "\t" else width + 1
+            else:
+                leading = False
+            run = run + 1 if ch == " " else 0
+            out["indent"].append(width), out["column"].append(col), out["spaces"].append(run)
+            col = 0 if ch in ("\n", DOC_SEP) else ((col // 4 + 1) * 4 if ch == "\t" else col + 1)
+            if ch in ("\n", DOC_SEP):
+                width, leading = 0, True
+        return out
+
+    text = "\t x\n  \t(a)  b\n" + DOC_SEP + "   \tz  \n" + JAVA_SNIPPET
+    for name, expected in reference(text).items():
+        got = compute_feature(name, text)
+        assert got.dtype == np.float32 and got.tolist() == expected, name
+    assert compute_feature("indent", "").shape == (0,)

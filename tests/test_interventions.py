@@ -324,6 +324,33 @@ def test_batched_scoring_equals_eval_and_the_clamped_trace():
     np.testing.assert_allclose(bits[1], expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def stepwise_bits(engine, tokens: torch.Tensor, conditions) -> np.ndarray:
+    """bits_with_interventions as it was first written: the output layer and the log-softmax one
+    step at a time (the blocked version must give the same numbers)."""
+    rows, clamps, state = len(conditions), engine.clamps(conditions, per_stream=True), engine.init_state(len(conditions))
+    out = torch.empty(rows, tokens.shape[0] - 1, dtype=torch.float64)
+    for t in range(tokens.shape[0] - 1):
+        logits, state = engine.step(tokens[t].expand(rows), state, clamps)
+        log_probs = torch.log_softmax(logits.to(torch.float64), dim=-1)
+        out[:, t] = -log_probs.index_select(1, tokens[t + 1 : t + 2])[:, 0] / np.log(2.0)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_blocked_scoring_equals_scoring_step_by_step(kind, monkeypatch):
+    import charlstm.interventions as iv
+
+    engine = StepEngine(random_model(kind, seed=5))
+    tokens = tokens_of(PYTHON_SNIPPET * 3)
+    conditions = [[], [ablation(kind, 1, 2)], [ablation(kind, 2, 7), ablation(kind, 1, 0)]]
+    expected = stepwise_bits(engine, tokens, conditions)
+    np.testing.assert_array_equal(bits_with_interventions(engine, tokens, conditions), expected)
+    # Blocks that do not divide the text: a short last block, and blocks of a single step.
+    for values in (7 * len(conditions) * engine.vocab_size, 1):
+        monkeypatch.setattr(iv, "SCORE_VALUES", values)
+        np.testing.assert_array_equal(bits_with_interventions(engine, tokens, conditions), expected)
+
+
 def test_ablation_changes_bits_only_through_the_unit():
     model = random_model("lstm", seed=4)
     silence(model, 0, 5)  # unit 1:5 reaches nothing
