@@ -23,6 +23,9 @@ LN2 = math.log(2)
 DYNAMIC_SEQ_LEN = 100  # characters per segment: one SGD step each
 DYNAMIC_LR = 0.3  # plain SGD on a segment's mean loss, clipped; best of 0.005–1.0 on the shipped model
 DYNAMIC_GRAD_CLIP = 1.0
+# Past this a segment's characters had probabilities under 2^-64 each: weights an update blew up
+# (NaN on one CPU, a finite 1e30 bits on another), not a score.
+DIVERGED_BITS_PER_CHAR = 64.0
 
 
 def dynamic_bits_per_char(
@@ -56,9 +59,11 @@ def dynamic_bits_per_char(
             logits, next_state = adapted(x, state)
         loss = F.cross_entropy(logits[0].float(), y, reduction="sum")
         total += float(loss.detach())  # scored before the model learns from it
-        if not math.isfinite(total):
-            raise CharlstmError(f"dynamic evaluation diverged at --dynamic-lr {lr:g} (the loss became infinite or NaN "
-                                f"after {start:,} characters); try a lower rate (default {DYNAMIC_LR:g})")  # fmt: skip
+        segment_bits = float(loss.detach()) / len(y) / LN2
+        if not math.isfinite(total) or segment_bits > DIVERGED_BITS_PER_CHAR:
+            raise CharlstmError(f"dynamic evaluation diverged at --dynamic-lr {lr:g} (a segment after {start:,} "
+                                f"characters scored {segment_bits:.3g} bits per character); try a lower rate "
+                                f"(default {DYNAMIC_LR:g})")  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         (loss / len(y)).backward()
         torch.nn.utils.clip_grad_norm_(adapted.parameters(), DYNAMIC_GRAD_CLIP)
