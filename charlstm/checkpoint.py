@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from charlstm.errors import CharlstmError
+from charlstm.errors import CharlstmError, refuse_empty
 from charlstm.files import atomic_write
 from charlstm.model import CharRNN, ModelConfig
 from charlstm.vocab import Vocab
@@ -189,8 +189,7 @@ def _latest_run(runs_dir: Path) -> Path | None:
 
 def resolve_checkpoint(where: str | Path | None, runs_dir: Path = DEFAULT_RUNS_DIR) -> Path:
     """A checkpoint file from a file, a run folder, or (None) the newest run, else the shipped model."""
-    if isinstance(where, str) and not where:  # Path("") is the current folder: not what was meant
-        raise CharlstmError("CHECKPOINT is empty: give a checkpoint file or run folder, or leave it out for the newest run")
+    refuse_empty(where, "CHECKPOINT", "a checkpoint file or run folder, or leave it out for the newest run")
     if where is None:
         run = _latest_run(Path(runs_dir))
         if run is None and (PRETRAINED_RUN / BEST).is_file():
@@ -220,8 +219,7 @@ def shipped_models() -> list[str]:
 def resolve_model(name: str) -> Path:
     """`--model`: a shipped model by name (python, java), else a run folder or checkpoint file."""
     shipped = ", ".join(shipped_models()) or "none"
-    if not name:  # Path("") is the current folder: not what was meant
-        raise CharlstmError(f"--model is empty: give a shipped model ({shipped}), a run folder or a checkpoint file")
+    refuse_empty(name, "--model", f"a shipped model ({shipped}), a run folder or a checkpoint file")
     if name in SHIPPED_MODELS:
         if not (SHIPPED_MODELS[name] / BEST).is_file():
             raise CharlstmError(f"model {name!r} is not shipped in this copy ({SHIPPED_MODELS[name]} holds no {BEST}); shipped: {shipped}")

@@ -5,6 +5,12 @@ class CharlstmError(Exception):
     """A problem the user can fix: bad input, missing files, impossible options."""
 
 
+def refuse_empty(value, name: str, expected: str) -> None:
+    """An option or argument given as "": as a path that is the current folder, never what was meant."""
+    if isinstance(value, str) and not value:
+        raise CharlstmError(f"{name} is empty: give {expected}")
+
+
 def first_line(exc: BaseException) -> str:
     """Another library's exception, cut to the one line a CharlstmError message quotes."""
     text = str(exc).strip()

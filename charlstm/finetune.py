@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from charlstm.checkpoint import PRETRAINED_RUN, load_checkpoint, resolve_checkpoint
-from charlstm.errors import CharlstmError
+from charlstm.errors import CharlstmError, refuse_empty
 from charlstm.model import ModelConfig
 from charlstm.vocab import Vocab
 
@@ -58,8 +58,7 @@ class InitSource:
 
 def resolve_init_source(name_or_path: str) -> Path:
     """A checkpoint file from a file, a run folder, or the name of a shipped model."""
-    if not name_or_path:  # Path("") is the current folder: not what was meant
-        raise CharlstmError(f"--init-from is empty: give a shipped model ({', '.join(SHIPPED)}), a run folder or a checkpoint file")
+    refuse_empty(name_or_path, "--init-from", f"a shipped model ({', '.join(SHIPPED)}), a run folder or a checkpoint file")
     path = Path(name_or_path)
     if not path.exists() and name_or_path in SHIPPED:
         path = SHIPPED[name_or_path]

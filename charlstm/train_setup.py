@@ -19,7 +19,7 @@ from charlstm.config import TrainConfig
 from charlstm.dataset import load_dataset, locate_recorded_dataset
 from charlstm.defaults import Facts, choose_defaults
 from charlstm.distributed import distributed_layout
-from charlstm.errors import CharlstmError
+from charlstm.errors import CharlstmError, refuse_empty
 from charlstm.finetune import (
     FINETUNE_LR,
     FINETUNE_WARMUP_STEPS,
@@ -159,9 +159,8 @@ def train(options: dict, resume: bool = False, force: bool = False, stop_after: 
     """`charlstm train`: set up (or resume) a run from CLI-style options, train it, return the summary."""
     if resume and force:
         raise CharlstmError("--resume continues the run, --force starts it over: give one of them")
-    for option, what in (("data", "a dataset folder"), ("out", "a run folder")):
-        if options.get(option) == "":  # "" would be the current folder, or silently the default
-            raise CharlstmError(f"--{option} is empty: give {what}, or leave it out for the default")
+    for option, what in (("data", "a dataset folder"), ("out", "a run folder")):  # not silently the default
+        refuse_empty(options.get(option), f"--{option}", f"{what}, or leave it out for the default")
     if resume:
         given = given_options(options)
         run_dir = run_dir_of(given)
