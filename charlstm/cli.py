@@ -238,10 +238,22 @@ def eval_command(
         "top 5 guesses. Scored as one stream, every character with the whole file before it."
     ), rich_help_panel="Surprise")] = False,
     html: Annotated[Optional[str], typer.Option("--html", help="With --per-char: also write the coloured text as a self-contained HTML page (hover a character for its bits and top 5).", rich_help_panel="Surprise")] = None,
+    syntax: Annotated[bool, typer.Option("--syntax", help="Instead of bits: draw samples and report the share of their complete top-level units that parse (Python: ast; Java: tree-sitter), with the first errors.", rich_help_panel="Syntax")] = False,
+    samples: Annotated[int, typer.Option("--samples", help="With --syntax: samples drawn, as one batch.", rich_help_panel="Syntax")] = 16,
+    length: Annotated[int, typer.Option("--length", help="With --syntax: characters per sample.", rich_help_panel="Syntax")] = 2500,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="With --syntax: the sampling temperature.", rich_help_panel="Syntax")] = 0.7,
+    prime: Annotated[Optional[str], typer.Option("--prime", help="With --syntax: the prime (default: 'import os\\n\\n\\ndef ' for Python, a class body for Java).", show_default=False, rich_help_panel="Syntax")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="With --syntax: the seed (the same seed gives the same samples).", rich_help_panel="Syntax")] = 0,
+    draw: Annotated[str, typer.Option("--draw", help="With --syntax: plain, constrain (as sample --constrain) or valid (as sample --valid).", rich_help_panel="Syntax")] = "plain",
 ) -> None:
-    """Score a checkpoint in bits per character on a validation split or any text file."""
+    """Score a checkpoint in bits per character on a validation split or any text file (or, with --syntax, how often its code parses)."""
     from charlstm.evaluate import evaluate_checkpoint
 
+    if syntax:
+        from charlstm.eval_command import run_syntax_eval
+
+        return run_syntax_eval(checkpoint, err, json_output, device=device, samples=samples, length=length,
+                               temperature=temperature, prime=prime, seed=seed, draw=draw, text_options=(data, text_file, per_char, dynamic))  # fmt: skip
     if html is not None and not per_char:
         raise CharlstmError("--html goes with --per-char")
     if per_char:
@@ -325,6 +337,9 @@ def sample_command(
         f"fp32: exact."
     ), rich_help_panel="Backend")] = "auto",
     model: Annotated[Optional[str], typer.Option("--model", help="A shipped model by name (python, java) or a run folder or checkpoint, instead of CHECKPOINT.", show_default=False)] = None,
+    constrain: Annotated[bool, typer.Option("--constrain", help="Never draw a character that makes the code lexically impossible (a closer with no opener, a newline in a one-line string, a dedent to a level never opened); past --length, go on until the units close.", rich_help_panel="Syntax")] = False,
+    valid: Annotated[bool, typer.Option("--valid", help="Emit only top-level units that parse: a unit (and in Python a line) that cannot is drawn again from its start. Implies --constrain.", rich_help_panel="Syntax")] = False,
+    max_tries: Annotated[int, typer.Option("--max-tries", help="With --valid: draws of one unit before it is dropped.", rich_help_panel="Syntax")] = 8,
 ) -> None:
     """Stream generated code from a trained model, character by character.
 
@@ -340,19 +355,12 @@ def sample_command(
         raise CharlstmError("give --prime or --prime-file, not both")
     prime_text = read_prime_file(prime_file) if prime_file is not None else text_from_argv(prime or "")
     settings = SampleSettings(
-        length=length,
-        temperature=temperature,
-        greedy=greedy,
-        top_k=top_k,
-        top_p=top_p,
-        prime=prime_text,
-        stop=unescape(text_from_argv(stop)) if stop is not None else None,
-        num_samples=num_samples,
-        seed=seed,
-        beam=beam,
-        interventions=parse_interventions(clamp, ablate),
+        length=length, temperature=temperature, greedy=greedy, top_k=top_k, top_p=top_p, prime=prime_text,
+        stop=unescape(text_from_argv(stop)) if stop is not None else None, num_samples=num_samples, seed=seed,
+        beam=beam, interventions=parse_interventions(clamp, ablate),
         watch=parse_unit(watch, "--watch", WATCHABLE) if watch is not None else None,
-    )
+        constrain=constrain or valid, valid=valid, max_tries=max_tries,
+    )  # fmt: skip
     settings.validate()
     if model is not None:
         if checkpoint is not None:

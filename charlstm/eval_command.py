@@ -79,3 +79,45 @@ def report_surprise(result: dict, err, json_out: bool = False, html_out: str | P
         )
     if html_out is not None:
         err.print(f"wrote {escape(str(html_out))}", highlight=False)
+
+
+def run_syntax_eval(checkpoint: str | None, err, json_out: bool, *, device: str, samples: int, length: int,
+                    temperature: float, prime: str | None, seed: int, draw: str, text_options: tuple) -> None:  # fmt: skip
+    """`charlstm eval --syntax`: draw samples, parse their units, print the share that parse."""
+    import json
+
+    from rich.markup import escape
+
+    from charlstm.checkpoint import resolve_checkpoint
+    from charlstm.errors import CharlstmError
+    from charlstm.sample import Sampler, SampleSettings, unescape
+    from charlstm.syntax_eval import syntax_rate
+
+    if any(text_options):
+        raise CharlstmError("--syntax draws its own samples: drop --data, --text-file, --per-char and --dynamic")
+    SampleSettings(length=length, temperature=temperature, seed=seed).validate()
+    path = resolve_checkpoint(checkpoint)
+    sampler, _ = Sampler.from_checkpoint(path, device=device)
+    result = syntax_rate(sampler, samples, length, temperature, None if prime is None else unescape(prime), seed, draw)
+    result["checkpoint"] = str(path)
+    if json_out:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    rate = "no complete unit" if result["rate"] is None else f"[bold]{result['rate']:.0%}[/bold]"
+    err.print(f"{rate} of complete top-level units parse: {result['parsed']} of {result['units']} ({result['language']}, "
+              f"{samples} samples of {length:,} characters at T={temperature:g}, {draw} drawing, seed {seed}, "
+              f"{result['seconds']:.1f} s)", highlight=False)  # fmt: skip
+    if draw == "valid":
+        err.print(valid_summary(result["tries"], result["dropped"], result["lines_redrawn"], result["seconds"]), highlight=False)
+    for failure in result["failures"]:
+        head = failure["unit"].strip().splitlines()[0][:60] if failure["unit"].strip() else ""
+        err.print(f"  {escape(failure['error'])}  in  {escape(repr(head))}", highlight=False)
+
+
+def valid_summary(tries: list[int], dropped: int, lines_redrawn: int, seconds: float) -> str:
+    """--valid's line on stderr: units accepted, draws per unit, time per accepted unit."""
+    if not tries:
+        return f"--valid: no unit accepted ({dropped} dropped, {seconds:.1f} s)"
+    mean = sum(tries) / len(tries)
+    return (f"--valid: {len(tries)} units accepted, {mean:.2f} draws per unit (at most {max(tries)}), "
+            f"{lines_redrawn} lines drawn again, {dropped} units dropped; {seconds / len(tries):.2f} s per accepted unit")
