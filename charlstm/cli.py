@@ -209,12 +209,15 @@ def train_command(
         raise typer.Exit(code=130) from None
     if summary.get("world_size", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
         return  # only rank 0 reports
-    if json_output:
-        typer.echo(json.dumps(summary))
-    else:
+    from charlstm.eval_command import training_syntax
+
+    if not json_output:
         val, best = summary["val_bpc"], summary["best_val_bpc"]
         scores = f", validation {val:.4f} bpc (best {best:.4f})" if val is not None and best is not None else ""
         err.print(f"done: {summary['steps']:,} steps{scores}; run in {escape(summary['run_dir'])}", highlight=False)
+    summary["syntax"] = training_syntax(summary["run_dir"], err, quiet=json_output)
+    if json_output:
+        typer.echo(json.dumps(summary))
 
 
 @app.command("eval", rich_help_panel="Pipeline")

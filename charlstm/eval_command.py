@@ -121,3 +121,22 @@ def valid_summary(tries: list[int], dropped: int, lines_redrawn: int, seconds: f
     mean = sum(tries) / len(tries)
     return (f"--valid: {len(tries)} units accepted, {mean:.2f} draws per unit (at most {max(tries)}), "
             f"{lines_redrawn} lines drawn again, {dropped} units dropped; {seconds / len(tries):.2f} s per accepted unit")
+
+
+def training_syntax(run_dir: str, err, quiet: bool = False) -> dict | None:
+    """The end of `train`: how often the new model's code parses (8 samples of 1,000 characters at
+    T=0.7, plain drawing), when its language has a parser; None when it has none."""
+    from charlstm.errors import CharlstmError
+    from charlstm.sample import Sampler
+    from charlstm.syntax_eval import syntax_rate
+
+    try:
+        sampler, _ = Sampler.from_checkpoint(run_dir, device="cpu")
+        result = syntax_rate(sampler, samples=8, length=1000)
+    except CharlstmError:
+        return None  # no parser for this language (or no checkpoint yet): nothing to measure
+    if not quiet:
+        rate = "no complete unit yet" if result["rate"] is None else f"{result['rate']:.0%}"
+        err.print(f"syntax: {rate} of complete top-level units parse ({result['parsed']} of {result['units']} in "
+                  f"8 samples at T=0.7; `charlstm eval RUN --syntax` for more)", highlight=False, soft_wrap=True)  # fmt: skip
+    return {k: result[k] for k in ("units", "parsed", "rate")}
