@@ -191,6 +191,7 @@ def train_command(
     device: Annotated[Optional[str], typer.Option(help="auto, cuda, mps or cpu (default: auto)", rich_help_panel=_BACKEND)] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the cores available)", rich_help_panel=_BACKEND)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.", rich_help_panel=_RUN)] = False,
+    tensorboard: Annotated[Optional[str], typer.Option("--tensorboard", metavar="DIR", help="Also log to TensorBoard in DIR/<run name>: scalars, hyperparameters, a sample at each validation (needs charlstm[tensorboard]; view with `tensorboard --logdir DIR`).", rich_help_panel=_RUN, show_default=False)] = None,
 ) -> None:
     """Train a character-level LSTM (or GRU/RNN) on an ingested dataset.
 
@@ -203,18 +204,31 @@ def train_command(
     from charlstm.train_setup import train
 
     try:
-        summary = train(options, resume=resume, force=force)
+        summary = train(options, resume=resume, force=force, tensorboard=tensorboard)
     except TrainingInterrupted as exc:
         err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
         raise typer.Exit(code=130) from None
     if summary.get("world_size", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
         return  # only rank 0 reports
-    if json_output:
-        typer.echo(json.dumps(summary))
-    else:
-        val, best = summary["val_bpc"], summary["best_val_bpc"]
-        scores = f", validation {val:.4f} bpc (best {best:.4f})" if val is not None and best is not None else ""
-        err.print(f"done: {summary['steps']:,} steps{scores}; run in {escape(summary['run_dir'])}", highlight=False)
+    from charlstm.runs_command import report_training  # the 'done' line, and on a terminal the run's curve
+
+    report_training(summary, json_output, err)
+
+
+@app.command("runs", rich_help_panel="Pipeline")
+@user_errors
+def runs_command(
+    runs: Annotated[Optional[list[str]], typer.Argument(metavar="[FOLDER | RUN...]", help="A folder of runs (default: checkpoints/); with --plot, the run folders to draw (default: the newest run).", show_default=False)] = None,
+    plot: Annotated[bool, typer.Option("--plot", help="Draw training and validation bpc of the runs, overlaid with a legend, in the terminal.", rich_help_panel="Curves")] = False,
+    x: Annotated[str, typer.Option("--x", help="The curves' x-axis: steps, chars (characters trained on) or minutes (of training, validation excluded).", rich_help_panel="Curves")] = "steps",
+    svg: Annotated[Optional[str], typer.Option("--svg", metavar="FILE", help="Also write the figure as an SVG picture (implies --plot).", rich_help_panel="Curves", show_default=False)] = None,
+    html: Annotated[Optional[str], typer.Option("--html", metavar="FILE", help="Also write the figure as an HTML page (implies --plot).", rich_help_panel="Curves", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the rows (with --plot: the curves' points) as JSON on stdout.")] = False,
+) -> None:
+    """List the runs in a folder, oldest first: model, data, steps, best validation bpc, training time, and whether each finished, stopped (with the command that resumes it), is training now (the PID), or is damaged (and how)."""  # noqa: E501
+    from charlstm.runs_command import show_runs
+
+    show_runs(runs, plot=plot, x=x, svg=svg, html=html, json_out=json_out, err=err)
 
 
 @app.command("eval", rich_help_panel="Pipeline")
