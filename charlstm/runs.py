@@ -18,7 +18,7 @@ from pathlib import Path
 
 from charlstm import lock
 from charlstm.checkpoint import BEST, LATEST
-from charlstm.errors import CharlstmError
+from charlstm.errors import CharlstmError, first_line
 from charlstm.runfolder import RUN_FILES, RUN_LOCK, SUMMARY
 
 X_AXES = ("steps", "chars", "minutes")
@@ -47,6 +47,14 @@ def find_runs(folder: str | Path) -> list[dict]:
 
 def describe_run(path: Path) -> dict:
     """One row: model, data, progress, scores, backend, time and status, with any problems found."""
+    try:
+        return _describe(path)
+    except Exception as exc:  # noqa: BLE001 -- files of any shape: what is wrong is the row, never a traceback
+        return {**dict.fromkeys(ROW_KEYS), "name": path.name, "path": str(path), "steps": 0, "checkpoints": [],
+                "problems": [first_line(exc)], "status": DAMAGED, "note": f"unreadable: {first_line(exc)}"}  # fmt: skip
+
+
+def _describe(path: Path) -> dict:
     problems: list[str] = []
     config = _read_json(path / "config.json", problems)
     records = read_metrics(path / "metrics.jsonl", problems)
@@ -54,29 +62,46 @@ def describe_run(path: Path) -> dict:
     problems += [problem for problem in checkpoints.values() if problem]
     if config is None and not problems:
         problems.append("no config.json: not written by `charlstm train`, or its files were moved")
-    tc = (config or {}).get("train_config") or {}
-    mc = (config or {}).get("model_config") or {}
-    train = [r for r in records if "bpc" in r]
+    config = config or {}
+    tc, mc, data = (_section(config, key, problems) for key in ("train_config", "model_config", "dataset"))
+    train = [r["bpc"] for r in records if _finite(r.get("bpc"))]
     vals = [r["val_bpc"] for r in records if _finite(r.get("val_bpc"))]
+    epochs = [r["epoch"] for r in records if isinstance(r.get("epoch"), int)]
     row = {
         "name": path.name,
         "path": str(path),
         "model": f"{str(mc.get('kind', '?')).upper()} {mc.get('layers', '?')}×{mc.get('hidden', '?')}" if mc else None,
-        "parameters": (config or {}).get("parameters"),
-        "dataset": ((config or {}).get("dataset") or {}).get("name"),
+        "parameters": _text(config.get("parameters")),
+        "dataset": _text(data.get("name")),
         "steps": max((r["step"] for r in records), default=0),
-        "epoch": records[-1].get("epoch") if records else None,
-        "train_bpc": train[-1]["bpc"] if train else None,
+        "epoch": epochs[-1] if epochs else None,
+        "train_bpc": train[-1] if train else None,
         "best_val_bpc": min(vals) if vals else None,
-        "precision": (config or {}).get("precision"),
-        "device": (config or {}).get("device"),
+        "precision": _text(config.get("precision")),
+        "device": _text(config.get("device")),
         "minutes": training_minutes(records, tc),
         "updated": _last_change(path),
         "checkpoints": sorted(checkpoints),
         "problems": problems,
     }
-    row.update(_status(path, row, config or {}, tc))
+    row.update(_status(path, row, config, tc))
     return row
+
+
+ROW_KEYS = ("name", "path", "model", "parameters", "dataset", "steps", "epoch", "train_bpc", "best_val_bpc",
+            "precision", "device", "minutes", "updated", "checkpoints", "problems", "status", "note")  # fmt: skip
+
+
+def _section(config: dict, key: str, problems: list[str]) -> dict:
+    value = config.get(key)
+    if value is not None and not isinstance(value, dict):
+        problems.append(f"config.json: {key} is not an object")
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value) -> str | int | None:
+    """A config value shown in the table: a string or an integer as it is, anything else as text."""
+    return value if value is None or isinstance(value, (str, int)) else str(value)
 
 
 def _status(path: Path, row: dict, config: dict, tc: dict) -> dict:
@@ -89,7 +114,8 @@ def _status(path: Path, row: dict, config: dict, tc: dict) -> dict:
         return {"status": FINISHED, "note": None}
     if not row["checkpoints"]:
         return {"status": STOPPED, "note": "stopped before its first save: start it again with the same command"}
-    return {"status": STOPPED, "note": "resume with: " + resume_command(path, config.get("world_size") or 1)}
+    world = config.get("world_size")
+    return {"status": STOPPED, "note": "resume with: " + resume_command(path, world if isinstance(world, int) else 1)}
 
 
 def resume_command(path: Path, world: int = 1) -> str:
@@ -102,7 +128,7 @@ def _budget_reached(step: int, tc: dict, windows: int | None) -> bool:
     steps, epochs = tc.get("steps"), tc.get("epochs")
     if isinstance(steps, int) and steps > 0 and step >= steps:
         return True
-    return isinstance(epochs, (int, float)) and isinstance(windows, int) and step >= math.ceil(epochs * windows) > 0
+    return _finite(epochs) and isinstance(windows, int) and step >= math.ceil(epochs * windows) > 0
 
 
 def read_metrics(path: Path, problems: list[str]) -> list[dict]:
@@ -167,20 +193,17 @@ def curve_series(path: str | Path, x: str = "steps") -> dict:
     records = read_metrics(path / "metrics.jsonl", problems)
     if not records:
         raise CharlstmError(f"{path} has no metrics to draw" + (f": {problems[0]}" if problems else " (no metrics.jsonl)"))
-    tc = ((_read_json(path / "config.json", problems) or {}).get("train_config") or {})
+    tc = _section(_read_json(path / "config.json", problems) or {}, "train_config", problems)
     per_step = _chars_per_step(tc)
     if x != "steps" and per_step is None:
         raise CharlstmError(f"{path}: --x {x} needs the batch size and sequence length from its config.json")
     minutes = _minutes_by_step(records, per_step) if x == "minutes" else {}
     at = {"steps": lambda s: s, "chars": lambda s: s * per_step, "minutes": lambda s: minutes[s]}[x]
-    return {
-        "name": path.name,
-        "path": str(path),
-        "x": x,
-        "train": [(at(r["step"]), r["bpc"]) for r in records if _finite(r.get("bpc"))],
-        "val": [(at(r["step"]), r["val_bpc"]) for r in records if _finite(r.get("val_bpc"))],
-        "problems": problems,
-    }
+    train = [(at(r["step"]), r["bpc"]) for r in records if _finite(r.get("bpc"))]
+    val = [(at(r["step"]), r["val_bpc"]) for r in records if _finite(r.get("val_bpc"))]
+    if not train and not val:
+        raise CharlstmError(f"{path} has no finite bits per character to draw")
+    return {"name": path.name, "path": str(path), "x": x, "train": train, "val": val, "problems": problems}
 
 
 def newest_run(folder: str | Path) -> Path:

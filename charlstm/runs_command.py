@@ -5,7 +5,6 @@ curves.py; this module only renders them.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -16,14 +15,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from charlstm.curves import draw_curves
+from charlstm.curves import draw_curves, draw_picture
 from charlstm.errors import CharlstmError
 from charlstm.runs import DAMAGED, FINISHED, STOPPED, TRAINING, curve_series, find_runs, newest_run
 from charlstm.userio import write_output
 
 DEFAULT_FOLDER = "checkpoints"
 STATUS_STYLE = {FINISHED: "green", STOPPED: "yellow", TRAINING: "bold cyan", DAMAGED: "bold red"}
-SVG_WIDTH, SVG_HEIGHT = 100, 30  # the picture's size in characters: the same on every machine
 
 
 def show_runs(paths: list[str] | None, *, plot: bool, x: str, svg: str | None, html: str | None, json_out: bool,
@@ -90,12 +88,12 @@ def plot_runs(paths: list[str] | None, *, x: str, svg: str | None, html: str | N
     if json_out:
         typer.echo(json.dumps([{k: s[k] for k in ("name", "path", "x", "train", "val")} for s in series]))
     if svg is not None or html is not None:
-        picture = draw_curves(series, x, SVG_WIDTH, SVG_HEIGHT)
+        picture = draw_picture(series, x)
         if svg is not None:
-            write_output(svg, figure_svg(picture.text, SVG_WIDTH).encode("utf-8"))
+            write_output(svg, picture.encode("utf-8"))
             err.print(f"wrote {escape(svg)}", highlight=False)
         if html is not None:
-            write_output(html, figure_page(picture.html, "charlstm runs: " + ", ".join(names)).encode("utf-8"))
+            write_output(html, figure_page(picture, "charlstm runs: " + ", ".join(names)).encode("utf-8"))
             err.print(f"wrote {escape(html)}", highlight=False)
     if not json_out or err.is_terminal:
         width, height = shutil.get_terminal_size((100, 30))
@@ -111,19 +109,12 @@ def _print_figure(console: Console, figure) -> None:
         console.print(Text(figure.plain), soft_wrap=True, highlight=False)
 
 
-def figure_svg(ansi: str, width: int) -> str:
-    """The terminal figure as an SVG picture: rich draws the same characters in the same colours."""
-    console = Console(record=True, width=width + 2, file=io.StringIO(), force_terminal=True, color_system="256")
-    console.print(Text.from_ansi(ansi), soft_wrap=True)
-    return console.export_svg(title="charlstm runs --plot")
-
-
-def figure_page(fragment: str, title: str) -> str:
-    """plotext's coloured <pre> fragment as a page of its own."""
+def figure_page(svg: str, title: str) -> str:
+    """The picture inline in a page of its own (no files beside it, nothing fetched)."""
+    svg = svg[svg.index("<svg"):]  # the XML declaration and doctype belong to a file, not a page
     return (
-        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_html_escape(title)}</title>"
-        "<style>body{background:#fff;margin:1em}pre{font-family:monospace;line-height:1.15}</style></head>\n"
-        f"<body>\n{fragment}\n</body></html>\n"
+        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_html_escape(title)}</title></head>\n"
+        f"<body style=\"margin:1em\">\n{svg}\n</body></html>\n"
     )
 
 

@@ -158,9 +158,11 @@ def test_plot_of_two_runs_has_both_series_in_legend_and_picture(tmp_path):
         assert label in result.output
     assert "┤" in result.output and "step" in result.output  # axes drawn
     picture = svg.read_text()
-    assert picture.startswith("<svg") and "alpha" in picture and "beta" in picture
+    assert picture.startswith("<?xml") and "<svg" in picture
+    for label in ("alpha train", "alpha val", "beta train", "beta val", "bits per character"):
+        assert f">{label}</text>" in picture  # the same legend as the terminal's
     page = html.read_text()
-    assert page.startswith("<!DOCTYPE html>") and "alpha train" in page and "beta val" in page
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 1 and ">beta val</text>" in page
 
     points = json.loads(runner.invoke(app, ["runs", str(tmp_path / "alpha"), str(tmp_path / "beta"), "--plot",
                                             "--json"]).stdout)  # fmt: skip
@@ -179,6 +181,15 @@ def test_plot_against_characters_and_minutes(tmp_path):
     assert bad.exit_code == 1 and bad.output.startswith("error: --x 'hours'")
 
 
+def test_pictures_without_matplotlib_are_a_one_line_error(tmp_path, monkeypatch):
+    fake_run(tmp_path / "alpha", 0.01)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the extra were not installed
+    result = runner.invoke(app, ["runs", str(tmp_path / "alpha"), "--svg", str(tmp_path / "c.svg")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("error: pictures of curves need matplotlib: pip install 'charlstm[svg]'")
+    assert not (tmp_path / "c.svg").exists()
+
+
 # --- TensorBoard -------------------------------------------------------------------------------
 
 
@@ -190,28 +201,37 @@ def scalars(log_dir: Path):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}, acc
 
 
+def raw_steps(log_dir: Path, tag: str) -> list[int]:
+    """Every event of `tag` in every file, as written (EventFileLoader: no purging)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return [e.step for f in sorted(log_dir.glob("events.out.tfevents.*")) for e in EventFileLoader(str(f)).Load()
+            for v in e.summary.value if v.tag == tag]  # fmt: skip
+
+
 def test_tensorboard_events_hold_the_metrics_and_a_resume_adds_no_duplicate_steps(tmp_path, dataset):
     pytest.importorskip("tensorboard")
     import numpy as np
 
     run, logs = tmp_path / "runs" / "tb", tmp_path / "tb"
-    train(options(dataset, run, steps=12, save_every=4), stop_after=6, tensorboard=str(logs))
-    first = records(run)
-    # The first session logged steps 2, 4, 6 (validated at 4); the checkpoint is at 4, so the resume
-    # drops step 6 from metrics.jsonl and TensorBoard's reader purges it from the events.
-    train(options(dataset, run, steps=12, save_every=4), resume=True, tensorboard=str(logs))
+    train(options(dataset, run, steps=12), stop_after=6, tensorboard=str(logs))
+    assert [r["step"] for r in records(run)] == [2, 4, 6]
+    # As if killed before its save at step 6: it resumes from best.pt (step 4, its validation), so
+    # step 6 is logged again; metrics.jsonl is cut back to step 4 and TensorBoard's reader purges.
+    (run / "latest.pt").unlink()
+    train(options(dataset, run, steps=12), resume=True, tensorboard=str(logs))
     metrics = records(run)
-    assert [r["step"] for r in first][-1] == 6 and max(r["step"] for r in metrics) == 12
+    assert [r["step"] for r in metrics] == [2, 4, 6, 8, 10, 12]
+    assert raw_steps(logs / "tb", "bpc/train") == [2, 4, 6, 6, 8, 10, 12]  # written twice: the purge has work
     found, acc = scalars(logs / "tb")
     for key, tag in (("bpc", "bpc/train"), ("val_bpc", "bpc/val"), ("loss", "loss/train"), ("lr", "optim/lr"),
-                     ("grad_norm", "optim/grad_norm"), ("chars_per_sec", "speed/chars_per_sec")):  # fmt: skip
+                     ("grad_norm", "optim/grad_norm"), ("chars_per_sec", "speed/chars_per_sec"),
+                     ("epoch", "data/epoch")):  # fmt: skip
         expected = [(r["step"], float(np.float32(r[key]))) for r in metrics if key in r]
-        steps = [step for step, _ in found[tag]]
-        assert len(steps) == len(set(steps)), f"{tag}: duplicated steps {steps}"
-        assert found[tag] == expected, tag  # the same numbers, as TensorBoard's float32
-    assert len(found["bpc/val"]) >= 3
+        assert found[tag] == expected, tag  # the same steps once each, the same numbers as TensorBoard's float32
+    assert [step for step, _ in found["bpc/val"]] == [4, 8, 12]
     samples = acc.Tensors("sample/text_summary")
-    assert [e.step for e in samples] == [r["step"] for r in metrics if "val_bpc" in r]
+    assert [e.step for e in samples] == [4, 8, 12]
     assert len(samples[-1].tensor_proto.string_val[0].decode()) > 100
     assert acc.PluginTagToContent("hparams")  # the configuration as hyperparameters
 
