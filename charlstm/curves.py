@@ -10,6 +10,7 @@ whoever views it, and braille glyphs are often missing or of the wrong width).
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 from charlstm.errors import CharlstmError
@@ -53,11 +54,33 @@ def draw_curves(series: list[dict], x: str = "steps", width: int = 100, height: 
     if title:
         fig.title(title)
     fig.label(X_LABELS[x], axis=0)
+    xs = [p[0] for run in series for key in ("train", "val") for p in run[key]]
+    if xs and max(xs) > min(xs):
+        positions = nice_ticks(min(xs), max(xs))
+        fig.ruler(axis=0).ticks(positions, [tick_label(v, x) for v in positions])
     points = [p for run in series for key in ("train", "val") for p in run[key]]
     if points:  # the legend's corner at the top right, in data units: falling curves leave it empty
         fig.legend(x=max(p[0] for p in points), y=max(p[1] for p in points), ha="right", va="top", relative=True)
     matrix = fig.build()
     return Figure(text=matrix.string(), plain=matrix.string(colorless=True))
+
+
+def nice_ticks(low: float, high: float, count: int = 8) -> list[float]:
+    """Round positions (1, 2, 2.5 or 5 times a power of ten apart) covering [low, high]."""
+    raw = (high - low) / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step) * step
+    return [round(first + i * step, 12) for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def tick_label(value: float, x: str) -> str:
+    """1,500 steps; 1.2M characters; 2.5 minutes."""
+    if x == "chars":
+        for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(value) >= size:
+                return f"{value / size:g}{suffix}"
+    return f"{value:,.0f}" if x == "steps" or float(value).is_integer() else f"{value:g}"
 
 
 def draw_picture(series: list[dict], x: str = "steps", title: str = "bits per character") -> str:
