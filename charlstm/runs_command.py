@@ -33,7 +33,8 @@ def show_runs(paths: list[str] | None, *, plot: bool, x: str, svg: str | None, h
     if paths and len(paths) > 1:
         raise CharlstmError("give one folder of runs (several runs go with --plot)")
     folder = paths[0] if paths else DEFAULT_FOLDER
-    rows = find_runs(folder)
+    # No checkpoints/ here is no runs yet; a FOLDER named that is missing is a mistake.
+    rows = [] if not paths and not Path(folder).is_dir() else find_runs(folder)
     if json_out:
         typer.echo(json.dumps(rows))
     elif not rows:

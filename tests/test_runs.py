@@ -112,9 +112,12 @@ def test_a_run_no_longer_locked_is_stopped_and_a_resumed_one_finishes(tmp_path, 
     assert (row["status"], row["steps"]) == ("finished", 8)
 
 
-def test_runs_in_an_empty_or_missing_folder(tmp_path):
+def test_runs_in_an_empty_or_missing_folder(tmp_path, monkeypatch):
     result = runner.invoke(app, ["runs", str(tmp_path)])
     assert result.exit_code == 0 and "no runs in" in result.output
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ in the current folder: no runs yet
+    default = runner.invoke(app, ["runs"])
+    assert default.exit_code == 0 and "no runs in checkpoints" in default.output
     missing = runner.invoke(app, ["runs", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and missing.output.startswith("error:") and "Traceback" not in missing.output
 
@@ -259,3 +262,27 @@ def test_runs_help_does_not_import_torch():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["0", "False"], done.stderr
+
+
+def test_a_finished_train_ends_with_its_curve_on_a_terminal_only(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from charlstm.runs_command import report_training
+
+    fake_run(tmp_path / "alpha", 0.01)
+    summary = {"steps": 200, "val_bpc": 3.2, "best_val_bpc": 3.2, "run_dir": str(tmp_path / "alpha")}
+    shown = {}
+    for terminal in (True, False):
+        out = io.StringIO()
+        report_training(summary, False, Console(file=out, force_terminal=terminal, width=80))
+        shown[terminal] = out.getvalue()
+    assert "done: 200 steps" in shown[True] and "done: 200 steps" in shown[False]
+    assert "alpha train" in shown[True] and "alpha val" in shown[True] and "┤" in shown[True]
+    assert "alpha" not in shown[False].replace(str(tmp_path / "alpha"), "")  # piped: the line alone
+
+
+def test_several_folders_without_plot_is_a_one_line_error(tmp_path):
+    result = runner.invoke(app, ["runs", str(tmp_path), str(tmp_path)])
+    assert result.exit_code == 1 and result.output.startswith("error: give one folder of runs")
