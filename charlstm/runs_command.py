@@ -17,7 +17,7 @@ from rich.text import Text
 
 from charlstm.curves import draw_curves, draw_picture
 from charlstm.errors import CharlstmError
-from charlstm.runs import DAMAGED, FINISHED, STOPPED, TRAINING, curve_series, find_runs, newest_run
+from charlstm.runs import DAMAGED, FINISHED, STOPPED, TRAINING, X_AXES, curve_series, find_runs, newest_run
 from charlstm.userio import write_output
 
 DEFAULT_FOLDER = "checkpoints"
@@ -27,6 +27,8 @@ STATUS_STYLE = {FINISHED: "green", STOPPED: "yellow", TRAINING: "bold cyan", DAM
 def show_runs(paths: list[str] | None, *, plot: bool, x: str, svg: str | None, html: str | None, json_out: bool,
               err: Console) -> None:
     """The table of the runs in a folder, or (--plot, --svg, --html) the curves of the runs named."""
+    if x not in X_AXES:
+        raise CharlstmError(f"--x {x!r}: choose one of {', '.join(X_AXES)}")
     if plot or svg is not None or html is not None:
         plot_runs(paths, x=x, svg=svg, html=html, json_out=json_out, err=err)
         return
