@@ -191,6 +191,7 @@ def train_command(
     device: Annotated[Optional[str], typer.Option(help="auto, cuda, mps or cpu (default: auto)", rich_help_panel=_BACKEND)] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the cores available)", rich_help_panel=_BACKEND)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.", rich_help_panel=_RUN)] = False,
+    tensorboard: Annotated[Optional[str], typer.Option("--tensorboard", metavar="DIR", help="Also log to TensorBoard in DIR/<run name>: scalars, hyperparameters, a sample at each validation (needs charlstm[tensorboard]; view with `tensorboard --logdir DIR`).", rich_help_panel=_RUN, show_default=False)] = None,
 ) -> None:
     """Train a character-level LSTM (or GRU/RNN) on an ingested dataset.
 
@@ -203,21 +204,35 @@ def train_command(
     from charlstm.train_setup import train
 
     try:
-        summary = train(options, resume=resume, force=force)
+        summary = train(options, resume=resume, force=force, tensorboard=tensorboard)
     except TrainingInterrupted as exc:
         err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
         raise typer.Exit(code=130) from None
     if summary.get("world_size", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
         return  # only rank 0 reports
-    from charlstm.eval_command import training_syntax
+    from charlstm.eval_command import syntax_line, training_syntax
+    from charlstm.runs_command import report_training  # the 'done' line, and on a terminal the run's curve
 
-    if not json_output:
-        val, best = summary["val_bpc"], summary["best_val_bpc"]
-        scores = f", validation {val:.4f} bpc (best {best:.4f})" if val is not None and best is not None else ""
-        err.print(f"done: {summary['steps']:,} steps{scores}; run in {escape(summary['run_dir'])}", highlight=False)
-    summary["syntax"] = training_syntax(summary["run_dir"], err, quiet=json_output)
-    if json_output:
-        typer.echo(json.dumps(summary))
+    summary["syntax"] = training_syntax(summary["run_dir"])
+    report_training(summary, json_output, err)
+    if summary["syntax"] is not None and not json_output:
+        err.print(syntax_line(summary["syntax"]), highlight=False, soft_wrap=True)
+
+
+@app.command("runs", rich_help_panel="Pipeline")
+@user_errors
+def runs_command(
+    runs: Annotated[Optional[list[str]], typer.Argument(metavar="[FOLDER | RUN...]", help="A folder of runs (default: checkpoints/); with --plot, the run folders to draw (default: the newest run).", show_default=False)] = None,
+    plot: Annotated[bool, typer.Option("--plot", help="Draw training and validation bpc of the runs, overlaid with a legend, in the terminal.", rich_help_panel="Curves")] = False,
+    x: Annotated[str, typer.Option("--x", help="The curves' x-axis: steps, chars (characters trained on) or minutes (of training, validation excluded).", rich_help_panel="Curves")] = "steps",
+    svg: Annotated[Optional[str], typer.Option("--svg", metavar="FILE", help="Also write the figure as an SVG picture (implies --plot).", rich_help_panel="Curves", show_default=False)] = None,
+    html: Annotated[Optional[str], typer.Option("--html", metavar="FILE", help="Also write the figure as an HTML page (implies --plot).", rich_help_panel="Curves", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the rows (with --plot: the curves' points) as JSON on stdout.")] = False,
+) -> None:
+    """List the runs in a folder, oldest first: model, data, steps, best validation bpc, training time, and whether each finished, stopped (with the command that resumes it), is training now (the PID), or is damaged (and how)."""  # noqa: E501
+    from charlstm.runs_command import show_runs
+
+    show_runs(runs, plot=plot, x=x, svg=svg, html=html, json_out=json_out, err=err)
 
 
 @app.command("eval", rich_help_panel="Pipeline")
@@ -272,23 +287,9 @@ def eval_command(
         return
     result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision,
                                  dynamic=dynamic, dynamic_lr=dynamic_lr)
-    from charlstm.eval_command import warn_unknown
+    from charlstm.eval_command import report_score
 
-    warn_unknown(result["unknown_chars"], err)
-    if json_output:
-        typer.echo(json.dumps(result))
-    else:
-        err.print(
-            f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
-            f"({escape(result['checkpoint'])}, step {result['step']}, {result['precision']} on {result['device']}, "
-            f"{result['chars_per_sec']:,.0f} chars/s)",
-            highlight=False,
-        )
-        if "dynamic" in result:
-            d = result["dynamic"]
-            err.print(f"dynamic evaluation: [bold]{d['bpc']:.4f}[/bold] bits per character "
-                      f"({d['bpc'] - result['bpc']:+.4f}; SGD lr {d['lr']:g} per {d['seq_len']}-character segment, "
-                      f"{d['seconds']:.1f} s)", highlight=False)  # fmt: skip
+    report_score(result, err, json_output)
 
 
 # ----- sample ------------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def valid_summary(tries: list[int], dropped: int, lines_redrawn: int, seconds: f
             f"{lines_redrawn} lines drawn again, {dropped} units dropped; {seconds / len(tries):.2f} s per accepted unit")
 
 
-def training_syntax(run_dir: str, err, quiet: bool = False) -> dict | None:
+def training_syntax(run_dir: str) -> dict | None:
     """The end of `train`: how often the new model's code parses (8 samples of 1,000 characters at
     T=0.7, plain drawing), when its language has a parser; None when it has none."""
     from charlstm.errors import CharlstmError
@@ -135,8 +135,33 @@ def training_syntax(run_dir: str, err, quiet: bool = False) -> dict | None:
         result = syntax_rate(sampler, samples=8, length=1000)
     except CharlstmError:
         return None  # no parser for this language (or no checkpoint yet): nothing to measure
-    if not quiet:
-        rate = "no complete unit yet" if result["rate"] is None else f"{result['rate']:.0%}"
-        err.print(f"syntax: {rate} of complete top-level units parse ({result['parsed']} of {result['units']} in "
-                  f"8 samples at T=0.7; `charlstm eval RUN --syntax` for more)", highlight=False, soft_wrap=True)  # fmt: skip
     return {k: result[k] for k in ("units", "parsed", "rate")}
+
+
+def syntax_line(syntax: dict) -> str:
+    rate = "no complete unit yet" if syntax["rate"] is None else f"{syntax['rate']:.0%}"
+    return (f"syntax: {rate} of complete top-level units parse ({syntax['parsed']} of {syntax['units']} in "
+            f"8 samples at T=0.7; `charlstm eval RUN --syntax` for more)")  # fmt: skip
+
+
+def report_score(result: dict, err, json_out: bool) -> None:
+    """`charlstm eval`'s figure: JSON on stdout, or one line (two with --dynamic) on stderr."""
+    import json
+
+    from rich.markup import escape
+
+    warn_unknown(result["unknown_chars"], err)
+    if json_out:
+        print(json.dumps(result))
+        return
+    err.print(
+        f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
+        f"({escape(result['checkpoint'])}, step {result['step']}, {result['precision']} on {result['device']}, "
+        f"{result['chars_per_sec']:,.0f} chars/s)",
+        highlight=False,
+    )
+    if "dynamic" in result:
+        d = result["dynamic"]
+        err.print(f"dynamic evaluation: [bold]{d['bpc']:.4f}[/bold] bits per character "
+                  f"({d['bpc'] - result['bpc']:+.4f}; SGD lr {d['lr']:g} per {d['seq_len']}-character segment, "
+                  f"{d['seconds']:.1f} s)", highlight=False)  # fmt: skip
