@@ -68,14 +68,17 @@ def split_units(text: str, language: str, prime: str = "") -> list[Unit]:
 
 
 def _python_units(text: str) -> list[tuple[int, int, bool]]:
-    """Units as Python's tokenizer sees them: a head line inside a string or brackets starts none."""
+    """Units as Python's tokenizer sees them (a head line inside a string starts none), except that
+    a head line at column 0 inside brackets left open starts one: a broken unit fails alone, it
+    does not swallow the units after it."""
     lexer, starts = PythonLexer(), []
-    for ch in text:
+    for at, ch in enumerate(text):
         lexer.feed(ch)
-        if lexer.boundary is not None:
-            starts.append(lexer.boundary)
-    if lexer.line_began >= 0 and PYTHON_UNIT_HEAD.match(lexer.head) and not lexer.decorated:
-        starts.append(lexer.line_began)  # a head line still being written
+        if lexer.line_began == at and not lexer.decorated and PYTHON_UNIT_HEAD.match(text, at):
+            starts.append(at)
+        elif ch == "\n" and lexer.mode == "code" and lexer.brackets and PYTHON_UNIT_HEAD.match(text, at + 1):
+            lexer = PythonLexer()  # the open brackets were the last unit's mistake
+            lexer.position = at + 1
     ends = [*starts[1:], len(text)]
     return [(s, e, False) for s, e in zip(starts, ends)]
 

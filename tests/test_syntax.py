@@ -147,6 +147,10 @@ def test_python_units_follow_the_tokenizer():
     heads = [(PY_UNITS[u.start : u.end].splitlines()[0], error is None) for u, error in units]
     assert heads == [("def good(x):", True), ("@decorated", True), ("def bad() x:", False)]
     assert not split_units(PY_UNITS, "python")[-1].complete  # `class Tail:` may have been cut off
+    # A bracket left open breaks its own unit only; a string left open swallows what follows.
+    text = 'def a(x:\n    pass\n\ndef b():\n    s = """\ndef c():\n"""\n    return 1\n\ndef d(\n'
+    assert [(text[u.start : u.start + 5], e is None) for u, e in judge_units(text, "python")] == [
+        ("def a", False), ("def b", True)]
     # A file separator ends a unit: the one before it is complete.
     assert split_units("def a():\n    pass\n" + DOC_SEP + "x = 1\n", "python")[0].complete
 
