@@ -13,7 +13,6 @@ from charlstm import constrained, syntax
 from charlstm.cli import app
 from charlstm.constrained import _snapshot, _restore
 from charlstm.draw import DrawRule
-from charlstm.engine import StepEngine
 from charlstm.lexers import BraceLexer, LexicalMask, PythonLexer
 from charlstm.model import CharRNN, ModelConfig
 from charlstm.sample import Sampler, SampleSettings
