@@ -139,7 +139,7 @@ def valid_steps(engine, rule, symbols, language: str, prime: str, lexer, logits,
     check_language(language)
     began = time.perf_counter()
     batch = logits.shape[0]
-    mask = LexicalMask(symbols, lexer, logits.device)
+    mask = LexicalMask(symbols, lexer, logits.device, one_file=True)
     start = [_snapshot(b, len(prime), state, logits, lexer) for b in range(batch)]
     keepers = [_UnitKeeper(prime, lexer, start[b]) for b in range(batch)]
     done, budget = [False] * batch, DRAWS_PER_CHARACTER * length + CLOSE_ALLOWANCE

@@ -92,8 +92,10 @@ class PythonLexer:
 
     def feed(self, ch: str) -> None:
         self.boundary, self.line_ended = None, False
-        if ch == DOC_SEP:  # a new file: everything starts again
+        if ch == DOC_SEP:  # a new file: everything starts again but the count of characters read
+            position = self.position
             self.__init__()
+            self.position = position + 1
             return
         position, self.position = self.position, self.position + 1
         if self.mode == STRING:
@@ -298,7 +300,9 @@ class BraceLexer:
     def feed(self, ch: str) -> None:
         self.boundary = None
         if ch == DOC_SEP:
+            position = self.position
             self.__init__(self.language)
+            self.position = position + 1
             return
         self.position += 1
         if self.mode == STRING:
@@ -413,14 +417,16 @@ def lexer_for(language: str | None):
 class LexicalMask:
     """Additive rows on the logits (0 allowed, −inf forbidden), one per lexer key, built once.
 
-    The unknown symbol is always forbidden: it is never code. A row that would forbid every
+    The unknown symbol is always forbidden: it is never code (with `one_file`, so is the file
+    separator). A row that would forbid every
     symbol forbids nothing instead, so drawing can always go on.
     """
 
-    def __init__(self, symbols: list[str], lexer, device):
+    def __init__(self, symbols: list[str], lexer, device, one_file: bool = False):
         import torch
 
         self.symbols, self.lexer, self.device = symbols, lexer, device
+        self.always = {UNK, DOC_SEP} if one_file else {UNK}  # --valid keeps a sample to one file
         self.index = {s: i for i, s in enumerate(symbols)}
         self.rows: dict[tuple, torch.Tensor] = {}
 
@@ -433,7 +439,7 @@ class LexicalMask:
     def _build(self, key: tuple):
         import torch
 
-        banned = self.lexer.forbidden(key, self.symbols) | {UNK}
+        banned = self.lexer.forbidden(key, self.symbols) | self.always
         ids = [self.index[s] for s in banned if s in self.index]
         row = torch.zeros(len(self.symbols), dtype=torch.float32)
         if len(ids) < len(self.symbols):
