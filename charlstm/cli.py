@@ -152,6 +152,7 @@ def train_command(
         "(same vocabulary) may be given again; other options that differ are an error."
     ), rich_help_panel=_DATA)] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in a run folder that already holds a run (its checkpoints are deleted).", rich_help_panel=_DATA)] = False,
+    new_data: Annotated[bool, typer.Option("--new-data", help="With --resume: continue on data other than the run's (ingested again): exact resumption and the validation split are then the new data's.", rich_help_panel=_DATA)] = False,
     init_from: Annotated[Optional[str], typer.Option(help=(
         "Fine-tune: start from this trained model (a checkpoint, a run folder, or pretrained-python, the shipped "
         "model). Its shape is kept (shape options are then an error if they differ); characters both know keep their "
@@ -203,7 +204,7 @@ def train_command(
     from charlstm.train_setup import train
 
     try:
-        summary = train(options, resume=resume, force=force)
+        summary = train(options, resume=resume, force=force, new_data=new_data)
     except TrainingInterrupted as exc:
         err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
         raise typer.Exit(code=130) from None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charlstm import lock
 from charlstm.errors import CharlstmError
 from charlstm.files import default_mode
 from charlstm.vocab import Vocab
@@ -120,6 +121,29 @@ def _check_token_ids(dataset: Dataset, meta_path: Path) -> None:
                     f"{dataset.path / (split + '.bin')} holds token id {largest}, but {meta_path} lists only "
                     f"{size} symbols (was the vocab edited?); ingest again"
                 )
+
+
+def reading(path: str | Path):
+    """Hold dataset `path` for reading (a training run), so that `ingest --force` cannot replace it
+    meanwhile: a shared hold on the lock file ingest owns while it writes that name."""
+    path = Path(os.path.abspath(path))
+    return lock.share(path.parent / f".{path.name}.lock", f"dataset {path}")
+
+
+def check_same_data(dataset: Dataset, recorded: dict | None, checkpoint: str | Path, allow: bool) -> str | None:
+    """A resumed run must read the data it recorded: other data (a dataset ingested again over the
+    same name) silently breaks exact resumption and mixes validation files into training. With
+    `allow`, returns a warning saying what changes instead of refusing."""
+    old = (recorded or {}).get("content_hash")
+    new = dataset.meta.get("content_hash")
+    if old is None or new is None or old == new:
+        return None
+    what = (f"{dataset.path} is not the data {checkpoint} was trained on (content hash {old[:12]}…, now "
+            f"{new[:12]}…; ingested again?)")
+    if not allow:
+        raise CharlstmError(f"{what}: resuming on it loses exact resumption and an honest validation split; "
+                            f"give the original data, or --new-data to continue on this one anyway")
+    return f"{what}: continuing on it (--new-data); the step and schedule carry on, the batches and validation split are the new data's"
 
 
 def locate_recorded_dataset(recorded: str | Path, checkpoint: str | Path) -> Path:

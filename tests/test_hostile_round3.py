@@ -1,0 +1,93 @@
+"""Hostile use, round 3: data replaced under a run, outputs over inputs, closed streams and odd
+terminals, SIGTERM, crafted checkpoints, paths the OS refuses, damaged run and dataset files,
+float32 edges."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from charlstm.checkpoint import load_checkpoint, save_checkpoint
+from charlstm.cli import app
+from charlstm.errors import CharlstmError
+from charlstm.ingest import ingest
+from charlstm.train_setup import train
+from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
+from test_hostile_train import ENV, REPO, TINY, TINY_ARGS, one_line_error, options, train_args
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def java_sources(folder: Path, texts: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def ingest_java(tmp_path: Path, texts: dict[str, str], **kw) -> Path:
+    src = java_sources(tmp_path / f"src{len(list(tmp_path.glob('src*')))}", texts)
+    ingest([str(src)], "t", data_dir=tmp_path / "data", progress=False, val_fraction=0.3, **kw)
+    return tmp_path / "data" / "t"
+
+
+FILES_A = {f"A{i}.java": JAVA_SNIPPET.replace("Greeter", f"Greeter{i}") * 3 for i in range(6)}
+FILES_B = {f"B{i}.java": JAVA_SNIPPET.replace("Greeter", f"Greeter{5 - i}") * 4 for i in range(6)}
+
+
+# --- 1. a dataset replaced under a run ---------------------------------------------------------
+
+
+def test_resume_refuses_data_ingested_again_unless_new_data_is_given(tmp_path):
+    data = ingest_java(tmp_path, FILES_A)
+    run = tmp_path / "run"
+    train({"data": str(data), "out": str(run), **{**TINY, "batch_size": 2}, "steps": 2})
+    ingest_java(tmp_path, FILES_B, force=True)  # the same alphabet, other files
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume", "--steps", "4"])
+    line = one_line_error(result)
+    assert "content hash" in line and "--new-data" in line
+    assert load_checkpoint(run / "latest.pt")["step"] == 2  # nothing trained on the other data
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume", "--steps", "4", "--new-data"])
+    assert result.exit_code == 0, result.output
+    assert "continuing on it (--new-data)" in result.output
+    assert load_checkpoint(run / "latest.pt")["step"] == 4
+
+
+def test_new_data_without_resume_is_refused(tiny_dataset, tmp_path):
+    result = runner.invoke(app, [*train_args(tiny_dataset, tmp_path / "run"), "--new-data"])
+    assert "--new-data goes with --resume" in one_line_error(result)
+
+
+def test_ingest_force_cannot_replace_a_dataset_a_run_is_reading(tmp_path, monkeypatch):
+    from charlstm.train import Trainer
+
+    data = ingest_java(tmp_path, FILES_A)
+    meta_before = (data / "meta.json").read_bytes()
+    original, refused = Trainer.train_step, []
+
+    def step_then_ingest(self, *args):
+        loss = original(self, *args)
+        if self.step == 1:
+            try:
+                ingest_java(tmp_path, FILES_B, force=True)
+            except CharlstmError as exc:
+                refused.append(str(exc))
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_ingest)
+    train({"data": str(data), "out": str(tmp_path / "run"), **{**TINY, "batch_size": 2}, "steps": 2})
+    assert refused and "in use" in refused[0] and str(data) in refused[0]
+    assert (data / "meta.json").read_bytes() == meta_before
+    monkeypatch.setattr(Trainer, "train_step", original)
+    ingest_java(tmp_path, FILES_B, force=True)  # the run is over: the name is free again
+    assert (data / "meta.json").read_bytes() != meta_before
+    assert not (data.parent / ".t.lock").exists()
