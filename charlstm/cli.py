@@ -248,11 +248,13 @@ def eval_command(
     if per_char:
         from charlstm.eval_command import report_surprise
         from charlstm.surprise import surprise
+        from charlstm.userio import refuse_output_over_input
 
         if text_file is None or data is not None:
             raise CharlstmError("--per-char scores one file: give --text-file (and no --data)")
         if dynamic:
             raise CharlstmError("--per-char shows the model as it is: drop --dynamic")
+        refuse_output_over_input({"--html": html}, {"--text-file": text_file})
         result = surprise(checkpoint, text_file, device=device, precision=precision)
         report_surprise(result, err, json_out=json_output, html_out=html)
         return
@@ -335,10 +337,11 @@ def sample_command(
     from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
     from charlstm.sample import SampleSettings, read_prime_file, unescape
     from charlstm.sample_command import run_sampling
-    from charlstm.userio import text_from_argv
+    from charlstm.userio import refuse_output_over_input, text_from_argv
 
     if prime is not None and prime_file is not None:
         raise CharlstmError("give --prime or --prime-file, not both")
+    refuse_output_over_input({"-o": out}, {"--prime-file": prime_file})
     prime_text = read_prime_file(prime_file) if prime_file is not None else text_from_argv(prime or "")
     settings = SampleSettings(
         length=length,

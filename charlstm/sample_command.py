@@ -25,7 +25,7 @@ from charlstm.errors import CharlstmError
 from charlstm.graphed import GRAPH_STEPS
 from charlstm.interventions import resolve
 from charlstm.sample import Sampler, SampleSettings
-from charlstm.userio import check_output, silence_stdout, write_output
+from charlstm.userio import check_output, refuse_output_over_input, silence_stdout, write_output
 from charlstm.vocab import DOC_SEP
 
 NEWLINE_MARK = "↵"  # --watch on a terminal: where a newline's value is shown
@@ -318,6 +318,7 @@ def _run_sampling(
     from rich.markup import escape
 
     path = resolve_checkpoint(checkpoint)
+    refuse_output_over_input({"-o": out}, {"the checkpoint": path})
     sampler, payload = Sampler.from_checkpoint(path, device=device, precision=precision)
     unknown = sampler.vocab.unknown_chars(settings.prime)
     if unknown:

@@ -91,3 +91,34 @@ def test_ingest_force_cannot_replace_a_dataset_a_run_is_reading(tmp_path, monkey
     ingest_java(tmp_path, FILES_B, force=True)  # the run is over: the name is free again
     assert (data / "meta.json").read_bytes() != meta_before
     assert not (data.parent / ".t.lock").exists()
+
+
+# --- 2. an output written over an input ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        lambda ck, f, link: ["eval", str(ck), "--per-char", "--text-file", str(f), "--html", str(link)],
+        lambda ck, f, link: ["inspect-neuron", str(ck), "--text-file", str(f), "--html", str(link)],
+        lambda ck, f, link: ["inspect-neuron", str(ck), "--text-file", str(f), "-l", "1", "-n", "0", "--svg", str(link)],
+        lambda ck, f, link: ["sample", str(ck), "-n", "5", "--prime-file", str(f), "-o", str(link)],
+        lambda ck, f, link: ["sample", str(ck), "-n", "5", "-o", str(ck)],
+    ],
+    ids=["eval-html", "inspect-html", "inspect-svg", "sample-prime", "sample-checkpoint"],
+)
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tiny_checkpoint, tmp_path, command):
+    source = tmp_path / "f.py"
+    source.write_text(PYTHON_SNIPPET)
+    link = tmp_path / "link.py"
+    link.symlink_to(source)  # the same file by another name
+    before, checkpoint_before = source.read_bytes(), tiny_checkpoint.read_bytes()
+    line = one_line_error(runner.invoke(app, command(tiny_checkpoint, source, link)))
+    assert "is the same file as" in line
+    assert source.read_bytes() == before and tiny_checkpoint.read_bytes() == checkpoint_before
+
+
+def test_a_device_may_be_input_and_output(tiny_checkpoint, tmp_path):
+    from charlstm.userio import refuse_output_over_input
+
+    refuse_output_over_input({"-o": os.devnull}, {"--prime-file": os.devnull})  # written in place, not replaced
