@@ -1,11 +1,30 @@
 """`python -m charlstm`, and the `charlstm` command's entry point."""
 
+import os
 import sys
+
+
+def reopen_closed_streams() -> None:
+    """A standard stream the shell closed (`2>&-`): its descriptor goes to /dev/null, so no file we
+    open takes its number (and stray writes to it), and sys.stdin/sys.stderr, None then, become
+    /dev/null streams, so progress bars and messages go nowhere instead of failing (or, for
+    tqdm.write, landing on stdout). sys.stdout stays None: `sample` refuses to generate into nothing."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None and name != "stdout":
+            setattr(sys, name, open(os.devnull, "r" if fd == 0 else "w", encoding="utf-8"))
 
 
 def main() -> None:
     """Run the CLI. Ctrl-C while it starts up (importing torch takes seconds) exits quietly as well:
     the commands' own handler only covers the time after the import."""
+    reopen_closed_streams()
     try:
         from charlstm.cli import app
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,6 +32,19 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
+MIN_COLUMNS = 20  # narrower than this, a terminal size from the environment is taken as nonsense
+
+
+def _ignore_unusable_terminal_size() -> None:
+    """COLUMNS=0 (or text, or a few columns) would have rich wrap every line, error messages
+    included, to nothing: such a size is dropped, and the real terminal's (or 80) is used."""
+    for name, least in (("COLUMNS", MIN_COLUMNS), ("LINES", 1)):
+        value = os.environ.get(name)
+        if value is not None and not (value.strip().isdigit() and int(value) >= least):
+            del os.environ[name]
+
+
+_ignore_unusable_terminal_size()
 # Messages, tables and progress go to stderr; generated text and --json go to stdout.
 err = Console(stderr=True)
 
@@ -208,7 +222,7 @@ def train_command(
     except TrainingInterrupted as exc:
         err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
         raise typer.Exit(code=130) from None
-    if summary.get("world_size", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
+    if summary.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
         return  # only rank 0 reports
     if json_output:
         typer.echo(json.dumps(summary))

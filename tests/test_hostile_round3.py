@@ -122,3 +122,36 @@ def test_a_device_may_be_input_and_output(tiny_checkpoint, tmp_path):
     from charlstm.userio import refuse_output_over_input
 
     refuse_output_over_input({"-o": os.devnull}, {"--prime-file": os.devnull})  # written in place, not replaced
+
+
+# --- 3. closed standard streams and odd terminal sizes ------------------------------------------
+
+
+def shell(command: str, env: dict | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
+    """`python -m charlstm` under a shell, so that its redirections (`2>&-`) close streams for real."""
+    return subprocess.run(["bash", "-c", f"exec {sys.executable} -m charlstm {command}"], cwd=REPO,
+                          env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def test_train_json_with_stderr_and_stdin_closed_prints_only_its_json(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    args = " ".join(train_args(tiny_dataset, run, "--steps", "2", "--json"))
+    done = shell(f"{args} 2>&- 0<&-")
+    assert done.returncode == 0
+    summary = json.loads(done.stdout)  # the header and progress went nowhere, not onto stdout
+    assert summary["steps"] == 2 and (run / "latest.pt").is_file()
+
+
+@pytest.mark.parametrize("columns", ["0", "-3", "abc", "1"])
+def test_error_messages_survive_an_unusable_columns(tmp_path, columns):
+    done = shell(f"sample {tmp_path / 'nothing'}", env={"COLUMNS": columns, "LINES": "0"})
+    assert done.returncode == 1
+    assert f"error: checkpoint not found: {tmp_path / 'nothing'}" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr
+
+
+def test_sample_with_stdout_closed_says_so_and_saves_with_o(tiny_checkpoint, tmp_path):
+    done = shell(f"sample {tiny_checkpoint} -n 5 >&-")
+    assert done.returncode == 1 and "stdout is closed" in done.stderr
+    done = shell(f"sample {tiny_checkpoint} -n 5 --seed 1 -o {tmp_path / 'out.txt'} >&- 2>&-")
+    assert done.returncode == 0 and len((tmp_path / "out.txt").read_text()) >= 5
