@@ -26,6 +26,9 @@ def main() -> None:
     the commands' own handler only covers the time after the import."""
     reopen_closed_streams()
     try:
+        from charlstm.stopping import stop_like_ctrl_c
+
+        stop_like_ctrl_c()
         from charlstm.cli import app
 
         app(prog_name="charlstm")

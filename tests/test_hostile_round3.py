@@ -155,3 +155,47 @@ def test_sample_with_stdout_closed_says_so_and_saves_with_o(tiny_checkpoint, tmp
     assert done.returncode == 1 and "stdout is closed" in done.stderr
     done = shell(f"sample {tiny_checkpoint} -n 5 --seed 1 -o {tmp_path / 'out.txt'} >&- 2>&-")
     assert done.returncode == 0 and len((tmp_path / "out.txt").read_text()) >= 5
+
+
+# --- 4. SIGTERM and SIGHUP act as Ctrl-C ---------------------------------------------------------
+
+
+def wait_for(condition, seconds: float = 120) -> None:
+    deadline = time.time() + seconds  # start-up is slow on a loaded machine
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_save_a_training_run_as_ctrl_c_does(tiny_dataset, tmp_path, sig):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "charlstm", *train_args(tiny_dataset, run, "--steps", "1000000", "--save-every", "0",
+                                                         "--eval-every", "0", "--log-every", "1")]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size > 0)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Resume with: charlstm train --resume --out" in stderr
+    assert load_checkpoint(run / "latest.pt")["step"] >= 1  # saved on the way out, not lost
+
+
+def test_sigterm_during_sample_o_keeps_the_text_so_far(lively_checkpoint, tmp_path):
+    out = tmp_path / "out.txt"
+    out.write_text("old")
+    cmd = [sys.executable, "-m", "charlstm", "sample", str(lively_checkpoint), "-n", "100000000", "--seed", "1",
+           "--precision", "fp32", "-o", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = proc.stdout.read(200)  # it is generating
+        proc.send_signal(signal.SIGTERM)
+        rest, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    saved = out.read_bytes()
+    assert saved != b"old" and len(saved) >= 200 and saved == first + rest  # what the pipe got
