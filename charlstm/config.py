@@ -6,7 +6,7 @@ without importing torch (seconds); the modules that do the work import them from
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -105,3 +105,23 @@ class TrainConfig:
         need(self.threads is None or 1 <= self.threads <= MAX_THREADS, f"--threads must be between 1 and {MAX_THREADS}, got {self.threads}")
         need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+
+_FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "dict": (dict,)}
+
+
+def malformed_fields(saved: dict) -> list[str]:
+    """The fields of a saved training config (a checkpoint's train_config) holding a value of the
+    wrong type, as "data: 123": an edited file, which would fail deep inside training otherwise."""
+    bad = []
+    for f in fields(TrainConfig):
+        if f.name not in saved:
+            continue
+        value, parts = saved[f.name], f.type.split(" | ")
+        if value is None and "None" in parts:
+            continue
+        allowed = tuple(t for part in parts for t in _FIELD_TYPES.get(part, ()))
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            bad.append(f"{f.name}: {value!r}")
+    return bad
+

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from charlstm import lock
 from charlstm.distributed import distributed_layout
 from charlstm.checkpoint import BEST, LATEST
+from charlstm.config import malformed_fields
 from charlstm.errors import CharlstmError
 from charlstm.files import atomic_write
 
@@ -102,6 +103,9 @@ def check_resumable(payload: dict, path: Path) -> None:
     """Everything Trainer._restore reads is there, so a stripped or foreign checkpoint fails in one line."""
     if not isinstance(payload.get("train_config"), dict):
         raise CharlstmError(f"{path} was not written by `charlstm train`: it has no training config")
+    malformed = malformed_fields(payload["train_config"])
+    if malformed:
+        raise CharlstmError(f"{path} has a malformed training config ({', '.join(malformed[:3])}): was it edited?")
     missing = [key for key in RESUME_KEYS if key not in payload]
     if missing:
         raise CharlstmError(

@@ -199,3 +199,49 @@ def test_sigterm_during_sample_o_keeps_the_text_so_far(lively_checkpoint, tmp_pa
     assert proc.returncode == 130, stderr
     saved = out.read_bytes()
     assert saved != b"old" and len(saved) >= 200 and saved == first + rest  # what the pipe got
+
+
+# --- 5. crafted or mismatched checkpoints ----------------------------------------------------------
+
+
+def _gru_weights(payload):
+    from charlstm.model import CharRNN, ModelConfig
+
+    config = ModelConfig(**{**payload["model_config"], "kind": "gru"})
+    return {**payload, "model": CharRNN(config).state_dict()}
+
+
+CRAFTED = {
+    "short-vocab": (lambda p: {**p, "vocab": p["vocab"][:-1]}, "symbols but its model_config"),
+    "no-head-bias": (lambda p: {**p, "model": {k: v for k, v in p["model"].items() if k != "head.bias"}},
+                     "head.bias missing"),
+    "gru-weights": (_gru_weights, "do not match its model_config"),
+    "layers-100": (lambda p: {**p, "model_config": {**p["model_config"], "layers": 100}}, "missing"),
+    "embedding-200": (lambda p: {**p, "model": {**p["model"], "embedding.weight": p["model"]["embedding.weight"].new_zeros(200, 8)}},
+                      "embedding.weight is [200, 8]"),
+    "hidden-float": (lambda p: {**p, "model_config": {**p["model_config"], "hidden": 24.0}}, "hidden should be a whole number"),
+    "data-number": (lambda p: {**p, "train_config": {**p["train_config"], "data": 123}}, "data: 123"),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+@pytest.mark.parametrize("command", ["init-from", "resume", "sample"])
+def test_a_crafted_checkpoint_is_one_short_line_for_every_command(tiny_dataset, tmp_path, case, command):
+    run = tmp_path / "run"
+    train(options(tiny_dataset, run, steps=2))
+    craft, expected = CRAFTED[case]
+    payload = load_checkpoint(run / "latest.pt")
+    save_checkpoint(run / "latest.pt", {k: v for k, v in craft(payload).items() if k not in ("format", "version")})
+    (run / "best.pt").unlink(missing_ok=True)
+    argv = {
+        "init-from": ["train", "--data", str(tiny_dataset.path), "--out", str(tmp_path / "ft"), "--batch-size", "4",
+                      "--seq-len", "16", "--threads", "1", "--init-from", str(run / "latest.pt"), "--steps", "1"],
+        "resume": ["train", "--out", str(run), "--resume", "--steps", "3"],
+        "sample": ["sample", str(run / "latest.pt"), "-n", "5"],
+    }[command]
+    result = runner.invoke(app, argv)
+    if case == "data-number" and command != "resume":
+        assert result.exit_code == 0, result.output  # only resuming reads the training config
+        return
+    line = one_line_error(result)
+    assert expected in line and len(line) < 400
