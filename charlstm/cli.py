@@ -19,7 +19,7 @@ from rich.markup import escape
 from charlstm import __version__
 from charlstm.config import WEIGHT_PRECISIONS, Preset
 from charlstm.config import TrainConfig as _TC  # its defaults are shown in the help
-from charlstm.errors import CharlstmError
+from charlstm.errors import CharlstmError, os_error_message
 
 # Each command imports its implementation when it runs: they import torch (seconds), which
 # `charlstm --help` and a mistyped option do not need.
@@ -68,6 +68,8 @@ def user_errors(command):
             raise fail(str(exc)) from None
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
             return None
+        except OSError as exc:  # a path the OS refuses wherever it is first touched (ENAMETOOLONG, EACCES)
+            raise fail(os_error_message(exc)) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]")
             raise typer.Exit(code=130) from None

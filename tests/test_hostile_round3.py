@@ -245,3 +245,35 @@ def test_a_crafted_checkpoint_is_one_short_line_for_every_command(tiny_dataset, 
         return
     line = one_line_error(result)
     assert expected in line and len(line) < 400
+
+
+# --- 8. paths the OS refuses ----------------------------------------------------------------------
+
+LONG = "x" * 300  # longer than a file name may be (ENAMETOOLONG)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        lambda d, ck, t: ["sample", str(t / LONG), "-n", "5"],
+        lambda d, ck, t: ["eval", str(t / LONG)],
+        lambda d, ck, t: ["inspect-neuron", str(t / LONG), "-l", "1", "-n", "0", "--text", "x"],
+        lambda d, ck, t: ["train", "--data", str(d.path), "--out", str(t / "ft"), "--init-from", str(t / LONG)],
+        lambda d, ck, t: ["train", "--data", str(t / LONG), "--out", str(t / "r")],
+        lambda d, ck, t: ["train", "--out", str(t / LONG), "--resume"],
+        lambda d, ck, t: ["sample", str(ck), "-n", "5", "-o", str(t / LONG / "out.txt")],
+    ],
+    ids=["sample", "eval", "inspect", "init-from", "data", "resume", "sample-o"],
+)
+def test_a_name_too_long_for_the_os_is_one_line(tiny_dataset, tiny_checkpoint, tmp_path, argv):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    line = one_line_error(runner.invoke(app, argv(tiny_dataset, tiny_checkpoint, tmp_path)))
+    assert LONG in line and "too long" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing made on the way
+
+
+def test_an_os_error_names_its_path_on_one_line():
+    from charlstm.errors import os_error_message
+
+    assert os_error_message(PermissionError(13, "Permission denied", "a/b")) == "cannot use a/b: Permission denied"
+    assert "\n" not in os_error_message(PermissionError(13, "Permission denied", "a\nb"))
