@@ -71,6 +71,7 @@ def load_dataset(path: str | Path) -> Dataset:
         raise CharlstmError(f"{path} is not a charlstm dataset (wrong format in meta.json)")
     if meta.get("version") != VERSION:
         raise CharlstmError(f"{path} has dataset version {meta.get('version')}, expected {VERSION}; ingest again")
+    _check_meta_fields(meta, meta_path)
     try:
         vocab = _vocab(meta, meta_path)
         for split in SPLITS:
@@ -86,6 +87,19 @@ def load_dataset(path: str | Path) -> Dataset:
     dataset = Dataset(path=path, meta=meta, vocab=vocab)
     _check_token_ids(dataset, meta_path)
     return dataset
+
+
+def _check_meta_fields(meta: dict, meta_path: Path) -> None:
+    """Counts that are whole numbers of 0 or more, and names that are text: an edited meta.json is
+    refused when the dataset is opened, not later (a train_chars of -1 matched a missing file's size
+    of -1; a language of 123 went into checkpoints that sample then refused)."""
+    for split in SPLITS:
+        n = meta.get(f"{split}_chars")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise CharlstmError(f"{meta_path}: {split}_chars should be a whole number of 0 or more, got {n!r}; ingest again")
+    for key in ("name", "language", "content_hash"):
+        if not isinstance(meta.get(key), (str, type(None))):
+            raise CharlstmError(f"{meta_path}: {key} should be a string, got {meta[key]!r}; ingest again")
 
 
 def _vocab(meta: dict, meta_path: Path) -> Vocab:

@@ -57,7 +57,7 @@ def prepare_run_dir(run_dir: Path, resumed_at: int | None, say) -> None:
     """A resumed run's metrics cut back to its checkpoint's step `resumed_at`; a fresh run's folder
     made, without an earlier run's files."""
     if resumed_at is not None:
-        truncate_metrics(run_dir, resumed_at)
+        truncate_metrics(run_dir, resumed_at, say)
     else:
         clear_earlier_run(run_dir, say)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,18 +68,33 @@ def write_run_config(run_dir: Path, record: dict) -> None:
     atomic_write(run_dir / "config.json", lambda f: f.write(text.encode()))
 
 
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metrics logged after the checkpoint we resume from, so no step appears twice."""
+def truncate_metrics(run_dir: Path, step: int, say=None) -> None:
+    """Drop metrics logged after the checkpoint we resume from, so no step appears twice. A damaged
+    line (not UTF-8, not JSON, no step) is dropped too, with a warning through `say`: a log never
+    stops a resume."""
     path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    if not os.path.lexists(path):
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    if path.is_dir():
+        raise CharlstmError(f"{path} is a folder, not the run's metrics log: move it away, then resume")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
+    kept, damaged = [], 0
+    for raw in data.splitlines():
         try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
+            line = raw.decode("utf-8")
+            record_step = json.loads(line)["step"]
+            if isinstance(record_step, bool) or not isinstance(record_step, (int, float)):
+                raise TypeError(record_step)
+        except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+            damaged += raw.strip() != b""
             continue
+        if record_step <= step:
+            kept.append(line + "\n")
+    if damaged and say is not None:
+        say(f"warning: dropped {damaged} damaged line(s) of {path} (not UTF-8 JSON with a step)")
     atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 

@@ -277,3 +277,47 @@ def test_an_os_error_names_its_path_on_one_line():
 
     assert os_error_message(PermissionError(13, "Permission denied", "a/b")) == "cannot use a/b: Permission denied"
     assert "\n" not in os_error_message(PermissionError(13, "Permission denied", "a\nb"))
+
+
+# --- 9. damaged run and dataset files ---------------------------------------------------------------
+
+
+def test_a_damaged_metrics_line_is_dropped_with_a_warning_and_the_run_resumes(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(options(tiny_dataset, run, steps=2, log_every=1))
+    metrics = run / "metrics.jsonl"
+    good = metrics.read_bytes()
+    metrics.write_bytes(good + b'{"step": 1, "loss": "\xff\xfe"}\n' + b"not json\n")
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume", "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    assert "dropped 2 damaged line(s)" in result.output
+    lines = metrics.read_bytes().splitlines()
+    assert lines[: len(good.splitlines())] == good.splitlines()
+    assert [json.loads(line)["step"] for line in lines][-1] == 3
+
+
+def test_metrics_that_is_a_folder_is_one_line(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(options(tiny_dataset, run, steps=2))
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").mkdir()
+    line = one_line_error(runner.invoke(app, ["train", "--out", str(run), "--resume", "--steps", "3"]))
+    assert "metrics.jsonl is a folder" in line
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [({"train_chars": -1}, "train_chars should be a whole number of 0 or more"),
+     ({"val_chars": 2.5}, "val_chars should be a whole number"),
+     ({"language": 123}, "language should be a string"),
+     ({"name": ["t"]}, "name should be a string")],
+)
+def test_an_edited_meta_json_is_refused_when_the_dataset_is_opened(tiny_dataset, tmp_path, edit, expected):
+    meta_path = tiny_dataset.path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, **edit}))
+    if "train_chars" in edit:
+        (tiny_dataset.path / "train.bin").unlink()
+    line = one_line_error(runner.invoke(app, train_args(tiny_dataset, tmp_path / "run", "--steps", "1")))
+    assert expected in line
+    assert not (tmp_path / "run").exists()
