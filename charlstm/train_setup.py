@@ -151,7 +151,10 @@ def resumed_config(given: dict, run_dir: Path, new_data: bool = False) -> tuple[
     config.data = os.path.abspath(config.data)  # as a new run records it: found again from any folder
     config.out = str(run_dir)
     config.validate()
-    warning = check_same_data(load_dataset(config.data), payload.get("dataset"), path, new_data)
+    dataset = load_dataset(config.data)
+    warning = None
+    if set(dataset.vocab.symbols) <= set(payload["vocab"]):  # else training_data refuses the other vocabulary
+        warning = check_same_data(dataset, payload.get("dataset"), path, new_data)
     if warning:
         tqdm.write(f"warning: {warning}", file=sys.stderr)
     _default_budget(config)
