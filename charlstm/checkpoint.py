@@ -168,6 +168,11 @@ def _check_model(payload: dict, path: Path) -> None:
         config = ModelConfig.from_dict(given)
     except (TypeError, CharlstmError) as exc:
         raise CharlstmError(f"{path} has a malformed model_config: {first_line(exc)}") from None
+    if "vocab" in payload:
+        try:
+            Vocab(payload["vocab"])
+        except CharlstmError as exc:
+            raise CharlstmError(f"{path}: {exc}") from None
     if "vocab" in payload and len(payload["vocab"]) != config.vocab_size:
         raise CharlstmError(f"{path}: its vocabulary has {len(payload['vocab'])} symbols but its model_config "
                             f"{config.vocab_size} (one output per symbol)")  # fmt: skip

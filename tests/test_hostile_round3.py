@@ -322,3 +322,29 @@ def test_an_edited_meta_json_is_refused_when_the_dataset_is_opened(tiny_dataset,
     line = one_line_error(runner.invoke(app, train_args(tiny_dataset, tmp_path / "run", "--steps", "1")))
     assert expected in line
     assert not (tmp_path / "run").exists()
+
+
+# --- 6. characters no UTF-8 text holds ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["sample", "-n", "5", "-o", "OUT"], ["sample", "-n", "5", "--watch", "1:0", "-o", "OUT"],
+                                     ["eval", "--per-char", "--text-file", "TEXT", "--json"]])
+def test_a_vocabulary_with_a_lone_surrogate_is_refused_in_one_line(tmp_path, command):
+    path = make_checkpoint(tmp_path / "run" / "best.pt")
+    payload = load_checkpoint(path)
+    vocab = list(payload["vocab"])
+    vocab[-1] = "\ud800"
+    save_checkpoint(path, {**{k: v for k, v in payload.items() if k not in ("format", "version")}, "vocab": vocab})
+    (tmp_path / "t.py").write_text(PYTHON_SNIPPET)
+    argv = [a.replace("OUT", str(tmp_path / "o.txt")).replace("TEXT", str(tmp_path / "t.py")) for a in command]
+    line = one_line_error(runner.invoke(app, [argv[0], str(path), *argv[1:]]))
+    assert "lone surrogate" in line
+    assert not (tmp_path / "o.txt").exists()
+
+
+def test_a_dataset_vocabulary_with_a_lone_surrogate_is_refused(tiny_dataset, tmp_path):
+    meta_path = tiny_dataset.path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["vocab"][-1] = "\ud800"
+    meta_path.write_text(json.dumps(meta))
+    assert "lone surrogate" in one_line_error(runner.invoke(app, train_args(tiny_dataset, tmp_path / "r", "--steps", "1")))
