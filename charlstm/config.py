@@ -20,6 +20,9 @@ WEIGHT_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # the step engine'
 DEVICES = ("auto", "cuda", "mps", "cpu")
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; distributed ranks add their rank and the step to it
 MAX_THREADS = 4096  # torch.set_num_threads takes a C int
+# float32's range: a number given for a float32 tensor must lie within it (1e39 becomes inf, 1e-46 becomes 0).
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_STEPS = 2**53  # steps and schedule positions are computed in float64, exact up to here
 
 
 class Preset(str, Enum):
@@ -94,6 +97,7 @@ class TrainConfig:
         need(0 <= self.weight_decay < math.inf, f"--weight-decay must be 0 or more, got {self.weight_decay}")
         need(self.grad_clip >= 0, f"--grad-clip must be 0 (off) or more, got {self.grad_clip}")
         need(self.steps is None or self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
+        need(self.steps is None or self.steps <= MAX_STEPS, f"--steps must be at most {MAX_STEPS:,}, got {self.steps}")
         need(self.epochs is None or 0 < self.epochs < math.inf, f"--epochs must be a positive number, got {self.epochs}")
         need(self.minutes is None or 0 < self.minutes < math.inf, f"--minutes must be a positive number, got {self.minutes}")
         need(0 <= self.seed <= MAX_SEED, f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")

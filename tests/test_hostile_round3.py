@@ -348,3 +348,29 @@ def test_a_dataset_vocabulary_with_a_lone_surrogate_is_refused(tiny_dataset, tmp
     meta["vocab"][-1] = "\ud800"
     meta_path.write_text(json.dumps(meta))
     assert "lone surrogate" in one_line_error(runner.invoke(app, train_args(tiny_dataset, tmp_path / "r", "--steps", "1")))
+
+
+# --- 7. float32 edges --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [(["--clamp", "1:1=1e39"], "finite float32 number"), (["--clamp", "1:1=-1e39"], "finite float32 number"),
+     (["--clamp", "1:1:hidden=3.5e38"], "finite float32 number")],
+)
+def test_sampling_numbers_beyond_float32_are_refused(tiny_checkpoint, extra, expected):
+    assert expected in one_line_error(runner.invoke(app, ["sample", str(tiny_checkpoint), "-n", "5", *extra]))
+
+
+@pytest.mark.parametrize("top_p", ["1e-46", "1e-30"])
+def test_a_top_p_below_float32s_range_is_greedy_not_all_separators(lively_checkpoint, top_p):
+    greedy = runner.invoke(app, ["sample", str(lively_checkpoint), "-n", "40", "--greedy", "--precision", "fp32"])
+    result = runner.invoke(app, ["sample", str(lively_checkpoint), "-n", "40", "--top-p", top_p, "--seed", "1",
+                                 "--precision", "fp32"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout == greedy.stdout  # 1e-46 is 0 in float32: every character was dropped, a separator drawn
+
+
+def test_steps_beyond_exact_float64_are_refused(tiny_dataset, tmp_path):
+    line = one_line_error(runner.invoke(app, train_args(tiny_dataset, tmp_path / "r", "--steps", "99999999999999999999")))
+    assert "--steps must be at most" in line
