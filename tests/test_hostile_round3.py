@@ -374,3 +374,44 @@ def test_a_top_p_below_float32s_range_is_greedy_not_all_separators(lively_checkp
 def test_steps_beyond_exact_float64_are_refused(tiny_dataset, tmp_path):
     line = one_line_error(runner.invoke(app, train_args(tiny_dataset, tmp_path / "r", "--steps", "99999999999999999999")))
     assert "--steps must be at most" in line
+
+
+# --- 10. bounded work: beam search on a large vocabulary ------------------------------------------------
+
+
+def brute_force_extensions(log_probs, beam_log_probs, width):
+    """The former selection: every beam × character in float64, sorted (score desc, index asc)."""
+    import torch
+
+    totals = (torch.tensor(beam_log_probs, dtype=torch.float64)[:, None] + log_probs.double()).flatten()
+    order = torch.argsort(-totals, stable=True)[:width]
+    vocab = log_probs.shape[-1]
+    return (order // vocab).tolist(), (order % vocab).tolist(), totals[order].tolist()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_beam_selection_per_beam_equals_the_full_sort_ties_included(seed):
+    import torch
+
+    from charlstm.beam import best_extensions
+
+    g = torch.Generator().manual_seed(seed)
+    beams, vocab, width = 5, 40, [1, 3, 7, 40, 64][seed % 5]
+    log_probs = torch.randn(beams, vocab, generator=g).round()  # rounded: many ties, across cuts too
+    if seed == 5:
+        log_probs[2] = 0.0  # a uniform row: every character tied
+    beam_lps = torch.randn(beams, generator=g).round().tolist()
+    assert best_extensions(log_probs, beam_lps, width) == brute_force_extensions(log_probs, beam_lps, width)
+
+
+def test_beam_selection_never_sorts_beams_times_vocabulary(monkeypatch):
+    import torch
+
+    from charlstm.beam import best_extensions
+
+    sizes, argsort = [], torch.argsort
+    monkeypatch.setattr(torch, "argsort", lambda t, *a, **k: (sizes.append(t.numel()), argsort(t, *a, **k))[1])
+    log_probs = torch.log_softmax(torch.randn(64, 120_000, generator=torch.Generator().manual_seed(0)), dim=-1)
+    parents, chars, scores = best_extensions(log_probs, [0.0] * 64, 64)
+    assert len(parents) == 64 and scores == sorted(scores, reverse=True)
+    assert max(sizes) <= 64 * 64  # candidates: beams × width, never beams × 120k
