@@ -101,6 +101,8 @@ def _check_flags(o: InspectOptions) -> tuple[list[str], list | None]:
                                    ("--top-contexts", o.top_contexts is not None)) if on]  # fmt: skip
     if len(modes) > 1:
         raise CharlstmError(f"choose one of {', '.join(modes)} at a time")
+    if o.json_out and o.html is not None:  # with --ablate, --html writes the page and prints no JSON
+        raise CharlstmError("--json prints results on stdout; --html writes a page instead: give one of them")
     if o.json_out and not (o.find or o.stats or o.ablate or o.top_contexts is not None):
         raise CharlstmError("--json goes with --find, --stats, --ablate or --top-contexts")
     if o.causal and o.find is None:

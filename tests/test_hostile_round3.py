@@ -415,3 +415,49 @@ def test_beam_selection_never_sorts_beams_times_vocabulary(monkeypatch):
     parents, chars, scores = best_extensions(log_probs, [0.0] * 64, 64)
     assert len(parents) == 64 and scores == sorted(scores, reverse=True)
     assert max(sizes) <= 64 * 64  # candidates: beams × width, never beams × 120k
+
+
+# --- 11. smaller ---------------------------------------------------------------------------------------
+
+
+def test_bidi_overrides_and_line_separators_do_not_reach_a_terminal_raw_but_reach_o():
+    import io
+
+    from charlstm.sample_command import StreamWriter
+
+    text = "a\u202eb\u2028c\u2067d\x9be\n"
+    shown = io.StringIO()
+    writer = StreamWriter(shown, terminal=True, keep_plain=True)
+    writer.write(text)
+    assert shown.getvalue() == "a?b?c?d?e\n"
+    assert writer.plain == text  # what -o saves and a pipe receives stays the text itself
+    piped = io.StringIO()
+    StreamWriter(piped, terminal=False).write(text)
+    assert piped.getvalue() == text
+
+
+def test_watch_with_colour_off_on_a_terminal_says_why(lively_checkpoint, monkeypatch):
+    import charlstm.sample_command as sc
+
+    monkeypatch.setattr(sc, "_isatty", lambda stream: True)
+    monkeypatch.setenv("NO_COLOR", "1")
+    result = runner.invoke(app, ["sample", str(lively_checkpoint), "-n", "5", "--watch", "1:0", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "colour is off" in result.output and "not one" not in result.output
+
+
+def test_inspect_html_with_ablate_and_json_is_refused(tiny_checkpoint, tmp_path):
+    result = runner.invoke(app, ["inspect-neuron", str(tiny_checkpoint), "--text", "x = 1\n", "--ablate", "1:3",
+                                 "--html", str(tmp_path / "p.html"), "--json"])  # fmt: skip
+    assert "--html writes a page instead" in one_line_error(result)
+    assert not (tmp_path / "p.html").exists()
+
+
+def test_an_empty_local_folder_named_like_the_shipped_model_gets_a_hint(tiny_dataset, tmp_path, monkeypatch):
+    from charlstm.checkpoint import PRETRAINED_RUN
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / PRETRAINED_RUN.name).mkdir()
+    result = runner.invoke(app, train_args(tiny_dataset, tmp_path / "ft", "--init-from", PRETRAINED_RUN.name))
+    line = one_line_error(result)
+    assert "hides the shipped model" in line and str(PRETRAINED_RUN) in line
