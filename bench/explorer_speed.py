@@ -162,7 +162,9 @@ def main() -> None:
         with torch_threads(1):
             seconds, now = timed(lambda: bits_with_interventions(engine, tokens, conditions))
         times["score now"].append(seconds)
-        assert np.array_equal(before, now), "the blocked scoring must give the same bits"
+        # Within float32 rounding, not bit for bit: a block of steps and one step at a time are
+        # differently blocked products, which some CPUs' BLAS round differently.
+        np.testing.assert_allclose(now, before, rtol=1e-5, atol=1e-5, err_msg="the blocked scoring changed the bits")
         seconds, f_before = timed(lambda: features_before(text))
         times["features before"].append(seconds)
         features._syntax_labels.cache_clear()
@@ -184,7 +186,7 @@ def main() -> None:
     print(f"LSTM {args.layers}×{args.hidden}, {args.chars:,} characters, torch default threads {default_threads}")
     for name, values in times.items():
         print(f"  {name:18s} {best[name]:7.2f} s  (rounds {', '.join(f'{v:.2f}' for v in values)})")
-    print(f"ablation scoring: {best['score before'] / best['score now']:.1f}× faster, same bits")
+    print(f"ablation scoring: {best['score before'] / best['score now']:.1f}× faster, same bits within float32 rounding")
     print(f"features:         {best['features before'] / best['features now']:.1f}× faster, same values")
     print(f"trace loop ({tracer.weight_dtype} weights): {best['trace loop before'] / best['trace loop now']:.2f}× faster, same h and c")
     saved = sum(best[f"{n} before"] - best[f"{n} now"] for n in names)
