@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 		$(PIP) install -q "$(TORCH_CPU_SPEC)" $(TORCH_PIP_ARGS) 2>/dev/null || \
 		$(PIP) install -q torch --index-url $(TORCH_CPU_INDEX); \
 	fi
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,syntax,tensorboard,svg]"  # the extras too, so the tests cover them
 	touch $@
 
 install: $(VENV)/.installed

@@ -21,10 +21,24 @@ def reopen_closed_streams() -> None:
             setattr(sys, name, open(os.devnull, "r" if fd == 0 else "w", encoding="utf-8"))
 
 
+MIN_COLUMNS = 20  # narrower than this, a terminal size from the environment is taken as nonsense
+
+
+def ignore_unusable_terminal_size() -> None:
+    """COLUMNS=0 (or text, or a few columns) would have rich wrap every line, error messages
+    included, to nothing: such a size is dropped, and the real terminal's (or 80) is used. Before
+    the CLI is imported: its console reads the size when it is made."""
+    for name, least in (("COLUMNS", MIN_COLUMNS), ("LINES", 1)):
+        value = os.environ.get(name)
+        if value is not None and not (value.strip().isdigit() and int(value) >= least):
+            del os.environ[name]
+
+
 def main() -> None:
     """Run the CLI. Ctrl-C while it starts up (importing torch takes seconds) exits quietly as well:
     the commands' own handler only covers the time after the import."""
     reopen_closed_streams()
+    ignore_unusable_terminal_size()
     try:
         from charlstm.stopping import stop_like_ctrl_c
 

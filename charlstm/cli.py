@@ -32,19 +32,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-MIN_COLUMNS = 20  # narrower than this, a terminal size from the environment is taken as nonsense
-
-
-def _ignore_unusable_terminal_size() -> None:
-    """COLUMNS=0 (or text, or a few columns) would have rich wrap every line, error messages
-    included, to nothing: such a size is dropped, and the real terminal's (or 80) is used."""
-    for name, least in (("COLUMNS", MIN_COLUMNS), ("LINES", 1)):
-        value = os.environ.get(name)
-        if value is not None and not (value.strip().isdigit() and int(value) >= least):
-            del os.environ[name]
-
-
-_ignore_unusable_terminal_size()
 # Messages, tables and progress go to stderr; generated text and --json go to stdout.
 err = Console(stderr=True)
 
@@ -208,6 +195,7 @@ def train_command(
     device: Annotated[Optional[str], typer.Option(help="auto, cuda, mps or cpu (default: auto)", rich_help_panel=_BACKEND)] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the cores available)", rich_help_panel=_BACKEND)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.", rich_help_panel=_RUN)] = False,
+    tensorboard: Annotated[Optional[str], typer.Option("--tensorboard", metavar="DIR", help="Also log to TensorBoard in DIR/<run name>: scalars, hyperparameters, a sample at each validation (needs charlstm[tensorboard]; view with `tensorboard --logdir DIR`).", rich_help_panel=_RUN, show_default=False)] = None,
 ) -> None:
     """Train a character-level LSTM (or GRU/RNN) on an ingested dataset.
 
@@ -220,18 +208,35 @@ def train_command(
     from charlstm.train_setup import train
 
     try:
-        summary = train(options, resume=resume, force=force, new_data=new_data)
+        summary = train(options, resume=resume, force=force, tensorboard=tensorboard, new_data=new_data)
     except TrainingInterrupted as exc:
         err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
         raise typer.Exit(code=130) from None
     if summary.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
         return  # only rank 0 reports
-    if json_output:
-        typer.echo(json.dumps(summary))
-    else:
-        val, best = summary["val_bpc"], summary["best_val_bpc"]
-        scores = f", validation {val:.4f} bpc (best {best:.4f})" if val is not None and best is not None else ""
-        err.print(f"done: {summary['steps']:,} steps{scores}; run in {escape(summary['run_dir'])}", highlight=False)
+    from charlstm.eval_command import syntax_line, training_syntax
+    from charlstm.runs_command import report_training  # the 'done' line, and on a terminal the run's curve
+
+    summary["syntax"] = training_syntax(summary["run_dir"])
+    report_training(summary, json_output, err)
+    if summary["syntax"] is not None and not json_output:
+        err.print(syntax_line(summary["syntax"]), highlight=False, soft_wrap=True)
+
+
+@app.command("runs", rich_help_panel="Pipeline")
+@user_errors
+def runs_command(
+    runs: Annotated[Optional[list[str]], typer.Argument(metavar="[FOLDER | RUN...]", help="A folder of runs (default: checkpoints/); with --plot, the run folders to draw (default: the newest run).", show_default=False)] = None,
+    plot: Annotated[bool, typer.Option("--plot", help="Draw training and validation bpc of the runs, overlaid with a legend, in the terminal.", rich_help_panel="Curves")] = False,
+    x: Annotated[str, typer.Option("--x", help="The curves' x-axis: steps, chars (characters trained on) or minutes (of training, validation excluded).", rich_help_panel="Curves")] = "steps",
+    svg: Annotated[Optional[str], typer.Option("--svg", metavar="FILE", help="Also write the figure as an SVG picture (implies --plot).", rich_help_panel="Curves", show_default=False)] = None,
+    html: Annotated[Optional[str], typer.Option("--html", metavar="FILE", help="Also write the figure as an HTML page (implies --plot).", rich_help_panel="Curves", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the rows (with --plot: the curves' points) as JSON on stdout.")] = False,
+) -> None:
+    """List the runs in a folder, oldest first: model, data, steps, best validation bpc, training time, and whether each finished, stopped (with the command that resumes it), is training now (the PID), or is damaged (and how)."""  # noqa: E501
+    from charlstm.runs_command import show_runs
+
+    show_runs(runs, plot=plot, x=x, svg=svg, html=html, json_out=json_out, err=err)
 
 
 @app.command("eval", rich_help_panel="Pipeline")
@@ -255,10 +260,22 @@ def eval_command(
         "top 5 guesses. Scored as one stream, every character with the whole file before it."
     ), rich_help_panel="Surprise")] = False,
     html: Annotated[Optional[str], typer.Option("--html", help="With --per-char: also write the coloured text as a self-contained HTML page (hover a character for its bits and top 5).", rich_help_panel="Surprise")] = None,
+    syntax: Annotated[bool, typer.Option("--syntax", help="Instead of bits: draw samples and report the share of their complete top-level units that parse (Python: ast; Java: tree-sitter), with the first errors.", rich_help_panel="Syntax")] = False,
+    samples: Annotated[int, typer.Option("--samples", help="With --syntax: samples drawn, as one batch.", rich_help_panel="Syntax")] = 16,
+    length: Annotated[int, typer.Option("--length", help="With --syntax: characters per sample.", rich_help_panel="Syntax")] = 2500,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="With --syntax: the sampling temperature.", rich_help_panel="Syntax")] = 0.7,
+    prime: Annotated[Optional[str], typer.Option("--prime", help="With --syntax: the prime (default: 'import os\\n\\n\\ndef ' for Python, a class body for Java).", show_default=False, rich_help_panel="Syntax")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="With --syntax: the seed (the same seed gives the same samples).", rich_help_panel="Syntax")] = 0,
+    draw: Annotated[str, typer.Option("--draw", help="With --syntax: plain, constrain (as sample --constrain) or valid (as sample --valid).", rich_help_panel="Syntax")] = "plain",
 ) -> None:
-    """Score a checkpoint in bits per character on a validation split or any text file."""
+    """Score a checkpoint in bits per character on a validation split or any text file (or, with --syntax, how often its code parses)."""
     from charlstm.evaluate import evaluate_checkpoint
 
+    if syntax:
+        from charlstm.eval_command import run_syntax_eval
+
+        return run_syntax_eval(checkpoint, err, json_output, device=device, samples=samples, length=length,
+                               temperature=temperature, prime=prime, seed=seed, draw=draw, text_options=(data, text_file, per_char, dynamic))  # fmt: skip
     if html is not None and not per_char:
         raise CharlstmError("--html goes with --per-char")
     if per_char:
@@ -276,23 +293,9 @@ def eval_command(
         return
     result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision,
                                  dynamic=dynamic, dynamic_lr=dynamic_lr)
-    from charlstm.eval_command import warn_unknown
+    from charlstm.eval_command import report_score
 
-    warn_unknown(result["unknown_chars"], err)
-    if json_output:
-        typer.echo(json.dumps(result))
-    else:
-        err.print(
-            f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
-            f"({escape(result['checkpoint'])}, step {result['step']}, {result['precision']} on {result['device']}, "
-            f"{result['chars_per_sec']:,.0f} chars/s)",
-            highlight=False,
-        )
-        if "dynamic" in result:
-            d = result["dynamic"]
-            err.print(f"dynamic evaluation: [bold]{d['bpc']:.4f}[/bold] bits per character "
-                      f"({d['bpc'] - result['bpc']:+.4f}; SGD lr {d['lr']:g} per {d['seq_len']}-character segment, "
-                      f"{d['seconds']:.1f} s)", highlight=False)  # fmt: skip
+    report_score(result, err, json_output)
 
 
 # ----- sample ------------------------------------------------------------------------------------
@@ -344,6 +347,9 @@ def sample_command(
         f"fp32: exact."
     ), rich_help_panel="Backend")] = "auto",
     model: Annotated[Optional[str], typer.Option("--model", help="A shipped model by name (python, java) or a run folder or checkpoint, instead of CHECKPOINT.", show_default=False)] = None,
+    constrain: Annotated[bool, typer.Option("--constrain", help="Never draw a character that makes the code lexically impossible (a closer with no opener, a newline in a one-line string, a dedent to a level never opened); past --length, go on until the units close.", rich_help_panel="Syntax")] = False,
+    valid: Annotated[bool, typer.Option("--valid", help="Emit only top-level units that parse: a unit (and in Python a line) that cannot is drawn again from its start. Implies --constrain.", rich_help_panel="Syntax")] = False,
+    max_tries: Annotated[int, typer.Option("--max-tries", help="With --valid: draws of one unit before it is dropped.", rich_help_panel="Syntax")] = 8,
 ) -> None:
     """Stream generated code from a trained model, character by character.
 
@@ -360,19 +366,12 @@ def sample_command(
     refuse_output_over_input({"-o": out}, {"--prime-file": prime_file})
     prime_text = read_prime_file(prime_file) if prime_file is not None else text_from_argv(prime or "")
     settings = SampleSettings(
-        length=length,
-        temperature=temperature,
-        greedy=greedy,
-        top_k=top_k,
-        top_p=top_p,
-        prime=prime_text,
-        stop=unescape(text_from_argv(stop)) if stop is not None else None,
-        num_samples=num_samples,
-        seed=seed,
-        beam=beam,
-        interventions=parse_interventions(clamp, ablate),
+        length=length, temperature=temperature, greedy=greedy, top_k=top_k, top_p=top_p, prime=prime_text,
+        stop=unescape(text_from_argv(stop)) if stop is not None else None, num_samples=num_samples, seed=seed,
+        beam=beam, interventions=parse_interventions(clamp, ablate),
         watch=parse_unit(watch, "--watch", WATCHABLE) if watch is not None else None,
-    )
+        constrain=constrain or valid, valid=valid, max_tries=max_tries,
+    )  # fmt: skip
     settings.validate()
     if model is not None:
         if checkpoint is not None:

@@ -79,3 +79,89 @@ def report_surprise(result: dict, err, json_out: bool = False, html_out: str | P
         )
     if html_out is not None:
         err.print(f"wrote {escape(str(html_out))}", highlight=False)
+
+
+def run_syntax_eval(checkpoint: str | None, err, json_out: bool, *, device: str, samples: int, length: int,
+                    temperature: float, prime: str | None, seed: int, draw: str, text_options: tuple) -> None:  # fmt: skip
+    """`charlstm eval --syntax`: draw samples, parse their units, print the share that parse."""
+    import json
+
+    from rich.markup import escape
+
+    from charlstm.checkpoint import resolve_checkpoint
+    from charlstm.errors import CharlstmError
+    from charlstm.sample import Sampler, SampleSettings, unescape
+    from charlstm.syntax_eval import syntax_rate
+
+    if any(text_options):
+        raise CharlstmError("--syntax draws its own samples: drop --data, --text-file, --per-char and --dynamic")
+    SampleSettings(length=length, temperature=temperature, seed=seed).validate()
+    path = resolve_checkpoint(checkpoint)
+    sampler, _ = Sampler.from_checkpoint(path, device=device)
+    result = syntax_rate(sampler, samples, length, temperature, None if prime is None else unescape(prime), seed, draw)
+    result["checkpoint"] = str(path)
+    if json_out:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    rate = "no complete unit" if result["rate"] is None else f"[bold]{result['rate']:.0%}[/bold]"
+    err.print(f"{rate} of complete top-level units parse: {result['parsed']} of {result['units']} ({result['language']}, "
+              f"{samples} samples of {length:,} characters at T={temperature:g}, {draw} drawing, seed {seed}, "
+              f"{result['seconds']:.1f} s)", highlight=False)  # fmt: skip
+    if draw == "valid":
+        err.print(valid_summary(result["tries"], result["dropped"], result["lines_redrawn"], result["seconds"]), highlight=False)
+    for failure in result["failures"]:
+        head = failure["unit"].strip().splitlines()[0][:60] if failure["unit"].strip() else ""
+        err.print(f"  {escape(failure['error'])}  in  {escape(repr(head))}", highlight=False)
+
+
+def valid_summary(tries: list[int], dropped: int, lines_redrawn: int, seconds: float) -> str:
+    """--valid's line on stderr: units accepted, draws per unit, time per accepted unit."""
+    if not tries:
+        return f"--valid: no unit accepted ({dropped} dropped, {seconds:.1f} s)"
+    mean = sum(tries) / len(tries)
+    return (f"--valid: {len(tries)} units accepted, {mean:.2f} draws per unit (at most {max(tries)}), "
+            f"{lines_redrawn} lines drawn again, {dropped} units dropped; {seconds / len(tries):.2f} s per accepted unit")
+
+
+def training_syntax(run_dir: str) -> dict | None:
+    """The end of `train`: how often the new model's code parses (8 samples of 1,000 characters at
+    T=0.7, plain drawing), when its language has a parser; None when it has none."""
+    from charlstm.errors import CharlstmError
+    from charlstm.sample import Sampler
+    from charlstm.syntax_eval import syntax_rate
+
+    try:
+        sampler, _ = Sampler.from_checkpoint(run_dir, device="cpu")
+        result = syntax_rate(sampler, samples=8, length=1000)
+    except CharlstmError:
+        return None  # no parser for this language (or no checkpoint yet): nothing to measure
+    return {k: result[k] for k in ("units", "parsed", "rate")}
+
+
+def syntax_line(syntax: dict) -> str:
+    rate = "no complete unit yet" if syntax["rate"] is None else f"{syntax['rate']:.0%}"
+    return (f"syntax: {rate} of complete top-level units parse ({syntax['parsed']} of {syntax['units']} in "
+            f"8 samples at T=0.7; `charlstm eval RUN --syntax` for more)")  # fmt: skip
+
+
+def report_score(result: dict, err, json_out: bool) -> None:
+    """`charlstm eval`'s figure: JSON on stdout, or one line (two with --dynamic) on stderr."""
+    import json
+
+    from rich.markup import escape
+
+    warn_unknown(result["unknown_chars"], err)
+    if json_out:
+        print(json.dumps(result))
+        return
+    err.print(
+        f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
+        f"({escape(result['checkpoint'])}, step {result['step']}, {result['precision']} on {result['device']}, "
+        f"{result['chars_per_sec']:,.0f} chars/s)",
+        highlight=False,
+    )
+    if "dynamic" in result:
+        d = result["dynamic"]
+        err.print(f"dynamic evaluation: [bold]{d['bpc']:.4f}[/bold] bits per character "
+                  f"({d['bpc'] - result['bpc']:+.4f}; SGD lr {d['lr']:g} per {d['seq_len']}-character segment, "
+                  f"{d['seconds']:.1f} s)", highlight=False)  # fmt: skip

@@ -78,6 +78,31 @@ def acquire(lock_file: str | Path, what: str) -> OwnerLock:
     return OwnerLock(lock_file, fd)
 
 
+def holder(lock_file: str | Path) -> int | None:
+    """Whether a process holds `lock_file` now: its PID (0 where the file does not say), else None.
+
+    For `charlstm runs`; it never creates the file. It tests by taking a shared lock for an instant,
+    so a `train` starting in that very instant could be refused as if the folder were in use.
+    """
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(lock_file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None  # no lock file: nobody holds it
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd) or 0
+        except OSError:
+            return None  # a file system without locks: unknown, reported as free
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _open(lock_file: Path) -> int:
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)

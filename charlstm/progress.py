@@ -53,3 +53,27 @@ class Invocation:
         self.loss_sum = torch.zeros((), device=self.loss_sum.device)
         self.logged_time, self.logged_step = now, step
         return mean_loss, steps, seconds
+
+
+def run_summary(trainer, elapsed: float) -> dict:
+    """What `train()` returns (and `charlstm train --json` prints, and summary.json keeps)."""
+    t = trainer
+    summary = {
+        "steps": t.step,
+        "epoch": t.batcher.epoch,
+        "train_bpc": t.last_train_bpc,
+        "val_bpc": t.last_val_bpc,
+        "best_val_bpc": t.best_val_bpc,
+        "chars_per_sec": t.last_chars_per_sec,
+        "precision": t.precision.name,
+        "rnn_dtype": t.precision.rnn_dtype,
+        "device": str(t.device),
+        "world_size": t.world,
+        "parameters": t.raw_model.num_parameters(),
+        "seconds": round(elapsed, 2),
+        "stopped_early": t.stopped_early,
+        "run_dir": str(t.run_dir),
+    }
+    if t.scaler.is_enabled():
+        summary["skipped_steps"] = t.skipped_steps
+    return summary

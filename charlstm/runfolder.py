@@ -25,7 +25,8 @@ from charlstm.errors import CharlstmError
 from charlstm.files import atomic_write
 
 RUN_LOCK = ".lock"  # in the run folder, held by the process training in it (see charlstm.lock)
-RUN_FILES = (LATEST, BEST, "metrics.jsonl", "config.json")  # what a run writes there
+SUMMARY = "summary.json"  # written when a run ends its budget (or --patience ends it); a resume removes it
+RUN_FILES = (LATEST, BEST, "metrics.jsonl", "config.json", SUMMARY)  # what a run writes there
 # What resuming reads from a checkpoint; an inference-only export (export_for_inference) lacks most of it.
 RESUME_KEYS = ("model_config", "vocab", "model", "step", "optimizer", "data_position")
 
@@ -58,6 +59,7 @@ def prepare_run_dir(run_dir: Path, resumed_at: int | None, say) -> None:
     made, without an earlier run's files."""
     if resumed_at is not None:
         truncate_metrics(run_dir, resumed_at, say)
+        (run_dir / SUMMARY).unlink(missing_ok=True)  # the run goes on: it is no longer finished
     else:
         clear_earlier_run(run_dir, say)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -66,6 +68,12 @@ def write_run_config(run_dir: Path, record: dict) -> None:
     """config.json: the run's options, model, data and backend, for people and for reproducing it."""
     text = json.dumps(record, indent=2) + "\n"
     atomic_write(run_dir / "config.json", lambda f: f.write(text.encode()))
+
+
+def write_run_summary(run_dir: Path, summary: dict) -> None:
+    """summary.json: the run finished (what `train --json` prints); `charlstm runs` reads it."""
+    text = json.dumps(summary, indent=2) + "\n"
+    atomic_write(run_dir / SUMMARY, lambda f: f.write(text.encode()))
 
 
 def truncate_metrics(run_dir: Path, step: int, say=None) -> None:

@@ -24,12 +24,15 @@ import torch
 from charlstm.backend import sampling_device
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.config import WEIGHT_PRECISIONS
+from charlstm.constrained import DEFAULT_MAX_TRIES, ValidStats, constrained_steps, primed_lexer, valid_steps
 from charlstm.draw import DrawRule, GumbelNoise
 from charlstm.engine import StepEngine, packed_weights_available
 from charlstm.errors import CharlstmError
 from charlstm.graphed import GRAPH_STEPS, BlockSteps, capture_unavailable, replays
 from charlstm.interventions import UnitSpec, check_unit, resolve
+from charlstm.lexers import LEXED_LANGUAGES
 from charlstm.model import CharRNN
+from charlstm.syntax import check_language
 from charlstm.userio import read_text_source
 from charlstm.vocab import Vocab
 
@@ -39,6 +42,7 @@ MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
 # Bounds that keep a typo from taking all memory: every sample and beam holds a state and its text.
 MAX_SAMPLES = 4096
 MAX_BEAM = 1024
+MAX_TRIES = 1000
 # How `generate` runs its steps: auto = replayed from a CUDA graph on a CUDA device when the
 # settings allow, else eagerly; eager; blocks = the graph's block logic without capture (any
 # device: tests); capture = the CUDA graph or an error.
@@ -60,6 +64,9 @@ class SampleSettings:
     beam: int | None = None  # beam search of this width instead of drawing (deterministic, one sample)
     interventions: tuple[UnitSpec, ...] = ()  # --clamp / --ablate: units held at a value at every step
     watch: UnitSpec | None = None  # --watch: colour the sample by this unit as it is generated
+    constrain: bool = False  # --constrain: mask the characters that would make the code lexically impossible
+    valid: bool = False  # --valid: emit only top-level units that parse (implies constrain)
+    max_tries: int = DEFAULT_MAX_TRIES  # --valid: draws of one unit before it is dropped
 
     @property
     def draw_temperature(self) -> float:
@@ -90,6 +97,19 @@ class SampleSettings:
             raise CharlstmError("--watch colours one drawn sample: drop --beam and --num-samples")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             raise CharlstmError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        if self.constrain or self.valid:
+            self._validate_constraint()
+
+    def _validate_constraint(self) -> None:
+        option = "--valid" if self.valid else "--constrain"
+        if self.beam is not None:
+            raise CharlstmError(f"{option} draws at random under a lexer: drop --beam")
+        if self.watch is not None:
+            raise CharlstmError(f"--watch colours plain drawing: drop {option}")
+        if self.valid and self.stop is not None:
+            raise CharlstmError("--valid ends samples at whole units: drop --stop")
+        if not 1 <= self.max_tries <= MAX_TRIES:
+            raise CharlstmError(f"--max-tries must be between 1 and {MAX_TRIES}, got {self.max_tries}")
 
     def _validate_beam(self) -> None:
         if self.beam < 1:
@@ -158,6 +178,8 @@ class Sampler:
         self.vocab = vocab
         self.engine = StepEngine(self.model, engine_dtype(precision, self.device), fused_cell)
         self.graphs = graphs
+        self.language: str | None = None  # the corpus's language, which --constrain and --valid follow
+        self.last_stats = ValidStats()  # what the latest --constrain or --valid generation did
         self.last_path: tuple[str, str | None] | None = None  # what the latest `generate` ran, and why
         self._blocks: dict[tuple, BlockSteps] = {}  # block buffers (and graphs) by batch and rule, newest last
 
@@ -167,7 +189,9 @@ class Sampler:
         device = sampling_device(device)  # check before the (slow) load
         payload = load_checkpoint(resolve_checkpoint(where))
         model, vocab = model_from_checkpoint(payload)
-        return cls(model, vocab, device, precision), payload
+        sampler = cls(model, vocab, device, precision)
+        sampler.language = (payload.get("dataset") or {}).get("language")
+        return sampler, payload
 
     def prime_tokens(self, prime: str) -> tuple[torch.Tensor, list[str]]:
         """Token ids that start a sample: the document separator (a file begins), then the prime.
@@ -221,6 +245,8 @@ class Sampler:
             return "eager", "--clamp and --ablate hold units inside the eager step"
         if settings.watch is not None:
             return "eager", "--watch reads a unit after every character"
+        if settings.constrain or settings.valid:
+            return "eager", "--constrain and --valid follow a lexer on the host after every character"
         if self.graphs == "blocks":
             return "blocks", None
         reason = capture_unavailable(self.device)
@@ -235,6 +261,7 @@ class Sampler:
         """Yield, once per step, every sample's new character ("" after it stopped) and which are done;
         with `settings.watch`, also the watched unit's value after reading the new character."""
         settings.validate()
+        lexer = self._lexer(settings)
         path, reason = self.sampling_path(settings)
         batch, engine = settings.num_samples, self.engine
         tokens, _ = self.prime_tokens(settings.prime)
@@ -255,6 +282,9 @@ class Sampler:
             # The prime's final state and logits fan out to the batch.
             logits = logits.expand(batch, -1)
             state = [tuple(s.expand(batch, -1).contiguous() for s in layer) for layer in state]
+            if lexer is not None:
+                yield from self._constrained(settings, lexer, logits.contiguous(), state, clamps, noise, progress)
+                return
             yield from self._eager(settings, logits, state, clamps, watch, noise, progress)
             return
         try:
@@ -266,6 +296,28 @@ class Sampler:
                         return
         finally:
             blocks.busy = False
+
+    def _lexer(self, settings: SampleSettings):
+        """The lexer --constrain and --valid follow, after reading the prime (None without them)."""
+        if not (settings.constrain or settings.valid):
+            return None
+        if settings.valid:
+            check_language(self.language)  # a parser too, not only a lexer
+        lexer = primed_lexer(self.language, settings.prime)
+        if lexer is None:
+            known = ", ".join(LEXED_LANGUAGES)
+            raise CharlstmError(f"--constrain follows the lexer of {known}; this model's language is {self.language or 'unknown'}")
+        return lexer
+
+    def _constrained(self, settings: SampleSettings, lexer, logits, state, clamps, noise, progress) -> Iterator[tuple]:
+        stats = self.last_stats = ValidStats()
+        symbols, rule = self.vocab.symbols, settings.draw_rule
+        if settings.valid:
+            yield from valid_steps(self.engine, rule, symbols, self.language, settings.prime, lexer, logits, state,
+                                   clamps, noise, settings.length, settings.max_tries, stats)  # fmt: skip
+        else:
+            yield from constrained_steps(self.engine, rule, symbols, lexer, logits, state, clamps, noise, progress,
+                                         settings.length, stats)  # fmt: skip
 
     def _eager(self, settings: SampleSettings, logits, state, clamps, watch, noise, progress) -> Iterator[tuple]:
         """One engine step per character, each launched from Python: any settings, any device."""

@@ -21,6 +21,7 @@ from charlstm.backend import torch_threads
 from charlstm.beam import beam_search
 from charlstm.checkpoint import resolve_checkpoint
 from charlstm.config import MAX_THREADS
+from charlstm.constrained import CLOSE_ALLOWANCE
 from charlstm.errors import CharlstmError
 from charlstm.graphed import GRAPH_STEPS
 from charlstm.interventions import resolve
@@ -395,7 +396,22 @@ def _run_sampling(
         raise
     if planned[0] == "graphed" and sampler.last_path is not None and sampler.last_path[0] != "graphed":
         err.print(f"[yellow]warning:[/yellow] sampled eagerly: {escape(sampler.last_path[1])}", highlight=False)
+    _report_constraint(settings, sampler.last_stats, err)
     _save_out(out, writer, err)
+
+
+def _report_constraint(settings: SampleSettings, stats, err) -> None:
+    """What --constrain and --valid did, on stderr."""
+    from charlstm.eval_command import valid_summary
+
+    if settings.valid:
+        err.print(f"[dim]{valid_summary(stats.tries, stats.dropped, stats.lines_redrawn, stats.seconds)}[/dim]", highlight=False, soft_wrap=True)
+        if stats.unfinished:
+            err.print(f"[yellow]warning:[/yellow] {stats.unfinished} sample(s) ran out of draws before reaching --length",
+                      highlight=False)  # fmt: skip
+    elif settings.constrain and stats.unclosed:
+        err.print(f"[yellow]warning:[/yellow] {stats.unclosed} sample(s) ended with a string or bracket still open "
+                  f"(no close within {CLOSE_ALLOWANCE:,} characters past --length)", highlight=False)  # fmt: skip
 
 
 def _save_out(out: Path | None, writer: StreamWriter, err, note: str = "") -> None:

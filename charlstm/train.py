@@ -47,7 +47,7 @@ from charlstm.files import append_line
 from charlstm.finetune import InitSource, transfer_weights
 from charlstm.defaults import Chosen
 from charlstm.model import CharRNN, detach_state
-from charlstm.progress import Invocation
+from charlstm.progress import Invocation, run_summary
 from charlstm.runfolder import check_run_dir, prepare_run_dir, write_run_config
 from charlstm.schedule import estimated_total, lr_at, new_schedule, planned_total, resumed_schedule
 from charlstm.stopping import CtrlC, TrainingInterrupted, TrainingStopped
@@ -100,6 +100,8 @@ class Trainer:
         self.last_val_bpc: float | None = None
         self.last_train_bpc: float | None = None
         self.last_chars_per_sec: float | None = None
+        self.grad_norm: torch.Tensor | None = None  # the last step's, before clipping (when clipping or fp16)
+        self.observers: list = []  # callables given each metrics.jsonl record as it is written (TensorBoard)
         self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # fp16 steps skipped: inf/NaN gradients
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # any NaN/inf loss so far
         # The schedule's fixed numbers (see lr_at), saved in checkpoints.
@@ -306,6 +308,8 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "chars_per_sec": self.last_chars_per_sec,
         }
+        if self.grad_norm is not None and math.isfinite(norm := float(self.grad_norm)):  # inf: a skipped fp16 step
+            record["grad_norm"] = norm
         if self.scaler.is_enabled():
             record["skipped_steps"] = self.skipped_steps
         postfix = {"loss": f"{mean_loss:.3f}", "bpc": f"{self.last_train_bpc:.3f}", "chars/s": f"{chars_per_sec:,.0f}"}
@@ -329,6 +333,8 @@ class Trainer:
         if self.main:
             with self._stop_if_writing_fails():
                 append_line(self.run_dir / "metrics.jsonl", json.dumps(record) + "\n")
+            for observe in self.observers:
+                observe(record)
 
     def _say(self, message: str) -> None:
         if self.main:
@@ -360,6 +366,7 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(
                 self.raw_model.parameters(), self.cfg.grad_clip or math.inf, foreach=True
             )
+            self.grad_norm = norm.detach()  # read at log steps only: no sync here
             if self.scaler.is_enabled():
                 # The scaler skips exactly the steps whose gradients hold inf/NaN; counted on the
                 # device, so there is no GPU sync here.
@@ -404,7 +411,7 @@ class Trainer:
         evaluate = not inv.paused(self.step) and inv.last_eval_step != self.step and inv.steps > 0
         self._report(inv, record=inv.logged_step != self.step, evaluate=evaluate)
         self.save()
-        summary = self._summary(time.perf_counter() - start)
+        summary = run_summary(self, time.perf_counter() - start)
         distributed.barrier(self.world)
         return summary
 
@@ -472,28 +479,6 @@ class Trainer:
                 f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and {warmup} warm-up steps"
                 f"{' (at most a tenth of the run)' * (warmup < cfg.warmup_steps)} ({self.finetune_defaults or 'as given'})"
             )
-
-    def _summary(self, elapsed: float) -> dict:
-        """What `train()` returns (and `charlstm train --json` prints)."""
-        summary = {
-            "steps": self.step,
-            "epoch": self.batcher.epoch,
-            "train_bpc": self.last_train_bpc,
-            "val_bpc": self.last_val_bpc,
-            "best_val_bpc": self.best_val_bpc,
-            "chars_per_sec": self.last_chars_per_sec,
-            "precision": self.precision.name,
-            "rnn_dtype": self.precision.rnn_dtype,
-            "device": str(self.device),
-            "world_size": self.world,
-            "parameters": self.raw_model.num_parameters(),
-            "seconds": round(elapsed, 2),
-            "stopped_early": self.stopped_early,
-            "run_dir": str(self.run_dir),
-        }
-        if self.scaler.is_enabled():
-            summary["skipped_steps"] = self.skipped_steps
-        return summary
 
     def close(self, finished: bool = False) -> None:
         self.model = self.raw_model  # DDP's reducer goes before the process group (see end_process_group)

@@ -32,7 +32,8 @@ from charlstm.finetune import (
     check_shape_options,
     load_init_source,
 )
-from charlstm.runfolder import check_resumable, checkpoint_to_resume, own_run_dir
+from charlstm.runfolder import check_resumable, checkpoint_to_resume, own_run_dir, write_run_summary
+from charlstm.tensorboard_log import check_tensorboard, tensorboard_log
 from charlstm.train import Trainer
 
 # Options that may change when a run is resumed: the budget and how it is logged and run.
@@ -167,11 +168,17 @@ def _default_budget(config: TrainConfig) -> None:
 
 
 def train(options: dict, resume: bool = False, force: bool = False, stop_after: int | None = None,
-          new_data: bool = False) -> dict:
+          tensorboard: str | None = None, new_data: bool = False) -> dict:
     """`charlstm train`: set up (or resume) a run from CLI-style options, train it, return the summary.
-    `new_data`: resume on data other than the run's (see check_same_data)."""
+
+    `stop_after` pauses after that many steps (the run is not finished); `tensorboard` also logs
+    to TENSORBOARD/<run folder's name> (see tensorboard_log.py); `new_data` resumes on data other
+    than the run's (see check_same_data).
+    """
     if new_data and not resume:
         raise CharlstmError("--new-data goes with --resume (a new run records the data it reads)")
+    if tensorboard is not None:
+        check_tensorboard(tensorboard)  # before any work: a missing extra is a one-line error
     if resume and force:
         raise CharlstmError("--resume continues the run, --force starts it over: give one of them")
     for option, what in (("data", "a dataset folder"), ("out", "a run folder")):  # not silently the default
@@ -194,7 +201,10 @@ def train(options: dict, resume: bool = False, force: bool = False, stop_after: 
             trainer = Trainer(new.config, run_dir, force=force, init_source=new.init_source,
                               finetune_defaults=new.defaults_note)  # fmt: skip
         try:
-            summary = trainer.run(stop_after=stop_after)
+            with tensorboard_log(trainer, tensorboard):
+                summary = trainer.run(stop_after=stop_after)
+            if stop_after is None and trainer.main:
+                write_run_summary(run_dir, summary)  # `charlstm runs` shows it finished
         except BaseException:
             trainer.close()
             raise

@@ -516,6 +516,17 @@ experiment_argv = command(
     words("--device", ["cpu"], ["mps", "tpu", "cuda:x"]),
 )
 
+# A run folder, a folder of none, or anything else; the curves drawn, pictured, or as JSON.
+runs_argv = command(
+    "runs",
+    paths(None, ["@run", "%folder"], ["@ckpt", "@latest", "@truncated", "@data", *INPUTS]),
+    switch("--plot"),
+    words("--x", ["steps", "chars", "minutes"], ["Steps", "hours"]),
+    paths("--svg", OUTPUTS, BAD_OUTPUTS, odd_names=True),
+    paths("--html", OUTPUTS, BAD_OUTPUTS, odd_names=True),
+    switch("--json"),
+)
+
 
 # ----- the fuzz tests, in process ----------------------------------------------------------------
 
@@ -570,6 +581,12 @@ def test_inspect_neuron_fuzz(inputs, argv):
 @example(argv=["experiment", "counter", "--seed", "-1", "--steps", "1"])  # torch refused the seed
 @example(argv=["experiment", "all", "--steps", "1", "--html", ""])  # no name to add -STUDY to, after training
 def test_experiment_fuzz(inputs, argv):
+    run_in_process(argv, inputs)
+
+
+@settings(max_examples=30 * SCALE, **FUZZ)
+@given(argv=runs_argv)
+def test_runs_fuzz(inputs, argv):
     run_in_process(argv, inputs)
 
 
