@@ -461,3 +461,23 @@ def test_an_empty_local_folder_named_like_the_shipped_model_gets_a_hint(tiny_dat
     result = runner.invoke(app, train_args(tiny_dataset, tmp_path / "ft", "--init-from", PRETRAINED_RUN.name))
     line = one_line_error(result)
     assert "hides the shipped model" in line and str(PRETRAINED_RUN) in line
+
+
+def test_a_folder_the_os_will_not_enter_is_one_line(tiny_checkpoint, tmp_path, monkeypatch):
+    # The tests may run as root, whom no permission stops: the OS's refusal is simulated where
+    # pathlib first meets it (Path.is_dir/exists raise PermissionError for a parent without x).
+    import pathlib
+
+    locked = tmp_path / "locked"
+    real_stat = pathlib.Path.stat
+
+    def stat(self, *args, **kwargs):
+        if str(self).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    cases = [(["sample", str(locked / "run"), "-n", "5"], locked / "run"), (["eval", str(locked / "run")], locked / "run"),
+             (["sample", str(tiny_checkpoint), "-n", "5", "-o", str(locked / "out.txt")], locked / "out.txt")]
+    for argv, refused in cases:
+        assert one_line_error(runner.invoke(app, argv)) == f"error: cannot use {refused}: Permission denied"
