@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from charlstm.errors import CharlstmError, refuse_empty
+from charlstm.errors import CharlstmError, first_line, refuse_empty
 from charlstm.files import atomic_write
 from charlstm.model import CharRNN, ModelConfig
 from charlstm.vocab import Vocab
@@ -100,6 +100,7 @@ def load_checkpoint(path: Path) -> dict:
         raise CharlstmError(f"{path} has checkpoint version {payload.get('version')}, expected {VERSION}")
     _check_fields(payload, path)
     _check_weights(payload.get("model") or {}, path)
+    _check_model(payload, path)
     return payload
 
 
@@ -147,6 +148,46 @@ def _check_weights(weights: dict, path: Path) -> None:
             raise CharlstmError(f"{path} has a malformed 'model' field: {name} is a {type(value).__name__}, not a tensor")
         if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
             raise CharlstmError(f"{path} holds non-finite weights (NaN or inf in {name}): no use can be made of it")
+
+
+MODEL_INTS = ("vocab_size", "layers", "hidden", "embed")
+SHOWN_MISMATCHES = 3  # a config of 100 layers over one layer's weights lists 396: the first few say enough
+
+
+def _check_model(payload: dict, path: Path) -> None:
+    """The weights are those its model_config and vocabulary describe, name for name and shape for
+    shape: the one check every command (sample, eval, inspect, --init-from, --resume) makes, so an
+    edited or mismatched file is one line rather than load_state_dict's page of differences."""
+    if "model_config" not in payload or "model" not in payload:
+        return  # what needs them says so (model_from_checkpoint, check_resumable)
+    given = payload["model_config"]
+    for key in MODEL_INTS:
+        if key in given and (not isinstance(given[key], int) or isinstance(given[key], bool)):
+            raise CharlstmError(f"{path} has a malformed model_config: {key} should be a whole number, got {given[key]!r}")
+    try:
+        config = ModelConfig.from_dict(given)
+    except (TypeError, CharlstmError) as exc:
+        raise CharlstmError(f"{path} has a malformed model_config: {first_line(exc)}") from None
+    if "vocab" in payload:
+        try:
+            Vocab(payload["vocab"])
+        except CharlstmError as exc:
+            raise CharlstmError(f"{path}: {exc}") from None
+    if "vocab" in payload and len(payload["vocab"]) != config.vocab_size:
+        raise CharlstmError(f"{path}: its vocabulary has {len(payload['vocab'])} symbols but its model_config "
+                            f"{config.vocab_size} (one output per symbol)")  # fmt: skip
+    with torch.device("meta"):  # shapes only: no memory, however large the config claims to be
+        expected = {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in payload["model"].items()}
+    problems = [f"{k} missing" for k in expected if k not in found]
+    problems += [f"{k} is {list(found[k])}, expected {list(s)}" for k, s in expected.items() if k in found and found[k] != s]
+    problems += [f"{k} unexpected" for k in found if k not in expected]
+    if problems:
+        more = f" and {len(problems) - SHOWN_MISMATCHES} more" if len(problems) > SHOWN_MISMATCHES else ""
+        raise CharlstmError(
+            f"{path}: its weights do not match its model_config ({config.kind} {config.layers}×{config.hidden}, "
+            f"embed {config.embed}, {config.vocab_size} symbols): {'; '.join(problems[:SHOWN_MISMATCHES])}{more}"
+        )
 
 
 def _check_is_zip(path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,7 +19,7 @@ from rich.markup import escape
 from charlstm import __version__
 from charlstm.config import WEIGHT_PRECISIONS, Preset
 from charlstm.config import TrainConfig as _TC  # its defaults are shown in the help
-from charlstm.errors import CharlstmError
+from charlstm.errors import CharlstmError, os_error_message
 
 # Each command imports its implementation when it runs: they import torch (seconds), which
 # `charlstm --help` and a mistyped option do not need.
@@ -54,6 +55,8 @@ def user_errors(command):
             raise fail(str(exc)) from None
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
             return None
+        except OSError as exc:  # a path the OS refuses wherever it is first touched (ENAMETOOLONG, EACCES)
+            raise fail(os_error_message(exc)) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]")
             raise typer.Exit(code=130) from None
@@ -152,6 +155,7 @@ def train_command(
         "(same vocabulary) may be given again; other options that differ are an error."
     ), rich_help_panel=_DATA)] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in a run folder that already holds a run (its checkpoints are deleted).", rich_help_panel=_DATA)] = False,
+    new_data: Annotated[bool, typer.Option("--new-data", help="With --resume: continue on data other than the run's (ingested again): exact resumption and the validation split are then the new data's.", rich_help_panel=_DATA)] = False,
     init_from: Annotated[Optional[str], typer.Option(help=(
         "Fine-tune: start from this trained model (a checkpoint, a run folder, or pretrained-python, the shipped "
         "model). Its shape is kept (shape options are then an error if they differ); characters both know keep their "
@@ -204,11 +208,11 @@ def train_command(
     from charlstm.train_setup import train
 
     try:
-        summary = train(options, resume=resume, force=force, tensorboard=tensorboard)
+        summary = train(options, resume=resume, force=force, tensorboard=tensorboard, new_data=new_data)
     except TrainingInterrupted as exc:
         err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
         raise typer.Exit(code=130) from None
-    if summary.get("world_size", 1) > 1 and __import__("os").environ.get("RANK", "0") != "0":
+    if summary.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
         return  # only rank 0 reports
     from charlstm.eval_command import syntax_line, training_syntax
     from charlstm.runs_command import report_training  # the 'done' line, and on a terminal the run's curve
@@ -277,11 +281,13 @@ def eval_command(
     if per_char:
         from charlstm.eval_command import report_surprise
         from charlstm.surprise import surprise
+        from charlstm.userio import refuse_output_over_input
 
         if text_file is None or data is not None:
             raise CharlstmError("--per-char scores one file: give --text-file (and no --data)")
         if dynamic:
             raise CharlstmError("--per-char shows the model as it is: drop --dynamic")
+        refuse_output_over_input({"--html": html}, {"--text-file": text_file})
         result = surprise(checkpoint, text_file, device=device, precision=precision)
         report_surprise(result, err, json_out=json_output, html_out=html)
         return
@@ -353,10 +359,11 @@ def sample_command(
     from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
     from charlstm.sample import SampleSettings, read_prime_file, unescape
     from charlstm.sample_command import run_sampling
-    from charlstm.userio import text_from_argv
+    from charlstm.userio import refuse_output_over_input, text_from_argv
 
     if prime is not None and prime_file is not None:
         raise CharlstmError("give --prime or --prime-file, not both")
+    refuse_output_over_input({"-o": out}, {"--prime-file": prime_file})
     prime_text = read_prime_file(prime_file) if prime_file is not None else text_from_argv(prime or "")
     settings = SampleSettings(
         length=length, temperature=temperature, greedy=greedy, top_k=top_k, top_p=top_p, prime=prime_text,

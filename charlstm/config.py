@@ -6,7 +6,7 @@ without importing torch (seconds); the modules that do the work import them from
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,9 @@ WEIGHT_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # the step engine'
 DEVICES = ("auto", "cuda", "mps", "cpu")
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; distributed ranks add their rank and the step to it
 MAX_THREADS = 4096  # torch.set_num_threads takes a C int
+# float32's range: a number given for a float32 tensor must lie within it (1e39 becomes inf, 1e-46 becomes 0).
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_STEPS = 2**53  # steps and schedule positions are computed in float64, exact up to here
 
 
 class Preset(str, Enum):
@@ -94,6 +97,7 @@ class TrainConfig:
         need(0 <= self.weight_decay < math.inf, f"--weight-decay must be 0 or more, got {self.weight_decay}")
         need(self.grad_clip >= 0, f"--grad-clip must be 0 (off) or more, got {self.grad_clip}")
         need(self.steps is None or self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
+        need(self.steps is None or self.steps <= MAX_STEPS, f"--steps must be at most {MAX_STEPS:,}, got {self.steps}")
         need(self.epochs is None or 0 < self.epochs < math.inf, f"--epochs must be a positive number, got {self.epochs}")
         need(self.minutes is None or 0 < self.minutes < math.inf, f"--minutes must be a positive number, got {self.minutes}")
         need(0 <= self.seed <= MAX_SEED, f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
@@ -105,3 +109,23 @@ class TrainConfig:
         need(self.threads is None or 1 <= self.threads <= MAX_THREADS, f"--threads must be between 1 and {MAX_THREADS}, got {self.threads}")
         need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+
+_FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "dict": (dict,)}
+
+
+def malformed_fields(saved: dict) -> list[str]:
+    """The fields of a saved training config (a checkpoint's train_config) holding a value of the
+    wrong type, as "data: 123": an edited file, which would fail deep inside training otherwise."""
+    bad = []
+    for f in fields(TrainConfig):
+        if f.name not in saved:
+            continue
+        value, parts = saved[f.name], f.type.split(" | ")
+        if value is None and "None" in parts:
+            continue
+        allowed = tuple(t for part in parts for t in _FIELD_TYPES.get(part, ()))
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            bad.append(f"{f.name}: {value!r}")
+    return bad
+

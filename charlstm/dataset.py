@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charlstm import lock
 from charlstm.errors import CharlstmError
 from charlstm.files import default_mode
 from charlstm.vocab import Vocab
@@ -70,6 +71,7 @@ def load_dataset(path: str | Path) -> Dataset:
         raise CharlstmError(f"{path} is not a charlstm dataset (wrong format in meta.json)")
     if meta.get("version") != VERSION:
         raise CharlstmError(f"{path} has dataset version {meta.get('version')}, expected {VERSION}; ingest again")
+    _check_meta_fields(meta, meta_path)
     try:
         vocab = _vocab(meta, meta_path)
         for split in SPLITS:
@@ -85,6 +87,19 @@ def load_dataset(path: str | Path) -> Dataset:
     dataset = Dataset(path=path, meta=meta, vocab=vocab)
     _check_token_ids(dataset, meta_path)
     return dataset
+
+
+def _check_meta_fields(meta: dict, meta_path: Path) -> None:
+    """Counts that are whole numbers of 0 or more, and names that are text: an edited meta.json is
+    refused when the dataset is opened, not later (a train_chars of -1 matched a missing file's size
+    of -1; a language of 123 went into checkpoints that sample then refused)."""
+    for split in SPLITS:
+        n = meta.get(f"{split}_chars")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise CharlstmError(f"{meta_path}: {split}_chars should be a whole number of 0 or more, got {n!r}; ingest again")
+    for key in ("name", "language", "content_hash"):
+        if not isinstance(meta.get(key), (str, type(None))):
+            raise CharlstmError(f"{meta_path}: {key} should be a string, got {meta[key]!r}; ingest again")
 
 
 def _vocab(meta: dict, meta_path: Path) -> Vocab:
@@ -120,6 +135,29 @@ def _check_token_ids(dataset: Dataset, meta_path: Path) -> None:
                     f"{dataset.path / (split + '.bin')} holds token id {largest}, but {meta_path} lists only "
                     f"{size} symbols (was the vocab edited?); ingest again"
                 )
+
+
+def reading(path: str | Path):
+    """Hold dataset `path` for reading (a training run), so that `ingest --force` cannot replace it
+    meanwhile: a shared hold on the lock file ingest owns while it writes that name."""
+    path = Path(os.path.abspath(path))
+    return lock.share(path.parent / f".{path.name}.lock", f"dataset {path}")
+
+
+def check_same_data(dataset: Dataset, recorded: dict | None, checkpoint: str | Path, allow: bool) -> str | None:
+    """A resumed run must read the data it recorded: other data (a dataset ingested again over the
+    same name) silently breaks exact resumption and mixes validation files into training. With
+    `allow`, returns a warning saying what changes instead of refusing."""
+    old = (recorded or {}).get("content_hash")
+    new = dataset.meta.get("content_hash")
+    if old is None or new is None or old == new:
+        return None
+    what = (f"{dataset.path} is not the data {checkpoint} was trained on (content hash {old[:12]}…, now "
+            f"{new[:12]}…; ingested again?)")
+    if not allow:
+        raise CharlstmError(f"{what}: resuming on it loses exact resumption and an honest validation split; "
+                            f"give the original data, or --new-data to continue on this one anyway")
+    return f"{what}: continuing on it (--new-data); the step and schedule carry on, the batches and validation split are the new data's"
 
 
 def locate_recorded_dataset(recorded: str | Path, checkpoint: str | Path) -> Path:

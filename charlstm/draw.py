@@ -49,6 +49,7 @@ class DrawRule:
             probs = ordered.softmax(dim=-1)
             # Drop a character when the more likely ones already hold top_p (the first always stays).
             drop = (probs.cumsum(dim=-1) - probs) >= self.top_p
+            drop[..., 0] = False  # a top_p below float32's range compares as 0, which would drop it too
             scores = scores.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
         return torch.argmax(scores + gumbel, dim=-1, out=out)
 

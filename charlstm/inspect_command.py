@@ -22,7 +22,7 @@ from charlstm.features import is_binary, validate_feature
 from charlstm.neurons import UnitSignals, choose_text, cut_text, find_units, open_checkpoint, trace_into
 from charlstm.saturation import GateSaturation
 from charlstm.scales import value_range
-from charlstm.userio import write_output
+from charlstm.userio import refuse_output_over_input, write_output
 
 
 def tracing_progress(status):
@@ -74,6 +74,7 @@ def inspect_neuron(checkpoint: str | None, opts: InspectOptions, *, err) -> None
     coloured view is also saved as an SVG picture (for a README, a paper, an issue).
     """
     modes, specs = _check_flags(opts)
+    refuse_output_over_input({"--html": opts.html, "--svg": opts.svg}, {"--text-file": opts.text_file})
     inspection = open_checkpoint(checkpoint, exact=opts.exact, device=opts.device)
     _check_against_model(inspection, opts, specs, modes)
     chosen, source = _text(inspection, opts)
@@ -100,6 +101,8 @@ def _check_flags(o: InspectOptions) -> tuple[list[str], list | None]:
                                    ("--top-contexts", o.top_contexts is not None)) if on]  # fmt: skip
     if len(modes) > 1:
         raise CharlstmError(f"choose one of {', '.join(modes)} at a time")
+    if o.json_out and o.html is not None:  # with --ablate, --html writes the page and prints no JSON
+        raise CharlstmError("--json prints results on stdout; --html writes a page instead: give one of them")
     if o.json_out and not (o.find or o.stats or o.ablate or o.top_contexts is not None):
         raise CharlstmError("--json goes with --find, --stats, --ablate or --top-contexts")
     if o.causal and o.find is None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from charlstm.backend import cpu_threads, torch_threads
+from charlstm.config import FLOAT32_MAX
 from charlstm.errors import CharlstmError
 from charlstm.features import CODE, CLOSE, COMMENT, OPEN, STRING, compute_feature, is_binary, syntax_labels
 from charlstm.vocab import DOC_SEP
@@ -76,8 +77,8 @@ def parse_clamp(text: str) -> UnitSpec:
         value = float(raw)
     except ValueError:
         raise CharlstmError(f"bad --clamp {text!r}: {raw!r} is not a number") from None
-    if not math.isfinite(value):
-        raise CharlstmError(f"bad --clamp {text!r}: the value must be a finite number")
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:  # the state is float32: 1e39 would be inf
+        raise CharlstmError(f"bad --clamp {text!r}: the value must be a finite float32 number (|value| ≤ {FLOAT32_MAX:.4g})")
     if signal is not None and signal not in ("cell", "hidden"):
         raise CharlstmError(f"bad --clamp {text!r}: the state to clamp is cell or hidden, not {signal!r}")
     return UnitSpec("--clamp", text, int(layer), int(neuron), signal, value)

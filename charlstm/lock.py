@@ -129,3 +129,59 @@ def _read_pid(fd: int) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+class SharedLock:
+    """A shared hold on a lock file: any number of readers at once, but no owner meanwhile."""
+
+    def __init__(self, path: Path, fd: int | None):
+        self.path = path
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:  # the last reader out removes the file, as an owner does (holding it alone: see the docstring)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.path.unlink()
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> SharedLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def share(lock_file: str | Path, what: str) -> SharedLock:
+    """Hold `lock_file` shared, so that `acquire` (an owner: `ingest --force`) fails while we read.
+    Fails at once if an owner holds it. Where no lock file can be made (a read-only dataset), reads
+    go unguarded: nobody can replace what we read there either."""
+    lock_file = Path(lock_file)
+    if fcntl is None:
+        return SharedLock(lock_file, None)
+    while True:
+        try:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError:
+            return SharedLock(lock_file, None)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"PID {holder}" if holder else "another process"
+            raise CharlstmError(f"{what} is being written by {who}; wait for it to finish") from None
+        except OSError:
+            os.close(fd)
+            return SharedLock(lock_file, None)
+        if _still_at(fd, lock_file):
+            try:
+                os.pwrite(fd, f"{os.getpid()}\n".ljust(32).encode(), 0)  # one reader's PID, for an owner's message
+            except OSError:
+                pass
+            return SharedLock(lock_file, fd)
+        os.close(fd)

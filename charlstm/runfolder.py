@@ -20,6 +20,7 @@ from tqdm import tqdm
 from charlstm import lock
 from charlstm.distributed import distributed_layout
 from charlstm.checkpoint import BEST, LATEST
+from charlstm.config import malformed_fields
 from charlstm.errors import CharlstmError
 from charlstm.files import atomic_write
 
@@ -57,7 +58,7 @@ def prepare_run_dir(run_dir: Path, resumed_at: int | None, say) -> None:
     """A resumed run's metrics cut back to its checkpoint's step `resumed_at`; a fresh run's folder
     made, without an earlier run's files."""
     if resumed_at is not None:
-        truncate_metrics(run_dir, resumed_at)
+        truncate_metrics(run_dir, resumed_at, say)
         (run_dir / SUMMARY).unlink(missing_ok=True)  # the run goes on: it is no longer finished
     else:
         clear_earlier_run(run_dir, say)
@@ -75,18 +76,33 @@ def write_run_summary(run_dir: Path, summary: dict) -> None:
     atomic_write(run_dir / SUMMARY, lambda f: f.write(text.encode()))
 
 
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metrics logged after the checkpoint we resume from, so no step appears twice."""
+def truncate_metrics(run_dir: Path, step: int, say=None) -> None:
+    """Drop metrics logged after the checkpoint we resume from, so no step appears twice. A damaged
+    line (not UTF-8, not JSON, no step) is dropped too, with a warning through `say`: a log never
+    stops a resume."""
     path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    if not os.path.lexists(path):
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    if path.is_dir():
+        raise CharlstmError(f"{path} is a folder, not the run's metrics log: move it away, then resume")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
+    kept, damaged = [], 0
+    for raw in data.splitlines():
         try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
+            line = raw.decode("utf-8")
+            record_step = json.loads(line)["step"]
+            if isinstance(record_step, bool) or not isinstance(record_step, (int, float)):
+                raise TypeError(record_step)
+        except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+            damaged += raw.strip() != b""
             continue
+        if record_step <= step:
+            kept.append(line + "\n")
+    if damaged and say is not None:
+        say(f"warning: dropped {damaged} damaged line(s) of {path} (not UTF-8 JSON with a step)")
     atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 
@@ -110,6 +126,9 @@ def check_resumable(payload: dict, path: Path) -> None:
     """Everything Trainer._restore reads is there, so a stripped or foreign checkpoint fails in one line."""
     if not isinstance(payload.get("train_config"), dict):
         raise CharlstmError(f"{path} was not written by `charlstm train`: it has no training config")
+    malformed = malformed_fields(payload["train_config"])
+    if malformed:
+        raise CharlstmError(f"{path} has a malformed training config ({', '.join(malformed[:3])}): was it edited?")
     missing = [key for key in RESUME_KEYS if key not in payload]
     if missing:
         raise CharlstmError(

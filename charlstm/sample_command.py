@@ -26,7 +26,7 @@ from charlstm.errors import CharlstmError
 from charlstm.graphed import GRAPH_STEPS
 from charlstm.interventions import resolve
 from charlstm.sample import Sampler, SampleSettings
-from charlstm.userio import check_output, silence_stdout, write_output
+from charlstm.userio import check_output, refuse_output_over_input, silence_stdout, write_output
 from charlstm.vocab import DOC_SEP
 
 NEWLINE_MARK = "↵"  # --watch on a terminal: where a newline's value is shown
@@ -108,8 +108,8 @@ class StreamWriter:
             else:
                 if self._plain is not None:
                     self._plain.add(ch)
-                if self.terminal and (ch < " " and ch != "\t" or ch == "\x7f"):
-                    ch = chr(0x2400 + ord(ch)) if ch < " " else "\u2421"
+                if self.terminal:
+                    ch = terminal_safe(ch)
                 self._line += ch
                 pieces.append(f"{sgr}{ch}\x1b[0m" if sgr else ch)
         self.out.write("".join(pieces))
@@ -260,6 +260,22 @@ def stream_samples(
     return ["".join(parts) for parts in texts] if texts is not None else None
 
 
+# Characters a terminal would act on rather than show: C1 controls (some terminals read U+009B as
+# an escape sequence), bidirectional overrides and isolates (U+202E reverses what follows) and the
+# line and paragraph separators. On a terminal they show as "?", as inspect-neuron shows them.
+INVISIBLE_ACTORS = frozenset([*map(chr, range(0x80, 0xA0)), *"\u061c\u200e\u200f\u2028\u2029",
+                              *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))])  # fmt: skip
+
+
+def terminal_safe(ch: str) -> str:
+    """`ch` as a terminal shows it harmlessly: C0 controls but tab as their pictures (␛ for escape)."""
+    if ch < " " and ch != "\t":
+        return chr(0x2400 + ord(ch))
+    if ch == "\x7f":
+        return "\u2421"
+    return "?" if ch in INVISIBLE_ACTORS else ch
+
+
 def _isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -319,6 +335,7 @@ def _run_sampling(
     from rich.markup import escape
 
     path = resolve_checkpoint(checkpoint)
+    refuse_output_over_input({"-o": out}, {"the checkpoint": path})
     sampler, payload = Sampler.from_checkpoint(path, device=device, precision=precision)
     unknown = sampler.vocab.unknown_chars(settings.prime)
     if unknown:
@@ -364,7 +381,8 @@ def _run_sampling(
                 highlight=False,
             )
         else:
-            err.print("[dim]--watch colours a terminal only; this output is plain text[/dim]", highlight=False)
+            why = "colour is off (--no-color, NO_COLOR or TERM=dumb)" if _isatty(stream) else "this output is not one"
+            err.print(f"[dim]--watch colours a terminal only, and {why}: plain text[/dim]", highlight=False)
     highlight = on_terminal and paint is None
     writer = StreamWriter(stream, color=highlight, language=language, paint=paint, keep_plain=out is not None)
     try:

@@ -10,13 +10,17 @@ logging and backend options change.
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import ExitStack
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+from tqdm import tqdm
 
 from charlstm.backend import choose_precision, resolve_device, training_memory
 from charlstm.checkpoint import load_checkpoint
 from charlstm.config import TrainConfig
-from charlstm.dataset import load_dataset, locate_recorded_dataset
+from charlstm.dataset import check_same_data, load_dataset, locate_recorded_dataset, reading
 from charlstm.defaults import Facts, choose_defaults
 from charlstm.distributed import distributed_layout
 from charlstm.errors import CharlstmError, refuse_empty
@@ -116,11 +120,12 @@ def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:
     return {**options, **shape, **defaults}, source, note
 
 
-def resumed_config(given: dict, run_dir: Path) -> tuple[TrainConfig, dict]:
+def resumed_config(given: dict, run_dir: Path, new_data: bool = False) -> tuple[TrainConfig, dict]:
     """--resume: the run's saved config and checkpoint.
 
     Only the budget, logging and backend options may change (see RESUMABLE_OVERRIDES); any other
-    option given with a different value is an error.
+    option given with a different value is an error. The data must be what the run recorded
+    (its content hash), unless `new_data` (--new-data).
     """
     path = checkpoint_to_resume(run_dir)
     payload = load_checkpoint(path)
@@ -147,6 +152,12 @@ def resumed_config(given: dict, run_dir: Path) -> tuple[TrainConfig, dict]:
     config.data = os.path.abspath(config.data)  # as a new run records it: found again from any folder
     config.out = str(run_dir)
     config.validate()
+    dataset = load_dataset(config.data)
+    warning = None
+    if set(dataset.vocab.symbols) <= set(payload["vocab"]):  # else training_data refuses the other vocabulary
+        warning = check_same_data(dataset, payload.get("dataset"), path, new_data)
+    if warning:
+        tqdm.write(f"warning: {warning}", file=sys.stderr)
     _default_budget(config)
     return config, payload
 
@@ -157,12 +168,15 @@ def _default_budget(config: TrainConfig) -> None:
 
 
 def train(options: dict, resume: bool = False, force: bool = False, stop_after: int | None = None,
-          tensorboard: str | None = None) -> dict:
+          tensorboard: str | None = None, new_data: bool = False) -> dict:
     """`charlstm train`: set up (or resume) a run from CLI-style options, train it, return the summary.
 
     `stop_after` pauses after that many steps (the run is not finished); `tensorboard` also logs
-    to TENSORBOARD/<run folder's name> (see tensorboard_log.py).
+    to TENSORBOARD/<run folder's name> (see tensorboard_log.py); `new_data` resumes on data other
+    than the run's (see check_same_data).
     """
+    if new_data and not resume:
+        raise CharlstmError("--new-data goes with --resume (a new run records the data it reads)")
     if tensorboard is not None:
         check_tensorboard(tensorboard)  # before any work: a missing extra is a one-line error
     if resume and force:
@@ -177,11 +191,13 @@ def train(options: dict, resume: bool = False, force: bool = False, stop_after: 
     else:
         new = fresh_config(options)  # nonsense options fail before the folder is made
         run_dir = Path(new.config.out)
-    with own_run_dir(run_dir):
+    with own_run_dir(run_dir), ExitStack() as held:
         if resume:
-            config, payload = resumed_config(given, run_dir)
+            config, payload = resumed_config(given, run_dir, new_data)
+            held.enter_context(reading(config.data))  # `ingest --force` may not replace it while we train
             trainer = Trainer(config, run_dir, resume_payload=payload, force=force)
         else:
+            held.enter_context(reading(new.config.data))
             trainer = Trainer(new.config, run_dir, force=force, init_source=new.init_source,
                               finetune_defaults=new.defaults_note)  # fmt: skip
         try:

@@ -70,6 +70,27 @@ def check_output(path: str | Path) -> None:
         raise CharlstmError(f"cannot write {path}: no permission to write in {parent}")
 
 
+def refuse_output_over_input(outputs: dict, inputs: dict) -> None:
+    """Refuse, before any work, an output that is the same regular file as an input (by another
+    name or through a link too): writing it would replace the input. `outputs` and `inputs` map an
+    option's name to its path (None: not given). Devices (/dev/stdout and a terminal) are written
+    in place, never replaced, so they may be both."""
+    for out_name, out in outputs.items():
+        try:
+            if out is None or not stat.S_ISREG(os.stat(out).st_mode):
+                continue
+        except (OSError, ValueError):  # not there yet (so no input), or unreadable: write_output says why
+            continue
+        for in_name, source in inputs.items():
+            try:
+                same = source is not None and os.path.samefile(out, source)
+            except (OSError, ValueError):
+                same = False
+            if same:
+                raise CharlstmError(f"{out_name} {out} is the same file as {in_name} {source}: writing it would "
+                                    f"replace the input; write to another file")  # fmt: skip
+
+
 def _write_in_place(path: Path, data: bytes) -> None:
     try:
         with open(path, "wb") as f:

@@ -24,6 +24,9 @@ class Vocab:
         odd = [s for s in symbols if not (isinstance(s, str) and len(s) == 1)]
         if odd:
             raise CharlstmError(f"vocabulary symbols must be single characters, got {odd[0]!r}")
+        lone = [s for s in symbols if "\ud800" <= s <= "\udfff"]
+        if lone:  # no UTF-8 text holds one: it could be neither read nor written (an edited file)
+            raise CharlstmError(f"vocabulary holds a lone surrogate {lone[0]!r}, which no UTF-8 text can contain")
         if symbols[: len(SPECIALS)] != list(SPECIALS):
             raise CharlstmError("vocabulary does not start with the reserved symbols")
         if len(set(symbols)) != len(symbols):

@@ -19,6 +19,7 @@ no two examples share a run folder, a dataset folder or a default `checkpoints/`
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import resource
@@ -88,6 +89,7 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     whole = ckpt.read_bytes()
     (base / "truncated.pt").write_bytes(whole[: len(whole) // 2])
     torch.save({"weights": torch.zeros(3), "note": "not ours"}, base / "foreign.pt")
+    crafted = craft_checkpoints(ckpt, base / "crafted")
     before = torch.get_num_threads()
     train({"data": str(data), "out": str(base / "run"), "layers": 1, "hidden": 8, "embed": 4, "batch_size": 2,
            "seq_len": 16, "steps": 2, "eval_every": 0, "save_every": 0, "precision": "fp32", "device": "cpu",
@@ -112,7 +114,32 @@ def inputs(tmp_path_factory) -> dict[str, str]:
         "@foreign": str(base / "foreign.pt"),
         "@run": str(base / "run"),
         "@latest": str(base / "run" / "latest.pt"),
+        **crafted,
     }
+
+
+def craft_checkpoints(ckpt: Path, folder: Path) -> dict[str, str]:
+    """Checkpoints in the right format whose contents were edited (issue 24): weights that do not
+    match the config, a config of 100 layers over two layers' weights, a size that is a float, a
+    vocabulary holding a lone surrogate."""
+    from charlstm.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = {k: v for k, v in load_checkpoint(ckpt).items() if k not in ("format", "version")}
+    model, config, vocab = payload["model"], payload["model_config"], payload["vocab"]
+    edits = {
+        "@crafted-rows": {"model": {**model, "embedding.weight": model["embedding.weight"].new_zeros(200, 8)}},
+        "@crafted-no-bias": {"model": {k: v for k, v in model.items() if k != "head.bias"}},
+        "@crafted-layers": {"model_config": {**config, "layers": 100}},
+        "@crafted-float": {"model_config": {**config, "hidden": float(config["hidden"])}},
+        "@crafted-surrogate": {"vocab": [*vocab[:-1], "\ud800"]},
+    }
+    folder.mkdir()
+    found = {}
+    for token, edit in edits.items():
+        path = folder / f"{token[1:]}.pt"
+        save_checkpoint(path, {**payload, **edit})
+        found[token] = str(path)
+    return found
 
 
 def outputs(work: Path) -> dict[str, str]:
@@ -305,7 +332,8 @@ BAD_CLAMPS = [*(u + "=1" for u in BAD_UNITS), "1:0", "1:0=", "1:0=nan", "1:0=inf
 
 INPUTS = ["@missing", "@folder", "@empty", "@bytes", "@text", "@loop", "@under-file", "@devnull"]
 CHECKPOINTS = ["@ckpt", "@run", "@latest"]
-NOT_CHECKPOINTS = ["@data", "@truncated", "@foreign", *INPUTS]
+CRAFTED = ["@crafted-rows", "@crafted-no-bias", "@crafted-layers", "@crafted-float", "@crafted-surrogate"]
+NOT_CHECKPOINTS = ["@data", "@truncated", "@foreign", *CRAFTED, *INPUTS]
 NOT_DATASETS = ["@broken-data", "@run", *INPUTS]
 OUTPUTS = ["%new", "%deep", "%existing", "@devnull"]
 BAD_OUTPUTS = ["%folder", "%under-file", "%devfull"]
@@ -597,18 +625,40 @@ def _child_limits():
     return functools.partial(resource.setrlimit, resource.RLIMIT_AS, (CHILD_MEMORY, hard))
 
 
+# A standard stream the shell closed (`2>&-`), and terminal sizes from the environment (issue 24).
+CLOSED_STREAMS = st.sampled_from([None, None, 0, 1, 2])
+ODD_COLUMNS = st.sampled_from([None, "0", "1", "-4", "abc", "", "99999"])
+
+
 @pytest.mark.slow
 @settings(max_examples=4 * SCALE, **FUZZ)
-@given(argv=st.one_of(sample_argv, eval_argv, inspect_argv, train_argv, ingest_argv, experiment_argv))
-def test_cli_fuzz_in_a_process(inputs, argv):
+@given(argv=st.one_of(sample_argv, eval_argv, inspect_argv, train_argv, ingest_argv, experiment_argv),
+       closed=CLOSED_STREAMS, columns=ODD_COLUMNS)  # fmt: skip
+@example(argv=["train", "--data", "@data", "--hidden", "4", "--seq-len", "8", "--steps", "1", "--json"], closed=2,
+         columns="0")  # fmt: skip
+@example(argv=["sample", "@crafted-layers", "-n", "3"], closed=None, columns="0")
+def test_cli_fuzz_in_a_process(inputs, argv, closed, columns):
     """`python -m charlstm` itself: argv as bytes (a lone surrogate is the byte it came from), a
-    real stdout and stderr, and the interpreter's own exit."""
+    real stdout and stderr, and the interpreter's own exit; one standard stream may be closed, and
+    COLUMNS may be nonsense."""
     with example_folder(inputs) as (work, paths):
         args = [os.fsencode(a) for a in resolve(argv, paths, work)]
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        env.pop("COLUMNS", None)
+        if columns is not None:
+            env["COLUMNS"] = columns
+        # Through a shell, so that `N>&-` closes the stream for real (the program starts without it).
+        closing = f" {closed}>&-" if closed is not None else ""
+        cmd = ["bash", "-c", f'exec "$@"{closing}', "bash", sys.executable, "-m", "charlstm", *args]
         try:
-            proc = subprocess.run([sys.executable, "-m", "charlstm", *args], cwd=work, env=env, capture_output=True,
-                                  stdin=subprocess.DEVNULL, timeout=EXAMPLE_SECONDS, preexec_fn=_child_limits())
+            proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, stdin=subprocess.DEVNULL,
+                                  timeout=EXAMPLE_SECONDS, preexec_fn=_child_limits())  # fmt: skip
         except subprocess.TimeoutExpired:
             pytest.fail(f"argv: {argv!r}\nstill running after {EXAMPLE_SECONDS} s")
-    check_outcome(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"), argv)
+    stderr = proc.stderr.decode(errors="replace")
+    if closed == 2:  # nothing can be said: still a clean exit, and stdout holds only what it promises
+        assert proc.returncode in (0, 1, 2, 130), f"argv: {argv!r} exit {proc.returncode}"
+        stderr = "error: (stderr closed)"
+    check_outcome(proc.returncode, proc.stdout.decode(errors="replace"), stderr, argv)
+    if "--json" in argv and proc.returncode == 0 and closed != 1:
+        json.loads(proc.stdout)  # --json's stdout is one JSON value, whatever else happened

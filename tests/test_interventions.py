@@ -156,7 +156,7 @@ def test_specs_parse_and_resolve_with_the_inspect_numbering():
         ("2:x=1", "lstm", "bad --clamp '2:x=1': expected LAYER:NEURON[:cell|hidden]=VALUE"),
         ("2:1", "lstm", "bad --clamp '2:1': expected LAYER:NEURON"),
         ("2:1=abc", "lstm", "'abc' is not a number"),
-        ("2:1=nan", "lstm", "the value must be a finite number"),
+        ("2:1=nan", "lstm", "the value must be a finite float32 number"),
         ("2:1:forget=1", "lstm", "the state to clamp is cell or hidden, not 'forget'"),
         ("0:1=1", "lstm", "--clamp 0:1=1: layer 0 is out of range: this model has layers 1..2 (1-based)"),
         ("3:1=1", "lstm", "layer 3 is out of range"),
