@@ -42,7 +42,8 @@ def test_same_seed_gives_the_same_text_and_another_seed_another(lively_checkpoin
     assert first == sampler.sample_texts(SampleSettings(seed=7, **settings))
     assert first != sampler.sample_texts(SampleSettings(seed=8, **settings))
     cli = [str(lively_checkpoint), "-n", "80", "--seed", "3"]
-    assert sample(*cli).stdout == sample(*cli).stdout
+    one, two = sample(*cli), sample(*cli)
+    assert one.exit_code == two.exit_code == 0 and one.stdout and one.stdout == two.stdout
 
 
 @pytest.mark.parametrize("prime", ["", "public class Greeter {\n    "])

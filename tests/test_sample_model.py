@@ -47,7 +47,8 @@ def test_an_unshipped_or_unknown_name_is_one_line_listing_the_shipped(shipped):
 
 def test_model_takes_a_path_but_not_beside_a_checkpoint(shipped, tmp_path):
     run = make_lively_checkpoint(tmp_path / "mine" / "best.pt", seed=5).parent
-    assert sample("--model", str(run)).stdout == sample(str(run)).stdout
+    by_model, by_path = sample("--model", str(run)), sample(str(run))
+    assert by_model.exit_code == by_path.exit_code == 0 and by_model.stdout and by_model.stdout == by_path.stdout
     result = sample(str(run), "--model", "python")
     assert result.exit_code == 1 and "not both" in result.stderr
 
@@ -55,7 +56,8 @@ def test_model_takes_a_path_but_not_beside_a_checkpoint(shipped, tmp_path):
 def test_without_a_run_sample_uses_the_python_model_even_beside_a_shipped_java(shipped):
     make_lively_checkpoint(shipped["java"] / "best.pt", seed=2)  # newer than the python one
     assert checkpoint_module.resolve_checkpoint(None) == shipped["python"] / "best.pt"
-    assert sample().stdout == sample("--model", "python").stdout
+    default, named = sample(), sample("--model", "python")
+    assert default.exit_code == named.exit_code == 0 and default.stdout and default.stdout == named.stdout
     with pytest.raises(CharlstmError, match="shipped models are java, python|shipped models are python, java"):
         checkpoint_module.resolve_model("c++")
 
