@@ -10,6 +10,8 @@ characters more.
 parses is emitted; one that does not is rolled back — the engine state, the logits, the lexer and
 the text restored to the unit's start — and drawn again with fresh noise, up to `max_tries` times,
 after which it is dropped (not shown, the state going on from it) and the next unit begins.
+Inside a unit, each line (Python) or statement (brace languages) is checked as it ends: when the
+unit so far can no longer parse, only that line or statement is drawn again.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from dataclasses import dataclass, field
 import torch
 
 from charlstm.lexers import LexicalMask, lexer_for
-from charlstm.syntax import check_language, parse_error, python_prefix_error
+from charlstm.syntax import brace_prefix_error, check_language, parse_error, python_prefix_error
 
 CLOSE_ALLOWANCE = 2000  # characters a sample may run past --length to close its units
 DRAWS_PER_CHARACTER = 20  # --valid: draws allowed per character asked for before a sample gives up
 DEFAULT_MAX_TRIES = 8  # --valid: draws of one unit before it is dropped
-MAX_LINE = 1500  # --valid, Python: characters of one logical line (a docstring, a bracket) before it is drawn again
+MAX_LINE = 1500  # --valid: characters of one line or statement (a docstring, a comment) before it is drawn again
 
 
 def primed_lexer(language: str | None, prime: str):
@@ -193,21 +195,37 @@ def _settle(b: int, keeper: _UnitKeeper, language: str, state, logits, length: i
         if keeper.emitted >= length and end > keeper.prime_end:
             done[b] = True
             return piece
-    if language == "python" and not _redrew_line(b, keeper, state, logits, max_tries, stats):
+    if not _redrew_line(b, keeper, language, state, logits, max_tries, stats):
         lexer = keeper.lexer
-        if lexer.line_start and lexer.column == 0 and lexer.mode == "code" and not lexer.brackets:
+        if _statement_starts(lexer):
             keeper.line, keeper.line_tries = _snapshot(b, lexer.position, state, logits, lexer), 1
     return piece
 
 
-def _redrew_line(b: int, keeper: _UnitKeeper, state, logits, max_tries: int, stats: ValidStats) -> bool:
-    """A Python logical line just ended: if no continuation can make its unit parse, roll the line
-    back to be drawn again (up to max_tries; then it stays, and the unit's own check decides)."""
+def _statement_starts(lexer) -> bool:
+    """A line (Python) or statement (brace languages) may begin here: a point to roll back to."""
+    if lexer.language == "python":
+        return lexer.line_start and lexer.column == 0 and lexer.mode == "code" and not lexer.brackets
+    return lexer.statement_ended
+
+
+def _prefix_error(keeper: _UnitKeeper, language: str) -> str | None:
+    """After a line (Python) or statement (brace languages) ends: can the unit so far still parse?"""
+    lexer = keeper.lexer
+    if language == "python":
+        return python_prefix_error("".join(keeper.buffer), lexer) if lexer.line_ended else None
+    return brace_prefix_error("".join(keeper.buffer), lexer, language) if lexer.statement_ended else None
+
+
+def _redrew_line(b: int, keeper: _UnitKeeper, language: str, state, logits, max_tries: int, stats: ValidStats) -> bool:
+    """A line (Python) or a statement inside a unit's braces just ended: if no continuation can make
+    its unit parse, roll it back to be drawn again (up to max_tries; then it stays, and the unit's
+    own check decides)."""
     lexer = keeper.lexer
     if lexer.position <= keeper.prime_end:
         return False
     too_long = lexer.position - keeper.line.position > MAX_LINE
-    if not too_long and (not lexer.line_ended or python_prefix_error("".join(keeper.buffer), lexer) is None):
+    if not too_long and _prefix_error(keeper, language) is None:
         return False
     if keeper.line_tries >= max_tries:
         if not too_long:

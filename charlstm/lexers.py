@@ -273,6 +273,7 @@ class BraceLexer:
         self.position = 0
         self.boundary: int | None = None  # set by feed: a unit ends just before this position
         self.unit_kind = "type"  # what ended there: a type declaration, a member, or the closer of a class body
+        self.statement_ended = False  # set by feed: a ';', '{' or '}' inside a unit's braces (not in parentheses)
 
     def clone(self) -> BraceLexer:
         other = object.__new__(BraceLexer)
@@ -295,10 +296,12 @@ class BraceLexer:
             return ("string", self.escaped)
         if self.mode != CODE:
             return FREE
-        return ("code", self.brackets[-1] if self.brackets else "", self.at_rest)
+        # Inside a class body the prime opened, samples are its members: they do not close it.
+        closer = self.brackets[-1] if len(self.brackets) > self.base else ""
+        return ("code", closer, self.at_rest)
 
     def feed(self, ch: str) -> None:
-        self.boundary = None
+        self.boundary, self.statement_ended = None, False
         if ch == DOC_SEP:
             position = self.position
             self.__init__(self.language)
@@ -355,8 +358,12 @@ class BraceLexer:
                 self._unit_ends("closer")
             elif ch == "}" and depth == self.base:
                 self._unit_ends("member" if self.base else "type")
+            elif ch == "}" and self.brackets[-1] == "}":
+                self.statement_ended = True
         elif ch == ";" and self.base > 0 and len(self.brackets) == self.base:
             self._unit_ends("member")
+        if ch in ";{" and len(self.brackets) > self.base and self.brackets[-1] == "}" and self.boundary is None:
+            self.statement_ended = True
 
     def _unit_ends(self, kind: str) -> None:
         self.boundary, self.pending, self.unit_start, self.unit_kind = self.position, False, self.position, kind

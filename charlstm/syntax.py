@@ -147,6 +147,28 @@ def python_prefix_error(text: str, lexer) -> str | None:
     return None
 
 
+# What a brace-language prefix may still be waiting for, tried when it does not parse as it is.
+BRACE_PENDING = ("", " finally {}", " while (true);")
+
+
+def brace_prefix_error(text: str, lexer, language: str) -> str | None:
+    """Can brace-language code that begins with `text` (a unit up to a statement's end) still
+    parse? It is completed with the braces still open (and, failing that, with a `finally` for a
+    `try` or a `while` for a `do`) and parsed; an error inside the prefix means no continuation can
+    mend it."""
+    member = lexer.base > 0
+    closers = "".join(reversed(lexer.brackets[lexer.base :]))
+    head, tail = MEMBER_WRAPPER if member else ("", "")
+    end = len(f"{head}{text}".encode("utf-8", "surrogatepass"))
+    parser, node = _tree_sitter_parser(language), None
+    for pending in BRACE_PENDING:
+        tree = parser.parse(f"{head}{text}{pending}\n{closers}{tail}".encode("utf-8", "surrogatepass"))
+        node = _first_error(tree.root_node) if tree.root_node.has_error else None
+        if node is None or node.start_byte >= end:
+            return None
+    return f"line {node.start_point[0] + 1 - (1 if member else 0)}: does not parse"
+
+
 def _first_error(node):
     stack = [node]
     while stack:

@@ -141,6 +141,14 @@ def test_java_members_are_units_when_the_prime_opens_a_class_body():
     ]  # the last member is cut off: not counted
 
 
+def test_java_members_do_not_close_the_class_the_prime_opened():
+    lexer = fed(BraceLexer("java"), "class A {\n    ")
+    lexer.open_members()
+    assert "}" in forbidden_now(lexer, SYMBOLS)
+    fed(lexer, "void f() {")
+    assert "}" not in forbidden_now(lexer, SYMBOLS) and lexer.statement_ended
+
+
 def test_python_units_follow_the_tokenizer():
     units = judge_units(PY_UNITS, "python", "import os\n\n\ndef ")
     heads = [(PY_UNITS[u.start : u.end].splitlines()[0], error is None) for u, error in units]
@@ -171,6 +179,20 @@ def test_a_prefix_is_rejected_only_when_no_continuation_can_mend_it():
     assert error("def f():\n    try:\n        x = 1\n") is None  # a try waiting for its except
     assert error("def __init__:\n") is not None
     assert error("def f():\n    return x y\n") is not None
+
+
+def test_a_java_prefix_is_rejected_only_when_no_continuation_can_mend_it():
+    from charlstm.syntax import brace_prefix_error
+
+    def error(body):
+        lexer = fed(BraceLexer("java"), "class A {\n")
+        lexer.open_members()
+        return brace_prefix_error(fed(lexer, body) and "\n" + body, lexer, "java")
+
+    assert error("    int f() {\n        int x = 1;") is None
+    assert error("    int f() {\n        try {\n            g();\n        }") is None  # a try waiting for its catch
+    assert error("    int f() {\n        int x = = 1;") is not None
+    assert error("    Object field {") is not None
 
 
 # ----- the mask ------------------------------------------------------------------------------------
