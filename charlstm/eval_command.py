@@ -124,15 +124,18 @@ def valid_summary(tries: list[int], dropped: int, lines_redrawn: int, seconds: f
 
 
 def training_syntax(run_dir: str) -> dict | None:
-    """The end of `train`: how often the new model's code parses (8 samples of 1,000 characters at
-    T=0.7, plain drawing), when its language has a parser; None when it has none."""
+    """The end of `train`: how often the new model's code parses (8 samples of 600 characters at
+    T=0.7, plain drawing, on one CPU thread: a second stalls on shared cores), when its language
+    has a parser; None when it has none."""
+    from charlstm.backend import torch_threads
     from charlstm.errors import CharlstmError
     from charlstm.sample import Sampler
     from charlstm.syntax_eval import syntax_rate
 
     try:
-        sampler, _ = Sampler.from_checkpoint(run_dir, device="cpu")
-        result = syntax_rate(sampler, samples=8, length=1000)
+        with torch_threads(1):
+            sampler, _ = Sampler.from_checkpoint(run_dir, device="cpu")
+            result = syntax_rate(sampler, samples=8, length=600)
     except CharlstmError:
         return None  # no parser for this language (or no checkpoint yet): nothing to measure
     return {k: result[k] for k in ("units", "parsed", "rate")}
@@ -141,7 +144,7 @@ def training_syntax(run_dir: str) -> dict | None:
 def syntax_line(syntax: dict) -> str:
     rate = "no complete unit yet" if syntax["rate"] is None else f"{syntax['rate']:.0%}"
     return (f"syntax: {rate} of complete top-level units parse ({syntax['parsed']} of {syntax['units']} in "
-            f"8 samples at T=0.7; `charlstm eval RUN --syntax` for more)")  # fmt: skip
+            f"8 samples of 600 characters at T=0.7; `charlstm eval RUN --syntax` for more)")  # fmt: skip
 
 
 def report_score(result: dict, err, json_out: bool) -> None:
