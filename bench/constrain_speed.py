@@ -7,6 +7,7 @@ temperature 0.7 from the same prime and seed; --constrain adds the lexer's updat
 per character. Rounds are interleaved and the median kept (the machine may be shared). The ratio
 is characters per second drawn (constrained / plain); the target is >= 0.9. --valid is timed once
 too: characters accepted per second and seconds per accepted unit (rollbacks included).
+The ratio reported is the median over rounds of each round's ratio.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def main() -> None:
                                       constrain=mode == "constrain")  # fmt: skip
             rates[mode].append(chars_per_sec(sampler, settings))
     median = {mode: statistics.median(values) for mode, values in rates.items()}
-    ratio = median["constrain"] / median["plain"]
+    # Each round's two runs follow each other, so their ratio sees the same load: its median is
+    # steadier on a shared machine than the ratio of the two sides' medians.
+    ratio = statistics.median(c / p for c, p in zip(rates["constrain"], rates["plain"]))
     began = time.perf_counter()
     text = sampler.sample_texts(SampleSettings(length=args.length, temperature=0.7, prime=prime, seed=0, valid=True))[0]
     seconds, stats = time.perf_counter() - began, sampler.last_stats
@@ -74,7 +77,7 @@ def main() -> None:
     print(f"  plain      {median['plain']:8,.0f} chars/s  (rounds {', '.join(f'{v:,.0f}' for v in rates['plain'])})")
     print(f"  constrain  {median['constrain']:8,.0f} chars/s  (rounds {', '.join(f'{v:,.0f}' for v in rates['constrain'])})")
     verdict = "meets" if ratio >= TARGET_RATIO else "misses"
-    print(f"  ratio {ratio:.2f} ({verdict} the target {TARGET_RATIO})")
+    print(f"  ratio {ratio:.2f}, the median of the rounds' ratios ({verdict} the target {TARGET_RATIO})")
     print(f"  --valid: {result['valid_accepted_chars_per_sec']:,} accepted chars/s, {result['valid_seconds_per_unit']} s "
           f"per accepted unit, {result['valid_draws_per_unit']} draws per unit, {stats.lines_redrawn} lines drawn again")  # fmt: skip
 

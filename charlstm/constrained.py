@@ -63,7 +63,8 @@ def constrained_steps(engine, rule, symbols, lexer, logits, state, clamps, noise
     mask, done = LexicalMask(symbols, lexer, logits.device), progress.done
     t = 0
     while True:
-        tokens = rule.choose(logits + mask.rows_for(lexers), None if noise is None else noise.at(t))
+        # In place: the engine returns fresh logits each step, and nothing else reads these.
+        tokens = rule.choose(logits.add_(mask.rows_for(lexers)), None if noise is None else noise.at(t))
         chars = progress.advance(tokens.tolist())
         for lx, ch in zip(lexers, chars):
             if ch:

@@ -438,6 +438,7 @@ class LexicalMask:
         self.rows: dict[tuple, torch.Tensor] = {}
 
     def row(self, key: tuple):
+        """The row [1, vocab] for one key."""
         row = self.rows.get(key)
         if row is None:
             row = self.rows[key] = self._build(key)
@@ -448,9 +449,9 @@ class LexicalMask:
 
         banned = self.lexer.forbidden(key, self.symbols) | self.always
         ids = [self.index[s] for s in banned if s in self.index]
-        row = torch.zeros(len(self.symbols), dtype=torch.float32)
+        row = torch.zeros(1, len(self.symbols), dtype=torch.float32)
         if len(ids) < len(self.symbols):
-            row[ids] = float("-inf")
+            row[0, ids] = float("-inf")
         return row.to(self.device)
 
     def rows_for(self, lexers) -> object:
@@ -458,5 +459,5 @@ class LexicalMask:
         import torch
 
         if len(lexers) == 1:
-            return self.row(lexers[0].key())[None]
-        return torch.stack([self.row(lx.key()) for lx in lexers])
+            return self.row(lexers[0].key())
+        return torch.cat([self.row(lx.key()) for lx in lexers])

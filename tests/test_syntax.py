@@ -239,7 +239,7 @@ def test_constrained_text_never_holds_a_forbidden_character(lively_checkpoint, l
 def test_a_mask_that_forbids_nothing_draws_the_plain_text(lively_checkpoint, monkeypatch):
     sampler = lively_sampler(lively_checkpoint, "python")
     plain = sampler.sample_texts(SampleSettings(length=200, seed=9, num_samples=2))
-    monkeypatch.setattr(LexicalMask, "_build", lambda self, key: torch.zeros(len(self.symbols)))
+    monkeypatch.setattr(LexicalMask, "_build", lambda self, key: torch.zeros(1, len(self.symbols)))
     free = sampler.sample_texts(SampleSettings(length=200, seed=9, num_samples=2, constrain=True))
     assert [t[:200] for t in free] == plain
 
