@@ -9,8 +9,9 @@
 2. `inspect-neuron --find indent` as the command runs it (chunks of the trace, correlations
    accumulated, single-threaded) over --big-chars characters of the Python standard library on the
    shipped 3×256 model: the step trace with float16 weights (the old default) and the fused one,
-   once each, and whether the top 10 units and their scores (to three decimals) agree.
-Both paths run in this process, one thread each.
+   alternating chunk by chunk (each timed apart), and whether the top 10 units and their scores
+   (to three decimals) agree.
+Everything runs in this process, one thread.
 """
 
 from __future__ import annotations
@@ -93,11 +94,22 @@ def python_text(chars: int, vocab: Vocab) -> str:
     return "".join(parts)[:chars]
 
 
-def find_indent(engine: StepEngine, tokens, feature, chunk: int, fused: bool):
-    stats = FeatureCorrelation(feature)
-    for start, part in engine.trace_chunks(tokens, chunk, fused=fused):
-        stats.add(start, {name: values.numpy() for name, values in part.items()})
-    return ranked(stats.scores(), 10)
+def find_indent(model, tokens, feature, chunk: int) -> dict[str, tuple[float, list]]:
+    """Both paths over the same chunks, alternating chunk by chunk (so load changes hit both alike),
+    each with its own carried state and correlations, as `trace_chunks` and `--find` run them."""
+    paths = {"step, fp16 weights (old default)": (StepEngine(model, torch.float16), False),
+             "fused, fp32": (StepEngine(model), True)}  # fmt: skip
+    stats = {name: FeatureCorrelation(feature) for name in paths}
+    states = {name: engine.init_state(1) for name, (engine, _) in paths.items()}
+    seconds = dict.fromkeys(paths, 0.0)
+    for start in range(0, tokens.shape[0], chunk):
+        for name, (engine, fused) in paths.items():
+            begin = time.perf_counter()
+            part = engine.trace(tokens[start : start + chunk], states[name], fused=fused)
+            stats[name].add(start, {signal: values.numpy() for signal, values in part.items()})
+            states[name] = engine.state_after(part)
+            seconds[name] += time.perf_counter() - begin
+    return {name: (seconds[name], ranked(stats[name].scores(), 10)) for name in paths}
 
 
 def shipped_model(args) -> None:
@@ -108,15 +120,12 @@ def shipped_model(args) -> None:
     feature = compute_feature("indent", text, "python")
     chunk = chunk_chars(model)
     print(f"2. --find indent, shipped {model.config.layers}×{model.config.hidden} model, {len(text):,} characters "
-          f"of the Python standard library, {chunk:,}-character chunks, 1 thread:")
-    results = {}
-    for name, dtype, fused in (("step, fp16 weights (old default)", torch.float16, False),
-                               ("fused, fp32", torch.float32, True)):  # fmt: skip
-        seconds, results[name] = timed(lambda: find_indent(StepEngine(model, dtype), tokens, feature, chunk, fused))
+          f"of the Python standard library, {chunk:,}-character chunks, 1 thread, the two paths alternating:")
+    results = find_indent(model, tokens, feature, chunk)
+    for name, (seconds, _) in results.items():
         print(f"   {name:34s} {seconds:7.1f} s  ({len(text) / seconds:7,.0f} chars/s)")
-        results[name + " seconds"] = seconds
-    old, new = results["step, fp16 weights (old default)"], results["fused, fp32"]
-    print(f"   fused vs old default: {results['step, fp16 weights (old default) seconds'] / results['fused, fp32 seconds']:.2f}×")
+    (old_s, old), (new_s, new) = results.values()
+    print(f"   fused vs old default: {old_s / new_s:.2f}×")
     same = [(u.layer, u.neuron, u.signal, round(u.score, 3)) for u in old] == [
         (u.layer, u.neuron, u.signal, round(u.score, 3)) for u in new
     ]
