@@ -12,8 +12,9 @@ it runs now, alternating over --rounds (best of each; this machine may be shared
 - the features the page ranks units by. Before: Pygments lexed the text once per syntax feature
   and the per-character loops set numpy elements one by one. Now: one lexing, lists. Checked equal.
 - the trace's recurrence (every mode's floor: --html, --find, --top-contexts, --stats). Before:
-  `lstm_pointwise` every step; now `StepEngine.trace`'s loop with fewer tensor operations per
-  step. h and c are checked equal.
+  `lstm_pointwise` every step; now `StepEngine.trace`'s step loop (`fused=False`, the path
+  interventions take) with fewer tensor operations per step. h and c are checked equal. The
+  default trace without interventions is the fused one now: bench/trace_speed.py times it.
 - the whole page now.
 
 The weights are random: the work does not depend on them.
@@ -174,7 +175,7 @@ def main() -> None:
         with torch_threads(1):
             seconds, (h, c) = timed(lambda: trace_before(tracer, tokens[1:]))
             times["trace loop before"].append(seconds)
-            seconds, trace = timed(lambda: tracer.trace(tokens[1:]))
+            seconds, trace = timed(lambda: tracer.trace(tokens[1:], fused=False))  # the step loop (bench/trace_speed.py: fused)
             times["trace loop now"].append(seconds)
         assert torch.equal(h, trace["hidden"]) and torch.equal(c, trace["cell"]), "the trace must not change"
     inspection = Inspection(path=Path("bench"), payload={"dataset": {"language": "python"}}, model=model, vocab=vocab)

@@ -2,13 +2,12 @@
 
     .venv/bin/python bench/inspect_speed.py [--chars 10000] [--layers 3] [--hidden 512] [--compare-threads]
 
-Prints the trace time (the step engine's `trace`, single-threaded as `neurons.activations` runs
-it) with the default float16 weights and with --exact float32 ones, alternating over --rounds (best
-of each, and their ratio: this machine is shared and noisy), the time to rank all units against one
+Prints the trace time (`neurons.activations`, single-threaded, the fused float32 trace) over
+--rounds (best of them: this machine is shared and noisy), the time to rank all units against one
 feature, and characters per second; then --find as the command runs it (the trace a chunk at a time,
 correlations accumulated per chunk, no whole-text activations kept) beside the whole trace + rank;
 with --compare-threads also torch's default thread count. The weights are random: the work does not
-depend on them.
+depend on them. bench/trace_speed.py compares the trace with the old per-step one.
 """
 
 from __future__ import annotations
@@ -46,12 +45,11 @@ def main() -> None:
     model = CharRNN(ModelConfig(vocab_size=len(vocab), layers=args.layers, hidden=args.hidden)).eval()
     activations(model, vocab, text[:200])  # warm up
 
-    timings = {"default (fp16 weights)": [], "--exact (fp32 weights)": []}
+    timings = {"default (fused, fp32)": []}
     for _ in range(args.rounds):
-        for name, exact in zip(timings, (False, True)):
-            start = time.perf_counter()
-            acts = activations(model, vocab, text, exact=exact)
-            timings[name].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        acts = activations(model, vocab, text)
+        timings["default (fused, fp32)"].append(time.perf_counter() - start)
     start = time.perf_counter()
     feature = compute_feature("indent", text, "java")
     rank_units(acts, feature, top=10)
@@ -73,8 +71,7 @@ def main() -> None:
     for name, seconds in best.items():
         print(f"trace, 1 thread, {name}: {seconds:6.2f} s  ({args.chars / seconds:,.0f} chars/s; "
               f"rounds {', '.join(f'{t:.2f}' for t in timings[name])})")
-    fast, exact = best.values()
-    print(f"default vs --exact: {exact / fast:.2f}× faster")
+    (fast,) = best.values()
     if default_threads is not None:
         print(f"trace, {torch.get_num_threads()} threads (default): {default_threads:6.2f} s  "
               f"(1 thread is {default_threads / fast:.2f}× faster)")

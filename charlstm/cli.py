@@ -415,8 +415,8 @@ def inspect_neuron_command(
     html: Annotated[Optional[str], typer.Option("--html", help="Write a self-contained HTML explorer (every neuron and signal, switchable in the page) to this file.", rich_help_panel="Output")] = None,
     svg: Annotated[Optional[str], typer.Option("--svg", help="Also save the coloured view of one neuron as an SVG picture.", rich_help_panel="Output")] = None,
     exact: Annotated[bool, typer.Option("--exact", help=(
-        "Trace with float32 weights: values equal training's forward pass. Default on a CPU: float16 weights, faster, "
-        "with gates and hidden states within ~4e-3; on a GPU the trace always uses float32."
+        "Kept for old scripts: every trace now runs the fused float32 layers, whose values equal training's forward "
+        "pass to float32 rounding (before, the default read float16 weights on a CPU)."
     ), rich_help_panel="Output")] = False,
     ablate: Annotated[Optional[list[str]], typer.Option("--ablate", metavar="L:N", help=(
         "Measure what a unit does: bits per character with it zeroed at every step (L:N; repeat to ablate several "

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from charlstm.cells import gru_pointwise, lstm_pointwise
+from charlstm.fused_trace import fused_trace
 from charlstm.model import CharRNN
 
 # The signals each kind of cell exposes per unit, in display order.
@@ -28,27 +30,6 @@ SIGNALS = {
 GATES = frozenset({"input", "forget", "output", "reset", "update"})
 # Signed signals bounded by tanh on −1..1; the cell state is unbounded.
 BOUNDED = frozenset({"hidden", "candidate"})
-
-
-def lstm_pointwise(pre: torch.Tensor, c: torch.Tensor):
-    """pre = W_ih x + b_ih + W_hh h + b_hh, shape [..., 4H] → (h, c, (i, f, g, o))."""
-    # One sigmoid over all four gates and one tanh over g: at batch 1 the step is bound by the
-    # number of tensor operations, not their size (the wasted sigmoid of g costs nothing).
-    hidden = pre.shape[-1] // 4
-    i, f, _, o = torch.sigmoid(pre).chunk(4, dim=-1)
-    g = torch.tanh(pre[..., 2 * hidden : 3 * hidden])
-    c = torch.addcmul(f * c, i, g)
-    return o * torch.tanh(c), c, (i, f, g, o)
-
-
-def gru_pointwise(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor):
-    """gi = W_ih x + b_ih, gh = W_hh h + b_hh, shape [..., 3H] → (h, (r, z, n))."""
-    i_r, i_z, i_n = gi.chunk(3, dim=-1)
-    h_r, h_z, h_n = gh.chunk(3, dim=-1)
-    r = torch.sigmoid(i_r + h_r)
-    z = torch.sigmoid(i_z + h_z)
-    n = torch.tanh(i_n + r * h_n)  # the reset gate scales the recurrent part only
-    return (1 - z) * n + z * h, (r, z, n)
 
 
 @dataclass
@@ -203,6 +184,7 @@ class StepEngine:
         if fused_cell is None:
             fused_cell = self.device.type == "cuda" and dtype in (torch.float32, torch.float16)
         self.fused_cell = fused_cell and cfg.kind == "lstm" and packed is None
+        self._fused_layers = None  # `trace`'s one-layer nn modules, made on first use
 
     def clamps(self, interventions, per_stream: bool = False) -> Clamps | None:
         """Compile interventions for `step` and `trace`; None when there are none.
@@ -291,11 +273,14 @@ class StepEngine:
 
     @torch.no_grad()
     def trace(
-        self, tokens: torch.Tensor, state: list | None = None, clamps: Clamps | None = None
+        self, tokens: torch.Tensor, state: list | None = None, clamps: Clamps | None = None, fused: bool | None = None
     ) -> dict[str, torch.Tensor]:
         """Teacher-force one sequence of token ids [T]; return each signal as [layers, T, hidden].
 
-        Only the recurrence itself runs step by step: the input projections of a whole layer are
+        Without clamps, and with float32 state (`fused` None: whenever it can), the layers run as
+        fused nn modules and the gates come from batched products (`fused_trace`): the same values
+        to float32 rounding, with float32 weights even where `step` uses float16 ones. Otherwise
+        (`fused=False`, or clamps) it steps as follows. Only the recurrence itself runs step by step: the input projections of a whole layer are
         one matrix product before the loop, each step adds W_hh h in place and keeps h (and c),
         and the gates are recomputed for all steps at once afterwards from the same
         pre-activations, through the same pointwise math as `step`. With float16 weights the
@@ -303,8 +288,12 @@ class StepEngine:
         `step`, overwrites units after each update; the trace records the overwritten values, and
         the gates it reports are the ones computed from them.
         """
-        steps = tokens.shape[0]
         state = state or self.init_state(1)
+        if fused is None:
+            fused = clamps is None and self.dtype == torch.float32
+        if fused:
+            return fused_trace(self, tokens, state)
+        steps = tokens.shape[0]
         # On the engine's device: the next layer reads this one's hidden states from here.
         out = {
             s: torch.empty(self.layers, steps, self.hidden, dtype=torch.float32, device=self.device) for s in self.signals
@@ -360,7 +349,7 @@ class StepEngine:
         return [(last("hidden", k),) for k in range(self.layers)]
 
     def trace_chunks(
-        self, tokens: torch.Tensor, chunk: int, clamps: Clamps | None = None
+        self, tokens: torch.Tensor, chunk: int, clamps: Clamps | None = None, fused: bool | None = None
     ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         """`trace` over a long sequence, `chunk` steps at a time: yields (start, trace of that chunk).
 
@@ -370,7 +359,7 @@ class StepEngine:
         """
         state = self.init_state(1)
         for start in range(0, tokens.shape[0], chunk):
-            part = self.trace(tokens[start : start + chunk], state, clamps)
+            part = self.trace(tokens[start : start + chunk], state, clamps, fused)
             yield start, part
             state = self.state_after(part)
 

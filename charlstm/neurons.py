@@ -20,7 +20,7 @@ import torch
 from charlstm.backend import cpu_threads, resolve_device, torch_threads
 from charlstm.checkpoint import VAL_EXCERPT, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset
-from charlstm.engine import BOUNDED, GATES, SIGNALS, StepEngine, half_weight_kernels_available
+from charlstm.engine import BOUNDED, GATES, SIGNALS, StepEngine
 from charlstm.errors import CharlstmError
 from charlstm.features import compute_feature, validate_feature
 from charlstm.model import CharRNN
@@ -36,7 +36,7 @@ class Inspection:
     payload: dict
     model: CharRNN
     vocab: Vocab
-    exact: bool = False  # trace with float32 weights (else float16 where the CPU kernels exist)
+    exact: bool = False  # --exact: kept for old scripts; every trace is float32 now
 
     @property
     def device(self) -> torch.device:
@@ -147,11 +147,11 @@ def chunk_chars(model: CharRNN) -> int:
 
 
 def trace_weights(model: CharRNN, exact: bool = False) -> torch.dtype:
-    """The weights' type for a trace: float16 on a CPU with FBGEMM's kernels unless `exact`, where the
-    trace is bound by reading the weights; float32 elsewhere. On a GPU a batch-1 step is bound by
-    launching kernels, not by reading weights, and there float16 would cast the state too."""
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    return torch.float16 if on_cpu and not exact and half_weight_kernels_available() else torch.float32
+    """The weights' type for a trace: float32. The trace without interventions runs the fused
+    layers (`fused_trace`) in float32: exact, and on the shipped 3×256 model faster than the
+    float16 step trace it replaced (slower on a 3×512 one: bench/trace_speed.py). So `exact`
+    (float32 before) no longer changes anything."""
+    return torch.float32
 
 
 def trace_chunks(
@@ -161,16 +161,16 @@ def trace_chunks(
     threads: int | None = 1,
     exact: bool = False,
     chunk: int | None = None,
+    fused: bool | None = None,
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """Trace `text` a chunk at a time: yields (start, signal → float32 array [layers, chunk, hidden]).
 
     The chunks are slices of one trace over the whole text (to float rounding).
 
-    The trace is a long chain of matrix-vector products bound by reading the recurrent weights
-    once per character and layer. On a CPU with FBGEMM they are read as float16 unless `exact`
-    (`trace_weights`): half the bytes, so faster, and gates and hidden states stay within ~4e-3 of
-    the float32 ones (a colour step is 1/128). `exact` gives the training model's forward pass to float32 rounding.
-    Each product is too small to share between threads, and a second thread stalls whenever other
+    Each layer runs fused over a chunk (`StepEngine.trace`, `fused_trace`) with float32 weights:
+    the training model's forward pass to float32 rounding (`exact` is kept for callers; both are
+    exact now). The recurrence is still a chain of matrix-vector products, one per character and
+    layer. Each product is too small to share between threads, and a second thread stalls whenever other
     work uses the cores, so it runs single-threaded unless `threads` says otherwise (None: torch's
     default). bench/inspect_speed.py measures both choices (--compare-threads for the second).
     Off the CPU the trace runs on the model's device and `threads` is ignored; each chunk comes
@@ -179,7 +179,7 @@ def trace_chunks(
     engine = StepEngine(model, trace_weights(model, exact))
     tokens = encode_text(vocab, text).to(engine.device)
     with torch_threads(cpu_threads(engine.device, threads)):
-        for start, part in engine.trace_chunks(tokens, chunk or chunk_chars(model)):
+        for start, part in engine.trace_chunks(tokens, chunk or chunk_chars(model), fused=fused):
             yield start, {name: values.cpu().numpy() for name, values in part.items()}
 
 

@@ -16,7 +16,6 @@ from charlstm import checkpoint as checkpoint_module
 from charlstm.backend import cpu_threads
 from charlstm.checkpoint import load_checkpoint
 from charlstm.cli import app
-from charlstm.engine import half_weight_kernels_available
 from charlstm.errors import CharlstmError
 from charlstm.neurons import open_checkpoint, trace_weights
 from tests.conftest import make_checkpoint, make_dataset
@@ -204,10 +203,9 @@ def test_auto_inspects_on_the_cpu_where_there_is_no_gpu(tiny_checkpoint, monkeyp
 # ----- what changes off the CPU ----------------------------------------------------------------------
 
 
-def test_the_trace_reads_float16_weights_only_on_the_cpu(tiny_checkpoint):
+def test_the_trace_reads_float32_weights_everywhere(tiny_checkpoint):
     model = open_checkpoint(tiny_checkpoint).model
-    assert trace_weights(model) == (torch.float16 if half_weight_kernels_available() else torch.float32)
-    assert trace_weights(model, exact=True) == torch.float32
+    assert trace_weights(model) == trace_weights(model, exact=True) == torch.float32
     off_cpu = model.to("meta")  # parameters that live elsewhere, as on a GPU
     assert trace_weights(off_cpu) == torch.float32
 

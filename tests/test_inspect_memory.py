@@ -64,7 +64,9 @@ def test_engine_chunks_are_slices_of_the_whole_trace(kind, weights):
     together = stitched(chunks)
     assert set(together) == set(SIGNALS[kind])
     for name, values in whole.items():
-        np.testing.assert_allclose(together[name], values.numpy(), rtol=0, atol=1e-5, err_msg=name)
+        # Relative too: the fused trace blocks the cell's recurrence by chunk length, and a cell
+        # (unbounded) of ~90 differs in its last bits.
+        np.testing.assert_allclose(together[name], values.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def test_activations_do_not_depend_on_the_chunk_length(monkeypatch):
@@ -74,7 +76,7 @@ def test_activations_do_not_depend_on_the_chunk_length(monkeypatch):
     many = neurons.activations(model, VOCAB, TEXT)
     for name in one_chunk:
         assert many[name].shape == (2, len(TEXT), 12)
-        np.testing.assert_allclose(many[name], one_chunk[name], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(many[name], one_chunk[name], rtol=1e-5, atol=1e-5)  # as above: the cell is unbounded
 
 
 # ----- each mode's keeper equals the whole-text computation ---------------------------------------

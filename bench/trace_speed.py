@@ -1,0 +1,152 @@
+"""The per-step trace (the old path, kept as the reference) against the fused trace, in one run.
+
+    .venv/bin/python bench/trace_speed.py [--chars 10000] [--big-chars 1000000] [--rounds 3]
+
+1. All signals of a random 3×512 LSTM over --chars characters of Java: the step trace with float16
+   weights (the old default), with float32 weights (the old --exact), and the fused trace
+   (`fused_trace`, float32), interleaved over --rounds (best of each: the machine is shared), with
+   the largest difference of each signal between the fused and the float32 step trace.
+2. `inspect-neuron --find indent` as the command runs it (chunks of the trace, correlations
+   accumulated, single-threaded) over --big-chars characters of the Python standard library on the
+   shipped 3×256 model: the step trace with float16 weights (the old default) and the fused one,
+   alternating chunk by chunk (each timed apart), and whether the top 10 units and their scores
+   (to three decimals) agree.
+Everything runs in this process, one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+
+from charlstm.engine import StepEngine
+from charlstm.features import compute_feature
+from charlstm.model import CharRNN, ModelConfig
+from charlstm.neurons import FeatureCorrelation, chunk_chars, encode_text, open_checkpoint, ranked
+from charlstm.vocab import Vocab
+
+CODE = '''    public static String abbreviate(final String str, final int maxWidth) {
+        if (str == null || maxWidth < 4) { // too short to shorten
+            return str;
+        }
+        return str.substring(0, maxWidth - 3) + "...";
+    }
+'''
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained-python"
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def small_model(args) -> None:
+    text = (CODE * (args.chars // len(CODE) + 1))[: args.chars]
+    vocab = Vocab.from_counts({ch: 1 for ch in text})
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), layers=3, hidden=512)).eval()
+    tokens = encode_text(vocab, text)
+    engines = {"step, fp16 weights (old default)": (StepEngine(model, torch.float16), False),
+               "step, fp32 weights (old --exact)": (StepEngine(model), False),
+               "fused, fp32": (StepEngine(model), True)}  # fmt: skip
+    for engine, fused in engines.values():
+        engine.trace(tokens[:200], fused=fused)  # warm up (and build the fused modules)
+    times = {name: [] for name in engines}
+    traces = {}
+    for _ in range(args.rounds):
+        for name, (engine, fused) in engines.items():
+            seconds, traces[name] = timed(lambda: engine.trace(tokens, fused=fused))
+            times[name].append(seconds)
+    print(f"1. all signals, random LSTM 3×512, {args.chars:,} characters, 1 thread, best of {args.rounds}:")
+    best = {name: min(t) for name, t in times.items()}
+    for name, seconds in best.items():
+        print(f"   {name:34s} {seconds:6.2f} s  ({args.chars / seconds:7,.0f} chars/s; "
+              f"rounds {', '.join(f'{t:.2f}' for t in times[name])})")
+    old, exact, new = best.values()
+    print(f"   fused vs old default: {old / new:.2f}×   fused vs old --exact: {exact / new:.2f}×")
+    step, fused = traces["step, fp32 weights (old --exact)"], traces["fused, fp32"]
+    diffs = ", ".join(f"{s} {(fused[s] - step[s]).abs().max().item():.1e}" for s in step)
+    print(f"   largest |fused − step fp32| per signal: {diffs}")
+
+
+def python_text(chars: int, vocab: Vocab) -> str:
+    """Standard-library Python files (tests left out), whole files the model's vocabulary covers."""
+    parts, total = [], 0
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(root.rglob("*.py")):
+        if "test" in path.parts or "tests" in path.parts:
+            continue
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if source and not vocab.unknown_chars(source):
+            parts.append(source)
+            total += len(source)
+            if total >= chars:
+                break
+    return "".join(parts)[:chars]
+
+
+def find_indent(model, tokens, feature, chunk: int) -> dict[str, tuple[float, list]]:
+    """Both paths over the same chunks, alternating chunk by chunk (so load changes hit both alike),
+    each with its own carried state and correlations, as `trace_chunks` and `--find` run them."""
+    paths = {"step, fp16 weights (old default)": (StepEngine(model, torch.float16), False),
+             "fused, fp32": (StepEngine(model), True)}  # fmt: skip
+    stats = {name: FeatureCorrelation(feature) for name in paths}
+    states = {name: engine.init_state(1) for name, (engine, _) in paths.items()}
+    seconds = dict.fromkeys(paths, 0.0)
+    for start in range(0, tokens.shape[0], chunk):
+        for name, (engine, fused) in paths.items():
+            begin = time.perf_counter()
+            part = engine.trace(tokens[start : start + chunk], states[name], fused=fused)
+            stats[name].add(start, {signal: values.numpy() for signal, values in part.items()})
+            states[name] = engine.state_after(part)
+            seconds[name] += time.perf_counter() - begin
+    return {name: (seconds[name], ranked(stats[name].scores(), 10)) for name in paths}
+
+
+def shipped_model(args) -> None:
+    inspection = open_checkpoint(SHIPPED)
+    model, vocab = inspection.model, inspection.vocab
+    text = python_text(args.big_chars, vocab)
+    tokens = encode_text(vocab, text)
+    feature = compute_feature("indent", text, "python")
+    chunk = chunk_chars(model)
+    print(f"2. --find indent, shipped {model.config.layers}×{model.config.hidden} model, {len(text):,} characters "
+          f"of the Python standard library, {chunk:,}-character chunks, 1 thread, the two paths alternating:")
+    results = find_indent(model, tokens, feature, chunk)
+    for name, (seconds, _) in results.items():
+        print(f"   {name:34s} {seconds:7.1f} s  ({len(text) / seconds:7,.0f} chars/s)")
+    (old_s, old), (new_s, new) = results.values()
+    print(f"   fused vs old default: {old_s / new_s:.2f}×")
+    same = [(u.layer, u.neuron, u.signal, round(u.score, 3)) for u in old] == [
+        (u.layer, u.neuron, u.signal, round(u.score, 3)) for u in new
+    ]
+    print(f"   top 10 the same, scores to three decimals: {same}")
+    for a, b in zip(old[:5], new[:5]):
+        print(f"     {a.layer}:{a.neuron} {a.signal} {a.score:+.4f}   |   {b.layer}:{b.neuron} {b.signal} {b.score:+.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chars", type=int, default=10_000)
+    parser.add_argument("--big-chars", type=int, default=1_000_000, help="0: skip part 2")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    small_model(args)
+    if args.big_chars:
+        shipped_model(args)
+    print(f"load average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
