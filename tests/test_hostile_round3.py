@@ -172,7 +172,10 @@ def test_sigterm_and_sighup_save_a_training_run_as_ctrl_c_does(tiny_dataset, tmp
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "charlstm", *train_args(tiny_dataset, run, "--steps", "1000000", "--save-every", "0",
                                                          "--eval-every", "0", "--log-every", "1")]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The child starts with the signal's default action, as from a terminal: a suite run under
+    # nohup would otherwise pass on an ignored SIGHUP, which train rightly keeps ignoring.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))  # fmt: skip
     try:
         wait_for(lambda: (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size > 0)
         proc.send_signal(sig)
