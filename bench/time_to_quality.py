@@ -132,20 +132,14 @@ def run_ours(dataset, val, budget: float, args, tmp: Path) -> dict:
 
 
 def coerce(key: str, value: str):
-    """A --set value as the option's type (int, float, None or str)."""
-    known = {f.name: f for f in fields(TrainConfig)}
+    """A --set value as the option's type (its annotation: int, float, str, or None for 'none')."""
+    known = {f.name: str(f.type) for f in fields(TrainConfig)}
     if key not in known:
         raise SystemExit(f"--set {key}: not a training option ({', '.join(sorted(known))})")
     if value.lower() == "none":
         return None
-    default = getattr(TrainConfig, key)
-    for kind in (int, float):
-        if isinstance(default, kind) or (default is None and key in ("steps", "minutes", "epochs", "patience", "threads")):
-            try:
-                return kind(value)
-            except ValueError:
-                continue
-    return value
+    kind = known[key].split(" |")[0]
+    return {"int": int, "float": float}.get(kind, str)(value)
 
 
 def table(results: dict, unit: str) -> str:
