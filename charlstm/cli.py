@@ -171,10 +171,10 @@ def train_command(
         f"(default: {_TC.batch_size} on a CPU, 256 per GPU; fewer when the corpus is short)"
     ), rich_help_panel=_OPTIM)] = None,
     seq_len: Annotated[Optional[int], typer.Option(help=f"Characters back-propagated through per step; the hidden state carries across steps (default: {_TC.seq_len})", rich_help_panel=_OPTIM)] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"Peak AdamW learning rate (linear warm-up, held, cosine decay at the end) (default: {_TC.lr}, × √(batch/64) above 64 lanes, at most doubled)", rich_help_panel=_OPTIM)] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Peak AdamW learning rate (linear warm-up, held, cosine decay at the end) (default: {_TC.lr}, × √(batch/64) above 64 lanes, at most 4e-3)", rich_help_panel=_OPTIM)] = None,
     min_lr_ratio: Annotated[Optional[float], typer.Option(help=f"Decay ends at lr × this (default: {_TC.min_lr_ratio})", rich_help_panel=_OPTIM)] = None,
     decay_fraction: Annotated[Optional[float], typer.Option(help=f"The peak rate is held, then decays over this last share of the run (1: cosine over all of it) (default: {_TC.decay_fraction})", rich_help_panel=_OPTIM)] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Linear warm-up steps (at most a tenth of a run of known length) (default: {_TC.warmup_steps})", rich_help_panel=_OPTIM)] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Linear warm-up steps (at most a twentieth of a run of known length) (default: {_TC.warmup_steps})", rich_help_panel=_OPTIM)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help=f"AdamW weight decay on weight matrices (default: {_TC.weight_decay})", rich_help_panel=_OPTIM)] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help=f"Clip the global gradient norm to this (0: off) (default: {_TC.grad_clip})", rich_help_panel=_OPTIM)] = None,
     steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in all; also the schedule's length.", rich_help_panel=_OPTIM)] = None,

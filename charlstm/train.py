@@ -487,7 +487,7 @@ class Trainer:
             self._say(
                 f"fine-tuning {src['checkpoint']} (step {src['step']:,}, trained on {src['dataset']}): shape from the "
                 f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and {warmup} warm-up steps"
-                f"{' (at most a tenth of the run)' * (warmup < cfg.warmup_steps)} ({self.finetune_defaults or 'as given'})"
+                f"{' (at most a twentieth of the run)' * (warmup < cfg.warmup_steps)} ({self.finetune_defaults or 'as given'})"
             )
 
     def close(self, finished: bool = False) -> None:
