@@ -47,7 +47,7 @@ class TrainConfig:
     lr: float = 3e-3  # peak AdamW learning rate (scaled with the lanes above 64, defaults.py); 2e-3 trained slower (README "Time to quality")
     min_lr_ratio: float = 0.1  # cosine decay ends at lr × this
     decay_fraction: float = 0.2  # the rate is held at its peak, then decays over the run's last fifth (1: cosine over all of it)
-    warmup_steps: int = 10  # linear warm-up (capped at a twentieth of the run when its length is known)
+    warmup_steps: int = 0  # linear warm-up (capped at a twentieth of a known length); any cost short runs (README "Time to quality")
     weight_decay: float = 0.01  # AdamW decoupled decay, on weight matrices only
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     steps: int | None = None  # stop after this many steps in all (the schedule's length)

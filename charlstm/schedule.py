@@ -122,7 +122,8 @@ def minutes_decay(schedule: dict, step: int, seconds_per_step: float, seconds_le
 
 def describe(schedule: dict, config: TrainConfig) -> str:
     """The run header's line on the learning rate: what a reader needs to reproduce its shape."""
-    held = f"warm-up {schedule['warmup']} steps to {config.lr:g}, held, then cosine decay to {config.lr * config.min_lr_ratio:g}"
+    warm = f"warm-up {schedule['warmup']} step(s) to {config.lr:g}" if schedule["warmup"] else f"{config.lr:g} from the first step"
+    held = f"{warm}, held, then cosine decay to {config.lr * config.min_lr_ratio:g}"
     if schedule["total"] is None:
         return f"learning rate: {held} over the last {config.decay_fraction:.0%} of the time (--decay-fraction)"
     return (f"learning rate: {held} from step {schedule['from_step'] or schedule['warmup']:,} to {schedule['total']:,} "

@@ -33,7 +33,8 @@ def test_forget_gates_start_as_pytorch_initialises_them_unless_asked():
     for layer in range(2):  # the sum of the two biases is what the gate sees: 1
         total = getattr(opened.rnn, f"bias_ih_l{layer}")[h : 2 * h] + getattr(opened.rnn, f"bias_hh_l{layer}")[h : 2 * h]
         assert torch.equal(total, torch.ones(h))
-    assert TrainConfig().forget_bias is None and TrainConfig().decay_fraction == 0.2 and TrainConfig().lr == 3e-3
+    defaults = TrainConfig()
+    assert defaults.forget_bias is None and defaults.decay_fraction == 0.2 and defaults.lr == 3e-3 and defaults.warmup_steps == 0
 
 
 def test_a_run_of_known_length_holds_the_peak_then_decays_over_its_last_fifth():
@@ -54,11 +55,11 @@ def test_config_json_records_the_new_defaults_and_the_header_says_them(tiny_data
     train(options(tiny_dataset, run, steps=30, eval_every=0))
     config = json.loads((run / "config.json").read_text())["train_config"]
     assert config["forget_bias"] is None and config["decay_fraction"] == 0.2
-    assert config["lr"] == 3e-3 and config["warmup_steps"] == 10
-    assert "warm-up 1 steps to 0.003, held, then cosine decay to 0.0003 from step 24 to 30 (the last 20%" in capsys.readouterr().err
-    assert load_checkpoint(run / "latest.pt")["schedule"] == {"warmup": 1, "total": 30, "from_step": 24, "from_ratio": 1.0}
+    assert config["lr"] == 3e-3 and config["warmup_steps"] == 0
+    assert "0.003 from the first step, held, then cosine decay to 0.0003 from step 24 to 30 (the last 20%" in capsys.readouterr().err
+    assert load_checkpoint(run / "latest.pt")["schedule"] == {"warmup": 0, "total": 30, "from_step": 24, "from_ratio": 1.0}
     lrs = [r["lr"] for r in metrics(run)]
-    assert lrs[:25] == [3e-3] * 25 and lrs[-1] < 7e-4 and lrs[-1] == pytest.approx(lr_at(29, 3e-3, 1, 30, 0.1, 24))
+    assert lrs[:25] == [3e-3] * 25 and lrs[-1] < 7e-4 and lrs[-1] == pytest.approx(lr_at(29, 3e-3, 0, 30, 0.1, 24))
 
 
 def test_a_paused_and_resumed_run_keeps_the_schedule_it_started_with(tiny_dataset, tmp_path):
