@@ -169,19 +169,21 @@ def train_command(
         "Dropout between layers and before the head (default: none within one pass over the corpus; beyond, up to "
         "0.3 as the passes × parameters per training character grow; printed with its reason)"
     ), rich_help_panel=_MODEL)] = None,
+    forget_bias: Annotated[Optional[float], typer.Option(help="LSTM forget-gate bias at initialisation, e.g. 1 as torch-rnn (default: PyTorch's init)", rich_help_panel=_MODEL)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=(
         f"Lanes: contiguous streams through the corpus, trained side by side (split across processes under torchrun) "
         f"(default: {_TC.batch_size} on a CPU, 256 per GPU; fewer when the corpus is short)"
     ), rich_help_panel=_OPTIM)] = None,
     seq_len: Annotated[Optional[int], typer.Option(help=f"Characters back-propagated through per step; the hidden state carries across steps (default: {_TC.seq_len})", rich_help_panel=_OPTIM)] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"Peak AdamW learning rate (linear warm-up, cosine decay) (default: {_TC.lr}, × √(batch/64) above 64 lanes, at most doubled)", rich_help_panel=_OPTIM)] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Peak AdamW learning rate (linear warm-up, held, cosine decay at the end) (default: {_TC.lr}, × √(batch/64) above 64 lanes, at most 4e-3)", rich_help_panel=_OPTIM)] = None,
     min_lr_ratio: Annotated[Optional[float], typer.Option(help=f"Decay ends at lr × this (default: {_TC.min_lr_ratio})", rich_help_panel=_OPTIM)] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Linear warm-up steps (at most a tenth of a run of known length) (default: {_TC.warmup_steps})", rich_help_panel=_OPTIM)] = None,
+    decay_fraction: Annotated[Optional[float], typer.Option(help=f"The peak rate is held, then decays over this last share of the run (1: cosine over all of it) (default: {_TC.decay_fraction})", rich_help_panel=_OPTIM)] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Linear warm-up steps (at most a twentieth of a run of known length) (default: {_TC.warmup_steps})", rich_help_panel=_OPTIM)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help=f"AdamW weight decay on weight matrices (default: {_TC.weight_decay})", rich_help_panel=_OPTIM)] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help=f"Clip the global gradient norm to this (0: off) (default: {_TC.grad_clip})", rich_help_panel=_OPTIM)] = None,
     steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in all; also the schedule's length.", rich_help_panel=_OPTIM)] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training split (default: 1 when no budget is given)", rich_help_panel=_OPTIM)] = None,
-    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation. Alone, the schedule's length is estimated from the first steps' speed.", rich_help_panel=_OPTIM)] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes of this invocation. Alone, the rate decays over the last --decay-fraction of the time, over the steps the speed so far allows.", rich_help_panel=_OPTIM)] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed (initialisation, dropout) (default: {_TC.seed})", rich_help_panel=_OPTIM)] = None,
     eval_every: Annotated[Optional[int], typer.Option(help=f"Steps between validations over the whole val split (0: only at the end) (default: {_TC.eval_every})", rich_help_panel=_RUN)] = None,
     patience: Annotated[Optional[int], typer.Option(help="Stop after this many validations in a row without a new best validation bpc (best.pt keeps the best). Off by default.", rich_help_panel=_RUN)] = None,

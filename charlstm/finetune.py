@@ -28,7 +28,7 @@ from charlstm.vocab import Vocab
 # Options that fix the network's shape: a fine-tuning run takes them from its source model.
 SHAPE_OPTIONS = ("model", "layers", "hidden", "embed")
 # Defaults that suit a model that already knows code: a gentler peak than training from scratch
-# (2e-3) so the first steps refine rather than overwrite, and a longer warm-up for AdamW's moment
+# (3e-3) so the first steps refine rather than overwrite, and a longer warm-up for AdamW's moment
 # estimates to settle before the peak.
 FINETUNE_LR = 1e-3
 FINETUNE_WARMUP_STEPS = 50

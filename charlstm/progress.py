@@ -22,7 +22,7 @@ class Invocation:
         self.start = now
         self.steps = 0  # taken in this call
         self.last_eval_step: int | None = None
-        self.timing_from: float | None = None  # --minutes alone: when the timed steps began
+        self.speed_mark: tuple[int, float] | None = None  # --minutes alone: (steps, time) its speed is timed from
         self.loss_sum = torch.zeros((), device=device)  # since the last metrics line, on the device: no sync per step
         self.logged_time = now  # when the last metrics line was, moved on past validations and saves
         self.logged_step = step

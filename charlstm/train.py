@@ -49,7 +49,7 @@ from charlstm.defaults import Chosen
 from charlstm.model import CharRNN, detach_state
 from charlstm.progress import Invocation, run_summary
 from charlstm.runfolder import check_run_dir, prepare_run_dir, write_run_config
-from charlstm.schedule import estimated_total, lr_at, new_schedule, planned_total, resumed_schedule
+from charlstm.schedule import describe, lr_at, minutes_decay, new_schedule, planned_total, resumed_schedule
 from charlstm.stopping import CtrlC, TrainingInterrupted, TrainingStopped
 from charlstm.trainstate import hidden_for_checkpoint, lanes_from_checkpoint, restore_rng, rng_state
 
@@ -106,7 +106,7 @@ class Trainer:
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # any NaN/inf loss so far
         # The schedule's fixed numbers (see lr_at), saved in checkpoints.
         total = planned_total(config.steps, config.epochs, self.batcher.windows)
-        self.schedule = new_schedule(config.warmup_steps, total)
+        self.schedule = new_schedule(config.warmup_steps, total, config.decay_fraction)
         self.saved_step: int | None = None  # the step of the latest.pt on disk, once known
         if resume_payload is not None:
             self._restore_or_explain(resume_payload)
@@ -431,8 +431,8 @@ class Trainer:
             inv.steps += 1
             inv.loss_sum += loss
             self._nonfinite |= ~torch.isfinite(loss)
-            if self.schedule["total"] is None and cfg.minutes is not None:
-                self._estimate_schedule(inv, loss)
+            if self.schedule["total"] is None and cfg.minutes is not None and (self.world == 1 or self.step % cfg.log_every == 0):
+                self._maybe_start_decay(inv, loss)
 
             evaluate = inv.budget_spent(self.step) or bool(cfg.eval_every and self.step % cfg.eval_every == 0)
             save = bool(cfg.save_every and self.step % cfg.save_every == 0)
@@ -445,20 +445,28 @@ class Trainer:
             if evaluate and self._out_of_patience():
                 return
 
-    def _estimate_schedule(self, inv: Invocation, loss: torch.Tensor) -> None:
-        """--minutes alone: time steps 3..12 of this invocation, then fix the schedule's length from
-        them (saved in checkpoints, so a resumed run stays deterministic)."""
-        if inv.steps == 2:
+    def _maybe_start_decay(self, inv: Invocation, loss: torch.Tensor) -> None:
+        """--minutes alone: once the time left is the run's last decay_fraction, fix the schedule's
+        length from the speed since halfway to that point (past a slow start: timing only the first
+        steps left runs at the floor for long stretches). Saved in checkpoints, so a resumed run
+        stays deterministic."""
+        cfg, now = self.cfg, time.perf_counter()
+        budget = cfg.minutes * 60
+        if inv.speed_mark is None and now - inv.start >= (1 - cfg.decay_fraction) * budget / 2:
             loss.item()  # sync, so the clock measures finished steps
-            inv.timing_from = time.perf_counter()
-        elif inv.steps == 12:
-            loss.item()
-            per_step = (time.perf_counter() - inv.timing_from) / 10
-            total = estimated_total(self.schedule, self.step, per_step, inv.seconds_left(time.perf_counter()))
-            # Every rank must use rank 0's number, or their learning rates differ.
-            total = distributed.rank_0s(total, self.world, self.device)
-            self.schedule["total"] = total
-            self._say(f"--minutes {self.cfg.minutes:g}: about {total:,} steps; the learning rate decays over them")
+            inv.speed_mark = (inv.steps, time.perf_counter())
+        due = inv.seconds_left(now) <= cfg.decay_fraction * budget
+        if not distributed.agree(due, self.world, self.device):  # every rank decides at the same step
+            return
+        loss.item()
+        now = time.perf_counter()
+        marked, since = inv.speed_mark if inv.speed_mark and inv.steps > inv.speed_mark[0] else (0, inv.start)
+        schedule = minutes_decay(self.schedule, self.step, (now - since) / (inv.steps - marked), inv.seconds_left(now))
+        # Every rank must use rank 0's number, or their learning rates differ.
+        schedule["total"] = distributed.rank_0s(schedule["total"], self.world, self.device)
+        self.schedule = schedule
+        self._say(f"step {self.step:,}: the last {cfg.decay_fraction:.0%} of --minutes {cfg.minutes:g}; the learning "
+                  f"rate decays over the ~{schedule['total'] - self.step:,} steps left (to step {schedule['total']:,})")
 
     def _announce(self) -> None:
         """What is about to train, where, and how (and, fine-tuning, from what)."""
@@ -472,12 +480,14 @@ class Trainer:
         )
         if cfg.chosen and self.step == 0:
             self._say(Chosen(values={k: getattr(cfg, k) for k in cfg.chosen}, reasons=cfg.chosen).header())
+        if self.step == 0:
+            self._say(describe(self.schedule, cfg))
         if self.init_source is not None and self.step == 0:
             src, added, warmup = self.init_source, len(self.vocab) - self.init_source["vocab_size"], self.schedule["warmup"]
             self._say(
                 f"fine-tuning {src['checkpoint']} (step {src['step']:,}, trained on {src['dataset']}): shape from the "
                 f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and {warmup} warm-up steps"
-                f"{' (at most a tenth of the run)' * (warmup < cfg.warmup_steps)} ({self.finetune_defaults or 'as given'})"
+                f"{' (at most a twentieth of the run)' * (warmup < cfg.warmup_steps)} ({self.finetune_defaults or 'as given'})"
             )
 
     def close(self, finished: bool = False) -> None:

@@ -130,7 +130,8 @@ def resumed_config(given: dict, run_dir: Path, new_data: bool = False) -> tuple[
     path = checkpoint_to_resume(run_dir)
     payload = load_checkpoint(path)
     check_resumable(payload, path)
-    saved = payload["train_config"]
+    # Runs saved before these options existed: forget gates opened at 1, cosine decay over the whole run.
+    saved = {"forget_bias": 1.0, "decay_fraction": 1.0, **payload["train_config"]}
     config = TrainConfig(**{k: saved[k] for k in saved if k in TrainConfig.__dataclass_fields__})
     for key, value in given.items():
         if key == "out":

@@ -72,9 +72,10 @@ def test_given_options_are_never_overridden():
 
 def test_learning_rate_scales_with_a_batch_the_user_gave():
     chosen = choose_defaults({"batch_size": 1024, "dropout": 0.0}, H100_JAVA)
-    assert chosen.values == {"lr": 0.004}  # √16 = 4, held at 2×
-    assert "held at 2×" in chosen.reasons["lr"]
-    assert choose_defaults({"batch_size": 16, "dropout": 0.0}, H100_JAVA).values == {}  # small batches keep 2e-3
+    assert chosen.values == {"lr": 0.004}  # 3e-3 × √16, held at the best measured 4e-3
+    assert "held at 0.004" in chosen.reasons["lr"]
+    assert choose_defaults({"batch_size": 96, "dropout": 0.0}, H100_JAVA).values == {"lr": 0.00367}  # 3e-3 × √1.5
+    assert choose_defaults({"batch_size": 16, "dropout": 0.0}, H100_JAVA).values == {}  # small batches keep 3e-3
 
 
 def test_a_short_corpus_gets_fewer_lanes_instead_of_an_error():

@@ -113,9 +113,9 @@ def test_the_shipped_model_fine_tunes_by_name(python_data, tmp_path):
 
 
 def test_the_header_names_the_warm_up_the_schedule_uses(java_run, python_data, tmp_path):
-    """Warm-up is at most a tenth of a run of known length: 20 steps warm up over 2, not the default 50."""
+    """Warm-up is at most a twentieth of a run of known length: 40 steps warm up over 2, not the default 50."""
     result = runner.invoke(app, ["train", "--data", str(python_data.path), "--out", str(tmp_path / "ft"),
-                                 "--init-from", str(java_run), "--steps", "20", "--batch-size", "4", "--seq-len", "8",
+                                 "--init-from", str(java_run), "--steps", "40", "--batch-size", "4", "--seq-len", "8",
                                  "--eval-every", "0", "--threads", "1", "--precision", "fp32"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert load_checkpoint(tmp_path / "ft" / "latest.pt")["schedule"]["warmup"] == 2
