@@ -271,11 +271,10 @@ def eval_command(
     draw: Annotated[str, typer.Option("--draw", help="With --syntax: plain, constrain (as sample --constrain) or valid (as sample --valid).", rich_help_panel="Syntax")] = "plain",
 ) -> None:
     """Score a checkpoint in bits per character on a validation split or any text file (or, with --syntax, how often its code parses)."""
+    from charlstm.eval_command import run_syntax_eval
     from charlstm.evaluate import evaluate_checkpoint
 
     if syntax:
-        from charlstm.eval_command import run_syntax_eval
-
         return run_syntax_eval(checkpoint, err, json_output, device=device, samples=samples, length=length,
                                temperature=temperature, prime=prime, seed=seed, draw=draw, text_options=(data, text_file, per_char, dynamic))  # fmt: skip
     if html is not None and not per_char:
