@@ -118,7 +118,10 @@ def test_the_smoke_form_runs_every_stage_and_ships_both_models(tmp_path):
         assert run["export"]["eval_fp16_weights_bpc"] == pytest.approx(run["best_val_bpc"], abs=0.01)
         assert run["export"]["within_limit"] and isinstance(run["export"]["sample"], str)
     assert "make_dataset in a test" in (tmp_path / "unpacked" / "pretrained-java" / "COMMANDS.txt").read_text()
-    assert stages["python"]["goal_met"] is False  # seconds of a tiny model: far from 1.25 bpc
+    # The goal is judged on the run's own figure (seconds of a tiny model on a repeated snippet can
+    # reach it or not, depending on the recipe: it is not the point here).
+    python = stages["python"]
+    assert python["goal_val_bpc"] == 1.25 and python["goal_met"] is (python["best_val_bpc"] <= 1.25)
 
 
 def test_an_fp16_export_halves_the_file_and_loads_back_into_float32(tmp_path):
