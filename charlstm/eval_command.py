@@ -142,9 +142,11 @@ def training_syntax(run_dir: str) -> dict | None:
 
 
 def syntax_line(syntax: dict) -> str:
-    rate = "no complete unit yet" if syntax["rate"] is None else f"{syntax['rate']:.0%}"
-    return (f"syntax: {rate} of complete top-level units parse ({syntax['parsed']} of {syntax['units']} in "
-            f"8 samples of 600 characters at T=0.7; `charlstm eval RUN --syntax` for more)")  # fmt: skip
+    where = "8 samples of 600 characters at T=0.7; `charlstm eval RUN --syntax` for more"
+    if syntax["rate"] is None:
+        return f"syntax: no complete top-level unit yet ({where})"
+    return (f"syntax: {syntax['rate']:.0%} of complete top-level units parse ({syntax['parsed']} of "
+            f"{syntax['units']} in {where})")  # fmt: skip
 
 
 def report_score(result: dict, err, json_out: bool) -> None:
