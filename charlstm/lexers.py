@@ -30,6 +30,23 @@ TAB = 8  # columns a tab advances to, as Python's tokenizer counts them
 FREE, FREE_AT_REST = ("free", False), ("free", True)
 
 
+def _triple_closed(lexer, ch: str) -> bool:
+    """One character inside a triple-quoted string (Python's, Java's text block): True when it is
+    the third closing quote in a row, which returns the lexer to code."""
+    if lexer.escaped:
+        lexer.escaped, lexer.run = False, 0
+    elif ch == "\\":
+        lexer.escaped, lexer.run = True, 0
+    elif ch == lexer.quote:
+        lexer.run += 1
+        if lexer.run == 3:
+            lexer.mode = CODE
+            return True
+    else:
+        lexer.run = 0
+    return False
+
+
 class PythonLexer:
     """Python's lexical state: strings, comments, brackets, line continuations and indentation.
 
@@ -191,16 +208,8 @@ class PythonLexer:
         self.run += 1  # in a one-line string: characters since it opened
 
     def _triple(self, ch: str) -> None:
-        if self.escaped:
-            self.escaped, self.run = False, 0
-        elif ch == "\\":
-            self.escaped, self.run = True, 0
-        elif ch == self.quote:
-            self.run += 1
-            if self.run == 3:
-                self.mode, self.last_code = CODE, ch
-        else:
-            self.run = 0
+        if _triple_closed(self, ch):
+            self.last_code = ch
 
     def _newline(self) -> None:
         """The end of a logical line."""
@@ -383,16 +392,7 @@ class BraceLexer:
         self.run += 1
 
     def _triple(self, ch: str) -> None:
-        if self.escaped:
-            self.escaped, self.run = False, 0
-        elif ch == "\\":
-            self.escaped, self.run = True, 0
-        elif ch == self.quote:
-            self.run += 1
-            if self.run == 3:
-                self.mode = CODE
-        else:
-            self.run = 0
+        _triple_closed(self, ch)
 
     def forbidden(self, key: tuple, symbols: list[str]) -> set[str]:
         kind = key[0]
