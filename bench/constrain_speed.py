@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.checkpoint import resolve_model  # noqa: E402
-from charlstm.sample import Sampler, SampleSettings  # noqa: E402
-from charlstm.syntax_eval import default_prime  # noqa: E402
+from charlstm.core.checkpoint import resolve_model  # noqa: E402
+from charlstm.sampling.sample import Sampler, SampleSettings  # noqa: E402
+from charlstm.evaluation.syntax_eval import default_prime  # noqa: E402
 
 TARGET_RATIO = 0.9
 

@@ -28,12 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.backend import sampling_device  # noqa: E402
-from charlstm.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint, resolve_checkpoint  # noqa: E402
-from charlstm.draw import DrawRule, GumbelNoise  # noqa: E402
-from charlstm.engine import StepEngine  # noqa: E402
-from charlstm.graphed import GRAPH_STEPS, BlockSteps  # noqa: E402
-from charlstm.sample import Sampler, SampleSettings  # noqa: E402
+from charlstm.core.backend import sampling_device  # noqa: E402
+from charlstm.core.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint, resolve_checkpoint  # noqa: E402
+from charlstm.sampling.draw import DrawRule, GumbelNoise  # noqa: E402
+from charlstm.core.engine import StepEngine  # noqa: E402
+from charlstm.sampling.graphed import GRAPH_STEPS, BlockSteps  # noqa: E402
+from charlstm.sampling.sample import Sampler, SampleSettings  # noqa: E402
 
 CASES = [
     dict(seed=1, length=300),

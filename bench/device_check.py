@@ -48,7 +48,7 @@ def as_json(done: subprocess.CompletedProcess):
 
 
 def check_trace(checkpoint: str, device: str) -> dict:
-    from charlstm.neurons import activations, open_checkpoint
+    from charlstm.analysis.neurons import activations, open_checkpoint
 
     here = open_checkpoint(checkpoint, device=device)
     cpu = open_checkpoint(checkpoint, device="cpu", exact=True)

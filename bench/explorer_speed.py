@@ -31,15 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import charlstm.features as features
-from charlstm.backend import torch_threads
-from charlstm.engine import StepEngine
-from charlstm.explorer import write_explorer
-from charlstm.features import FEATURES, compute_feature
-from charlstm.interventions import ablation, bits_with_interventions
-from charlstm.model import CharRNN, ModelConfig
-from charlstm.neurons import Inspection, trace_weights
-from charlstm.vocab import Vocab
+import charlstm.analysis.features as features
+from charlstm.core.backend import torch_threads
+from charlstm.core.engine import StepEngine
+from charlstm.analysis.explorer import write_explorer
+from charlstm.analysis.features import FEATURES, compute_feature
+from charlstm.analysis.interventions import ablation, bits_with_interventions
+from charlstm.core.model import CharRNN, ModelConfig
+from charlstm.analysis.neurons import Inspection, trace_weights
+from charlstm.core.vocab import Vocab
 
 CODE = Path(__file__).resolve().parents[1].joinpath("charlstm", "explorer.py").read_text(encoding="utf-8")
 
@@ -75,7 +75,7 @@ def features_before(text: str) -> list[np.ndarray]:
 
 
 def _layout_before(name: str, text: str) -> np.ndarray:
-    from charlstm.features import DOC_SEP, _advance
+    from charlstm.analysis.features import DOC_SEP, _advance
 
     out = np.zeros(len(text), dtype=np.float32)
     width, leading, col, run = 0, True, 0, 0
@@ -98,7 +98,7 @@ def _layout_before(name: str, text: str) -> np.ndarray:
 
 
 def _brackets_before(text: str, labels: np.ndarray) -> np.ndarray:
-    from charlstm.features import CLOSE, CODE as IN_CODE, DOC_SEP, OPEN
+    from charlstm.analysis.features import CLOSE, CODE as IN_CODE, DOC_SEP, OPEN
 
     out = np.zeros(len(text), dtype=np.float32)
     depth = 0
@@ -117,7 +117,7 @@ def _brackets_before(text: str, labels: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def trace_before(engine, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """h and c [layers, T, hidden] as the trace computed them before: `lstm_pointwise` every step."""
-    from charlstm.engine import lstm_pointwise
+    from charlstm.core.engine import lstm_pointwise
 
     x_seq, hs, cs = engine.embedding[tokens], [], []
     for k, w in enumerate(engine.weights):

@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from charlstm.backend import cpu_runs_bf16_rnn  # noqa: E402
+from charlstm.core.backend import cpu_runs_bf16_rnn  # noqa: E402
 
 
 def say(message: str) -> None:
@@ -56,8 +56,8 @@ def build_dataset(work: Path, cpu: bool) -> tuple[Path, str]:
     if done.returncode == 0:
         return data_dir / "python-stdlib", "charlstm ingest"
     say(f"ingest failed ({done.stderr.strip()[-300:]}); building the dataset from the stdlib directly")
-    from charlstm.dataset import write_dataset
-    from charlstm.vocab import Vocab
+    from charlstm.corpus.dataset import write_dataset
+    from charlstm.core.vocab import Vocab
 
     budget = 2_000_000 if cpu else 20_000_000
     texts, n = [], 0

@@ -193,7 +193,7 @@ class Session:
 def stage_env(s: Session, device: str) -> dict:
     import torch
 
-    from charlstm.backend import choose_precision
+    from charlstm.core.backend import choose_precision
 
     cuda = device == "cuda"
     chosen = choose_precision("auto", torch.device(device), hidden=512, batch=256)
@@ -377,7 +377,7 @@ def stage_devices(s: Session, device: str) -> dict:
 def java_unavailable(s: Session, given: Path | None) -> str | None:
     """Why the java stage can't get a dataset (None when it can): no --java-data, none ingested
     already, and no JDK sources for `--preset jdk`."""
-    from charlstm.sources import jdk_src_zip_candidates
+    from charlstm.corpus.sources import jdk_src_zip_candidates
 
     if given is not None or (s.work / "data" / "jdk" / "meta.json").is_file():
         return None

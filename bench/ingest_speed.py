@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.ingest import ingest  # noqa: E402
+from charlstm.corpus.ingest import ingest  # noqa: E402
 
 TARGET_MB_S = 20.0
 

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from charlstm.features import compute_feature
-from charlstm.model import CharRNN, ModelConfig
-from charlstm.neurons import FeatureCorrelation, activations, chunk_chars, rank_units, trace_chunks
-from charlstm.vocab import Vocab
+from charlstm.analysis.features import compute_feature
+from charlstm.core.model import CharRNN, ModelConfig
+from charlstm.analysis.neurons import FeatureCorrelation, activations, chunk_chars, rank_units, trace_chunks
+from charlstm.core.vocab import Vocab
 
 CODE = '''    public static String abbreviate(final String str, final int maxWidth) {
         if (str == null || maxWidth < 4) { // too short to shorten

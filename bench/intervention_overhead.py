@@ -2,7 +2,7 @@
 (with --baseline) another version's engine without any, alternating in one process.
 
     .venv/bin/python bench/intervention_overhead.py [--chars 2000] [--steps 300] [--rounds 5] \\
-        [--baseline OTHER_CHECKOUT/charlstm/engine.py]
+        [--baseline OTHER_CHECKOUT/charlstm/core/engine.py]
 
 Model: a 3×512 LSTM with random weights (the work does not depend on them), one thread, as
 inspection and sampling run. Reports the best of --rounds for each variant and the ratios.
@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm import engine as ours  # noqa: E402
-from charlstm.interventions import Intervention  # noqa: E402
-from charlstm.model import CharRNN, ModelConfig  # noqa: E402
+from charlstm.core import engine as ours  # noqa: E402
+from charlstm.analysis.interventions import Intervention  # noqa: E402
+from charlstm.core.model import CharRNN, ModelConfig  # noqa: E402
 
 
 def load_engine_module(path: str):
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=2000, help="characters traced per round")
     parser.add_argument("--steps", type=int, default=300, help="batch-1 steps per round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--baseline", help="another checkout's charlstm/engine.py, timed without interventions")
+    parser.add_argument("--baseline", help="another checkout's charlstm/core/engine.py, timed without interventions")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)

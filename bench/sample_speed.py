@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.graphed import capture_unavailable  # noqa: E402
-from charlstm.model import CharRNN, ModelConfig  # noqa: E402
-from charlstm.sample import Sampler, SampleSettings  # noqa: E402
-from charlstm.vocab import SPECIALS, Vocab  # noqa: E402
+from charlstm.sampling.graphed import capture_unavailable  # noqa: E402
+from charlstm.core.model import CharRNN, ModelConfig  # noqa: E402
+from charlstm.sampling.sample import Sampler, SampleSettings  # noqa: E402
+from charlstm.core.vocab import SPECIALS, Vocab  # noqa: E402
 
 VOCAB = Vocab([*SPECIALS, *(chr(c) for c in range(32, 32 + 98))])
 TARGET_GRAPHED_VS_NAIVE = 10  # batch 1, on a GPU

@@ -42,11 +42,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.config import TrainConfig  # noqa: E402
-from charlstm.dataset import load_dataset  # noqa: E402
-from charlstm.evaluate import bits_per_char  # noqa: E402
-from charlstm.train import Trainer  # noqa: E402
-from charlstm.train_setup import fresh_config  # noqa: E402
+from charlstm.core.config import TrainConfig  # noqa: E402
+from charlstm.corpus.dataset import load_dataset  # noqa: E402
+from charlstm.evaluation.evaluate import bits_per_char  # noqa: E402
+from charlstm.training.train import Trainer  # noqa: E402
+from charlstm.training.train_setup import fresh_config  # noqa: E402
 
 SHAPE = dict(layers=2, hidden=256, embed=64, batch_size=64, seq_len=128)  # the shape
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}

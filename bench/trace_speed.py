@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from charlstm.engine import StepEngine
-from charlstm.features import compute_feature
-from charlstm.model import CharRNN, ModelConfig
-from charlstm.neurons import FeatureCorrelation, chunk_chars, encode_text, open_checkpoint, ranked
-from charlstm.vocab import Vocab
+from charlstm.core.engine import StepEngine
+from charlstm.analysis.features import compute_feature
+from charlstm.core.model import CharRNN, ModelConfig
+from charlstm.analysis.neurons import FeatureCorrelation, chunk_chars, encode_text, open_checkpoint, ranked
+from charlstm.core.vocab import Vocab
 
 CODE = '''    public static String abbreviate(final String str, final int maxWidth) {
         if (str == null || maxWidth < 4) { // too short to shorten

@@ -16,7 +16,7 @@ in seconds. With --json the grid prints its record so far after every (hidden, b
 line each, so a run stopped early keeps the cells it finished; the last line is the whole. `--hidden H` / `--batch B` (repeatable) choose other sizes. The loops of one
 (hidden, batch) are interleaved; each row gives chars/s of ours and of the bare loop, their ratio
 and each precision's speed-up over fp32, and the JSON's "auto_table" holds the bare loop's figures
-in the form of charlstm.backend.CUDA_MEASURED, which `--precision auto` on CUDA follows.
+in the form of charlstm.core.backend.CUDA_MEASURED, which `--precision auto` on CUDA follows.
 
     .venv/bin/python bench/train_speed.py --grid --device cuda --json
     .venv/bin/python bench/train_speed.py --grid --quick          # the tiny grid on a CPU
@@ -39,13 +39,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.dataset import write_dataset  # noqa: E402
-from charlstm.model import CharRNN, ModelConfig  # noqa: E402
-from charlstm.errors import CharlstmError  # noqa: E402
-from charlstm.backend import available_cores, choose_precision, resolve_device  # noqa: E402
-from charlstm.config import TrainConfig  # noqa: E402
-from charlstm.train import Trainer  # noqa: E402
-from charlstm.vocab import Vocab  # noqa: E402
+from charlstm.corpus.dataset import write_dataset  # noqa: E402
+from charlstm.core.model import CharRNN, ModelConfig  # noqa: E402
+from charlstm.core.errors import CharlstmError  # noqa: E402
+from charlstm.core.backend import available_cores, choose_precision, resolve_device  # noqa: E402
+from charlstm.core.config import TrainConfig  # noqa: E402
+from charlstm.training.train import Trainer  # noqa: E402
+from charlstm.core.vocab import Vocab  # noqa: E402
 
 SHAPE = dict(layers=3, hidden=512, embed=64, batch_size=64, seq_len=128)
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -262,7 +262,7 @@ def grid_cell(precisions, device, threads, warmup: int, steps: int, shape: dict)
 
 def grid(args, device, threads, warmup: int) -> dict:
     """Precisions × batch × hidden; rows as measured, plus the bare loop's figures in the shape of
-    charlstm.backend.CUDA_MEASURED ("auto_table"), which `--precision auto` on CUDA reads."""
+    charlstm.core.backend.CUDA_MEASURED ("auto_table"), which `--precision auto` on CUDA reads."""
     cuda = device.type == "cuda"
     hiddens = args.hidden or ([512, 1024] if cuda else [32, 64])
     batches = args.batch or ([64, 256, 1024] if cuda else [4, 16])

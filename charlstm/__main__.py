@@ -40,10 +40,10 @@ def main() -> None:
     reopen_closed_streams()
     ignore_unusable_terminal_size()
     try:
-        from charlstm.stopping import stop_like_ctrl_c
+        from .core.stopping import stop_like_ctrl_c
 
         stop_like_ctrl_c()
-        from charlstm.cli import app
+        from .cli import app
 
         app(prog_name="charlstm")
     except KeyboardInterrupt:

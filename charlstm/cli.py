@@ -16,10 +16,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from charlstm import __version__
-from charlstm.config import WEIGHT_PRECISIONS, Preset
-from charlstm.config import TrainConfig as _TC  # its defaults are shown in the help
-from charlstm.errors import CharlstmError, os_error_message
+from . import __version__
+from .core.config import WEIGHT_PRECISIONS, Preset
+from .core.config import TrainConfig as _TC  # its defaults are shown in the help
+from .core.errors import CharlstmError, os_error_message
 
 # Each command imports its implementation when it runs: they import torch (seconds), which
 # `charlstm --help` and a mistyped option do not need.
@@ -47,7 +47,7 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            from charlstm.userio import guarded_stdout  # imports torch: inside, so Ctrl-C meanwhile is caught
+            from .core.userio import guarded_stdout  # imports torch: inside, so Ctrl-C meanwhile is caught
 
             with guarded_stdout():  # a full stdout (/dev/full, a full disk) is a CharlstmError too
                 return command(*args, **kwargs)
@@ -112,8 +112,8 @@ def ingest_command(
     Binary, empty, duplicate, oversized and non-UTF-8 files are skipped and counted by reason, as are
     VCS, vendored and build folders; files are split into train and validation whole.
     """
-    from charlstm.ingest import ingest
-    from charlstm.render import ingest_table
+    from .corpus.ingest import ingest
+    from .ui.render import ingest_table
 
     report = ingest(
         sources,
@@ -206,8 +206,8 @@ def train_command(
     """
     options = {k: v for k, v in locals().items() if k in _TRAIN_OPTIONS}
 
-    from charlstm.stopping import TrainingInterrupted
-    from charlstm.train_setup import train
+    from .core.stopping import TrainingInterrupted
+    from .training.train_setup import train
 
     try:
         summary = train(options, resume=resume, force=force, tensorboard=tensorboard, new_data=new_data)
@@ -216,8 +216,8 @@ def train_command(
         raise typer.Exit(code=130) from None
     if summary.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
         return  # only rank 0 reports
-    from charlstm.eval_command import syntax_line, training_syntax
-    from charlstm.runs_command import report_training  # the 'done' line, and on a terminal the run's curve
+    from .ui.eval_command import syntax_line, training_syntax
+    from .ui.runs_command import report_training  # the 'done' line, and on a terminal the run's curve
 
     summary["syntax"] = training_syntax(summary["run_dir"])
     report_training(summary, json_output, err)
@@ -236,7 +236,7 @@ def runs_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the rows (with --plot: the curves' points) as JSON on stdout.")] = False,
 ) -> None:
     """List the runs in a folder, oldest first: model, data, steps, best validation bpc, training time, and whether each finished, stopped (with the command that resumes it), is training now (the PID), or is damaged (and how)."""  # noqa: E501
-    from charlstm.runs_command import show_runs
+    from .ui.runs_command import show_runs
 
     show_runs(runs, plot=plot, x=x, svg=svg, html=html, json_out=json_out, err=err)
 
@@ -271,8 +271,8 @@ def eval_command(
     draw: Annotated[str, typer.Option("--draw", help="With --syntax: plain, constrain (as sample --constrain) or valid (as sample --valid).", rich_help_panel="Syntax")] = "plain",
 ) -> None:
     """Score a checkpoint in bits per character on a validation split or any text file (or, with --syntax, how often its code parses)."""
-    from charlstm.eval_command import run_syntax_eval
-    from charlstm.evaluate import evaluate_checkpoint
+    from .ui.eval_command import run_syntax_eval
+    from .evaluation.evaluate import evaluate_checkpoint
 
     if syntax:
         return run_syntax_eval(checkpoint, err, json_output, device=device, samples=samples, length=length,
@@ -280,9 +280,9 @@ def eval_command(
     if html is not None and not per_char:
         raise CharlstmError("--html goes with --per-char")
     if per_char:
-        from charlstm.eval_command import report_surprise
-        from charlstm.surprise import surprise
-        from charlstm.userio import refuse_output_over_input
+        from .ui.eval_command import report_surprise
+        from .evaluation.surprise import surprise
+        from .core.userio import refuse_output_over_input
 
         if text_file is None or data is not None:
             raise CharlstmError("--per-char scores one file: give --text-file (and no --data)")
@@ -294,7 +294,7 @@ def eval_command(
         return
     result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision,
                                  dynamic=dynamic, dynamic_lr=dynamic_lr)
-    from charlstm.eval_command import report_score
+    from .ui.eval_command import report_score
 
     report_score(result, err, json_output)
 
@@ -356,11 +356,11 @@ def sample_command(
 
     On a terminal each finished line is syntax-highlighted in the corpus's language; piped or redirected, the output is plain text. A new file the model starts shows as a '── new file ──' line; the unknown symbol prints as \ufffd.
     """  # noqa: E501
-    from charlstm.checkpoint import resolve_model
-    from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
-    from charlstm.sample import SampleSettings, read_prime_file, unescape
-    from charlstm.sample_command import run_sampling
-    from charlstm.userio import refuse_output_over_input, text_from_argv
+    from .core.checkpoint import resolve_model
+    from .analysis.interventions import WATCHABLE, parse_interventions, parse_unit
+    from .sampling.sample import SampleSettings, read_prime_file, unescape
+    from .ui.sample_command import run_sampling
+    from .core.userio import refuse_output_over_input, text_from_argv
 
     if prime is not None and prime_file is not None:
         raise CharlstmError("give --prime or --prime-file, not both")
@@ -444,8 +444,8 @@ def inspect_neuron_command(
     # The parameters, read before any other local exists: all but the checkpoint are inspect options.
     options = {k: v for k, v in locals().items() if k != "checkpoint"}
 
-    from charlstm.inspect_command import InspectOptions, inspect_neuron
-    from charlstm.userio import text_from_argv
+    from .ui.inspect_command import InspectOptions, inspect_neuron
+    from .core.userio import text_from_argv
 
     if text is not None:
         options["text"] = text_from_argv(text)
@@ -488,8 +488,8 @@ def experiment_command(
 ) -> None:
     """Reproduce the source article's small studies: train a tiny LSTM on a synthetic language,
     judge its greedy generations, and show the units that solve it (layers numbered from 1)."""
-    from charlstm.experiment_command import run_experiments
-    from charlstm.experiments import strip_views
+    from .ui.experiment_command import run_experiments
+    from .analysis.experiments import strip_views
 
     results = run_experiments(
         name, err, quiet=quiet, html=html, seed=seed, out_dir=out_dir, steps=steps, max_n=max_n,

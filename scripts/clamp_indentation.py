@@ -13,8 +13,8 @@ import argparse
 import numpy as np
 import torch
 
-from charlstm.interventions import parse_interventions
-from charlstm.sample import Sampler, SampleSettings
+from charlstm.analysis.interventions import parse_interventions
+from charlstm.sampling.sample import Sampler, SampleSettings
 
 
 def main() -> None:

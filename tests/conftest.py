@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlstm.checkpoint import load_checkpoint, save_checkpoint
-from charlstm.dataset import Dataset, write_dataset
-from charlstm.model import CharRNN, ModelConfig
-from charlstm.vocab import Vocab
+from charlstm.core.checkpoint import load_checkpoint, save_checkpoint
+from charlstm.corpus.dataset import Dataset, write_dataset
+from charlstm.core.model import CharRNN, ModelConfig
+from charlstm.core.vocab import Vocab
 
 JAVA_SNIPPET = '''public class Greeter {
     private final String name;

@@ -8,12 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.beam import beam_search
-from charlstm.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint
+from charlstm.sampling.beam import beam_search
+from charlstm.core.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
-from charlstm.model import CharRNN, ModelConfig
-from charlstm.sample import Sampler, SampleSettings
-from charlstm.vocab import DOC_SEP, Vocab
+from charlstm.core.model import CharRNN, ModelConfig
+from charlstm.sampling.sample import Sampler, SampleSettings
+from charlstm.core.vocab import DOC_SEP, Vocab
 from conftest import make_checkpoint, make_lively_checkpoint
 
 runner = CliRunner()
@@ -99,7 +99,7 @@ def test_beam_stops_after_the_stop_text():
 def test_a_long_search_copies_only_the_characters_not_yet_streamed(monkeypatch):
     # Each step extends every beam; a beam that carried its whole text made the search quadratic in
     # --length (the shipped model, width 4: 36 s for 32,000 characters, 22 s once beams drop what streamed).
-    from charlstm import beam as beam_module
+    from charlstm.sampling import beam as beam_module
 
     longest = [0]
 

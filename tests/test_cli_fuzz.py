@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from charlstm.cli import app
-from charlstm.train_setup import train
+from charlstm.training.train_setup import train
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,7 +122,7 @@ def craft_checkpoints(ckpt: Path, folder: Path) -> dict[str, str]:
     """Checkpoints in the right format whose contents were edited (issue 24): weights that do not
     match the config, a config of 100 layers over two layers' weights, a size that is a float, a
     vocabulary holding a lone surrogate."""
-    from charlstm.checkpoint import load_checkpoint, save_checkpoint
+    from charlstm.core.checkpoint import load_checkpoint, save_checkpoint
 
     payload = {k: v for k, v in load_checkpoint(ckpt).items() if k not in ("format", "version")}
     model, config, vocab = payload["model"], payload["model_config"], payload["vocab"]

@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import save_checkpoint
+from charlstm.core.checkpoint import save_checkpoint
 from charlstm.cli import app
-from charlstm.contexts import AFTER, BEFORE, top_contexts
-from charlstm.engine import StepEngine
-from charlstm.model import CharRNN, ModelConfig
-from charlstm.vocab import Vocab
+from charlstm.analysis.contexts import AFTER, BEFORE, top_contexts
+from charlstm.core.engine import StepEngine
+from charlstm.core.model import CharRNN, ModelConfig
+from charlstm.core.vocab import Vocab
 
 runner = CliRunner()
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import load_checkpoint
+from charlstm.core.checkpoint import load_checkpoint
 from charlstm.cli import app
-from charlstm.backend import cpu_runs_bf16_rnn
-from charlstm.train import Trainer
-from charlstm.train_setup import train
+from charlstm.core.backend import cpu_runs_bf16_rnn
+from charlstm.training.train import Trainer
+from charlstm.training.train_setup import train
 from conftest import JAVA_SNIPPET, make_dataset
 
 pytestmark = pytest.mark.skipif(

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlstm.train_setup import train
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
+from charlstm.training.train_setup import train
 
 REPO = Path(__file__).resolve().parent.parent
 ARGS = ["--layers", "2", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16",

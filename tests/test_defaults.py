@@ -1,11 +1,11 @@
-"""Device- and corpus-aware training defaults (charlstm/defaults.py): pure decisions from facts."""
+"""Device- and corpus-aware training defaults (charlstm/training/defaults.py): pure decisions from facts."""
 
 import numpy as np
 import pytest
 
-from charlstm.batching import LaneBatcher
-from charlstm.config import TrainConfig
-from charlstm.defaults import Facts, choose_defaults, estimated_chars_per_second, implied_passes
+from charlstm.training.batching import LaneBatcher
+from charlstm.core.config import TrainConfig
+from charlstm.training.defaults import Facts, choose_defaults, estimated_chars_per_second, implied_passes
 
 H100_JAVA = Facts(device="cuda", world=1, train_chars=8_000_000, parameters=5_400_000, vocab=100, layers=3, hidden=512,
                   reduced_precision=False)
@@ -164,7 +164,7 @@ def test_cpu_lanes_are_shared_evenly_among_processes():
 def test_an_fp32_gpu_run_turns_tf32_on_for_its_matrix_products(monkeypatch):
     import torch
 
-    from charlstm import backend
+    from charlstm.core import backend
 
     picked = backend.Precision("fp32", "cuda", "float32", "auto: measured no faster")
     monkeypatch.setattr(backend, "choose_precision", lambda *a, **k: picked)

@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm import checkpoint as checkpoint_module
-from charlstm.backend import cpu_threads
-from charlstm.checkpoint import load_checkpoint
+from charlstm.core import checkpoint as checkpoint_module
+from charlstm.core.backend import cpu_threads
+from charlstm.core.checkpoint import load_checkpoint
 from charlstm.cli import app
-from charlstm.errors import CharlstmError
-from charlstm.neurons import open_checkpoint, trace_weights
+from charlstm.core.errors import CharlstmError
+from charlstm.analysis.neurons import open_checkpoint, trace_weights
 from tests.conftest import make_checkpoint, make_dataset
 
 runner = CliRunner()

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
-from charlstm.dynamic_eval import dynamic_bits_per_char
-from charlstm.evaluate import bits_per_char
+from charlstm.evaluation.dynamic_eval import dynamic_bits_per_char
+from charlstm.evaluation.evaluate import bits_per_char
 from conftest import JAVA_SNIPPET
 
 runner = CliRunner()

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available, packed_weights_available
-from charlstm.model import CharRNN, ModelConfig
+from charlstm.core.engine import SIGNALS, StepEngine, half_weight_kernels_available, packed_weights_available
+from charlstm.core.model import CharRNN, ModelConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -151,7 +151,7 @@ def test_the_fused_cell_is_cuda_only_by_default_and_lstm_only_on_request():
 
 def test_a_layer_with_clamps_steps_unfused_and_equals_the_unfused_engine():
     # Clamping a cell needs the output gate, which torch.lstm_cell does not return.
-    from charlstm.interventions import parse_interventions, resolve
+    from charlstm.analysis.interventions import parse_interventions, resolve
 
     model = random_model("lstm")
     fused, plain = StepEngine(model, fused_cell=True), StepEngine(model)
@@ -167,7 +167,7 @@ def test_a_layer_with_clamps_steps_unfused_and_equals_the_unfused_engine():
 
 def stepwise_lstm_trace(engine: StepEngine, tokens: torch.Tensor, clamps=None) -> tuple[torch.Tensor, torch.Tensor]:
     """h and c [layers, T, hidden] as `trace` first computed them: `lstm_pointwise` every step."""
-    from charlstm.engine import Clamps, lstm_pointwise
+    from charlstm.core.engine import Clamps, lstm_pointwise
 
     x_seq, hs, cs = engine.embedding[tokens], [], []
     for k, w in enumerate(engine.weights):
@@ -188,7 +188,7 @@ def stepwise_lstm_trace(engine: StepEngine, tokens: torch.Tensor, clamps=None) -
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("hidden", [16, 20])
 def test_the_lstm_trace_loop_equals_lstm_pointwise_step_by_step(dtype, hidden):
-    from charlstm.interventions import Intervention
+    from charlstm.analysis.interventions import Intervention
 
     if dtype == torch.float16 and not half_weight_kernels_available():
         pytest.skip("no FBGEMM fp16 kernels in this build")

@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from charlstm import experiments
-from charlstm import synthetic as syn
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.analysis import experiments
+from charlstm.analysis import synthetic as syn
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.cli import app
-from charlstm.errors import CharlstmError
-from charlstm.experiments import run_study
+from charlstm.core.errors import CharlstmError
+from charlstm.analysis.experiments import run_study
 
 runner = CliRunner()
 seeds = st.integers(min_value=0, max_value=2**32 - 1)

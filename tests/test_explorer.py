@@ -12,12 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm import explorer, neurons
-from charlstm.checkpoint import save_checkpoint
+from charlstm.analysis import explorer
+from charlstm.analysis import neurons
+from charlstm.core.checkpoint import save_checkpoint
 from charlstm.cli import app
-from charlstm.errors import CharlstmError
-from charlstm.model import CharRNN, ModelConfig
-from charlstm.vocab import Vocab
+from charlstm.core.errors import CharlstmError
+from charlstm.core.model import CharRNN, ModelConfig
+from charlstm.core.vocab import Vocab
 from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
 
 runner = CliRunner()
@@ -172,7 +173,7 @@ def test_page_renders_in_headless_chromium(tmp_path, html_checkpoint):
 
 
 def test_page_holds_the_surprise_row_and_an_ablation(tmp_path, html_checkpoint):
-    from charlstm.surprise import per_char_bits
+    from charlstm.evaluation.surprise import per_char_bits
 
     inspection = neurons.open_checkpoint(html_checkpoint)
     out = tmp_path / "x.html"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from charlstm.errors import CharlstmError
-from charlstm.features import (
+from charlstm.core.errors import CharlstmError
+from charlstm.analysis.features import (
     FEATURES,
     compute_feature,
     is_binary,
@@ -14,7 +14,7 @@ from charlstm.features import (
     syntax_labels,
     validate_feature,
 )
-from charlstm.vocab import DOC_SEP
+from charlstm.core.vocab import DOC_SEP
 from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET
 
 # Positions in PYTHON_SNIPPET:

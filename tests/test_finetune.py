@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint
+from charlstm.core.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
-from charlstm.engine import StepEngine
-from charlstm.train_setup import train
+from charlstm.core.engine import StepEngine
+from charlstm.training.train_setup import train
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_dataset
 
 runner = CliRunner()

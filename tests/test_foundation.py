@@ -10,17 +10,17 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm import __version__
-from charlstm.checkpoint import (
+from charlstm.core.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
 )
 from charlstm.cli import app
-from charlstm.dataset import load_dataset, write_dataset
-from charlstm.errors import CharlstmError
-from charlstm.files import atomic_write
-from charlstm.vocab import DOC_SEP, UNK, Vocab
+from charlstm.corpus.dataset import load_dataset, write_dataset
+from charlstm.core.errors import CharlstmError
+from charlstm.core.files import atomic_write
+from charlstm.core.vocab import DOC_SEP, UNK, Vocab
 
 runner = CliRunner()
 
@@ -96,7 +96,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, tiny_checkpoint, mo
 
 
 def test_export_for_inference_drops_resume_state(tmp_path, tiny_checkpoint):
-    from charlstm.checkpoint import export_for_inference
+    from charlstm.core.checkpoint import export_for_inference
 
     payload = load_checkpoint(tiny_checkpoint)
     save_checkpoint(tiny_checkpoint, {**payload, "optimizer": {"state": {}, "param_groups": []}, "rng": {"torch": torch.get_rng_state()}})

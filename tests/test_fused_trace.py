@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available
-from charlstm.fused_trace import cell_scan
-from charlstm.interventions import Intervention
+from charlstm.core.engine import SIGNALS, StepEngine, half_weight_kernels_available
+from charlstm.core.fused_trace import cell_scan
+from charlstm.analysis.interventions import Intervention
 from tests.test_engine import random_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,7 +76,7 @@ def test_clamps_keep_the_step_path():
 
 def test_a_bfloat16_engine_keeps_the_step_path(monkeypatch):
     engine = StepEngine(random_model("lstm", seed=10), torch.bfloat16)
-    monkeypatch.setattr("charlstm.engine.fused_trace", lambda *a: pytest.fail("fused a bf16 trace"))
+    monkeypatch.setattr("charlstm.core.engine.fused_trace", lambda *a: pytest.fail("fused a bf16 trace"))
     assert engine.trace(torch.tensor([1, 2, 3]))["hidden"].dtype == torch.float32
 
 

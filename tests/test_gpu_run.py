@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlstm.checkpoint import load_checkpoint
+from charlstm.core.checkpoint import load_checkpoint
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def test_the_smoke_form_runs_every_stage_and_ships_both_models(tmp_path):
 
 
 def test_an_fp16_export_halves_the_file_and_loads_back_into_float32(tmp_path):
-    from charlstm.checkpoint import export_for_inference, model_from_checkpoint
+    from charlstm.core.checkpoint import export_for_inference, model_from_checkpoint
     from conftest import make_checkpoint
 
     src = make_checkpoint(tmp_path / "run" / "best.pt", hidden=64)
@@ -142,7 +142,7 @@ def test_an_fp16_export_halves_the_file_and_loads_back_into_float32(tmp_path):
 
 
 def test_the_java_stage_is_skipped_with_the_reason_when_there_are_no_jdk_sources(tmp_path, monkeypatch):
-    from charlstm import sources
+    from charlstm.corpus import sources
 
     gpu_run = load_gpu_run()
     s = gpu_run.Session(tmp_path / "out", tmp_path, deadline_s=60, smoke=False)

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlstm import draw
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint
-from charlstm.draw import DrawRule, GumbelNoise
-from charlstm.engine import StepEngine
-from charlstm.errors import CharlstmError
-from charlstm.graphed import EAGER_ENV, GRAPH_STEPS, BlockSteps, capture_unavailable
-from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
-from charlstm.sample import KEPT_GRAPHS, Sampler, SampleSettings
+from charlstm.sampling import draw
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
+from charlstm.sampling.draw import DrawRule, GumbelNoise
+from charlstm.core.engine import StepEngine
+from charlstm.core.errors import CharlstmError
+from charlstm.sampling.graphed import EAGER_ENV, GRAPH_STEPS, BlockSteps, capture_unavailable
+from charlstm.analysis.interventions import WATCHABLE, parse_interventions, parse_unit
+from charlstm.sampling.sample import KEPT_GRAPHS, Sampler, SampleSettings
 from conftest import make_checkpoint, make_lively_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from charlstm import userio
+from charlstm.core import userio
 from charlstm.cli import app
-from charlstm.dataset import load_dataset
-from charlstm.sources import _git_failure
+from charlstm.corpus.dataset import load_dataset
+from charlstm.corpus.sources import _git_failure
 from conftest import JAVA_SNIPPET, make_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -440,7 +440,7 @@ class _StdoutThatStops(io.StringIO):
 def test_out_keeps_what_was_generated_when_the_stream_stops_early(tiny_checkpoint, tmp_path, monkeypatch, error, code):
     """`charlstm sample -o samples.txt | head` and Ctrl-C: -o was never written (exit 0 after a
     broken pipe, so nothing said so)."""
-    from charlstm import sample_command
+    from charlstm.ui import sample_command
 
     stream = _StdoutThatStops(300, error)
     monkeypatch.setattr(sample_command, "stdout_text", lambda: stream)

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import load_checkpoint, save_checkpoint
+from charlstm.core.checkpoint import load_checkpoint, save_checkpoint
 from charlstm.cli import app
-from charlstm.errors import CharlstmError
-from charlstm.ingest import ingest
-from charlstm.train_setup import train
+from charlstm.core.errors import CharlstmError
+from charlstm.corpus.ingest import ingest
+from charlstm.training.train_setup import train
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
 from test_hostile_train import ENV, REPO, TINY, TINY_ARGS, one_line_error, options, train_args
 
@@ -68,7 +68,7 @@ def test_new_data_without_resume_is_refused(tiny_dataset, tmp_path):
 
 
 def test_ingest_force_cannot_replace_a_dataset_a_run_is_reading(tmp_path, monkeypatch):
-    from charlstm.train import Trainer
+    from charlstm.training.train import Trainer
 
     data = ingest_java(tmp_path, FILES_A)
     meta_before = (data / "meta.json").read_bytes()
@@ -119,7 +119,7 @@ def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tiny_checkpoin
 
 
 def test_a_device_may_be_input_and_output(tiny_checkpoint, tmp_path):
-    from charlstm.userio import refuse_output_over_input
+    from charlstm.core.userio import refuse_output_over_input
 
     refuse_output_over_input({"-o": os.devnull}, {"--prime-file": os.devnull})  # written in place, not replaced
 
@@ -209,7 +209,7 @@ def test_sigterm_during_sample_o_keeps_the_text_so_far(lively_checkpoint, tmp_pa
 
 
 def _gru_weights(payload):
-    from charlstm.model import CharRNN, ModelConfig
+    from charlstm.core.model import CharRNN, ModelConfig
 
     config = ModelConfig(**{**payload["model_config"], "kind": "gru"})
     return {**payload, "model": CharRNN(config).state_dict()}
@@ -277,7 +277,7 @@ def test_a_name_too_long_for_the_os_is_one_line(tiny_dataset, tiny_checkpoint, t
 
 
 def test_an_os_error_names_its_path_on_one_line():
-    from charlstm.errors import os_error_message
+    from charlstm.core.errors import os_error_message
 
     assert os_error_message(PermissionError(13, "Permission denied", "a/b")) == "cannot use a/b: Permission denied"
     assert "\n" not in os_error_message(PermissionError(13, "Permission denied", "a\nb"))
@@ -396,7 +396,7 @@ def brute_force_extensions(log_probs, beam_log_probs, width):
 def test_beam_selection_per_beam_equals_the_full_sort_ties_included(seed):
     import torch
 
-    from charlstm.beam import best_extensions
+    from charlstm.sampling.beam import best_extensions
 
     g = torch.Generator().manual_seed(seed)
     beams, vocab, width = 5, 40, [1, 3, 7, 40, 64][seed % 5]
@@ -410,7 +410,7 @@ def test_beam_selection_per_beam_equals_the_full_sort_ties_included(seed):
 def test_beam_selection_never_sorts_beams_times_vocabulary(monkeypatch):
     import torch
 
-    from charlstm.beam import best_extensions
+    from charlstm.sampling.beam import best_extensions
 
     sizes, argsort = [], torch.argsort
     monkeypatch.setattr(torch, "argsort", lambda t, *a, **k: (sizes.append(t.numel()), argsort(t, *a, **k))[1])
@@ -426,7 +426,7 @@ def test_beam_selection_never_sorts_beams_times_vocabulary(monkeypatch):
 def test_bidi_overrides_and_line_separators_do_not_reach_a_terminal_raw_but_reach_o():
     import io
 
-    from charlstm.sample_command import StreamWriter
+    from charlstm.ui.sample_command import StreamWriter
 
     text = "a\u202eb\u2028c\u2067d\x9be\n"
     shown = io.StringIO()
@@ -440,7 +440,7 @@ def test_bidi_overrides_and_line_separators_do_not_reach_a_terminal_raw_but_reac
 
 
 def test_watch_with_colour_off_on_a_terminal_says_why(lively_checkpoint, monkeypatch):
-    import charlstm.sample_command as sc
+    import charlstm.ui.sample_command as sc
 
     monkeypatch.setattr(sc, "_isatty", lambda stream: True)
     monkeypatch.setenv("NO_COLOR", "1")
@@ -457,7 +457,7 @@ def test_inspect_html_with_ablate_and_json_is_refused(tiny_checkpoint, tmp_path)
 
 
 def test_an_empty_local_folder_named_like_the_shipped_model_gets_a_hint(tiny_dataset, tmp_path, monkeypatch):
-    from charlstm.checkpoint import PRETRAINED_RUN
+    from charlstm.core.checkpoint import PRETRAINED_RUN
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / PRETRAINED_RUN.name).mkdir()

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from charlstm import lock
-from charlstm.checkpoint import export_for_inference, load_checkpoint, save_checkpoint
+from charlstm.core import lock
+from charlstm.core.checkpoint import export_for_inference, load_checkpoint, save_checkpoint
 from charlstm.cli import app
-from charlstm.errors import CharlstmError
-from charlstm.evaluate import evaluate_checkpoint
-from charlstm.files import append_line
-from charlstm.ingest import ingest
-from charlstm.train_setup import train
+from charlstm.core.errors import CharlstmError
+from charlstm.evaluation.evaluate import evaluate_checkpoint
+from charlstm.core.files import append_line
+from charlstm.corpus.ingest import ingest
+from charlstm.training.train_setup import train
 from conftest import JAVA_SNIPPET, make_checkpoint
 
 runner = CliRunner()
@@ -61,7 +61,7 @@ def snapshot(folder: Path) -> dict:
 def hold_lock_in_another_process(lock_file: Path) -> subprocess.Popen:
     """A live process owning `lock_file` until its stdin closes."""
     code = (
-        "import sys; from charlstm import lock; "
+        "import sys; from charlstm.core import lock; "
         f"held = lock.acquire({str(lock_file)!r}, 'x'); print('held', flush=True); sys.stdin.read()"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import charlstm.sources as sources_module
+import charlstm.corpus.sources as sources_module
 from charlstm.cli import app
-from charlstm.dataset import load_dataset
-from charlstm.errors import CharlstmError
-from charlstm.ingest import ingest
-from charlstm.userio import decode_source
-from charlstm.vocab import DOC_SEP, UNK
+from charlstm.corpus.dataset import load_dataset
+from charlstm.core.errors import CharlstmError
+from charlstm.corpus.ingest import ingest
+from charlstm.core.userio import decode_source
+from charlstm.core.vocab import DOC_SEP, UNK
 
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET
 

@@ -11,11 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm import explorer, inspect_command, neurons, saturation
+from charlstm.analysis import explorer
+from charlstm.ui import inspect_command
+from charlstm.analysis import neurons
+from charlstm.analysis import saturation
 from charlstm.cli import app
-from charlstm.engine import SIGNALS, StepEngine
-from charlstm.features import compute_feature
-from charlstm.model import CharRNN
+from charlstm.core.engine import SIGNALS, StepEngine
+from charlstm.analysis.features import compute_feature
+from charlstm.core.model import CharRNN
 from tests.conftest import SNIPPET_VOCAB, JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_lively_model
 
 runner = CliRunner()

@@ -11,12 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from charlstm.cli import app
-from charlstm.engine import StepEngine
-from charlstm.errors import CharlstmError
-from charlstm.evaluate import bits_per_char
-from charlstm.interventions import (
+from charlstm.core.engine import StepEngine
+from charlstm.core.errors import CharlstmError
+from charlstm.evaluation.evaluate import bits_per_char
+from charlstm.analysis.interventions import (
     CLASSES,
     Intervention,
     ablation,
@@ -29,10 +29,10 @@ from charlstm.interventions import (
     parse_unit,
     resolve,
 )
-from charlstm.model import CharRNN, ModelConfig
-from charlstm.sample import Sampler, SampleSettings
-from charlstm.sample_command import StreamWriter, stream_samples
-from charlstm.vocab import Vocab
+from charlstm.core.model import CharRNN, ModelConfig
+from charlstm.sampling.sample import Sampler, SampleSettings
+from charlstm.ui.sample_command import StreamWriter, stream_samples
+from charlstm.core.vocab import Vocab
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_lively_checkpoint
 
 runner = CliRunner()
@@ -252,7 +252,7 @@ def test_watch_reports_the_units_value_after_each_character(lively):
         torch.tensor([v for _, _, v in steps]), trace["cell"][1, -40:, 5], rtol=1e-4, atol=1e-4
     )
     # On a terminal the characters are painted; the plain text stays what a pipe gets.
-    from charlstm.sample_command import UnitPainter
+    from charlstm.ui.sample_command import UnitPainter
 
     sink = _Sink()
     writer = StreamWriter(sink, paint=UnitPainter("cell"), keep_plain=True)
@@ -338,7 +338,7 @@ def stepwise_bits(engine, tokens: torch.Tensor, conditions) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_blocked_scoring_equals_scoring_step_by_step(kind, monkeypatch):
-    import charlstm.interventions as iv
+    import charlstm.analysis.interventions as iv
 
     engine = StepEngine(random_model(kind, seed=5))
     tokens = tokens_of(PYTHON_SNIPPET * 3)

@@ -11,11 +11,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from charlstm import neurons, saturation
-from charlstm.checkpoint import VAL_EXCERPT
+from charlstm.analysis import neurons
+from charlstm.analysis import saturation
+from charlstm.core.checkpoint import VAL_EXCERPT
 from charlstm.cli import app
-from charlstm.errors import CharlstmError
-from charlstm.model import CharRNN, ModelConfig
+from charlstm.core.errors import CharlstmError
+from charlstm.core.model import CharRNN, ModelConfig
 from tests.conftest import SNIPPET_VOCAB, JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_dataset, make_lively_model
 
 runner = CliRunner()
@@ -53,7 +54,7 @@ def test_activations_equal_the_training_forward_pass(kind):
         assert values.shape == (2, len(text), 12) and values.dtype == np.float32
 
     logits, state = model(tokens[None])
-    from charlstm.engine import StepEngine
+    from charlstm.core.engine import StepEngine
 
     trace = {k: torch.from_numpy(v) for k, v in acts.items()}
     torch.testing.assert_close(StepEngine(model).logits_from_trace(trace), logits[0], atol=1e-5, rtol=1e-4)

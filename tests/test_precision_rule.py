@@ -7,9 +7,9 @@ return, which is all the rule reads from the device.
 import pytest
 import torch
 
-import charlstm.backend as backend
-from charlstm.backend import choose_precision
-from charlstm.errors import CharlstmError
+import charlstm.core.backend as backend
+from charlstm.core.backend import choose_precision
+from charlstm.core.errors import CharlstmError
 
 CUDA = torch.device("cuda")
 

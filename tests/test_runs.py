@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from charlstm.cli import app
-from charlstm.runs import find_runs
-from charlstm.train_setup import train
+from charlstm.training.runs import find_runs
+from charlstm.training.train_setup import train
 from conftest import JAVA_SNIPPET, make_dataset
 
 runner = CliRunner()
@@ -39,7 +39,7 @@ def records(run: Path) -> list[dict]:
 
 def hold_lock(run: Path):
     """Another process holding the run's lock, as a live `train` does: (process, its PID)."""
-    code = ("import sys, time; from charlstm import lock; lock.acquire(sys.argv[1], 'run'); "
+    code = ("import sys, time; from charlstm.core import lock; lock.acquire(sys.argv[1], 'run'); "
             "print('held', flush=True); time.sleep(60)")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", code, str(run / ".lock")], stdout=subprocess.PIPE, text=True, env=env)
@@ -269,7 +269,7 @@ def test_a_finished_train_ends_with_its_curve_on_a_terminal_only(tmp_path):
 
     from rich.console import Console
 
-    from charlstm.runs_command import report_training
+    from charlstm.ui.runs_command import report_training
 
     fake_run(tmp_path / "alpha", 0.01)
     summary = {"steps": 200, "val_bpc": 3.2, "best_val_bpc": 3.2, "run_dir": str(tmp_path / "alpha")}

@@ -8,14 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm import checkpoint as checkpoint_module
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint
+from charlstm.core import checkpoint as checkpoint_module
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
-from charlstm.engine import packed_weights_available
-from charlstm.errors import CharlstmError
-from charlstm.sample import Sampler, SampleSettings, engine_dtype
-from charlstm.sample_command import StreamWriter, stream_samples
-from charlstm.vocab import DOC_SEP, UNK
+from charlstm.core.engine import packed_weights_available
+from charlstm.core.errors import CharlstmError
+from charlstm.sampling.sample import Sampler, SampleSettings, engine_dtype
+from charlstm.ui.sample_command import StreamWriter, stream_samples
+from charlstm.core.vocab import DOC_SEP, UNK
 
 runner = CliRunner()
 
@@ -263,7 +263,7 @@ def test_control_characters_cannot_drive_a_terminal_but_pass_through_a_pipe():
 
 
 def test_a_long_prime_is_read_in_chunks_with_the_state_carried(lively_checkpoint, monkeypatch):
-    from charlstm import sample as sample_module
+    from charlstm.sampling import sample as sample_module
 
     sampler = sampler_for(lively_checkpoint)
     prime = "return x;\n" * 30
@@ -282,7 +282,7 @@ def test_auto_precision_picks_the_smallest_weights_the_cpu_runs():
 
 
 def test_device_auto_picks_cuda_only_where_it_is_present(monkeypatch):
-    from charlstm.backend import sampling_device
+    from charlstm.core.backend import sampling_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert sampling_device("auto").type == "cpu"
@@ -306,7 +306,7 @@ class _Discard:
 def _peak_python_bytes(checkpoint: Path, length: int, num_samples: int = 1) -> int:
     import tracemalloc
 
-    from charlstm.sample_command import run_sampling
+    from charlstm.ui.sample_command import run_sampling
 
     settings = SampleSettings(length=length, seed=1, temperature=1.0, num_samples=num_samples)
     tracemalloc.start()

@@ -3,9 +3,9 @@
 import pytest
 from typer.testing import CliRunner
 
-import charlstm.checkpoint as checkpoint_module
+import charlstm.core.checkpoint as checkpoint_module
 from charlstm.cli import app
-from charlstm.errors import CharlstmError
+from charlstm.core.errors import CharlstmError
 from conftest import make_lively_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
-from charlstm.evaluate import bits_per_char
-from charlstm.surprise import per_char_bits, surprise_html
+from charlstm.evaluation.evaluate import bits_per_char
+from charlstm.evaluation.surprise import per_char_bits, surprise_html
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_lively_checkpoint
 
 runner = CliRunner()

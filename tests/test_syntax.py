@@ -9,16 +9,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm import constrained, syntax
+from charlstm.sampling import constrained
+from charlstm.sampling import syntax
 from charlstm.cli import app
-from charlstm.constrained import _snapshot, _restore
-from charlstm.draw import DrawRule
-from charlstm.lexers import BraceLexer, LexicalMask, PythonLexer
-from charlstm.model import CharRNN, ModelConfig
-from charlstm.sample import Sampler, SampleSettings
-from charlstm.syntax import judge_units, parse_error, python_prefix_error, split_units
-from charlstm.syntax_eval import syntax_rate
-from charlstm.vocab import DOC_SEP, SPECIALS, UNK, Vocab
+from charlstm.sampling.constrained import _snapshot, _restore
+from charlstm.sampling.draw import DrawRule
+from charlstm.sampling.lexers import BraceLexer, LexicalMask, PythonLexer
+from charlstm.core.model import CharRNN, ModelConfig
+from charlstm.sampling.sample import Sampler, SampleSettings
+from charlstm.sampling.syntax import judge_units, parse_error, python_prefix_error, split_units
+from charlstm.evaluation.syntax_eval import syntax_rate
+from charlstm.core.vocab import DOC_SEP, SPECIALS, UNK, Vocab
 
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET
 
@@ -182,7 +183,7 @@ def test_a_prefix_is_rejected_only_when_no_continuation_can_mend_it():
 
 
 def test_a_java_prefix_is_rejected_only_when_no_continuation_can_mend_it():
-    from charlstm.syntax import brace_prefix_error
+    from charlstm.sampling.syntax import brace_prefix_error
 
     def error(body):
         lexer = fed(BraceLexer("java"), "class A {\n")
@@ -245,7 +246,7 @@ def test_a_mask_that_forbids_nothing_draws_the_plain_text(lively_checkpoint, mon
 
 
 def test_constrain_works_with_clamps_and_refuses_beam(lively_checkpoint):
-    from charlstm.interventions import parse_interventions
+    from charlstm.analysis.interventions import parse_interventions
 
     sampler = lively_sampler(lively_checkpoint, "java")
     clamp = parse_interventions(["1:3=0.5"], None)
@@ -324,7 +325,7 @@ def test_after_a_rejected_unit_the_draw_is_a_fresh_draw_from_the_units_start(mon
 
 
 def test_every_unit_valid_emits_parses_python(tmp_path):
-    from charlstm.checkpoint import resolve_model
+    from charlstm.core.checkpoint import resolve_model
 
     sampler, _ = Sampler.from_checkpoint(resolve_model("python"), precision="auto")
     settings = SampleSettings(length=300, temperature=0.7, prime="import os\n\n\ndef ", seed=2, valid=True)

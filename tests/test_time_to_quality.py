@@ -10,11 +10,11 @@ import types
 import pytest
 import torch
 
-from charlstm.checkpoint import load_checkpoint, save_checkpoint
-from charlstm.config import TrainConfig
-from charlstm.model import CharRNN, ModelConfig
-from charlstm.schedule import lr_at, new_schedule
-from charlstm.train_setup import train
+from charlstm.core.checkpoint import load_checkpoint, save_checkpoint
+from charlstm.core.config import TrainConfig
+from charlstm.core.model import CharRNN, ModelConfig
+from charlstm.training.schedule import lr_at, new_schedule
+from charlstm.training.train_setup import train
 from test_train import metrics, options
 
 
@@ -90,7 +90,7 @@ def test_minutes_decide_the_decay_from_the_speed_so_far_not_the_first_steps(tiny
     # A virtual clock: the first 5 steps take 200 ms each (a slow start: allocation, other work on
     # the cores), the rest 50 ms. 0.06 minutes = 3.6 s: 5 slow steps (1 s), then 52 fast ones.
     # Timing steps 3..12, as charlstm did, planned ~35 steps and sat at the floor for the last 22.
-    from charlstm import train as train_module
+    from charlstm.training import train as train_module
 
     clock = {"now": 0.0, "steps": 0}
     monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))

@@ -16,15 +16,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from charlstm.cli import app
-from charlstm.errors import CharlstmError
-from charlstm.evaluate import bits_per_char, evaluate_checkpoint
-from charlstm.backend import choose_precision, cpu_runs_bf16_rnn
-from charlstm.batching import LaneBatcher
-from charlstm.schedule import lr_at
-from charlstm.stopping import TrainingInterrupted
-from charlstm.train_setup import train
+from charlstm.core.errors import CharlstmError
+from charlstm.evaluation.evaluate import bits_per_char, evaluate_checkpoint
+from charlstm.core.backend import choose_precision, cpu_runs_bf16_rnn
+from charlstm.training.batching import LaneBatcher
+from charlstm.training.schedule import lr_at
+from charlstm.core.stopping import TrainingInterrupted
+from charlstm.training.train_setup import train
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_dataset
 
 runner = CliRunner()
@@ -140,7 +140,7 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_ctrl_c_saves_and_says_how_to_resume(tiny_dataset, tmp_path, monkeypatch):
-    from charlstm.train import Trainer
+    from charlstm.training.train import Trainer
 
     original = Trainer.train_step
 
@@ -218,7 +218,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_pat
 def test_a_validation_that_is_nan_stops_the_run_and_is_never_the_best(tiny_dataset, tmp_path, monkeypatch):
     """Weights blown up by an update can score NaN before the training loss does: that validation
     is no new best, nor saved, nor written to metrics.jsonl as a NaN."""
-    import charlstm.train as train_module
+    import charlstm.training.train as train_module
 
     real = train_module.bits_per_char
     calls = {"n": 0}
@@ -262,7 +262,7 @@ def test_precision_choice_on_cpu():
 
 def test_auto_precision_follows_the_probe_not_the_cpu_flags(monkeypatch):
     # An AMX CPU whose oneDNN is capped (ONEDNN_MAX_CPU_ISA=AVX2) advertises bf16 but runs no bf16 RNN.
-    import charlstm.backend as backend
+    import charlstm.core.backend as backend
 
     monkeypatch.setattr(backend, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(backend, "probe_rnn_dtype", lambda device, dtype, kind="lstm": None if dtype else torch.float32)
@@ -401,8 +401,8 @@ def test_checkpoint_helpers_round_trip_hidden_state(tiny_dataset, tmp_path):
 def test_loss_scaling_skips_and_counts_overflowing_steps(tiny_dataset, tmp_path):
     # The fp16 path's scaler logic, run on the CPU with an enabled GradScaler and one gradient
     # made to overflow, as an fp16 overflow would.
-    from charlstm.config import TrainConfig
-    from charlstm.train import Trainer
+    from charlstm.core.config import TrainConfig
+    from charlstm.training.train import Trainer
 
     trainer = Trainer(TrainConfig(**options(tiny_dataset, tmp_path / "run", steps=5)), tmp_path / "run")
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
@@ -421,7 +421,7 @@ def test_minutes_budget_fixes_the_schedule_from_measured_speed(tiny_dataset, tmp
     # whatever the machine's load, so 0.04 minutes (2.4 s) is 48 steps, give or take float rounding.
     import types
 
-    from charlstm import train as train_module
+    from charlstm.training import train as train_module
 
     clock = {"now": 0.0}
     monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
@@ -463,7 +463,7 @@ def test_a_new_budget_on_resume_continues_the_learning_rate_without_a_jump(tiny_
 
 
 def test_patience_stops_after_that_many_validations_without_a_new_best(tiny_dataset, tmp_path, monkeypatch):
-    from charlstm.train import Trainer
+    from charlstm.training.train import Trainer
 
     scores = iter([3.0, 2.9, 3.1, 3.2, 2.0, 1.0])  # best at the 2nd validation, then two worse ones
     monkeypatch.setattr(Trainer, "validate", lambda self: next(scores))

@@ -1,0 +1,199 @@
+"""A self-contained HTML explorer of one model over one text, in the spirit of the LSTM explorer web
+app that accompanied the source article.
+
+The page holds every signal of every unit over the text, quantised to 8 bits per value
+(per unit: its minimum and maximum over the text, then 256 levels between them), deflated and
+base64-encoded, one block per (signal, layer); the browser inflates a block with its built-in
+DecompressionStream only when it is shown. No network, no CDN: the page's script and style are
+inlined from `charlstm/assets/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..core.engine import BOUNDED, GATES
+from ..core.errors import CharlstmError
+from .features import FEATURES
+from .neurons import Inspection, activations, top_units_by_feature
+from ..core.userio import write_output
+
+# Quantised values (one byte each) per page: the default text is 2,000 characters or as many as
+# fit in DEFAULT_VALUES (a 3×512 LSTM: 1,302 characters, a page of at most ~16 MB); more than
+# MAX_VALUES is refused as too heavy for a browser tab.
+DEFAULT_VALUES = 12_000_000
+MAX_VALUES = 40_000_000
+DEFAULT_CHARS = 2000
+
+
+def values_per_char(inspection: Inspection) -> int:
+    return inspection.layers * inspection.hidden * len(inspection.signals)
+
+
+def most_chars(inspection: Inspection) -> int:
+    """The longest text one page holds for this model (MAX_VALUES)."""
+    return MAX_VALUES // values_per_char(inspection)
+
+
+def default_chars(inspection: Inspection) -> int:
+    return max(100, min(DEFAULT_CHARS, DEFAULT_VALUES // values_per_char(inspection)))
+
+
+def quantise(values: np.ndarray) -> dict:
+    """[T, H] float → per-unit lo/hi and uint8 levels, deflated and base64-encoded (time-major)."""
+    lo = values.min(axis=0)
+    hi = values.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    q = np.rint((values - lo) / span * 255).clip(0, 255).astype(np.uint8)
+    return {
+        "lo": [float(f"{v:.6g}") for v in lo],
+        "hi": [float(f"{v:.6g}") for v in hi],
+        "q": base64.b64encode(zlib.compress(q.tobytes(), 6)).decode("ascii"),
+    }
+
+
+def dequantise(block: dict, steps: int) -> np.ndarray:
+    """The inverse of `quantise` (what the page computes), for tests."""
+    q = np.frombuffer(zlib.decompress(base64.b64decode(block["q"])), dtype=np.uint8)
+    q = q.reshape(steps, len(block["lo"])).astype(np.float64)
+    lo, hi = np.asarray(block["lo"]), np.asarray(block["hi"])
+    return lo + q * (hi - lo) / 255
+
+
+def explorer_data(
+    inspection: Inspection,
+    text: str,
+    source: str,
+    acts: dict[str, np.ndarray],
+    initial: dict,
+    top: int = 8,
+) -> dict:
+    return {
+        "title": f"charlstm explorer — {inspection.path}",
+        "model": {
+            "path": str(inspection.path),
+            "kind": inspection.kind,
+            "layers": inspection.layers,
+            "hidden": inspection.hidden,
+            "step": inspection.payload.get("step"),
+        },
+        "source": source,
+        "text": text,
+        "signals": list(inspection.signals),
+        "gates": sorted(GATES),
+        "bounded": sorted(BOUNDED),
+        "acts": {s: [quantise(acts[s][k]) for k in range(inspection.layers)] for s in inspection.signals},
+        "top": {
+            name: [u.to_dict() for u in units]
+            for name, units in top_units_by_feature(acts, text, inspection.language, FEATURES, top).items()
+        },
+        "initial": initial,
+    }
+
+
+def render_page(data: dict) -> str:
+    assets = resources.files("charlstm") / "assets"
+    page = (assets / "explorer.html").read_text(encoding="utf-8")
+    # JSON inside <script>: "</script>" would end the element early, and "<!--<script>" would put the
+    # parser in a state where even the page's own "</script>" does not: no "<" may appear. JSON
+    # only has "<" inside strings, where \u003c reads back as the same character.
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+    return (
+        page.replace("/*STYLE*/", (assets / "explorer.css").read_text(encoding="utf-8"))
+        .replace("/*SCRIPT*/", (assets / "explorer.js").read_text(encoding="utf-8"))
+        .replace("{{TITLE}}", _html_escape(data["title"]))
+        .replace("/*DATA*/", payload)
+    )
+
+
+def _html_escape(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, int]] | None = None) -> dict:
+    """The page's surprise row: each character's bits and the model's top 5 (the text scored as a
+    file, after a document separator); with `ablate` (1-based layer, neuron), also how many bits
+    each character gains with those units ablated."""
+    from ..core.backend import cpu_threads, torch_threads
+
+    # One thread, as the trace: at a small model's sizes a second thread only waits (and on a busy
+    # machine the batched steps of the ablation ran 20× slower with two).
+    with torch_threads(cpu_threads(inspection.device, 1)):
+        return _surprise_data(inspection, text, ablate)
+
+
+def _surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, int]] | None) -> dict:
+    import torch
+
+    from .interventions import ablation, bits_with_interventions
+    from ..evaluation.surprise import per_char_bits
+
+    tokens = np.concatenate([[inspection.vocab.doc_sep], inspection.vocab.encode(text)])
+    bits, top_ids, top_probs = per_char_bits(inspection.model, tokens, device=inspection.device)
+    symbols = inspection.vocab.symbols
+    out = {
+        "bits": [round(float(b), 3) for b in bits],
+        "top": [[[symbols[i], round(float(p), 3)] for i, p in zip(ids, probs)] for ids, probs in zip(top_ids.tolist(), top_probs.tolist())],
+    }
+    if ablate:
+        from ..core.engine import StepEngine
+
+        engine = StepEngine(inspection.model, torch.float32)
+        group = [ablation(inspection.kind, layer, neuron) for layer, neuron in ablate]
+        scored = bits_with_interventions(engine, torch.from_numpy(tokens), [[], group])
+        out["ablation"] = {
+            "units": [list(u) for u in ablate],
+            "delta": [round(float(d), 3) for d in scored[1] - scored[0]],
+            "bpc": float(scored[0].mean()),
+            "bpc_ablated": float(scored[1].mean()),
+        }
+    return out
+
+
+def write_explorer(
+    out: str | Path,
+    inspection: Inspection,
+    text: str,
+    source: str,
+    layer: int | None = None,
+    neuron: int | None = None,
+    signal: str | None = None,
+    ablate: list[tuple[int, int]] | None = None,
+) -> dict:
+    """Trace `text`, write the explorer page to `out` (see userio.write_output), return a summary.
+
+    The page opens on `layer`/`neuron`/`signal` when given (1-based layer, 0-based neuron), else on
+    the unit that best follows indentation. It holds the model's surprise at each character too,
+    and with `ablate` the change each character's bits undergo with those units ablated.
+    """
+    if len(text) > most_chars(inspection):
+        most = most_chars(inspection)
+        raise CharlstmError(
+            f"{len(text):,} characters are too many for one page with this model; "
+            f"use at most {most:,} (--max-chars {most})"
+        )
+    acts = activations(inspection.model, inspection.vocab, text, exact=inspection.exact)
+    data = explorer_data(inspection, text, source, acts, initial={})
+    data["surprise"] = surprise_data(inspection, text, ablate)
+    best = (data["top"].get("indent") or [{"layer": 1, "neuron": 0, "signal": "hidden"}])[0]
+    data["initial"] = {
+        "layer": layer or best["layer"],
+        "neuron": neuron if neuron is not None else (best["neuron"] if layer is None else 0),
+        "signal": signal or (best["signal"] if layer is None else "hidden"),  # every kind has a hidden state
+    }
+    page = render_page(data).encode("utf-8")
+    write_output(out, page)
+    return {
+        "path": str(out),
+        "bytes": len(page),
+        "chars": len(text),
+        "layers": inspection.layers,
+        "hidden": inspection.hidden,
+        "signals": data["signals"],
+    }

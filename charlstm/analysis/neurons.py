@@ -1,0 +1,466 @@
+"""Neuron inspection: record every signal of every unit over a text, rank units by how closely they
+follow a feature of the code (gate saturation, counted over the same trace, is in saturation.py).
+
+Activations come from the step engine's `trace` — the same cell math sampling uses, checked equal to
+the fused modules training uses — so what is shown is what the trained model computes.
+
+Numbering, everywhere a user sees it (terminal, --json, HTML): layers are 1-based, as the article's
+explorer numbers them; neurons are 0-based, as the index of the unit in the layer's state vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.backend import cpu_threads, resolve_device, torch_threads
+from ..core.checkpoint import VAL_EXCERPT, load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from ..corpus.dataset import load_dataset
+from ..core.engine import BOUNDED, GATES, SIGNALS, StepEngine
+from ..core.errors import CharlstmError
+from .features import compute_feature, validate_feature
+from ..core.model import CharRNN
+from .scales import value_range
+from ..core.userio import read_text_source, text_from_argv
+from ..core.vocab import Vocab
+
+@dataclass
+class Inspection:
+    """A loaded model ready to be traced, with what the user needs to hear about it."""
+
+    path: Path
+    payload: dict
+    model: CharRNN
+    vocab: Vocab
+    exact: bool = False  # --exact: kept for old scripts; every trace is float32 now
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def kind(self) -> str:
+        return self.model.config.kind
+
+    @property
+    def layers(self) -> int:
+        return self.model.config.layers
+
+    @property
+    def hidden(self) -> int:
+        return self.model.config.hidden
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return SIGNALS[self.kind]
+
+    @property
+    def language(self) -> str | None:
+        return (self.payload.get("dataset") or {}).get("language")
+
+    def describe(self) -> str:
+        c = self.model.config
+        return f"{self.path} ({c.kind.upper()}, {c.layers} layer{'s' * (c.layers != 1)} × {c.hidden} units)"
+
+    def check_unit(self, layer: int, neuron: int) -> None:
+        """`layer` is 1-based, `neuron` 0-based; raise a clear error naming the valid ranges."""
+        if not 1 <= layer <= self.layers:
+            raise CharlstmError(f"--layer {layer} is out of range: this model has layers 1..{self.layers} (1-based)")
+        if not 0 <= neuron < self.hidden:
+            raise CharlstmError(
+                f"--neuron {neuron} is out of range: each layer has neurons 0..{self.hidden - 1} (0-based)"
+            )
+
+    def check_signal(self, signal: str) -> None:
+        if signal not in self.signals:
+            raise CharlstmError(
+                f"a {self.kind.upper()} has no {signal!r} signal; it has: {', '.join(self.signals)}"
+            )
+
+
+def open_checkpoint(
+    where: str | Path | None, exact: bool = False, device: str | torch.device = "cpu"
+) -> Inspection:
+    """The checkpoint's model on `device` (a --device name, auto included, or a torch device)."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)  # before the (slow) load
+    path = resolve_checkpoint(where)
+    payload = load_checkpoint(path)  # onto the CPU, wherever it was saved from
+    model, vocab = model_from_checkpoint(payload)
+    return Inspection(path=path, payload=payload, model=model.to(dev), vocab=vocab, exact=exact)
+
+
+def validation_text(inspection: Inspection, chars: int, data: str | Path | None = None) -> tuple[str, str]:
+    """The first `chars` characters of the checkpoint's validation split, and where they came from."""
+    if chars < 1:
+        raise CharlstmError(f"--from-val needs a positive number of characters, got {chars}")
+    where = data or (inspection.payload.get("dataset") or {}).get("path")
+    excerpt = Path(inspection.path).parent / VAL_EXCERPT
+    if data is None and not (where and Path(where).is_dir()) and excerpt.is_file():
+        text = excerpt.read_text(encoding="utf-8")[:chars]
+        return text, f"the first {len(text):,} validation characters ({excerpt})"
+    if not where:
+        raise CharlstmError("the checkpoint does not say which dataset it was trained on; pass --data or --text")
+    if not Path(where).is_dir():
+        raise CharlstmError(
+            f"dataset {where} (validation text for this checkpoint) is not here; "
+            "pass --data DIR, --text or --text-file"
+        )
+    dataset = load_dataset(where)
+    if dataset.vocab != inspection.vocab:
+        raise CharlstmError(f"dataset {where} has a different vocabulary from the checkpoint")
+    ids = np.asarray(dataset.tokens("val")[:chars])
+    if len(ids) == 0:
+        raise CharlstmError(f"dataset {where} has an empty validation split; pass --text or --text-file")
+    text = dataset.vocab.decode(ids.tolist())
+    return text, f"the first {len(text):,} validation characters of {where}"
+
+
+def encode_text(vocab: Vocab, text: str) -> torch.Tensor:
+    if not text:
+        raise CharlstmError("the text is empty; give some characters to inspect")
+    unknown = vocab.unknown_chars(text)
+    if unknown:
+        shown = ", ".join(repr(ch) for ch in unknown[:10]) + (" …" if len(unknown) > 10 else "")
+        raise CharlstmError(f"the text has {len(unknown)} character(s) the model's vocabulary lacks: {shown}")
+    return torch.from_numpy(vocab.encode(text))
+
+
+# ----- tracing a text, a chunk at a time --------------------------------------------------------
+
+# The trace runs over a chunk of characters at a time, the recurrent state carried across, and each
+# mode keeps from each chunk only what it needs: a whole-text trace of a 3×256 LSTM holds 18 KB per
+# character (and as much again while its gates are recomputed): ~90 GB for 5 MB of text.
+CHUNK_VALUES = 4_000_000  # float32 values in one chunk's trace: 16 MB
+CHUNK_CHARS = (64, 4096)  # bounds on a chunk's length in characters
+
+
+def chunk_chars(model: CharRNN) -> int:
+    """Characters per chunk of the trace: about CHUNK_VALUES values, whatever the model's size."""
+    cfg = model.config
+    per_char = cfg.layers * cfg.hidden * len(SIGNALS[cfg.kind])
+    low, high = CHUNK_CHARS
+    return max(low, min(high, CHUNK_VALUES // per_char))
+
+
+def trace_weights(model: CharRNN, exact: bool = False) -> torch.dtype:
+    """The weights' type for a trace: float32. The trace without interventions runs the fused
+    layers (`fused_trace`) in float32: exact, and on the shipped 3×256 model faster than the
+    float16 step trace it replaced (slower on a 3×512 one: bench/trace_speed.py). So `exact`
+    (float32 before) no longer changes anything."""
+    return torch.float32
+
+
+def trace_chunks(
+    model: CharRNN,
+    vocab: Vocab,
+    text: str,
+    threads: int | None = 1,
+    exact: bool = False,
+    chunk: int | None = None,
+    fused: bool | None = None,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Trace `text` a chunk at a time: yields (start, signal → float32 array [layers, chunk, hidden]).
+
+    The chunks are slices of one trace over the whole text (to float rounding).
+
+    Each layer runs fused over a chunk (`StepEngine.trace`, `fused_trace`) with float32 weights:
+    the training model's forward pass to float32 rounding (`exact` is kept for callers; both are
+    exact now). The recurrence is still a chain of matrix-vector products, one per character and
+    layer. Each product is too small to share between threads, and a second thread stalls whenever other
+    work uses the cores, so it runs single-threaded unless `threads` says otherwise (None: torch's
+    default). bench/inspect_speed.py measures both choices (--compare-threads for the second).
+    Off the CPU the trace runs on the model's device and `threads` is ignored; each chunk comes
+    back to the CPU as numpy.
+    """
+    engine = StepEngine(model, trace_weights(model, exact))
+    tokens = encode_text(vocab, text).to(engine.device)
+    with torch_threads(cpu_threads(engine.device, threads)):
+        for start, part in engine.trace_chunks(tokens, chunk or chunk_chars(model), fused=fused):
+            yield start, {name: values.cpu().numpy() for name, values in part.items()}
+
+
+def chunk_length(chunk: dict[str, np.ndarray]) -> int:
+    return next(iter(chunk.values())).shape[1]
+
+
+def trace_into(inspection: Inspection, text: str, keepers, progress=None) -> None:
+    """Trace `text` once, handing each chunk to every keeper's `add(start, chunk)`.
+
+    `progress(done, total)` hears after each chunk, in characters.
+    """
+    for start, chunk in trace_chunks(inspection.model, inspection.vocab, text, exact=inspection.exact):
+        for keeper in keepers:
+            keeper.add(start, chunk)
+        if progress is not None:
+            progress(start + chunk_length(chunk), len(text))
+
+
+def activations(
+    model: CharRNN, vocab: Vocab, text: str, threads: int | None = 1, exact: bool = False
+) -> dict[str, np.ndarray]:
+    """Every signal of every unit at every character: signal → float32 array [layers, T, hidden].
+
+    18 KB per character on a 3×256 LSTM: for texts the size of an HTML explorer page (which caps
+    its own) and for tests; the command's other modes keep less from `trace_chunks`.
+    """
+    acts: dict[str, np.ndarray] = {}
+    for start, chunk in trace_chunks(model, vocab, text, threads=threads, exact=exact):
+        for name, values in chunk.items():
+            if name not in acts:
+                acts[name] = np.empty((values.shape[0], len(text), values.shape[2]), dtype=np.float32)
+            acts[name][:, start : start + values.shape[1]] = values
+    return acts
+
+
+class UnitSignals:
+    """One unit's signals at every character: all that colouring one neuron needs (4 bytes per
+    character and signal)."""
+
+    def __init__(self, layer: int, neuron: int, signals, length: int):
+        self.layer, self.neuron = layer, neuron  # 1-based, 0-based
+        self.values = {signal: np.empty(length, dtype=np.float32) for signal in signals}
+
+    def add(self, start: int, chunk: dict[str, np.ndarray]) -> None:
+        for signal, values in self.values.items():
+            part = chunk[signal][self.layer - 1, :, self.neuron]
+            values[start : start + len(part)] = part
+
+
+# ----- ranking units by a feature ----------------------------------------------------------------
+
+
+class FeatureCorrelation:
+    """Every unit's Pearson correlation with one feature, accumulated over chunks of the trace.
+
+    Per signal it keeps each unit's mean, sum of squared deviations and co-moment with the feature
+    (float64 [layers, hidden]), and merges chunks by Chan et al.'s pairwise update: raw sums of
+    squares would cancel catastrophically for a gate that barely moves; this equals the two-pass
+    formula to rounding. On a 0/1 feature the correlation is the point-biserial one.
+    """
+
+    def __init__(self, feature: np.ndarray):
+        self.feature = feature
+        self.count = 0
+        self.feature_mean = 0.0
+        self.feature_m2 = 0.0
+        self.mean: dict[str, np.ndarray] = {}
+        self.m2: dict[str, np.ndarray] = {}
+        self.co: dict[str, np.ndarray] = {}
+
+    def add(self, start: int, chunk: dict[str, np.ndarray]) -> None:
+        n_new = chunk_length(chunk)
+        f = self.feature[start : start + n_new]
+        if len(f) != n_new:
+            raise ValueError(f"activations up to {start + n_new} but {len(self.feature)} feature values")
+        f_mean = float(f.mean(dtype=np.float64))
+        # float32 after centring is accurate to ~1e-5 here and twice as fast as float64.
+        f_centred = (f - f_mean).astype(np.float32)
+        n_old, n = self.count, self.count + n_new
+        weight = n_old * n_new / n  # how much the difference of the two means adds to the sums
+        f_shift = f_mean - self.feature_mean
+        for signal, values in chunk.items():
+            mean = values.mean(axis=1, dtype=np.float64)  # [layers, hidden]
+            x = values - mean[:, None, :].astype(np.float32)
+            m2 = np.einsum("lth,lth->lh", x, x).astype(np.float64)
+            co = np.einsum("t,lth->lh", f_centred, x).astype(np.float64)
+            if signal not in self.mean:
+                self.mean[signal], self.m2[signal], self.co[signal] = (np.zeros_like(mean) for _ in range(3))
+            shift = mean - self.mean[signal]
+            self.mean[signal] += shift * (n_new / n)
+            self.m2[signal] += m2 + shift * shift * weight
+            self.co[signal] += co + shift * f_shift * weight
+        self.feature_m2 += float(f_centred @ f_centred) + f_shift * f_shift * weight
+        self.feature_mean += f_shift * (n_new / n)
+        self.count = n
+
+    def scores(self) -> dict[str, np.ndarray]:
+        """signal → correlation [layers, hidden]; NaN where the unit or the feature is constant."""
+        out = {}
+        for signal, co in self.co.items():
+            denom = np.sqrt(self.feature_m2 * self.m2[signal])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = co / denom
+            # Units with (numerically) no variance give noise or NaN; treat them as undefined.
+            r[~(denom > 1e-12)] = np.nan
+            out[signal] = r
+        return out
+
+
+def correlations(values: np.ndarray, feature: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column of `values` [T, N] with `feature` [T] (NaN where either
+    is constant). On a 0/1 feature this is the point-biserial correlation."""
+    stats = FeatureCorrelation(feature)
+    stats.add(0, {"values": values[None]})
+    return stats.scores()["values"][0]
+
+
+@dataclass(frozen=True)
+class RankedUnit:
+    layer: int  # 1-based
+    neuron: int  # 0-based
+    signal: str
+    score: float  # signed correlation
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "neuron": self.neuron, "signal": self.signal, "score": round(self.score, 6)}
+
+
+def check_feature_varies(feature: np.ndarray) -> None:
+    if len(feature) < 2 or not np.ptp(feature) > 0:
+        raise CharlstmError(
+            "the feature is constant over this text, so no neuron can follow it; use a longer or different text"
+        )
+
+
+def ranked(scores: dict[str, np.ndarray], top: int | None = None) -> list[RankedUnit]:
+    """Every (layer, neuron, signal) with a defined score (signal → [layers, hidden]), by |score|."""
+    keys, flat = [], []
+    for signal, r in scores.items():
+        layers, hidden = r.shape
+        keys.extend((layer + 1, n, signal) for layer in range(layers) for n in range(hidden))
+        flat.append(r.ravel())
+    flat = np.concatenate(flat)
+    valid = np.flatnonzero(~np.isnan(flat))
+    order = valid[np.argsort(-np.abs(flat[valid]), kind="stable")]
+    if top is not None:
+        order = order[:top]
+    return [RankedUnit(*keys[i], float(flat[i])) for i in order]
+
+
+def rank_units(acts: dict[str, np.ndarray], feature: np.ndarray, top: int | None = None) -> list[RankedUnit]:
+    """Every (layer, neuron, signal) ordered by |correlation| with `feature`, best first.
+
+    Units whose activation is constant over the text (undefined correlation) are left out.
+    """
+    check_feature_varies(feature)
+    if chunk_length(acts) != len(feature):
+        raise ValueError(f"{chunk_length(acts)} activations but {len(feature)} feature values")
+    stats = FeatureCorrelation(feature)
+    stats.add(0, acts)
+    return ranked(stats.scores(), top)
+
+
+class WindowSnippets:
+    """Every unit's signals over the characters [start, end) that the --find table shows, and the
+    colour scale of the cell state (its largest |value| over the whole text)."""
+
+    def __init__(self, window: tuple[int, int]):
+        self.start, self.end = window
+        self.values: dict[str, np.ndarray] = {}  # signal → [layers, end - start, hidden]
+        self.largest: dict[str, np.ndarray] = {}  # signal → [layers, hidden], for unbounded signals
+
+    def add(self, start: int, chunk: dict[str, np.ndarray]) -> None:
+        lo, hi = max(self.start, start), min(self.end, start + chunk_length(chunk))
+        for signal, values in chunk.items():
+            if signal not in self.values:
+                layers, _, hidden = values.shape
+                self.values[signal] = np.zeros((layers, self.end - self.start, hidden), dtype=np.float32)
+            if lo < hi:
+                self.values[signal][:, lo - self.start : hi - self.start] = values[:, lo - start : hi - start]
+            if signal not in GATES and signal not in BOUNDED:
+                largest = np.where(np.isfinite(values), np.abs(values), 0).max(axis=1)
+                self.largest[signal] = np.maximum(self.largest.get(signal, 0), largest)
+
+    def of(self, unit: RankedUnit) -> tuple[np.ndarray, float]:
+        """The unit's values over the window and the value drawn at full colour."""
+        values = self.values[unit.signal][unit.layer - 1, :, unit.neuron]
+        if unit.signal in self.largest:
+            return values, float(self.largest[unit.signal][unit.layer - 1, unit.neuron]) or 1.0
+        return values, value_range(unit.signal)[1]
+
+
+@dataclass
+class Found:
+    """What --find shows: the ranked units, the feature, and each unit's snippet over `window`."""
+
+    units: list[RankedUnit]
+    feature: np.ndarray
+    window: tuple[int, int]
+    snippets: list[tuple[np.ndarray, float]]  # per unit: values over the window, colour scale
+
+
+def find_units(
+    inspection: Inspection, text: str, feature_name: str, top: int = 10, window_width: int = 64, progress=None
+) -> Found:
+    """Rank the model's units by `feature_name` over `text`, tracing it a chunk at a time."""
+    validate_feature(feature_name)
+    feature = compute_feature(feature_name, text, inspection.language)
+    check_feature_varies(feature)  # before the slow part
+    window = feature_window(feature, window_width)
+    stats, snippets = FeatureCorrelation(feature), WindowSnippets(window)
+    trace_into(inspection, text, (stats, snippets), progress)
+    units = ranked(stats.scores(), top)
+    return Found(units, feature, window, [snippets.of(unit) for unit in units])
+
+
+def top_units_by_feature(
+    acts: dict[str, np.ndarray], text: str, language: str | None, names, top: int = 10
+) -> dict[str, list[RankedUnit]]:
+    """The best `top` units for each feature that varies over `text` (for the HTML explorer)."""
+    out = {}
+    for name in names:
+        feature = compute_feature(name, text, language)
+        if np.ptp(feature) > 0:
+            out[name] = rank_units(acts, feature, top)
+    return out
+
+
+def feature_window(feature: np.ndarray, width: int = 64) -> tuple[int, int]:
+    """The `width`-character window over which `feature` varies most (a telling snippet)."""
+    n = len(feature)
+    if n <= width:
+        return 0, n
+    f = feature.astype(np.float64)
+    s1 = np.concatenate([[0.0], np.cumsum(f)])
+    s2 = np.concatenate([[0.0], np.cumsum(f * f)])
+    sums, squares = s1[width:] - s1[:-width], s2[width:] - s2[:-width]
+    variance = squares / width - (sums / width) ** 2
+    start = int(np.argmax(variance))
+    return start, start + width
+
+
+# ----- choosing the text -------------------------------------------------------------------------
+
+
+def read_text_file(path: str | Path) -> str:
+    return read_text_source(path, "text file")
+
+
+def choose_text(
+    inspection: Inspection,
+    text: str | None = None,
+    text_file: str | Path | None = None,
+    from_val: int | None = None,
+    data: str | Path | None = None,
+    default_chars: int = 1000,
+) -> tuple[str, str]:
+    """The text to inspect and a short description of where it came from.
+
+    At most one of `text`, `text_file`, `from_val`; none → the first `default_chars` characters of
+    the validation split.
+    """
+    given = [name for name, v in (("--text", text), ("--text-file", text_file), ("--from-val", from_val)) if v is not None]
+    if len(given) > 1:
+        raise CharlstmError(f"give only one of {', '.join(given)}")
+    if data is not None and (text is not None or text_file is not None):
+        raise CharlstmError(f"--data picks the validation split to read; it does not go with {given[0]}")
+    if text is not None:
+        chosen, source = text, "--text"
+    elif text_file is not None:
+        chosen, source = read_text_file(text_file), text_from_argv(str(text_file))  # shown in the page
+    else:
+        chars = default_chars if from_val is None else from_val
+        chosen, source = validation_text(inspection, chars, data)
+    encode_text(inspection.vocab, chosen)  # empty text and unknown characters fail here, clearly
+    return chosen, source
+
+
+def cut_text(text: str, source: str, most: int, why: str = "") -> tuple[str, str]:
+    """The first `most` characters of `text`, and its description saying so."""
+    if len(text) <= most:
+        return text, source
+    return text[:most], f"{source} (its first {most:,} of {len(text):,} characters{why})"

@@ -1,0 +1,123 @@
+"""Every signal of a trace from the fused recurrent layers, without a Python step per character.
+
+Each layer runs as a one-layer ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (oneDNN on a CPU, cuDNN on a
+GPU) over the whole chunk, with the state carried in; its outputs h_t are the hidden signal and the
+next layer's input. The gates are then recomputed for all positions at once from the same weights:
+one matrix product per layer on [x_t, h_{t-1}] (two for a GRU, whose reset gate scales W_hh h
+alone), and an LSTM's cell from its gates, c_t = f_t c_{t-1} + i_t g_t, by `cell_scan`.
+
+The values equal the step engine's to float32 rounding, not bit for bit: the fused kernels and the
+batched products sum in other orders than `StepEngine.step`'s per-step products.
+Works on [T] (one text) and on [T, B] (B streams side by side, each with its own state).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .cells import gru_pointwise
+
+_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+def fused_layers(engine) -> list[nn.Module]:
+    """One-layer fused modules holding the engine's float32 weights, on its device."""
+    layers = []
+    for k, w in enumerate(engine.weights):
+        module = _MODULES[engine.kind](w.w_ih_t.shape[0], engine.hidden, num_layers=1)
+        with torch.no_grad():
+            module.weight_ih_l0.copy_(w.w_ih_t.t())
+            module.weight_hh_l0.copy_(w.w_hh_t.t())
+            module.bias_ih_l0.copy_(w.b_ih)
+            module.bias_hh_l0.copy_(w.b_hh)
+        module = module.to(engine.device).eval()
+        module.requires_grad_(False)
+        if engine.device.type == "cuda":
+            module.flatten_parameters()  # cuDNN wants one contiguous weight buffer
+        layers.append(module)
+    return layers
+
+
+def cell_scan(f: torch.Tensor, u: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """c_t = f_t c_{t-1} + u_t over the first axis of f, u [T, ...], from c0 [...]; returns c [T, ...].
+
+    A step per character would cost a few tensor operations each (the Python loop the fused layer
+    saved), so the sequence is cut into ~sqrt(T) blocks of ~sqrt(T) steps: every block runs its
+    recurrence from zero at once (with F, the running product of its forget gates), then the
+    block-start states are carried block to block, and c = local + F · start. About 3·sqrt(T)
+    small operations instead of 3·T; rounding differs from the sequential sum (a reassociation).
+    """
+    steps = f.shape[0]
+    span = max(1, math.isqrt(steps))
+    blocks = -(-steps // span)
+    pad = blocks * span - steps
+    if pad:  # a forget gate of 1 and no input leave the state as it was
+        f = torch.cat([f, f.new_ones((pad, *f.shape[1:]))])
+        u = torch.cat([u, u.new_zeros((pad, *u.shape[1:]))])
+    f = f.view(blocks, span, *f.shape[1:]).transpose(0, 1)  # [span, blocks, ...]
+    u = u.view(blocks, span, *u.shape[1:]).transpose(0, 1)
+    local, prod = torch.empty_like(u), torch.empty_like(f)
+    local[0], prod[0] = u[0], f[0]
+    for j in range(1, span):
+        torch.addcmul(u[j], f[j], local[j - 1], out=local[j])
+        torch.mul(prod[j - 1], f[j], out=prod[j])
+    starts = [c0]
+    for b in range(blocks - 1):
+        starts.append(torch.addcmul(local[-1, b], prod[-1, b], starts[-1]))
+    c = torch.addcmul(local, prod, torch.stack(starts))
+    return c.transpose(0, 1).reshape(blocks * span, *c.shape[2:])[:steps]
+
+
+def _run(module: nn.Module, x: torch.Tensor, state: tuple) -> torch.Tensor:
+    """The module over x [T, B, in] from state (h [B, H] (, c [B, H])): outputs h [T, B, H]."""
+    hx = tuple(s[None].contiguous() for s in state)
+    out, _ = module(x.contiguous(), hx if len(hx) == 2 else hx[0])
+    return out
+
+
+def _lstm_layer(module, w, x, state, out: dict, k: int) -> torch.Tensor:
+    h = _run(module, x, state)
+    h_before = torch.cat([state[0][None], h[:-1]])
+    # The one product per layer: [x_t, h_{t-1}] against both weight matrices, as the step does.
+    pre = torch.addmm(w.b_sum, torch.cat([x, h_before], dim=-1).flatten(0, 1), w.w_cat_t).view(*h.shape[:2], -1)
+    hidden = h.shape[-1]
+    i, f, _, o = torch.sigmoid(pre).chunk(4, dim=-1)
+    g = torch.tanh(pre[..., 2 * hidden : 3 * hidden])
+    out["cell"][k] = cell_scan(f, i * g, state[1])
+    for name, value in (("hidden", h), ("input", i), ("forget", f), ("output", o), ("candidate", g)):
+        out[name][k] = value
+    return h
+
+
+def _gru_layer(module, w, x, state, out: dict, k: int) -> torch.Tensor:
+    h = _run(module, x, state)
+    h_before = torch.cat([state[0][None], h[:-1]])
+    gi = torch.addmm(w.b_ih, x.flatten(0, 1), w.w_ih_t)
+    gh = torch.addmm(w.b_hh, h_before.flatten(0, 1), w.w_hh_t)
+    _, (r, z, n) = gru_pointwise(gi, gh, h_before.flatten(0, 1))
+    for name, value in (("hidden", h), ("reset", r), ("update", z), ("candidate", n)):
+        out[name][k] = value.view(h.shape)
+    return h
+
+
+def fused_trace(engine, tokens: torch.Tensor, state: list) -> dict[str, torch.Tensor]:
+    """`StepEngine.trace` without interventions: tokens [T] or [T, B], `state` as `init_state(B)`
+    lays it out; each signal comes back as float32 [layers, T, hidden] (or [layers, T, B, hidden])."""
+    single = tokens.dim() == 1
+    tokens = tokens[:, None] if single else tokens
+    if engine._fused_layers is None:
+        engine._fused_layers = fused_layers(engine)
+    shape = (engine.layers, *tokens.shape, engine.hidden)
+    out = {s: torch.empty(shape, dtype=torch.float32, device=engine.device) for s in engine.signals}
+    x = engine.embedding[tokens]  # [T, B, in]
+    for k, (module, w, s) in enumerate(zip(engine._fused_layers, engine.weights, state)):
+        if engine.kind == "lstm":
+            x = _lstm_layer(module, w, x, s, out, k)
+        elif engine.kind == "gru":
+            x = _gru_layer(module, w, x, s, out, k)
+        else:
+            out["hidden"][k] = x = _run(module, x, s)
+    return {name: values[:, :, 0] for name, values in out.items()} if single else out
