@@ -436,7 +436,7 @@ def main() -> None:
         ("train_speed", lambda: stage_train_speed(s, device, [512] if not smoke else [32], 90 if not smoke else 45), 20),
         ("python", lambda: stage_model(s, "python", args.python_data, minutes["python"], shape, device, made_by=None), 30),
         ("java", lambda: stage_model(s, "java", args.java_data, minutes["java"], shape, device, args.java_data_made_by), 30),
-        ("sample_speed", lambda: stage_sample_speed(s, device), 15),  # after the models: the README has figures already
+        ("sample_speed", lambda: stage_sample_speed(s, device), 15),  # after the models: docs/performance.md has figures already
         ("devices", lambda: stage_devices(s, device), 20),
     ]
     try:

@@ -36,7 +36,7 @@ def test_cpu_defaults_are_unchanged_for_a_run_of_minutes_on_a_large_corpus():
 
 def test_cpu_estimate_follows_precision_and_the_measured_rates():
     fp32 = Facts(**{**CPU_STDLIB.__dict__, "reduced_precision": False})
-    # README, Performance: 3×512 on 2 cores, ~7k chars/s fp32 and ~20k bf16.
+    # docs/performance.md: 3×512 on 2 cores, ~7k chars/s fp32 and ~20k bf16.
     assert 4e3 < estimated_chars_per_second(fp32, 64, 128) < 9e3
     assert 12e3 < estimated_chars_per_second(CPU_STDLIB, 64, 128) < 25e3
     # Measured on 2 cores in bf16 (`charlstm train --steps 30 --json`): a 1×16 model over 110

@@ -1,4 +1,4 @@
-"""The recipe's defaults for short runs (README "Time to quality"): PyTorch's init for the forget
+"""The recipe's defaults for short runs (docs/performance.md, "Time to quality"): PyTorch's init for the forget
 gates, the peak rate held and decayed over the run's last fifth, a --minutes run that decides its
 decay from the time left; each recorded in config.json and kept by a resumed run."""
 

@@ -360,7 +360,7 @@ def _scoring_engine(inspection):
 
 def _one_thread(fn, engine, *args, **kwargs):
     # Batched steps of a small model: too small to share between threads, and a second thread
-    # stalls whenever other work uses the cores (README, "Slow on a busy machine").
+    # stalls whenever other work uses the cores (docs/troubleshooting.md, "Slow on a busy machine").
     with torch_threads(cpu_threads(engine.device, 1)):
         return fn(engine, *args, **kwargs)
 

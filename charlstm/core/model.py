@@ -68,7 +68,7 @@ class CharRNN(nn.Module):
 
     def _init_forget_bias(self) -> None:
         # --forget-bias 1 starts LSTM forget gates open (Jozefowicz et al.; torch-rnn). Not the default:
-        # in a few hundred steps it cost ~0.3 bpc against PyTorch's init (README "Time to quality").
+        # in a few hundred steps it cost ~0.3 bpc against PyTorch's init (docs/performance.md, "Time to quality").
         if self.config.kind != "lstm" or self.config.forget_bias is None:
             return
         h = self.config.hidden

@@ -12,7 +12,7 @@ the user did not give:
 - dropout: from the passes over the training split that the budget implies and the model's size
   against the corpus (none within one pass or for a model small beside its corpus; up to 0.3).
 
-The measurements behind these choices are in the README ("Defaults that fit the device and the
+The measurements behind these choices are in docs/train.md ("Defaults that fit the device and the
 corpus"). Pure: it takes facts (device kind, corpus size, model size, budget) and returns values
 and reasons, so it is tested without a device; train_setup gathers the facts.
 """
@@ -34,7 +34,7 @@ MAX_LR = 4e-3  # the best measured at 256 lanes (H100, 3×512); higher rates wer
 DROPOUT_BY_PRESSURE = ((0.5, 0.0), (1.0, 0.1), (2.0, 0.2), (math.inf, 0.3))
 
 # Speed estimates for turning --minutes into passes: rough on purpose, since dropout only moves at
-# whole buckets of passes. Sources: the README's Performance and GPU sections (2-core Sapphire Rapids; H100).
+# whole buckets of passes. Sources: docs/performance.md and docs/gpu.md (2-core Sapphire Rapids; H100).
 CPU_FLOPS = {"fp32": 2.1e11, "bf16": 5.9e11}  # 6 × params × chars/s of a 3×512 LSTM on 2 cores
 CPU_SECONDS_PER_LOGIT = 7e-9  # softmax and loss over the logits, bound by memory: a large vocabulary's cost
 CPU_SECONDS_PER_CELL_STEP = 57e-6  # per character of a lane per layer, whatever the size: the recurrence

@@ -7,7 +7,7 @@ numbers for a new run, a resumed one, and a --minutes run once its decay begins.
 
 Why the peak is held: a run of minutes on a CPU is a few hundred steps, far from converged, and
 every step spent at a decayed rate is lost progress; the decay pays only at the end, where it
-settles the weights (bench/time_to_quality.py measures both; README "Time to quality").
+settles the weights (bench/time_to_quality.py measures both; docs/performance.md, "Time to quality").
 """
 
 from __future__ import annotations
