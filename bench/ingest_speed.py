@@ -80,14 +80,14 @@ def main() -> None:
         files, nbytes, largest = make_corpus(corpus, args.mb)
         print(f"corpus: {files:,} files, {nbytes / 1e6:.1f} MB, largest {largest / 1e3:.1f} KB", file=sys.stderr)
         bare_read(corpus)  # warm the page cache
-        ingest([str(corpus)], "warm-up", data_dir=work / "data", progress=False)
+        ingest([str(corpus)], "warm-up", data_dir=work / "data")
         bare, ours, ours_cpu = [], [], []
         for r in range(args.rounds):
             t = time.perf_counter()
             bare_read(corpus)
             bare.append(nbytes / 1e6 / (time.perf_counter() - t))
             t, cpu = time.perf_counter(), time.process_time()
-            report = ingest([str(corpus)], f"bench{r}", data_dir=work / "data", progress=False)
+            report = ingest([str(corpus)], f"bench{r}", data_dir=work / "data")
             ours.append(nbytes / 1e6 / (time.perf_counter() - t))
             ours_cpu.append(nbytes / 1e6 / (time.process_time() - cpu))
             assert report["files_kept"] == files, report["files_skipped"]
@@ -106,13 +106,13 @@ def main() -> None:
             "load_average_1min": round(os.getloadavg()[0], 2),
         }
         tracemalloc.start()
-        ingest([str(corpus)], "traced", data_dir=work / "data", progress=False)
+        ingest([str(corpus)], "traced", data_dir=work / "data")
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         result["peak_traced_mb"] = round(peak / 1e6, 1)
         result["largest_file_kb"] = round(largest / 1e3, 1)
         if args.stdlib:
-            report = ingest(None, "python-stdlib", data_dir=work / "data", progress=False)
+            report = ingest(None, "python-stdlib", data_dir=work / "data")
             result["stdlib"] = {k: report[k] for k in ("files_kept", "train_chars", "val_chars", "vocab_size", "seconds", "mb_per_s")}
         print(json.dumps(result))
     finally:

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from charlstm.core.config import TrainConfig  # noqa: E402
 from charlstm.corpus.dataset import load_dataset  # noqa: E402
 from charlstm.evaluation.evaluate import bits_per_char  # noqa: E402
+from charlstm.ui.terminal import Terminal  # noqa: E402
 from charlstm.training.train import Trainer  # noqa: E402
 from charlstm.training.train_setup import fresh_config  # noqa: E402
 
@@ -122,7 +123,7 @@ def run_ours(dataset, val, budget: float, args, tmp: Path) -> dict:
                "eval_every": 0, "save_every": 0, "log_every": 50, **args.overrides}  # fmt: skip
     options["minutes" if args.minutes else "steps"] = budget
     config = fresh_config(options).config
-    trainer = Trainer(config, Path(config.out), force=True)
+    trainer = Trainer(config, Path(config.out), force=True, on_event=Terminal(labels=False))  # as `charlstm train` shows it
     trainer.val_tokens = val  # the end-of-run validation scores the bench's tokens
     summary = trainer.run()
     trainer.close(finished=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -114,20 +113,22 @@ def ingest_command(
     """
     from .corpus.ingest import ingest
     from .ui.render import ingest_table
+    from .ui.terminal import Terminal
 
-    report = ingest(
-        sources,
-        name,
-        preset=preset.value if preset is not None else None,
-        extensions=ext,
-        data_dir=data_dir,
-        max_file_bytes=max_file_bytes,
-        min_char_count=min_char_count,
-        val_fraction=val_fraction,
-        seed=seed,
-        force=force,
-        progress=True,  # on stderr, and only on a terminal
-    )
+    with Terminal(leave=False) as show:  # the reading's progress bar on stderr, and only on a terminal
+        report = ingest(
+            sources,
+            name,
+            preset=preset.value if preset is not None else None,
+            extensions=ext,
+            data_dir=data_dir,
+            max_file_bytes=max_file_bytes,
+            min_char_count=min_char_count,
+            val_fraction=val_fraction,
+            seed=seed,
+            force=force,
+            on_event=show,
+        )
     for warning in report["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     if json_out:
@@ -205,24 +206,10 @@ def train_command(
     `torchrun --nproc-per-node N -m charlstm train ...`.
     """
     options = {k: v for k, v in locals().items() if k in _TRAIN_OPTIONS}
+    from .ui.train_command import run_training
 
-    from .core.stopping import TrainingInterrupted
-    from .training.train_setup import train
-
-    try:
-        summary = train(options, resume=resume, force=force, tensorboard=tensorboard, new_data=new_data)
-    except TrainingInterrupted as exc:
-        err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=130) from None
-    if summary.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
-        return  # only rank 0 reports
-    from .ui.eval_command import syntax_line, training_syntax
-    from .ui.runs_command import report_training  # the 'done' line, and on a terminal the run's curve
-
-    summary["syntax"] = training_syntax(summary["run_dir"])
-    report_training(summary, json_output, err)
-    if summary["syntax"] is not None and not json_output:
-        err.print(syntax_line(summary["syntax"]), highlight=False, soft_wrap=True)
+    run_training(options, resume=resume, force=force, tensorboard=tensorboard, new_data=new_data,
+                 json_output=json_output, err=err)
 
 
 @app.command("runs", rich_help_panel="Pipeline")
@@ -488,8 +475,7 @@ def experiment_command(
 ) -> None:
     """Reproduce the source article's small studies: train a tiny LSTM on a synthetic language,
     judge its greedy generations, and show the units that solve it (layers numbered from 1)."""
-    from .ui.experiment_command import run_experiments
-    from .analysis.experiments import strip_views
+    from .ui.experiment_command import run_experiments, strip_views
 
     results = run_experiments(
         name, err, quiet=quiet, html=html, seed=seed, out_dir=out_dir, steps=steps, max_n=max_n,

@@ -120,7 +120,7 @@ def test_max_n_correct_is_the_end_of_the_first_unbroken_run():
 @pytest.fixture(scope="module")
 def short_counter(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return out, run_study("counter", seed=0, out_dir=out, steps=400, max_n=5, eval_max_n=6, quiet=True)
+    return out, run_study("counter", seed=0, out_dir=out, steps=400, max_n=5, eval_max_n=6, )
 
 
 def test_short_counter_run_learns_every_n_up_to_5(short_counter):
@@ -144,7 +144,7 @@ def test_short_counter_run_is_saved_as_an_ordinary_checkpoint(short_counter):
 
 
 def test_same_seed_same_result_other_seed_other_result(tmp_path):
-    runs = [run_study("counter", seed=s, out_dir=tmp_path, steps=60, max_n=3, eval_max_n=3, quiet=True)
+    runs = [run_study("counter", seed=s, out_dir=tmp_path, steps=60, max_n=3, eval_max_n=3, )
             for s in (7, 7, 8)]
     assert runs[0]["final_loss"] == runs[1]["final_loss"] != runs[2]["final_loss"]
     assert runs[0]["views"] == runs[1]["views"]

@@ -36,7 +36,7 @@ def java_sources(folder: Path, texts: dict[str, str]) -> Path:
 
 def ingest_java(tmp_path: Path, texts: dict[str, str], **kw) -> Path:
     src = java_sources(tmp_path / f"src{len(list(tmp_path.glob('src*')))}", texts)
-    ingest([str(src)], "t", data_dir=tmp_path / "data", progress=False, val_fraction=0.3, **kw)
+    ingest([str(src)], "t", data_dir=tmp_path / "data", val_fraction=0.3, **kw)
     return tmp_path / "data" / "t"
 
 

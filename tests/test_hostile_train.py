@@ -134,9 +134,9 @@ def test_ingest_of_a_name_being_ingested_is_refused(tmp_path):
     data_dir = tmp_path / "data"
     with lock.acquire(data_dir / ".same.lock", "x"):  # another ingest of "same" is under way
         with pytest.raises(CharlstmError, match=re.escape(f"dataset {data_dir / 'same'} is in use by PID {os.getpid()}")):
-            ingest([str(src)], "same", data_dir=data_dir, progress=False)
+            ingest([str(src)], "same", data_dir=data_dir)
         assert not (data_dir / "same").exists()
-    ingest([str(src)], "same", data_dir=data_dir, progress=False)  # once it is done, the name is free
+    ingest([str(src)], "same", data_dir=data_dir)  # once it is done, the name is free
     assert (data_dir / "same" / "meta.json").is_file()
 
 

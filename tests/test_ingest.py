@@ -146,7 +146,7 @@ def test_round_trip_reproduces_the_files_joined_by_the_separator(tmp_path):
     for name, text in texts.items():
         data = text.encode("latin-1") if name == "e.py" else text.encode("utf-8")
         write(src / name, data)
-    report = ingest([str(src)], "rt", data_dir=tmp_path / "data", progress=False, val_fraction=0.3)
+    report = ingest([str(src)], "rt", data_dir=tmp_path / "data", val_fraction=0.3)
     ds = load_dataset(tmp_path / "data" / "rt")
     expected = {
         "a.py": PYTHON_SNIPPET,
@@ -168,11 +168,11 @@ def test_data_dir_inside_the_source_and_undecodable_file_names(tmp_path):
     src = tmp_path / "src"
     write(src / "a.py", PYTHON_SNIPPET)
     write(Path(os.fsdecode(bytes(src) + b"/caf\xe9.py")), "x = 1\n")  # a file name that is not UTF-8
-    report = ingest([str(src)], "in", data_dir=src / "data", progress=False)
+    report = ingest([str(src)], "in", data_dir=src / "data")
     assert report["files_kept"] == 2
     meta = json.loads((src / "data" / "in" / "meta.json").read_text(encoding="utf-8"))
     assert "caf\udce9.py" in {e["path"] for e in meta["files"]}
-    again = ingest([str(src)], "again", data_dir=src / "data", progress=False)
+    again = ingest([str(src)], "again", data_dir=src / "data")
     assert again["files_kept"] == 2  # the first dataset's files are not source code
 
 
@@ -195,7 +195,7 @@ def test_rare_characters_map_to_unknown_and_the_split_is_deterministic(tmp_path)
     for i in range(20):
         write(src / f"m{i}.py", PYTHON_SNIPPET.replace("greet", f"greet{i}"))
     write(src / "rare.py", "z = 'Q'\n")
-    common = dict(data_dir=tmp_path / "data", progress=False, min_char_count=2)
+    common = dict(data_dir=tmp_path / "data", min_char_count=2)
     first = ingest([str(src)], "a", seed=1, **common)
     again = ingest([str(src)], "b", seed=1, **common)
     other = ingest([str(src)], "c", seed=2, **common)
@@ -212,7 +212,7 @@ def test_a_high_unknown_share_is_warned_about(tmp_path):
         write(src / f"m{i}.py", PYTHON_SNIPPET.replace("greet", f"greet{i}"))
     write(src / "rare.py", "z = 'Q'\n")
     data = str(tmp_path / "data")
-    assert ingest([str(src)], "a", data_dir=data, progress=False, min_char_count=2)["warnings"] == []  # 3 rare ones
+    assert ingest([str(src)], "a", data_dir=data, min_char_count=2)["warnings"] == []  # 3 rare ones
     result = run_ingest(str(src), "--name", "b", "--data-dir", data, "--min-char-count", "1000000", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -505,14 +505,14 @@ def test_nonsense_options(tmp_path, option):
 
 def test_library_errors_are_domain_errors(tmp_path):
     with pytest.raises(CharlstmError, match="source not found"):
-        ingest([str(tmp_path / "nope")], "x", data_dir=tmp_path / "d", progress=False)
+        ingest([str(tmp_path / "nope")], "x", data_dir=tmp_path / "d")
 
 
 def test_single_file_source_and_uint16_vocabulary(tmp_path):
     # 300 distinct characters do not fit uint8 ids; one file gives an empty validation split and a warning.
     text = "".join(chr(0x4E00 + i) for i in range(300)) + "\n"
     f = write(tmp_path / "wide.txt", text)
-    report = ingest([str(f)], "wide", data_dir=tmp_path / "d", progress=False)
+    report = ingest([str(f)], "wide", data_dir=tmp_path / "d")
     ds = load_dataset(tmp_path / "d" / "wide")
     assert ds.meta["dtype"] == "uint16" and ds.tokens("train").dtype == np.uint16
     assert ds.vocab.decode(ds.tokens("train")) == DOC_SEP + text

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "charlstm"
 
@@ -124,40 +126,64 @@ def test_the_cycle_finder_finds_one():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-# The terminal's modules: only they talk to the user, so only they may import rich.
+# The terminal's modules: only they talk to the user. The library hands what it has to say to a
+# listener as events (charlstm/core/events.py); ui/terminal.py draws them, the *_command modules print.
+TERMINAL_PACKAGES = ("rich", "tqdm")
+STDERR = ("stderr", "__stderr__")
+
+
 def is_ui(module: str) -> bool:
     return layer_of(module) in ("ui", "")
 
 
-def imports_rich(path: Path) -> bool:
+def terminal_uses(path: Path) -> list[str]:
+    """What in `path`'s code reaches the terminal, at any depth: rich or tqdm imported, sys.stderr, print."""
+    found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "rich":
-            return True
-        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "rich" for a in node.names):
-            return True
-    return False
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names if a.name.split(".")[0] in TERMINAL_PACKAGES)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.split(".")[0] in TERMINAL_PACKAGES:
+                found.add(node.module.split(".")[0])
+            elif node.module == "sys" and any(a.name in STDERR for a in node.names):
+                found.add("sys.stderr")
+        elif isinstance(node, ast.Attribute) and node.attr in STDERR:
+            if isinstance(node.value, ast.Name) and node.value.id == "sys":
+                found.add("sys.stderr")
+        elif isinstance(node, ast.Name) and node.id == "print":  # called, or handed on as a callback
+            found.add("print")
+    return sorted(found)
 
 
-def test_only_the_ui_layer_imports_rich_or_the_ui():
-    """Pipeline and analysis modules return data: neither rich nor render.py, cli.py or a
-    *_command.py runner, at any depth of their code."""
+def test_only_the_ui_layer_talks_to_the_terminal_or_imports_the_ui():
+    """Library modules return data and send events: neither rich, tqdm, sys.stderr nor print, nor a
+    module of the ui layer or the top level, at any depth of their code."""
     modules = package_modules()
     offenders = {}
     for name, path in modules.items():
         if is_ui(name):
             continue
-        wrong = sorted(m for m in imports_of(path, modules) if is_ui(m)) + (["rich"] if imports_rich(path) else [])
+        wrong = sorted(m for m in imports_of(path, modules) if is_ui(m)) + terminal_uses(path)
         if wrong:
             offenders[name] = wrong
     assert offenders == {}
 
 
-def test_the_ui_check_sees_rich_inside_a_function(tmp_path):
+@pytest.mark.parametrize("code, found", [
+    ("def view():\n    from rich.table import Table\n    return Table()\n", ["rich"]),
+    ("import tqdm.auto\n", ["tqdm"]),
+    ("import sys\n\ndef warn(m):\n    sys.stderr.write(m)\n", ["sys.stderr"]),
+    ("from sys import stderr\n", ["sys.stderr"]),
+    ("def say(m):\n    print(m, flush=True)\n", ["print"]),
+    ("def run(on_event=print):\n    pass\n", ["print"]),
+    ("import richer\nimport tqdm_like\n", []),
+    ("def git(proc):\n    return proc.stderr  # print(it)\n", []),
+    ("def show(console):\n    console.print('x')\n", []),
+])  # fmt: skip
+def test_the_terminal_check_sees_each_way_to_the_terminal(tmp_path, code, found):
     module = tmp_path / "m.py"
-    module.write_text("def view():\n    from rich.table import Table\n    return Table()\n", encoding="utf-8")
-    assert imports_rich(module)
-    module.write_text("import richer\n", encoding="utf-8")
-    assert not imports_rich(module)
+    module.write_text(code, encoding="utf-8")
+    assert terminal_uses(module) == found
 
 
 HELP_WITHOUT_TORCH = """

@@ -12,6 +12,7 @@ import torch
 
 from charlstm.core.checkpoint import load_checkpoint, save_checkpoint
 from charlstm.core.config import TrainConfig
+from charlstm.core.events import Message
 from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.training.schedule import lr_at, new_schedule
 from charlstm.training.train_setup import train
@@ -50,13 +51,14 @@ def test_a_run_of_known_length_holds_the_peak_then_decays_over_its_last_fifth():
         [lr_at(s, 1.0, 20, 500, 0.1) for s in range(500)]
 
 
-def test_config_json_records_the_new_defaults_and_the_header_says_them(tiny_dataset, tmp_path, capsys):
-    run = tmp_path / "run"
-    train(options(tiny_dataset, run, steps=30, eval_every=0))
+def test_config_json_records_the_new_defaults_and_the_header_says_them(tiny_dataset, tmp_path):
+    run, heard = tmp_path / "run", []
+    train(options(tiny_dataset, run, steps=30, eval_every=0), on_event=heard.append)
     config = json.loads((run / "config.json").read_text())["train_config"]
     assert config["forget_bias"] is None and config["decay_fraction"] == 0.2
     assert config["lr"] == 3e-3 and config["warmup_steps"] == 0
-    assert "0.003 from the first step, held, then cosine decay to 0.0003 from step 24 to 30 (the last 20%" in capsys.readouterr().err
+    said = "\n".join(str(event) for event in heard if isinstance(event, Message))
+    assert "0.003 from the first step, held, then cosine decay to 0.0003 from step 24 to 30 (the last 20%" in said
     assert load_checkpoint(run / "latest.pt")["schedule"] == {"warmup": 0, "total": 30, "from_step": 24, "from_ratio": 1.0}
     lrs = [r["lr"] for r in metrics(run)]
     assert lrs[:25] == [3e-3] * 25 and lrs[-1] < 7e-4 and lrs[-1] == pytest.approx(lr_at(29, 3e-3, 0, 30, 0.1, 24))

@@ -1,9 +1,10 @@
 """The article's four small studies: generate a synthetic language, train a tiny LSTM on it,
 judge its greedy generations, and find the single units that solve the task.
 
-Each study is one call to `run_study`; experiment_command.py prints its tables and coloured neurons. The units
-are found from `StepEngine.trace` (the same step math sampling and inspection use), and each
-trained model is saved as an ordinary checkpoint so `charlstm inspect-neuron` can open it.
+Each study is one call to `run_study`, whose training reports its progress as events (events.py);
+experiment_command.py draws the bar and prints the tables and coloured neurons. Generations and
+units come from `StepEngine` (the same step math sampling and inspection use), and each trained
+model is saved as an ordinary checkpoint so `charlstm inspect-neuron` can open it.
 Layers are numbered from 1, as in the article's explorer and in `inspect-neuron`.
 """
 
@@ -19,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from . import synthetic as syn
 from ..core.backend import cpu_threads, torch_threads
 from ..core.checkpoint import BEST, save_checkpoint
 from ..core.engine import StepEngine
 from ..core.errors import CharlstmError
+from ..core.events import Listener, Progress, ignore
 from ..core.files import atomic_write
 from ..core.model import CharRNN, ModelConfig
 from .neurons import correlations
@@ -89,10 +90,10 @@ def _batch(vocab, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def train(
-    study: Study, seed: int, quiet: bool = False, device: torch.device = torch.device("cpu")
-) -> tuple[CharRNN, dict]:
-    """Train a fresh model on an endless stream of seeded random examples; one example a row."""
+def train(study: Study, seed: int, device: torch.device = torch.device("cpu"),
+          on_event: Listener = ignore) -> tuple[CharRNN, dict]:
+    """Train a fresh model on an endless stream of seeded random examples; one example a row.
+    `on_event` hears each step's progress (events.Progress) and the loss every 100 steps."""
     vocab = syn.vocab()
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -102,9 +103,10 @@ def train(
     generate = syn.GENERATORS[study.name]
     started = time.perf_counter()
     losses: list[float] = []
-    bar = tqdm(range(study.steps), desc=f"training {study.name}", unit="step", disable=True if quiet else None,
-               leave=False, dynamic_ncols=True)
-    for step in bar:
+    task, stats = f"training {study.name}", {}
+    on_event(Progress(task, 0, study.steps))
+    # Not the Trainer's loop: its lanes carry one state through a corpus; here every batch is fresh padded examples.
+    for step in range(study.steps):
         longest = study.max_n
         if study.curriculum > 0:
             longest = min(study.max_n, 2 + int((study.max_n - 1) * step / (study.curriculum * study.steps)))
@@ -120,8 +122,9 @@ def train(
         optimizer.step()
         if step % 100 == 0 or step == study.steps - 1:
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
+            stats = {"loss": f"{losses[-1]:.3f}"}
+        on_event(Progress(task, step + 1, study.steps, "step", stats))
+    on_event(Progress(task, study.steps, study.steps, "step", stats, finished=True))
     stats = {"train_seconds": round(time.perf_counter() - started, 2), "final_loss": round(losses[-1], 4)}
     return model.eval(), stats
 
@@ -132,6 +135,7 @@ def train(
 @torch.no_grad()
 def greedy(engine: StepEngine, vocab, prompt: str, max_chars: int) -> str:
     """Feed `prompt`, then take the most likely character until END or `max_chars`."""
+    # Not Sampler.generate: it starts each sample with the document separator, which these models never read.
     state = engine.init_state(1)
     for token in vocab.encode(prompt):
         logits, state = engine.step(torch.tensor([int(token)], device=engine.device), state)
@@ -430,16 +434,17 @@ def run_study(
     steps: int | None = None,
     max_n: int | None = None,
     eval_max_n: int | None = None,
-    quiet: bool = False,
     device: torch.device = torch.device("cpu"),
+    on_event: Listener | None = None,
 ) -> dict:
-    """Train, evaluate, find the units, save the run; return a JSON-ready result."""
+    """Train, evaluate, find the units, save the run; return a JSON-ready result. `on_event` hears
+    the training's progress (events.py)."""
     study = configured_study(name, seed, steps, max_n, eval_max_n)
     ensure_writable_folder(out_dir)  # fail now, not after a minute of training
     vocab = syn.vocab()
     # Tiny models run fastest on one CPU thread, and a fixed count keeps results repeatable.
     with torch_threads(cpu_threads(device, 1)):
-        model, stats = train(study, seed, quiet, device)
+        model, stats = train(study, seed, device, on_event or ignore)
         evaluation = evaluate(study, model, seed)
         neurons, views = FINDERS[name](study, StepEngine(model), vocab, seed)
     run_dir = Path(out_dir) / f"experiment-{name}"
@@ -473,11 +478,6 @@ def run_study(
     return result
 
 
-def strip_views(result: dict) -> dict:
-    """The result without its long per-character value lists (for --json on stdout)."""
-    return {k: v for k, v in result.items() if k != "views"}
-
-
 def write_html(result: dict, out: Path | str, device: torch.device = torch.device("cpu")) -> dict:
     """The inspection explorer page for a study's run, over its example sequence, opened on the
     first unit found."""
@@ -488,9 +488,3 @@ def write_html(result: dict, out: Path | str, device: torch.device = torch.devic
     inspection = open_checkpoint(result["run"], device=device)
     return write_explorer(out, inspection, view["text"], f"experiment {result['study']}",
                           layer=view["layer"], neuron=view["neuron"], signal=view["signal"])
-
-
-def html_path(html: Path | str, study: str, several: bool) -> Path:
-    """With several studies, one page each: OUT.html → OUT-STUDY.html."""
-    html = Path(html)
-    return html.with_name(f"{html.stem}-{study}{html.suffix or '.html'}") if several else html

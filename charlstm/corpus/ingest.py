@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
 import time
@@ -42,6 +41,7 @@ from ..core import lock
 from ..core.config import Preset
 from .dataset import FORMAT, VERSION, load_dataset
 from ..core.errors import CharlstmError
+from ..core.events import Listener, Progress, ignore
 from .sources import (
     Candidate,
     Discovery,
@@ -145,9 +145,10 @@ def ingest(
     val_fraction: float = 0.05,
     seed: int = 0,
     force: bool = False,
-    progress: bool = True,
+    on_event: Listener | None = None,
 ) -> dict:
-    """Build `data_dir/name/` from the sources; return the summary (what `--json` prints)."""
+    """Build `data_dir/name/` from the sources; return the summary (what `--json` prints).
+    `on_event` hears the reading's progress, in bytes (events.Progress)."""
     start = time.perf_counter()
     sources = list(sources or [])
     if not sources and not preset:
@@ -185,7 +186,7 @@ def ingest(
         with ExitStack() as archives:  # open until their members have been read
             found = discover(resolved, settings.extensions, archives)
             with _write_errors(data_dir):
-                read = _read_all(found, work / "scratch" / "codepoints", settings, progress)
+                read = _read_all(found, work / "scratch" / "codepoints", settings, on_event or ignore)
         if not read.kept:
             raise CharlstmError(_nothing_to_ingest(resolved, found))
         with _write_errors(data_dir):
@@ -239,33 +240,34 @@ def _install(built: Path, target: Path, work: Path) -> None:
 
 
 
-def _read_all(found: Discovery, scratch_path: Path, settings: Settings, progress: bool) -> _Pass1:
+def _read_all(found: Discovery, scratch_path: Path, settings: Settings, on_event: Listener) -> _Pass1:
     """Pass 1: filter, decode and append each file's code points to the scratch stream."""
-    from tqdm import tqdm
-
     read = _Pass1()
     seen: dict[bytes, str] = {}  # content digest → the first path that had it
     limit = settings.max_file_bytes
     total = sum(min(c.size, limit + 1) for c in found.candidates)
-    with open(scratch_path, "wb", buffering=1 << 20) as out, tqdm(
-        total=total, unit="B", unit_scale=True, desc="reading", file=sys.stderr, disable=None if progress else True,
-        leave=False, dynamic_ncols=True,
-    ) as bar:
-        for cand in found.candidates:
-            entry = {"source": cand.source, "path": cand.path, "size": cand.size}
-            found.entries.append(entry)
-            data = _fetch(cand, entry, limit)
-            bar.update(min(cand.size, limit + 1))
-            if data is None:
-                continue
-            read.bytes_read += len(data)
-            entry["size"] = len(data)
-            if not _screen(data, entry, limit, seen):
-                continue
-            codes = _code_points(data, entry)
-            if codes is not None:
-                key = hashlib.sha256(f"{settings.seed}\0{cand.path}".encode("utf-8", "surrogateescape")).digest()
-                read.append(out, codes, entry, key)
+    done = 0
+    on_event(Progress("reading", done, total, "B"))
+    try:
+        with open(scratch_path, "wb", buffering=1 << 20) as out:
+            for cand in found.candidates:
+                entry = {"source": cand.source, "path": cand.path, "size": cand.size}
+                found.entries.append(entry)
+                data = _fetch(cand, entry, limit)
+                done += min(cand.size, limit + 1)
+                on_event(Progress("reading", done, total, "B"))
+                if data is None:
+                    continue
+                read.bytes_read += len(data)
+                entry["size"] = len(data)
+                if not _screen(data, entry, limit, seen):
+                    continue
+                codes = _code_points(data, entry)
+                if codes is not None:
+                    key = hashlib.sha256(f"{settings.seed}\0{cand.path}".encode("utf-8", "surrogateescape")).digest()
+                    read.append(out, codes, entry, key)
+    finally:
+        on_event(Progress("reading", done, total, "B", finished=True))
     return read
 
 

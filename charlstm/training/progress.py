@@ -1,5 +1,6 @@
 """Where one call of `Trainer.run` stands: its budget (the step it ends at, a pause after a number
-of steps, --minutes), its progress bar, and the loss and time since the last metrics line.
+of steps, --minutes), the figures its progress events carry, and the loss and time since the last
+metrics line; what the run announces as it starts, and the summary it returns.
 
 The clock is the caller's: every method that needs the time takes `now`.
 """
@@ -7,18 +8,19 @@ The clock is the caller's: every method that needs the time takes `now`.
 from __future__ import annotations
 
 import torch
-from tqdm import tqdm
 
+from .defaults import Chosen
 from ..core.distributed import average
+from .schedule import describe
 
 
 class Invocation:
-    def __init__(self, total: int | None, stop_after: int | None, minutes: float | None, bar: tqdm, now: float,
-                 step: int, device: torch.device):
+    def __init__(self, total: int | None, stop_after: int | None, minutes: float | None, now: float, step: int,
+                 device: torch.device):
         self.total = total  # the step the budget ends at, when --steps or --epochs fixes it
         self.stop_after = stop_after  # pause after this many steps
         self.minutes = minutes  # --minutes, counted from `start`
-        self.bar = bar
+        self.stats: dict[str, str] = {}  # the latest metrics line's figures, shown beside the progress
         self.start = now
         self.steps = 0  # taken in this call
         self.last_eval_step: int | None = None
@@ -53,6 +55,31 @@ class Invocation:
         self.loss_sum = torch.zeros((), device=self.loss_sum.device)
         self.logged_time, self.logged_step = now, step
         return mean_loss, steps, seconds
+
+
+def announcement(trainer) -> list[str]:
+    """What is about to train, where, and how (and, fine-tuning, from what): the lines a run starts with."""
+    t, cfg, mc = trainer, trainer.cfg, trainer.model_config
+    lines = [
+        f"{mc.kind.upper()} {mc.layers}×{mc.hidden}, {t.raw_model.num_parameters():,} parameters; {t.world} "
+        f"process(es) on {t.device}, {t.threads} thread(s); precision {t.precision.name} ({t.precision.reason}; "
+        f"the {mc.kind.upper()} runs in {t.precision.rnn_dtype}); {t.batcher.windows:,} steps per epoch; "
+        f"run folder {t.run_dir}"
+    ]
+    if t.step > 0:
+        return lines
+    if cfg.chosen:
+        lines.append(Chosen(values={k: getattr(cfg, k) for k in cfg.chosen}, reasons=cfg.chosen).header())
+    lines.append(describe(t.schedule, cfg))
+    if t.init_source is not None:
+        src, added, warmup = t.init_source, len(t.vocab) - t.init_source["vocab_size"], t.schedule["warmup"]
+        lines.append(
+            f"fine-tuning {src['checkpoint']} (step {src['step']:,}, trained on {src['dataset']}): shape from the "
+            f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and {warmup} warm-up "
+            f"steps{' (at most a twentieth of the run)' * (warmup < cfg.warmup_steps)} "
+            f"({t.finetune_defaults or 'as given'})"
+        )
+    return lines
 
 
 def run_summary(trainer, elapsed: float) -> dict:

@@ -11,17 +11,15 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 from contextlib import contextmanager, suppress
 from pathlib import Path
-
-from tqdm import tqdm
 
 from ..core import lock
 from ..core.distributed import distributed_layout
 from ..core.checkpoint import BEST, LATEST
 from ..core.config import malformed_fields
 from ..core.errors import CharlstmError
+from ..core.events import Listener, Message, ignore
 from ..core.files import atomic_write
 
 RUN_LOCK = ".lock"  # in the run folder, held by the process training in it (see charlstm.lock)
@@ -44,24 +42,25 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
         )
 
 
-def clear_earlier_run(run_dir: Path, say) -> None:
+def clear_earlier_run(run_dir: Path, on_event: Listener = ignore) -> None:
     """Remove the files of a run that saved nothing, or of the run --force replaces: they would be
-    mistaken for the new run's. `say` tells the user which."""
+    mistaken for the new run's. A message to `on_event` says which."""
     leftovers = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
     if leftovers:
-        say(f"starting afresh in {run_dir}: removing the earlier run's {', '.join(f.name for f in leftovers)}")
+        names = ", ".join(f.name for f in leftovers)
+        on_event(Message(f"starting afresh in {run_dir}: removing the earlier run's {names}"))
     for f in leftovers:
         f.unlink(missing_ok=True)
 
 
-def prepare_run_dir(run_dir: Path, resumed_at: int | None, say) -> None:
+def prepare_run_dir(run_dir: Path, resumed_at: int | None, on_event: Listener = ignore) -> None:
     """A resumed run's metrics cut back to its checkpoint's step `resumed_at`; a fresh run's folder
     made, without an earlier run's files."""
     if resumed_at is not None:
-        truncate_metrics(run_dir, resumed_at, say)
+        truncate_metrics(run_dir, resumed_at, on_event)
         (run_dir / SUMMARY).unlink(missing_ok=True)  # the run goes on: it is no longer finished
     else:
-        clear_earlier_run(run_dir, say)
+        clear_earlier_run(run_dir, on_event)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 def write_run_config(run_dir: Path, record: dict) -> None:
@@ -76,9 +75,9 @@ def write_run_summary(run_dir: Path, summary: dict) -> None:
     atomic_write(run_dir / SUMMARY, lambda f: f.write(text.encode()))
 
 
-def truncate_metrics(run_dir: Path, step: int, say=None) -> None:
+def truncate_metrics(run_dir: Path, step: int, on_event: Listener = ignore) -> None:
     """Drop metrics logged after the checkpoint we resume from, so no step appears twice. A damaged
-    line (not UTF-8, not JSON, no step) is dropped too, with a warning through `say`: a log never
+    line (not UTF-8, not JSON, no step) is dropped too, with a warning to `on_event`: a log never
     stops a resume."""
     path = run_dir / "metrics.jsonl"
     if not os.path.lexists(path):
@@ -101,18 +100,19 @@ def truncate_metrics(run_dir: Path, step: int, say=None) -> None:
             continue
         if record_step <= step:
             kept.append(line + "\n")
-    if damaged and say is not None:
-        say(f"warning: dropped {damaged} damaged line(s) of {path} (not UTF-8 JSON with a step)")
+    if damaged:
+        on_event(Message(f"dropped {damaged} damaged line(s) of {path} (not UTF-8 JSON with a step)", warning=True))
     atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 
-def checkpoint_to_resume(run_dir: Path) -> Path:
-    """latest.pt, else best.pt: a run that validated but was killed before its first save of latest.pt."""
+def checkpoint_to_resume(run_dir: Path, on_event: Listener = ignore) -> Path:
+    """latest.pt, else best.pt (with a message to `on_event`): a run that validated but was killed
+    before its first save of latest.pt."""
     latest, best = run_dir / LATEST, run_dir / BEST
     if latest.is_file():
         return latest
     if best.is_file():
-        tqdm.write(f"{run_dir} has no {LATEST}: resuming from {BEST}", file=sys.stderr)
+        on_event(Message(f"{run_dir} has no {LATEST}: resuming from {BEST}"))
         return best
     if any((run_dir / name).exists() for name in ("config.json", "metrics.jsonl")):
         raise CharlstmError(

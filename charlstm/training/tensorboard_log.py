@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..core.errors import CharlstmError, first_line, refuse_empty
+from ..core.events import Metrics
 
 EXTRA = "charlstm[tensorboard]"
 # metrics.jsonl key → TensorBoard tag. Train and validation bpc share a section, so they sit side by side.
@@ -61,16 +62,16 @@ def tensorboard_log(trainer, log_root: str | None):
         yield None
         return
     log = TensorBoardLog(trainer, run_log_dir(log_root, trainer.run_dir))
-    trainer.observers.append(log)
+    trainer.listeners.append(log)
     try:
         yield log
     finally:
-        trainer.observers.remove(log)
+        trainer.listeners.remove(log)
         log.close()
 
 
 class TensorBoardLog:
-    """An observer of the Trainer: called with each metrics.jsonl record as it is written."""
+    """A listener of the Trainer's events: logs each metrics record (events.Metrics) as it is written."""
 
     def __init__(self, trainer, log_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
@@ -85,7 +86,10 @@ class TensorBoardLog:
             raise CharlstmError(f"could not write {log_dir}: {exc.strerror or exc}") from None
         self._hparams()
 
-    def __call__(self, record: dict) -> None:
+    def __call__(self, event) -> None:
+        if not isinstance(event, Metrics):
+            return
+        record = event.record
         step = int(record["step"])
         for key, tag in TAGS.items():
             value = record.get(key)

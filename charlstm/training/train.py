@@ -7,7 +7,11 @@ model's vocabulary in batching.py; the learning-rate schedule in schedule.py; de
 and threads in backend.py; torchrun's processes in distributed.py; the run folder (lock,
 config.json, metrics.jsonl, what --resume reads) in runfolder.py; the hidden and RNG states a
 checkpoint carries in trainstate.py; Ctrl-C and early ends in stopping.py; one call of `run` (its
-budget, progress bar, loss since the last metrics line) in progress.py.
+budget, progress figures, loss since the last metrics line) in progress.py.
+
+The Trainer prints nothing: what it has to say (the announcement, validations, a step's progress,
+each metrics record) goes as events (events.py) to its listeners, `on_event` and any added to
+`listeners`; the CLI's draws the progress bar and writes the lines on stderr (terminal.py).
 
 Exact resumption: a checkpoint holds the weights, the optimizer and scaler, the step, the data
 position (epoch and window), the hidden state of every lane, the learning-rate schedule's fixed
@@ -26,7 +30,6 @@ import json
 import math
 import random
 import shlex
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -34,7 +37,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..core.backend import check_training_memory, training_device, training_precision
 from ..core import distributed
@@ -43,13 +45,13 @@ from ..core.checkpoint import BEST, LATEST, save_checkpoint
 from ..core.config import TrainConfig
 from ..core.errors import CharlstmError, first_line
 from ..evaluation.evaluate import LN2, bits_per_char
+from ..core.events import Listener, Message, Metrics, Progress
 from ..core.files import append_line
 from .finetune import InitSource, transfer_weights
-from .defaults import Chosen
 from ..core.model import CharRNN, detach_state
-from .progress import Invocation, run_summary
+from .progress import Invocation, announcement, run_summary
 from .runfolder import check_run_dir, prepare_run_dir, write_run_config
-from .schedule import describe, lr_at, minutes_decay, new_schedule, planned_total, resumed_schedule
+from .schedule import lr_at, minutes_decay, new_schedule, planned_total, resumed_schedule
 from ..core.stopping import CtrlC, TrainingInterrupted, TrainingStopped
 from .trainstate import hidden_for_checkpoint, lanes_from_checkpoint, restore_rng, rng_state
 
@@ -58,12 +60,15 @@ class Trainer:
     """Set up a run (fresh or resumed), then `run()` the loop."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, resume_payload: dict | None = None, force: bool = False,
-                 init_source: InitSource | None = None, finetune_defaults: str | None = None):
+                 init_source: InitSource | None = None, finetune_defaults: str | None = None,
+                 on_event: Listener | None = None):
         config.validate()
         self.cfg = config
         self.run_dir = Path(run_dir)
         self.rank, self.world, self.local_rank = distributed.distributed_layout()
         self.main = self.rank == 0
+        # Who hears the run's events (events.py) on rank 0: messages, progress, each metrics record.
+        self.listeners: list[Listener] = [on_event] if on_event is not None else []
 
         # First: the device, threads and denormals, then the process group.
         self.device, self.threads = training_device(config.device, config.threads, self.world, self.local_rank)
@@ -101,7 +106,6 @@ class Trainer:
         self.last_train_bpc: float | None = None
         self.last_chars_per_sec: float | None = None
         self.grad_norm: torch.Tensor | None = None  # the last step's, before clipping (when clipping or fp16)
-        self.observers: list = []  # callables given each metrics.jsonl record as it is written (TensorBoard)
         self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)  # fp16 steps skipped: inf/NaN gradients
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # any NaN/inf loss so far
         # The schedule's fixed numbers (see lr_at), saved in checkpoints.
@@ -165,7 +169,7 @@ class Trainer:
         restore_rng(payload.get("rng") or {}, self.device, self.world, self.cfg.seed + self.rank + self.step)
 
     def _prepare_run_dir(self, resume: bool) -> None:
-        prepare_run_dir(self.run_dir, self.step if resume else None, self._say)
+        prepare_run_dir(self.run_dir, self.step if resume else None, self._emit)
         write_run_config(self.run_dir, {
             "train_config": asdict(self.cfg),
             "model_config": self.model_config.to_dict(),
@@ -315,7 +319,7 @@ class Trainer:
         postfix = {"loss": f"{mean_loss:.3f}", "bpc": f"{self.last_train_bpc:.3f}", "chars/s": f"{chars_per_sec:,.0f}"}
         if self.cfg.minutes is not None:
             postfix["left"] = f"{max(0.0, inv.seconds_left(now)) / 60:.1f}min"
-        inv.bar.set_postfix(postfix, refresh=False)
+        inv.stats = postfix
         return record
 
     def _report(self, inv: Invocation, record: bool, evaluate: bool) -> None:
@@ -333,12 +337,19 @@ class Trainer:
         if self.main:
             with self._stop_if_writing_fails():
                 append_line(self.run_dir / "metrics.jsonl", json.dumps(record) + "\n")
-            for observe in self.observers:
-                observe(record)
+            self._emit(Metrics(record))
+
+    def _emit(self, event) -> None:
+        if self.main:
+            for listener in self.listeners:
+                listener(event)
 
     def _say(self, message: str) -> None:
-        if self.main:
-            tqdm.write(message, file=sys.stderr)
+        self._emit(Message(message))
+
+    def _progress(self, inv: Invocation, finished: bool = False) -> None:
+        if self.listeners:  # one event a step: none built when nobody listens
+            self._emit(Progress("training", self.step, inv.total, "step", inv.stats, finished))
 
     @property
     def skipped_steps(self) -> int:
@@ -383,24 +394,24 @@ class Trainer:
         Ctrl-C saves latest.pt and raises TrainingInterrupted with the command that resumes.
         """
         total = self.schedule["total"] if (self.cfg.steps or self.cfg.epochs) else None
-        self._announce()
-        bar = tqdm(total=total, initial=self.step, disable=None if self.main else True, file=sys.stderr, unit="step",
-                   dynamic_ncols=True)  # fmt: skip
+        for line in announcement(self):  # what is about to train, where, and how
+            self._say(line)
         start = time.perf_counter()
-        inv = Invocation(total, stop_after, self.cfg.minutes, bar, start, self.step, self.device)
+        inv = Invocation(total, stop_after, self.cfg.minutes, start, self.step, self.device)
         self.saved_step = self.step if (self.run_dir / LATEST).exists() else None
+        self._progress(inv)
         try:
             with CtrlC(self._say) as ctrl_c:
                 self._loop(inv, ctrl_c)
         except KeyboardInterrupt:
             # A second Ctrl-C (or one outside the loop's checks): the step may be half done, so
             # nothing is saved; the last checkpoint stays as it was.
-            bar.close()
             raise TrainingInterrupted(
                 f"interrupted at step {self.step} without saving; the last save is {self.run_dir / LATEST}. "
                 f"Resume with: {self.resume_command()}"
             ) from None
-        bar.close()
+        finally:
+            self._progress(inv, finished=True)
         if ctrl_c.pressed:
             self.save()
             raise TrainingInterrupted(
@@ -441,7 +452,7 @@ class Trainer:
                 self.save()
             if evaluate or save:
                 inv.logged_time = time.perf_counter()  # validation and saving are not training throughput
-            inv.bar.update(1)
+            self._progress(inv)
             if evaluate and self._out_of_patience():
                 return
 
@@ -467,28 +478,6 @@ class Trainer:
         self.schedule = schedule
         self._say(f"step {self.step:,}: the last {cfg.decay_fraction:.0%} of --minutes {cfg.minutes:g}; the learning "
                   f"rate decays over the ~{schedule['total'] - self.step:,} steps left (to step {schedule['total']:,})")
-
-    def _announce(self) -> None:
-        """What is about to train, where, and how (and, fine-tuning, from what)."""
-        cfg = self.cfg
-        self._say(
-            f"{self.model_config.kind.upper()} {self.model_config.layers}×{self.model_config.hidden}, "
-            f"{self.raw_model.num_parameters():,} parameters; {self.world} process(es) on {self.device}, "
-            f"{self.threads} thread(s); precision {self.precision.name} ({self.precision.reason}; "
-            f"the {self.model_config.kind.upper()} runs in {self.precision.rnn_dtype}); "
-            f"{self.batcher.windows:,} steps per epoch; run folder {self.run_dir}"
-        )
-        if cfg.chosen and self.step == 0:
-            self._say(Chosen(values={k: getattr(cfg, k) for k in cfg.chosen}, reasons=cfg.chosen).header())
-        if self.step == 0:
-            self._say(describe(self.schedule, cfg))
-        if self.init_source is not None and self.step == 0:
-            src, added, warmup = self.init_source, len(self.vocab) - self.init_source["vocab_size"], self.schedule["warmup"]
-            self._say(
-                f"fine-tuning {src['checkpoint']} (step {src['step']:,}, trained on {src['dataset']}): shape from the "
-                f"source model; {added} character(s) new to it start improbable; lr {cfg.lr:g} and {warmup} warm-up steps"
-                f"{' (at most a twentieth of the run)' * (warmup < cfg.warmup_steps)} ({self.finetune_defaults or 'as given'})"
-            )
 
     def close(self, finished: bool = False) -> None:
         self.model = self.raw_model  # DDP's reducer goes before the process group (see end_process_group)

@@ -10,12 +10,9 @@ logging and backend options change.
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-
-from tqdm import tqdm
 
 from ..core.backend import choose_precision, resolve_device, training_memory
 from ..core.checkpoint import load_checkpoint
@@ -24,6 +21,7 @@ from ..corpus.dataset import check_same_data, load_dataset, locate_recorded_data
 from .defaults import Facts, choose_defaults
 from ..core.distributed import distributed_layout
 from ..core.errors import CharlstmError, refuse_empty
+from ..core.events import Listener, Message, ignore
 from .finetune import (
     FINETUNE_LR,
     FINETUNE_WARMUP_STEPS,
@@ -120,14 +118,15 @@ def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:
     return {**options, **shape, **defaults}, source, note
 
 
-def resumed_config(given: dict, run_dir: Path, new_data: bool = False) -> tuple[TrainConfig, dict]:
+def resumed_config(given: dict, run_dir: Path, new_data: bool = False,
+                   on_event: Listener = ignore) -> tuple[TrainConfig, dict]:
     """--resume: the run's saved config and checkpoint.
 
     Only the budget, logging and backend options may change (see RESUMABLE_OVERRIDES); any other
     option given with a different value is an error. The data must be what the run recorded
-    (its content hash), unless `new_data` (--new-data).
+    (its content hash), unless `new_data` (--new-data: the difference is a warning to `on_event`).
     """
-    path = checkpoint_to_resume(run_dir)
+    path = checkpoint_to_resume(run_dir, on_event)
     payload = load_checkpoint(path)
     check_resumable(payload, path)
     # Runs saved before these options existed: forget gates opened at 1, cosine decay over the whole run.
@@ -158,7 +157,7 @@ def resumed_config(given: dict, run_dir: Path, new_data: bool = False) -> tuple[
     if set(dataset.vocab.symbols) <= set(payload["vocab"]):  # else training_data refuses the other vocabulary
         warning = check_same_data(dataset, payload.get("dataset"), path, new_data)
     if warning:
-        tqdm.write(f"warning: {warning}", file=sys.stderr)
+        on_event(Message(warning, warning=True))
     _default_budget(config)
     return config, payload
 
@@ -169,12 +168,13 @@ def _default_budget(config: TrainConfig) -> None:
 
 
 def train(options: dict, resume: bool = False, force: bool = False, stop_after: int | None = None,
-          tensorboard: str | None = None, new_data: bool = False) -> dict:
+          tensorboard: str | None = None, new_data: bool = False, on_event: Listener | None = None) -> dict:
     """`charlstm train`: set up (or resume) a run from CLI-style options, train it, return the summary.
 
     `stop_after` pauses after that many steps (the run is not finished); `tensorboard` also logs
     to TENSORBOARD/<run folder's name> (see tensorboard_log.py); `new_data` resumes on data other
-    than the run's (see check_same_data).
+    than the run's (see check_same_data); `on_event` hears the run's messages and progress
+    (events.py; the Trainer's on rank 0 only).
     """
     if new_data and not resume:
         raise CharlstmError("--new-data goes with --resume (a new run records the data it reads)")
@@ -192,15 +192,16 @@ def train(options: dict, resume: bool = False, force: bool = False, stop_after: 
     else:
         new = fresh_config(options)  # nonsense options fail before the folder is made
         run_dir = Path(new.config.out)
+    tell = on_event or ignore
     with own_run_dir(run_dir), ExitStack() as held:
         if resume:
-            config, payload = resumed_config(given, run_dir, new_data)
+            config, payload = resumed_config(given, run_dir, new_data, tell)
             held.enter_context(reading(config.data))  # `ingest --force` may not replace it while we train
-            trainer = Trainer(config, run_dir, resume_payload=payload, force=force)
+            trainer = Trainer(config, run_dir, resume_payload=payload, force=force, on_event=on_event)
         else:
             held.enter_context(reading(new.config.data))
             trainer = Trainer(new.config, run_dir, force=force, init_source=new.init_source,
-                              finetune_defaults=new.defaults_note)  # fmt: skip
+                              finetune_defaults=new.defaults_note, on_event=on_event)  # fmt: skip
         try:
             with tensorboard_log(trainer, tensorboard):
                 summary = trainer.run(stop_after=stop_after)

@@ -12,7 +12,8 @@ from rich.text import Text
 
 from ..core.errors import CharlstmError
 from ..core.backend import sampling_device
-from ..analysis.experiments import NAMES, STUDIES, configured_study, html_path, run_study, write_html
+from ..analysis.experiments import NAMES, STUDIES, configured_study, run_study, write_html
+from .terminal import Terminal
 from ..core.userio import check_output
 
 
@@ -79,6 +80,17 @@ def comparison_table(results: dict[str, dict]) -> Table:
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def html_path(html: Path | str, study: str, several: bool) -> Path:
+    """With several studies, one page each: OUT.html → OUT-STUDY.html."""
+    html = Path(html)
+    return html.with_name(f"{html.stem}-{study}{html.suffix or '.html'}") if several else html
+
+
+def strip_views(result: dict) -> dict:
+    """The result without its long per-character value lists (for --json on stdout)."""
+    return {k: v for k, v in result.items() if k != "views"}
+
+
 def run_experiments(name: str, console: Console, quiet: bool = False, html: Path | str | None = None,
                     device: str = "auto", **options) -> dict:
     """`charlstm experiment NAME|all`: run, report each on `console`, return results by study."""
@@ -99,7 +111,8 @@ def run_experiments(name: str, console: Console, quiet: bool = False, html: Path
     for study in names:
         if not quiet:
             console.rule(f"experiment {study}")
-        results[study] = run_study(study, quiet=quiet, device=dev, **options)
+        with Terminal(leave=False) as show:  # the training's progress bar, on a terminal
+            results[study] = run_study(study, device=dev, on_event=None if quiet else show, **options)
         if not quiet:
             report(results[study], console)
         if html is not None:
