@@ -24,12 +24,12 @@ def surprise_text(result: dict):
 def surprise_legend():
     from rich.text import Text
 
-    from charlstm.render import _hex
+    from charlstm.render import hex_colour
 
     out = Text("bits ")
     out.append("0 ")
     for k in range(15):
-        out.append(" ", style=f"on {_hex(colour_of_bits(MAX_BITS * k / 14))}")
+        out.append(" ", style=f"on {hex_colour(colour_of_bits(MAX_BITS * k / 14))}")
     out.append(f" ≥{MAX_BITS:g}")
     return out
 

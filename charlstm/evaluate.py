@@ -21,9 +21,8 @@ from charlstm.backend import checkpoint_precision, flush_denormals, resolve_devi
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset, locate_recorded_dataset
 from charlstm.errors import CharlstmError
+from charlstm.model import LN2
 from charlstm.userio import read_text_source
-
-LN2 = math.log(2.0)
 EVAL_SEQ_LEN = 256  # characters per forward pass; the state carries, so this sets speed, not the score
 MAX_LANES = 64  # lanes scored side by side (a batch)
 MIN_LANE_CHARS = 2048  # short texts get fewer lanes, so each lane keeps a long context

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from charlstm.errors import CharlstmError
 from charlstm.backend import sampling_device
+from charlstm.config import STUDY_DEVICES
 from charlstm.experiments import NAMES, STUDIES, configured_study, html_path, run_study, write_html
 from charlstm.userio import check_output
 
@@ -76,17 +77,14 @@ def comparison_table(results: dict[str, dict]) -> Table:
     return table
 
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
 def run_experiments(name: str, console: Console, quiet: bool = False, html: Path | str | None = None,
                     device: str = "auto", **options) -> dict:
     """`charlstm experiment NAME|all`: run, report each on `console`, return results by study."""
     names = NAMES if name == "all" else (name,)
     if name != "all" and name not in STUDIES:
         raise CharlstmError(f"unknown experiment {name!r}; choose one of {', '.join(NAMES)} or all")
-    if device not in DEVICES:
-        raise CharlstmError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device not in STUDY_DEVICES:
+        raise CharlstmError(f"--device must be one of {', '.join(STUDY_DEVICES)}, got {device!r}")
     dev = sampling_device(device)  # auto: a CUDA GPU when there is one, else the CPU
     if html is not None and not Path(html).name:  # "", ".", "/": no file name to write (or to add -STUDY to)
         raise CharlstmError(f"--html needs a file name, got {str(html)!r}")

@@ -29,9 +29,9 @@ from charlstm.backend import cpu_threads, torch_threads
 from charlstm.config import FLOAT32_MAX
 from charlstm.errors import CharlstmError
 from charlstm.features import CODE, CLOSE, COMMENT, OPEN, STRING, compute_feature, is_binary, syntax_labels
+from charlstm.model import LN2
 from charlstm.vocab import DOC_SEP
 
-LN2 = math.log(2.0)
 CONTROLS = 8  # random control ablations per study
 MAX_CONTROLS = 100  # each is one more version of the model scoring the whole text
 CLASSES = ("indentation", "string", "comment", "brackets", "other")

@@ -23,7 +23,7 @@ import torch
 
 from charlstm.backend import sampling_device
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
-from charlstm.config import WEIGHT_PRECISIONS
+from charlstm.config import MAX_SEED, WEIGHT_PRECISIONS
 from charlstm.constrained import DEFAULT_MAX_TRIES, ValidStats, constrained_steps, primed_lexer, valid_steps
 from charlstm.draw import DrawRule, GumbelNoise
 from charlstm.engine import StepEngine, packed_weights_available
@@ -38,7 +38,6 @@ from charlstm.vocab import Vocab
 
 PRIME_CHUNK = 4096  # prime characters per fused forward
 DEFAULT_TEMPERATURE = 0.8
-MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
 # Bounds that keep a typo from taking all memory: every sample and beam holds a state and its text.
 MAX_SAMPLES = 4096
 MAX_BEAM = 1024

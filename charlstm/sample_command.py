@@ -20,16 +20,15 @@ from typing import TextIO
 from charlstm.backend import torch_threads
 from charlstm.beam import beam_search
 from charlstm.checkpoint import resolve_checkpoint
-from charlstm.config import MAX_THREADS
+from charlstm.config import check_threads
 from charlstm.constrained import CLOSE_ALLOWANCE
 from charlstm.errors import CharlstmError
 from charlstm.graphed import GRAPH_STEPS
 from charlstm.interventions import resolve
 from charlstm.sample import Sampler, SampleSettings
 from charlstm.userio import check_output, refuse_output_over_input, silence_stdout, write_output
-from charlstm.vocab import DOC_SEP
+from charlstm.vocab import DOC_SEP, NEWLINE_MARK  # --watch: a newline's value shows on the mark
 
-NEWLINE_MARK = "↵"  # --watch on a terminal: where a newline's value is shown
 NEW_FILE_RULE = "── new file ──"  # how a generated document separator (a new file starting) is shown
 
 
@@ -178,12 +177,12 @@ class UnitPainter:
         self.signal, self.scale = signal, 1.0
 
     def __call__(self, value: float) -> str:
-        from charlstm.render import _ink, colour_of
+        from charlstm.render import colour_of, ink_on
 
         if self.signal == "cell" and math.isfinite(value):
             self.scale = max(self.scale, abs(value))
         r, g, b = colour_of(value, self.signal, self.scale)
-        ink = "30" if _ink((r, g, b)) == "black" else "97"
+        ink = "30" if ink_on((r, g, b)) == "black" else "97"
         return f"\x1b[48;2;{r};{g};{b}m\x1b[{ink}m"
 
 
@@ -317,10 +316,7 @@ def run_sampling(
     """
     from rich.console import Console
 
-    if threads is not None and threads < 1:
-        raise CharlstmError(f"--threads must be at least 1, got {threads}")
-    if threads is not None and threads > MAX_THREADS:
-        raise CharlstmError(f"--threads must be at most {MAX_THREADS}, got {threads}")
+    check_threads(threads)
     if sys.stdout is None and out is None:  # started with stdout closed (`>&-`)
         raise CharlstmError("stdout is closed: nowhere to write the samples (save them with -o FILE)")
     if out is not None:

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from charlstm.errors import CharlstmError
+from charlstm.model import LN2
+from charlstm.vocab import NEWLINE_MARK
 
-LN2 = math.log(2.0)
 SEQ_LEN = 256  # characters per forward pass; the state carries, so this sets speed, not the score
 TOP = 5  # predictions kept per character
 MAX_BITS = 10.0  # bits drawn at full colour (a probability of 1/1024)
@@ -120,7 +121,7 @@ def surprise_html(result: dict) -> str:
         ch = entry["char"]
         guesses = ", ".join(f"{shown_char(sym)} {p:.0%}" for sym, p in entry["top"])
         tip = f"{entry['bits']:.2f} bits for {shown_char(ch)}; expected: {guesses}"
-        shown = "↵\n" if ch == "\n" else html.escape(ch if ch.isprintable() or ch == "\t" else "?")
+        shown = NEWLINE_MARK + "\n" if ch == "\n" else html.escape(ch if ch.isprintable() or ch == "\t" else "?")
         r, g, b = colour_of_bits(entry["bits"])
         spans.append(f'<span style="background:rgb({r},{g},{b})" title="{html.escape(tip, quote=True)}">{shown}</span>')
     title = html.escape(f"surprise: {result['source']} — {result['bpc']:.3f} bits per character ({result['checkpoint']})")
@@ -135,4 +136,4 @@ def surprise_html(result: dict) -> str:
 
 
 def shown_char(ch: str) -> str:
-    return {"\n": "↵", " ": "␣", "\t": "→", "\x1c": "␜"}.get(ch, ch if ch.isprintable() else repr(ch))
+    return {"\n": NEWLINE_MARK, " ": "␣", "\t": "→", "\x1c": "␜"}.get(ch, ch if ch.isprintable() else repr(ch))

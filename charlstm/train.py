@@ -42,11 +42,11 @@ from charlstm.batching import training_data
 from charlstm.checkpoint import BEST, LATEST, save_checkpoint
 from charlstm.config import TrainConfig
 from charlstm.errors import CharlstmError, first_line
-from charlstm.evaluate import LN2, bits_per_char
+from charlstm.evaluate import bits_per_char
 from charlstm.files import append_line
 from charlstm.finetune import InitSource, transfer_weights
 from charlstm.defaults import Chosen
-from charlstm.model import CharRNN, detach_state
+from charlstm.model import LN2, CharRNN, detach_state
 from charlstm.progress import Invocation, run_summary
 from charlstm.runfolder import check_run_dir, prepare_run_dir, write_run_config
 from charlstm.schedule import describe, lr_at, minutes_decay, new_schedule, planned_total, resumed_schedule
