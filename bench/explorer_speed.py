@@ -36,9 +36,10 @@ from charlstm.backend import torch_threads
 from charlstm.engine import StepEngine
 from charlstm.explorer import write_explorer
 from charlstm.features import FEATURES, compute_feature
-from charlstm.interventions import ablation, bits_with_interventions
+from charlstm.interventions import bits_with_interventions
 from charlstm.model import CharRNN, ModelConfig
 from charlstm.neurons import Inspection, trace_weights
+from charlstm.units import ablation
 from charlstm.vocab import Vocab
 
 CODE = Path(__file__).resolve().parents[1].joinpath("charlstm", "explorer.py").read_text(encoding="utf-8")

@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charlstm import engine as ours  # noqa: E402
-from charlstm.interventions import Intervention  # noqa: E402
 from charlstm.model import CharRNN, ModelConfig  # noqa: E402
+from charlstm.units import Intervention  # noqa: E402
 
 
 def load_engine_module(path: str):

@@ -131,7 +131,8 @@ def surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, int
 def _surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, int]] | None) -> dict:
     import torch
 
-    from charlstm.interventions import ablation, bits_with_interventions
+    from charlstm.interventions import bits_with_interventions
+    from charlstm.units import ablation
     from charlstm.surprise import per_char_bits
 
     tokens = np.concatenate([[inspection.vocab.doc_sep], inspection.vocab.encode(text)])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.markup import escape
 
-from charlstm import explorer, interventions, render
+from charlstm import explorer, interventions, render, units
 from charlstm.contexts import unit_top_contexts
 from charlstm.errors import CharlstmError
 from charlstm.explorer import most_chars, write_explorer
@@ -123,7 +123,7 @@ def _check_flags(o: InspectOptions) -> tuple[list[str], list | None]:
         raise CharlstmError(f"--controls must be at most {interventions.MAX_CONTROLS}, got {o.controls}")
     if (o.ablate or o.causal) and o.seed < 0:
         raise CharlstmError(f"--seed must be 0 or more, got {o.seed}")
-    specs = [interventions.parse_unit(a, "--ablate") for a in o.ablate] if o.ablate else None
+    specs = [units.parse_unit(a, "--ablate") for a in o.ablate] if o.ablate else None
     if o.svg is not None and modes:
         raise CharlstmError(f"--svg saves the view of one neuron; it does not go with {modes[0]}")
     if o.state is not None and o.state not in INSPECT_STATES:
@@ -146,7 +146,7 @@ def _check_against_model(inspection, o: InspectOptions, specs, modes: list[str])
     if o.state not in (None, "all"):
         inspection.check_signal(o.state)
     if specs:
-        interventions.resolve(specs, inspection.kind, inspection.layers, inspection.hidden)
+        units.resolve(specs, inspection.kind, inspection.layers, inspection.hidden)
     if not modes and not o.unit_given:
         raise CharlstmError("give --layer and --neuron (or --find FEATURE, --stats, --html OUT.html)")
 

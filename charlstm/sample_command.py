@@ -24,7 +24,7 @@ from charlstm.config import check_threads
 from charlstm.constrained import CLOSE_ALLOWANCE
 from charlstm.errors import CharlstmError
 from charlstm.graphed import GRAPH_STEPS
-from charlstm.interventions import resolve
+from charlstm.units import resolve
 from charlstm.sample import Sampler, SampleSettings
 from charlstm.userio import check_output, refuse_output_over_input, silence_stdout, write_output
 from charlstm.vocab import DOC_SEP, NEWLINE_MARK  # --watch: a newline's value shows on the mark

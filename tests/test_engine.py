@@ -151,7 +151,7 @@ def test_the_fused_cell_is_cuda_only_by_default_and_lstm_only_on_request():
 
 def test_a_layer_with_clamps_steps_unfused_and_equals_the_unfused_engine():
     # Clamping a cell needs the output gate, which torch.lstm_cell does not return.
-    from charlstm.interventions import parse_interventions, resolve
+    from charlstm.units import parse_interventions, resolve
 
     model = random_model("lstm")
     fused, plain = StepEngine(model, fused_cell=True), StepEngine(model)
@@ -188,7 +188,7 @@ def stepwise_lstm_trace(engine: StepEngine, tokens: torch.Tensor, clamps=None) -
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("hidden", [16, 20])
 def test_the_lstm_trace_loop_equals_lstm_pointwise_step_by_step(dtype, hidden):
-    from charlstm.interventions import Intervention
+    from charlstm.units import Intervention
 
     if dtype == torch.float16 and not half_weight_kernels_available():
         pytest.skip("no FBGEMM fp16 kernels in this build")

@@ -5,7 +5,7 @@ import torch
 
 from charlstm.engine import SIGNALS, StepEngine, half_weight_kernels_available
 from charlstm.fused_trace import cell_scan
-from charlstm.interventions import Intervention
+from charlstm.units import Intervention
 from tests.test_engine import random_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

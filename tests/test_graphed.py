@@ -15,7 +15,7 @@ from charlstm.draw import DrawRule, GumbelNoise
 from charlstm.engine import StepEngine
 from charlstm.errors import CharlstmError
 from charlstm.graphed import EAGER_ENV, GRAPH_STEPS, BlockSteps, capture_unavailable
-from charlstm.interventions import WATCHABLE, parse_interventions, parse_unit
+from charlstm.units import WATCHABLE, parse_interventions, parse_unit
 from charlstm.sample import KEPT_GRAPHS, Sampler, SampleSettings
 from conftest import make_checkpoint, make_lively_checkpoint
 

@@ -16,22 +16,11 @@ from charlstm.cli import app
 from charlstm.engine import StepEngine
 from charlstm.errors import CharlstmError
 from charlstm.evaluate import bits_per_char
-from charlstm.interventions import (
-    CLASSES,
-    Intervention,
-    ablation,
-    ablation_study,
-    bits_with_interventions,
-    character_classes,
-    leading_whitespace,
-    parse_clamp,
-    parse_interventions,
-    parse_unit,
-    resolve,
-)
+from charlstm.interventions import CLASSES, ablation_study, bits_with_interventions, character_classes, leading_whitespace
 from charlstm.model import CharRNN, ModelConfig
 from charlstm.sample import Sampler, SampleSettings
 from charlstm.sample_command import StreamWriter, stream_samples
+from charlstm.units import Intervention, ablation, parse_clamp, parse_interventions, parse_unit, resolve
 from charlstm.vocab import Vocab
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_lively_checkpoint
 

@@ -139,6 +139,23 @@ def test_ingest_and_text_inputs_do_not_import_torch():
     assert done.stdout.strip() == "False"
 
 
+
+SAMPLING_IMPORTS = """
+import sys
+import charlstm.sample
+print(sorted(m for m in sys.modules if m in ("charlstm.interventions", "charlstm.features") or m.split(".")[0] == "pygments"))
+"""
+
+
+def test_sampling_does_not_import_the_analysis():
+    """The sampler is core: its unit specs (--clamp, --ablate, --watch) are units.py's, so it pulls
+    in neither the ablation study (interventions.py), the features it ranks by, nor Pygments."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", SAMPLING_IMPORTS], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
 # Every module is held to these: a module that outgrows them is two rooms, a function two steps.
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80

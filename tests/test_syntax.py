@@ -245,7 +245,7 @@ def test_a_mask_that_forbids_nothing_draws_the_plain_text(lively_checkpoint, mon
 
 
 def test_constrain_works_with_clamps_and_refuses_beam(lively_checkpoint):
-    from charlstm.interventions import parse_interventions
+    from charlstm.units import parse_interventions
 
     sampler = lively_sampler(lively_checkpoint, "java")
     clamp = parse_interventions(["1:3=0.5"], None)
