@@ -88,7 +88,6 @@ def run_syntax_eval(checkpoint: str | None, err, json_out: bool, *, device: str,
 
     from rich.markup import escape
 
-    from charlstm.checkpoint import resolve_checkpoint
     from charlstm.errors import CharlstmError
     from charlstm.sample import Sampler, SampleSettings, unescape
     from charlstm.syntax_eval import syntax_rate
@@ -96,10 +95,9 @@ def run_syntax_eval(checkpoint: str | None, err, json_out: bool, *, device: str,
     if any(text_options):
         raise CharlstmError("--syntax draws its own samples: drop --data, --text-file, --per-char and --dynamic")
     SampleSettings(length=length, temperature=temperature, seed=seed).validate()
-    path = resolve_checkpoint(checkpoint)
-    sampler, _ = Sampler.from_checkpoint(path, device=device)
+    sampler, opened = Sampler.from_checkpoint(checkpoint, device=device)
     result = syntax_rate(sampler, samples, length, temperature, None if prime is None else unescape(prime), seed, draw)
-    result["checkpoint"] = str(path)
+    result["checkpoint"] = str(opened.path)
     if json_out:
         print(json.dumps(result, ensure_ascii=False))
         return

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from charlstm.backend import sampling_device
-from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.checkpoint import OpenedModel, open_model
 from charlstm.config import MAX_SEED, WEIGHT_PRECISIONS
 from charlstm.constrained import DEFAULT_MAX_TRIES, ValidStats, constrained_steps, primed_lexer, valid_steps
 from charlstm.draw import DrawRule, GumbelNoise
@@ -183,14 +183,15 @@ class Sampler:
         self._blocks: dict[tuple, BlockSteps] = {}  # block buffers (and graphs) by batch and rule, newest last
 
     @classmethod
-    def from_checkpoint(cls, where: str | Path | None, device: str = "cpu", precision: str = "auto"):
-        """Returns (sampler, payload); `where` is a checkpoint file, a run folder, or None."""
-        device = sampling_device(device)  # check before the (slow) load
-        payload = load_checkpoint(resolve_checkpoint(where))
-        model, vocab = model_from_checkpoint(payload)
-        sampler = cls(model, vocab, device, precision)
-        sampler.language = (payload.get("dataset") or {}).get("language")
-        return sampler, payload
+    def from_checkpoint(
+        cls, where: str | Path | None, device: str = "cpu", precision: str = "auto"
+    ) -> tuple[Sampler, OpenedModel]:
+        """Returns (sampler, the opened checkpoint: its path and payload); `where` is a checkpoint
+        file, a run folder, or None (see `open_model`). Auto picks a CUDA GPU, else the CPU."""
+        opened = open_model(where, sampling_device(device))
+        sampler = cls(opened.model, opened.vocab, opened.device, precision)
+        sampler.language = opened.language
+        return sampler, opened
 
     def prime_tokens(self, prime: str) -> tuple[torch.Tensor, list[str]]:
         """Token ids that start a sample: the document separator (a file begins), then the prime.

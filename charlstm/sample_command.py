@@ -19,7 +19,6 @@ from typing import TextIO
 
 from charlstm.backend import torch_threads
 from charlstm.beam import beam_search
-from charlstm.checkpoint import resolve_checkpoint
 from charlstm.config import check_threads
 from charlstm.constrained import CLOSE_ALLOWANCE
 from charlstm.errors import CharlstmError
@@ -330,9 +329,9 @@ def _run_sampling(
 ) -> None:
     from rich.markup import escape
 
-    path = resolve_checkpoint(checkpoint)
-    refuse_output_over_input({"-o": out}, {"the checkpoint": path})
-    sampler, payload = Sampler.from_checkpoint(path, device=device, precision=precision)
+    sampler, opened = Sampler.from_checkpoint(checkpoint, device=device, precision=precision)
+    path, payload = opened.path, opened.payload
+    refuse_output_over_input({"-o": out}, {"the checkpoint": path})  # before anything is generated
     unknown = sampler.vocab.unknown_chars(settings.prime)
     if unknown:
         err.print(

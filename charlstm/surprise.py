@@ -65,7 +65,8 @@ def surprise(
     from charlstm.evaluate import load_for_scoring
     from charlstm.userio import read_text_source
 
-    path, payload, model, vocab, dev, prec = load_for_scoring(checkpoint, device, precision)
+    opened, prec = load_for_scoring(checkpoint, device, precision)
+    path, payload, model, vocab, dev = opened.path, opened.payload, opened.model, opened.vocab, opened.device
     text = read_text_source(text_file)
     tokens = np.concatenate([[vocab.doc_sep], vocab.encode(text)])
     start = time.perf_counter()
