@@ -200,7 +200,7 @@ def test_seeded_samples_differ_only_through_the_intervention(lively):
 def test_clamps_hold_through_the_prime_and_beam_search(lively):
     sampler = fp32_sampler(lively)
     settings = SampleSettings(length=30, prime="if (x) {\n", greedy=True, interventions=parse_interventions(["1:3=4"]))
-    clamps = sampler.clamps(settings)
+    clamps = sampler.engine.clamps(sampler.plan(settings).interventions)
     _, state = sampler.primed(sampler.prime_tokens(settings.prime)[0], clamps)
     assert state[0][1][0, 3] == 4.0
     # Greedy with the clamp equals the argmax path of the clamped engine, re-run from the start.
@@ -213,7 +213,8 @@ def test_clamps_hold_through_the_prime_and_beam_search(lively):
         tokens.append(int(out[0].argmax()))
     assert text == settings.prime + sampler.vocab.decode(tokens[-30:])
     beam = SampleSettings(length=30, prime="if (x) {\n", beam=1, interventions=settings.interventions)
-    assert stream_samples(sampler, beam, StreamWriter(_Sink()), keep_texts=True) == [text]  # width 1 is greedy
+    assert sampler.sample_texts(beam) == [text]  # width 1 is greedy
+    assert sampler.last_path[0] == "beam"
 
 
 class _Sink:
