@@ -23,6 +23,7 @@ from charlstm.sample_command import StreamWriter, stream_samples
 from charlstm.units import Intervention, ablation, parse_clamp, parse_interventions, parse_unit, resolve
 from charlstm.vocab import Vocab
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_lively_checkpoint
+from helpers import logits_from_trace
 
 runner = CliRunner()
 VOCAB = Vocab.from_counts({ch: 1 for ch in JAVA_SNIPPET + PYTHON_SNIPPET})
@@ -110,7 +111,7 @@ def test_a_clamp_holds_its_value_in_the_trace_and_the_step(kind):
         logits, state = engine.step(torch.tensor([token]), state, clamps)
         assert state[1][0][0, 7] == torch.tensor(-0.6)
         torch.testing.assert_close(state[2][0][0], trace["hidden"][2, t], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(logits[0], engine.logits_from_trace(trace)[-1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits[0], logits_from_trace(engine, trace)[-1], rtol=1e-5, atol=1e-5)
 
 
 def test_ablating_an_lstm_unit_zeroes_its_cell_and_output():
@@ -309,7 +310,7 @@ def test_batched_scoring_equals_eval_and_the_clamped_trace():
     assert bits[0].mean() == pytest.approx(bits_per_char(model, tokens.numpy())["bpc"], rel=1e-5)
     # Row 1: exactly what a trace with that unit ablated predicts.
     trace = engine.trace(tokens[:-1], clamps=engine.clamps([unit]))
-    logp = torch.log_softmax(engine.logits_from_trace(trace).double(), -1)
+    logp = torch.log_softmax(logits_from_trace(engine, trace).double(), -1)
     expected = -logp[torch.arange(len(text)), tokens[1:]] / np.log(2)
     np.testing.assert_allclose(bits[1], expected.numpy(), rtol=1e-4, atol=1e-5)
 
