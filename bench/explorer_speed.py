@@ -76,14 +76,14 @@ def features_before(text: str) -> list[np.ndarray]:
 
 
 def _layout_before(name: str, text: str) -> np.ndarray:
-    from charlstm.features import DOC_SEP, _advance
+    from charlstm.features import DOC_SEP, advance_column
 
     out = np.zeros(len(text), dtype=np.float32)
     width, leading, col, run = 0, True, 0, 0
     for t, ch in enumerate(text):
         if name == "indent":
             if leading and ch in " \t":
-                width = _advance(width, ch)
+                width = advance_column(width, ch)
             else:
                 leading = False
             out[t] = width
@@ -91,7 +91,7 @@ def _layout_before(name: str, text: str) -> np.ndarray:
                 width, leading = 0, True
         elif name == "column":
             out[t] = col
-            col = 0 if ch in ("\n", DOC_SEP) else _advance(col, ch)
+            col = 0 if ch in ("\n", DOC_SEP) else advance_column(col, ch)
         else:
             run = run + 1 if ch == " " else 0
             out[t] = run

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from charlstm import constrained, syntax
 from charlstm.cli import app
-from charlstm.constrained import _snapshot, _restore
+from charlstm.constrained import restore_snapshot, take_snapshot
 from charlstm.draw import DrawRule
 from charlstm.lexers import BraceLexer, LexicalMask, PythonLexer
 from charlstm.model import CharRNN, ModelConfig
@@ -266,10 +266,10 @@ def test_rollback_restores_the_exact_state_of_its_row(lively_checkpoint):
     engine = sampler.engine
     tokens = torch.tensor([sampler.vocab.doc_sep] * 2)
     logits, state = engine.step(tokens, engine.init_state(2))
-    saved = _snapshot(1, 0, state, logits, PythonLexer())
+    saved = take_snapshot(1, 0, state, logits, PythonLexer())
     for t in "abc":
         logits, state = engine.step(torch.tensor([sampler.vocab.index[t]] * 2), state)
-    _restore(1, saved, state, logits)
+    restore_snapshot(1, saved, state, logits)
     assert torch.equal(logits[1], saved.logits)
     assert all(torch.equal(s[1], r) for layer, rows in zip(state, saved.state) for s, r in zip(layer, rows))
     assert not torch.equal(logits[0], saved.logits)  # the other row went on
