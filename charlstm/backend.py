@@ -238,7 +238,7 @@ def sampling_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:  # torch also knows meta, xpu, mkldnn (with a warning), ...: none of them samples
-        device = torch.device(name) if name.split(":")[0] in ("cpu", "cuda", "mps") else None
+        device = torch.device(name) if name.split(":")[0] in DEVICES else None  # auto:N is no device
     except RuntimeError:
         device = None
     if device is None:
