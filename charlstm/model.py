@@ -10,6 +10,7 @@ from torch import nn
 from charlstm.config import ModelConfig  # the model's shape (there, without torch, for --help)
 
 LN2 = math.log(2.0)  # the loss is in nats; divided by this, in bits
+RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # each kind's torch module (config.RNN_KINDS)
 
 # A recurrent state: (h, c) for an LSTM, h for a GRU or tanh RNN; each [layers, batch, hidden].
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -20,7 +21,7 @@ class CharRNN(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embed)
-        rnn_class = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[config.kind]
+        rnn_class = RNN_MODULES[config.kind]
         self.rnn = rnn_class(
             config.embed,
             config.hidden,
