@@ -34,10 +34,10 @@ from charlstm.draw import DrawRule, GumbelNoise
 from charlstm.engine import StepEngine, packed_weights_available
 from charlstm.errors import CharlstmError
 from charlstm.graphed import GRAPH_STEPS, BlockSteps, capture_unavailable, replays
-from charlstm.units import Intervention, UnitSpec, check_unit, resolve
 from charlstm.lexers import LEXED_LANGUAGES
 from charlstm.model import CharRNN
 from charlstm.syntax import check_language
+from charlstm.units import Intervention, UnitSpec, check_unit, resolve
 from charlstm.userio import read_text_source
 from charlstm.vocab import Vocab
 

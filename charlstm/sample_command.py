@@ -317,7 +317,7 @@ def _run_sampling(
     from rich.markup import escape
 
     sampler, opened = Sampler.from_checkpoint(checkpoint, device=device, precision=precision)
-    path, payload = opened.path, opened.payload
+    path, payload, language = opened.path, opened.payload, opened.language
     refuse_output_over_input({"-o": out}, {"the checkpoint": path})  # before anything is generated
     unknown = sampler.vocab.unknown_chars(settings.prime)
     if unknown:
@@ -346,7 +346,6 @@ def _run_sampling(
         err.print(f"[dim]{escape(plan.note)}[/dim]", highlight=False)
 
     stream = stdout_text() if sys.stdout is not None else io.StringIO()  # stdout closed: only -o gets them
-    language = (payload.get("dataset") or {}).get("language")
     on_terminal = color and is_color_terminal(stream)
     for item in plan.interventions:
         err.print(f"[dim]holding unit {escape(item.describe())} at every step[/dim]", highlight=False)
