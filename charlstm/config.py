@@ -1,6 +1,7 @@
 """Options and their defaults, without torch: the model's shape, the training config, the names of
-the devices and precisions, the bounds every command shares, and ingest's presets. The CLI shows these in its --help, which therefore starts
-without importing torch (seconds); the modules that do the work import them from here.
+the devices and precisions, the bounds every command shares, and ingest's presets. The CLI shows
+these in its --help, which therefore starts without importing torch (seconds); the modules that do
+the work import them from here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from charlstm.errors import CharlstmError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # autocast precisions (train, eval)
 WEIGHT_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # the step engine's weights (sample)
-DEVICES = ("auto", "cuda", "mps", "cpu")  # train, eval, inspect-neuron (sample: backend.sampling_device)
+DEVICES = ("auto", "cuda", "mps", "cpu")  # every --device; sample also takes an index (cuda:1)
 STUDY_DEVICES = ("auto", "cpu", "cuda")  # experiment: its studies are checked on a CPU and a CUDA GPU only
 # One bound for every --seed. torch.manual_seed takes up to 2**64 - 1, but training seeds with
 # seed + rank (dropout) and, resuming under torchrun, seed + rank + step (step ≤ MAX_STEPS = 2**53):
@@ -35,6 +36,8 @@ MAX_STEPS = 2**53  # steps and schedule positions are computed in float64, exact
 
 @dataclass
 class ModelConfig:
+    """The model's shape (a checkpoint's model_config); model.py builds it, this module checks it."""
+
     vocab_size: int
     kind: str = DEFAULT_KIND  # lstm | gru | rnn (tanh)
     layers: int = DEFAULT_LAYERS  # stacked recurrent layers
