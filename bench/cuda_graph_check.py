@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charlstm.core.backend import sampling_device  # noqa: E402
-from charlstm.core.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint, resolve_checkpoint  # noqa: E402
+from charlstm.core.checkpoint import PRETRAINED_RUN, open_model  # noqa: E402
 from charlstm.sampling.draw import DrawRule, GumbelNoise  # noqa: E402
 from charlstm.core.engine import StepEngine  # noqa: E402
 from charlstm.sampling.graphed import GRAPH_STEPS, BlockSteps  # noqa: E402
@@ -149,11 +149,12 @@ def timings(eager: Sampler, graphed: Sampler, cpu: bool) -> dict:
     return out
 
 
-def check(checkpoint: Path, device: torch.device, quick: bool = False) -> dict:
+def check(checkpoint: str | Path, device: torch.device, quick: bool = False) -> dict:
     cpu = device.type != "cuda"
     cases, fp16_case = (CASES, FP16_CASE) if not quick else ([dict(c, length=40) for c in CASES[:3]], dict(FP16_CASE, length=40))
     mode, expect = ("blocks", "blocks") if cpu else ("capture", "graphed")
-    model, vocab = model_from_checkpoint(load_checkpoint(checkpoint))
+    opened = open_model(checkpoint, device)
+    model, vocab = opened.model, opened.vocab
     eager = Sampler(model, vocab, device, "fp32", graphs="eager")
     graphed = Sampler(model, vocab, device, "fp32", graphs=mode)
     count, mismatches = compare_cases(eager, graphed, cases, expect)
@@ -174,7 +175,7 @@ def check(checkpoint: Path, device: torch.device, quick: bool = False) -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "mode": mode,
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(opened.path),
         "cases": count,
         "mismatches": mismatches,
         "block": block,
@@ -192,7 +193,7 @@ def main() -> None:
     start = time.perf_counter()
     device = sampling_device(args.device)
     try:
-        result = check(resolve_checkpoint(args.checkpoint), device, args.quick)
+        result = check(args.checkpoint, device, args.quick)
     except Exception as exc:  # one JSON line whatever happens, for the script that runs this
         traceback.print_exc()
         result = {"ok": False, "device": str(device), "error": f"{type(exc).__name__}: {exc}"}

@@ -36,9 +36,10 @@ from charlstm.core.backend import torch_threads
 from charlstm.core.engine import StepEngine
 from charlstm.analysis.explorer import write_explorer
 from charlstm.analysis.features import FEATURES, compute_feature
-from charlstm.analysis.interventions import ablation, bits_with_interventions
+from charlstm.analysis.interventions import bits_with_interventions
 from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.analysis.neurons import Inspection, trace_weights
+from charlstm.core.units import ablation
 from charlstm.core.vocab import Vocab
 
 CODE = Path(__file__).resolve().parents[1].joinpath("charlstm", "explorer.py").read_text(encoding="utf-8")
@@ -75,14 +76,14 @@ def features_before(text: str) -> list[np.ndarray]:
 
 
 def _layout_before(name: str, text: str) -> np.ndarray:
-    from charlstm.analysis.features import DOC_SEP, _advance
+    from charlstm.analysis.features import DOC_SEP, advance_column
 
     out = np.zeros(len(text), dtype=np.float32)
     width, leading, col, run = 0, True, 0, 0
     for t, ch in enumerate(text):
         if name == "indent":
             if leading and ch in " \t":
-                width = _advance(width, ch)
+                width = advance_column(width, ch)
             else:
                 leading = False
             out[t] = width
@@ -90,7 +91,7 @@ def _layout_before(name: str, text: str) -> np.ndarray:
                 width, leading = 0, True
         elif name == "column":
             out[t] = col
-            col = 0 if ch in ("\n", DOC_SEP) else _advance(col, ch)
+            col = 0 if ch in ("\n", DOC_SEP) else advance_column(col, ch)
         else:
             run = run + 1 if ch == " " else 0
             out[t] = run

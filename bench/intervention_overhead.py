@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charlstm.core import engine as ours  # noqa: E402
-from charlstm.analysis.interventions import Intervention  # noqa: E402
 from charlstm.core.model import CharRNN, ModelConfig  # noqa: E402
+from charlstm.core.units import Intervention  # noqa: E402
 
 
 def load_engine_module(path: str):

@@ -68,6 +68,18 @@ def test_a_wider_beam_escapes_the_greedy_trap():
     assert "".join(beam_search(sampler, "", width=2, length=4)) == "bxyy"
 
 
+def test_generate_searches_when_beam_is_set_and_says_so():
+    """The one entry point: `generate` (and `sample_texts` over it) runs the beam search for
+    --beam, not a draw, and `last_path` reports it."""
+    sampler = trap_sampler()
+    assert sampler.plan(SampleSettings(beam=2)).path == "beam"
+    assert sampler.sample_texts(SampleSettings(length=4, beam=2, prime="")) == ["bxyy"]
+    assert sampler.last_path == ("beam", "--beam searches instead of drawing")
+    assert sampler.sample_texts(SampleSettings(length=50, beam=3, stop="xy")) == ["bxy"]
+    assert sampler.sample_texts(SampleSettings(length=4, greedy=True)) == ["a0yy"]
+    assert sampler.last_path[0] == "eager"
+
+
 @pytest.fixture
 def lively_sampler(tmp_path) -> Sampler:
     model, vocab = model_from_checkpoint(load_checkpoint(make_lively_checkpoint(tmp_path / "lively" / "best.pt")))

@@ -5,6 +5,7 @@ import torch
 
 from charlstm.core.engine import SIGNALS, StepEngine, half_weight_kernels_available, packed_weights_available
 from charlstm.core.model import CharRNN, ModelConfig
+from helpers import logits_from_trace
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,7 +69,7 @@ def test_trace_equals_fused_module(kind):
     assert set(trace) == set(SIGNALS[kind])
     assert trace["hidden"].shape == (3, 30, 24)
     torch.testing.assert_close(trace["hidden"], torch.stack(layer_outputs), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(engine.logits_from_trace(trace), reference[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits_from_trace(engine, trace), reference[0], rtol=1e-4, atol=1e-4)
     if kind == "lstm":
         torch.testing.assert_close(trace["cell"][:, -1], final[1][:, 0], rtol=1e-4, atol=1e-4)
         # The gates the trace reports are the ones that made its states: c = f·c₋₁ + i·g, h = o·tanh(c).
@@ -101,7 +102,7 @@ def test_half_weight_step_and_trace_stay_close(kind):
     torch.testing.assert_close(outputs, reference, rtol=0, atol=2e-2)
     assert (outputs.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
     step_trace = engine.trace(tokens[0], fused=False)  # the default, fused trace reads float32 weights
-    torch.testing.assert_close(engine.logits_from_trace(step_trace), reference[0], rtol=0, atol=2e-2)
+    torch.testing.assert_close(logits_from_trace(engine, step_trace), reference[0], rtol=0, atol=2e-2)
     exact = StepEngine(model).trace(tokens[0])
     for signal, values in step_trace.items():
         torch.testing.assert_close(values, exact[signal], rtol=0, atol=2e-3)
@@ -151,7 +152,7 @@ def test_the_fused_cell_is_cuda_only_by_default_and_lstm_only_on_request():
 
 def test_a_layer_with_clamps_steps_unfused_and_equals_the_unfused_engine():
     # Clamping a cell needs the output gate, which torch.lstm_cell does not return.
-    from charlstm.analysis.interventions import parse_interventions, resolve
+    from charlstm.core.units import parse_interventions, resolve
 
     model = random_model("lstm")
     fused, plain = StepEngine(model, fused_cell=True), StepEngine(model)
@@ -188,7 +189,7 @@ def stepwise_lstm_trace(engine: StepEngine, tokens: torch.Tensor, clamps=None) -
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("hidden", [16, 20])
 def test_the_lstm_trace_loop_equals_lstm_pointwise_step_by_step(dtype, hidden):
-    from charlstm.analysis.interventions import Intervention
+    from charlstm.core.units import Intervention
 
     if dtype == torch.float16 and not half_weight_kernels_available():
         pytest.skip("no FBGEMM fp16 kernels in this build")

@@ -70,34 +70,34 @@ def test_every_generated_sequence_is_judged_right_by_its_own_answer(seed, study)
 
 
 def test_counter_judge():
-    assert syn.counter_correct("^aaaX", "bbb$")
-    assert syn.counter_correct("aaaX", "bbb$")  # the START symbol is optional in a prompt
-    assert not syn.counter_correct("^aaaX", "bb$")  # one short
-    assert not syn.counter_correct("^aaaX", "bbbb$")  # one too many
-    assert not syn.counter_correct("^aaaX", "bbb")  # never ended
-    assert not syn.counter_correct("^aaaX", "bbb$b")  # went on after the end
-    assert not syn.counter_correct("^aaaX", "bab$")
+    assert syn.is_correct("counter", "^aaaX", "bbb$")
+    assert syn.is_correct("counter", "aaaX", "bbb$")  # the START symbol is optional in a prompt
+    assert not syn.is_correct("counter", "^aaaX", "bb$")  # one short
+    assert not syn.is_correct("counter", "^aaaX", "bbbb$")  # one too many
+    assert not syn.is_correct("counter", "^aaaX", "bbb")  # never ended
+    assert not syn.is_correct("counter", "^aaaX", "bbb$b")  # went on after the end
+    assert not syn.is_correct("counter", "^aaaX", "bab$")
 
 
 def test_selective_counter_judge_ignores_the_xs():
-    assert syn.selective_counter_correct("^aXaXXaY", "bbb$")
-    assert not syn.selective_counter_correct("^aXaXXaY", "bbbbbb$")  # counted the X's
-    assert not syn.selective_counter_correct("^aXaXXaY", "bb$")
+    assert syn.is_correct("selective-counter", "^aXaXXaY", "bbb$")
+    assert not syn.is_correct("selective-counter", "^aXaXXaY", "bbbbbb$")  # counted the X's
+    assert not syn.is_correct("selective-counter", "^aXaXXaY", "bb$")
 
 
 def test_state_judge():
-    assert syn.state_correct("^AxxxY", "a$")
-    assert syn.state_correct("^BxY", "b$")
-    assert not syn.state_correct("^AxxxY", "b$")
-    assert not syn.state_correct("^BxY", "B$")
-    assert not syn.state_correct("^BxY", "b")
+    assert syn.is_correct("state", "^AxxxY", "a$")
+    assert syn.is_correct("state", "^BxY", "b$")
+    assert not syn.is_correct("state", "^AxxxY", "b$")
+    assert not syn.is_correct("state", "^BxY", "B$")
+    assert not syn.is_correct("state", "^BxY", "b")
 
 
 def test_copy_judge():
-    assert syn.copy_correct("^abcaX", "abca$")
-    assert not syn.copy_correct("^abcaX", "abc$")
-    assert not syn.copy_correct("^abcaX", "abcb$")
-    assert not syn.copy_correct("^abcaX", "abcaa$")
+    assert syn.is_correct("copy", "^abcaX", "abca$")
+    assert not syn.is_correct("copy", "^abcaX", "abc$")
+    assert not syn.is_correct("copy", "^abcaX", "abcb$")
+    assert not syn.is_correct("copy", "^abcaX", "abcaa$")
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from charlstm.core.errors import CharlstmError
 from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.core.vocab import Vocab
 from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
+from helpers import dequantise
 
 runner = CliRunner()
 # Characters that must survive being embedded in HTML and in a <script> element.
@@ -58,7 +59,7 @@ def test_quantisation_round_trip_is_within_half_a_level():
     values = rng.normal(size=(50, 7)).astype(np.float32)
     values[:, 3] = 0.5  # a constant unit survives too
     block = explorer.quantise(values)
-    back = explorer.dequantise(block, 50)
+    back = dequantise(block, 50)
     step = (values.max(axis=0) - values.min(axis=0)) / 255
     assert np.all(np.abs(back - values) <= step / 2 + 1e-6)
     assert np.allclose(back[:, 3], 0.5)
@@ -85,7 +86,7 @@ def test_page_is_self_contained_and_holds_every_signal(tmp_path, html_checkpoint
     acts = neurons.activations(inspection.model, inspection.vocab, text)
     for signal in data["signals"]:
         for layer in range(2):
-            back = explorer.dequantise(data["acts"][signal][layer], len(text))
+            back = dequantise(data["acts"][signal][layer], len(text))
             span = acts[signal][layer].max() - acts[signal][layer].min()
             assert np.abs(back - acts[signal][layer]).max() <= span / 255
     assert oct(out.stat().st_mode & 0o777) != oct(0o600)  # a page to share

@@ -5,7 +5,7 @@ import torch
 
 from charlstm.core.engine import SIGNALS, StepEngine, half_weight_kernels_available
 from charlstm.core.fused_trace import cell_scan
-from charlstm.analysis.interventions import Intervention
+from charlstm.core.units import Intervention
 from tests.test_engine import random_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,7 +15,7 @@ from charlstm.sampling.draw import DrawRule, GumbelNoise
 from charlstm.core.engine import StepEngine
 from charlstm.core.errors import CharlstmError
 from charlstm.sampling.graphed import EAGER_ENV, GRAPH_STEPS, BlockSteps, capture_unavailable
-from charlstm.analysis.interventions import WATCHABLE, parse_interventions, parse_unit
+from charlstm.core.units import WATCHABLE, parse_interventions, parse_unit
 from charlstm.sampling.sample import KEPT_GRAPHS, Sampler, SampleSettings
 from conftest import make_checkpoint, make_lively_checkpoint
 
@@ -177,13 +177,13 @@ def test_which_path_runs_and_why(lively_checkpoint, monkeypatch):
     assert auto.last_path == (path, reason)
     blocks = Sampler(model, vocab, "cpu", graphs="blocks")
     assert blocks.sampling_path(SampleSettings()) == ("blocks", None)
-    for settings, why in [
-        (SampleSettings(watch=parse_unit("1:0", "--watch", WATCHABLE)), "--watch"),
-        (SampleSettings(interventions=parse_interventions(["1:0=1"])), "--clamp"),
-        (SampleSettings(beam=2), "--beam"),
+    for settings, expected, why in [
+        (SampleSettings(watch=parse_unit("1:0", "--watch", WATCHABLE)), "eager", "--watch"),
+        (SampleSettings(interventions=parse_interventions(["1:0=1"])), "eager", "--clamp"),
+        (SampleSettings(beam=2), "beam", "--beam"),
     ]:
         path, reason = blocks.sampling_path(settings)
-        assert path == "eager" and why in reason
+        assert path == expected and why in reason
     with pytest.raises(CharlstmError, match="CUDA graph"):
         Sampler(model, vocab, "cpu", graphs="capture").sampling_path(SampleSettings())
     with pytest.raises(CharlstmError, match="graph mode"):

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from charlstm.core import userio
 from charlstm.cli import app
 from charlstm.corpus.dataset import load_dataset
-from charlstm.corpus.sources import _git_failure
+from charlstm.corpus.sources import git_failure
 from conftest import JAVA_SNIPPET, make_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -197,9 +197,9 @@ def test_a_failed_clone_shows_gits_reason(tmp_path):
 def test_git_reasons_are_its_fatal_and_error_lines():
     stderr = ("fatal: '/x' does not appear to be a git repository\nfatal: Could not read from remote repository.\n\n"
               "Please make sure you have the correct access rights\nand the repository exists.\n")  # fmt: skip
-    assert _git_failure(stderr) == "'/x' does not appear to be a git repository; Could not read from remote repository."
-    assert _git_failure("warning: odd\nsomething else went wrong\n") == "something else went wrong"
-    assert _git_failure("") == ""
+    assert git_failure(stderr) == "'/x' does not appear to be a git repository; Could not read from remote repository."
+    assert git_failure("warning: odd\nsomething else went wrong\n") == "something else went wrong"
+    assert git_failure("") == ""
 
 
 # ----- outputs: never replace a special file (item 2); read-only destinations (9) -----------------

@@ -16,24 +16,14 @@ from charlstm.cli import app
 from charlstm.core.engine import StepEngine
 from charlstm.core.errors import CharlstmError
 from charlstm.evaluation.evaluate import bits_per_char
-from charlstm.analysis.interventions import (
-    CLASSES,
-    Intervention,
-    ablation,
-    ablation_study,
-    bits_with_interventions,
-    character_classes,
-    leading_whitespace,
-    parse_clamp,
-    parse_interventions,
-    parse_unit,
-    resolve,
-)
+from charlstm.analysis.interventions import CLASSES, ablation_study, bits_with_interventions, character_classes, leading_whitespace
 from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.sampling.sample import Sampler, SampleSettings
 from charlstm.ui.sample_command import StreamWriter, stream_samples
+from charlstm.core.units import Intervention, ablation, parse_clamp, parse_interventions, parse_unit, resolve
 from charlstm.core.vocab import Vocab
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_lively_checkpoint
+from helpers import logits_from_trace
 
 runner = CliRunner()
 VOCAB = Vocab.from_counts({ch: 1 for ch in JAVA_SNIPPET + PYTHON_SNIPPET})
@@ -121,7 +111,7 @@ def test_a_clamp_holds_its_value_in_the_trace_and_the_step(kind):
         logits, state = engine.step(torch.tensor([token]), state, clamps)
         assert state[1][0][0, 7] == torch.tensor(-0.6)
         torch.testing.assert_close(state[2][0][0], trace["hidden"][2, t], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(logits[0], engine.logits_from_trace(trace)[-1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits[0], logits_from_trace(engine, trace)[-1], rtol=1e-5, atol=1e-5)
 
 
 def test_ablating_an_lstm_unit_zeroes_its_cell_and_output():
@@ -211,7 +201,7 @@ def test_seeded_samples_differ_only_through_the_intervention(lively):
 def test_clamps_hold_through_the_prime_and_beam_search(lively):
     sampler = fp32_sampler(lively)
     settings = SampleSettings(length=30, prime="if (x) {\n", greedy=True, interventions=parse_interventions(["1:3=4"]))
-    clamps = sampler.clamps(settings)
+    clamps = sampler.engine.clamps(sampler.plan(settings).interventions)
     _, state = sampler.primed(sampler.prime_tokens(settings.prime)[0], clamps)
     assert state[0][1][0, 3] == 4.0
     # Greedy with the clamp equals the argmax path of the clamped engine, re-run from the start.
@@ -224,7 +214,8 @@ def test_clamps_hold_through_the_prime_and_beam_search(lively):
         tokens.append(int(out[0].argmax()))
     assert text == settings.prime + sampler.vocab.decode(tokens[-30:])
     beam = SampleSettings(length=30, prime="if (x) {\n", beam=1, interventions=settings.interventions)
-    assert stream_samples(sampler, beam, StreamWriter(_Sink()), keep_texts=True) == [text]  # width 1 is greedy
+    assert sampler.sample_texts(beam) == [text]  # width 1 is greedy
+    assert sampler.last_path[0] == "beam"
 
 
 class _Sink:
@@ -319,7 +310,7 @@ def test_batched_scoring_equals_eval_and_the_clamped_trace():
     assert bits[0].mean() == pytest.approx(bits_per_char(model, tokens.numpy())["bpc"], rel=1e-5)
     # Row 1: exactly what a trace with that unit ablated predicts.
     trace = engine.trace(tokens[:-1], clamps=engine.clamps([unit]))
-    logp = torch.log_softmax(engine.logits_from_trace(trace).double(), -1)
+    logp = torch.log_softmax(logits_from_trace(engine, trace).double(), -1)
     expected = -logp[torch.arange(len(text)), tokens[1:]] / np.log(2)
     np.testing.assert_allclose(bits[1], expected.numpy(), rtol=1e-4, atol=1e-5)
 

@@ -18,6 +18,7 @@ from charlstm.cli import app
 from charlstm.core.errors import CharlstmError
 from charlstm.core.model import CharRNN, ModelConfig
 from tests.conftest import SNIPPET_VOCAB, JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_dataset, make_lively_model
+from helpers import logits_from_trace
 
 runner = CliRunner()
 VOCAB = SNIPPET_VOCAB
@@ -57,7 +58,7 @@ def test_activations_equal_the_training_forward_pass(kind):
     from charlstm.core.engine import StepEngine
 
     trace = {k: torch.from_numpy(v) for k, v in acts.items()}
-    torch.testing.assert_close(StepEngine(model).logits_from_trace(trace), logits[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits_from_trace(StepEngine(model), trace), logits[0], atol=1e-5, rtol=1e-4)
     for k, expected in enumerate(layer_by_layer(model, tokens)):
         torch.testing.assert_close(trace["hidden"][k], expected, atol=1e-5, rtol=1e-4)
     h_n = state[0] if kind == "lstm" else state

@@ -332,3 +332,24 @@ def test_sampling_without_out_keeps_no_text_that_has_been_shown(tiny_checkpoint,
     # Before: two lists of 8-byte references per character and sample (over 96 KB more for 6,000
     # characters); a sample waiting its turn costs about a byte per character.
     assert long - short < 6000 * (num_samples - 1) * 2 + 24_000
+
+
+def test_one_seed_bound_for_every_command(lively_checkpoint):
+    """sample, train and experiment take the same seeds: 2**63 - 1 and below. Training seeds
+    torch with seed + rank + step, which must stay within what torch.manual_seed takes."""
+    from charlstm.core.config import MAX_SEED, MAX_STEPS, TrainConfig
+    from charlstm.analysis.experiments import configured_study
+
+    assert MAX_SEED == 2**63 - 1
+    assert MAX_SEED + 4096 + MAX_STEPS <= 2**64 - 1  # any rank a machine room has, the last step
+    torch.Generator().manual_seed(MAX_SEED + 4096 + MAX_STEPS)  # and torch takes it
+    SampleSettings(seed=MAX_SEED).validate()
+    TrainConfig(seed=MAX_SEED).validate()
+    configured_study("counter", seed=MAX_SEED)
+    for refuse in (lambda: SampleSettings(seed=MAX_SEED + 1).validate(),
+                   lambda: TrainConfig(seed=MAX_SEED + 1).validate(),
+                   lambda: configured_study("counter", seed=MAX_SEED + 1)):  # fmt: skip
+        with pytest.raises(CharlstmError, match="--seed must be between 0 and 9223372036854775807"):
+            refuse()
+    top = sampler_for(lively_checkpoint).sample_texts(SampleSettings(length=5, seed=MAX_SEED))
+    assert len(top[0]) == 5

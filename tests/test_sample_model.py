@@ -74,3 +74,36 @@ def test_an_empty_path_is_an_error_that_names_the_option(shipped, argv, named):
     assert result.exit_code == 1 and "Traceback" not in result.output
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1 and f"{named} is empty" in message, message
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["sample", "--length", "5", "--seed", "1", "--device", "cpu", "--clamp", "1:0=1"],
+     ["eval", "--text-file", "@text", "--device", "cpu"],
+     ["eval", "--per-char", "--text-file", "@text", "--device", "cpu"],
+     ["inspect-neuron", "--layer", "1", "--neuron", "0", "--text", "a = b"]],
+)  # fmt: skip
+def test_each_command_opens_its_checkpoint_once(shipped, tmp_path, monkeypatch, argv):
+    """One resolve and one load on the way to a model (open_model), not one per layer of the code."""
+    calls = []
+    for name in ("resolve_checkpoint", "load_checkpoint"):
+        real = getattr(checkpoint_module, name)
+        monkeypatch.setattr(checkpoint_module, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    text = tmp_path / "t.py"
+    text.write_text("a = b\n", encoding="utf-8")
+    result = runner.invoke(app, [argv[0], str(shipped["python"]), *[str(text) if a == "@text" else a for a in argv[1:]]])
+    assert result.exit_code == 0, result.output
+    assert calls == ["resolve_checkpoint", "load_checkpoint"]
+
+
+def test_open_model_takes_a_file_a_folder_or_none(shipped):
+    import torch
+
+    by_folder = checkpoint_module.open_model(shipped["python"], "cpu")
+    by_file = checkpoint_module.open_model(shipped["python"] / "best.pt", torch.device("cpu"))
+    newest = checkpoint_module.open_model(None)
+    assert by_folder.path == by_file.path == newest.path == shipped["python"] / "best.pt"
+    assert by_folder.device == torch.device("cpu") and not by_folder.model.training
+    assert by_folder.vocab == by_file.vocab and by_folder.language == by_folder.payload["dataset"]["language"]
+    with pytest.raises(CharlstmError, match="--device must be one of"):
+        checkpoint_module.open_model(shipped["python"], "tpu")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from charlstm.sampling import constrained
 from charlstm.sampling import syntax
 from charlstm.cli import app
-from charlstm.sampling.constrained import _snapshot, _restore
+from charlstm.sampling.constrained import restore_snapshot, take_snapshot
 from charlstm.sampling.draw import DrawRule
 from charlstm.sampling.lexers import BraceLexer, LexicalMask, PythonLexer
 from charlstm.core.model import CharRNN, ModelConfig
@@ -246,7 +246,7 @@ def test_a_mask_that_forbids_nothing_draws_the_plain_text(lively_checkpoint, mon
 
 
 def test_constrain_works_with_clamps_and_refuses_beam(lively_checkpoint):
-    from charlstm.analysis.interventions import parse_interventions
+    from charlstm.core.units import parse_interventions
 
     sampler = lively_sampler(lively_checkpoint, "java")
     clamp = parse_interventions(["1:3=0.5"], None)
@@ -267,10 +267,10 @@ def test_rollback_restores_the_exact_state_of_its_row(lively_checkpoint):
     engine = sampler.engine
     tokens = torch.tensor([sampler.vocab.doc_sep] * 2)
     logits, state = engine.step(tokens, engine.init_state(2))
-    saved = _snapshot(1, 0, state, logits, PythonLexer())
+    saved = take_snapshot(1, 0, state, logits, PythonLexer())
     for t in "abc":
         logits, state = engine.step(torch.tensor([sampler.vocab.index[t]] * 2), state)
-    _restore(1, saved, state, logits)
+    restore_snapshot(1, saved, state, logits)
     assert torch.equal(logits[1], saved.logits)
     assert all(torch.equal(s[1], r) for layer, rows in zip(state, saved.state) for s, r in zip(layer, rows))
     assert not torch.equal(logits[0], saved.logits)  # the other row went on

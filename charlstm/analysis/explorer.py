@@ -58,14 +58,6 @@ def quantise(values: np.ndarray) -> dict:
     }
 
 
-def dequantise(block: dict, steps: int) -> np.ndarray:
-    """The inverse of `quantise` (what the page computes), for tests."""
-    q = np.frombuffer(zlib.decompress(base64.b64decode(block["q"])), dtype=np.uint8)
-    q = q.reshape(steps, len(block["lo"])).astype(np.float64)
-    lo, hi = np.asarray(block["lo"]), np.asarray(block["hi"])
-    return lo + q * (hi - lo) / 255
-
-
 def explorer_data(
     inspection: Inspection,
     text: str,
@@ -131,7 +123,8 @@ def surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, int
 def _surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, int]] | None) -> dict:
     import torch
 
-    from .interventions import ablation, bits_with_interventions
+    from .interventions import bits_with_interventions
+    from ..core.units import ablation
     from ..evaluation.surprise import per_char_bits
 
     tokens = np.concatenate([[inspection.vocab.doc_sep], inspection.vocab.encode(text)])

@@ -82,7 +82,8 @@ def compute_feature(name: str, text: str, language: str | None = None) -> np.nda
 # ----- layout features ---------------------------------------------------------------------------
 
 
-def _advance(col: int, ch: str) -> int:
+def advance_column(col: int, ch: str) -> int:
+    """The column after `ch` at column `col` (a tab stops at the next multiple of TAB_WIDTH)."""
     return (col // TAB_WIDTH + 1) * TAB_WIDTH if ch == "\t" else col + 1
 
 
@@ -91,7 +92,7 @@ def column(text: str) -> np.ndarray:
     col = 0
     for ch in text:
         out.append(col)
-        col = 0 if ch in ("\n", DOC_SEP) else _advance(col, ch)
+        col = 0 if ch in ("\n", DOC_SEP) else advance_column(col, ch)
     return np.array(out, dtype=np.float32)
 
 
@@ -100,7 +101,7 @@ def indent(text: str) -> np.ndarray:
     width, leading = 0, True  # indentation so far; still inside the leading whitespace?
     for ch in text:
         if leading and ch in " \t":
-            width = _advance(width, ch)
+            width = advance_column(width, ch)
         else:
             leading = False
         out.append(width)

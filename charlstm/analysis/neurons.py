@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.backend import cpu_threads, resolve_device, torch_threads
-from ..core.checkpoint import VAL_EXCERPT, load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from ..core.backend import cpu_threads, torch_threads
+from ..core.checkpoint import VAL_EXCERPT, open_model
 from ..corpus.dataset import load_dataset
 from ..core.engine import BOUNDED, GATES, SIGNALS, StepEngine
 from ..core.errors import CharlstmError
@@ -86,11 +86,8 @@ def open_checkpoint(
     where: str | Path | None, exact: bool = False, device: str | torch.device = "cpu"
 ) -> Inspection:
     """The checkpoint's model on `device` (a --device name, auto included, or a torch device)."""
-    dev = device if isinstance(device, torch.device) else resolve_device(device)  # before the (slow) load
-    path = resolve_checkpoint(where)
-    payload = load_checkpoint(path)  # onto the CPU, wherever it was saved from
-    model, vocab = model_from_checkpoint(payload)
-    return Inspection(path=path, payload=payload, model=model.to(dev), vocab=vocab, exact=exact)
+    opened = open_model(where, device)
+    return Inspection(path=opened.path, payload=opened.payload, model=opened.model, vocab=opened.vocab, exact=exact)
 
 
 def validation_text(inspection: Inspection, chars: int, data: str | Path | None = None) -> tuple[str, str]:

@@ -127,22 +127,6 @@ def is_correct(study: str, prompt: str, generated: str) -> bool:
     return generated == EXPECTED[study](prompt)
 
 
-def counter_correct(prompt: str, generated: str) -> bool:
-    return is_correct("counter", prompt, generated)
-
-
-def selective_counter_correct(prompt: str, generated: str) -> bool:
-    return is_correct("selective-counter", prompt, generated)
-
-
-def state_correct(prompt: str, generated: str) -> bool:
-    return is_correct("state", prompt, generated)
-
-
-def copy_correct(prompt: str, generated: str) -> bool:
-    return is_correct("copy", prompt, generated)
-
-
 def max_n_correct(per_n: dict[int, bool]) -> int:
     """The largest N such that every N' from 1 to N is right (0 when N = 1 already fails)."""
     best = 0

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .config import DEVICES, PRECISIONS
 from .errors import CharlstmError
-from .model import CharRNN, ModelConfig
+from .model import RNN_MODULES, CharRNN, ModelConfig
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -67,16 +66,13 @@ def cpu_has_native_bf16() -> bool:
     return "AMX" in torch.backends.cpu.get_cpu_capability().upper()
 
 
-_RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-
-
 def probe_rnn_dtype(device: torch.device, dtype: torch.dtype | None, kind: str = "lstm") -> torch.dtype | None:
     """Run a tiny 2-layer recurrent module forward and backward under autocast; return its output dtype.
 
     None when it fails: the backend (e.g. an old cuDNN for bf16) cannot run it.
     """
     try:
-        rnn = _RNN_CLASSES[kind](8, 8, num_layers=2, batch_first=True).to(device)
+        rnn = RNN_MODULES[kind](8, 8, num_layers=2, batch_first=True).to(device)
         x = torch.randn(2, 3, 8, device=device, requires_grad=True)
         ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
         with ctx:
@@ -238,7 +234,7 @@ def sampling_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:  # torch also knows meta, xpu, mkldnn (with a warning), ...: none of them samples
-        device = torch.device(name) if name.split(":")[0] in ("cpu", "cuda", "mps") else None
+        device = torch.device(name) if name.split(":")[0] in DEVICES else None  # auto:N is no device
     except RuntimeError:
         device = None
     if device is None:

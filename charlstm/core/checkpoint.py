@@ -1,4 +1,5 @@
-"""Checkpoints: atomic saving (through files.py), safe loading, finding the run a command should use.
+"""Checkpoints: atomic saving (through files.py), safe loading, finding the run a command should use,
+and `open_model`, the one way every command opens a model: resolve, load, check, build on a device.
 
 A checkpoint is a dict of tensors and plain Python values only (config and vocabulary as plain
 containers), so it loads with ``torch.load(weights_only=True)`` and never runs pickled code.
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .backend import resolve_device
 from .errors import CharlstmError, first_line, refuse_empty
 from .files import atomic_write
 from .model import CharRNN, ModelConfig
@@ -268,6 +271,35 @@ def resolve_model(name: str) -> Path:
     if Path(name).exists():
         return Path(name)
     raise CharlstmError(f"unknown model {name!r}: shipped models are {shipped}; or give a run folder or checkpoint file")
+
+
+@dataclass
+class OpenedModel:
+    """A checkpoint opened for use: where it was found, what it holds, and its model on a device."""
+
+    path: Path  # the checkpoint file `where` resolved to
+    payload: dict  # what load_checkpoint returned (step, dataset, precision, ...)
+    model: CharRNN  # on `device`, in eval mode
+    vocab: Vocab
+    device: torch.device
+
+    @property
+    def language(self) -> str | None:
+        """The corpus's language, as ingest recorded it (None: unknown)."""
+        return (self.payload.get("dataset") or {}).get("language")
+
+
+def open_model(where: str | Path | None, device: str | torch.device = "cpu") -> OpenedModel:
+    """The model a command works with: `where` is a checkpoint file, a run folder, or None (the
+    newest run, else the shipped model; `resolve_model` turns a shipped model's name into its
+    folder first). `device` is a --device name (auto included, checked before the slow load) or a
+    torch device a command chose by its own rule (sampling's). The checkpoint loads onto the CPU,
+    is checked, and its model is built there and moved to the device."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    path = resolve_checkpoint(where)
+    payload = load_checkpoint(path)
+    model, vocab = model_from_checkpoint(payload)
+    return OpenedModel(path, payload, model.to(dev), vocab, dev)
 
 
 # What sampling, inspection and evaluation need; the rest only serves resuming a run.

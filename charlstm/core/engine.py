@@ -404,8 +404,3 @@ class StepEngine:
             return lambda row, h: row.add_(product(h[None])[0])
         w_hh = w.w_hh_t.t()  # [G·H, H], a transposed view: gemv reads it as it is stored
         return lambda row, h: row.addmv_(w_hh, h)
-
-    @torch.no_grad()
-    def logits_from_trace(self, trace: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Next-character logits [T, vocab] from a trace's top-layer hidden states."""
-        return torch.addmm(self.head_b, trace["hidden"][-1].to(self.dtype), self.head_w_t).float()

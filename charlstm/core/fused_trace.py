@@ -19,15 +19,14 @@ import torch
 from torch import nn
 
 from .cells import gru_pointwise
-
-_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+from .model import RNN_MODULES
 
 
 def fused_layers(engine) -> list[nn.Module]:
     """One-layer fused modules holding the engine's float32 weights, on its device."""
     layers = []
     for k, w in enumerate(engine.weights):
-        module = _MODULES[engine.kind](w.w_ih_t.shape[0], engine.hidden, num_layers=1)
+        module = RNN_MODULES[engine.kind](w.w_ih_t.shape[0], engine.hidden, num_layers=1)
         with torch.no_grad():
             module.weight_ih_l0.copy_(w.w_ih_t.t())
             module.weight_hh_l0.copy_(w.w_hh_t.t())

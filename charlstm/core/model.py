@@ -3,50 +3,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from .errors import CharlstmError
+from .config import ModelConfig  # the model's shape (there, without torch, for --help)
 
-RNN_KINDS = ("lstm", "gru", "rnn")
-MAX_LAYERS = 100  # far past any use; building a stack costs time per layer even before any weight exists
+LN2 = math.log(2.0)  # the loss is in nats; divided by this, in bits
+RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # each kind's torch module (config.RNN_KINDS)
 
 # A recurrent state: (h, c) for an LSTM, h for a GRU or tanh RNN; each [layers, batch, hidden].
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int
-    kind: str = "lstm"  # lstm | gru | rnn (tanh)
-    layers: int = 3  # stacked recurrent layers
-    hidden: int = 512  # units per layer
-    embed: int = 64  # character embedding width
-    dropout: float = 0.0  # between recurrent layers and before the head, training only
-    forget_bias: float | None = None  # LSTM forget gates' bias at init; None: PyTorch's uniform init
-
-    def __post_init__(self) -> None:
-        if self.kind not in RNN_KINDS:
-            raise CharlstmError(f"unknown model kind {self.kind!r}; choose one of {', '.join(RNN_KINDS)}")
-        for name in ("vocab_size", "layers", "hidden", "embed"):
-            if getattr(self, name) < 1:
-                raise CharlstmError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.layers > MAX_LAYERS:
-            raise CharlstmError(f"--layers must be at most {MAX_LAYERS}, got {self.layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise CharlstmError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.forget_bias is not None and not math.isfinite(self.forget_bias):
-            raise CharlstmError(f"--forget-bias must be a finite number, got {self.forget_bias}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
 
 
 class CharRNN(nn.Module):
@@ -54,7 +21,7 @@ class CharRNN(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embed)
-        rnn_class = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[config.kind]
+        rnn_class = RNN_MODULES[config.kind]
         self.rnn = rnn_class(
             config.embed,
             config.hidden,

@@ -14,6 +14,7 @@ from .errors import CharlstmError
 DOC_SEP = "\x1c"
 UNK = "\ufffd"
 SPECIALS = (DOC_SEP, UNK)
+NEWLINE_MARK = "↵"  # how every view marks a newline (the terminal, the pages, --watch)
 
 
 class Vocab:

@@ -246,14 +246,14 @@ def clone(url: str, dest: Path, timeout: float = CLONE_TIMEOUT_S) -> str:
     except subprocess.TimeoutExpired:
         raise CharlstmError(f"cannot clone {url}: git clone took more than {timeout:.0f} s") from None
     if proc.returncode != 0:
-        reason = _git_failure(proc.stderr) or f"git exited with code {proc.returncode}"
+        reason = git_failure(proc.stderr) or f"git exited with code {proc.returncode}"
         hint = " (is the network available?)" if re.search(r"resolve host|unable to access|connect", reason, re.I) else ""
         raise CharlstmError(f"cannot clone {url}: {reason}{hint}")
     head = subprocess.run(["git", "-C", str(dest), "rev-parse", "HEAD"], capture_output=True, text=True)
     return head.stdout.strip() or None
 
 
-def _git_failure(stderr: str) -> str:
+def git_failure(stderr: str) -> str:
     """git's reasons, joined: its `fatal:`/`error:` lines, without the advice paragraph after them
     ("Please make sure you have the correct access rights / and the repository exists.")."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]

@@ -17,9 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import CharlstmError
-from ..core.model import detach_state
-
-LN2 = math.log(2)
+from ..core.model import LN2, detach_state
 DYNAMIC_SEQ_LEN = 100  # characters per segment: one SGD step each
 DYNAMIC_LR = 0.3  # plain SGD on a segment's mean loss, clipped; best of 0.005–1.0 on the shipped model
 DYNAMIC_GRAD_CLIP = 1.0

@@ -17,13 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.backend import checkpoint_precision, flush_denormals, resolve_device
-from ..core.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from ..core.backend import Precision, checkpoint_precision, flush_denormals
+from ..core.checkpoint import OpenedModel, open_model
 from ..corpus.dataset import load_dataset, locate_recorded_dataset
 from ..core.errors import CharlstmError
+from ..core.model import LN2
 from ..core.userio import read_text_source
-
-LN2 = math.log(2.0)
 EVAL_SEQ_LEN = 256  # characters per forward pass; the state carries, so this sets speed, not the score
 MAX_LANES = 64  # lanes scored side by side (a batch)
 MIN_LANE_CHARS = 2048  # short texts get fewer lanes, so each lane keeps a long context
@@ -90,18 +89,13 @@ def bits_per_char(
     return {"bpc": loss / LN2, "loss": loss, "chars": n_pred}
 
 
-def load_for_scoring(checkpoint: str | Path | None, device: str, precision: str | None):
-    """A checkpoint's model on `device`, in the precision it is scored in (`precision` None: the
-    one the run trained with, where it runs here). Returns path, payload, model, vocab, device,
-    precision."""
-    path = resolve_checkpoint(checkpoint)
-    payload = load_checkpoint(path)
-    model, vocab = model_from_checkpoint(payload)
-    dev = resolve_device(device)
-    flush_denormals(dev)
-    prec = checkpoint_precision(precision, payload.get("precision"), dev, model.config.kind)
-    model.to(dev)
-    return path, payload, model, vocab, dev, prec
+def load_for_scoring(checkpoint: str | Path | None, device: str, precision: str | None) -> tuple[OpenedModel, Precision]:
+    """A checkpoint's model on `device`, and the precision it is scored in (`precision` None: the
+    one the run trained with, where it runs here)."""
+    opened = open_model(checkpoint, device)
+    flush_denormals(opened.device)
+    prec = checkpoint_precision(precision, opened.payload.get("precision"), opened.device, opened.model.config.kind)
+    return opened, prec
 
 
 def evaluate_checkpoint(
@@ -125,7 +119,8 @@ def evaluate_checkpoint(
         raise CharlstmError("give --data or --text-file, not both")
     if dynamic_lr is not None and not dynamic:
         raise CharlstmError("--dynamic-lr needs --dynamic")
-    path, payload, model, vocab, dev, prec = load_for_scoring(checkpoint, device, precision)
+    opened, prec = load_for_scoring(checkpoint, device, precision)
+    path, payload, model, vocab, dev = opened.path, opened.payload, opened.model, opened.vocab, opened.device
 
     unknown: list[str] = []
     remap = None

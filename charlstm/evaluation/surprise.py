@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from ..core.errors import CharlstmError
+from ..core.model import LN2
+from ..core.vocab import NEWLINE_MARK
 
-LN2 = math.log(2.0)
 SEQ_LEN = 256  # characters per forward pass; the state carries, so this sets speed, not the score
 TOP = 5  # predictions kept per character
 MAX_BITS = 10.0  # bits drawn at full colour (a probability of 1/1024)
@@ -64,7 +65,8 @@ def surprise(
     from .evaluate import load_for_scoring
     from ..core.userio import read_text_source
 
-    path, payload, model, vocab, dev, prec = load_for_scoring(checkpoint, device, precision)
+    opened, prec = load_for_scoring(checkpoint, device, precision)
+    path, payload, model, vocab, dev = opened.path, opened.payload, opened.model, opened.vocab, opened.device
     text = read_text_source(text_file)
     tokens = np.concatenate([[vocab.doc_sep], vocab.encode(text)])
     start = time.perf_counter()
@@ -120,7 +122,7 @@ def surprise_html(result: dict) -> str:
         ch = entry["char"]
         guesses = ", ".join(f"{shown_char(sym)} {p:.0%}" for sym, p in entry["top"])
         tip = f"{entry['bits']:.2f} bits for {shown_char(ch)}; expected: {guesses}"
-        shown = "↵\n" if ch == "\n" else html.escape(ch if ch.isprintable() or ch == "\t" else "?")
+        shown = NEWLINE_MARK + "\n" if ch == "\n" else html.escape(ch if ch.isprintable() or ch == "\t" else "?")
         r, g, b = colour_of_bits(entry["bits"])
         spans.append(f'<span style="background:rgb({r},{g},{b})" title="{html.escape(tip, quote=True)}">{shown}</span>')
     title = html.escape(f"surprise: {result['source']} — {result['bpc']:.3f} bits per character ({result['checkpoint']})")
@@ -135,4 +137,4 @@ def surprise_html(result: dict) -> str:
 
 
 def shown_char(ch: str) -> str:
-    return {"\n": "↵", " ": "␣", "\t": "→", "\x1c": "␜"}.get(ch, ch if ch.isprintable() else repr(ch))
+    return {"\n": NEWLINE_MARK, " ": "␣", "\t": "→", "\x1c": "␜"}.get(ch, ch if ch.isprintable() else repr(ch))

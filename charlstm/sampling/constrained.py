@@ -91,7 +91,7 @@ class _Snapshot:
     lexer: object
 
 
-def _snapshot(row: int, position: int, state, logits, lexer) -> _Snapshot:
+def take_snapshot(row: int, position: int, state, logits, lexer) -> _Snapshot:
     rows = [tuple(s[row].clone() for s in layer) for layer in state]
     return _Snapshot(position, rows, logits[row].clone(), lexer.clone())
 
@@ -143,7 +143,7 @@ def valid_steps(engine, rule, symbols, language: str, prime: str, lexer, logits,
     began = time.perf_counter()
     batch = logits.shape[0]
     mask = LexicalMask(symbols, lexer, logits.device, one_file=True)
-    start = [_snapshot(b, len(prime), state, logits, lexer) for b in range(batch)]
+    start = [take_snapshot(b, len(prime), state, logits, lexer) for b in range(batch)]
     keepers = [_UnitKeeper(prime, lexer, start[b]) for b in range(batch)]
     done, budget = [False] * batch, DRAWS_PER_CHARACTER * length + CLOSE_ALLOWANCE
     for t in range(first_step, first_step + budget):
@@ -183,7 +183,7 @@ def _settle(b: int, keeper: _UnitKeeper, language: str, state, logits, length: i
         judged = end > keeper.prime_end and kind != "closer"
         error = parse_error(unit, language, kind == "member") if judged else None
         if error is not None and keeper.tries < max_tries:
-            _restore(b, keeper.roll_back(), state, logits)
+            restore_snapshot(b, keeper.roll_back(), state, logits)
             return ""
         if error is None:
             piece = keeper.generated(end)
@@ -199,7 +199,7 @@ def _settle(b: int, keeper: _UnitKeeper, language: str, state, logits, length: i
     if not _redrew_line(b, keeper, language, state, logits, max_tries, stats):
         lexer = keeper.lexer
         if _statement_starts(lexer):
-            keeper.line, keeper.line_tries = _snapshot(b, lexer.position, state, logits, lexer), 1
+            keeper.line, keeper.line_tries = take_snapshot(b, lexer.position, state, logits, lexer), 1
     return piece
 
 
@@ -231,13 +231,13 @@ def _redrew_line(b: int, keeper: _UnitKeeper, language: str, state, logits, max_
     if keeper.line_tries >= max_tries:
         if not too_long:
             return False  # it stays: the unit's own check decides
-        _restore(b, keeper.roll_back(), state, logits)  # a line that never ends: the whole unit again
+        restore_snapshot(b, keeper.roll_back(), state, logits)  # a line that never ends: the whole unit again
         return True
     stats.lines_redrawn += 1
     snap = keeper.line
     del keeper.buffer[snap.position - keeper.unit_start :]
     keeper.lexer, keeper.line_tries = snap.lexer.clone(), keeper.line_tries + 1
-    _restore(b, snap, state, logits)
+    restore_snapshot(b, snap, state, logits)
     return True
 
 
@@ -245,14 +245,14 @@ def _resume_point(b: int, keeper: _UnitKeeper, end: int, state, logits) -> _Snap
     """The snapshot a unit starting at `end` rolls back to."""
     lexer = keeper.lexer
     if end == lexer.position:
-        return _snapshot(b, end, state, logits, lexer)
+        return take_snapshot(b, end, state, logits, lexer)
     if end <= keeper.prime_end:
         return keeper.start  # the unit begins in the prime: it can only be drawn again from the prime's end
     assert keeper.line.position == end, "a Python unit starts at a line whose start was kept"
     return keeper.line
 
 
-def _restore(b: int, snap: _Snapshot, state, logits) -> None:
+def restore_snapshot(b: int, snap: _Snapshot, state, logits) -> None:
     for layer, saved in zip(state, snap.state):
         for tensor, row in zip(layer, saved):
             tensor[b].copy_(row)

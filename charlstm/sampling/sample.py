@@ -1,5 +1,9 @@
 """Sampling: prime the model, then draw characters one at a time and stream them out.
 
+`Sampler.generate` is the one entry point: from the settings it chooses the loop (`Sampler.plan`)
+— beam search (beam.py) with --beam, a CUDA graph's replayed steps where they can run, else eager
+steps — runs it, and records which ran and why in `last_path`.
+
 The prime goes through the model's fused forward (O(prime) work, in chunks); after that every
 character costs one `StepEngine.step` for the whole batch of samples: the state carries and the
 prefix is never re-run. Draws use the Gumbel-max trick with noise taken from a seeded generator
@@ -22,23 +26,23 @@ from pathlib import Path
 import torch
 
 from ..core.backend import sampling_device
-from ..core.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
-from ..core.config import WEIGHT_PRECISIONS
+from .beam import beam_search
+from ..core.checkpoint import OpenedModel, open_model
+from ..core.config import MAX_SEED, WEIGHT_PRECISIONS
 from .constrained import DEFAULT_MAX_TRIES, ValidStats, constrained_steps, primed_lexer, valid_steps
 from .draw import DrawRule, GumbelNoise
 from ..core.engine import StepEngine, packed_weights_available
 from ..core.errors import CharlstmError
 from .graphed import GRAPH_STEPS, BlockSteps, capture_unavailable, replays
-from ..analysis.interventions import UnitSpec, check_unit, resolve
 from .lexers import LEXED_LANGUAGES
 from ..core.model import CharRNN
 from .syntax import check_language
+from ..core.units import Intervention, UnitSpec, check_unit, resolve
 from ..core.userio import read_text_source
 from ..core.vocab import Vocab
 
 PRIME_CHUNK = 4096  # prime characters per fused forward
 DEFAULT_TEMPERATURE = 0.8
-MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
 # Bounds that keep a typo from taking all memory: every sample and beam holds a state and its text.
 MAX_SAMPLES = 4096
 MAX_BEAM = 1024
@@ -125,6 +129,23 @@ class SampleSettings:
             raise CharlstmError("--beam finds one best continuation: drop --num-samples")
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What `Sampler.generate` runs for some settings, checked against the model."""
+
+    path: str  # "beam", "graphed" (a CUDA graph), "blocks" (its logic uncaptured) or "eager"
+    reason: str | None  # why not a CUDA graph (None where one runs, or on "blocks")
+    interventions: tuple[Intervention, ...]  # --clamp and --ablate, resolved against the model
+    watch: tuple[int, int, int, str] | None  # --watch: (layer index, state index, neuron, signal)
+
+    @property
+    def note(self) -> str:
+        """How the steps run, in a few words (said on a CUDA device, where there is a choice)."""
+        if self.path == "graphed":
+            return f"steps replayed from a CUDA graph, {GRAPH_STEPS} characters per launch"
+        return f"eager steps: {self.reason}"
+
+
 def unescape(text: str) -> str:
     """Backslash escapes as Python writes them (\\n, \\t, \\x1c), so a shell can pass a newline."""
     try:
@@ -184,14 +205,15 @@ class Sampler:
         self._blocks: dict[tuple, BlockSteps] = {}  # block buffers (and graphs) by batch and rule, newest last
 
     @classmethod
-    def from_checkpoint(cls, where: str | Path | None, device: str = "cpu", precision: str = "auto"):
-        """Returns (sampler, payload); `where` is a checkpoint file, a run folder, or None."""
-        device = sampling_device(device)  # check before the (slow) load
-        payload = load_checkpoint(resolve_checkpoint(where))
-        model, vocab = model_from_checkpoint(payload)
-        sampler = cls(model, vocab, device, precision)
-        sampler.language = (payload.get("dataset") or {}).get("language")
-        return sampler, payload
+    def from_checkpoint(
+        cls, where: str | Path | None, device: str = "cpu", precision: str = "auto"
+    ) -> tuple[Sampler, OpenedModel]:
+        """Returns (sampler, the opened checkpoint: its path and payload); `where` is a checkpoint
+        file, a run folder, or None (see `open_model`). Auto picks a CUDA GPU, else the CPU."""
+        opened = open_model(where, sampling_device(device))
+        sampler = cls(opened.model, opened.vocab, opened.device, precision)
+        sampler.language = opened.language
+        return sampler, opened
 
     def prime_tokens(self, prime: str) -> tuple[torch.Tensor, list[str]]:
         """Token ids that start a sample: the document separator (a file begins), then the prime.
@@ -201,20 +223,19 @@ class Sampler:
         ids = [self.vocab.doc_sep, *self.vocab.encode(prime).tolist()]
         return torch.tensor(ids, dtype=torch.long, device=self.device), self.vocab.unknown_chars(prime)
 
-    def clamps(self, settings: SampleSettings):
-        """The settings' --clamp/--ablate compiled for the engine (None when there are none)."""
+    def plan(self, settings: SampleSettings) -> Plan:
+        """Check the settings, alone and against this model, and choose the loop `generate` runs."""
+        settings.validate()
+        path, reason = self.sampling_path(settings)
         e = self.engine
-        return e.clamps(resolve(list(settings.interventions), e.kind, e.layers, e.hidden))
-
-    def watched_unit(self, settings: SampleSettings) -> tuple[int, int, int, str] | None:
-        """--watch as (layer index, index in the layer's state tuple, neuron, signal)."""
-        spec = settings.watch
-        if spec is None:
-            return None
-        e = self.engine
-        check_unit(spec, e.kind, e.layers, e.hidden)
-        signal = spec.signal or "hidden"
-        return spec.layer - 1, ("hidden", "cell").index(signal), spec.neuron, signal
+        interventions = tuple(resolve(list(settings.interventions), e.kind, e.layers, e.hidden))
+        watch = None
+        if settings.watch is not None:
+            spec = settings.watch
+            check_unit(spec, e.kind, e.layers, e.hidden)
+            signal = spec.signal or "hidden"
+            watch = spec.layer - 1, ("hidden", "cell").index(signal), spec.neuron, signal
+        return Plan(path, reason, interventions, watch)
 
     def primed(self, tokens: torch.Tensor, clamps=None) -> tuple[torch.Tensor, list]:
         """Run the prime's tokens: the last logits [1, vocab] (float32) and the state, batch 1.
@@ -240,7 +261,7 @@ class Sampler:
         if self.graphs == "eager":
             return "eager", "eager steps asked for"
         if settings.beam is not None:
-            return "eager", "--beam searches instead of drawing"
+            return "beam", "--beam searches instead of drawing"
         if settings.interventions:
             return "eager", "--clamp and --ablate hold units inside the eager step"
         if settings.watch is not None:
@@ -257,16 +278,24 @@ class Sampler:
         return "graphed", None
 
     @torch.inference_mode()
-    def generate(self, settings: SampleSettings) -> Iterator[tuple]:
+    def generate(self, settings: SampleSettings, plan: Plan | None = None) -> Iterator[tuple]:
         """Yield, once per step, every sample's new character ("" after it stopped) and which are done;
-        with `settings.watch`, also the watched unit's value after reading the new character."""
-        settings.validate()
+        with `settings.watch`, also the watched unit's value after reading the new character. With
+        --beam, the one sample's text comes in pieces (each settled once every beam agrees on it)
+        and is never marked done. `plan`: `self.plan(settings)`, when the caller has it already.
+        `last_path` says which loop ran, and why."""
+        plan = self.plan(settings) if plan is None else plan
+        clamps = self.engine.clamps(plan.interventions)
+        if plan.path == "beam":
+            self.last_path = (plan.path, plan.reason)
+            done = [False]
+            for piece in beam_search(self, settings.prime, settings.beam, settings.length, settings.stop, clamps):
+                yield [piece], done
+            return
         lexer = self._lexer(settings)
-        path, reason = self.sampling_path(settings)
+        path, reason, watch = plan.path, plan.reason, plan.watch
         batch, engine = settings.num_samples, self.engine
         tokens, _ = self.prime_tokens(settings.prime)
-        clamps = self.clamps(settings)
-        watch = self.watched_unit(settings)
 
         logits, state = self.primed(tokens, clamps)
         generator = torch.Generator(device=self.device)

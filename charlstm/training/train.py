@@ -44,11 +44,11 @@ from .batching import training_data
 from ..core.checkpoint import BEST, LATEST, save_checkpoint
 from ..core.config import TrainConfig
 from ..core.errors import CharlstmError, first_line
-from ..evaluation.evaluate import LN2, bits_per_char
+from ..evaluation.evaluate import bits_per_char
 from ..core.events import Listener, Message, Metrics, Progress
 from ..core.files import append_line
 from .finetune import InitSource, transfer_weights
-from ..core.model import CharRNN, detach_state
+from ..core.model import LN2, CharRNN, detach_state
 from .progress import Invocation, announcement, run_summary
 from .runfolder import check_run_dir, prepare_run_dir, write_run_config
 from .schedule import lr_at, minutes_decay, new_schedule, planned_total, resumed_schedule

@@ -24,12 +24,12 @@ def surprise_text(result: dict):
 def surprise_legend():
     from rich.text import Text
 
-    from .render import _hex
+    from .render import hex_colour
 
     out = Text("bits ")
     out.append("0 ")
     for k in range(15):
-        out.append(" ", style=f"on {_hex(colour_of_bits(MAX_BITS * k / 14))}")
+        out.append(" ", style=f"on {hex_colour(colour_of_bits(MAX_BITS * k / 14))}")
     out.append(f" ≥{MAX_BITS:g}")
     return out
 
@@ -88,7 +88,6 @@ def run_syntax_eval(checkpoint: str | None, err, json_out: bool, *, device: str,
 
     from rich.markup import escape
 
-    from ..core.checkpoint import resolve_checkpoint
     from ..core.errors import CharlstmError
     from ..sampling.sample import Sampler, SampleSettings, unescape
     from ..evaluation.syntax_eval import syntax_rate
@@ -96,10 +95,9 @@ def run_syntax_eval(checkpoint: str | None, err, json_out: bool, *, device: str,
     if any(text_options):
         raise CharlstmError("--syntax draws its own samples: drop --data, --text-file, --per-char and --dynamic")
     SampleSettings(length=length, temperature=temperature, seed=seed).validate()
-    path = resolve_checkpoint(checkpoint)
-    sampler, _ = Sampler.from_checkpoint(path, device=device)
+    sampler, opened = Sampler.from_checkpoint(checkpoint, device=device)
     result = syntax_rate(sampler, samples, length, temperature, None if prime is None else unescape(prime), seed, draw)
-    result["checkpoint"] = str(path)
+    result["checkpoint"] = str(opened.path)
     if json_out:
         print(json.dumps(result, ensure_ascii=False))
         return

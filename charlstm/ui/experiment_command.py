@@ -12,6 +12,7 @@ from rich.text import Text
 
 from ..core.errors import CharlstmError
 from ..core.backend import sampling_device
+from ..core.config import STUDY_DEVICES
 from ..analysis.experiments import NAMES, STUDIES, configured_study, run_study, write_html
 from .terminal import Terminal
 from ..core.userio import check_output
@@ -77,9 +78,6 @@ def comparison_table(results: dict[str, dict]) -> Table:
     return table
 
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
 def html_path(html: Path | str, study: str, several: bool) -> Path:
     """With several studies, one page each: OUT.html → OUT-STUDY.html."""
     html = Path(html)
@@ -97,8 +95,8 @@ def run_experiments(name: str, console: Console, quiet: bool = False, html: Path
     names = NAMES if name == "all" else (name,)
     if name != "all" and name not in STUDIES:
         raise CharlstmError(f"unknown experiment {name!r}; choose one of {', '.join(NAMES)} or all")
-    if device not in DEVICES:
-        raise CharlstmError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device not in STUDY_DEVICES:
+        raise CharlstmError(f"--device must be one of {', '.join(STUDY_DEVICES)}, got {device!r}")
     dev = sampling_device(device)  # auto: a CUDA GPU when there is one, else the CPU
     if html is not None and not Path(html).name:  # "", ".", "/": no file name to write (or to add -STUDY to)
         raise CharlstmError(f"--html needs a file name, got {str(html)!r}")

@@ -16,6 +16,7 @@ from rich.markup import escape
 from ..analysis import explorer
 from ..analysis import interventions
 from . import render
+from ..core import units
 from ..analysis.contexts import unit_top_contexts
 from ..core.errors import CharlstmError
 from ..analysis.explorer import most_chars, write_explorer
@@ -125,7 +126,7 @@ def _check_flags(o: InspectOptions) -> tuple[list[str], list | None]:
         raise CharlstmError(f"--controls must be at most {interventions.MAX_CONTROLS}, got {o.controls}")
     if (o.ablate or o.causal) and o.seed < 0:
         raise CharlstmError(f"--seed must be 0 or more, got {o.seed}")
-    specs = [interventions.parse_unit(a, "--ablate") for a in o.ablate] if o.ablate else None
+    specs = [units.parse_unit(a, "--ablate") for a in o.ablate] if o.ablate else None
     if o.svg is not None and modes:
         raise CharlstmError(f"--svg saves the view of one neuron; it does not go with {modes[0]}")
     if o.state is not None and o.state not in INSPECT_STATES:
@@ -148,7 +149,7 @@ def _check_against_model(inspection, o: InspectOptions, specs, modes: list[str])
     if o.state not in (None, "all"):
         inspection.check_signal(o.state)
     if specs:
-        interventions.resolve(specs, inspection.kind, inspection.layers, inspection.hidden)
+        units.resolve(specs, inspection.kind, inspection.layers, inspection.hidden)
     if not modes and not o.unit_given:
         raise CharlstmError("give --layer and --neuron (or --find FEATURE, --stats, --html OUT.html)")
 

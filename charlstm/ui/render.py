@@ -21,6 +21,7 @@ from rich.text import Text
 from ..core.engine import GATES
 from ..analysis.interventions import CLASSES
 from ..analysis.scales import value_range
+from ..core.vocab import NEWLINE_MARK
 
 # ColorBrewer RdBu / Blues end points: readable on light and dark terminals alike.
 NEUTRAL = (247, 247, 247)
@@ -31,7 +32,6 @@ GATE_HIGH = (8, 48, 107)
 
 # How whitespace and control characters are drawn so that they stay visible.
 VISIBLE = {" ": "·", "\t": "→", "\x1c": "␜", "\r": "␍"}
-NEWLINE_MARK = "↵"
 
 
 def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> tuple[int, int, int]:
@@ -49,13 +49,14 @@ def colour_of(value: float, signal: str, scale: float = 1.0) -> tuple[int, int, 
     return _mix(NEUTRAL, RED if value < 0 else BLUE, t)
 
 
-def _ink(rgb: tuple[int, int, int]) -> str:
+def ink_on(rgb: tuple[int, int, int]) -> str:
     """Black or white text, whichever reads better on the background."""
     r, g, b = rgb
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
 
 
-def _hex(rgb: tuple[int, int, int]) -> str:
+def hex_colour(rgb: tuple[int, int, int]) -> str:
+    """`#rrggbb`, as rich and HTML take a colour."""
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
@@ -81,7 +82,7 @@ def colour_text(
 def append_on_colour(out: Text, ch: str, bg, newlines: bool = True) -> None:
     """Append one character to `out` on the background colour `bg`, whitespace and control
     characters drawn as dim marks (a newline as ↵, followed by a real one if `newlines`)."""
-    style = f"{_ink(bg)} on {_hex(bg)}"
+    style = f"{ink_on(bg)} on {hex_colour(bg)}"
     if ch == "\n":
         out.append(NEWLINE_MARK, style=style + " dim")
         if newlines:
@@ -122,7 +123,7 @@ def legend(signal: str, scale: float | None = None, width: int = 15) -> Text:
     out.append(f"{words[0]} {low:.3g} ".lstrip())
     for k in range(width):
         v = low + (high - low) * k / (width - 1)
-        out.append(" ", style=f"on {_hex(colour_of(v, signal, high))}")
+        out.append(" ", style=f"on {hex_colour(colour_of(v, signal, high))}")
     out.append(f" {high:{'g' if signal in GATES else '+.3g'}} {words[1]}".rstrip())
     if signal == "cell":
         out.append(" (largest |value| shown)", style="dim")

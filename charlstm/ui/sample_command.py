@@ -18,18 +18,13 @@ from pathlib import Path
 from typing import TextIO
 
 from ..core.backend import torch_threads
-from ..sampling.beam import beam_search
-from ..core.checkpoint import resolve_checkpoint
-from ..core.config import MAX_THREADS
+from ..core.config import check_threads
 from ..sampling.constrained import CLOSE_ALLOWANCE
 from ..core.errors import CharlstmError
-from ..sampling.graphed import GRAPH_STEPS
-from ..analysis.interventions import resolve
-from ..sampling.sample import Sampler, SampleSettings
+from ..sampling.sample import Plan, Sampler, SampleSettings
 from ..core.userio import check_output, refuse_output_over_input, silence_stdout, write_output
-from ..core.vocab import DOC_SEP
+from ..core.vocab import DOC_SEP, NEWLINE_MARK  # --watch: a newline's value shows on the mark
 
-NEWLINE_MARK = "↵"  # --watch on a terminal: where a newline's value is shown
 NEW_FILE_RULE = "── new file ──"  # how a generated document separator (a new file starting) is shown
 
 
@@ -178,12 +173,12 @@ class UnitPainter:
         self.signal, self.scale = signal, 1.0
 
     def __call__(self, value: float) -> str:
-        from .render import _ink, colour_of
+        from .render import colour_of, ink_on
 
         if self.signal == "cell" and math.isfinite(value):
             self.scale = max(self.scale, abs(value))
         r, g, b = colour_of(value, self.signal, self.scale)
-        ink = "30" if _ink((r, g, b)) == "black" else "97"
+        ink = "30" if ink_on((r, g, b)) == "black" else "97"
         return f"\x1b[48;2;{r};{g};{b}m\x1b[{ink}m"
 
 
@@ -202,25 +197,15 @@ def _pygments_for(language: str):
 
 
 def stream_samples(
-    sampler: Sampler, settings: SampleSettings, writer: StreamWriter, keep_texts: bool = False
+    sampler: Sampler, settings: SampleSettings, writer: StreamWriter, keep_texts: bool = False, plan: Plan | None = None
 ) -> list[str] | None:
-    """Generate as one batch and print the samples one after another, the first as it is made.
+    """Generate as one batch (`Sampler.generate`: drawn, or one beam-searched sample) and print the
+    samples one after another, the first as it is made.
 
     A sample whose turn has not come yet is kept; when its turn comes, what it has so far is
     printed at once and the rest streams. What has been printed is not kept: with `keep_texts`,
     returns every sample's text (prime included), else None.
     """
-    if settings.beam is not None:
-        settings.validate()
-        writer.write(settings.prime)
-        pieces = [settings.prime]
-        clamps = sampler.clamps(settings)
-        for piece in beam_search(sampler, settings.prime, settings.beam, settings.length, settings.stop, clamps):
-            writer.write(piece)
-            if keep_texts:
-                pieces.append(piece)
-        writer.finish()
-        return ["".join(pieces)] if keep_texts else None
     n = settings.num_samples
     texts: list[list[str]] | None = [[settings.prime] for _ in range(n)] if keep_texts else None
     waiting: list[TextChunks | None] = [None] + [TextChunks(settings.prime) for _ in range(n - 1)]  # not yet shown
@@ -236,13 +221,13 @@ def stream_samples(
 
     begin(0)
     if settings.watch is not None:  # one sample, each character with the watched unit's value
-        for chars, _, value in sampler.generate(settings):
+        for chars, _, value in sampler.generate(settings, plan):
             if texts is not None:
                 texts[0].append(chars[0])
             writer.write(chars[0], value)
         writer.finish()
         return ["".join(texts[0])] if texts is not None else None
-    for chars, done in sampler.generate(settings):
+    for chars, done in sampler.generate(settings, plan):
         if texts is not None:
             for parts, ch in zip(texts, chars):
                 parts.append(ch)
@@ -317,10 +302,7 @@ def run_sampling(
     """
     from rich.console import Console
 
-    if threads is not None and threads < 1:
-        raise CharlstmError(f"--threads must be at least 1, got {threads}")
-    if threads is not None and threads > MAX_THREADS:
-        raise CharlstmError(f"--threads must be at most {MAX_THREADS}, got {threads}")
+    check_threads(threads)
     if sys.stdout is None and out is None:  # started with stdout closed (`>&-`)
         raise CharlstmError("stdout is closed: nowhere to write the samples (save them with -o FILE)")
     if out is not None:
@@ -334,9 +316,9 @@ def _run_sampling(
 ) -> None:
     from rich.markup import escape
 
-    path = resolve_checkpoint(checkpoint)
-    refuse_output_over_input({"-o": out}, {"the checkpoint": path})
-    sampler, payload = Sampler.from_checkpoint(path, device=device, precision=precision)
+    sampler, opened = Sampler.from_checkpoint(checkpoint, device=device, precision=precision)
+    path, payload, language = opened.path, opened.payload, opened.language
+    refuse_output_over_input({"-o": out}, {"the checkpoint": path})  # before anything is generated
     unknown = sampler.vocab.unknown_chars(settings.prime)
     if unknown:
         err.print(
@@ -359,20 +341,17 @@ def _run_sampling(
         soft_wrap=True,
     )
 
-    planned = sampler.sampling_path(settings)
+    plan = sampler.plan(settings)  # the loop generate runs, the units resolved against the model
     if sampler.device.type == "cuda":  # on a CPU there is one loop and nothing to say
-        note = f"steps replayed from a CUDA graph, {GRAPH_STEPS} characters per launch"
-        err.print(f"[dim]{note if planned[0] == 'graphed' else 'eager steps: ' + escape(planned[1])}[/dim]", highlight=False)
+        err.print(f"[dim]{escape(plan.note)}[/dim]", highlight=False)
 
     stream = stdout_text() if sys.stdout is not None else io.StringIO()  # stdout closed: only -o gets them
-    language = (payload.get("dataset") or {}).get("language")
     on_terminal = color and is_color_terminal(stream)
-    for item in resolve(list(settings.interventions), engine.kind, engine.layers, engine.hidden):
+    for item in plan.interventions:
         err.print(f"[dim]holding unit {escape(item.describe())} at every step[/dim]", highlight=False)
     paint = None
-    watch = sampler.watched_unit(settings)
-    if watch is not None:
-        layer, _, neuron, signal = watch
+    if plan.watch is not None:
+        layer, _, neuron, signal = plan.watch
         if on_terminal:
             paint = UnitPainter(signal)
             err.print(
@@ -386,7 +365,7 @@ def _run_sampling(
     highlight = on_terminal and paint is None
     writer = StreamWriter(stream, color=highlight, language=language, paint=paint, keep_plain=out is not None)
     try:
-        stream_samples(sampler, settings, writer)
+        stream_samples(sampler, settings, writer, plan=plan)
     except BrokenPipeError:
         silence_stdout()  # the reader went away (`| head`): stop quietly, as Unix tools do
         _save_out(out, writer, err, " (the text generated before the reader went away)")
@@ -394,7 +373,7 @@ def _run_sampling(
     except KeyboardInterrupt:
         _save_out(out, writer, err, " (the text generated before the interrupt)")
         raise
-    if planned[0] == "graphed" and sampler.last_path is not None and sampler.last_path[0] != "graphed":
+    if plan.path == "graphed" and sampler.last_path is not None and sampler.last_path[0] != "graphed":
         err.print(f"[yellow]warning:[/yellow] sampled eagerly: {escape(sampler.last_path[1])}", highlight=False)
     _report_constraint(settings, sampler.last_stats, err)
     _save_out(out, writer, err)
