@@ -4,7 +4,8 @@ Each command lives in `ui/NAME_cli.py`: its options, declared once as `Annotated
 function that wires them to a library call, nothing more. Those modules import no torch: each
 command imports its implementation when it runs (seconds), which `charlstm --help` and a mistyped
 option do not need. Domain errors (CharlstmError) become one red line on stderr and exit code 1
-(`ui/guard.py`).
+(`ui/guard.py`). A command's docstring is its help, line breaks included (rich markup keeps them),
+so a paragraph shown on one line stays one line in the source, marked `# noqa: E501`.
 """
 
 from __future__ import annotations
