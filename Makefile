@@ -13,7 +13,7 @@ DEMO_MINUTES ?= 3
 DEMO_DATA    ?= data/python-stdlib
 DEMO_RUN     ?= checkpoints/demo
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast lint format demo bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 		$(PIP) install -q "$(TORCH_CPU_SPEC)" $(TORCH_PIP_ARGS) 2>/dev/null || \
 		$(PIP) install -q torch --index-url $(TORCH_CPU_INDEX); \
 	fi
-	$(PIP) install -q -e ".[test,syntax,tensorboard,svg]"  # the extras too, so the tests cover them
+	$(PIP) install -q -e ".[test,syntax,tensorboard,svg,lint]"  # the extras too, so the tests cover them
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,6 +40,17 @@ test: install
 # The suite without the tests marked slow (those that start processes).
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# ruff as pyproject.toml configures it: the linter, and the formatter as a check (CI runs this before the tests).
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# Rewrite the code to pass `make lint` where a tool can: the linter's safe fixes (import order, pyupgrade),
+# then the formatter; what is left (a long string, zip without strict=) the linter lists for a person to fix.
+format: install
+	$(PY) -m ruff check --fix --exit-zero .
+	$(PY) -m ruff format .
 
 demo: install
 	DEMO_MINUTES=$(DEMO_MINUTES) DEMO_DATA=$(DEMO_DATA) DEMO_RUN=$(DEMO_RUN) PY=$(PY) bash scripts/demo.sh

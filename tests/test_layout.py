@@ -98,8 +98,10 @@ def test_no_import_cycles_even_inside_functions():
 
 def test_each_layer_imports_only_itself_and_the_layers_below():
     modules = package_modules()
-    upward = {name: sorted(m for m in imports_of(path, modules) if LAYERS.index(layer_of(m)) > LAYERS.index(layer_of(name)))
-              for name, path in modules.items()}  # fmt: skip
+    upward = {
+        name: sorted(m for m in imports_of(path, modules) if LAYERS.index(layer_of(m)) > LAYERS.index(layer_of(name)))
+        for name, path in modules.items()
+    }
     assert {name: wrong for name, wrong in upward.items() if wrong} == {}
 
 
@@ -113,7 +115,8 @@ def test_every_module_lives_in_a_layer_and_the_top_level_stays_small():
 def test_the_import_reader_resolves_relative_imports(tmp_path):
     modules = package_modules()
     assert imports_of(PACKAGE / "core" / "checkpoint.py", modules) >= {"core.model", "core.vocab"}
-    assert "ui.sample_command" in imports_of(PACKAGE / "cli.py", modules)
+    assert "ui.sample_cli" in imports_of(PACKAGE / "cli.py", modules)  # `from .ui import sample_cli`
+    assert {"ui.sample_command", "core.checkpoint"} <= imports_of(PACKAGE / "ui" / "sample_cli.py", modules)
     reader = imports_of(PACKAGE / "ui" / "render.py", modules)
     assert reader and all(m in modules for m in reader)
 
@@ -192,11 +195,17 @@ print(json.dumps({"codes": codes, "heavy": sorted(m for m in sys.modules if m.sp
 
 
 def test_help_does_not_import_torch():
-    asked = [["--help"]] + [[command, "--help"] for command in
-                            ("ingest", "train", "eval", "sample", "inspect-neuron", "experiment")]  # fmt: skip
+    commands = ("ingest", "train", "runs", "eval", "sample", "inspect-neuron", "experiment")
+    asked = [["--help"]] + [[command, "--help"] for command in commands]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH, json.dumps(asked)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_WITHOUT_TORCH, json.dumps(asked)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result == {"codes": [0] * len(asked), "heavy": []}

@@ -41,8 +41,10 @@ def warn_unknown(chars: list[str], err) -> None:
     if chars:
         shown = " ".join(repr(ch) for ch in chars[:20])
         more = f" and {len(chars) - 20} more" if len(chars) > 20 else ""
-        err.print(f"[yellow]warning:[/yellow] characters the model does not know, scored as unknown: {escape(shown)}{more}",
-                  highlight=False)  # fmt: skip
+        err.print(
+            f"[yellow]warning:[/yellow] characters the model does not know, scored as unknown: {escape(shown)}{more}",
+            highlight=False,
+        )
 
 
 def report_surprise(result: dict, err, json_out: bool = False, html_out: str | Path | None = None) -> None:
@@ -66,7 +68,8 @@ def report_surprise(result: dict, err, json_out: bool = False, html_out: str | P
     err.print(surprise_legend())
     err.print(
         f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} "
-        f"characters, scored as one stream ({escape(result['checkpoint'])}, {result['precision']} on {result['device']})",
+        f"characters, scored as one stream ({escape(result['checkpoint'])}, "
+        f"{result['precision']} on {result['device']})",
         highlight=False,
     )
     err.print("most surprising (line:column):", highlight=False)
@@ -81,8 +84,20 @@ def report_surprise(result: dict, err, json_out: bool = False, html_out: str | P
         err.print(f"wrote {escape(str(html_out))}", highlight=False)
 
 
-def run_syntax_eval(checkpoint: str | None, err, json_out: bool, *, device: str, samples: int, length: int,
-                    temperature: float, prime: str | None, seed: int, draw: str, text_options: tuple) -> None:  # fmt: skip
+def run_syntax_eval(
+    checkpoint: str | None,
+    err,
+    json_out: bool,
+    *,
+    device: str,
+    samples: int,
+    length: int,
+    temperature: float,
+    prime: str | None,
+    seed: int,
+    draw: str,
+    text_options: tuple,
+) -> None:
     """`charlstm eval --syntax`: draw samples, parse their units, print the share that parse."""
     import json
 
@@ -102,9 +117,12 @@ def run_syntax_eval(checkpoint: str | None, err, json_out: bool, *, device: str,
         print(json.dumps(result, ensure_ascii=False))
         return
     rate = "no complete unit" if result["rate"] is None else f"[bold]{result['rate']:.0%}[/bold]"
-    err.print(f"{rate} of complete top-level units parse: {result['parsed']} of {result['units']} ({result['language']}, "
-              f"{samples} samples of {length:,} characters at T={temperature:g}, {draw} drawing, seed {seed}, "
-              f"{result['seconds']:.1f} s)", highlight=False)  # fmt: skip
+    err.print(
+        f"{rate} of complete top-level units parse: {result['parsed']} of {result['units']} ({result['language']}, "
+        f"{samples} samples of {length:,} characters at T={temperature:g}, {draw} drawing, seed {seed}, "
+        f"{result['seconds']:.1f} s)",
+        highlight=False,
+    )
     if draw == "valid":
         err.print(valid_summary(result["tries"], result["dropped"], result["lines_redrawn"], result["seconds"]), highlight=False)
     for failure in result["failures"]:
@@ -143,8 +161,10 @@ def syntax_line(syntax: dict) -> str:
     where = "8 samples of 600 characters at T=0.7; `charlstm eval RUN --syntax` for more"
     if syntax["rate"] is None:
         return f"syntax: no complete top-level unit yet ({where})"
-    return (f"syntax: {syntax['rate']:.0%} of complete top-level units parse ({syntax['parsed']} of "
-            f"{syntax['units']} in {where})")  # fmt: skip
+    return (
+        f"syntax: {syntax['rate']:.0%} of complete top-level units parse ({syntax['parsed']} of "
+        f"{syntax['units']} in {where})"
+    )
 
 
 def report_score(result: dict, err, json_out: bool) -> None:
@@ -158,13 +178,16 @@ def report_score(result: dict, err, json_out: bool) -> None:
         print(json.dumps(result))
         return
     err.print(
-        f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
-        f"({escape(result['checkpoint'])}, step {result['step']}, {result['precision']} on {result['device']}, "
-        f"{result['chars_per_sec']:,.0f} chars/s)",
+        f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over "
+        f"{result['chars']:,} characters ({escape(result['checkpoint'])}, step {result['step']}, "
+        f"{result['precision']} on {result['device']}, {result['chars_per_sec']:,.0f} chars/s)",
         highlight=False,
     )
     if "dynamic" in result:
         d = result["dynamic"]
-        err.print(f"dynamic evaluation: [bold]{d['bpc']:.4f}[/bold] bits per character "
-                  f"({d['bpc'] - result['bpc']:+.4f}; SGD lr {d['lr']:g} per {d['seq_len']}-character segment, "
-                  f"{d['seconds']:.1f} s)", highlight=False)  # fmt: skip
+        err.print(
+            f"dynamic evaluation: [bold]{d['bpc']:.4f}[/bold] bits per character "
+            f"({d['bpc'] - result['bpc']:+.4f}; SGD lr {d['lr']:g} per {d['seq_len']}-character segment, "
+            f"{d['seconds']:.1f} s)",
+            highlight=False,
+        )

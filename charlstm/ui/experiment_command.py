@@ -101,8 +101,9 @@ def run_experiments(name: str, console: Console, quiet: bool = False, html: Path
     if html is not None and not Path(html).name:  # "", ".", "/": no file name to write (or to add -STUDY to)
         raise CharlstmError(f"--html needs a file name, got {str(html)!r}")
     for study in names:  # every study's options and page are checked before the first one trains
-        configured_study(study, options.get("seed", 0), options.get("steps"), options.get("max_n"),
-                         options.get("eval_max_n"))  # fmt: skip
+        configured_study(
+            study, options.get("seed", 0), options.get("steps"), options.get("max_n"), options.get("eval_max_n")
+        )
         if html is not None:
             check_output(html_path(html, study, len(names) > 1))
     results = {}

@@ -84,13 +84,15 @@ def inspect_neuron(checkpoint: str | None, opts: InspectOptions, *, err) -> None
     if opts.ablate and opts.html is None:
         return _ablate_units(inspection, chosen, source, specs, opts.controls, opts.seed, opts.json_out, err)
     if opts.top_contexts is not None:
-        return _top_contexts(inspection, chosen, source, opts.layer, opts.neuron, opts.state, opts.top_contexts,
-                             opts.json_out, err)  # fmt: skip
+        return _top_contexts(
+            inspection, chosen, source, opts.layer, opts.neuron, opts.state, opts.top_contexts, opts.json_out, err
+        )
     if opts.html is not None:
         return _explorer_page(inspection, chosen, source, opts.html, opts.layer, opts.neuron, opts.state, specs, err)
     if opts.find is not None:
-        return _find(inspection, chosen, source, opts.find, opts.top, opts.causal, opts.controls, opts.seed,
-                     opts.json_out, err)  # fmt: skip
+        return _find(
+            inspection, chosen, source, opts.find, opts.top, opts.causal, opts.controls, opts.seed, opts.json_out, err
+        )
     if opts.stats:
         return _stats(inspection, chosen, source, opts.json_out, err)
     return _one_unit(inspection, chosen, source, opts.layer, opts.neuron, opts.state, opts.svg, err)
@@ -99,9 +101,17 @@ def inspect_neuron(checkpoint: str | None, opts: InspectOptions, *, err) -> None
 def _check_flags(o: InspectOptions) -> tuple[list[str], list | None]:
     """The flag combinations that make no sense, refused before the checkpoint is read. Returns the
     modes asked for and the parsed --ablate units (None without --ablate)."""
-    modes = [name for name, on in (("--find", o.find is not None), ("--stats", o.stats), ("--html", o.html is not None),
-                                   ("--ablate", bool(o.ablate) and o.html is None),
-                                   ("--top-contexts", o.top_contexts is not None)) if on]  # fmt: skip
+    modes = [
+        name
+        for name, on in (
+            ("--find", o.find is not None),
+            ("--stats", o.stats),
+            ("--html", o.html is not None),
+            ("--ablate", bool(o.ablate) and o.html is None),
+            ("--top-contexts", o.top_contexts is not None),
+        )
+        if on
+    ]
     if len(modes) > 1:
         raise CharlstmError(f"choose one of {', '.join(modes)} at a time")
     if o.json_out and o.html is not None:  # with --ablate, --html writes the page and prints no JSON
@@ -218,7 +228,8 @@ def _explorer_page(inspection, chosen: str, source: str, html: str, layer: int |
         )
     err.print(
         f"wrote {escape(html)} ({summary['bytes'] / 1e6:.1f} MB: {summary['chars']:,} characters, "
-        f"{summary['layers']} layer{'s' * (summary['layers'] != 1)} × {summary['hidden']} neurons × {len(summary['signals'])} signals)",
+        f"{summary['layers']} layer{'s' * (summary['layers'] != 1)} × {summary['hidden']} neurons × "
+        f"{len(summary['signals'])} signals)",
         highlight=False,
     )
 
@@ -240,7 +251,7 @@ def _find(inspection, chosen: str, source: str, find: str, top: int, causal: boo
     if json_out:
         ranked_units = [u.to_dict() for u in units]
         if effects is not None:
-            for entry, u in zip(ranked_units, units):
+            for entry, u in zip(ranked_units, units, strict=True):
                 entry["ablation"] = effects["by_unit"][(u.layer, u.neuron)]["delta"]
             effects = {k: v for k, v in effects.items() if k not in ("by_unit", "ablations")}
         print(json.dumps({"feature": find, "chars": len(chosen), "neurons": ranked_units, "causal": effects}))
@@ -282,7 +293,8 @@ def _one_unit(inspection, chosen: str, source: str, layer: int, neuron: int, sta
         trace_into(inspection, chosen, [unit], tracing_progress(status))
     out = Console(highlight=False, record=svg is not None)
     err.print(
-        f"layer {layer} of {inspection.layers}, neuron {neuron} (0-based) — {escape(inspection.describe())}; {escape(source)}",
+        f"layer {layer} of {inspection.layers}, neuron {neuron} (0-based) — {escape(inspection.describe())}; "
+        f"{escape(source)}",
         highlight=False,
     )
     for signal in signals:

@@ -35,7 +35,7 @@ VISIBLE = {" ": "·", "\t": "→", "\x1c": "␜", "\r": "␍"}
 
 
 def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> tuple[int, int, int]:
-    return tuple(round(x + (y - x) * t) for x, y in zip(a, b))  # type: ignore[return-value]
+    return tuple(round(x + (y - x) * t) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
 
 
 def colour_of(value: float, signal: str, scale: float = 1.0) -> tuple[int, int, int]:
@@ -74,7 +74,7 @@ def colour_text(
     if scale is None:
         scale = value_range(signal, values)[1]
     out = Text(no_wrap=False)
-    for ch, v in zip(text, values):
+    for ch, v in zip(text, values, strict=True):
         append_on_colour(out, ch, colour_of(v, signal, scale), newlines)
     return out
 
@@ -163,14 +163,19 @@ def find_table(
     blanks = [""] * len(extra)
     snippet = feature_snippet(text[start:end], feature[start:end])
     table.add_row("", "", "", Text(feature_name), "", *blanks, snippet, style="italic")  # a regex is no markup
-    for rank, (unit, (values, scale)) in enumerate(zip(units, snippets), 1):
+    for rank, (unit, (values, scale)) in enumerate(zip(units, snippets, strict=True), 1):
         snippet = colour_text(text[start:end], values, unit.signal, scale=scale, newlines=False)
         colour = "blue" if unit.score > 0 else "red"
         cells = [column[rank - 1] for _, column in extra]
         table.add_row(
-            str(rank), str(unit.layer), str(unit.neuron), unit.signal, f"[{colour}]{unit.score:+.3f}[/{colour}]",
-            *cells, snippet,
-        )  # fmt: skip
+            str(rank),
+            str(unit.layer),
+            str(unit.neuron),
+            unit.signal,
+            f"[{colour}]{unit.score:+.3f}[/{colour}]",
+            *cells,
+            snippet,
+        )
     return table
 
 
@@ -178,8 +183,14 @@ def stats_table(rows: list[dict], title: str):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for name, justify in (("layer", "right"), ("gate", "left"), ("left <0.1", "right"), ("right >0.9", "right"),
-                          ("mostly left", "right"), ("mostly right", "right")):  # fmt: skip
+    for name, justify in (
+        ("layer", "right"),
+        ("gate", "left"),
+        ("left <0.1", "right"),
+        ("right >0.9", "right"),
+        ("mostly left", "right"),
+        ("mostly right", "right"),
+    ):
         table.add_column(name, justify=justify, no_wrap=True)
     table.caption = "share of time each gate is saturated, averaged over units; units saturated > 50 % of the time"
     for r in rows:
@@ -229,8 +240,14 @@ def ablation_table(report: dict, title: str):
 
     control = report["controls"][0]
     table = Table(title=title, title_justify="left")
-    for name, justify in (("characters", "left"), ("count", "right"), ("bpc", "right"), ("Δ ablated", "right"),
-                          ("Δ control, mean", "right"), ("Δ control, max", "right")):  # fmt: skip
+    for name, justify in (
+        ("characters", "left"),
+        ("count", "right"),
+        ("bpc", "right"),
+        ("Δ ablated", "right"),
+        ("Δ control, mean", "right"),
+        ("Δ control, max", "right"),
+    ):
         table.add_column(name, justify=justify, no_wrap=True)
     delta = report["ablations"][0]["delta"]
     for name in ("all", *CLASSES):
@@ -306,7 +323,7 @@ def contexts_view(result: dict, source: str, width: int = 100):
         values = [f"{e['value']:+.3f}" for e in entries]
         widths = [len(str(len(entries))), wide(values, "value"), wide(places, "line:col"), wide(chars, "char")]
         room = max(16, width - sum(widths) - 3 * (len(widths) + 1) - 1)  # cells are padded by 1, ruled by 1
-        for header, w in zip(("#", "value", "line:col", "char"), widths):
+        for header, w in zip(("#", "value", "line:col", "char"), widths, strict=True):
             table.add_column(header, justify="right", no_wrap=True, min_width=w, style="dim" if header == "#" else None)
         table.add_column("context (the peak underlined)", no_wrap=True, overflow="crop")
         for rank, entry in enumerate(entries, 1):

@@ -58,18 +58,27 @@ def runs_table(rows: list[dict]) -> Table:
     for row in rows:
         backend = "/".join(str(v) for v in (row["precision"], row["device"]) if v)
         table.add_row(
-            Text(row["name"]), Text(row["model"] or "?"), Text(row["dataset"] or "?"), f"{row['steps']:,}",
-            _number(row["epoch"], "{}"), _number(row["best_val_bpc"], "{:.4f}"), _number(row["train_bpc"], "{:.3f}"),
-            Text(backend or "?"), _number(row["minutes"], "{:.1f}"),
+            Text(row["name"]),
+            Text(row["model"] or "?"),
+            Text(row["dataset"] or "?"),
+            f"{row['steps']:,}",
+            _number(row["epoch"], "{}"),
+            _number(row["best_val_bpc"], "{:.4f}"),
+            _number(row["train_bpc"], "{:.3f}"),
+            Text(backend or "?"),
+            _number(row["minutes"], "{:.1f}"),
             Text(row["status"], style=STATUS_STYLE.get(row["status"], "")),
-        )  # fmt: skip
+        )
     return table
 
 
 def runs_notes(rows: list[dict]) -> list[Text]:
     """'NAME: resume with: ...', 'NAME: in use by PID N', 'NAME: latest.pt is not a whole checkpoint...'."""
-    return [Text.assemble((f"{row['name']}: ", "bold"), (row["note"], STATUS_STYLE.get(row["status"], "")))
-            for row in rows if row.get("note")]  # fmt: skip
+    return [
+        Text.assemble((f"{row['name']}: ", "bold"), (row["note"], STATUS_STYLE.get(row["status"], "")))
+        for row in rows
+        if row.get("note")
+    ]
 
 
 def _number(value, form: str) -> str:

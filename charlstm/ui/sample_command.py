@@ -229,7 +229,7 @@ def stream_samples(
         return ["".join(texts[0])] if texts is not None else None
     for chars, done in sampler.generate(settings, plan):
         if texts is not None:
-            for parts, ch in zip(texts, chars):
+            for parts, ch in zip(texts, chars, strict=True):
                 parts.append(ch)
         for index in range(current + 1, n):
             waiting[index].add(chars[index])
@@ -248,8 +248,14 @@ def stream_samples(
 # Characters a terminal would act on rather than show: C1 controls (some terminals read U+009B as
 # an escape sequence), bidirectional overrides and isolates (U+202E reverses what follows) and the
 # line and paragraph separators. On a terminal they show as "?", as inspect-neuron shows them.
-INVISIBLE_ACTORS = frozenset([*map(chr, range(0x80, 0xA0)), *"\u061c\u200e\u200f\u2028\u2029",
-                              *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))])  # fmt: skip
+INVISIBLE_ACTORS = frozenset(
+    [
+        *map(chr, range(0x80, 0xA0)),
+        *"\u061c\u200e\u200f\u2028\u2029",
+        *map(chr, range(0x202A, 0x202F)),
+        *map(chr, range(0x2066, 0x206A)),
+    ]
+)
 
 
 def terminal_safe(ch: str) -> str:
@@ -386,11 +392,16 @@ def _report_constraint(settings: SampleSettings, stats, err) -> None:
     if settings.valid:
         err.print(f"[dim]{valid_summary(stats.tries, stats.dropped, stats.lines_redrawn, stats.seconds)}[/dim]", highlight=False, soft_wrap=True)
         if stats.unfinished:
-            err.print(f"[yellow]warning:[/yellow] {stats.unfinished} sample(s) ran out of draws before reaching --length",
-                      highlight=False)  # fmt: skip
+            err.print(
+                f"[yellow]warning:[/yellow] {stats.unfinished} sample(s) ran out of draws before reaching --length",
+                highlight=False,
+            )
     elif settings.constrain and stats.unclosed:
-        err.print(f"[yellow]warning:[/yellow] {stats.unclosed} sample(s) ended with a string or bracket still open "
-                  f"(no close within {CLOSE_ALLOWANCE:,} characters past --length)", highlight=False)  # fmt: skip
+        err.print(
+            f"[yellow]warning:[/yellow] {stats.unclosed} sample(s) ended with a string or bracket still open "
+            f"(no close within {CLOSE_ALLOWANCE:,} characters past --length)",
+            highlight=False,
+        )
 
 
 def _save_out(out: Path | None, writer: StreamWriter, err, note: str = "") -> None:
