@@ -19,7 +19,7 @@ from rich.markup import escape
 from charlstm import __version__
 from charlstm.config import WEIGHT_PRECISIONS, Preset
 from charlstm.config import TrainConfig as _TC  # its defaults are shown in the help
-from charlstm.errors import CharlstmError, os_error_message
+from charlstm.errors import CharlstmError, one_line_text, os_error_message
 
 # Each command imports its implementation when it runs: they import torch (seconds), which
 # `charlstm --help` and a mistyped option do not need.
@@ -37,7 +37,7 @@ err = Console(stderr=True)
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/bold red] {escape(one_line_text(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
 
 
@@ -129,7 +129,7 @@ def ingest_command(
         progress=True,  # on stderr, and only on a terminal
     )
     for warning in report["warnings"]:
-        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/yellow] {escape(one_line_text(warning))}", highlight=False, soft_wrap=True)
     if json_out:
         typer.echo(json.dumps(report))
     else:
@@ -212,7 +212,7 @@ def train_command(
     try:
         summary = train(options, resume=resume, force=force, tensorboard=tensorboard, new_data=new_data)
     except TrainingInterrupted as exc:
-        err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]{escape(one_line_text(str(exc)))}[/yellow]", highlight=False, soft_wrap=True)
         raise typer.Exit(code=130) from None
     if summary.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
         return  # only rank 0 reports
@@ -261,7 +261,7 @@ def eval_command(
         "red 10 bits or more) and the most surprising characters; with --json, every character's bits and the model's "
         "top 5 guesses. Scored as one stream, every character with the whole file before it."
     ), rich_help_panel="Surprise")] = False,
-    html: Annotated[Optional[str], typer.Option("--html", help="With --per-char: also write the coloured text as a self-contained HTML page (hover a character for its bits and top 5).", rich_help_panel="Surprise")] = None,
+    html: Annotated[Optional[str], typer.Option("--html", help="With --per-char: also write the coloured text as a self-contained HTML page (hover a character for its bits and top 5); at most 16 MB: a longer text's page shows its start and says so.", rich_help_panel="Surprise")] = None,
     syntax: Annotated[bool, typer.Option("--syntax", help="Instead of bits: draw samples and report the share of their complete top-level units that parse (Python: ast; Java: tree-sitter), with the first errors.", rich_help_panel="Syntax")] = False,
     samples: Annotated[int, typer.Option("--samples", help="With --syntax: samples drawn, as one batch.", rich_help_panel="Syntax")] = 16,
     length: Annotated[int, typer.Option("--length", help="With --syntax: characters per sample.", rich_help_panel="Syntax")] = 2500,
@@ -280,18 +280,13 @@ def eval_command(
     if html is not None and not per_char:
         raise CharlstmError("--html goes with --per-char")
     if per_char:
-        from charlstm.eval_command import report_surprise
-        from charlstm.surprise import surprise
-        from charlstm.userio import refuse_output_over_input
+        from charlstm.eval_command import run_per_char
 
         if text_file is None or data is not None:
             raise CharlstmError("--per-char scores one file: give --text-file (and no --data)")
         if dynamic:
             raise CharlstmError("--per-char shows the model as it is: drop --dynamic")
-        refuse_output_over_input({"--html": html}, {"--text-file": text_file})
-        result = surprise(checkpoint, text_file, device=device, precision=precision)
-        report_surprise(result, err, json_out=json_output, html_out=html)
-        return
+        return run_per_char(checkpoint, text_file, html, json_output, err, device=device, precision=precision)
     result = evaluate_checkpoint(checkpoint, data=data, text_file=text_file, device=device, precision=precision,
                                  dynamic=dynamic, dynamic_lr=dynamic_lr)
     from charlstm.eval_command import report_score

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from charlstm.errors import CharlstmError
+from charlstm.errors import CharlstmError, shown_path
 from charlstm.backend import sampling_device
 from charlstm.experiments import NAMES, STUDIES, configured_study, html_path, run_study, write_html
 from charlstm.userio import check_output
@@ -106,7 +106,7 @@ def run_experiments(name: str, console: Console, quiet: bool = False, html: Path
             page = write_html(results[study], html_path(html, study, len(names) > 1), dev)
             results[study]["html"] = page["path"]
             if not quiet:
-                console.print(f"explorer page: {page['path']} ({page['bytes']:,} bytes)", highlight=False)
+                console.print(f"explorer page: {shown_path(page['path'])} ({page['bytes']:,} bytes)", highlight=False)
     if name == "all":
         console.print(comparison_table(results))
     return results

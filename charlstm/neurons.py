@@ -21,7 +21,7 @@ from charlstm.backend import cpu_threads, resolve_device, torch_threads
 from charlstm.checkpoint import VAL_EXCERPT, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset
 from charlstm.engine import BOUNDED, GATES, SIGNALS, StepEngine
-from charlstm.errors import CharlstmError
+from charlstm.errors import CharlstmError, shown_path
 from charlstm.features import compute_feature, validate_feature
 from charlstm.model import CharRNN
 from charlstm.scales import value_range
@@ -64,7 +64,7 @@ class Inspection:
 
     def describe(self) -> str:
         c = self.model.config
-        return f"{self.path} ({c.kind.upper()}, {c.layers} layer{'s' * (c.layers != 1)} × {c.hidden} units)"
+        return f"{shown_path(self.path)} ({c.kind.upper()}, {c.layers} layer{'s' * (c.layers != 1)} × {c.hidden} units)"
 
     def check_unit(self, layer: int, neuron: int) -> None:
         """`layer` is 1-based, `neuron` 0-based; raise a clear error naming the valid ranges."""
@@ -451,7 +451,7 @@ def choose_text(
     if text is not None:
         chosen, source = text, "--text"
     elif text_file is not None:
-        chosen, source = read_text_file(text_file), text_from_argv(str(text_file))  # shown in the page
+        chosen, source = read_text_file(text_file), shown_path(text_from_argv(str(text_file)))  # shown in the page
     else:
         chars = default_chars if from_val is None else from_val
         chosen, source = validation_text(inspection, chars, data)

@@ -22,7 +22,7 @@ from charlstm.beam import beam_search
 from charlstm.checkpoint import resolve_checkpoint
 from charlstm.config import MAX_THREADS
 from charlstm.constrained import CLOSE_ALLOWANCE
-from charlstm.errors import CharlstmError
+from charlstm.errors import CharlstmError, shown_path
 from charlstm.graphed import GRAPH_STEPS
 from charlstm.interventions import resolve
 from charlstm.sample import Sampler, SampleSettings
@@ -353,7 +353,7 @@ def _run_sampling(
         )
     engine = sampler.engine
     err.print(
-        f"[dim]{escape(str(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
+        f"[dim]{escape(shown_path(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
         f"{str(engine.weight_dtype).removeprefix('torch.')} weights on {sampler.device}[/dim]",
         highlight=False,
         soft_wrap=True,
@@ -420,4 +420,4 @@ def _save_out(out: Path | None, writer: StreamWriter, err, note: str = "") -> No
 
     if out is not None:
         write_output(out, writer.plain.encode("utf-8"))
-        err.print(f"[dim]wrote {escape(str(out))}{note}[/dim]", highlight=False, soft_wrap=True)
+        err.print(f"[dim]wrote {escape(shown_path(out))}{note}[/dim]", highlight=False, soft_wrap=True)

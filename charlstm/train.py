@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ from charlstm import distributed
 from charlstm.batching import training_data
 from charlstm.checkpoint import BEST, LATEST, save_checkpoint
 from charlstm.config import TrainConfig
-from charlstm.errors import CharlstmError, first_line
+from charlstm.errors import CharlstmError, first_line, shell_path, shown_path
 from charlstm.evaluate import LN2, bits_per_char
 from charlstm.files import append_line
 from charlstm.finetune import InitSource, transfer_weights
@@ -225,7 +224,7 @@ class Trainer:
         if not distributed.agree(bool(self._nonfinite.item()), self.world, self.device):
             return
         kept = (
-            f"the last good checkpoint is {self.run_dir / LATEST} (step {self.saved_step})"
+            f"the last good checkpoint is {shown_path(self.run_dir / LATEST)} (step {self.saved_step})"
             if self.saved_step is not None
             else "no checkpoint had been saved yet"
         )
@@ -242,7 +241,7 @@ class Trainer:
             yield
         except CharlstmError as exc:
             kept = (
-                f"{self.run_dir / LATEST} (step {self.saved_step}) is intact; once the disk has room, resume with: "
+                f"{shown_path(self.run_dir / LATEST)} (step {self.saved_step}) is intact; once the disk has room, resume with: "
                 f"{self.resume_command()}"
                 if self.saved_step is not None
                 else "nothing had been saved yet"
@@ -251,7 +250,7 @@ class Trainer:
 
     def resume_command(self) -> str:
         prefix = f"torchrun --nproc-per-node {self.world} -m charlstm" if self.world > 1 else "charlstm"
-        return f"{prefix} train --resume --out {shlex.quote(str(self.run_dir))}"
+        return f"{prefix} train --resume --out {shell_path(self.run_dir)}"
 
     # -- evaluation and logging ----------------------------------------------------------------
 
@@ -397,14 +396,14 @@ class Trainer:
             # nothing is saved; the last checkpoint stays as it was.
             bar.close()
             raise TrainingInterrupted(
-                f"interrupted at step {self.step} without saving; the last save is {self.run_dir / LATEST}. "
+                f"interrupted at step {self.step} without saving; the last save is {shown_path(self.run_dir / LATEST)}. "
                 f"Resume with: {self.resume_command()}"
             ) from None
         bar.close()
         if ctrl_c.pressed:
             self.save()
             raise TrainingInterrupted(
-                f"interrupted at step {self.step}; saved {self.run_dir / LATEST}. Resume with: {self.resume_command()}"
+                f"interrupted at step {self.step}; saved {shown_path(self.run_dir / LATEST)}. Resume with: {self.resume_command()}"
             )
         # The steps since the last log line (a --minutes run ends anywhere), and a validation of
         # the final weights unless this is a pause or the loop just ran one.
@@ -476,7 +475,7 @@ class Trainer:
             f"{self.raw_model.num_parameters():,} parameters; {self.world} process(es) on {self.device}, "
             f"{self.threads} thread(s); precision {self.precision.name} ({self.precision.reason}; "
             f"the {self.model_config.kind.upper()} runs in {self.precision.rnn_dtype}); "
-            f"{self.batcher.windows:,} steps per epoch; run folder {self.run_dir}"
+            f"{self.batcher.windows:,} steps per epoch; run folder {shown_path(self.run_dir)}"
         )
         if cfg.chosen and self.step == 0:
             self._say(Chosen(values={k: getattr(cfg, k) for k in cfg.chosen}, reasons=cfg.chosen).header())
