@@ -408,7 +408,7 @@ def inspect_neuron_command(
         "in chunks."
     ), rich_help_panel="Discovery", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print --find, --stats, --ablate or --top-contexts results as JSON on stdout.", rich_help_panel="Output")] = False,
-    html: Annotated[Optional[str], typer.Option("--html", help="Write a self-contained HTML explorer (every neuron and signal, switchable in the page) to this file.", rich_help_panel="Output")] = None,
+    html: Annotated[Optional[str], typer.Option("--html", help="Write a self-contained HTML explorer (every neuron and signal, switchable in the page) to this file; at most 16 MB: a longer text's page shows its start and says so.", rich_help_panel="Output")] = None,
     svg: Annotated[Optional[str], typer.Option("--svg", help="Also save the coloured view of one neuron as an SVG picture.", rich_help_panel="Output")] = None,
     exact: Annotated[bool, typer.Option("--exact", help=(
         "Kept for old scripts: every trace now runs the fused float32 layers, whose values equal training's forward "

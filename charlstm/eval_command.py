@@ -5,7 +5,6 @@ most surprising characters (surprise.py computes them and builds the HTML page).
 from __future__ import annotations
 
 import json
-import sys
 
 from charlstm.surprise import MAX_BITS, colour_of_bits, shown_char
 
@@ -53,7 +52,7 @@ class JsonCharacters:
 
     def __init__(self, text: str, symbols, head: dict):
         self.text, self.symbols, self.first = text, symbols, True
-        sys.stdout.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "characters": [')
+        print(json.dumps(head, ensure_ascii=False)[:-1] + ', "characters": [', end="")  # print: stdout may be closed
 
     def add(self, start: int, bits, top_ids, top_probs) -> None:
         from charlstm.surprise import guesses
@@ -61,11 +60,11 @@ class JsonCharacters:
         entries = (json.dumps({"char": self.text[start + k], "bits": round(b, 4),
                                "top": guesses(self.symbols, top_ids[k], top_probs[k])}, ensure_ascii=False)
                    for k, b in enumerate(bits.tolist()))  # fmt: skip
-        sys.stdout.write(("" if self.first else ", ") + ", ".join(entries))
+        print(("" if self.first else ", ") + ", ".join(entries), end="")
         self.first = False
 
     def finish(self, tail: dict) -> None:
-        sys.stdout.write("], " + json.dumps(tail)[1:] + "\n")
+        print("], " + json.dumps(tail)[1:])
 
 
 def surprise_legend():

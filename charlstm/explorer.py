@@ -27,7 +27,7 @@ from charlstm.userio import MAX_PAGE_BYTES, write_output
 
 # A page weighs at most MAX_PAGE_BYTES (16 MB). Its bulk is the quantised values, one byte each
 # (deflated, which gains little on 8-bit activations, then base64: 4/3 of a byte), so a page holds
-# MAX_PAGE_BYTES / (4/3 · values per character) characters: ~2,500 of a 3×256 LSTM, ~1,300 of a
+# MAX_PAGE_BYTES / (4/3 · values per character) characters: 2,512 of a 3×256 LSTM, 1,258 of a
 # 3×512 one. The default text is DEFAULT_CHARS or as many as fit; a longer text shows its start.
 DEFAULT_CHARS = 2000
 # Bytes per character besides the values: its bits and top 5 (≤ 88 as JSON), an ablation delta
