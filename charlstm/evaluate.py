@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from charlstm.backend import checkpoint_precision, flush_denormals, resolve_device
 from charlstm.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from charlstm.dataset import load_dataset, locate_recorded_dataset
-from charlstm.errors import CharlstmError
+from charlstm.errors import CharlstmError, shown_path
 from charlstm.userio import read_text_source
 
 LN2 = math.log(2.0)
@@ -138,12 +138,12 @@ def evaluate_checkpoint(
         if data is None:
             data = (payload.get("dataset") or {}).get("path")
             if not data:
-                raise CharlstmError(f"{path} does not record its dataset; pass --data data/NAME or --text-file FILE")
+                raise CharlstmError(f"{shown_path(path)} does not record its dataset; pass --data data/NAME or --text-file FILE")
             data = locate_recorded_dataset(data, path)
         dataset = load_dataset(data)
         tokens = dataset.tokens("val")
         if len(tokens) < 2:
-            raise CharlstmError(f"{data} has no validation split to score")
+            raise CharlstmError(f"{shown_path(data)} has no validation split to score")
         if dataset.vocab != vocab:
             # Another corpus: translate its symbols into the model's, unknown ones to UNK.
             unknown = [s for s in dataset.vocab.symbols if s not in vocab.index]

@@ -106,15 +106,15 @@ def validation_text(inspection: Inspection, chars: int, data: str | Path | None 
         raise CharlstmError("the checkpoint does not say which dataset it was trained on; pass --data or --text")
     if not Path(where).is_dir():
         raise CharlstmError(
-            f"dataset {where} (validation text for this checkpoint) is not here; "
+            f"dataset {shown_path(where)} (validation text for this checkpoint) is not here; "
             "pass --data DIR, --text or --text-file"
         )
     dataset = load_dataset(where)
     if dataset.vocab != inspection.vocab:
-        raise CharlstmError(f"dataset {where} has a different vocabulary from the checkpoint")
+        raise CharlstmError(f"dataset {shown_path(where)} has a different vocabulary from the checkpoint")
     ids = np.asarray(dataset.tokens("val")[:chars])
     if len(ids) == 0:
-        raise CharlstmError(f"dataset {where} has an empty validation split; pass --text or --text-file")
+        raise CharlstmError(f"dataset {shown_path(where)} has an empty validation split; pass --text or --text-file")
     text = dataset.vocab.decode(ids.tolist())
     return text, f"the first {len(text):,} validation characters of {where}"
 

@@ -209,6 +209,8 @@ def test_result_lines_show_a_newline_in_a_name_escaped(tiny_checkpoint, tmp_path
     ["inspect-neuron", "{ckpt}", "--find", "indent", "--text-file", "{tmp}/no\nsuch.java"],
     ["sample", "{ckpt}", "--prime-file", "{tmp}/no\nsuch.java"],
     ["eval", "{ckpt}", "--per-char", "--text-file", "{tmp}/ok.java", "--html", "{tmp}/a\nfolder"],
+    ["eval", "{tmp}/no\nrun"],
+    ["train", "--out", "{tmp}/no\nrun", "--resume"],
 ])  # fmt: skip
 def test_an_error_naming_a_path_with_a_newline_is_one_line(tiny_checkpoint, tmp_path, argv):
     (tmp_path / "ok.java").write_text(JAVA_SNIPPET)
