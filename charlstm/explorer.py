@@ -201,6 +201,8 @@ def write_explorer(
         "signal": signal or (best["signal"] if layer is None else "hidden"),  # every kind has a hidden state
     }
     page = render_page(data).encode("utf-8")
+    if len(page) > MAX_PAGE_BYTES:  # most_chars bounds the worst case: never a page over the cap
+        raise CharlstmError(f"the page would weigh {len(page):,} bytes, over its cap of {MAX_PAGE_BYTES:,}; use --max-chars")
     write_output(out, page)
     return {
         "path": str(out),
