@@ -4,6 +4,7 @@ and what it keeps equals what the whole-text trace gives."""
 from __future__ import annotations
 
 import json
+import math
 import tracemalloc
 
 import numpy as np
@@ -298,7 +299,8 @@ def test_svg_of_a_long_text_is_refused_before_tracing(tmp_path, text_file, monke
 def test_html_of_a_long_text_shows_its_start_and_says_so(tmp_path, text_file, monkeypatch):
     inspection_ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
     per_char = 2 * 16 * 6
-    monkeypatch.setattr(explorer, "MAX_VALUES", 120 * per_char)  # a page holds 120 characters
+    page_bytes = explorer.FIXED_BYTES + 28 * per_char + 120 * (math.ceil(per_char * 4 / 3 * 1.001) + explorer.OTHER_BYTES_PER_CHAR)
+    monkeypatch.setattr(explorer, "MAX_PAGE_BYTES", page_bytes)  # a page holds 120 characters
     out = tmp_path / "page.html"
     result = invoke(str(inspection_ckpt), "--text-file", str(text_file), "--html", str(out))
     assert result.exit_code == 0, result.output

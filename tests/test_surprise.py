@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
 from charlstm.evaluation.evaluate import bits_per_char
-from charlstm.evaluation.surprise import per_char_bits, surprise_html
+from charlstm.evaluation.surprise import SurprisePage, per_char_bits
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_lively_checkpoint
 
 runner = CliRunner()
@@ -80,12 +80,10 @@ def test_cli_per_char_json_terminal_and_html(lively, tmp_path):
 
 
 def test_the_page_escapes_the_text():
-    result = {
-        "source": "<x>", "checkpoint": "c", "bpc": 1.0,
-        "characters": [{"char": "<", "bits": 3.0, "top": [["&", 0.5]]}, {"char": "\n", "bits": 12.0, "top": []}],
-    }  # fmt: skip
-    page = surprise_html(result)
-    assert "&lt;</span>" in page and "&amp;" in page and "<x>" not in page
+    page = SurprisePage("<\n", ["<", "\n", "&"], source="<x>", checkpoint="c")
+    assert page.add_char("<", 3.0, [["&", 0.5]]) and page.add_char("\n", 12.0, [])
+    html = page.render(1.0)
+    assert "&lt;</span>" in html and "&amp;" in html and "<x>" not in html
 
 
 def test_per_char_warns_about_characters_the_model_does_not_know(tiny_checkpoint, tmp_path):

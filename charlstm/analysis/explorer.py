@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import zlib
 from importlib import resources
 from pathlib import Path
@@ -22,27 +23,39 @@ from ..core.engine import BOUNDED, GATES
 from ..core.errors import CharlstmError
 from .features import FEATURES
 from .neurons import Inspection, activations, top_units_by_feature
-from ..core.userio import write_output
+from ..core.userio import write_output, MAX_PAGE_BYTES
 
-# Quantised values (one byte each) per page: the default text is 2,000 characters or as many as
-# fit in DEFAULT_VALUES (a 3×512 LSTM: 1,302 characters, a page of at most ~16 MB); more than
-# MAX_VALUES is refused as too heavy for a browser tab.
-DEFAULT_VALUES = 12_000_000
-MAX_VALUES = 40_000_000
+# A page weighs at most MAX_PAGE_BYTES (16 MB). Its bulk is the quantised values, one byte each
+# (deflated, which gains little on 8-bit activations, then base64: 4/3 of a byte), so a page holds
+# MAX_PAGE_BYTES / (4/3 · values per character) characters: 2,512 of a 3×256 LSTM, 1,258 of a
+# 3×512 one. The default text is DEFAULT_CHARS or as many as fit; a longer text shows its start.
 DEFAULT_CHARS = 2000
+# Bytes per character besides the values: its bits and top 5 (≤ 88 as JSON), an ablation delta
+# (≤ 8) and the character itself (≤ 6, escaped), with room to spare.
+OTHER_BYTES_PER_CHAR = 128
+FIXED_BYTES = 96_000  # the script, the style, the top units per feature and the model's description
 
 
 def values_per_char(inspection: Inspection) -> int:
     return inspection.layers * inspection.hidden * len(inspection.signals)
 
 
-def most_chars(inspection: Inspection) -> int:
-    """The longest text one page holds for this model (MAX_VALUES)."""
-    return MAX_VALUES // values_per_char(inspection)
+def page_bytes_per_char(inspection: Inspection) -> int:
+    """The most one character adds to a page: its values as deflated (which may add 0.1%) base64,
+    and the rest."""
+    return math.ceil(values_per_char(inspection) * 4 / 3 * 1.001) + OTHER_BYTES_PER_CHAR
+
+
+def most_chars(inspection: Inspection, cap: int | None = None) -> int:
+    """The longest text one page of at most `cap` bytes (MAX_PAGE_BYTES) holds for this model:
+    the fixed part, each unit's range per signal (≤ 28 bytes), then the characters."""
+    cap = MAX_PAGE_BYTES if cap is None else cap
+    fixed = FIXED_BYTES + 28 * values_per_char(inspection)
+    return max(0, (cap - fixed) // page_bytes_per_char(inspection))
 
 
 def default_chars(inspection: Inspection) -> int:
-    return max(100, min(DEFAULT_CHARS, DEFAULT_VALUES // values_per_char(inspection)))
+    return max(1, min(DEFAULT_CHARS, most_chars(inspection)))
 
 
 def quantise(values: np.ndarray) -> dict:
@@ -181,6 +194,8 @@ def write_explorer(
         "signal": signal or (best["signal"] if layer is None else "hidden"),  # every kind has a hidden state
     }
     page = render_page(data).encode("utf-8")
+    if len(page) > MAX_PAGE_BYTES:  # most_chars bounds the worst case: never a page over the cap
+        raise CharlstmError(f"the page would weigh {len(page):,} bytes, over its cap of {MAX_PAGE_BYTES:,}; use --max-chars")
     write_output(out, page)
     return {
         "path": str(out),

@@ -21,7 +21,7 @@ from ..core.backend import cpu_threads, torch_threads
 from ..core.checkpoint import VAL_EXCERPT, open_model
 from ..corpus.dataset import load_dataset
 from ..core.engine import BOUNDED, GATES, SIGNALS, StepEngine
-from ..core.errors import CharlstmError
+from ..core.errors import CharlstmError, shown_path
 from .features import compute_feature, validate_feature
 from ..core.model import CharRNN
 from .scales import value_range
@@ -64,7 +64,7 @@ class Inspection:
 
     def describe(self) -> str:
         c = self.model.config
-        return f"{self.path} ({c.kind.upper()}, {c.layers} layer{'s' * (c.layers != 1)} × {c.hidden} units)"
+        return f"{shown_path(self.path)} ({c.kind.upper()}, {c.layers} layer{'s' * (c.layers != 1)} × {c.hidden} units)"
 
     def check_unit(self, layer: int, neuron: int) -> None:
         """`layer` is 1-based, `neuron` 0-based; raise a clear error naming the valid ranges."""
@@ -103,15 +103,15 @@ def validation_text(inspection: Inspection, chars: int, data: str | Path | None 
         raise CharlstmError("the checkpoint does not say which dataset it was trained on; pass --data or --text")
     if not Path(where).is_dir():
         raise CharlstmError(
-            f"dataset {where} (validation text for this checkpoint) is not here; "
+            f"dataset {shown_path(where)} (validation text for this checkpoint) is not here; "
             "pass --data DIR, --text or --text-file"
         )
     dataset = load_dataset(where)
     if dataset.vocab != inspection.vocab:
-        raise CharlstmError(f"dataset {where} has a different vocabulary from the checkpoint")
+        raise CharlstmError(f"dataset {shown_path(where)} has a different vocabulary from the checkpoint")
     ids = np.asarray(dataset.tokens("val")[:chars])
     if len(ids) == 0:
-        raise CharlstmError(f"dataset {where} has an empty validation split; pass --text or --text-file")
+        raise CharlstmError(f"dataset {shown_path(where)} has an empty validation split; pass --text or --text-file")
     text = dataset.vocab.decode(ids.tolist())
     return text, f"the first {len(text):,} validation characters of {where}"
 
@@ -448,7 +448,7 @@ def choose_text(
     if text is not None:
         chosen, source = text, "--text"
     elif text_file is not None:
-        chosen, source = read_text_file(text_file), text_from_argv(str(text_file))  # shown in the page
+        chosen, source = read_text_file(text_file), shown_path(text_from_argv(str(text_file)))  # shown in the page
     else:
         chars = default_chars if from_val is None else from_val
         chosen, source = validation_text(inspection, chars, data)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .backend import resolve_device
-from .errors import CharlstmError, first_line, refuse_empty
+from .errors import CharlstmError, first_line, refuse_empty, shown_path
 from .files import atomic_write
 from .model import CharRNN, ModelConfig
 from .vocab import Vocab
@@ -87,20 +87,20 @@ def load_checkpoint(path: Path) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise CharlstmError(f"checkpoint not found: {path}")
+        raise CharlstmError(f"checkpoint not found: {shown_path(path)}")
     _check_is_zip(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CharlstmError(
-            f"refusing to load {path}: it carries pickled Python objects, not just tensors and plain data"
+            f"refusing to load {shown_path(path)}: it carries pickled Python objects, not just tensors and plain data"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError, TypeError) as exc:
-        raise CharlstmError(f"{path} is corrupt or not a checkpoint ({type(exc).__name__})") from exc
+        raise CharlstmError(f"{shown_path(path)} is corrupt or not a checkpoint ({type(exc).__name__})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CharlstmError(f"{path} is not a charlstm checkpoint")
+        raise CharlstmError(f"{shown_path(path)} is not a charlstm checkpoint")
     if payload.get("version") != VERSION:
-        raise CharlstmError(f"{path} has checkpoint version {payload.get('version')}, expected {VERSION}")
+        raise CharlstmError(f"{shown_path(path)} has checkpoint version {payload.get('version')}, expected {VERSION}")
     _check_fields(payload, path)
     _check_weights(payload.get("model") or {}, path)
     _check_model(payload, path)
@@ -134,12 +134,12 @@ def _check_fields(payload: dict, path: Path) -> None:
     for key, (types, expected) in FIELD_TYPES.items():
         value = payload.get(key)
         if key in payload and (not isinstance(value, types) or isinstance(value, bool)):
-            raise CharlstmError(f"{path} has a malformed {key!r} field: it should be {expected}, got {type(value).__name__}")
+            raise CharlstmError(f"{shown_path(path)} has a malformed {key!r} field: it should be {expected}, got {type(value).__name__}")
     for key in DATASET_FIELDS:
         value = (payload.get("dataset") or {}).get(key)
         if not isinstance(value, _TEXT):
             raise CharlstmError(
-                f"{path} has a malformed 'dataset' field: its {key!r} should be a string, got {type(value).__name__}"
+                f"{shown_path(path)} has a malformed 'dataset' field: its {key!r} should be a string, got {type(value).__name__}"
             )
 
 
@@ -148,9 +148,9 @@ def _check_weights(weights: dict, path: Path) -> None:
     quantization fails on it)."""
     for name, value in weights.items():
         if not isinstance(value, torch.Tensor):
-            raise CharlstmError(f"{path} has a malformed 'model' field: {name} is a {type(value).__name__}, not a tensor")
+            raise CharlstmError(f"{shown_path(path)} has a malformed 'model' field: {name} is a {type(value).__name__}, not a tensor")
         if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
-            raise CharlstmError(f"{path} holds non-finite weights (NaN or inf in {name}): no use can be made of it")
+            raise CharlstmError(f"{shown_path(path)} holds non-finite weights (NaN or inf in {name}): no use can be made of it")
 
 
 MODEL_INTS = ("vocab_size", "layers", "hidden", "embed")
@@ -166,18 +166,18 @@ def _check_model(payload: dict, path: Path) -> None:
     given = payload["model_config"]
     for key in MODEL_INTS:
         if key in given and (not isinstance(given[key], int) or isinstance(given[key], bool)):
-            raise CharlstmError(f"{path} has a malformed model_config: {key} should be a whole number, got {given[key]!r}")
+            raise CharlstmError(f"{shown_path(path)} has a malformed model_config: {key} should be a whole number, got {given[key]!r}")
     try:
         config = ModelConfig.from_dict(given)
     except (TypeError, CharlstmError) as exc:
-        raise CharlstmError(f"{path} has a malformed model_config: {first_line(exc)}") from None
+        raise CharlstmError(f"{shown_path(path)} has a malformed model_config: {first_line(exc)}") from None
     if "vocab" in payload:
         try:
             Vocab(payload["vocab"])
         except CharlstmError as exc:
-            raise CharlstmError(f"{path}: {exc}") from None
+            raise CharlstmError(f"{shown_path(path)}: {exc}") from None
     if "vocab" in payload and len(payload["vocab"]) != config.vocab_size:
-        raise CharlstmError(f"{path}: its vocabulary has {len(payload['vocab'])} symbols but its model_config "
+        raise CharlstmError(f"{shown_path(path)}: its vocabulary has {len(payload['vocab'])} symbols but its model_config "
                             f"{config.vocab_size} (one output per symbol)")  # fmt: skip
     with torch.device("meta"):  # shapes only: no memory, however large the config claims to be
         expected = {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
@@ -188,7 +188,7 @@ def _check_model(payload: dict, path: Path) -> None:
     if problems:
         more = f" and {len(problems) - SHOWN_MISMATCHES} more" if len(problems) > SHOWN_MISMATCHES else ""
         raise CharlstmError(
-            f"{path}: its weights do not match its model_config ({config.kind} {config.layers}×{config.hidden}, "
+            f"{shown_path(path)}: its weights do not match its model_config ({config.kind} {config.layers}×{config.hidden}, "
             f"embed {config.embed}, {config.vocab_size} symbols): {'; '.join(problems[:SHOWN_MISMATCHES])}{more}"
         )
 
@@ -199,10 +199,10 @@ def _check_is_zip(path: Path) -> None:
         with open(path, "rb") as f:
             head = f.read(len(ZIP_MAGIC))
     except OSError as exc:
-        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise CharlstmError(f"cannot read {shown_path(path)}: {exc.strerror or exc}") from None
     if head != ZIP_MAGIC:
         what = "it is empty" if not head else "not a PyTorch zip file"
-        raise CharlstmError(f"{path} is not a charlstm checkpoint ({what})")
+        raise CharlstmError(f"{shown_path(path)} is not a charlstm checkpoint ({what})")
 
 
 def model_from_checkpoint(payload: dict) -> tuple[CharRNN, Vocab]:
@@ -249,9 +249,9 @@ def resolve_checkpoint(where: str | Path | None, runs_dir: Path = DEFAULT_RUNS_D
         for name in (BEST, LATEST):
             if (where / name).is_file():
                 return where / name
-        raise CharlstmError(f"{where} holds no {BEST} or {LATEST}")
+        raise CharlstmError(f"{shown_path(where)} holds no {BEST} or {LATEST}")
     if not where.exists():
-        raise CharlstmError(f"checkpoint not found: {where}")
+        raise CharlstmError(f"checkpoint not found: {shown_path(where)}")
     return where
 
 

@@ -23,6 +23,33 @@ def os_error_message(exc: OSError) -> str:
     reason = exc.strerror or first_line(exc)
     if exc.filename is None:
         return f"cannot go on: {reason}"
-    name = str(exc.filename)
-    shown = name if name.isprintable() else repr(name)  # a newline in a name must not split the line
-    return f"cannot use {shown}: {reason}"
+    return f"cannot use {shown_path(exc.filename)}: {reason}"
+
+
+def one_line_text(text: str) -> str:
+    """A message as one line: each character that does not print (a newline or a control character
+    in a name the user gave) shown as its escape (\\n, \\x1b, \\u202e). The last guard before a
+    message reaches the terminal; paths are shown with `shown_path` where the message is made."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def shell_path(path) -> str:
+    """A path as a word of a command line the user can paste: quoted as the shell needs, and in
+    bash's $'...' form when it holds a character that does not print (a newline)."""
+    import shlex
+
+    name = str(path)
+    if name.isprintable():
+        return shlex.quote(name)
+    return "$'" + "".join(ch if ch.isprintable() and ch not in "'\\" else repr(ch)[1:-1] if ch != "'" else "\\'"
+                          for ch in name) + "'"
+
+
+def shown_path(path) -> str:
+    """A path the user gave, as a message or a result line shows it: as it is when every character
+    prints, else as a Python string literal ('a\\nb.py'), so that a newline or another control
+    character in a name cannot split the line, move the cursor or reach the terminal raw."""
+    name = str(path)
+    return name if name.isprintable() else repr(name)

@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import CharlstmError
+from .errors import CharlstmError, shown_path
 
 
 def default_mode(directory: bool = False) -> int:
@@ -32,7 +32,7 @@ def atomic_write(path: Path, write, mode: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # a read-only file system, no permission, a parent that is a file
-        raise CharlstmError(f"could not write {path}: {exc.strerror or exc}") from None
+        raise CharlstmError(f"could not write {shown_path(path)}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(fd, default_mode() if mode is None else mode)  # mkstemp makes 0600
@@ -43,7 +43,7 @@ def atomic_write(path: Path, write, mode: int | None = None) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise CharlstmError(f"could not write {path}: {exc.strerror or exc}") from exc
+            raise CharlstmError(f"could not write {shown_path(path)}: {exc.strerror or exc}") from exc
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -62,7 +62,7 @@ def append_line(path: Path, line: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as exc:
-        raise CharlstmError(f"could not write {path}: {exc.strerror or exc}") from None
+        raise CharlstmError(f"could not write {shown_path(path)}: {exc.strerror or exc}") from None
     try:
         end = os.fstat(fd).st_size
         try:
@@ -76,6 +76,6 @@ def append_line(path: Path, line: str) -> None:
                 os.ftruncate(fd, end)
             except OSError:
                 pass
-            raise CharlstmError(f"could not write {path}: {exc.strerror or exc}") from None
+            raise CharlstmError(f"could not write {shown_path(path)}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)

@@ -19,13 +19,17 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import CharlstmError
+from .errors import CharlstmError, shown_path
 from .files import atomic_write
 from .vocab import DOC_SEP, UNK
 
 # A text input is read whole; this bounds what `--text-file /dev/zero` can take (256 MiB of text
 # is hours of CPU scoring already).
 MAX_TEXT_BYTES = 256 << 20
+
+# The most an HTML page a command writes may weigh (`eval --per-char --html`, `inspect-neuron
+# --html`): a longer text's page shows its start, and says so on the page.
+MAX_PAGE_BYTES = 16_000_000
 
 
 # ----- outputs ---------------------------------------------------------------------------------
@@ -44,9 +48,9 @@ def write_output(path: str | Path, data: bytes) -> None:
     except FileNotFoundError:
         st = None  # a new file (or a dangling symlink: its target is created, as `>` would)
     except OSError as exc:  # a symlink loop, a parent that is a file, no permission
-        raise CharlstmError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise CharlstmError(f"cannot write {shown_path(path)}: {exc.strerror or exc}") from None
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise CharlstmError(f"cannot write {path}: it is a folder")
+        raise CharlstmError(f"cannot write {shown_path(path)}: it is a folder")
     if st is None or stat.S_ISREG(st.st_mode):
         target = Path(os.path.realpath(path)) if path.is_symlink() else path  # the link itself stays
         keep_mode = stat.S_IMODE(st.st_mode) if st is not None else None
@@ -60,14 +64,14 @@ def check_output(path: str | Path) -> None:
     path under something that is not a folder. Creates nothing."""
     path = Path(path)
     if path.is_dir():
-        raise CharlstmError(f"cannot write {path}: it is a folder")
+        raise CharlstmError(f"cannot write {shown_path(path)}: it is a folder")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:  # folders write_output would create
         parent = parent.parent
     if not parent.is_dir():
-        raise CharlstmError(f"cannot write {path}: {parent} is not a folder")
+        raise CharlstmError(f"cannot write {shown_path(path)}: {shown_path(parent)} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise CharlstmError(f"cannot write {path}: no permission to write in {parent}")
+        raise CharlstmError(f"cannot write {shown_path(path)}: no permission to write in {shown_path(parent)}")
 
 
 def refuse_output_over_input(outputs: dict, inputs: dict) -> None:
@@ -87,7 +91,7 @@ def refuse_output_over_input(outputs: dict, inputs: dict) -> None:
             except (OSError, ValueError):
                 same = False
             if same:
-                raise CharlstmError(f"{out_name} {out} is the same file as {in_name} {source}: writing it would "
+                raise CharlstmError(f"{out_name} {shown_path(out)} is the same file as {in_name} {shown_path(source)}: writing it would "
                                     f"replace the input; write to another file")  # fmt: skip
 
 
@@ -96,7 +100,7 @@ def _write_in_place(path: Path, data: bytes) -> None:
         with open(path, "wb") as f:
             f.write(data)
     except OSError as exc:  # /dev/full: ENOSPC; a socket: ENXIO
-        raise CharlstmError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise CharlstmError(f"cannot write {shown_path(path)}: {exc.strerror or exc}") from None
 
 
 def ensure_writable_folder(folder: str | Path) -> None:
@@ -108,9 +112,9 @@ def ensure_writable_folder(folder: str | Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except FileExistsError:  # mkdir found something there that is no folder
-        raise CharlstmError(f"cannot write to {folder}: it exists and is not a folder") from None
+        raise CharlstmError(f"cannot write to {shown_path(folder)}: it exists and is not a folder") from None
     except OSError as exc:
-        raise CharlstmError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+        raise CharlstmError(f"cannot write to {shown_path(folder)}: {exc.strerror or exc}") from None
 
 
 # ----- text inputs -----------------------------------------------------------------------------
@@ -146,19 +150,32 @@ def read_text_source(path: str | Path, what: str = "text file") -> str:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_TEXT_BYTES + 1)
+            data = _read_at_most(f, MAX_TEXT_BYTES + 1)
     except FileNotFoundError:
-        raise CharlstmError(f"{what} not found: {path}") from None
+        raise CharlstmError(f"{what} not found: {shown_path(path)}") from None
     except IsADirectoryError:
-        raise CharlstmError(f"{what} {path} is a folder, not a file") from None
+        raise CharlstmError(f"{what} {shown_path(path)} is a folder, not a file") from None
     except OSError as exc:
-        raise CharlstmError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise CharlstmError(f"cannot read {what} {shown_path(path)}: {exc.strerror or exc}") from None
     if len(data) > MAX_TEXT_BYTES:
-        raise CharlstmError(f"{what} {path} is larger than {MAX_TEXT_BYTES:,} bytes")
+        raise CharlstmError(f"{what} {shown_path(path)} is larger than {MAX_TEXT_BYTES:,} bytes")
     text, _ = decode_source(data)
     if not text:
-        raise CharlstmError(f"{what} {path} is empty")
+        raise CharlstmError(f"{what} {shown_path(path)} is empty")
     return text
+
+
+def _read_at_most(f, limit: int) -> bytes:
+    """Up to `limit` bytes of `f`, read a MiB at a time: `f.read(limit)` would reserve all of
+    `limit` (256 MiB) for every text, however short."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = f.read(min(1 << 20, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def text_from_argv(text: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import lock
-from ..core.errors import CharlstmError
+from ..core.errors import CharlstmError, shown_path
 from ..core.files import default_mode
 from ..core.vocab import Vocab
 
@@ -60,17 +60,17 @@ def load_dataset(path: str | Path) -> Dataset:
     path = Path(path)
     meta_path = path / "meta.json"
     if not path.is_dir():
-        raise CharlstmError(f"dataset not found: {path} (create it with `charlstm ingest --name {path.name}`)")
+        raise CharlstmError(f"dataset not found: {shown_path(path)} (create it with `charlstm ingest --name {path.name}`)")
     if not meta_path.is_file():
-        raise CharlstmError(f"{path} is not a dataset: no meta.json (ingest again with --force)")
+        raise CharlstmError(f"{shown_path(path)} is not a dataset: no meta.json (ingest again with --force)")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CharlstmError(f"{meta_path} is unreadable or corrupt: {exc}") from exc
+        raise CharlstmError(f"{shown_path(meta_path)} is unreadable or corrupt: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CharlstmError(f"{path} is not a charlstm dataset (wrong format in meta.json)")
+        raise CharlstmError(f"{shown_path(path)} is not a charlstm dataset (wrong format in meta.json)")
     if meta.get("version") != VERSION:
-        raise CharlstmError(f"{path} has dataset version {meta.get('version')}, expected {VERSION}; ingest again")
+        raise CharlstmError(f"{shown_path(path)} has dataset version {meta.get('version')}, expected {VERSION}; ingest again")
     _check_meta_fields(meta, meta_path)
     try:
         vocab = _vocab(meta, meta_path)
@@ -83,7 +83,7 @@ def load_dataset(path: str | Path) -> Dataset:
                     f"{f} is missing or has the wrong size ({size} bytes, expected {n * vocab.dtype.itemsize}); ingest again"
                 )
     except (KeyError, TypeError, ValueError) as exc:
-        raise CharlstmError(f"{meta_path} is missing fields ({exc}); ingest again") from exc
+        raise CharlstmError(f"{shown_path(meta_path)} is missing fields ({exc}); ingest again") from exc
     dataset = Dataset(path=path, meta=meta, vocab=vocab)
     _check_token_ids(dataset, meta_path)
     return dataset
@@ -96,26 +96,26 @@ def _check_meta_fields(meta: dict, meta_path: Path) -> None:
     for split in SPLITS:
         n = meta.get(f"{split}_chars")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise CharlstmError(f"{meta_path}: {split}_chars should be a whole number of 0 or more, got {n!r}; ingest again")
+            raise CharlstmError(f"{shown_path(meta_path)}: {split}_chars should be a whole number of 0 or more, got {n!r}; ingest again")
     for key in ("name", "language", "content_hash"):
         if not isinstance(meta.get(key), (str, type(None))):
-            raise CharlstmError(f"{meta_path}: {key} should be a string, got {meta[key]!r}; ingest again")
+            raise CharlstmError(f"{shown_path(meta_path)}: {key} should be a string, got {meta[key]!r}; ingest again")
 
 
 def _vocab(meta: dict, meta_path: Path) -> Vocab:
     """meta.json's vocabulary, checked: distinct single characters, as many as its dtype holds."""
     symbols = meta["vocab"]
     if not isinstance(symbols, list):
-        raise CharlstmError(f"{meta_path}: vocab must be a list of characters; ingest again")
+        raise CharlstmError(f"{shown_path(meta_path)}: vocab must be a list of characters; ingest again")
     if len(symbols) > MAX_VOCAB:
-        raise CharlstmError(f"{meta_path}: vocab has {len(symbols):,} symbols, more than {MAX_VOCAB:,}; ingest again")
+        raise CharlstmError(f"{shown_path(meta_path)}: vocab has {len(symbols):,} symbols, more than {MAX_VOCAB:,}; ingest again")
     try:
         vocab = Vocab(symbols)
     except CharlstmError as exc:
-        raise CharlstmError(f"{meta_path}: {exc}; ingest again") from None
+        raise CharlstmError(f"{shown_path(meta_path)}: {exc}; ingest again") from None
     if "dtype" in meta and meta["dtype"] != vocab.dtype.name:
         raise CharlstmError(
-            f"{meta_path}: dtype {meta['dtype']} does not match a vocabulary of {len(vocab)} symbols "
+            f"{shown_path(meta_path)}: dtype {meta['dtype']} does not match a vocabulary of {len(vocab)} symbols "
             f"({vocab.dtype.name}); was the vocab edited? ingest again"
         )
     return vocab
@@ -132,7 +132,7 @@ def _check_token_ids(dataset: Dataset, meta_path: Path) -> None:
             largest = int(np.max(tokens[start : start + ID_CHECK_CHUNK]))
             if largest >= size:
                 raise CharlstmError(
-                    f"{dataset.path / (split + '.bin')} holds token id {largest}, but {meta_path} lists only "
+                    f"{dataset.path / (split + '.bin')} holds token id {largest}, but {shown_path(meta_path)} lists only "
                     f"{size} symbols (was the vocab edited?); ingest again"
                 )
 

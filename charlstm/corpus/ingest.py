@@ -40,7 +40,7 @@ from .. import __version__
 from ..core import lock
 from ..core.config import Preset
 from .dataset import FORMAT, VERSION, load_dataset
-from ..core.errors import CharlstmError
+from ..core.errors import CharlstmError, shown_path
 from ..core.events import Listener, Progress, ignore
 from .sources import (
     Candidate,
@@ -177,7 +177,7 @@ def ingest(
     except BaseException as exc:
         name_lock.release()
         if isinstance(exc, OSError):
-            raise CharlstmError(f"cannot write to {data_dir}: {exc.strerror or exc}") from None
+            raise CharlstmError(f"cannot write to {shown_path(data_dir)}: {exc.strerror or exc}") from None
         raise
     try:
         (work / "scratch").mkdir()
@@ -211,16 +211,16 @@ def _write_errors(data_dir: Path):
     try:
         yield
     except OSError as exc:
-        raise CharlstmError(f"cannot write the dataset in {data_dir}: {exc.strerror or exc}") from None
+        raise CharlstmError(f"cannot write the dataset in {shown_path(data_dir)}: {exc.strerror or exc}") from None
 
 
 def _check_target(target: Path, force: bool) -> None:
     if not os.path.lexists(target):
         return
     if not force:
-        raise CharlstmError(f"dataset {target} already exists (use --force to replace it)")
+        raise CharlstmError(f"dataset {shown_path(target)} already exists (use --force to replace it)")
     if not target.is_dir() or target.is_symlink() or not (target / "meta.json").is_file() and any(target.iterdir()):
-        raise CharlstmError(f"{target} exists and is not a charlstm dataset; not replacing it, even with --force")
+        raise CharlstmError(f"{shown_path(target)} exists and is not a charlstm dataset; not replacing it, even with --force")
 
 
 def _install(built: Path, target: Path, work: Path) -> None:
@@ -235,7 +235,7 @@ def _install(built: Path, target: Path, work: Path) -> None:
         if old is not None:
             os.replace(old, target)
         if isinstance(exc, OSError):
-            raise CharlstmError(f"cannot create {target}: {exc.strerror or exc}") from None
+            raise CharlstmError(f"cannot create {shown_path(target)}: {exc.strerror or exc}") from None
         raise
 
 

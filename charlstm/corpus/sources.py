@@ -24,7 +24,7 @@ from glob import glob
 from pathlib import Path
 
 from ..core.config import Preset
-from ..core.errors import CharlstmError
+from ..core.errors import CharlstmError, shown_path
 
 # Common source-code extensions, used for plain directories when no --ext is given. Prose and data
 # formats (.md, .txt, .json, .csv) are left out: the model is meant to learn code.
@@ -215,7 +215,7 @@ def _archive_members(archive: Path, index: int, source: Source, found: Discovery
                 return lambda: tf.extractfile(member).read()
 
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
-        raise CharlstmError(f"{archive}: corrupt or unreadable archive ({one_line(exc)})") from None
+        raise CharlstmError(f"{shown_path(archive)}: corrupt or unreadable archive ({one_line(exc)})") from None
     for member_name, size, is_dir, is_special, handle in members:
         if is_dir:
             continue

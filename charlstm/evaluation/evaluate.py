@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..core.backend import Precision, checkpoint_precision, flush_denormals
 from ..core.checkpoint import OpenedModel, open_model
 from ..corpus.dataset import load_dataset, locate_recorded_dataset
-from ..core.errors import CharlstmError
+from ..core.errors import CharlstmError, shown_path
 from ..core.model import LN2
 from ..core.userio import read_text_source
 EVAL_SEQ_LEN = 256  # characters per forward pass; the state carries, so this sets speed, not the score
@@ -133,12 +133,12 @@ def evaluate_checkpoint(
         if data is None:
             data = (payload.get("dataset") or {}).get("path")
             if not data:
-                raise CharlstmError(f"{path} does not record its dataset; pass --data data/NAME or --text-file FILE")
+                raise CharlstmError(f"{shown_path(path)} does not record its dataset; pass --data data/NAME or --text-file FILE")
             data = locate_recorded_dataset(data, path)
         dataset = load_dataset(data)
         tokens = dataset.tokens("val")
         if len(tokens) < 2:
-            raise CharlstmError(f"{data} has no validation split to score")
+            raise CharlstmError(f"{shown_path(data)} has no validation split to score")
         if dataset.vocab != vocab:
             # Another corpus: translate its symbols into the model's, unknown ones to UNK.
             unknown = [s for s in dataset.vocab.symbols if s not in vocab.index]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import BEST, LATEST, PRETRAINED_RUN, load_checkpoint, resolve_checkpoint
-from ..core.errors import CharlstmError, refuse_empty
+from ..core.errors import CharlstmError, refuse_empty, shown_path
 from ..core.model import ModelConfig
 from ..core.vocab import Vocab
 
@@ -63,11 +63,11 @@ def resolve_init_source(name_or_path: str) -> Path:
     if not path.exists() and name_or_path in SHIPPED:
         path = SHIPPED[name_or_path]
     elif name_or_path in SHIPPED and path.is_dir() and not any((path / f).is_file() for f in (BEST, LATEST)):
-        raise CharlstmError(f"--init-from {name_or_path}: the folder {path} here holds no checkpoint and hides the "
+        raise CharlstmError(f"--init-from {shown_path(name_or_path)}: the folder {shown_path(path)} here holds no checkpoint and hides the "
                             f"shipped model of that name; give its path instead: {SHIPPED[name_or_path]}")
     if not path.exists():
         names = ", ".join(SHIPPED)
-        raise CharlstmError(f"--init-from {name_or_path}: no such checkpoint or run folder (shipped models: {names})")
+        raise CharlstmError(f"--init-from {shown_path(name_or_path)}: no such checkpoint or run folder (shipped models: {names})")
     return resolve_checkpoint(path)
 
 

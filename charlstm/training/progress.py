@@ -11,6 +11,7 @@ import torch
 
 from .defaults import Chosen
 from ..core.distributed import average
+from ..core.errors import shown_path
 from .schedule import describe
 
 
@@ -64,7 +65,7 @@ def announcement(trainer) -> list[str]:
         f"{mc.kind.upper()} {mc.layers}×{mc.hidden}, {t.raw_model.num_parameters():,} parameters; {t.world} "
         f"process(es) on {t.device}, {t.threads} thread(s); precision {t.precision.name} ({t.precision.reason}; "
         f"the {mc.kind.upper()} runs in {t.precision.rnn_dtype}); {t.batcher.windows:,} steps per epoch; "
-        f"run folder {t.run_dir}"
+        f"run folder {shown_path(t.run_dir)}"
     ]
     if t.step > 0:
         return lines

@@ -18,9 +18,10 @@ from ..core import lock
 from ..core.distributed import distributed_layout
 from ..core.checkpoint import BEST, LATEST
 from ..core.config import malformed_fields
-from ..core.errors import CharlstmError
+from ..core.errors import CharlstmError, shown_path
 from ..core.events import Listener, Message, ignore
 from ..core.files import atomic_write
+
 
 RUN_LOCK = ".lock"  # in the run folder, held by the process training in it (see charlstm.lock)
 SUMMARY = "summary.json"  # written when a run ends its budget (or --patience ends it); a resume removes it
@@ -34,10 +35,10 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
     if resume or force:
         return
     if (run_dir / LATEST).exists():
-        raise CharlstmError(f"{run_dir} already holds a run: continue it with --resume, or start over with --force")
+        raise CharlstmError(f"{shown_path(run_dir)} already holds a run: continue it with --resume, or start over with --force")
     if (run_dir / BEST).exists():
         raise CharlstmError(
-            f"{run_dir} holds a {BEST} but no {LATEST} (its run stopped before its first save): "
+            f"{shown_path(run_dir)} holds a {BEST} but no {LATEST} (its run stopped before its first save): "
             f"continue from {BEST} with --resume, or start over with --force"
         )
 
@@ -48,7 +49,7 @@ def clear_earlier_run(run_dir: Path, on_event: Listener = ignore) -> None:
     leftovers = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
     if leftovers:
         names = ", ".join(f.name for f in leftovers)
-        on_event(Message(f"starting afresh in {run_dir}: removing the earlier run's {names}"))
+        on_event(Message(f"starting afresh in {shown_path(run_dir)}: removing the earlier run's {names}"))
     for f in leftovers:
         f.unlink(missing_ok=True)
 
@@ -83,11 +84,11 @@ def truncate_metrics(run_dir: Path, step: int, on_event: Listener = ignore) -> N
     if not os.path.lexists(path):
         return
     if path.is_dir():
-        raise CharlstmError(f"{path} is a folder, not the run's metrics log: move it away, then resume")
+        raise CharlstmError(f"{shown_path(path)} is a folder, not the run's metrics log: move it away, then resume")
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise CharlstmError(f"cannot read {shown_path(path)}: {exc.strerror or exc}") from None
     kept, damaged = [], 0
     for raw in data.splitlines():
         try:
@@ -101,7 +102,7 @@ def truncate_metrics(run_dir: Path, step: int, on_event: Listener = ignore) -> N
         if record_step <= step:
             kept.append(line + "\n")
     if damaged:
-        on_event(Message(f"dropped {damaged} damaged line(s) of {path} (not UTF-8 JSON with a step)", warning=True))
+        on_event(Message(f"dropped {damaged} damaged line(s) of {shown_path(path)} (not UTF-8 JSON with a step)", warning=True))
     atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 
@@ -112,11 +113,11 @@ def checkpoint_to_resume(run_dir: Path, on_event: Listener = ignore) -> Path:
     if latest.is_file():
         return latest
     if best.is_file():
-        on_event(Message(f"{run_dir} has no {LATEST}: resuming from {BEST}"))
+        on_event(Message(f"{shown_path(run_dir)} has no {LATEST}: resuming from {BEST}"))
         return best
     if any((run_dir / name).exists() for name in ("config.json", "metrics.jsonl")):
         raise CharlstmError(
-            f"nothing saved yet in {run_dir}: its run stopped before its first save (no {LATEST}); "
+            f"nothing saved yet in {shown_path(run_dir)}: its run stopped before its first save (no {LATEST}); "
             f"start it again without --resume to begin afresh"
         )
     raise CharlstmError(f"nothing to resume: {latest} not found (pass --out RUN, or start a run without --resume)")
@@ -132,12 +133,12 @@ def check_resumable(payload: dict, path: Path) -> None:
     missing = [key for key in RESUME_KEYS if key not in payload]
     if missing:
         raise CharlstmError(
-            f"{path} cannot be resumed: it has no {', '.join(missing)} (an inference-only export keeps just the "
+            f"{shown_path(path)} cannot be resumed: it has no {', '.join(missing)} (an inference-only export keeps just the "
             f"weights); sample or evaluate it, or start a new run with --force"
         )
     position = payload["data_position"]
     if not (isinstance(position, dict) and all(isinstance(position.get(k), int) for k in ("epoch", "window"))):
-        raise CharlstmError(f"{path} cannot be resumed: its data_position is not {{'epoch': int, 'window': int}}")
+        raise CharlstmError(f"{shown_path(path)} cannot be resumed: its data_position is not {{'epoch': int, 'window': int}}")
 
 
 @contextmanager
@@ -148,7 +149,7 @@ def own_run_dir(run_dir: Path):
     then removes the temporary files of saves that a kill interrupted.
     """
     if os.path.lexists(run_dir) and not run_dir.is_dir():
-        raise CharlstmError(f"--out {run_dir} exists and is not a folder")
+        raise CharlstmError(f"--out {shown_path(run_dir)} exists and is not a folder")
     if distributed_layout()[0] != 0:
         yield
         return

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..core import lock
 from ..core.checkpoint import BEST, LATEST
-from ..core.errors import CharlstmError, first_line
+from ..core.errors import CharlstmError, first_line, shown_path
 from .runfolder import RUN_FILES, RUN_LOCK, SUMMARY
 
 X_AXES = ("steps", "chars", "minutes")
@@ -34,13 +34,13 @@ def find_runs(folder: str | Path) -> list[dict]:
     """A row per run in `folder` (or for `folder` itself when it is a run), oldest activity first."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CharlstmError(f"{folder} is not a folder of runs" if folder.exists() else f"{folder} not found")
+        raise CharlstmError(f"{shown_path(folder)} is not a folder of runs" if folder.exists() else f"{shown_path(folder)} not found")
     if is_run(folder):
         return [describe_run(folder)]
     try:
         children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
     except OSError as exc:
-        raise CharlstmError(f"cannot read {folder}: {exc.strerror or exc}") from None
+        raise CharlstmError(f"cannot read {shown_path(folder)}: {exc.strerror or exc}") from None
     rows = [describe_run(p) for p in children if is_run(p)]
     return sorted(rows, key=lambda row: (row["updated"] or 0, row["name"]))
 
@@ -186,30 +186,30 @@ def curve_series(path: str | Path, x: str = "steps") -> dict:
         raise CharlstmError(f"--x {x!r}: choose one of {', '.join(X_AXES)}")
     path = Path(path)
     if not path.exists():
-        raise CharlstmError(f"{path} not found")
+        raise CharlstmError(f"{shown_path(path)} not found")
     if not path.is_dir() or not is_run(path):
-        raise CharlstmError(f"{path} is not a run folder (no metrics.jsonl, config.json or checkpoint there)")
+        raise CharlstmError(f"{shown_path(path)} is not a run folder (no metrics.jsonl, config.json or checkpoint there)")
     problems: list[str] = []
     records = read_metrics(path / "metrics.jsonl", problems)
     if not records:
-        raise CharlstmError(f"{path} has no metrics to draw" + (f": {problems[0]}" if problems else " (no metrics.jsonl)"))
+        raise CharlstmError(f"{shown_path(path)} has no metrics to draw" + (f": {problems[0]}" if problems else " (no metrics.jsonl)"))
     tc = _section(_read_json(path / "config.json", problems) or {}, "train_config", problems)
     per_step = _chars_per_step(tc)
     if x != "steps" and per_step is None:
-        raise CharlstmError(f"{path}: --x {x} needs the batch size and sequence length from its config.json")
+        raise CharlstmError(f"{shown_path(path)}: --x {x} needs the batch size and sequence length from its config.json")
     minutes = _minutes_by_step(records, per_step) if x == "minutes" else {}
     at = {"steps": lambda s: s, "chars": lambda s: s * per_step, "minutes": lambda s: minutes[s]}[x]
     train = [(at(r["step"]), r["bpc"]) for r in records if _finite(r.get("bpc"))]
     val = [(at(r["step"]), r["val_bpc"]) for r in records if _finite(r.get("val_bpc"))]
     if not train and not val:
-        raise CharlstmError(f"{path} has no finite bits per character to draw")
+        raise CharlstmError(f"{shown_path(path)} has no finite bits per character to draw")
     return {"name": path.name, "path": str(path), "x": x, "train": train, "val": val, "problems": problems}
 
 
 def newest_run(folder: str | Path) -> Path:
     rows = find_runs(folder)
     if not rows:
-        raise CharlstmError(f"no runs in {folder}: train one with `charlstm train`, or name run folders to plot")
+        raise CharlstmError(f"no runs in {shown_path(folder)}: train one with `charlstm train`, or name run folders to plot")
     return Path(rows[-1]["path"])
 
 

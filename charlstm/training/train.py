@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -43,7 +42,7 @@ from ..core import distributed
 from .batching import training_data
 from ..core.checkpoint import BEST, LATEST, save_checkpoint
 from ..core.config import TrainConfig
-from ..core.errors import CharlstmError, first_line
+from ..core.errors import CharlstmError, first_line, shell_path, shown_path
 from ..evaluation.evaluate import bits_per_char
 from ..core.events import Listener, Message, Metrics, Progress
 from ..core.files import append_line
@@ -229,7 +228,7 @@ class Trainer:
         if not distributed.agree(bool(self._nonfinite.item()), self.world, self.device):
             return
         kept = (
-            f"the last good checkpoint is {self.run_dir / LATEST} (step {self.saved_step})"
+            f"the last good checkpoint is {shown_path(self.run_dir / LATEST)} (step {self.saved_step})"
             if self.saved_step is not None
             else "no checkpoint had been saved yet"
         )
@@ -246,7 +245,7 @@ class Trainer:
             yield
         except CharlstmError as exc:
             kept = (
-                f"{self.run_dir / LATEST} (step {self.saved_step}) is intact; once the disk has room, resume with: "
+                f"{shown_path(self.run_dir / LATEST)} (step {self.saved_step}) is intact; once the disk has room, resume with: "
                 f"{self.resume_command()}"
                 if self.saved_step is not None
                 else "nothing had been saved yet"
@@ -255,7 +254,7 @@ class Trainer:
 
     def resume_command(self) -> str:
         prefix = f"torchrun --nproc-per-node {self.world} -m charlstm" if self.world > 1 else "charlstm"
-        return f"{prefix} train --resume --out {shlex.quote(str(self.run_dir))}"
+        return f"{prefix} train --resume --out {shell_path(self.run_dir)}"
 
     # -- evaluation and logging ----------------------------------------------------------------
 
@@ -407,7 +406,7 @@ class Trainer:
             # A second Ctrl-C (or one outside the loop's checks): the step may be half done, so
             # nothing is saved; the last checkpoint stays as it was.
             raise TrainingInterrupted(
-                f"interrupted at step {self.step} without saving; the last save is {self.run_dir / LATEST}. "
+                f"interrupted at step {self.step} without saving; the last save is {shown_path(self.run_dir / LATEST)}. "
                 f"Resume with: {self.resume_command()}"
             ) from None
         finally:
@@ -415,7 +414,7 @@ class Trainer:
         if ctrl_c.pressed:
             self.save()
             raise TrainingInterrupted(
-                f"interrupted at step {self.step}; saved {self.run_dir / LATEST}. Resume with: {self.resume_command()}"
+                f"interrupted at step {self.step}; saved {shown_path(self.run_dir / LATEST)}. Resume with: {self.resume_command()}"
             )
         # The steps since the last log line (a --minutes run ends anywhere), and a validation of
         # the final weights unless this is a pause or the loop just ran one.

@@ -20,7 +20,7 @@ from ..core.config import TrainConfig
 from ..corpus.dataset import check_same_data, load_dataset, locate_recorded_dataset, reading
 from .defaults import Facts, choose_defaults
 from ..core.distributed import distributed_layout
-from ..core.errors import CharlstmError, refuse_empty
+from ..core.errors import CharlstmError, refuse_empty, shown_path
 from ..core.events import Listener, Message, ignore
 from .finetune import (
     FINETUNE_LR,
@@ -188,7 +188,7 @@ def train(options: dict, resume: bool = False, force: bool = False, stop_after: 
         given = given_options(options)
         run_dir = run_dir_of(given)
         if not run_dir.is_dir():
-            raise CharlstmError(f"nothing to resume: {run_dir} not found (pass --out RUN, or start a run without --resume)")
+            raise CharlstmError(f"nothing to resume: {shown_path(run_dir)} not found (pass --out RUN, or start a run without --resume)")
     else:
         new = fresh_config(options)  # nonsense options fail before the folder is made
         run_dir = Path(new.config.out)

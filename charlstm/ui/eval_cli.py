@@ -67,7 +67,7 @@ Html = Annotated[
         "--html",
         help=(
             "With --per-char: also write the coloured text as a self-contained HTML page (hover a character for its "
-            "bits and top 5)."
+            "bits and top 5); at most 16 MB: a longer text's page shows its start and says so."
         ),
         rich_help_panel="Surprise",
     ),
@@ -167,18 +167,13 @@ def eval_command(
     if html is not None and not per_char:
         raise CharlstmError("--html goes with --per-char")
     if per_char:
-        from ..core.userio import refuse_output_over_input
-        from ..evaluation.surprise import surprise
-        from .eval_command import report_surprise
+        from .eval_command import run_per_char
 
         if text_file is None or data is not None:
             raise CharlstmError("--per-char scores one file: give --text-file (and no --data)")
         if dynamic:
             raise CharlstmError("--per-char shows the model as it is: drop --dynamic")
-        refuse_output_over_input({"--html": html}, {"--text-file": text_file})
-        result = surprise(checkpoint, text_file, device=device, precision=precision)
-        report_surprise(result, err, json_out=json_output, html_out=html)
-        return
+        return run_per_char(checkpoint, text_file, html, json_output, err, device=device, precision=precision)
     result = evaluate_checkpoint(
         checkpoint,
         data=data,

@@ -4,21 +4,67 @@ most surprising characters (surprise.py computes them and builds the HTML page).
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
-from ..evaluation.surprise import MAX_BITS, colour_of_bits, most_surprising, shown_char, surprise_html
+from ..evaluation.surprise import MAX_BITS, colour_of_bits, shown_char
+
+PIECE = 8192  # characters of coloured text printed at a time (cut after a newline where there is one)
 
 
-def surprise_text(result: dict):
-    """The text on a background from white (expected) to red (≥ MAX_BITS bits), for a terminal."""
-    from rich.text import Text
+class ColouredText:
+    """The text on a background from white (expected) to red (≥ MAX_BITS bits), printed on `out`
+    as the scores come: a piece at a time, each cut after a newline where there is one, so a rich
+    Text never holds more than a piece."""
 
-    from .render import append_on_colour
+    def __init__(self, out, text: str):
+        self.out, self.text = out, text
+        self.start = 0  # the first character not printed yet
+        self.bits: list[float] = []  # the bits of the characters from `start` on
 
-    out = Text()
-    for entry in result["characters"]:
-        append_on_colour(out, entry["char"], colour_of_bits(entry["bits"]))
-    return out
+    def add(self, start: int, bits, top_ids=None, top_probs=None) -> None:
+        self.bits.extend(bits.tolist())
+        end = self.start + len(self.bits)
+        if len(self.bits) >= PIECE:
+            newline = self.text.rfind("\n", self.start, end)
+            self._print(newline + 1 if newline >= 0 else end)
+
+    def finish(self) -> None:
+        self._print(self.start + len(self.bits))
+        if not self.text.endswith("\n"):
+            self.out.print()
+
+    def _print(self, end: int) -> None:
+        from rich.text import Text
+
+        from .render import append_on_colour
+
+        piece = Text()
+        for ch, b in zip(self.text[self.start : end], self.bits):
+            append_on_colour(piece, ch, colour_of_bits(b))
+        self.out.print(piece, end="")
+        del self.bits[: end - self.start]
+        self.start = end
+
+
+class JsonCharacters:
+    """--json, written as the scores come: the head, every character (its bits and the model's top
+    guesses), then the totals; the whole text is never one string in memory."""
+
+    def __init__(self, text: str, symbols, head: dict):
+        self.text, self.symbols, self.first = text, symbols, True
+        print(json.dumps(head, ensure_ascii=False)[:-1] + ', "characters": [', end="")  # print: stdout may be closed
+
+    def add(self, start: int, bits, top_ids, top_probs) -> None:
+        from ..evaluation.surprise import guesses
+
+        entries = (json.dumps({"char": self.text[start + k], "bits": round(b, 4),
+                               "top": guesses(self.symbols, top_ids[k], top_probs[k])}, ensure_ascii=False)
+                   for k, b in enumerate(bits.tolist()))  # fmt: skip
+        print(("" if self.first else ", ") + ", ".join(entries), end="")
+        self.first = False
+
+    def finish(self, tail: dict) -> None:
+        print("], " + json.dumps(tail)[1:])
 
 
 def surprise_legend():
@@ -47,41 +93,61 @@ def warn_unknown(chars: list[str], err) -> None:
         )
 
 
-def report_surprise(result: dict, err, json_out: bool = False, html_out: str | Path | None = None) -> None:
-    """Print the result: JSON on stdout, or the coloured text on stdout and a summary on stderr;
-    with `html_out`, also write the page."""
-    import json
+def run_per_char(checkpoint: str | None, text_file: str, html_out: str | None, json_out: bool, err, *,
+                 device: str, precision: str | None) -> None:  # fmt: skip
+    """`charlstm eval --per-char --text-file F`: every character's bits and the model's top guesses,
+    as the coloured text on stdout (or --json) and a summary on stderr; with `html_out`, the page.
+    Streams: the scores go out a block at a time, and what is kept does not grow with the text."""
+    import time
 
+    import numpy as np
     from rich.console import Console
-    from rich.markup import escape
 
-    from ..core.userio import write_output
+    from ..core.userio import write_output, check_output, read_text_source, refuse_output_over_input
+    from ..core.errors import shown_path
+    from ..evaluation.evaluate import load_for_scoring
+    from ..evaluation.surprise import MostSurprising, SurprisePage, Totals, score_blocks
 
+    refuse_output_over_input({"--html": html_out}, {"--text-file": text_file})
     if html_out is not None:
-        write_output(html_out, surprise_html(result).encode("utf-8"))
-    warn_unknown(result["unknown_chars"], err)
+        check_output(html_out)  # before the scoring, not after it
+    opened, prec = load_for_scoring(checkpoint, device, precision)
+    path, payload, model, vocab, dev = opened.path, opened.payload, opened.model, opened.vocab, opened.device
+    text = read_text_source(text_file)
+    tokens = np.concatenate([[vocab.doc_sep], vocab.encode(text)])
+    unknown = vocab.unknown_chars(text)
+    warn_unknown(unknown, err)
+    totals, worst = Totals(), MostSurprising(10)
+    page = SurprisePage(text, vocab.symbols, str(text_file), str(path)) if html_out is not None else None
+    head = {"source": str(text_file), "checkpoint": str(path), "step": payload.get("step"), "precision": prec.name,
+            "device": str(dev), "chars": len(text), "unknown_chars": unknown}  # fmt: skip
+    shown = JsonCharacters(text, vocab.symbols, head) if json_out else ColouredText(Console(highlight=False), text)
+    started = time.perf_counter()
+    for block in score_blocks(model, tokens, device=dev, autocast=prec.autocast):
+        for keeper in (totals, worst, page, shown):
+            if keeper is not None:
+                keeper.add(*block)
+    seconds = round(time.perf_counter() - started, 3)
     if json_out:
-        print(json.dumps({k: v for k, v in result.items() if k != "text"}, ensure_ascii=False))
+        shown.finish({"bits": totals.bits, "bpc": totals.bpc, "seconds": seconds})
+    else:
+        shown.finish()
+    if page is not None:
+        write_output(html_out, page.render(totals.bpc).encode("utf-8", "surrogatepass"))
+    if json_out:
         return
-    out = Console(highlight=False)
-    out.print(surprise_text(result), end="" if result["text"].endswith("\n") else "\n")
     err.print(surprise_legend())
-    err.print(
-        f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} "
-        f"characters, scored as one stream ({escape(result['checkpoint'])}, "
-        f"{result['precision']} on {result['device']})",
-        highlight=False,
-    )
+    err.print(f"{shown_path(text_file)}: {totals.bpc:.4f} bits per character over {len(text):,} characters, scored as "
+              f"one stream ({shown_path(path)}, {prec.name} on {dev})", markup=False, highlight=False)  # fmt: skip
     err.print("most surprising (line:column):", highlight=False)
-    for s in most_surprising(result, 10):
-        guesses = ", ".join(f"{shown_char(sym)} {p:.0%}" for sym, p in s["top"][:3])
-        err.print(
-            f"  {s['line']}:{s['column']}  {shown_char(s['char'])}  {s['bits']:.1f} bits  (expected {guesses})",
-            markup=False,
-            highlight=False,
-        )
-    if html_out is not None:
-        err.print(f"wrote {escape(str(html_out))}", highlight=False)
+    for s in worst.entries(text, vocab.symbols):
+        expected = ", ".join(f"{shown_char(sym)} {p:.0%}" for sym, p in s["top"][:3])
+        err.print(f"  {s['line']}:{s['column']}  {shown_char(s['char'])}  {s['bits']:.1f} bits  (expected {expected})",
+                  markup=False, highlight=False)  # fmt: skip
+    if page is not None:
+        cut = f"; the first {page.shown:,} of {len(text):,} characters, as a page holds at most {page.cap / 1e6:g} MB" \
+            if page.shown < len(text) else ""
+        err.print(f"wrote {shown_path(html_out)}{cut}", markup=False, highlight=False)
 
 
 def run_syntax_eval(
@@ -169,18 +235,18 @@ def syntax_line(syntax: dict) -> str:
 
 def report_score(result: dict, err, json_out: bool) -> None:
     """`charlstm eval`'s figure: JSON on stdout, or one line (two with --dynamic) on stderr."""
-    import json
-
     from rich.markup import escape
+
+    from ..core.errors import shown_path
 
     warn_unknown(result["unknown_chars"], err)
     if json_out:
         print(json.dumps(result))
         return
     err.print(
-        f"{escape(result['source'])}: [bold]{result['bpc']:.4f}[/bold] bits per character over "
-        f"{result['chars']:,} characters ({escape(result['checkpoint'])}, step {result['step']}, "
-        f"{result['precision']} on {result['device']}, {result['chars_per_sec']:,.0f} chars/s)",
+        f"{escape(shown_path(result['source']))}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
+        f"({escape(shown_path(result['checkpoint']))}, step {result['step']}, {result['precision']} on {result['device']}, "
+        f"{result['chars_per_sec']:,.0f} chars/s)",
         highlight=False,
     )
     if "dynamic" in result:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..core.errors import CharlstmError
+from ..core.errors import CharlstmError, shown_path
 from ..core.backend import sampling_device
 from ..core.config import STUDY_DEVICES
 from ..analysis.experiments import NAMES, STUDIES, configured_study, run_study, write_html
@@ -118,7 +118,7 @@ def run_experiments(name: str, console: Console, quiet: bool = False, html: Path
             page = write_html(results[study], html_path(html, study, len(names) > 1), dev)
             results[study]["html"] = page["path"]
             if not quiet:
-                console.print(f"explorer page: {page['path']} ({page['bytes']:,} bytes)", highlight=False)
+                console.print(f"explorer page: {shown_path(page['path'])} ({page['bytes']:,} bytes)", highlight=False)
     if name == "all":
         console.print(comparison_table(results))
     return results

@@ -11,14 +11,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..core.errors import CharlstmError, os_error_message
+from ..core.errors import CharlstmError, one_line_text, os_error_message
 
 # Messages, tables and progress go to stderr; generated text and --json go to stdout.
 err = Console(stderr=True)
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/bold red] {escape(one_line_text(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
 
 

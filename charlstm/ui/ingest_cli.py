@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from ..core.config import Preset
+from ..core.errors import one_line_text
 from .guard import err, user_errors
 
 Sources = Annotated[
@@ -140,7 +141,7 @@ def ingest_command(
             on_event=show,
         )
     for warning in report["warnings"]:
-        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/yellow] {escape(one_line_text(warning))}", highlight=False, soft_wrap=True)
     if json_out:
         typer.echo(json.dumps(report))
     else:

@@ -116,7 +116,10 @@ Html = Annotated[
     str | None,
     typer.Option(
         "--html",
-        help="Write a self-contained HTML explorer (every neuron and signal, switchable in the page) to this file.",
+        help=(
+            "Write a self-contained HTML explorer (every neuron and signal, switchable in the page) to this file; "
+            "at most 16 MB: a longer text's page shows its start and says so."
+        ),
         rich_help_panel="Output",
     ),
 ]

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.markup import escape
 
-from ..analysis import explorer
-from ..analysis import interventions
+from ..analysis import explorer, interventions
 from . import render
 from ..core import units
 from ..analysis.contexts import unit_top_contexts
-from ..core.errors import CharlstmError
-from ..analysis.explorer import most_chars, write_explorer
-from ..analysis.explorer import default_chars as html_chars
+from ..core.errors import CharlstmError, shell_path, shown_path
+from ..analysis.explorer import most_chars, write_explorer, default_chars as html_chars
 from ..analysis.features import is_binary, validate_feature
 from ..analysis.neurons import UnitSignals, choose_text, cut_text, find_units, open_checkpoint, trace_into
 from ..analysis.saturation import GateSaturation
@@ -210,14 +208,18 @@ def _top_contexts(inspection, chosen: str, source: str, layer: int, neuron: int,
 def _explorer_page(inspection, chosen: str, source: str, html: str, layer: int | None, neuron: int | None,
                    state: str | None, specs, err) -> None:
     """--html: the explorer page (with --ablate, opened on the first ablated unit)."""
-    most = most_chars(inspection)
+    most, cap = most_chars(inspection), f"{explorer.MAX_PAGE_BYTES / 1e6:g} MB"
+    if most < 1:
+        raise CharlstmError(f"one character of this model's signals is more than a page holds (at most {cap}); "
+                            "use --find, --stats or --top-contexts")  # fmt: skip
     if len(chosen) > most:  # the page shows the start of a long text, and says so
         err.print(
-            f"note: one page holds {most:,} characters with this model ({explorer.MAX_VALUES:,} values); it shows the "
-            f"first {most:,} of {len(chosen):,} (--max-chars picks fewer)",
+            f"note: a page holds at most {cap}: {most:,} characters with this model "
+            f"({explorer.values_per_char(inspection):,} values each); it shows the first {most:,} of {len(chosen):,} "
+            "(--max-chars picks fewer; --find, --stats and --top-contexts read the whole text)",
             highlight=False,
         )
-        chosen, source = cut_text(chosen, source, most, ": the most one page holds")
+        chosen, source = cut_text(chosen, source, most, f": the most one page holds, at most {cap}")
 
     with err.status(f"tracing {len(chosen):,} characters…"):
         if specs and layer is None:  # open the page on the (first) ablated unit
@@ -227,7 +229,7 @@ def _explorer_page(inspection, chosen: str, source: str, html: str, layer: int |
             ablate=[(s.layer, s.neuron) for s in specs] if specs else None,
         )
     err.print(
-        f"wrote {escape(html)} ({summary['bytes'] / 1e6:.1f} MB: {summary['chars']:,} characters, "
+        f"wrote {escape(shown_path(html))} ({summary['bytes'] / 1e6:.1f} MB: {summary['chars']:,} characters, "
         f"{summary['layers']} layer{'s' * (summary['layers'] != 1)} × {summary['hidden']} neurons × "
         f"{len(summary['signals'])} signals)",
         highlight=False,
@@ -266,7 +268,7 @@ def _find(inspection, chosen: str, source: str, find: str, top: int, causal: boo
     if units:
         best = units[0]
         err.print(
-            f"see one: charlstm inspect-neuron {escape(str(inspection.path))} --layer {best.layer} "
+            f"see one: charlstm inspect-neuron {escape(shell_path(inspection.path))} --layer {best.layer} "
             f"--neuron {best.neuron} --state {best.signal}",
             highlight=False,
         )
@@ -308,4 +310,4 @@ def _one_unit(inspection, chosen: str, source: str, layer: int, neuron: int, sta
         title = f"layer {layer}, neuron {neuron}: {state or 'hidden'}"
         picture = out.export_svg(title=title).encode("utf-8")
         write_output(svg, picture)
-        err.print(f"wrote {escape(svg)}", highlight=False)
+        err.print(f"wrote {escape(shown_path(svg))}", highlight=False)

@@ -207,9 +207,12 @@ def stats_table(rows: list[dict], title: str):
 
 def ingest_table(report: dict):
     """The terminal summary of an ingest (rich renderable, printed on stderr by the CLI)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"dataset {report['path']}", show_header=False, title_justify="left")
+    from charlstm.errors import shown_path
+
+    table = Table(title=f"dataset {escape(shown_path(report['path']))}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("files kept", f"{report['files_kept']:,} ({report['train_files']:,} train, {report['val_files']:,} val)")

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..training.curves import draw_curves, draw_picture
-from ..core.errors import CharlstmError
+from ..core.errors import CharlstmError, one_line_text, shown_path
 from ..training.runs import DAMAGED, FINISHED, STOPPED, TRAINING, X_AXES, curve_series, find_runs, newest_run
 from ..core.userio import write_output
 
@@ -40,7 +40,7 @@ def show_runs(paths: list[str] | None, *, plot: bool, x: str, svg: str | None, h
     if json_out:
         typer.echo(json.dumps(rows))
     elif not rows:
-        err.print(f"no runs in {escape(folder)}", highlight=False)
+        err.print(f"no runs in {escape(shown_path(folder))}", highlight=False)
     else:
         # A pipe gets whole lines (rich would fit 80 columns); a terminal gets its own width.
         out = err if err.is_terminal else Console(file=err.file, width=200, highlight=False)
@@ -96,17 +96,17 @@ def plot_runs(paths: list[str] | None, *, x: str, svg: str | None, html: str | N
             s["name"] = s["path"]
     for s in series:
         for problem in s["problems"]:
-            err.print(f"[yellow]warning:[/yellow] {escape(s['path'])}: {escape(problem)}", highlight=False)
+            err.print(f"[yellow]warning:[/yellow] {escape(shown_path(s['path']))}: {escape(one_line_text(problem))}", highlight=False)
     if json_out:
         typer.echo(json.dumps([{k: s[k] for k in ("name", "path", "x", "train", "val")} for s in series]))
     if svg is not None or html is not None:
         picture = draw_picture(series, x)
         if svg is not None:
             write_output(svg, picture.encode("utf-8"))
-            err.print(f"wrote {escape(svg)}", highlight=False)
+            err.print(f"wrote {escape(shown_path(svg))}", highlight=False)
         if html is not None:
             write_output(html, figure_page(picture, "charlstm runs: " + ", ".join(names)).encode("utf-8"))
-            err.print(f"wrote {escape(html)}", highlight=False)
+            err.print(f"wrote {escape(shown_path(html))}", highlight=False)
     if not json_out or err.is_terminal:
         width, height = shutil.get_terminal_size((100, 30))
         figure = draw_curves(series, x, min(width, 120), max(16, min(height - 4, 32)))
@@ -141,7 +141,7 @@ def report_training(summary: dict, json_output: bool, err: Console) -> None:
     else:
         val, best = summary["val_bpc"], summary["best_val_bpc"]
         scores = f", validation {val:.4f} bpc (best {best:.4f})" if val is not None and best is not None else ""
-        err.print(f"done: {summary['steps']:,} steps{scores}; run in {escape(summary['run_dir'])}", highlight=False)
+        err.print(f"done: {summary['steps']:,} steps{scores}; run in {escape(shown_path(summary['run_dir']))}", highlight=False)
     if err.is_terminal:
         try:
             series = curve_series(Path(summary["run_dir"]))

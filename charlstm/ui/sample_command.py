@@ -20,7 +20,7 @@ from typing import TextIO
 from ..core.backend import torch_threads
 from ..core.config import check_threads
 from ..sampling.constrained import CLOSE_ALLOWANCE
-from ..core.errors import CharlstmError
+from ..core.errors import CharlstmError, shown_path
 from ..sampling.sample import Plan, Sampler, SampleSettings
 from ..core.userio import check_output, refuse_output_over_input, silence_stdout, write_output
 from ..core.vocab import DOC_SEP, NEWLINE_MARK  # --watch: a newline's value shows on the mark
@@ -341,7 +341,7 @@ def _run_sampling(
         )
     engine = sampler.engine
     err.print(
-        f"[dim]{escape(str(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
+        f"[dim]{escape(shown_path(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
         f"{str(engine.weight_dtype).removeprefix('torch.')} weights on {sampler.device}[/dim]",
         highlight=False,
         soft_wrap=True,
@@ -410,4 +410,4 @@ def _save_out(out: Path | None, writer: StreamWriter, err, note: str = "") -> No
 
     if out is not None:
         write_output(out, writer.plain.encode("utf-8"))
-        err.print(f"[dim]wrote {escape(str(out))}{note}[/dim]", highlight=False, soft_wrap=True)
+        err.print(f"[dim]wrote {escape(shown_path(out))}{note}[/dim]", highlight=False, soft_wrap=True)

@@ -6,7 +6,6 @@ import dataclasses
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from ..core.config import TrainConfig as _TC  # its defaults are shown in the help
 from .guard import err, user_errors

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..core.errors import one_line_text
 from .terminal import Terminal
 
 
@@ -25,7 +26,7 @@ def run_training(options: dict, *, resume: bool, force: bool, tensorboard: str |
             summary = train(options, resume=resume, force=force, tensorboard=tensorboard, new_data=new_data,
                             on_event=show)
     except TrainingInterrupted as exc:
-        err.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]{escape(one_line_text(str(exc)))}[/yellow]", highlight=False, soft_wrap=True)
         raise typer.Exit(code=130) from None
     if summary.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
         return  # only rank 0 reports
