@@ -1,0 +1,433 @@
+"""What a character-level lexer can still rightly forbid in Python code beyond strings, brackets and
+indentation: rules on words and the tokens around them, each one forbidding only text that no
+continuation could make valid Python.
+
+- After an operand (a name, number, string or closing bracket), the next word can only be an
+  operator keyword (`if`, `in`, `is`, `and`, `for`, …): two names in a row (`return x y`, prose
+  left outside a docstring) never parse; after a string, a string may follow (`"a" f"b"`).
+- A quote directly after a word opens a string only when the word is a string prefix (`rb"…"`).
+- A statement keyword (`return`, `class`, `def`, `pass`, `import`, …) only where a statement
+  begins; no keyword right after a dot (`x.class`).
+- `else`, `elif`, `except` and `finally` only at an indentation where the last statement was one
+  they can follow (`if`, a loop, `try`, `except`).
+- A `def` or `class` head follows its grammar: a name that is not a keyword, a parameter list of
+  names (`*args`, `**kwargs`, `/`, annotations and defaults; no non-default parameter after a
+  default), `:` or `->` after it; a class name is followed by `(` or `:`.
+- In a statement led by a keyword (`return`, `if`, `raise`, …) a lone `=` outside brackets (not
+  `==`, `<=`, `:=`…) is never valid: once one is written, only a second `=` may follow.
+- A logical line cannot end (newline, comment, `;`) right after an operator or a keyword that
+  needs an operand (`x = `, `a and`, `import`).
+
+The lexer (lexers.PythonLexer) calls `_rules_char` for every character of code and folds
+`_rule_key` into its key; `rule_forbidden` turns that key into the characters forbidden.
+"""
+
+from __future__ import annotations
+
+import keyword
+
+HARD_KEYWORDS = frozenset(keyword.kwlist)
+OPERAND_KEYWORDS = frozenset({"None", "True", "False"})
+# Keywords that begin a statement and appear nowhere else.
+STATEMENT_ONLY = frozenset({"assert", "break", "class", "continue", "def", "del", "elif", "except", "finally", "global",
+                            "import", "nonlocal", "pass", "raise", "return", "try", "while", "with"})  # fmt: skip
+BLOCK_CONTINUATIONS = frozenset({"else", "elif", "except", "finally"})
+# Words that may follow an operand.
+AFTER_OPERAND = frozenset({"if", "else", "in", "not", "is", "and", "or", "for", "as", "from", "async", "import"})
+# Keywords that need an operand before them (at a statement's start, or after an operator or keyword).
+BINARY_ONLY = frozenset({"and", "or", "is", "as", "if", "else"})
+STATEMENT_BINARY = frozenset({"and", "or", "is", "as", "in"})  # ... cannot begin a statement
+STRING_PREFIXES = frozenset(
+    "".join(p) for base in ("r", "u", "b", "f", "br", "rb", "fr", "rf")
+    for p in __import__("itertools").product(*[(c, c.upper()) for c in base])
+)  # fmt: skip
+SOFT_KEYWORDS = frozenset({"match", "case"})  # a name at a statement's start that a name may follow
+NO_ASSIGN = HARD_KEYWORDS - {"lambda", "None", "True", "False"}  # a statement led by one holds no lone '=' outside brackets
+# Statements whose ':' outside brackets ends a head, after which a statement may begin (elsewhere it
+# is an annotation's or a lambda's).
+COMPOUND_HEADS = frozenset({"if", "elif", "else", "while", "for", "try", "except", "finally", "with", "def", "class",
+                            "async", "match", "case"})  # fmt: skip
+DANGLING_WORDS = frozenset({"and", "or", "not", "in", "is", "if", "elif", "while", "for", "with", "assert", "del",
+                            "import", "from", "as", "global", "nonlocal", "await", "else", "try", "except",
+                            "finally", "lambda", "class", "def", "async"})  # fmt: skip
+DANGLING_CHARS = frozenset("=+-/%&|^<>~@!")  # a line cannot end right after one of these
+ENDINGS = frozenset("\n\r#;")
+QUOTES = frozenset("'\"")
+NO_LONE_EQ_AFTER = frozenset("=<>!:+-*/%&|^@")
+
+
+def _prefixes(words) -> frozenset[str]:
+    return frozenset(w[:i] for w in words for i in range(1, len(w) + 1))
+
+
+# Sets of words one of which must (or may) come next, and their prefixes.
+WORD_SETS = {"op": AFTER_OPERAND, "str": AFTER_OPERAND | STRING_PREFIXES, "not": frozenset({"in"}),
+             "deco": frozenset({"def", "class", "async"})}  # fmt: skip
+WORD_PREFIXES = {name: _prefixes(words) for name, words in WORD_SETS.items()}
+# Compound statements whose head must end with ':' on its logical line (def and class: their own rules).
+HEAD_KEYWORDS = frozenset({"if", "elif", "else", "while", "for", "try", "except", "finally", "with"})
+
+# Where a word begins.
+LINE, STMT, DOT, AFTER, OTHER, NUM, SOFT = "line", "stmt", "dot", "after", "other", "num", "soft"
+_IDENT: dict[str, bool] = {}
+
+
+def is_ident(ch: str) -> bool:
+    """May `ch` continue an identifier (or a number)?"""
+    known = _IDENT.get(ch)
+    if known is None:
+        known = _IDENT[ch] = len(ch) == 1 and ("a" + ch).isidentifier()
+    return known
+
+
+# The kinds of statement `else`, `elif`, `except` and `finally` may follow, by the line's first word.
+FOLLOWS = {"else": ("if", "loop", "except"), "elif": ("if",), "except": ("try", "except"),
+           "finally": ("try", "except", "tryelse")}  # fmt: skip
+BLOCK_KINDS = {"if": "if", "elif": "if", "for": "loop", "while": "loop", "async": "loop", "try": "try",
+               "except": "except"}  # fmt: skip
+
+
+def block_kind(first_word: str, before: str | None) -> str:
+    """The kind of a finished logical line at its indentation, by its first word (`before`: the
+    kind of the statement before it there)."""
+    if first_word == "else":
+        return "tryelse" if before == "except" else "other"
+    return BLOCK_KINDS.get(first_word, "other")
+
+
+# def/class head states. Strict ones say exactly what may come next; in the others (annotations,
+# defaults, a class's arguments, a return annotation) an expression runs free under the word rules.
+NAME_PRE, NAME, NAME_POST = "name_pre", "name", "name_post"
+P_START, P_STAR1, P_STAR2, P_NAME, P_POST = "p_start", "p_star1", "p_star2", "p_name", "p_post"
+P_ANNOT, P_DEFAULT, AFTER_PARAMS, ARROW, RET = "p_annot", "p_default", "after_params", "arrow", "ret"
+ARGS, CLASS_AFTER = "args", "class_after"
+STRICT = frozenset({NAME_PRE, NAME, NAME_POST, P_START, P_STAR1, P_STAR2, P_NAME, P_POST, AFTER_PARAMS, ARROW,
+                    CLASS_AFTER})  # fmt: skip
+
+
+class StatementRules:
+    """The word and statement state PythonLexer keeps for the rules above (a mixin)."""
+
+    def _rules_reset(self) -> None:
+        """A logical line begins."""
+        self.word = ""  # the identifier or number being written
+        self.word_ctx = OTHER  # where it began
+        self.stmt = True  # a statement may begin here
+        self.stmt_word = ""  # the first word of the current statement
+        self.line_fresh = True  # nothing of the logical line written yet
+        self.line_word = ""  # the logical line's first word
+        self.operand = False  # the last token was an operand
+        self.words = "op"  # which words may follow it (WORD_SETS)
+        self.must = ""  # one of these words must come next (WORD_SETS), or ""
+        self.soft = False  # the last word was a soft keyword at a statement's start: anything may follow
+        self.after_dot = False  # the last character was a '.' (not in a number)
+        self.no_assign = False  # the statement is led by a keyword: no lone '=' outside brackets
+        self.head_open = False  # a compound statement's head still waiting for its ':'
+        self.eq_seen = False  # the statement holds a '=' outside brackets: no annotation ':' after it
+        self.bad_target = False  # the last token was a call's ')', a number or a string: no annotation ':'
+        self.lambdas: tuple[int, ...] = ()  # the bracket depths of lambdas still waiting for their ':'
+        self.kw_ok = False  # the last token was a name that may take '=' (a keyword argument, a lambda default)
+        self.arg_start = False  # after '(', ',' or 'lambda': a name here may be a keyword argument
+        self.eq_pending = False  # a lone '=' just written where only '==' (or a ':' where only ':=') is valid
+        self.dangling = False  # the last token needs an operand after it
+        self.prev = ""  # the previous character of code
+        self.hdr = None  # the def/class head state
+        self.hdr_kind = ""
+        self.star = 0  # the parameter being written follows '*' (1), '**' (2), or is '/' (3)
+        self.default_seen = self.star_seen = self.dstar = False
+
+    def _word_begins(self, ch: str) -> None:
+        if ch.isdigit():
+            ctx = NUM
+        elif self.stmt:
+            ctx = LINE if self.line_fresh else STMT
+        elif self.soft:
+            ctx = SOFT
+        elif self.after_dot:
+            ctx = DOT
+        elif self.operand:
+            ctx = AFTER
+        else:
+            ctx = OTHER
+        self.word_ctx = ctx
+        hdr = self.hdr
+        if hdr == NAME_PRE:
+            self.hdr = NAME
+        elif hdr in (P_START, P_STAR1, P_STAR2):
+            self.hdr = P_NAME
+
+    def _word_ends(self) -> None:
+        word, ctx, self.word = self.word, self.word_ctx, ""
+        self.dangling = word in DANGLING_WORDS and ctx != DOT
+        is_keyword = word in HARD_KEYWORDS and word not in OPERAND_KEYWORDS
+        self.operand, self.words, self.soft, self.bad_target = ctx == NUM or not is_keyword, "op", False, ctx == NUM
+        self.kw_ok = self.arg_start and not is_keyword and ctx != NUM and word not in OPERAND_KEYWORDS
+        self.arg_start, self.must, self.stmt = word == "lambda", "", False
+        if word == "lambda":
+            self.lambdas += (len(self.brackets),)
+        elif word == "not" and ctx == AFTER:  # 'x not' goes on only as 'x not in'
+            self.must = "not"
+        if ctx == LINE or ctx == STMT:
+            if ctx == LINE:
+                self.line_word = word
+            self.stmt_word, self.no_assign, self.head_open = word, word in NO_ASSIGN, word in HEAD_KEYWORDS
+            self.stmt, self.soft = word == "async", word in SOFT_KEYWORDS
+            if word == "def" or word == "class":
+                self.hdr, self.hdr_kind, self.star = NAME_PRE, word, 0
+                self.default_seen = self.star_seen = self.dstar = False
+        hdr = self.hdr
+        if hdr == NAME:
+            self.hdr = NAME_POST
+        elif hdr == P_NAME:
+            self.hdr = P_POST
+            if self.star:
+                self.star_seen, self.dstar = True, self.dstar or self.star == 2
+
+    def _rules_char(self, ch: str) -> None:
+        """One character of code (the lexer's bracket stack not yet updated for it)."""
+        if is_ident(ch) or (ch == "." and self.word_ctx == NUM and self.word):
+            if not self.word:
+                self._word_begins(ch)
+            self.word += ch
+            self.prev, self.after_dot, self.line_fresh = ch, False, False
+            return
+        if self.word:
+            if ch in QUOTES:  # a string prefix (or a keyword before a string)
+                if self.word in HARD_KEYWORDS:
+                    self._word_ends()
+                self.word = ""
+            else:
+                self._word_ends()
+        prev, self.prev, self.after_dot = self.prev, ch, False
+        if ch in " \t\f\\" or ch in ENDINGS and (self.brackets or self.backslash):
+            return
+        self.line_fresh = False
+        depth = len(self.brackets)
+        lambda_here = bool(self.lambdas) and self.lambdas[-1] == depth
+        in_params = depth == 1 and (self.hdr == P_POST or self.hdr == P_ANNOT)  # a parameter's ':' or '='
+        if self.hdr is not None:
+            self._header_char(ch)
+        body = False  # a compound statement's head ended: a statement may follow
+        if ch == "=":
+            if self.eq_pending:  # '==' or ':='
+                self.eq_pending = False
+            elif prev not in NO_LONE_EQ_AFTER and not in_params and self._lone_eq_invalid(depth, lambda_here):
+                self.eq_pending = True
+            self.eq_seen = self.eq_seen or depth == 0
+        elif ch == ":":
+            if lambda_here:  # the lambda's own colon
+                self.lambdas = self.lambdas[:-1]
+            elif depth == 0:
+                body = self.stmt_word in COMPOUND_HEADS  # (or a walrus in a head begins: no harm)
+            elif self.brackets[-1] == ")" and not in_params:  # in parentheses only ':=' holds a ':'
+                self.eq_pending = True
+        elif ch in ")]}" and self.lambdas:
+            self.lambdas = tuple(d for d in self.lambdas if d < depth)
+        self._punctuation(ch)
+        if ch == "." and prev == "." and self.stmt_word != "from":  # '...': Ellipsis, an operand
+            self.operand, self.after_dot = True, False
+        if body:
+            self.stmt, self.no_assign, self.head_open, self.eq_seen = True, False, False, False
+        elif depth == 0 and ch == ";":
+            self.stmt, self.no_assign, self.lambdas, self.stmt_word, self.eq_seen = True, False, (), "", False
+
+    def _lone_eq_invalid(self, depth: int, lambda_here: bool) -> bool:
+        """A '=' that is not part of '==', '<=', '+='… : is it impossible here?"""
+        if depth == 0:
+            return self.no_assign and not lambda_here
+        return not (self.kw_ok and (lambda_here or self.brackets[-1] == ")"))
+
+    def _punctuation(self, ch: str) -> None:
+        """What any character but a word's or a space leaves behind."""
+        self.dangling = ch in DANGLING_CHARS
+        self.operand = self.stmt = self.kw_ok = self.soft = False
+        self.words, self.must, self.bad_target = "op", "", ch == ")"
+        self.arg_start = ch == "(" or ch == ","
+        if ch in ")]}":
+            self.operand = True
+        elif ch == ".":
+            self.after_dot = True
+
+    def _string_closed(self) -> None:
+        self.operand = self.bad_target = True
+        self.stmt = self.dangling = self.line_fresh = self.kw_ok = self.arg_start = self.soft = False
+        self.words, self.must, self.prev = "str", "", '"'
+
+    def _header_char(self, ch: str) -> None:
+        """A character (not part of a word) inside a def/class head."""
+        hdr, depth = self.hdr, len(self.brackets)
+        if hdr == NAME_POST or hdr == NAME:
+            if ch == "(":
+                self.hdr = P_START if self.hdr_kind == "def" else ARGS
+            elif ch == ":":
+                self.hdr = None
+        elif hdr in (P_START, P_POST, P_STAR1, P_ANNOT, P_DEFAULT) and depth == 1 and ch in ",)":
+            if hdr == P_STAR1:
+                self.star_seen = True
+            self.hdr, self.star = (P_START if ch == "," else AFTER_PARAMS), 0
+        elif hdr == P_START and ch == "*":
+            self.hdr, self.star = P_STAR1, 1
+        elif hdr == P_START and ch == "/":  # '/' is no parameter: marked like a starred one (no '=' after it)
+            self.hdr, self.star = P_POST, 3
+        elif hdr == P_STAR1 and ch == "*":
+            self.hdr, self.star = P_STAR2, 2
+        elif (hdr == P_POST or hdr == P_ANNOT) and depth == 1 and ch == "=":
+            self.hdr = P_DEFAULT
+            self.default_seen = self.default_seen or self.star == 0
+        elif hdr == P_POST and ch == ":":
+            self.hdr = P_ANNOT
+        elif hdr == AFTER_PARAMS:
+            self.hdr = None if ch == ":" else ARROW if ch == "-" else hdr
+        elif hdr == ARROW and ch == ">":
+            self.hdr = RET
+        elif (hdr == RET or hdr == CLASS_AFTER) and depth == 0 and ch == ":":
+            self.hdr = None
+        elif hdr == ARGS and depth == 1 and ch == ")":
+            self.hdr = CLASS_AFTER
+
+    def _rule_key(self, bare: bool) -> tuple:
+        """What the word and statement rules forbid now: (a rule or None, a string of characters)."""
+        hdr = self.hdr
+        if hdr in STRICT:
+            return self._header_key(), ""
+        if self.eq_pending:
+            return ("eq",), ""
+        word, extra = self.word, ""
+        if self._colon_bad(bare, word):
+            extra = ":"
+        if bare and (self.head_open or hdr == RET):
+            extra += "\n\r#;"
+        elif hdr == P_ANNOT and len(self.brackets) == 1 and self._needs_default():
+            extra += ",)"
+        if self.must:
+            return ("words", self.must, word, True, bare), extra
+        if word:
+            ctx = self.word_ctx
+            if ctx == AFTER:
+                if word in WORD_PREFIXES[self.words]:
+                    return ("words", self.words, word, False, bare), extra
+                return None, extra
+            if ctx == NUM or ctx == SOFT:
+                return (("num",) if ctx == NUM else None), extra
+            return self._word_key(word, ctx, bare), extra
+        if self.operand and not self.soft:
+            return ("words", self.words, "", False, bare), extra
+        return (("dangle",) if bare and self.dangling else None), extra
+
+    def _word_key(self, word: str, ctx: str, bare: bool) -> tuple:
+        head = False
+        if ctx == LINE or ctx == STMT:
+            head = word == "def" or word == "class"
+            bad = word in STATEMENT_BINARY or word in BLOCK_CONTINUATIONS and (ctx == STMT or not self._may_follow(word))
+        elif ctx == DOT:
+            bad = word in HARD_KEYWORDS and word != "import"
+        else:
+            bad = word in BINARY_ONLY or word in STATEMENT_ONLY and not (word == "import" and self.stmt_word == "from")
+        quote_ok = word in STRING_PREFIXES or word in HARD_KEYWORDS
+        return ("word", bad, head, quote_ok, bare and word in DANGLING_WORDS)
+
+    def _colon_bad(self, bare: bool, word: str) -> bool:
+        """Would a ':' be impossible here? Outside brackets it ends a compound head, a lambda's
+        parameters or an annotation's single target; in parentheses, a lambda's or a walrus after a name."""
+        if word == "lambda" or self.lambdas and self.lambdas[-1] == len(self.brackets):
+            return False
+        if bare:
+            if self.stmt_word in COMPOUND_HEADS or self.stmt or self.hdr is not None:
+                return False
+            if self.no_assign or self.eq_seen:
+                return True
+            return not word and self.stmt_word != "" and self.bad_target
+        if self.brackets[-1] != ")" or self.hdr in (P_POST, P_ANNOT) and len(self.brackets) == 1:
+            return False
+        if word:
+            return not self.arg_start or self.word_ctx == NUM or word in HARD_KEYWORDS
+        return not self.kw_ok
+
+    def _may_follow(self, word: str) -> bool:
+        return self.blocks[-1] in FOLLOWS[word]
+
+    def _needs_default(self) -> bool:
+        return self.default_seen and not self.star_seen and self.star == 0
+
+    def _header_key(self) -> tuple:
+        hdr = self.hdr
+        if hdr == NAME or hdr == P_NAME:
+            kw = self.word in HARD_KEYWORDS
+        else:
+            kw = False
+        return ("hdr", hdr, self.hdr_kind, kw, self.star, self._needs_default(), self.dstar)
+
+
+def _identifiers(symbols) -> set[str]:
+    return {s for s in symbols if is_ident(s)}
+
+
+def rule_forbidden(rule: tuple | None, extra: str, symbols: list[str]) -> set[str]:
+    """The characters a rule key (and the extra characters beside it) forbid."""
+    out = set(extra)
+    if rule is None:
+        return out
+    kind = rule[0]
+    if kind == "hdr":
+        return out | _header_forbidden(rule, symbols)
+    if kind == "eq":
+        return {s for s in symbols if s != "="}
+    if kind == "dangle":
+        return out | ENDINGS
+    if kind == "num":
+        return out | QUOTES
+    idents = _identifiers(symbols)
+    if kind == "words":
+        return out | _words_forbidden(rule, symbols, idents)
+    _, bad, head, quote_ok, dangle = rule  # word
+    if bad:
+        return {s for s in symbols if s not in idents}
+    if head:
+        return {s for s in symbols if s not in idents and s not in " \t\\"}
+    out |= set() if quote_ok else QUOTES
+    return out | ENDINGS if dangle else out
+
+
+def _words_forbidden(rule: tuple, symbols: list[str], idents: set[str]) -> set[str]:
+    """After an operand (or where a word must come): the word may only grow into one of a set."""
+    _, name, word, required, bare = rule
+    prefixes = WORD_PREFIXES[name]
+    out = {s for s in idents if word + s not in prefixes}
+    if word in WORD_SETS[name]:  # complete
+        return out | ENDINGS if bare and word in DANGLING_WORDS else out
+    if word or required:  # only the word's letters (or, before it, spaces; before a decorated definition, '@')
+        spaces = {" ", "\t", "\\"} | (set() if bare else {"\n", "\r", "#"}) if not word else set()
+        if name == "deco" and not word:
+            spaces.add("@")
+        return out | {s for s in symbols if s not in idents and s not in spaces}
+    return out if name == "str" else out | QUOTES
+
+
+def _header_forbidden(rule: tuple, symbols: list[str]) -> set[str]:
+    _, hdr, kind, kw, star, need_default, dstar = rule
+    idents = _identifiers(symbols)
+    starts = {s for s in idents if s.isidentifier()}
+    space, lines = {" ", "\t", "\\"}, {" ", "\t", "\\", "\n", "\r", "#"}
+    if hdr == NAME_PRE:
+        allowed = space | starts
+    elif hdr in (NAME, NAME_POST):
+        allowed = idents if hdr == NAME else set()
+        if not kw:
+            allowed = allowed | space | ({"("} if kind == "def" else {"(", ":"})
+    elif hdr == P_START:
+        allowed = lines | {")"} | (set() if dstar else starts | {"*", "/"})
+    elif hdr == P_STAR1:
+        allowed = lines | starts | {"*", ","}
+    elif hdr == P_STAR2:
+        allowed = lines | starts
+    elif hdr in (P_NAME, P_POST):
+        allowed = idents if hdr == P_NAME else set()
+        if not kw:
+            allowed = allowed | lines | {":"} | ({"="} if star == 0 else set()) | (set() if need_default else {",", ")"})
+    elif hdr == AFTER_PARAMS:
+        allowed = space | {":", "-"}
+    elif hdr == ARROW:
+        allowed = {">"}
+    else:  # CLASS_AFTER
+        allowed = space | {":"}
+    return {s for s in symbols if s not in allowed}
