@@ -51,6 +51,7 @@ DANGLING_WORDS = frozenset({"and", "or", "not", "in", "is", "if", "elif", "while
                             "import", "from", "as", "global", "nonlocal", "await", "else", "try", "except",
                             "finally", "lambda", "class", "def", "async"})  # fmt: skip
 DANGLING_CHARS = frozenset("=+-/%&|^<>~@!")  # a line cannot end right after one of these
+OPERATOR_CHARS = frozenset("=<>!/%&|^*+-@:~.")  # one of these may make a longer operator with the next
 ENDINGS = frozenset("\n\r#;")
 QUOTES = frozenset("'\"")
 NO_LONE_EQ_AFTER = frozenset("=<>!:+-*/%&|^@")
@@ -61,8 +62,11 @@ def _prefixes(words) -> frozenset[str]:
 
 
 # Sets of words one of which must (or may) come next, and their prefixes.
-WORD_SETS = {"op": AFTER_OPERAND, "str": AFTER_OPERAND | STRING_PREFIXES, "not": frozenset({"in"}),
-             "deco": frozenset({"def", "class", "async"})}  # fmt: skip
+_IN_BRACKETS = AFTER_OPERAND - {"import"}  # 'import' follows an operand only in a from-import
+_OUTSIDE = _IN_BRACKETS - {"for", "async"}  # a comprehension's 'for' only inside brackets
+WORD_SETS = {"op": _IN_BRACKETS, "op0": _OUTSIDE, "str": _IN_BRACKETS | STRING_PREFIXES,
+             "str0": _OUTSIDE | STRING_PREFIXES, "from": frozenset({"import", "as"}), "import": frozenset({"as"}),
+             "not": frozenset({"in"}), "deco": frozenset({"def", "class", "async"})}  # fmt: skip
 WORD_PREFIXES = {name: _prefixes(words) for name, words in WORD_SETS.items()}
 # Compound statements whose head must end with ':' on its logical line (def and class: their own rules).
 HEAD_KEYWORDS = frozenset({"if", "elif", "else", "while", "for", "try", "except", "finally", "with"})
@@ -117,7 +121,8 @@ class StatementRules:
         self.line_fresh = True  # nothing of the logical line written yet
         self.line_word = ""  # the logical line's first word
         self.operand = False  # the last token was an operand
-        self.words = "op"  # which words may follow it (WORD_SETS)
+        self.operand_str = False  # ... a string (another may follow)
+        self.import_seen = False  # a from-import's 'import' is written
         self.must = ""  # one of these words must come next (WORD_SETS), or ""
         self.soft = False  # the last word was a soft keyword at a statement's start: anything may follow
         self.after_dot = False  # the last character was a '.' (not in a number)
@@ -129,7 +134,7 @@ class StatementRules:
         self.kw_ok = False  # the last token was a name that may take '=' (a keyword argument, a lambda default)
         self.arg_start = False  # after '(', ',' or 'lambda': a name here may be a keyword argument
         self.eq_pending = False  # a lone '=' just written where only '==' (or a ':' where only ':=') is valid
-        self.dangling = False  # the last token needs an operand after it
+        self.dangling = ""  # the last token needs an operand after it: a word ("w") or an operator ("c")
         self.prev = ""  # the previous character of code
         self.hdr = None  # the def/class head state
         self.hdr_kind = ""
@@ -158,9 +163,10 @@ class StatementRules:
 
     def _word_ends(self) -> None:
         word, ctx, self.word = self.word, self.word_ctx, ""
-        self.dangling = word in DANGLING_WORDS and ctx != DOT
+        self.dangling = "w" if word in DANGLING_WORDS and ctx != DOT else ""
         is_keyword = word in HARD_KEYWORDS and word not in OPERAND_KEYWORDS
-        self.operand, self.words, self.soft, self.bad_target = ctx == NUM or not is_keyword, "op", False, ctx == NUM
+        self.operand, self.operand_str, self.soft, self.bad_target = ctx == NUM or not is_keyword, False, False, ctx == NUM
+        self.import_seen = self.import_seen or word == "import"
         self.kw_ok = self.arg_start and not is_keyword and ctx != NUM and word not in OPERAND_KEYWORDS
         self.arg_start, self.must, self.stmt = word == "lambda", "", False
         if word == "lambda":
@@ -230,6 +236,7 @@ class StatementRules:
             self.stmt, self.no_assign, self.head_open, self.eq_seen = True, False, False, False
         elif depth == 0 and ch == ";":
             self.stmt, self.no_assign, self.lambdas, self.stmt_word, self.eq_seen = True, False, (), "", False
+            self.import_seen = False
 
     def _lone_eq_invalid(self, depth: int, lambda_here: bool) -> bool:
         """A '=' that is not part of '==', '<=', '+='… : is it impossible here?"""
@@ -239,9 +246,9 @@ class StatementRules:
 
     def _punctuation(self, ch: str) -> None:
         """What any character but a word's or a space leaves behind."""
-        self.dangling = ch in DANGLING_CHARS
+        self.dangling = "c" if ch in DANGLING_CHARS else ""
         self.operand = self.stmt = self.kw_ok = self.soft = False
-        self.words, self.must, self.bad_target = "op", "", ch == ")"
+        self.operand_str, self.must, self.bad_target = False, "", ch == ")"
         self.arg_start = ch == "(" or ch == ","
         if ch in ")]}":
             self.operand = True
@@ -250,8 +257,9 @@ class StatementRules:
 
     def _string_closed(self) -> None:
         self.operand = self.bad_target = True
-        self.stmt = self.dangling = self.line_fresh = self.kw_ok = self.arg_start = self.soft = False
-        self.words, self.must, self.prev = "str", "", '"'
+        self.stmt = self.line_fresh = self.kw_ok = self.arg_start = self.soft = False
+        self.dangling = ""
+        self.operand_str, self.must, self.prev = True, "", '"'
 
     def _header_char(self, ch: str) -> None:
         """A character (not part of a word) inside a def/class head."""
@@ -304,15 +312,42 @@ class StatementRules:
         if word:
             ctx = self.word_ctx
             if ctx == AFTER:
-                if word in WORD_PREFIXES[self.words]:
-                    return ("words", self.words, word, False, bare), extra
+                words = self._after_operand(bare)
+                if word in WORD_PREFIXES[words]:
+                    return ("words", words, word, False, bare), extra
                 return None, extra
             if ctx == NUM or ctx == SOFT:
                 return (("num",) if ctx == NUM else None), extra
             return self._word_key(word, ctx, bare), extra
-        if self.operand and not self.soft:
-            return ("words", self.words, "", False, bare), extra
-        return (("dangle",) if bare and self.dangling else None), extra
+        if self.operand:
+            return (None if self.soft else ("words", self._after_operand(bare), "", False, bare)), extra
+        return None, extra + self._no_operand(bare)
+
+    def _after_operand(self, bare: bool) -> str:
+        """Which words may follow an operand here (a WORD_SETS name)."""
+        if bare and (self.stmt_word == "from" or self.stmt_word == "import"):
+            return self.stmt_word
+        return ("str" if self.operand_str else "op") + ("0" if bare else "")
+
+    def _no_operand(self, bare: bool) -> str:
+        """Characters impossible where no operand precedes: a binary operator or a comma (unless
+        the previous character makes one with it: '==', '**'…), and after an operator a closer, a
+        comma, a ':' or the line's end."""
+        if self.stmt and self.hdr is None and self.line_fresh:
+            return ""  # (the indentation rule judges a line's first character)
+        lambda_here = bool(self.lambdas) and self.lambdas[-1] == len(self.brackets)
+        out = ""
+        if self.dangling:
+            out = ")]}" if lambda_here else ")]}," + (":" if self.dangling == "c" else "")
+            if bare:
+                out += "\n\r#;"
+        if self.prev not in OPERATOR_CHARS:
+            out += "<>%&|^!" if lambda_here else "<>%&|^!,/"
+            if not self.arg_start:  # (after a comma: 'a, = b' unpacks)
+                out += "="
+            if not bare and self.brackets[-1] == "]":  # a slice's ':' may stand alone: 'x[:, 0]'
+                out = out.replace(",", "")
+        return out
 
     def _word_key(self, word: str, ctx: str, bare: bool) -> tuple:
         head = False
@@ -394,13 +429,15 @@ def _words_forbidden(rule: tuple, symbols: list[str], idents: set[str]) -> set[s
     prefixes = WORD_PREFIXES[name]
     out = {s for s in idents if word + s not in prefixes}
     if word in WORD_SETS[name]:  # complete
+        if word in STRING_PREFIXES:  # only a string may follow its prefix
+            return out | {s for s in symbols if s not in idents and s not in QUOTES}
         return out | ENDINGS if bare and word in DANGLING_WORDS else out
     if word or required:  # only the word's letters (or, before it, spaces; before a decorated definition, '@')
         spaces = {" ", "\t", "\\"} | (set() if bare else {"\n", "\r", "#"}) if not word else set()
         if name == "deco" and not word:
             spaces.add("@")
         return out | {s for s in symbols if s not in idents and s not in spaces}
-    return out if name == "str" else out | QUOTES
+    return out if name.startswith("str") else out | QUOTES
 
 
 def _header_forbidden(rule: tuple, symbols: list[str]) -> set[str]:
