@@ -26,6 +26,11 @@ from __future__ import annotations
 
 import keyword
 
+from charlstm.python_heads import (
+    NAME, NAME_POST, NAME_PRE, P_ANNOT, P_NAME, P_POST, P_STAR1, P_STAR2, P_START, RET, STRICT, HeadRules,
+    header_forbidden, is_ident,
+)  # fmt: skip
+
 HARD_KEYWORDS = frozenset(keyword.kwlist)
 OPERAND_KEYWORDS = frozenset({"None", "True", "False"})
 # Keywords that begin a statement and appear nowhere else.
@@ -73,15 +78,6 @@ HEAD_KEYWORDS = frozenset({"if", "elif", "else", "while", "for", "try", "except"
 
 # Where a word begins.
 LINE, STMT, DOT, AFTER, OTHER, NUM, SOFT = "line", "stmt", "dot", "after", "other", "num", "soft"
-_IDENT: dict[str, bool] = {}
-
-
-def is_ident(ch: str) -> bool:
-    """May `ch` continue an identifier (or a number)?"""
-    known = _IDENT.get(ch)
-    if known is None:
-        known = _IDENT[ch] = len(ch) == 1 and ("a" + ch).isidentifier()
-    return known
 
 
 # The kinds of statement `else`, `elif`, `except` and `finally` may follow, by the line's first word.
@@ -99,17 +95,7 @@ def block_kind(first_word: str, before: str | None) -> str:
     return BLOCK_KINDS.get(first_word, "other")
 
 
-# def/class head states. Strict ones say exactly what may come next; in the others (annotations,
-# defaults, a class's arguments, a return annotation) an expression runs free under the word rules.
-NAME_PRE, NAME, NAME_POST = "name_pre", "name", "name_post"
-P_START, P_STAR1, P_STAR2, P_NAME, P_POST = "p_start", "p_star1", "p_star2", "p_name", "p_post"
-P_ANNOT, P_DEFAULT, AFTER_PARAMS, ARROW, RET = "p_annot", "p_default", "after_params", "arrow", "ret"
-ARGS, CLASS_AFTER = "args", "class_after"
-STRICT = frozenset({NAME_PRE, NAME, NAME_POST, P_START, P_STAR1, P_STAR2, P_NAME, P_POST, AFTER_PARAMS, ARROW,
-                    CLASS_AFTER})  # fmt: skip
-
-
-class StatementRules:
+class StatementRules(HeadRules):
     """The word and statement state PythonLexer keeps for the rules above (a mixin)."""
 
     def _rules_reset(self) -> None:
@@ -133,6 +119,9 @@ class StatementRules:
         self.lambdas: tuple[int, ...] = ()  # the bracket depths of lambdas still waiting for their ':'
         self.kw_ok = False  # the last token was a name that may take '=' (a keyword argument, a lambda default)
         self.arg_start = False  # after '(', ',' or 'lambda': a name here may be a keyword argument
+        self.kwargs: tuple[int, ...] = ()  # the depths of calls that have had a keyword argument
+        self.need_kw = False  # after such a call's ',': only a keyword argument (or '*', ')') may follow
+        self.kw_named = False  # ... and its name is written
         self.eq_pending = False  # a lone '=' just written where only '==' (or a ':' where only ':=') is valid
         self.dangling = ""  # the last token needs an operand after it: a word ("w") or an operator ("c")
         self.prev = ""  # the previous character of code
@@ -167,6 +156,7 @@ class StatementRules:
         is_keyword = word in HARD_KEYWORDS and word not in OPERAND_KEYWORDS
         self.operand, self.operand_str, self.soft, self.bad_target = ctx == NUM or not is_keyword, False, False, ctx == NUM
         self.import_seen = self.import_seen or word == "import"
+        self.kw_named = self.need_kw
         self.kw_ok = self.arg_start and not is_keyword and ctx != NUM and word not in OPERAND_KEYWORDS
         self.arg_start, self.must, self.stmt = word == "lambda", "", False
         if word == "lambda":
@@ -219,6 +209,8 @@ class StatementRules:
                 self.eq_pending = False
             elif prev not in NO_LONE_EQ_AFTER and not in_params and self._lone_eq_invalid(depth, lambda_here):
                 self.eq_pending = True
+            elif depth and prev not in NO_LONE_EQ_AFTER and not in_params and not lambda_here and depth not in self.kwargs:
+                self.kwargs += (depth,)  # a keyword argument: positional ones may no longer follow
             self.eq_seen = self.eq_seen or depth == 0
         elif ch == ":":
             if lambda_here:  # the lambda's own colon
@@ -227,9 +219,11 @@ class StatementRules:
                 body = self.stmt_word in COMPOUND_HEADS  # (or a walrus in a head begins: no harm)
             elif self.brackets[-1] == ")" and not in_params:  # in parentheses only ':=' holds a ':'
                 self.eq_pending = True
-        elif ch in ")]}" and self.lambdas:
+        elif ch in ")]}" and (self.lambdas or self.kwargs):
             self.lambdas = tuple(d for d in self.lambdas if d < depth)
+            self.kwargs = tuple(d for d in self.kwargs if d < depth)
         self._punctuation(ch)
+        self.need_kw = ch == "," and depth in self.kwargs
         if ch == "." and prev == "." and self.stmt_word != "from":  # '...': Ellipsis, an operand
             self.operand, self.after_dot = True, False
         if body:
@@ -248,7 +242,7 @@ class StatementRules:
         """What any character but a word's or a space leaves behind."""
         self.dangling = "c" if ch in DANGLING_CHARS else ""
         self.operand = self.stmt = self.kw_ok = self.soft = False
-        self.operand_str, self.must, self.bad_target = False, "", ch == ")"
+        self.operand_str, self.must, self.bad_target, self.kw_named = False, "", ch == ")", False
         self.arg_start = ch == "(" or ch == ","
         if ch in ")]}":
             self.operand = True
@@ -261,38 +255,6 @@ class StatementRules:
         self.dangling = ""
         self.operand_str, self.must, self.prev = True, "", '"'
 
-    def _header_char(self, ch: str) -> None:
-        """A character (not part of a word) inside a def/class head."""
-        hdr, depth = self.hdr, len(self.brackets)
-        if hdr == NAME_POST or hdr == NAME:
-            if ch == "(":
-                self.hdr = P_START if self.hdr_kind == "def" else ARGS
-            elif ch == ":":
-                self.hdr = None
-        elif hdr in (P_START, P_POST, P_STAR1, P_ANNOT, P_DEFAULT) and depth == 1 and ch in ",)":
-            if hdr == P_STAR1:
-                self.star_seen = True
-            self.hdr, self.star = (P_START if ch == "," else AFTER_PARAMS), 0
-        elif hdr == P_START and ch == "*":
-            self.hdr, self.star = P_STAR1, 1
-        elif hdr == P_START and ch == "/":  # '/' is no parameter: marked like a starred one (no '=' after it)
-            self.hdr, self.star = P_POST, 3
-        elif hdr == P_STAR1 and ch == "*":
-            self.hdr, self.star = P_STAR2, 2
-        elif (hdr == P_POST or hdr == P_ANNOT) and depth == 1 and ch == "=":
-            self.hdr = P_DEFAULT
-            self.default_seen = self.default_seen or self.star == 0
-        elif hdr == P_POST and ch == ":":
-            self.hdr = P_ANNOT
-        elif hdr == AFTER_PARAMS:
-            self.hdr = None if ch == ":" else ARROW if ch == "-" else hdr
-        elif hdr == ARROW and ch == ">":
-            self.hdr = RET
-        elif (hdr == RET or hdr == CLASS_AFTER) and depth == 0 and ch == ":":
-            self.hdr = None
-        elif hdr == ARGS and depth == 1 and ch == ")":
-            self.hdr = CLASS_AFTER
-
     def _rule_key(self, bare: bool) -> tuple:
         """What the word and statement rules forbid now: (a rule or None, a string of characters)."""
         hdr = self.hdr
@@ -301,6 +263,9 @@ class StatementRules:
         if self.eq_pending:
             return ("eq",), ""
         word, extra = self.word, ""
+        if self.need_kw:
+            stage = "name" if word else "eq" if self.kw_named else "start"
+            return ("kwarg", stage, word in HARD_KEYWORDS), ""
         if self._colon_bad(bare, word):
             extra = ":"
         if bare and (self.head_open or hdr == RET):
@@ -381,18 +346,6 @@ class StatementRules:
     def _may_follow(self, word: str) -> bool:
         return self.blocks[-1] in FOLLOWS[word]
 
-    def _needs_default(self) -> bool:
-        return self.default_seen and not self.star_seen and self.star == 0
-
-    def _header_key(self) -> tuple:
-        hdr = self.hdr
-        if hdr == NAME or hdr == P_NAME:
-            kw = self.word in HARD_KEYWORDS
-        else:
-            kw = False
-        return ("hdr", hdr, self.hdr_kind, kw, self.star, self._needs_default(), self.dstar)
-
-
 def _identifiers(symbols) -> set[str]:
     return {s for s in symbols if is_ident(s)}
 
@@ -404,13 +357,15 @@ def rule_forbidden(rule: tuple | None, extra: str, symbols: list[str]) -> set[st
         return out
     kind = rule[0]
     if kind == "hdr":
-        return out | _header_forbidden(rule, symbols)
+        return out | header_forbidden(rule, symbols)
     if kind == "eq":
         return {s for s in symbols if s != "="}
     if kind == "dangle":
         return out | ENDINGS
     if kind == "num":
         return out | QUOTES
+    if kind == "kwarg":
+        return out | _kwarg_forbidden(rule, symbols)
     idents = _identifiers(symbols)
     if kind == "words":
         return out | _words_forbidden(rule, symbols, idents)
@@ -440,31 +395,15 @@ def _words_forbidden(rule: tuple, symbols: list[str], idents: set[str]) -> set[s
     return out if name.startswith("str") else out | QUOTES
 
 
-def _header_forbidden(rule: tuple, symbols: list[str]) -> set[str]:
-    _, hdr, kind, kw, star, need_default, dstar = rule
+def _kwarg_forbidden(rule: tuple, symbols: list[str]) -> set[str]:
+    """After a keyword argument and a comma: another keyword argument, '*', '**' or ')'."""
+    _, stage, keyword_name = rule
     idents = _identifiers(symbols)
-    starts = {s for s in idents if s.isidentifier()}
-    space, lines = {" ", "\t", "\\"}, {" ", "\t", "\\", "\n", "\r", "#"}
-    if hdr == NAME_PRE:
-        allowed = space | starts
-    elif hdr in (NAME, NAME_POST):
-        allowed = idents if hdr == NAME else set()
-        if not kw:
-            allowed = allowed | space | ({"("} if kind == "def" else {"(", ":"})
-    elif hdr == P_START:
-        allowed = lines | {")"} | (set() if dstar else starts | {"*", "/"})
-    elif hdr == P_STAR1:
-        allowed = lines | starts | {"*", ","}
-    elif hdr == P_STAR2:
-        allowed = lines | starts
-    elif hdr in (P_NAME, P_POST):
-        allowed = idents if hdr == P_NAME else set()
-        if not kw:
-            allowed = allowed | lines | {":"} | ({"="} if star == 0 else set()) | (set() if need_default else {",", ")"})
-    elif hdr == AFTER_PARAMS:
-        allowed = space | {":", "-"}
-    elif hdr == ARROW:
-        allowed = {">"}
-    else:  # CLASS_AFTER
-        allowed = space | {":"}
+    allowed = {" ", "\t", "\\", "\n", "\r", "#"}
+    if stage == "start":
+        allowed |= {s for s in idents if s.isidentifier()} | {"*", ")"}
+    elif stage == "name":
+        allowed = idents if keyword_name else idents | allowed | {"="}
+    else:
+        allowed.add("=")
     return {s for s in symbols if s not in allowed}

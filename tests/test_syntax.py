@@ -157,6 +157,9 @@ def allowed_after(prefix: str, ch: str) -> bool:
     # a lone '=' in a statement led by a keyword, or inside brackets but after a keyword argument's name
     ("return x =", " ", False), ("return x =", "=", True), ("x = y =", " ", True), ("if x <=", " ", True),
     ("return lambda a=", "1", True), ("f(a.b=", "1", False), ("f(a, b=", "1", True), ("[a=", "1", False),
+    # after a keyword argument, only keyword arguments, '*' or '**'
+    ("f(a=1, ", "b", True), ("f(a=1, ", "'", False), ("f(a=1, b", ")", False), ("f(a=1, b ", "=", True),
+    ("f(a=1, ", "*", True), ("f(a=1, ", ")", True), ("f(a=1, *b, ", "c", True), ("f(a=1, g(x, ", "'", True),
     # ':' in parentheses only for a lambda or a walrus after a name; outside brackets, heads and annotations
     ("f(x", ":", True), ("f(x:", "=", True), ("f(x:", " ", False), ("f(x.y", ":", False), ("f(lambda", ":", True),
     ("print(x)", ":", False), ("x", ":", True), ("x.y[0]", ":", True), ("return x", ":", False),
