@@ -107,8 +107,8 @@ class PythonLexer(StatementRules):
         if self.line_start and not self.comment_line:
             top, c = self.indents[-1], self.column
             if self.expect_indent:
-                return ("indent", c > top, True, False, False)
-            return ("indent", c in self.indents, c < top, self.at_rest, self.must == "deco")
+                return ("indent", c > top, True, False, None)
+            return ("indent", c in self.indents, c < top, self.at_rest, self._first_chars(c))
         rule, extra = self._rule_key(not self.brackets)
         return ("code", self.brackets[-1] if self.brackets else "", self.at_rest, rule, extra)
 
@@ -164,6 +164,8 @@ class PythonLexer(StatementRules):
             if column != self.indents[-1]:  # only a prime can do this; follow it
                 self.indents.append(column)
                 self.blocks.append(None)
+        if self.blocks[-1] == "try":  # its handler must follow
+            self.must = "handler"
         self.expect_indent = False
 
     def _code(self, ch: str) -> None:
@@ -257,11 +259,11 @@ def python_forbidden(key: tuple, symbols: list[str]) -> set[str]:
     if kind == "backslash":  # only a newline may follow a continuation backslash
         return {s for s in symbols if s not in NEWLINES}
     if kind == "indent":
-        _, may_start, may_widen, rest, decorated = key
+        _, may_start, may_widen, rest, first = key
         blank = {" ", "\t", "\f", "#"} | NEWLINES
         out = {s for s in symbols if s not in blank} if not may_start else set(CLOSERS)
-        if decorated:  # after a decorator: another, or the definition (python_rules)
-            out |= {s for s in symbols if s not in blank and s not in "@dca"}
+        if first is not None:  # a decorated definition, a try's handler (python_rules)
+            out |= {s for s in symbols if s not in blank and s not in first}
         if not may_widen:
             out |= {" ", "\t"}
         if not rest:

@@ -56,6 +56,9 @@ DANGLING_WORDS = frozenset({"and", "or", "not", "in", "is", "if", "elif", "while
                             "import", "from", "as", "global", "nonlocal", "await", "else", "try", "except",
                             "finally", "lambda", "class", "def", "async"})  # fmt: skip
 DANGLING_CHARS = frozenset("=+-/%&|^<>~@!")  # a line cannot end right after one of these
+# Outside brackets an import statement holds only names, dots, commas (and after a from-import's
+# 'import', '(' or '*').
+IMPORT_BEFORE, IMPORT_AFTER = "()[]{}=+-/%&|^<>~@!:*'\"", "[]{}=+-/%&|^<>~@!:.'\""
 OPERATOR_CHARS = frozenset("=<>!/%&|^*+-@:~.")  # one of these may make a longer operator with the next
 ENDINGS = frozenset("\n\r#;")
 QUOTES = frozenset("'\"")
@@ -71,7 +74,8 @@ _IN_BRACKETS = AFTER_OPERAND - {"import"}  # 'import' follows an operand only in
 _OUTSIDE = _IN_BRACKETS - {"for", "async"}  # a comprehension's 'for' only inside brackets
 WORD_SETS = {"op": _IN_BRACKETS, "op0": _OUTSIDE, "str": _IN_BRACKETS | STRING_PREFIXES,
              "str0": _OUTSIDE | STRING_PREFIXES, "from": frozenset({"import", "as"}), "import": frozenset({"as"}),
-             "not": frozenset({"in"}), "deco": frozenset({"def", "class", "async"})}  # fmt: skip
+             "not": frozenset({"in"}), "deco": frozenset({"def", "class", "async"}),
+             "handler": frozenset({"except", "finally"})}  # fmt: skip
 WORD_PREFIXES = {name: _prefixes(words) for name, words in WORD_SETS.items()}
 # Compound statements whose head must end with ':' on its logical line (def and class: their own rules).
 HEAD_KEYWORDS = frozenset({"if", "elif", "else", "while", "for", "try", "except", "finally", "with"})
@@ -114,12 +118,13 @@ class StatementRules(HeadRules):
         self.after_dot = False  # the last character was a '.' (not in a number)
         self.no_assign = False  # the statement is led by a keyword: no lone '=' outside brackets
         self.head_open = False  # a compound statement's head still waiting for its ':'
-        self.eq_seen = False  # the statement holds a '=' outside brackets: no annotation ':' after it
+        self.not_target = False  # outside brackets the statement is more than a target: no annotation ':' after it
         self.bad_target = False  # the last token was a call's ')', a number or a string: no annotation ':'
         self.lambdas: tuple[int, ...] = ()  # the bracket depths of lambdas still waiting for their ':'
         self.kw_ok = False  # the last token was a name that may take '=' (a keyword argument, a lambda default)
         self.arg_start = False  # after '(', ',' or 'lambda': a name here may be a keyword argument
         self.kwargs: tuple[int, ...] = ()  # the depths of calls that have had a keyword argument
+        self.kw_tentative = 0  # the depth of a '=' that may be a keyword argument's (or begin '==')
         self.need_kw = False  # after such a call's ',': only a keyword argument (or '*', ')') may follow
         self.kw_named = False  # ... and its name is written
         self.eq_pending = False  # a lone '=' just written where only '==' (or a ':' where only ':=') is valid
@@ -156,6 +161,8 @@ class StatementRules(HeadRules):
         is_keyword = word in HARD_KEYWORDS and word not in OPERAND_KEYWORDS
         self.operand, self.operand_str, self.soft, self.bad_target = ctx == NUM or not is_keyword, False, False, ctx == NUM
         self.import_seen = self.import_seen or word == "import"
+        if not self.brackets and (word in HARD_KEYWORDS or ctx == NUM):
+            self.not_target = True
         self.kw_named = self.need_kw
         self.kw_ok = self.arg_start and not is_keyword and ctx != NUM and word not in OPERAND_KEYWORDS
         self.arg_start, self.must, self.stmt = word == "lambda", "", False
@@ -181,6 +188,10 @@ class StatementRules(HeadRules):
 
     def _rules_char(self, ch: str) -> None:
         """One character of code (the lexer's bracket stack not yet updated for it)."""
+        if self.kw_tentative:  # the '=' before was a keyword argument's: positional ones may no longer follow
+            if ch != "=":
+                self.kwargs += (self.kw_tentative,)
+            self.kw_tentative = 0
         if is_ident(ch) or (ch == "." and self.word_ctx == NUM and self.word):
             if not self.word:
                 self._word_begins(ch)
@@ -199,6 +210,8 @@ class StatementRules(HeadRules):
             return
         self.line_fresh = False
         depth = len(self.brackets)
+        if depth == 0 and ch not in ".([":
+            self.not_target = True
         lambda_here = bool(self.lambdas) and self.lambdas[-1] == depth
         in_params = depth == 1 and (self.hdr == P_POST or self.hdr == P_ANNOT)  # a parameter's ':' or '='
         if self.hdr is not None:
@@ -210,8 +223,7 @@ class StatementRules(HeadRules):
             elif prev not in NO_LONE_EQ_AFTER and not in_params and self._lone_eq_invalid(depth, lambda_here):
                 self.eq_pending = True
             elif depth and prev not in NO_LONE_EQ_AFTER and not in_params and not lambda_here and depth not in self.kwargs:
-                self.kwargs += (depth,)  # a keyword argument: positional ones may no longer follow
-            self.eq_seen = self.eq_seen or depth == 0
+                self.kw_tentative = depth  # a keyword argument, unless '=' follows ('==')
         elif ch == ":":
             if lambda_here:  # the lambda's own colon
                 self.lambdas = self.lambdas[:-1]
@@ -223,13 +235,13 @@ class StatementRules(HeadRules):
             self.lambdas = tuple(d for d in self.lambdas if d < depth)
             self.kwargs = tuple(d for d in self.kwargs if d < depth)
         self._punctuation(ch)
-        self.need_kw = ch == "," and depth in self.kwargs
+        self.need_kw = ch == "," and depth in self.kwargs and not lambda_here  # (not a lambda's parameters)
         if ch == "." and prev == "." and self.stmt_word != "from":  # '...': Ellipsis, an operand
             self.operand, self.after_dot = True, False
         if body:
-            self.stmt, self.no_assign, self.head_open, self.eq_seen = True, False, False, False
+            self.stmt, self.no_assign, self.head_open, self.not_target = True, False, False, False
         elif depth == 0 and ch == ";":
-            self.stmt, self.no_assign, self.lambdas, self.stmt_word, self.eq_seen = True, False, (), "", False
+            self.stmt, self.no_assign, self.lambdas, self.stmt_word, self.not_target = True, False, (), "", False
             self.import_seen = False
 
     def _lone_eq_invalid(self, depth: int, lambda_here: bool) -> bool:
@@ -251,6 +263,7 @@ class StatementRules(HeadRules):
 
     def _string_closed(self) -> None:
         self.operand = self.bad_target = True
+        self.not_target = self.not_target or not self.brackets
         self.stmt = self.line_fresh = self.kw_ok = self.arg_start = self.soft = False
         self.dangling = ""
         self.operand_str, self.must, self.prev = True, "", '"'
@@ -270,6 +283,8 @@ class StatementRules(HeadRules):
             extra = ":"
         if bare and (self.head_open or hdr == RET):
             extra += "\n\r#;"
+        if bare and (self.stmt_word == "import" or self.stmt_word == "from"):
+            extra += IMPORT_AFTER if self.import_seen and self.stmt_word == "from" else IMPORT_BEFORE
         elif hdr == P_ANNOT and len(self.brackets) == 1 and self._needs_default():
             extra += ",)"
         if self.must:
@@ -332,9 +347,9 @@ class StatementRules(HeadRules):
         if word == "lambda" or self.lambdas and self.lambdas[-1] == len(self.brackets):
             return False
         if bare:
-            if self.stmt_word in COMPOUND_HEADS or self.stmt or self.hdr is not None:
+            if self.stmt_word in COMPOUND_HEADS or self.stmt or self.hdr is not None or self.line_first == "@":
                 return False
-            if self.no_assign or self.eq_seen:
+            if self.no_assign or self.not_target:
                 return True
             return not word and self.stmt_word != "" and self.bad_target
         if self.brackets[-1] != ")" or self.hdr in (P_POST, P_ANNOT) and len(self.brackets) == 1:
@@ -342,6 +357,18 @@ class StatementRules(HeadRules):
         if word:
             return not self.arg_start or self.word_ctx == NUM or word in HARD_KEYWORDS
         return not self.kw_ok
+
+    def _first_chars(self, column: int) -> str | None:
+        """The characters a logical line starting at `column` may begin with (None: any): after a
+        decorator, another or the definition; where a `try` waits for its handler, the handler; none
+        below it."""
+        if self.must == "deco":
+            return "@dca"
+        if "try" in self.blocks:
+            for level, kind in zip(self.indents, self.blocks):
+                if kind == "try" and column <= level:
+                    return "ef" if column == level else ""
+        return None
 
     def _may_follow(self, word: str) -> bool:
         return self.blocks[-1] in FOLLOWS[word]

@@ -160,6 +160,7 @@ def allowed_after(prefix: str, ch: str) -> bool:
     # after a keyword argument, only keyword arguments, '*' or '**'
     ("f(a=1, ", "b", True), ("f(a=1, ", "'", False), ("f(a=1, b", ")", False), ("f(a=1, b ", "=", True),
     ("f(a=1, ", "*", True), ("f(a=1, ", ")", True), ("f(a=1, *b, ", "c", True), ("f(a=1, g(x, ", "'", True),
+    ("f(a==1, ", "'", True), ("f(x, a == 1, ", "'", True),
     # ':' in parentheses only for a lambda or a walrus after a name; outside brackets, heads and annotations
     ("f(x", ":", True), ("f(x:", "=", True), ("f(x:", " ", False), ("f(x.y", ":", False), ("f(lambda", ":", True),
     ("print(x)", ":", False), ("x", ":", True), ("x.y[0]", ":", True), ("return x", ":", False),
@@ -168,6 +169,12 @@ def allowed_after(prefix: str, ch: str) -> bool:
     ("if x", "\n", False), ("if x:", "\n", True), ("try", "\n", False), ("with a as b", "#", False),
     ("x = ", "\n", False), ("x = a and", "\n", False), ("x = 1,", "\n", True), ("x = (a and", "\n", True),
     ("x = 1 +", "\n", False), ("x = 1 + \\", "\n", True),
+    # an import holds names; a try's handler follows it
+    ("import a", "(", False), ("import a", ".", True), ("from a import", " ", True), ("from a import ", "(", True),
+    ("from a ", "=", False), ("from a import b", ".", False), ("import a ", "i", False), ("from a ", "i", True),
+    ("try:\n    x\n", "y", False), ("try:\n    x\n", "e", True), ("try:\n    x\ne", "l", False),
+    ("try:\n    x\nfi", "n", True), ("def f():\n    try:\n        x\n", "y", False), ("try:\n    x\n", "#", True),
+    ("x", ":", True), ("x = 1 + y", ":", False), ("return x", ":", False), ("'a'", ":", False), ("a.b[1]", ":", True),
     # after a decorator, another decorator or the definition
     ("@property\n", "x", False), ("@property\n", "d", True), ("@property\n", "@", True), ("@property\nde", "l", False),
 ])  # fmt: skip
@@ -184,7 +191,8 @@ z = ... if x else y
 if (n := len(x)) > 1: return"x"
 while chunk := f.read(): pass
 f = lambda a, b=2, *c, d=3, **e: (a, b)
-g(lambda: 0, key=lambda k: k[0], *args, **{"a": 1})
+g(lambda: 0, key=lambda k, j=1: k[0], *args, **{"a": 1})
+@d := null
 async def h(a, /, b=1, *args, c, d=2, **kw) -> dict[str, int]:
     async for i in aiter():
         pass
