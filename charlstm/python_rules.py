@@ -59,6 +59,7 @@ DANGLING_CHARS = frozenset("=+-/%&|^<>~@!")  # a line cannot end right after one
 # Outside brackets an import statement holds only names, dots, commas (and after a from-import's
 # 'import', '(' or '*').
 IMPORT_BEFORE, IMPORT_AFTER = "()[]{}=+-/%&|^<>~@!:*'\"", "[]{}=+-/%&|^<>~@!:.'\""
+FOR_TARGET = "=<>!%&|^/+-*@:~;"  # impossible in a for statement's target, outside brackets
 OPERATOR_CHARS = frozenset("=<>!/%&|^*+-@:~.")  # one of these may make a longer operator with the next
 ENDINGS = frozenset("\n\r#;")
 QUOTES = frozenset("'\"")
@@ -113,6 +114,8 @@ class StatementRules(HeadRules):
         self.operand = False  # the last token was an operand
         self.operand_str = False  # ... a string (another may follow)
         self.import_seen = False  # a from-import's 'import' is written
+        self.in_seen = False  # a for statement's 'in' is written
+        self.calls: tuple[int, ...] = ()  # the depths of the parentheses that are calls (after an operand)
         self.must = ""  # one of these words must come next (WORD_SETS), or ""
         self.soft = False  # the last word was a soft keyword at a statement's start: anything may follow
         self.after_dot = False  # the last character was a '.' (not in a number)
@@ -161,6 +164,7 @@ class StatementRules(HeadRules):
         is_keyword = word in HARD_KEYWORDS and word not in OPERAND_KEYWORDS
         self.operand, self.operand_str, self.soft, self.bad_target = ctx == NUM or not is_keyword, False, False, ctx == NUM
         self.import_seen = self.import_seen or word == "import"
+        self.in_seen = self.in_seen or word == "in" and not self.brackets
         if not self.brackets and (word in HARD_KEYWORDS or ctx == NUM):
             self.not_target = True
         self.kw_named = self.need_kw
@@ -217,12 +221,13 @@ class StatementRules(HeadRules):
         if self.hdr is not None:
             self._header_char(ch)
         body = False  # a compound statement's head ended: a statement may follow
+        call_end = ch == ")" and depth in self.calls
         if ch == "=":
             if self.eq_pending:  # '==' or ':='
                 self.eq_pending = False
             elif prev not in NO_LONE_EQ_AFTER and not in_params and self._lone_eq_invalid(depth, lambda_here):
                 self.eq_pending = True
-            elif depth and prev not in NO_LONE_EQ_AFTER and not in_params and not lambda_here and depth not in self.kwargs:
+            elif depth in self.calls and prev not in NO_LONE_EQ_AFTER and not in_params and not lambda_here and depth not in self.kwargs:
                 self.kw_tentative = depth  # a keyword argument, unless '=' follows ('==')
         elif ch == ":":
             if lambda_here:  # the lambda's own colon
@@ -231,10 +236,14 @@ class StatementRules(HeadRules):
                 body = self.stmt_word in COMPOUND_HEADS  # (or a walrus in a head begins: no harm)
             elif self.brackets[-1] == ")" and not in_params:  # in parentheses only ':=' holds a ':'
                 self.eq_pending = True
-        elif ch in ")]}" and (self.lambdas or self.kwargs):
+        elif ch in ")]}" and (self.lambdas or self.kwargs or self.calls):
             self.lambdas = tuple(d for d in self.lambdas if d < depth)
             self.kwargs = tuple(d for d in self.kwargs if d < depth)
+            self.calls = tuple(d for d in self.calls if d < depth)
+        elif ch == "(" and self.operand:
+            self.calls += (depth + 1,)
         self._punctuation(ch)
+        self.bad_target = call_end
         self.need_kw = ch == "," and depth in self.kwargs and not lambda_here  # (not a lambda's parameters)
         if ch == "." and prev == "." and self.stmt_word != "from":  # '...': Ellipsis, an operand
             self.operand, self.after_dot = True, False
@@ -242,19 +251,19 @@ class StatementRules(HeadRules):
             self.stmt, self.no_assign, self.head_open, self.not_target = True, False, False, False
         elif depth == 0 and ch == ";":
             self.stmt, self.no_assign, self.lambdas, self.stmt_word, self.not_target = True, False, (), "", False
-            self.import_seen = False
+            self.import_seen = self.in_seen = False
 
     def _lone_eq_invalid(self, depth: int, lambda_here: bool) -> bool:
         """A '=' that is not part of '==', '<=', '+='… : is it impossible here?"""
         if depth == 0:
             return self.no_assign and not lambda_here
-        return not (self.kw_ok and (lambda_here or self.brackets[-1] == ")"))
+        return not (self.kw_ok and (lambda_here or self.brackets[-1] == ")" and depth in self.calls))
 
     def _punctuation(self, ch: str) -> None:
         """What any character but a word's or a space leaves behind."""
         self.dangling = "c" if ch in DANGLING_CHARS else ""
         self.operand = self.stmt = self.kw_ok = self.soft = False
-        self.operand_str, self.must, self.bad_target, self.kw_named = False, "", ch == ")", False
+        self.operand_str, self.must, self.kw_named = False, "", False
         self.arg_start = ch == "(" or ch == ","
         if ch in ")]}":
             self.operand = True
@@ -285,6 +294,11 @@ class StatementRules(HeadRules):
             extra += "\n\r#;"
         if bare and (self.stmt_word == "import" or self.stmt_word == "from"):
             extra += IMPORT_AFTER if self.import_seen and self.stmt_word == "from" else IMPORT_BEFORE
+            if self.stmt_word == "from" and not self.import_seen:
+                extra += "\n\r#;"
+        elif bare and self.stmt_word == "for" and not self.in_seen and (self.operand or word) and word not in HARD_KEYWORDS:
+            extra += FOR_TARGET  # a for statement's target: names, attributes, subscripts, commas, then 'in'
+
         elif hdr == P_ANNOT and len(self.brackets) == 1 and self._needs_default():
             extra += ",)"
         if self.must:
@@ -307,6 +321,8 @@ class StatementRules(HeadRules):
         """Which words may follow an operand here (a WORD_SETS name)."""
         if bare and (self.stmt_word == "from" or self.stmt_word == "import"):
             return self.stmt_word
+        if bare and self.stmt_word == "for" and not self.in_seen:
+            return "not"  # only 'in' follows the target
         return ("str" if self.operand_str else "op") + ("0" if bare else "")
 
     def _no_operand(self, bare: bool) -> str:
@@ -351,7 +367,7 @@ class StatementRules(HeadRules):
                 return False
             if self.no_assign or self.not_target:
                 return True
-            return not word and self.stmt_word != "" and self.bad_target
+            return not word and self.bad_target
         if self.brackets[-1] != ")" or self.hdr in (P_POST, P_ANNOT) and len(self.brackets) == 1:
             return False
         if word:

@@ -175,6 +175,9 @@ def allowed_after(prefix: str, ch: str) -> bool:
     ("try:\n    x\n", "y", False), ("try:\n    x\n", "e", True), ("try:\n    x\ne", "l", False),
     ("try:\n    x\nfi", "n", True), ("def f():\n    try:\n        x\n", "y", False), ("try:\n    x\n", "#", True),
     ("x", ":", True), ("x = 1 + y", ":", False), ("return x", ":", False), ("'a'", ":", False), ("a.b[1]", ":", True),
+    ("for x ", "i", True), ("for x ", "=", False), ("for x", "=", False), ("for x.y", "[", True), ("for x, y ", "o", False),
+    ("for (a, b) ", "i", True), ("for x in", "-", True), ("from a.b", "\n", False), ("from a import b", "\n", True),
+    ("while (a, b=", "1", False), ("x = (a=", "1", False), ("f(a)(b=", "1", True),
     # after a decorator, another decorator or the definition
     ("@property\n", "x", False), ("@property\n", "d", True), ("@property\n", "@", True), ("@property\nde", "l", False),
 ])  # fmt: skip
@@ -220,6 +223,7 @@ finally:
 @d
 def deco(): ...
 x = [a for a in b if a]; y = {k: v for k, v in d.items()}
+for i, (a, b[0].c), in-x: f(a)(b=1).d: int = (y := 2)
 print(f"{x=}", "a" "b" r"c", end="")
 '''
 
