@@ -22,6 +22,7 @@ CODE, STRING, TRIPLE, COMMENT, BLOCK_COMMENT = "code", "string", "triple", "comm
 OPENERS = {"(": ")", "[": "]", "{": "}"}
 CLOSERS = frozenset(OPENERS.values())
 NEWLINES = frozenset("\n\r")
+NEVER_FIRST = ":=<>!%&|^,;/"  # characters no Python statement begins with
 # A Python line at column 0 that starts a top-level unit (a decorator joins the def or class below it).
 PYTHON_UNIT_HEAD = re.compile(r"(?:@|def\b|class\b|async\s+def\b)")
 PYTHON_DECORATOR = re.compile(r"@")
@@ -264,6 +265,8 @@ def python_forbidden(key: tuple, symbols: list[str]) -> set[str]:
         out = {s for s in symbols if s not in blank} if not may_start else set(CLOSERS)
         if first is not None:  # a decorated definition, a try's handler (python_rules)
             out |= {s for s in symbols if s not in blank and s not in first}
+        if may_start:  # no statement begins with a binary operator
+            out |= set(NEVER_FIRST)
         if not may_widen:
             out |= {" ", "\t"}
         if not rest:

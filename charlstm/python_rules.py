@@ -73,8 +73,11 @@ def _prefixes(words) -> frozenset[str]:
 # Sets of words one of which must (or may) come next, and their prefixes.
 _IN_BRACKETS = AFTER_OPERAND - {"import"}  # 'import' follows an operand only in a from-import
 _OUTSIDE = _IN_BRACKETS - {"for", "async"}  # a comprehension's 'for' only inside brackets
-WORD_SETS = {"op": _IN_BRACKETS, "op0": _OUTSIDE, "str": _IN_BRACKETS | STRING_PREFIXES,
-             "str0": _OUTSIDE | STRING_PREFIXES, "from": frozenset({"import", "as"}), "import": frozenset({"as"}),
+_TEXT_PREFIXES = frozenset(p for p in STRING_PREFIXES if "b" not in p.lower())  # a str may follow only a str,
+_BYTES_PREFIXES = STRING_PREFIXES - _TEXT_PREFIXES  # bytes only bytes
+WORD_SETS = {"op": _IN_BRACKETS, "op0": _OUTSIDE, "str": _IN_BRACKETS | _TEXT_PREFIXES,
+             "str0": _OUTSIDE | _TEXT_PREFIXES, "bytes": _IN_BRACKETS | _BYTES_PREFIXES,
+             "bytes0": _OUTSIDE | _BYTES_PREFIXES, "from": frozenset({"import", "as"}), "import": frozenset({"as"}),
              "not": frozenset({"in"}), "deco": frozenset({"def", "class", "async"}),
              "handler": frozenset({"except", "finally"})}  # fmt: skip
 WORD_PREFIXES = {name: _prefixes(words) for name, words in WORD_SETS.items()}
@@ -113,6 +116,9 @@ class StatementRules(HeadRules):
         self.line_word = ""  # the logical line's first word
         self.operand = False  # the last token was an operand
         self.operand_str = False  # ... a string (another may follow)
+        self.string_bytes = False  # the last string opened is bytes
+        self.stars = 0  # '*' in a row
+        self.no_eq = False  # a '=' just ended an operator or a parameter's name: no other '=' may follow
         self.import_seen = False  # a from-import's 'import' is written
         self.in_seen = False  # a for statement's 'in' is written
         self.calls: tuple[int, ...] = ()  # the depths of the parentheses that are calls (after an operand)
@@ -202,11 +208,13 @@ class StatementRules(HeadRules):
             self.word += ch
             self.prev, self.after_dot, self.line_fresh = ch, False, False
             return
+        prefixed = bool(self.word) and ch in QUOTES
         if self.word:
-            if ch in QUOTES:  # a string prefix (or a keyword before a string)
-                if self.word in HARD_KEYWORDS:
+            if prefixed:  # a string prefix (or a keyword before a string)
+                prefix = self.word
+                if prefix in HARD_KEYWORDS:
                     self._word_ends()
-                self.word = ""
+                self.word, self.string_bytes = "", "b" in prefix or "B" in prefix
             else:
                 self._word_ends()
         prev, self.prev, self.after_dot = self.prev, ch, False
@@ -221,6 +229,10 @@ class StatementRules(HeadRules):
         if self.hdr is not None:
             self._header_char(ch)
         body = False  # a compound statement's head ended: a statement may follow
+        if ch in QUOTES and not prefixed and not self.empty_quote:  # a string with no prefix (not the third quote of '"""')
+            self.string_bytes = False
+        self.stars = (self.stars + 1 if prev == "*" else 1) if ch == "*" else 0
+        self.no_eq = ch == "=" and (prev in NO_LONE_EQ_AFTER or in_params)
         call_end = ch == ")" and depth in self.calls
         if ch == "=":
             if self.eq_pending:  # '==' or ':='
@@ -320,10 +332,11 @@ class StatementRules(HeadRules):
     def _after_operand(self, bare: bool) -> str:
         """Which words may follow an operand here (a WORD_SETS name)."""
         if bare and (self.stmt_word == "from" or self.stmt_word == "import"):
-            return self.stmt_word
+            return "import" if self.import_seen else self.stmt_word
         if bare and self.stmt_word == "for" and not self.in_seen:
             return "not"  # only 'in' follows the target
-        return ("str" if self.operand_str else "op") + ("0" if bare else "")
+        kind = ("bytes" if self.string_bytes else "str") if self.operand_str else "op"
+        return kind + ("0" if bare else "")
 
     def _no_operand(self, bare: bool) -> str:
         """Characters impossible where no operand precedes: a binary operator or a comma (unless
@@ -337,6 +350,10 @@ class StatementRules(HeadRules):
             out = ")]}" if lambda_here else ")]}," + (":" if self.dangling == "c" else "")
             if bare:
                 out += "\n\r#;"
+        if self.stars >= 2:
+            out += "*"
+        if self.no_eq:
+            out += "="
         if self.prev not in OPERATOR_CHARS:
             out += "<>%&|^!" if lambda_here else "<>%&|^!,/"
             if not self.arg_start:  # (after a comma: 'a, = b' unpacks)
@@ -435,7 +452,7 @@ def _words_forbidden(rule: tuple, symbols: list[str], idents: set[str]) -> set[s
         if name == "deco" and not word:
             spaces.add("@")
         return out | {s for s in symbols if s not in idents and s not in spaces}
-    return out if name.startswith("str") else out | QUOTES
+    return out if name.startswith(("str", "bytes")) else out | QUOTES
 
 
 def _kwarg_forbidden(rule: tuple, symbols: list[str]) -> set[str]:

@@ -178,6 +178,10 @@ def allowed_after(prefix: str, ch: str) -> bool:
     ("for x ", "i", True), ("for x ", "=", False), ("for x", "=", False), ("for x.y", "[", True), ("for x, y ", "o", False),
     ("for (a, b) ", "i", True), ("for x in", "-", True), ("from a.b", "\n", False), ("from a import b", "\n", True),
     ("while (a, b=", "1", False), ("x = (a=", "1", False), ("f(a)(b=", "1", True),
+    ("x = 'a' ", "b", False), ("x = b'a' ", "b", True), ('x = b"""a""" ', "r", True), ('x = """a""" ', "b", False),
+    ("from a import b ", "i", False), ("x = 1.5", ".", True), ("x = a **", "*", False),
+    ("x = a *", "*", True), ("def f(a=", "=", False), ("x ==", "=", False), ("f(a=", "=", True), ("", ":", False),
+    ("if x:\n    ", "=", False), ("if x:\n    ", "*", True),
     # after a decorator, another decorator or the definition
     ("@property\n", "x", False), ("@property\n", "d", True), ("@property\n", "@", True), ("@property\nde", "l", False),
 ])  # fmt: skip
@@ -224,6 +228,7 @@ finally:
 def deco(): ...
 x = [a for a in b if a]; y = {k: v for k, v in d.items()}
 for i, (a, b[0].c), in-x: f(a)(b=1).d: int = (y := 2)
+z = b"""a""" rb'c' + "a" f'b' + 1.5e-3j ** -x ** 2 // 3 * 4*5*6 + 1.5.real; y >>= 1; x **= 2
 print(f"{x=}", "a" "b" r"c", end="")
 '''
 
