@@ -1,27 +1,30 @@
 """What a character-level lexer can still rightly forbid in Python code beyond strings, brackets and
 indentation: rules on words and the tokens around them, each one forbidding only text that no
-continuation could make valid Python.
+continuation could make valid Python (tests/test_syntax.py feeds real code through them).
 
 - After an operand (a name, number, string or closing bracket), the next word can only be an
-  operator keyword (`if`, `in`, `is`, `and`, `for`, …): two names in a row (`return x y`, prose
-  left outside a docstring) never parse; after a string, a string may follow (`"a" f"b"`).
+  operator keyword (`if`, `in`, `is`, `and`, `not in`, …; a comprehension's `for` only inside
+  brackets, `import` and `as` only in imports): two names in a row (`return x y`, prose left
+  outside a docstring) never parse; after a string, a string of its kind may follow (`"a" f"b"`).
 - A quote directly after a word opens a string only when the word is a string prefix (`rb"…"`).
 - A statement keyword (`return`, `class`, `def`, `pass`, `import`, …) only where a statement
-  begins; no keyword right after a dot (`x.class`).
+  begins; no keyword right after a dot (`x.class`); `and`, `or`, `is`, `as` only after an operand.
 - `else`, `elif`, `except` and `finally` only at an indentation where the last statement was one
-  they can follow (`if`, a loop, `try`, `except`).
-- A `def` or `class` head follows its grammar: a name that is not a keyword, a parameter list of
-  names (`*args`, `**kwargs`, `/`, annotations and defaults; no non-default parameter after a
-  default), `:` or `->` after it; a class name is followed by `(` or `:`.
-- In a statement led by a keyword (`return`, `if`, `raise`, …) a lone `=` outside brackets (not
-  `==`, `<=`, `:=`…) is never valid: once one is written, only a second `=` may follow.
+  they can follow (`if`, a loop, `try`, `except`); after a `try`'s block, only its handler.
+- A `def` or `class` head follows its grammar (python_heads.py).
+- A lone `=` (not `==`, `<=`, `:=`…) only outside brackets in a statement not led by a keyword, or
+  as a call's keyword argument or a lambda's default; once an impossible one is written, only a
+  second `=` may follow. After a keyword argument, no positional one.
+- A `:` in parentheses only ends a lambda's parameters or begins a walrus after a name; outside
+  brackets it ends a compound head or a lambda's parameters, or follows an annotation's target.
 - A logical line cannot end (newline, comment, `;`) right after an operator or a keyword that
-  needs an operand (`x = `, `a and`, `import`).
+  needs an operand (`x = `, `a and`, `import`), nor in a compound head before its `:`; no binary
+  operator or comma where no operand precedes, no closer right after an operator.
+- An import holds names, dots and commas; a for statement's target, names up to its `in`.
 
 The lexer (lexers.PythonLexer) calls `_rules_char` for every character of code and folds
 `_rule_key` into its key; `rule_forbidden` turns that key into the characters forbidden.
 """
-
 from __future__ import annotations
 
 import keyword
@@ -77,9 +80,12 @@ _TEXT_PREFIXES = frozenset(p for p in STRING_PREFIXES if "b" not in p.lower())  
 _BYTES_PREFIXES = STRING_PREFIXES - _TEXT_PREFIXES  # bytes only bytes
 WORD_SETS = {"op": _IN_BRACKETS, "op0": _OUTSIDE, "str": _IN_BRACKETS | _TEXT_PREFIXES,
              "str0": _OUTSIDE | _TEXT_PREFIXES, "bytes": _IN_BRACKETS | _BYTES_PREFIXES,
-             "bytes0": _OUTSIDE | _BYTES_PREFIXES, "from": frozenset({"import", "as"}), "import": frozenset({"as"}),
+             "bytes0": _OUTSIDE | _BYTES_PREFIXES, "from": frozenset({"import"}), "import": frozenset({"as"}),
              "not": frozenset({"in"}), "deco": frozenset({"def", "class", "async"}),
              "handler": frozenset({"except", "finally"})}  # fmt: skip
+# 'as' follows an operand only in a with, except, import or case statement: the sets without it end in '!'.
+WORD_SETS.update({name + "!": words - {"as"} for name, words in list(WORD_SETS.items()) if "as" in words})
+AS_STATEMENTS = frozenset({"with", "except", "import", "from", "case", "async"})
 WORD_PREFIXES = {name: _prefixes(words) for name, words in WORD_SETS.items()}
 # Compound statements whose head must end with ':' on its logical line (def and class: their own rules).
 HEAD_KEYWORDS = frozenset({"if", "elif", "else", "while", "for", "try", "except", "finally", "with"})
@@ -336,7 +342,7 @@ class StatementRules(HeadRules):
         if bare and self.stmt_word == "for" and not self.in_seen:
             return "not"  # only 'in' follows the target
         kind = ("bytes" if self.string_bytes else "str") if self.operand_str else "op"
-        return kind + ("0" if bare else "")
+        return kind + ("0" if bare else "") + ("" if self.stmt_word in AS_STATEMENTS else "!")
 
     def _no_operand(self, bare: bool) -> str:
         """Characters impossible where no operand precedes: a binary operator or a comma (unless

@@ -182,6 +182,8 @@ def allowed_after(prefix: str, ch: str) -> bool:
     ("from a import b ", "i", False), ("x = 1.5", ".", True), ("x = a **", "*", False),
     ("x = a *", "*", True), ("def f(a=", "=", False), ("x ==", "=", False), ("f(a=", "=", True), ("", ":", False),
     ("if x:\n    ", "=", False), ("if x:\n    ", "*", True),
+    ("read ", "a", True), ("read a", "s", False), ("with a ", "a", True), ("with a a", "s", True),
+    ("from a ", "a", False), ("import a a", "s", True), ("except E a", "s", True),
     # after a decorator, another decorator or the definition
     ("@property\n", "x", False), ("@property\n", "d", True), ("@property\n", "@", True), ("@property\nde", "l", False),
 ])  # fmt: skip
