@@ -311,8 +311,9 @@ class StatementRules(HeadRules):
         if bare and (self.head_open or hdr == RET):
             extra += "\n\r#;"
         if bare and (self.stmt_word == "import" or self.stmt_word == "from"):
-            extra += IMPORT_AFTER if self.import_seen and self.stmt_word == "from" else IMPORT_BEFORE
-            if self.stmt_word == "from" and not self.import_seen:
+            after_import = self.import_seen or word == "import"
+            extra += IMPORT_AFTER if after_import and self.stmt_word == "from" else IMPORT_BEFORE
+            if self.stmt_word == "from" and not after_import:
                 extra += "\n\r#;"
         elif bare and self.stmt_word == "for" and not self.in_seen and (self.operand or word) and word not in HARD_KEYWORDS:
             extra += FOR_TARGET  # a for statement's target: names, attributes, subscripts, commas, then 'in'

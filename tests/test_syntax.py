@@ -194,6 +194,7 @@ def test_python_rules_forbid_what_cannot_parse(prefix, ch, allowed):
 TRICKY_PYTHON = '''from ..pkg import mod
 from . import x
 from .import y
+from ._x import(a, b)
 x: None = None
 y = ...
 z = ... if x else y
