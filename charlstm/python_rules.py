@@ -85,6 +85,8 @@ WORD_SETS = {"op": _IN_BRACKETS, "op0": _OUTSIDE, "str": _IN_BRACKETS | _TEXT_PR
              "handler": frozenset({"except", "finally"})}  # fmt: skip
 # 'as' follows an operand only in a with, except, import or case statement: the sets without it end in '!'.
 WORD_SETS.update({name + "!": words - {"as"} for name, words in list(WORD_SETS.items()) if "as" in words})
+# 'from' follows an operand only in a raise statement: the sets without it end in '~'.
+WORD_SETS.update({name + "~": words - {"from"} for name, words in list(WORD_SETS.items()) if "from" in words})
 AS_STATEMENTS = frozenset({"with", "except", "import", "from", "case", "async"})
 WORD_PREFIXES = {name: _prefixes(words) for name, words in WORD_SETS.items()}
 # Compound statements whose head must end with ':' on its logical line (def and class: their own rules).
@@ -124,6 +126,7 @@ class StatementRules(HeadRules):
         self.operand_str = False  # ... a string (another may follow)
         self.string_bytes = False  # the last string opened is bytes
         self.stars = 0  # '*' in a row
+        self.num_fresh = False  # the number being written began a number (not after '.', 'e-')
         self.no_eq = False  # a '=' just ended an operator or a parameter's name: no other '=' may follow
         self.import_seen = False  # a from-import's 'import' is written
         self.in_seen = False  # a for statement's 'in' is written
@@ -153,6 +156,7 @@ class StatementRules(HeadRules):
     def _word_begins(self, ch: str) -> None:
         if ch.isdigit():
             ctx = NUM
+            self.num_fresh = self.prev not in ".+-"  # not a float's fraction or exponent
         elif self.stmt:
             ctx = LINE if self.line_fresh else STMT
         elif self.soft:
@@ -264,7 +268,7 @@ class StatementRules(HeadRules):
         self.bad_target = call_end
         self.need_kw = ch == "," and depth in self.kwargs and not lambda_here  # (not a lambda's parameters)
         if ch == "." and prev == "." and self.stmt_word != "from":  # '...': Ellipsis, an operand
-            self.operand, self.after_dot = True, False
+            self.operand, self.after_dot, self.dangling = True, False, ""
         if body:
             self.stmt, self.no_assign, self.head_open, self.not_target = True, False, False, False
         elif depth == 0 and ch == ";":
@@ -279,7 +283,7 @@ class StatementRules(HeadRules):
 
     def _punctuation(self, ch: str) -> None:
         """What any character but a word's or a space leaves behind."""
-        self.dangling = "c" if ch in DANGLING_CHARS else ""
+        self.dangling = "c" if ch in DANGLING_CHARS or ch == "." else ""  # (a number's '.' is the word's)
         self.operand = self.stmt = self.kw_ok = self.soft = False
         self.operand_str, self.must, self.kw_named = False, "", False
         self.arg_start = ch == "(" or ch == ","
@@ -330,6 +334,8 @@ class StatementRules(HeadRules):
                     return ("words", words, word, False, bare), extra
                 return None, extra
             if ctx == NUM or ctx == SOFT:
+                if ctx == NUM and word[0] == "0" and self.num_fresh and word.strip("0_").isdigit():  # '0300': only as a float
+                    return ("num0",), extra
                 return (("num",) if ctx == NUM else None), extra
             return self._word_key(word, ctx, bare), extra
         if self.operand:
@@ -343,7 +349,8 @@ class StatementRules(HeadRules):
         if bare and self.stmt_word == "for" and not self.in_seen:
             return "not"  # only 'in' follows the target
         kind = ("bytes" if self.string_bytes else "str") if self.operand_str else "op"
-        return kind + ("0" if bare else "") + ("" if self.stmt_word in AS_STATEMENTS else "!")
+        name = kind + ("0" if bare else "") + ("" if self.stmt_word in AS_STATEMENTS else "!")
+        return name if self.stmt_word == "raise" else name + "~"
 
     def _no_operand(self, bare: bool) -> str:
         """Characters impossible where no operand precedes: a binary operator or a comma (unless
@@ -431,6 +438,8 @@ def rule_forbidden(rule: tuple | None, extra: str, symbols: list[str]) -> set[st
         return out | ENDINGS
     if kind == "num":
         return out | QUOTES
+    if kind == "num0":  # an integer with a leading zero goes on into a float (or an imaginary)
+        return out | {s for s in symbols if not is_ident(s) and s != "."}
     if kind == "kwarg":
         return out | _kwarg_forbidden(rule, symbols)
     idents = _identifiers(symbols)

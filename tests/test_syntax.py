@@ -184,6 +184,8 @@ def allowed_after(prefix: str, ch: str) -> bool:
     ("if x:\n    ", "=", False), ("if x:\n    ", "*", True),
     ("read ", "a", True), ("read a", "s", False), ("with a ", "a", True), ("with a a", "s", True),
     ("from a ", "a", False), ("import a a", "s", True), ("except E a", "s", True),
+    ("x = 0300", "\n", False), ("x = 0300", ".", True), ("x = 00", "\n", True), ("x = a.", "\n", False),
+    ("x = ...", "\n", True), ("x = a ", "f", False), ("raise a ", "f", True), ("x = [a ", "f", True),
     # after a decorator, another decorator or the definition
     ("@property\n", "x", False), ("@property\n", "d", True), ("@property\n", "@", True), ("@property\nde", "l", False),
 ])  # fmt: skip
@@ -231,6 +233,7 @@ finally:
 def deco(): ...
 x = [a for a in b if a]; y = {k: v for k, v in d.items()}
 for i, (a, b[0].c), in-x: f(a)(b=1).d: int = (y := 2)
+raise E from None; x = 0300.5 + 00 + 0_0 + 0300j + 0e1 + 1E-05 + .001
 z = b"""a""" rb'c' + "a" f'b' + 1.5e-3j ** -x ** 2 // 3 * 4*5*6 + 1.5.real; y >>= 1; x **= 2
 print(f"{x=}", "a" "b" r"c", end="")
 '''
