@@ -7,8 +7,9 @@ small hashable value, so a mask row can be built once per key and reused (`Lexic
 per-character cost is a few attribute updates and a dictionary lookup. `at_rest` says whether the
 text could end here with every unit closed; `boundary` reports where a top-level unit ended.
 
-They judge lexical form only (a string closed, a bracket matched, a dedent to a level that exists);
-whether a unit parses is syntax.py's question.
+They judge lexical form (a string closed, a bracket matched, a dedent to a level that exists); the
+Python one also follows words and statements (python_rules.py, python_heads.py) and forbids what
+no continuation could make valid. Whether a unit parses is syntax.py's question.
 """
 
 from __future__ import annotations
