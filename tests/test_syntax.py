@@ -3,7 +3,9 @@ syntax-checked drawing, and the parse rate as a measure."""
 
 from __future__ import annotations
 
+import ast
 import json
+import string
 
 import pytest
 import torch
@@ -120,6 +122,146 @@ def test_python_indentation_after_a_colon_and_after_continuation_lines():
 def test_after_a_backslash_only_a_newline():
     lexer = fed(PythonLexer(), "x = 1 \\")
     assert forbidden_now(lexer, SYMBOLS) == {s for s in SYMBOLS if s != "\n"}
+
+
+# ----- what the Python lexer forbids beyond strings, brackets and indentation (python_rules.py) ---------
+
+PRINTABLE = [*SPECIALS, *string.printable]
+
+
+def allowed_after(prefix: str, ch: str) -> bool:
+    return ch not in forbidden_now(fed(PythonLexer(), prefix), PRINTABLE)
+
+
+@pytest.mark.parametrize("prefix, ch, allowed", [
+    # after an operand, only an operator keyword (or, after a string, another string)
+    ("x = a ", "b", False), ("x = a ", "i", True), ("x = a i", "n", True), ("x = a i", "x", False),
+    ("x = 'a' ", "f", True), ("x = 'a' f", "'", True), ("x = 'a' ", "'", True), ("x = 1 ", "'", False),
+    ("x = f(1) ", "y", False), ("x = f(1) ", "o", True), ("    Returns the ", "v", False),
+    ("x = ab", "'", False), ("x = rb", "'", True), ("return", "'", True),
+    ("x = a not ", "(", False), ("x = a not ", "i", True), ("x = a is not ", "(", True),
+    # statement keywords where statements begin; no keyword after a dot
+    ("x = return", " ", False), ("x = retur", "n", True), ("x = returns", " ", True), ("if x: return", " ", True),
+    ("x.class", "(", False), ("from . import", " ", True), ("from .import", " ", True), ("x = (and", " ", False),
+    # else, elif, except and finally follow what they can follow
+    ("x = 1\nelse", ":", False), ("if x:\n    y\nelse", ":", True), ("for a in b:\n    y\nelse", ":", True),
+    ("if x:\n    y\nexcept", " ", False), ("try:\n    y\nexcept", ":", True), ("try:\n    y\nexcept E:\n    z\nfinally", ":", True),
+    ("if x:\n    y\n\n    # c\nelif", " ", True), ("if x:\n    if y:\n        z\n    w\nelse", ":", True),
+    # def and class heads
+    ("def f", "(", True), ("def f", "=", False), ("def f", "\n", False), ("def class", "(", False),
+    ("def f(", "1", False), ("def f(", "'", False), ("def f(a.", "b", False), ("def f(a", ".", False),
+    ("def f(a=1, b", ")", False), ("def f(a=1, b", "=", True), ("def f(a=1, *, b", ")", True),
+    ("def f(a=1, /", ")", True), ("def f(*args", "=", False), ("def f(**kw, ", "a", False),
+    ("def f(a: int", " ", True), ("def f(x=1, a: int", ")", False), ("def f(x=1, a: int = 2", ")", True),
+    ("def f()", "\n", False), ("def f()", ":", True), ("def f() -", ">", True), ("def f() -", " ", False),
+    ("def f() -> int", "\n", False), ("class A", "=", False), ("class A", ":", True), ("class A(B)", ".", False),
+    # a lone '=' in a statement led by a keyword, or inside brackets but after a keyword argument's name
+    ("return x =", " ", False), ("return x =", "=", True), ("x = y =", " ", True), ("if x <=", " ", True),
+    ("return lambda a=", "1", True), ("f(a.b=", "1", False), ("f(a, b=", "1", True), ("[a=", "1", False),
+    # after a keyword argument, only keyword arguments, '*' or '**'
+    ("f(a=1, ", "b", True), ("f(a=1, ", "'", False), ("f(a=1, b", ")", False), ("f(a=1, b ", "=", True),
+    ("f(a=1, ", "*", True), ("f(a=1, ", ")", True), ("f(a=1, *b, ", "c", True), ("f(a=1, g(x, ", "'", True),
+    ("f(a==1, ", "'", True), ("f(x, a == 1, ", "'", True),
+    # ':' in parentheses only for a lambda or a walrus after a name; outside brackets, heads and annotations
+    ("f(x", ":", True), ("f(x:", "=", True), ("f(x:", " ", False), ("f(x.y", ":", False), ("f(lambda", ":", True),
+    ("print(x)", ":", False), ("x", ":", True), ("x.y[0]", ":", True), ("return x", ":", False),
+    ("x = 1", ":", False), ("(x)", ":", True), ("if x", ":", True), ("lambda", ":", True),
+    # a head must end with ':'; a line cannot end after an operator
+    ("if x", "\n", False), ("if x:", "\n", True), ("try", "\n", False), ("with a as b", "#", False),
+    ("x = ", "\n", False), ("x = a and", "\n", False), ("x = 1,", "\n", True), ("x = (a and", "\n", True),
+    ("x = 1 +", "\n", False), ("x = 1 + \\", "\n", True),
+    # an import holds names; a try's handler follows it
+    ("import a", "(", False), ("import a", ".", True), ("from a import", " ", True), ("from a import ", "(", True),
+    ("from a ", "=", False), ("from a import b", ".", False), ("import a ", "i", False), ("from a ", "i", True),
+    ("try:\n    x\n", "y", False), ("try:\n    x\n", "e", True), ("try:\n    x\ne", "l", False),
+    ("try:\n    x\nfi", "n", True), ("def f():\n    try:\n        x\n", "y", False), ("try:\n    x\n", "#", True),
+    ("x", ":", True), ("x = 1 + y", ":", False), ("return x", ":", False), ("'a'", ":", False), ("a.b[1]", ":", True),
+    ("for x ", "i", True), ("for x ", "=", False), ("for x", "=", False), ("for x.y", "[", True), ("for x, y ", "o", False),
+    ("for (a, b) ", "i", True), ("for x in", "-", True), ("from a.b", "\n", False), ("from a import b", "\n", True),
+    ("while (a, b=", "1", False), ("x = (a=", "1", False), ("f(a)(b=", "1", True),
+    ("x = 'a' ", "b", False), ("x = b'a' ", "b", True), ('x = b"""a""" ', "r", True), ('x = """a""" ', "b", False),
+    ("from a import b ", "i", False), ("x = 1.5", ".", True), ("x = a **", "*", False),
+    ("x = a *", "*", True), ("def f(a=", "=", False), ("x ==", "=", False), ("f(a=", "=", True), ("", ":", False),
+    ("if x:\n    ", "=", False), ("if x:\n    ", "*", True),
+    ("read ", "a", True), ("read a", "s", False), ("with a ", "a", True), ("with a a", "s", True),
+    ("from a ", "a", False), ("import a a", "s", True), ("except E a", "s", True),
+    ("x = 0300", "\n", False), ("x = 0300", ".", True), ("x = 00", "\n", True), ("x = a.", "\n", False),
+    ("x = ...", "\n", True), ("x = a ", "f", False), ("raise a ", "f", True), ("x = [a ", "f", True),
+    # after a decorator, another decorator or the definition
+    ("@property\n", "x", False), ("@property\n", "d", True), ("@property\n", "@", True), ("@property\nde", "l", False),
+])  # fmt: skip
+def test_python_rules_forbid_what_cannot_parse(prefix, ch, allowed):
+    assert allowed_after(prefix, ch) == allowed, (prefix, ch)
+
+
+TRICKY_PYTHON = '''from ..pkg import mod
+from . import x
+from .import y
+from ._x import(a, b)
+x: None = None
+y = ...
+z = ... if x else y
+if (n := len(x)) > 1: return"x"
+while chunk := f.read(): pass
+f = lambda a, b=2, *c, d=3, **e: (a, b)
+g(lambda: 0, key=lambda k, j=1: k[0], *args, **{"a": 1})
+@d := null
+async def h(a, /, b=1, *args, c, d=2, **kw) -> dict[str, int]:
+    async for i in aiter():
+        pass
+    else:
+        pass
+    [i async for i in x if i]
+    return (yield from g()) if a is not b and c not in d else not e
+class A(B, metaclass=M): pass
+match command.split():
+    case [action, *rest] if action in "ab":
+        pass
+    case {"x": 1, **kw} | Point(x=0):
+        pass
+match = re.match(x, y); case = 1
+try:
+    pass
+except* E as e:
+    pass
+else:
+    pass
+finally:
+    pass
+@a.b(c=1)
+
+@d
+def deco(): ...
+x = [a for a in b if a]; y = {k: v for k, v in d.items()}
+for i, (a, b[0].c), in-x: f(a)(b=1).d: int = (y := 2)
+raise E from None; x = 0300.5 + 00 + 0_0 + 0300j + 0e1 + 1E-05 + .001
+z = b"""a""" rb'c' + "a" f'b' + 1.5e-3j ** -x ** 2 // 3 * 4*5*6 + 1.5.real; y >>= 1; x **= 2
+print(f"{x=}", "a" "b" r"c", end="")
+'''
+
+
+def test_python_rules_let_real_code_through():
+    """Everything the rules forbid must be invalid: real code (tricky snippets and whole stdlib
+    modules) never meets a forbidden character, and no state forbids every character."""
+    import argparse
+    import dataclasses
+    import inspect
+    import typing
+
+    ast.parse(TRICKY_PYTHON)
+    texts = [TRICKY_PYTHON, *(inspect.getsource(m) for m in (argparse, dataclasses, typing, inspect))]
+    lexer, rows = PythonLexer(), {}
+    for text in texts:
+        for at, ch in enumerate(text):
+            key = lexer.key()
+            if key not in rows:
+                rows[key] = lexer.forbidden(key, PRINTABLE)
+                assert len(rows[key] | {UNK, DOC_SEP}) < len(PRINTABLE), key
+            if key[0] != "indent":  # (the indentation rule forbids an over-indented comment line)
+                assert ch not in rows[key], (text[max(0, at - 60) : at], ch, key)
+            lexer.feed(ch)
+        lexer.feed(DOC_SEP)
+    assert len(rows) > 100  # the rules had states to tell apart
 
 
 def test_java_strings_chars_and_comments_hide_brackets():

@@ -7,8 +7,9 @@ small hashable value, so a mask row can be built once per key and reused (`Lexic
 per-character cost is a few attribute updates and a dictionary lookup. `at_rest` says whether the
 text could end here with every unit closed; `boundary` reports where a top-level unit ended.
 
-They judge lexical form only (a string closed, a bracket matched, a dedent to a level that exists);
-whether a unit parses is syntax.py's question.
+They judge lexical form (a string closed, a bracket matched, a dedent to a level that exists); the
+Python one also follows words and statements (python_rules.py, python_heads.py) and forbids what
+no continuation could make valid. Whether a unit parses is syntax.py's question.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import re
 
 from ..core.vocab import DOC_SEP, UNK
+from .python_rules import StatementRules, block_kind, rule_forbidden
 
 CODE, STRING, TRIPLE, COMMENT, BLOCK_COMMENT = "code", "string", "triple", "comment", "block"
 OPENERS = {"(": ")", "[": "]", "{": "}"}
 CLOSERS = frozenset(OPENERS.values())
 NEWLINES = frozenset("\n\r")
+NEVER_FIRST = ":=<>!%&|^,;/"  # characters no Python statement begins with
 # A Python line at column 0 that starts a top-level unit (a decorator joins the def or class below it).
 PYTHON_UNIT_HEAD = re.compile(r"(?:@|def\b|class\b|async\s+def\b)")
 PYTHON_DECORATOR = re.compile(r"@")
@@ -47,11 +50,12 @@ def _triple_closed(lexer, ch: str) -> bool:
     return False
 
 
-class PythonLexer:
+class PythonLexer(StatementRules):
     """Python's lexical state: strings, comments, brackets, line continuations and indentation.
 
     Indentation is judged as Python's tokenizer does: a line may dedent only to a level on the
-    stack, indent only after a line that ended with ':', and must indent after one.
+    stack, indent only after a line that ended with ':', and must indent after one. The rules on
+    words and statements (python_rules.py) ride on the same state.
     """
 
     language = "python"
@@ -65,6 +69,7 @@ class PythonLexer:
         self.backslash = False  # a backslash in code: the line continues
         self.brackets: list[str] = []  # the closers expected, innermost last
         self.indents = [0]
+        self.blocks: list[str | None] = [None]  # the kind of the last statement at each indentation
         self.line_start = True  # in the leading whitespace of a logical line
         self.column = 0  # its width so far
         self.expect_indent = False  # the last logical line ended with ':'
@@ -79,11 +84,12 @@ class PythonLexer:
         self.decorated = False  # the last top-level line was a decorator: the def below joins it
         self.boundary: int | None = None  # set by feed: a unit starts at this position (a finished line's start)
         self.line_ended = False  # set by feed: a logical line of code ended with this character
+        self._rules_reset()
 
     def clone(self) -> PythonLexer:
         other = object.__new__(PythonLexer)
         other.__dict__.update(self.__dict__)
-        other.brackets, other.indents = list(self.brackets), list(self.indents)
+        other.brackets, other.indents, other.blocks = list(self.brackets), list(self.indents), list(self.blocks)
         return other
 
     @property
@@ -103,9 +109,10 @@ class PythonLexer:
         if self.line_start and not self.comment_line:
             top, c = self.indents[-1], self.column
             if self.expect_indent:
-                return ("indent", c > top, True, False)
-            return ("indent", c in self.indents, c < top, self.at_rest)
-        return ("code", self.brackets[-1] if self.brackets else "", self.at_rest)
+                return ("indent", c > top, True, False, None)
+            return ("indent", c in self.indents, c < top, self.at_rest, self._first_chars(c))
+        rule, extra = self._rule_key(not self.brackets)
+        return ("code", self.brackets[-1] if self.brackets else "", self.at_rest, rule, extra)
 
     def feed(self, ch: str) -> None:
         self.boundary, self.line_ended = None, False
@@ -151,14 +158,20 @@ class PythonLexer:
     def _indent_to(self, column: int) -> None:
         if column > self.indents[-1]:
             self.indents.append(column)
+            self.blocks.append(None)
         else:
             while column < self.indents[-1]:
                 self.indents.pop()
+                self.blocks.pop()
             if column != self.indents[-1]:  # only a prime can do this; follow it
                 self.indents.append(column)
+                self.blocks.append(None)
+        if self.blocks[-1] == "try":  # its handler must follow
+            self.must = "handler"
         self.expect_indent = False
 
     def _code(self, ch: str) -> None:
+        self._rules_char(ch)
         if self.line_began >= 0 and len(self.head) < 8:
             self.head += ch
         if self.backslash and ch not in NEWLINES:
@@ -199,6 +212,7 @@ class PythonLexer:
             self.mode = CODE
             self.empty_quote = ch if self.run == 0 else ""
             self.last_code = ch
+            self._string_closed()
             return
         elif ch in NEWLINES:  # an unterminated string (only a prime can do this): the line ends it
             self.mode = CODE
@@ -210,6 +224,7 @@ class PythonLexer:
     def _triple(self, ch: str) -> None:
         if _triple_closed(self, ch):
             self.last_code = ch
+            self._string_closed()
 
     def _newline(self) -> None:
         """The end of a logical line."""
@@ -219,9 +234,13 @@ class PythonLexer:
             self.line_ended = True
             self.expect_indent = self.last_code == ":"
             self.after_decorator = self.line_first == "@"
+            self.blocks[-1] = block_kind(self.line_word, self.blocks[-1])
             if self.line_began >= 0:
                 self._finish_top_level_line()
         self.line_start, self.column, self.last_code, self.line_began = True, 0, "", -1
+        self._rules_reset()
+        if self.after_decorator:
+            self.must = "deco"
 
     def _finish_top_level_line(self) -> None:
         head = self.head
@@ -242,19 +261,23 @@ def python_forbidden(key: tuple, symbols: list[str]) -> set[str]:
     if kind == "backslash":  # only a newline may follow a continuation backslash
         return {s for s in symbols if s not in NEWLINES}
     if kind == "indent":
-        _, may_start, may_widen, rest = key
+        _, may_start, may_widen, rest, first = key
         blank = {" ", "\t", "\f", "#"} | NEWLINES
         out = {s for s in symbols if s not in blank} if not may_start else set(CLOSERS)
+        if first is not None:  # a decorated definition, a try's handler (python_rules)
+            out |= {s for s in symbols if s not in blank and s not in first}
+        if may_start:  # no statement begins with a binary operator
+            out |= set(NEVER_FIRST)
         if not may_widen:
             out |= {" ", "\t"}
         if not rest:
             out.add(DOC_SEP)
         return out
-    _, closer, rest = key  # code
+    _, closer, rest, rule, extra = key  # code
     out = set(CLOSERS) - {closer}
     if not rest:
         out.add(DOC_SEP)
-    return out
+    return out | rule_forbidden(rule, extra, symbols) if rule or extra else out
 
 
 class BraceLexer:
