@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from charlstm.core.checkpoint import BEST, PRETRAINED_RUN, VAL_EXCERPT, export_for_inference
-from charlstm.corpus.dataset import load_dataset
 from charlstm.core.files import atomic_write
+from charlstm.corpus.dataset import load_dataset
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("run", type=Path, help="the run folder to ship")

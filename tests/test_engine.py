@@ -7,7 +7,6 @@ from charlstm.core.engine import SIGNALS, StepEngine, half_weight_kernels_availa
 from charlstm.core.model import CharRNN, ModelConfig
 from helpers import logits_from_trace
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlstm.sampling import draw
 from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
-from charlstm.sampling.draw import DrawRule, GumbelNoise
 from charlstm.core.engine import StepEngine
 from charlstm.core.errors import CharlstmError
-from charlstm.sampling.graphed import EAGER_ENV, GRAPH_STEPS, BlockSteps, capture_unavailable
 from charlstm.core.units import WATCHABLE, parse_interventions, parse_unit
+from charlstm.sampling import draw
+from charlstm.sampling.draw import DrawRule, GumbelNoise
+from charlstm.sampling.graphed import EAGER_ENV, GRAPH_STEPS, BlockSteps, capture_unavailable
 from charlstm.sampling.sample import KEPT_GRAPHS, Sampler, SampleSettings
 from conftest import make_checkpoint, make_lively_checkpoint
 
@@ -25,7 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def samplers(path, precision: str = "fp32") -> tuple[Sampler, Sampler]:
     """(eager, blocks) samplers over one model."""
     model, vocab = model_from_checkpoint(load_checkpoint(path))
-    return Sampler(model, vocab, "cpu", precision, graphs="eager"), Sampler(model, vocab, "cpu", precision, graphs="blocks")
+    return Sampler(model, vocab, "cpu", precision, graphs="eager"), Sampler(
+        model, vocab, "cpu", precision, graphs="blocks"
+    )
 
 
 def steps_of(sampler: Sampler, **settings) -> list[tuple[list[str], list[bool]]]:

@@ -21,17 +21,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import synthetic as syn
 from ..core.backend import cpu_threads, torch_threads
 from ..core.checkpoint import BEST, save_checkpoint
+from ..core.config import MAX_SEED
 from ..core.engine import StepEngine
 from ..core.errors import CharlstmError
 from ..core.events import Listener, Progress, ignore
 from ..core.files import atomic_write
 from ..core.model import CharRNN, ModelConfig
-from .neurons import correlations
-from ..core.config import MAX_SEED
 from ..core.userio import ensure_writable_folder
+from . import synthetic as syn
+from .neurons import correlations
 
 PAD_TARGET = -100  # cross_entropy's ignore_index: padded positions carry no loss
 
@@ -56,19 +56,39 @@ class Study:
 
 STUDIES = {
     "counter": Study(
-        "counter", layers=1, hidden=10, steps=2000, eval_max_n=25,
+        "counter",
+        layers=1,
+        hidden=10,
+        steps=2000,
+        eval_max_n=25,
         article="perfect for N ≤ 10; counts to 18, fails at 19; one cell-state unit counts",
     ),
     "selective-counter": Study(
-        "selective-counter", layers=1, hidden=20, steps=3000, eval_max_n=15, prompts_per_n=20,
+        "selective-counter",
+        layers=1,
+        hidden=20,
+        steps=3000,
+        eval_max_n=15,
+        prompts_per_n=20,
         article="counts the a's and ignores the X's; the counting unit's input gate is ≈ 0 on X",
     ),
     "state": Study(
-        "state", layers=1, hidden=20, steps=1500, eval_max_n=20,
+        "state",
+        layers=1,
+        hidden=20,
+        steps=1500,
+        eval_max_n=20,
         article="recalls the first letter; one 'A neuron' and one 'B neuron' hold it through the x's",
     ),
     "copy": Study(
-        "copy", layers=2, hidden=20, steps=4000, eval_max_n=12, prompts_per_n=30, batch=64, curriculum=0.5,
+        "copy",
+        layers=2,
+        hidden=20,
+        steps=4000,
+        eval_max_n=12,
+        prompts_per_n=30,
+        batch=64,
+        curriculum=0.5,
         article="copies the string; some units predict the next character rather than hold the current one",
     ),
 }
@@ -90,8 +110,9 @@ def _batch(vocab, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def train(study: Study, seed: int, device: torch.device = torch.device("cpu"),
-          on_event: Listener = ignore) -> tuple[CharRNN, dict]:
+def train(
+    study: Study, seed: int, device: torch.device = torch.device("cpu"), on_event: Listener = ignore
+) -> tuple[CharRNN, dict]:
     """Train a fresh model on an endless stream of seeded random examples; one example a row.
     `on_event` hears each step's progress (events.Progress) and the loss every 100 steps."""
     vocab = syn.vocab()
@@ -209,8 +230,14 @@ def _trace(engine: StepEngine, vocab, text: str) -> dict[str, torch.Tensor]:
 def _view(text: str, trace: dict, signal: str, layer: int, unit: int, caption: str) -> dict:
     """A coloured sequence to show: the text the model read and one unit's values along it."""
     values = trace[signal][layer, :, unit].tolist()
-    return {"caption": caption, "layer": layer + 1, "neuron": unit, "signal": signal, "text": text,
-            "values": [round(v, 4) for v in values]}
+    return {
+        "caption": caption,
+        "layer": layer + 1,
+        "neuron": unit,
+        "signal": signal,
+        "text": text,
+        "values": [round(v, 4) for v in values],
+    }
 
 
 def _count_neuron(engine: StepEngine, vocab, texts: list[str]) -> tuple[int, int, float, dict]:
@@ -260,8 +287,7 @@ def _find_selective(study: Study, engine: StepEngine, vocab, seed: int) -> tuple
     caption = f"counting unit: layer {layer + 1}, neuron {unit} (r = {r:+.3f})"
     views = [
         _view(shown, trace, "cell", layer, unit, caption),
-        _view(shown, trace, "input", layer, unit,
-              f"its input gate: mean {mean_x:.3f} on X, {mean_a:.3f} on a"),
+        _view(shown, trace, "input", layer, unit, f"its input gate: mean {mean_x:.3f} on X, {mean_a:.3f} on a"),
     ]
     return found, views
 
@@ -289,9 +315,17 @@ def _find_state(study: Study, engine: StepEngine, vocab, seed: int) -> tuple[dic
         pair = []
         for first in "AB":
             text = syn.START + first + "x" * 7 + "Y"
-            pair.append(_view(text, _trace(engine, vocab, text), "cell", layer, unit,
-                              f"{name.replace('_', ' ')} (layer {layer + 1}, neuron {unit}; r with A = "
-                              f"{float(r[idx]):+.3f}) reading a sequence that starts with {first}"))
+            pair.append(
+                _view(
+                    text,
+                    _trace(engine, vocab, text),
+                    "cell",
+                    layer,
+                    unit,
+                    f"{name.replace('_', ' ')} (layer {layer + 1}, neuron {unit}; r with A = "
+                    f"{float(r[idx]):+.3f}) reading a sequence that starts with {first}",
+                )
+            )
         # One colour scale for both sequences, so A and B can be compared by eye.
         scale = max(abs(v) for view in pair for v in view["values"]) or 1.0
         views += [{**view, "scale": scale} for view in pair]
@@ -334,20 +368,33 @@ def _find_copy(study: Study, engine: StepEngine, vocab, seed: int, top: int = 2)
     # The best few of each layer: the top layer feeds the output head, so its units predicting the
     # next character is expected; the same in layer 1 is the article's more interesting finding.
     per_layer = margin.reshape(engine.layers, engine.hidden)
-    chosen = [k * engine.hidden + int(u)
-              for k in range(engine.layers) for u in per_layer[k].argsort(descending=True)[:top]]
+    chosen = [
+        k * engine.hidden + int(u) for k in range(engine.layers) for u in per_layer[k].argsort(descending=True)[:top]
+    ]
     for idx in chosen:
         layer, unit = idx // engine.hidden, idx % engine.hidden
         ch = syn.COPY_ALPHABET[int(char_next[idx])]
         entry = {
-            "layer": layer + 1, "neuron": unit, "signal": "hidden", "next_char": ch,
+            "layer": layer + 1,
+            "neuron": unit,
+            "signal": "hidden",
+            "next_char": ch,
             "r_next": round(float(r_next[int(char_next[idx]), idx]), 4),
-            "best_abs_r_next": round(float(best_next[idx]), 4), "best_abs_r_current": round(float(best_cur[idx]), 4),
+            "best_abs_r_next": round(float(best_next[idx]), 4),
+            "best_abs_r_current": round(float(best_cur[idx]), 4),
         }
         units.append(entry)
-        views.append(_view(shown, trace, "hidden", layer, unit,
-                           f"layer {layer + 1}, neuron {unit}: next char is {ch!r} (|r| {best_next[idx]:.3f}) "
-                           f"vs current char (|r| {best_cur[idx]:.3f})"))
+        views.append(
+            _view(
+                shown,
+                trace,
+                "hidden",
+                layer,
+                unit,
+                f"layer {layer + 1}, neuron {unit}: next char is {ch!r} (|r| {best_next[idx]:.3f}) "
+                f"vs current char (|r| {best_cur[idx]:.3f})",
+            )
+        )
     return {
         "next_char_units": units,
         # Per layer: how many units follow the next character more closely than the current one.
@@ -377,22 +424,31 @@ def summary_line(result: dict) -> str:
         return f"{reach}; cell L{u['layer']} #{u['neuron']} counts (r = {u['r_with_count']:+.2f})"
     if name == "selective-counter":
         u = found["counting_unit"]
-        return (f"{ev['accuracy']:.0%} right for N ≤ {result['max_n']}; cell L{u['layer']} #{u['neuron']} counts "
-                f"(r = {u['r_with_count']:+.2f}); its input gate {found['input_gate_on_X']:.2f} on X, "
-                f"{found['input_gate_on_a']:.2f} on a")
+        return (
+            f"{ev['accuracy']:.0%} right for N ≤ {result['max_n']}; cell L{u['layer']} #{u['neuron']} counts "
+            f"(r = {u['r_with_count']:+.2f}); its input gate {found['input_gate_on_X']:.2f} on X, "
+            f"{found['input_gate_on_a']:.2f} on a"
+        )
     if name == "state":
         a, b = found["A_neuron"], found["B_neuron"]
-        return (f"{ev['accuracy']:.0%} right for ≤ {result['max_n']} x's; A neuron L{a['layer']} #{a['neuron']} "
-                f"(r {a['r_with_A']:+.2f}), B neuron L{b['layer']} #{b['neuron']} (r {b['r_with_A']:+.2f})")
+        return (
+            f"{ev['accuracy']:.0%} right for ≤ {result['max_n']} x's; A neuron L{a['layer']} #{a['neuron']} "
+            f"(r {a['r_with_A']:+.2f}), B neuron L{b['layer']} #{b['neuron']} (r {b['r_with_A']:+.2f})"
+        )
     per_layer = found["units_next_over_current"]
     counts = ", ".join(f"{n}/{found['units_per_layer']} in L{k + 1}" for k, n in enumerate(per_layer))
     best_per_layer = {}
     for u in found["next_char_units"]:  # listed best first within each layer
         best_per_layer.setdefault(u["layer"], u)
-    best = "".join(f"; L{u['layer']} #{u['neuron']} follows '{u['next_char']}' next (|r| {u['best_abs_r_next']:.2f} "
-                   f"vs {u['best_abs_r_current']:.2f} current)" for u in best_per_layer.values())
-    return (f"{ev['accuracy']:.0%} exact copies for length ≤ {result['max_n']}; units following the next char "
-            f"more than the current: {counts}{best}")
+    best = "".join(
+        f"; L{u['layer']} #{u['neuron']} follows '{u['next_char']}' next (|r| {u['best_abs_r_next']:.2f} "
+        f"vs {u['best_abs_r_current']:.2f} current)"
+        for u in best_per_layer.values()
+    )
+    return (
+        f"{ev['accuracy']:.0%} exact copies for length ≤ {result['max_n']}; units following the next char "
+        f"more than the current: {counts}{best}"
+    )
 
 
 # Judging every N up to eval_max_n takes time that grows with its square (copy, untrained: 7 s
@@ -402,8 +458,9 @@ MAX_N = 1000
 MIN_MAX_N = {"copy": 2}
 
 
-def configured_study(name: str, seed: int = 0, steps: int | None = None, max_n: int | None = None,
-                     eval_max_n: int | None = None) -> Study:
+def configured_study(
+    name: str, seed: int = 0, steps: int | None = None, max_n: int | None = None, eval_max_n: int | None = None
+) -> Study:
     """The study with the user's overrides, checked: nonsense fails here, before any training."""
     if name not in STUDIES:
         raise CharlstmError(f"unknown experiment {name!r}; choose one of {', '.join(NAMES)} or all")
@@ -421,8 +478,10 @@ def configured_study(name: str, seed: int = 0, steps: int | None = None, max_n: 
     if study.eval_max_n < study.max_n:
         if eval_max_n is not None:  # the accuracy is over every N trained on: each must be judged
             limit = "--max-n" if max_n is not None else "the default --max-n"
-            raise CharlstmError(f"--eval-max-n {eval_max_n} is below {limit} {study.max_n}: every N the model "
-                                f"trained on is judged, so give {study.max_n} or more")  # fmt: skip
+            raise CharlstmError(
+                f"--eval-max-n {eval_max_n} is below {limit} {study.max_n}: every N the model "
+                f"trained on is judged, so give {study.max_n} or more"
+            )
         study = replace(study, eval_max_n=study.max_n)  # the study's own, raised to the training range
     return study
 
@@ -486,5 +545,12 @@ def write_html(result: dict, out: Path | str, device: torch.device = torch.devic
 
     view = result["views"][0]
     inspection = open_checkpoint(result["run"], device=device)
-    return write_explorer(out, inspection, view["text"], f"experiment {result['study']}",
-                          layer=view["layer"], neuron=view["neuron"], signal=view["signal"])
+    return write_explorer(
+        out,
+        inspection,
+        view["text"],
+        f"experiment {result['study']}",
+        layer=view["layer"],
+        neuron=view["neuron"],
+        signal=view["signal"],
+    )

@@ -17,10 +17,10 @@ import torch
 
 from ..core.backend import cpu_threads, torch_threads
 from ..core.errors import CharlstmError
-from .features import CODE, CLOSE, COMMENT, OPEN, STRING, compute_feature, is_binary, syntax_labels
 from ..core.model import LN2
 from ..core.units import Intervention, UnitSpec, ablation, resolve
 from ..core.vocab import DOC_SEP
+from .features import CLOSE, CODE, COMMENT, OPEN, STRING, compute_feature, is_binary, syntax_labels
 
 CONTROLS = 8  # random control ablations per study
 MAX_CONTROLS = 100  # each is one more version of the model scoring the whole text

@@ -100,7 +100,7 @@ def _pack_int8(weight: torch.Tensor, bias: torch.Tensor):
 _PACKERS = {torch.float16: _pack_half, torch.qint8: _pack_int8}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def packed_weights_available(dtype: torch.dtype = torch.float16) -> bool:
     """Whether this PyTorch build runs `dtype` weights through FBGEMM (x86 CPU builds do)."""
     try:
@@ -296,7 +296,8 @@ class StepEngine:
         steps = tokens.shape[0]
         # On the engine's device: the next layer reads this one's hidden states from here.
         out = {
-            s: torch.empty(self.layers, steps, self.hidden, dtype=torch.float32, device=self.device) for s in self.signals
+            s: torch.empty(self.layers, steps, self.hidden, dtype=torch.float32, device=self.device)
+            for s in self.signals
         }
         x_seq = self.embedding[tokens]  # [T, in]
         for k, (w, s) in enumerate(zip(self.weights, state)):

@@ -63,7 +63,9 @@ def parse_clamp(text: str) -> UnitSpec:
     except ValueError:
         raise CharlstmError(f"bad --clamp {text!r}: {raw!r} is not a number") from None
     if not math.isfinite(value) or abs(value) > FLOAT32_MAX:  # the state is float32: 1e39 would be inf
-        raise CharlstmError(f"bad --clamp {text!r}: the value must be a finite float32 number (|value| ≤ {FLOAT32_MAX:.4g})")
+        raise CharlstmError(
+            f"bad --clamp {text!r}: the value must be a finite float32 number (|value| ≤ {FLOAT32_MAX:.4g})"
+        )
     if signal is not None and signal not in ("cell", "hidden"):
         raise CharlstmError(f"bad --clamp {text!r}: the state to clamp is cell or hidden, not {signal!r}")
     return UnitSpec("--clamp", text, int(layer), int(neuron), signal, value)

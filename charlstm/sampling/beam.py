@@ -70,9 +70,7 @@ def best_extensions(log_probs: torch.Tensor, beam_log_probs: list[float], width:
 
 
 @torch.inference_mode()
-def beam_search(
-    sampler, prime: str, width: int, length: int, stop: str | None = None, clamps=None
-) -> Iterator[str]:
+def beam_search(sampler, prime: str, width: int, length: int, stop: str | None = None, clamps=None) -> Iterator[str]:
     """Yield the best continuation of `prime` in settled pieces (see the module docstring).
 
     `clamps` (interventions compiled by the engine) hold units at their values at every step."""

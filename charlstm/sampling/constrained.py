@@ -55,8 +55,9 @@ class ValidStats:
     seconds: float = 0.0
 
 
-def constrained_steps(engine, rule, symbols, lexer, logits, state, clamps, noise, progress, length: int,
-                      stats: ValidStats) -> Iterator[tuple]:  # fmt: skip
+def constrained_steps(
+    engine, rule, symbols, lexer, logits, state, clamps, noise, progress, length: int, stats: ValidStats
+) -> Iterator[tuple]:
     """--constrain's loop: like the eager loop, with the lexical mask added before each draw."""
     batch = logits.shape[0]
     lexers = [lexer.clone() for _ in range(batch)]
@@ -136,8 +137,22 @@ class _UnitKeeper:
         return snap
 
 
-def valid_steps(engine, rule, symbols, language: str, prime: str, lexer, logits, state, clamps, noise,
-                length: int, max_tries: int, stats: ValidStats, first_step: int = 0) -> Iterator[tuple]:  # fmt: skip
+def valid_steps(
+    engine,
+    rule,
+    symbols,
+    language: str,
+    prime: str,
+    lexer,
+    logits,
+    state,
+    clamps,
+    noise,
+    length: int,
+    max_tries: int,
+    stats: ValidStats,
+    first_step: int = 0,
+) -> Iterator[tuple]:
     """--valid's loop. Yields (pieces, done) per draw: each sample's newly accepted text ("" mostly)."""
     check_language(language)
     began = time.perf_counter()
@@ -166,8 +181,17 @@ def valid_steps(engine, rule, symbols, language: str, prime: str, lexer, logits,
     yield [""] * batch, done
 
 
-def _settle(b: int, keeper: _UnitKeeper, language: str, state, logits, length: int, max_tries: int,
-            stats: ValidStats, done: list[bool]) -> str:  # fmt: skip
+def _settle(
+    b: int,
+    keeper: _UnitKeeper,
+    language: str,
+    state,
+    logits,
+    length: int,
+    max_tries: int,
+    stats: ValidStats,
+    done: list[bool],
+) -> str:
     """After a sample's draw: judge a unit that ended (emit it or roll it back) and, in Python, the
     logical line that ended (roll it back when no continuation could make the unit parse).
     Returns the text emitted."""

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 
 import torch
 
-from .draw import DrawRule, GumbelNoise
 from ..core.engine import StepEngine
+from .draw import DrawRule, GumbelNoise
 
 GRAPH_STEPS = 32  # characters per replay: ~1-2 ms of GPU work at batch 1, so streaming stays live
 WARMUP_RUNS = 3  # eager runs of the body on the capture stream first, as the capture recipe asks

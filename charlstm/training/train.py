@@ -37,30 +37,37 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..core.backend import check_training_memory, training_device, training_precision
 from ..core import distributed
-from .batching import training_data
+from ..core.backend import check_training_memory, training_device, training_precision
 from ..core.checkpoint import BEST, LATEST, save_checkpoint
 from ..core.config import TrainConfig
 from ..core.errors import CharlstmError, first_line, shell_path, shown_path
-from ..evaluation.evaluate import bits_per_char
 from ..core.events import Listener, Message, Metrics, Progress
 from ..core.files import append_line
-from .finetune import InitSource, transfer_weights
 from ..core.model import LN2, CharRNN, detach_state
+from ..core.stopping import CtrlC, TrainingInterrupted, TrainingStopped
+from ..evaluation.evaluate import bits_per_char
+from .batching import training_data
+from .finetune import InitSource, transfer_weights
 from .progress import Invocation, announcement, run_summary
 from .runfolder import check_run_dir, prepare_run_dir, write_run_config
 from .schedule import lr_at, minutes_decay, new_schedule, planned_total, resumed_schedule
-from ..core.stopping import CtrlC, TrainingInterrupted, TrainingStopped
 from .trainstate import hidden_for_checkpoint, lanes_from_checkpoint, restore_rng, rng_state
 
 
 class Trainer:
     """Set up a run (fresh or resumed), then `run()` the loop."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, resume_payload: dict | None = None, force: bool = False,
-                 init_source: InitSource | None = None, finetune_defaults: str | None = None,
-                 on_event: Listener | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        resume_payload: dict | None = None,
+        force: bool = False,
+        init_source: InitSource | None = None,
+        finetune_defaults: str | None = None,
+        on_event: Listener | None = None,
+    ):
         config.validate()
         self.cfg = config
         self.run_dir = Path(run_dir)
@@ -74,8 +81,9 @@ class Trainer:
         distributed.start_process_group(self.device, self.world)
 
         check_run_dir(self.run_dir, resume=resume_payload is not None, force=force)
-        self.precision = training_precision(config.precision, self.device, config.model, config.hidden,
-                                            lanes=config.batch_size // self.world)
+        self.precision = training_precision(
+            config.precision, self.device, config.model, config.hidden, lanes=config.batch_size // self.world
+        )
 
         init_vocab = init_source.vocab if init_source is not None else None
         data = training_data(config, self.rank, self.world, init_vocab, resume_payload)
@@ -163,31 +171,35 @@ class Trainer:
         self.schedule = resumed_schedule(self.schedule, payload, self.cfg, self.step)
         hidden = payload.get("hidden_state")
         if hidden is not None:
-            self.state = lanes_from_checkpoint(hidden, self.cfg.batch_size, self.world, self.rank,
-                                               self.model_config.kind, self.device)  # fmt: skip
+            self.state = lanes_from_checkpoint(
+                hidden, self.cfg.batch_size, self.world, self.rank, self.model_config.kind, self.device
+            )
         restore_rng(payload.get("rng") or {}, self.device, self.world, self.cfg.seed + self.rank + self.step)
 
     def _prepare_run_dir(self, resume: bool) -> None:
         prepare_run_dir(self.run_dir, self.step if resume else None, self._emit)
-        write_run_config(self.run_dir, {
-            "train_config": asdict(self.cfg),
-            "model_config": self.model_config.to_dict(),
-            "parameters": self.raw_model.num_parameters(),
-            "dataset": {
-                **self.dataset.summary(),
-                "train_chars": int(self.dataset.meta.get("train_chars", 0)),
-                "val_chars": int(self.dataset.meta.get("val_chars", 0)),
-                "vocab_size": len(self.dataset.vocab),
+        write_run_config(
+            self.run_dir,
+            {
+                "train_config": asdict(self.cfg),
+                "model_config": self.model_config.to_dict(),
+                "parameters": self.raw_model.num_parameters(),
+                "dataset": {
+                    **self.dataset.summary(),
+                    "train_chars": int(self.dataset.meta.get("train_chars", 0)),
+                    "val_chars": int(self.dataset.meta.get("val_chars", 0)),
+                    "vocab_size": len(self.dataset.vocab),
+                },
+                "windows_per_epoch": self.batcher.windows,
+                "precision": self.precision.name,
+                "rnn_dtype_under_autocast": self.precision.rnn_dtype,
+                "init_from": self.init_source,
+                "device": str(self.device),
+                "world_size": self.world,
+                "threads": self.threads,
+                "torch": torch.__version__,
             },
-            "windows_per_epoch": self.batcher.windows,
-            "precision": self.precision.name,
-            "rnn_dtype_under_autocast": self.precision.rnn_dtype,
-            "init_from": self.init_source,
-            "device": str(self.device),
-            "world_size": self.world,
-            "threads": self.threads,
-            "torch": torch.__version__,
-        })  # fmt: skip
+        )
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -262,7 +274,9 @@ class Trainer:
         """Validation bpc over the whole split (rank 0 only); other ranks wait. NaN stops every rank, as a NaN loss does."""
         bpc = None
         if self.main and len(self.val_tokens) >= 2:
-            self.last_val_bpc = bpc = bits_per_char(self.raw_model, self.val_tokens, device=self.device, autocast=self.precision.autocast)["bpc"]
+            self.last_val_bpc = bpc = bits_per_char(
+                self.raw_model, self.val_tokens, device=self.device, autocast=self.precision.autocast
+            )["bpc"]
             self._nonfinite |= not math.isfinite(bpc)  # weights an update blew up can score NaN before the loss is
         self._stop_if_nonfinite()  # every rank takes part: the barrier, too
         return bpc
@@ -361,7 +375,15 @@ class Trainer:
         if fresh:
             self.state = None  # a new epoch starts every lane from the beginning of its text
         sch = self.schedule
-        lr = lr_at(self.step, self.cfg.lr, sch["warmup"], sch["total"], self.cfg.min_lr_ratio, sch["from_step"], sch["from_ratio"])
+        lr = lr_at(
+            self.step,
+            self.cfg.lr,
+            sch["warmup"],
+            sch["total"],
+            self.cfg.min_lr_ratio,
+            sch["from_step"],
+            sch["from_ratio"],
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x = x.to(self.device, non_blocking=True)
@@ -441,7 +463,11 @@ class Trainer:
             inv.steps += 1
             inv.loss_sum += loss
             self._nonfinite |= ~torch.isfinite(loss)
-            if self.schedule["total"] is None and cfg.minutes is not None and (self.world == 1 or self.step % cfg.log_every == 0):
+            if (
+                self.schedule["total"] is None
+                and cfg.minutes is not None
+                and (self.world == 1 or self.step % cfg.log_every == 0)
+            ):
                 self._maybe_start_decay(inv, loss)
 
             evaluate = inv.budget_spent(self.step) or bool(cfg.eval_every and self.step % cfg.eval_every == 0)
@@ -475,8 +501,10 @@ class Trainer:
         # Every rank must use rank 0's number, or their learning rates differ.
         schedule["total"] = distributed.rank_0s(schedule["total"], self.world, self.device)
         self.schedule = schedule
-        self._say(f"step {self.step:,}: the last {cfg.decay_fraction:.0%} of --minutes {cfg.minutes:g}; the learning "
-                  f"rate decays over the ~{schedule['total'] - self.step:,} steps left (to step {schedule['total']:,})")
+        self._say(
+            f"step {self.step:,}: the last {cfg.decay_fraction:.0%} of --minutes {cfg.minutes:g}; the learning "
+            f"rate decays over the ~{schedule['total'] - self.step:,} steps left (to step {schedule['total']:,})"
+        )
 
     def close(self, finished: bool = False) -> None:
         self.model = self.raw_model  # DDP's reducer goes before the process group (see end_process_group)
