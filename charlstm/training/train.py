@@ -5,9 +5,10 @@ loop (`train_step`, `run`). Its parts live beside it: options and defaults in co
 defaults.py, their resolution and `train()` (what the CLI calls) in train_setup.py; lanes and the
 model's vocabulary in batching.py; the learning-rate schedule in schedule.py; device, precision
 and threads in backend.py; torchrun's processes in distributed.py; the run folder (lock,
-config.json, metrics.jsonl, what --resume reads) in runfolder.py; the hidden and RNG states a
-checkpoint carries in trainstate.py; Ctrl-C and early ends in stopping.py; one call of `run` (its
-budget, progress figures, loss since the last metrics line) in progress.py.
+config.json, metrics.jsonl, what --resume reads) in runfolder.py; what a checkpoint carries (the
+Trainer's state, the hidden and RNG states) and how a resume puts it back in trainstate.py; Ctrl-C
+and early ends in stopping.py; one call of `run` (its budget, progress figures, loss since the
+last metrics line) in progress.py.
 
 The Trainer prints nothing: what it has to say (the announcement, validations, a step's progress,
 each metrics record) goes as events (events.py) to its listeners, `on_event` and any added to
@@ -51,8 +52,8 @@ from .batching import training_data
 from .finetune import InitSource, transfer_weights
 from .progress import Invocation, announcement, run_summary
 from .runfolder import check_run_dir, prepare_run_dir, write_run_config
-from .schedule import lr_at, minutes_decay, new_schedule, planned_total, resumed_schedule
-from .trainstate import hidden_for_checkpoint, lanes_from_checkpoint, restore_rng, rng_state
+from .schedule import lr_at, minutes_decay, new_schedule, planned_total
+from .trainstate import restore_trainer, trainer_payload
 
 
 class Trainer:
@@ -158,23 +159,7 @@ class Trainer:
             raise CharlstmError(f"the checkpoint does not fit the run it should resume: {first_line(exc)}") from None
 
     def _restore(self, payload: dict) -> None:
-        self.raw_model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])  # moves its state to the parameters' device
-        if payload.get("scaler"):
-            self.scaler.load_state_dict(payload["scaler"])
-        self.step = int(payload["step"])
-        self.batcher.seek(payload["data_position"])
-        self.best_val_bpc = payload.get("best_val_bpc")
-        self.stale_validations = int(payload.get("stale_validations", 0))
-        self.last_val_bpc = payload.get("val_bpc")
-        self._skipped.fill_(int(payload.get("skipped_steps", 0)))
-        self.schedule = resumed_schedule(self.schedule, payload, self.cfg, self.step)
-        hidden = payload.get("hidden_state")
-        if hidden is not None:
-            self.state = lanes_from_checkpoint(
-                hidden, self.cfg.batch_size, self.world, self.rank, self.model_config.kind, self.device
-            )
-        restore_rng(payload.get("rng") or {}, self.device, self.world, self.cfg.seed + self.rank + self.step)
+        restore_trainer(self, payload)
 
     def _prepare_run_dir(self, resume: bool) -> None:
         prepare_run_dir(self.run_dir, self.step if resume else None, self._emit)
@@ -204,26 +189,7 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def _payload(self, state) -> dict:
-        return {
-            "model_config": self.model_config.to_dict(),
-            "vocab": self.vocab.symbols,
-            "model": self.raw_model.state_dict(),  # the unwrapped module: no DDP prefix
-            "dataset": self.dataset.summary(),
-            "step": self.step,
-            "train_config": asdict(self.cfg),
-            "init_from": self.init_source,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "data_position": self.batcher.position(),
-            "hidden_state": hidden_for_checkpoint(state),
-            "schedule": dict(self.schedule),
-            "rng": rng_state(self.device),
-            "best_val_bpc": self.best_val_bpc,
-            "stale_validations": self.stale_validations,
-            "val_bpc": self.last_val_bpc,
-            "skipped_steps": self.skipped_steps,
-            "precision": self.precision.name,
-        }
+        return trainer_payload(self, state)
 
     def save(self) -> None:
         """Save latest.pt on rank 0 (every rank takes part in gathering the lanes' hidden state)."""
