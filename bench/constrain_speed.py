@@ -84,7 +84,8 @@ def main() -> None:
     )
     print(f"  plain      {median['plain']:8,.0f} chars/s  (rounds {', '.join(f'{v:,.0f}' for v in rates['plain'])})")
     print(
-        f"  constrain  {median['constrain']:8,.0f} chars/s  (rounds {', '.join(f'{v:,.0f}' for v in rates['constrain'])})"
+        f"  constrain  {median['constrain']:8,.0f} chars/s  "
+        f"(rounds {', '.join(f'{v:,.0f}' for v in rates['constrain'])})"
     )
     verdict = "meets" if ratio >= TARGET_RATIO else "misses"
     print(f"  ratio {ratio:.2f}, the median of the rounds' ratios ({verdict} the target {TARGET_RATIO})")

@@ -88,11 +88,14 @@ def check_experiment(device: str, scratch: str) -> dict:
     ours, t_ours = charlstm(*args, "--device", device, "--out-dir", f"{scratch}/device", timeout=300)
     cpu, t_cpu = charlstm(*args, "--device", "cpu", "--out-dir", f"{scratch}/cpu", timeout=300)
     a, c = as_json(ours), as_json(cpu)
-    strip = lambda r: json.dumps(
-        {k: v for k, v in r.items() if k not in ("train_seconds", "device", "seconds", "run")},  # noqa: E731
-        sort_keys=True,
-        default=str,
-    )
+
+    def strip(r: dict) -> str:
+        return json.dumps(
+            {k: v for k, v in r.items() if k not in ("train_seconds", "device", "seconds", "run")},
+            sort_keys=True,
+            default=str,
+        )
+
     # Both ran and reported; equal results are reported, not required (GPU kernels need not match the CPU's bits).
     return {"ok": True, "same_as_cpu": strip(a) == strip(c), "seconds": {"device": t_ours, "cpu": t_cpu}}
 

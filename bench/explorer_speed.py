@@ -198,11 +198,13 @@ def main() -> None:
     )
     print(f"features:         {best['features before'] / best['features now']:.1f}× faster, same values")
     print(
-        f"trace loop ({tracer.weight_dtype} weights): {best['trace loop before'] / best['trace loop now']:.2f}× faster, same h and c"
+        f"trace loop ({tracer.weight_dtype} weights): "
+        f"{best['trace loop before'] / best['trace loop now']:.2f}× faster, same h and c"
     )
     saved = sum(best[f"{n} before"] - best[f"{n} now"] for n in names)
     print(
-        f"whole page now (--html --ablate): {page:.2f} s; before, adding back what these parts saved: ~{page + saved:.2f} s"
+        f"whole page now (--html --ablate): {page:.2f} s; "
+        f"before, adding back what these parts saved: ~{page + saved:.2f} s"
     )
 
 

@@ -161,14 +161,15 @@ class Session:
         return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
     def _log(self, log: str, shown: str, stdout, stderr, rc) -> None:
-        tail = lambda s: (
-            s
-            if len(s) <= LOG_TAIL_CHARS
-            else f"[… {len(s) - LOG_TAIL_CHARS} characters left out]" + s[-LOG_TAIL_CHARS:]
-        )  # noqa: E731
+        def tail(s: str) -> str:
+            if len(s) <= LOG_TAIL_CHARS:
+                return s
+            return f"[… {len(s) - LOG_TAIL_CHARS} characters left out]" + s[-LOG_TAIL_CHARS:]
+
         with open(self.out / "commands.log", "a", encoding="utf-8") as f:
             f.write(
-                f"===== {log}\n$ {shown}\n[exit {rc}]\n--- stdout\n{tail(stdout or '')}\n--- stderr\n{tail(stderr or '')}\n"
+                f"===== {log}\n$ {shown}\n[exit {rc}]\n"
+                f"--- stdout\n{tail(stdout or '')}\n--- stderr\n{tail(stderr or '')}\n"
             )
 
     def save(self) -> None:

@@ -7,8 +7,9 @@ with a unique first line, so the duplicate filter keeps them all), written to a 
 Both measurements read the files from the page cache, after one warm-up pass. The bare read is a
 sorted os.walk that opens and reads every file: the floor any ingester pays in Python. The issue's
 target is at least 20 MB/s of source on these 2-core machines. Ingest runs on one core; on a shared
-machine the wall-clock figure falls with the load (printed), the CPU-time figure much less. A last run under tracemalloc reports
-the peak Python/numpy memory of an ingest, to set beside the largest file and the corpus size.
+machine the wall-clock figure falls with the load (printed), the CPU-time figure much less. A last
+run under tracemalloc reports the peak Python/numpy memory of an ingest, to set beside the largest
+file and the corpus size.
 """
 
 from __future__ import annotations

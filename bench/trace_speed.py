@@ -63,7 +63,7 @@ def small_model(args) -> None:
     traces = {}
     for _ in range(args.rounds):
         for name, (engine, fused) in engines.items():
-            seconds, traces[name] = timed(lambda: engine.trace(tokens, fused=fused))
+            seconds, traces[name] = timed(lambda engine=engine, fused=fused: engine.trace(tokens, fused=fused))
             times[name].append(seconds)
     print(f"1. all signals, random LSTM 3×512, {args.chars:,} characters, 1 thread, best of {args.rounds}:")
     best = {name: min(t) for name, t in times.items()}

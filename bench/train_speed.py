@@ -13,7 +13,8 @@ fp32 for the project's loop (target on an AMX CPU: bf16 ≥ 1.8×).
 batch × hidden. On CUDA: 3 layers, embed 64, seq 128, hidden 512 and 1024, batch 64, 256 and
 1024; elsewhere a tiny grid (hidden 32/64, batch 4/16, embed 16, seq 32) that proves the script
 in seconds. With --json the grid prints its record so far after every (hidden, batch), one JSON
-line each, so a run stopped early keeps the cells it finished; the last line is the whole. `--hidden H` / `--batch B` (repeatable) choose other sizes. The loops of one
+line each, so a run stopped early keeps the cells it finished; the last line is the whole.
+`--hidden H` / `--batch B` (repeatable) choose other sizes. The loops of one
 (hidden, batch) are interleaved; each row gives chars/s of ours and of the bare loop, their ratio
 and each precision's speed-up over fp32, and the JSON's "auto_table" holds the bare loop's figures
 in the form of charlstm.core.backend.CUDA_MEASURED, which `--precision auto` on CUDA follows.

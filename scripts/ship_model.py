@@ -27,7 +27,7 @@ to.mkdir(parents=True, exist_ok=True)
 slim = export_for_inference(run / BEST, to / BEST, half=args.fp16)
 for name in ("config.json", "metrics.jsonl"):
     data = (run / name).read_bytes()
-    atomic_write(to / name, lambda f: f.write(data))
+    atomic_write(to / name, lambda f, data=data: f.write(data))
 dataset = load_dataset(slim["dataset"]["path"])
 excerpt = dataset.vocab.decode(np.asarray(dataset.tokens("val")[:20_000]).tolist())
 atomic_write(to / VAL_EXCERPT, lambda f: f.write(excerpt.encode("utf-8")))

@@ -225,7 +225,8 @@ def test_ingest_and_text_inputs_do_not_import_torch():
 SAMPLING_IMPORTS = """
 import sys
 import charlstm.sampling.sample
-print(sorted(m for m in sys.modules if m in ("charlstm.analysis.interventions", "charlstm.analysis.features") or m.split(".")[0] == "pygments"))
+analysis = ("charlstm.analysis.interventions", "charlstm.analysis.features")
+print(sorted(m for m in sys.modules if m in analysis or m.split(".")[0] == "pygments"))
 """
 
 

@@ -290,7 +290,7 @@ class TableNoise:
 
 
 def first_unit(steps) -> str:
-    for pieces, done in steps:
+    for pieces, _done in steps:
         if pieces[0]:
             return pieces[0]
     return ""
@@ -362,7 +362,7 @@ def memorised_sampler(text: str, language: str, steps: int = 400) -> Sampler:
     model = CharRNN(ModelConfig(vocab_size=len(vocab), layers=1, hidden=64, embed=16, forget_bias=1.0))
     ids = torch.from_numpy(vocab.encode(text * 4)).long()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(steps):
+    for _step in range(steps):
         starts = torch.randint(0, len(ids) - 65, (16,))
         batch = torch.stack([ids[s : s + 65] for s in starts.tolist()])
         logits, _ = model(batch[:, :-1])

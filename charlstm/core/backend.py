@@ -325,7 +325,8 @@ def training_memory(model_config: ModelConfig, lanes: int, seq_len: int) -> tupl
             params = CharRNN(model_config).num_parameters()
     except (RuntimeError, TypeError, ValueError, OverflowError):
         raise CharlstmError(
-            f"a {model_config.layers}×{model_config.hidden} model with --embed {model_config.embed} is too large to build"
+            f"a {model_config.layers}×{model_config.hidden} model with --embed {model_config.embed} "
+            "is too large to build"
         ) from None
     per_char = model_config.layers * model_config.hidden * 8 + model_config.embed + 3 * model_config.vocab_size
     return params, 16 * params + 4 * lanes * seq_len * per_char

@@ -141,7 +141,8 @@ def _check_fields(payload: dict, path: Path) -> None:
         value = (payload.get("dataset") or {}).get(key)
         if not isinstance(value, _TEXT):
             raise CharlstmError(
-                f"{shown_path(path)} has a malformed 'dataset' field: its {key!r} should be a string, got {type(value).__name__}"
+                f"{shown_path(path)} has a malformed 'dataset' field: its {key!r} should be a string, "
+                f"got {type(value).__name__}"
             )
 
 
@@ -200,7 +201,8 @@ def _check_model(payload: dict, path: Path) -> None:
     if problems:
         more = f" and {len(problems) - SHOWN_MISMATCHES} more" if len(problems) > SHOWN_MISMATCHES else ""
         raise CharlstmError(
-            f"{shown_path(path)}: its weights do not match its model_config ({config.kind} {config.layers}×{config.hidden}, "
+            f"{shown_path(path)}: its weights do not match its model_config "
+            f"({config.kind} {config.layers}×{config.hidden}, "
             f"embed {config.embed}, {config.vocab_size} symbols): {'; '.join(problems[:SHOWN_MISMATCHES])}{more}"
         )
 
@@ -279,7 +281,8 @@ def resolve_model(name: str) -> Path:
     if name in SHIPPED_MODELS:
         if not (SHIPPED_MODELS[name] / BEST).is_file():
             raise CharlstmError(
-                f"model {name!r} is not shipped in this copy ({SHIPPED_MODELS[name]} holds no {BEST}); shipped: {shipped}"
+                f"model {name!r} is not shipped in this copy ({SHIPPED_MODELS[name]} holds no {BEST}); "
+                f"shipped: {shipped}"
             )
         return SHIPPED_MODELS[name]
     if Path(name).exists():

@@ -86,18 +86,21 @@ class TrainConfig:
     hidden: int = DEFAULT_HIDDEN  # units per layer
     embed: int = DEFAULT_EMBED  # character embedding width
     dropout: float = 0.0  # when not given, defaults.py picks it from the passes and the model size
-    forget_bias: float | None = (
-        None  # LSTM forget-gate bias at init; None: PyTorch's (1 cost short runs, docs/performance.md, "Time to quality")
-    )
+    # LSTM forget-gate bias at init; None: PyTorch's (1 cost short runs, docs/performance.md, "Time to quality")
+    forget_bias: float | None = None
     # optimisation
     batch_size: int = 64  # lanes: contiguous streams through the corpus (a GPU: 256 per process, defaults.py)
     seq_len: int = 128  # characters back-propagated through per step (truncated BPTT)
-    lr: float = 3e-3  # peak AdamW learning rate (scaled with the lanes above 64, defaults.py); 2e-3 trained slower (docs/performance.md, "Time to quality")
+    # peak AdamW learning rate (scaled with the lanes above 64, defaults.py); 2e-3 trained slower
+    # (docs/performance.md, "Time to quality")
+    lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decay ends at lr × this
     decay_fraction: float = (
         0.2  # the rate is held at its peak, then decays over the run's last fifth (1: cosine over all of it)
     )
-    warmup_steps: int = 0  # linear warm-up (capped at a twentieth of a known length); any cost short runs (docs/performance.md, "Time to quality")
+    # linear warm-up (capped at a twentieth of a known length); any cost short runs
+    # (docs/performance.md, "Time to quality")
+    warmup_steps: int = 0
     weight_decay: float = 0.01  # AdamW decoupled decay, on weight matrices only
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     steps: int | None = None  # stop after this many steps in all (the schedule's length)

@@ -132,7 +132,8 @@ class StepEngine:
     so halving the bytes roughly quadruples the speed here (the fp16 copy also fits the cache).
     torch.qint8 halves the bytes again (int8 weights with one scale per row, inputs quantized
     per call) at a small cost in accuracy (a KL of ~0.002 bits per character on trained models).
-    Where those kernels are missing, or off the CPU for int8, it falls back to float32. bfloat16 (and float16 on a GPU) casts everything.
+    Where those kernels are missing, or off the CPU for int8, it falls back to float32. bfloat16
+    (and float16 on a GPU) casts everything.
 
     `fused_cell` (default: an LSTM on CUDA in fp32 or fp16) makes `step` call `torch.lstm_cell`,
     which CUDA runs as two matrix products and one fused pointwise kernel per layer instead of
@@ -280,10 +281,10 @@ class StepEngine:
         Without clamps, and with float32 state (`fused` None: whenever it can), the layers run as
         fused nn modules and the gates come from batched products (`fused_trace`): the same values
         to float32 rounding, with float32 weights even where `step` uses float16 ones. Otherwise
-        (`fused=False`, or clamps) it steps as follows. Only the recurrence itself runs step by step: the input projections of a whole layer are
-        one matrix product before the loop, each step adds W_hh h in place and keeps h (and c),
-        and the gates are recomputed for all steps at once afterwards from the same
-        pre-activations, through the same pointwise math as `step`. With float16 weights the
+        (`fused=False`, or clamps) it steps as follows. Only the recurrence itself runs step by step:
+        the input projections of a whole layer are one matrix product before the loop, each step
+        adds W_hh h in place and keeps h (and c), and the gates are recomputed for all steps at once
+        afterwards from the same pre-activations, through the same pointwise math as `step`. With float16 weights the
         recurrent product uses them too (half the bytes read per character). `clamps`, as in
         `step`, overwrites units after each update; the trace records the overwritten values, and
         the gates it reports are the ones computed from them.

@@ -25,7 +25,7 @@ from .model import RNN_MODULES
 def fused_layers(engine) -> list[nn.Module]:
     """One-layer fused modules holding the engine's float32 weights, on its device."""
     layers = []
-    for k, w in enumerate(engine.weights):
+    for w in engine.weights:
         module = RNN_MODULES[engine.kind](w.w_ih_t.shape[0], engine.hidden, num_layers=1)
         with torch.no_grad():
             module.weight_ih_l0.copy_(w.w_ih_t.t())

@@ -94,7 +94,8 @@ WATCHABLE = ("hidden", "cell")
 def check_unit(spec: UnitSpec, kind: str, layers: int, hidden: int) -> None:
     if not 1 <= spec.layer <= layers:
         raise CharlstmError(
-            f"{spec.option} {spec.text}: layer {spec.layer} is out of range: this model has layers 1..{layers} (1-based)"
+            f"{spec.option} {spec.text}: layer {spec.layer} is out of range: "
+            f"this model has layers 1..{layers} (1-based)"
         )
     if not 0 <= spec.neuron < hidden:
         raise CharlstmError(

@@ -92,7 +92,8 @@ def refuse_output_over_input(outputs: dict, inputs: dict) -> None:
                 same = False
             if same:
                 raise CharlstmError(
-                    f"{out_name} {shown_path(out)} is the same file as {in_name} {shown_path(source)}: writing it would "
+                    f"{out_name} {shown_path(out)} is the same file as {in_name} {shown_path(source)}: "
+                    "writing it would "
                     f"replace the input; write to another file"
                 )
 

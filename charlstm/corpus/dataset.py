@@ -84,7 +84,8 @@ def load_dataset(path: str | Path) -> Dataset:
             size = f.stat().st_size if f.exists() else -1
             if size != n * vocab.dtype.itemsize:
                 raise CharlstmError(
-                    f"{f} is missing or has the wrong size ({size} bytes, expected {n * vocab.dtype.itemsize}); ingest again"
+                    f"{f} is missing or has the wrong size "
+                    f"({size} bytes, expected {n * vocab.dtype.itemsize}); ingest again"
                 )
     except (KeyError, TypeError, ValueError) as exc:
         raise CharlstmError(f"{shown_path(meta_path)} is missing fields ({exc}); ingest again") from exc
@@ -140,7 +141,8 @@ def _check_token_ids(dataset: Dataset, meta_path: Path) -> None:
             largest = int(np.max(tokens[start : start + ID_CHECK_CHUNK]))
             if largest >= size:
                 raise CharlstmError(
-                    f"{dataset.path / (split + '.bin')} holds token id {largest}, but {shown_path(meta_path)} lists only "
+                    f"{dataset.path / (split + '.bin')} holds token id {largest}, "
+                    f"but {shown_path(meta_path)} lists only "
                     f"{size} symbols (was the vocab edited?); ingest again"
                 )
 
@@ -169,7 +171,10 @@ def check_same_data(dataset: Dataset, recorded: dict | None, checkpoint: str | P
             f"{what}: resuming on it loses exact resumption and an honest validation split; "
             f"give the original data, or --new-data to continue on this one anyway"
         )
-    return f"{what}: continuing on it (--new-data); the step and schedule carry on, the batches and validation split are the new data's"
+    return (
+        f"{what}: continuing on it (--new-data); the step and schedule carry on, "
+        "the batches and validation split are the new data's"
+    )
 
 
 def locate_recorded_dataset(recorded: str | Path, checkpoint: str | Path) -> Path:

@@ -70,7 +70,8 @@ def resolve_init_source(name_or_path: str) -> Path:
         path = SHIPPED[name_or_path]
     elif name_or_path in SHIPPED and path.is_dir() and not any((path / f).is_file() for f in (BEST, LATEST)):
         raise CharlstmError(
-            f"--init-from {shown_path(name_or_path)}: the folder {shown_path(path)} here holds no checkpoint and hides the "
+            f"--init-from {shown_path(name_or_path)}: the folder {shown_path(path)} here holds no checkpoint "
+            "and hides the "
             f"shipped model of that name; give its path instead: {SHIPPED[name_or_path]}"
         )
     if not path.exists():

@@ -139,7 +139,8 @@ def check_resumable(payload: dict, path: Path) -> None:
     missing = [key for key in RESUME_KEYS if key not in payload]
     if missing:
         raise CharlstmError(
-            f"{shown_path(path)} cannot be resumed: it has no {', '.join(missing)} (an inference-only export keeps just the "
+            f"{shown_path(path)} cannot be resumed: it has no {', '.join(missing)} "
+            "(an inference-only export keeps just the "
             f"weights); sample or evaluate it, or start a new run with --force"
         )
     position = payload["data_position"]

@@ -223,7 +223,8 @@ class Trainer:
             yield
         except CharlstmError as exc:
             kept = (
-                f"{shown_path(self.run_dir / LATEST)} (step {self.saved_step}) is intact; once the disk has room, resume with: "
+                f"{shown_path(self.run_dir / LATEST)} (step {self.saved_step}) is intact; "
+                "once the disk has room, resume with: "
                 f"{self.resume_command()}"
                 if self.saved_step is not None
                 else "nothing had been saved yet"
@@ -237,7 +238,8 @@ class Trainer:
     # -- evaluation and logging ----------------------------------------------------------------
 
     def validate(self) -> float | None:
-        """Validation bpc over the whole split (rank 0 only); other ranks wait. NaN stops every rank, as a NaN loss does."""
+        """Validation bpc over the whole split (rank 0 only); other ranks wait. NaN stops every rank,
+        as a NaN loss does."""
         bpc = None
         if self.main and len(self.val_tokens) >= 2:
             self.last_val_bpc = bpc = bits_per_char(
@@ -394,7 +396,8 @@ class Trainer:
             # A second Ctrl-C (or one outside the loop's checks): the step may be half done, so
             # nothing is saved; the last checkpoint stays as it was.
             raise TrainingInterrupted(
-                f"interrupted at step {self.step} without saving; the last save is {shown_path(self.run_dir / LATEST)}. "
+                f"interrupted at step {self.step} without saving; "
+                f"the last save is {shown_path(self.run_dir / LATEST)}. "
                 f"Resume with: {self.resume_command()}"
             ) from None
         finally:
@@ -402,7 +405,8 @@ class Trainer:
         if ctrl_c.pressed:
             self.save()
             raise TrainingInterrupted(
-                f"interrupted at step {self.step}; saved {shown_path(self.run_dir / LATEST)}. Resume with: {self.resume_command()}"
+                f"interrupted at step {self.step}; saved {shown_path(self.run_dir / LATEST)}. "
+                f"Resume with: {self.resume_command()}"
             )
         # The steps since the last log line (a --minutes run ends anywhere), and a validation of
         # the final weights unless this is a pause or the loop just ran one.

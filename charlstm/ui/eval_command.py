@@ -282,8 +282,10 @@ def report_score(result: dict, err, json_out: bool) -> None:
         print(json.dumps(result))
         return
     err.print(
-        f"{escape(shown_path(result['source']))}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
-        f"({escape(shown_path(result['checkpoint']))}, step {result['step']}, {result['precision']} on {result['device']}, "
+        f"{escape(shown_path(result['source']))}: [bold]{result['bpc']:.4f}[/bold] bits per character "
+        f"over {result['chars']:,} characters "
+        f"({escape(shown_path(result['checkpoint']))}, step {result['step']}, "
+        f"{result['precision']} on {result['device']}, "
         f"{result['chars_per_sec']:,.0f} chars/s)",
         highlight=False,
     )

@@ -341,7 +341,8 @@ def _run_sampling(
         )
     engine = sampler.engine
     err.print(
-        f"[dim]{escape(shown_path(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
+        f"[dim]{escape(shown_path(path))}: {engine.kind} {engine.layers}×{engine.hidden}, "
+        f"step {payload.get('step', '?')}, "
         f"{str(engine.weight_dtype).removeprefix('torch.')} weights on {sampler.device}[/dim]",
         highlight=False,
         soft_wrap=True,
