@@ -57,7 +57,7 @@ def main() -> None:
     median = {mode: statistics.median(values) for mode, values in rates.items()}
     # Each round's two runs follow each other, so their ratio sees the same load: its median is
     # steadier on a shared machine than the ratio of the two sides' medians.
-    ratio = statistics.median(c / p for c, p in zip(rates["constrain"], rates["plain"]))
+    ratio = statistics.median(c / p for c, p in zip(rates["constrain"], rates["plain"], strict=True))
     began = time.perf_counter()
     text = sampler.sample_texts(SampleSettings(length=args.length, temperature=0.7, prime=prime, seed=0, valid=True))[0]
     seconds, stats = time.perf_counter() - began, sampler.last_stats

@@ -62,7 +62,7 @@ def run_steps(sampler: Sampler, settings: dict) -> list:
 
 
 def first_difference(a: list, b: list) -> dict:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):  # runs of different lengths: reported below
         if x != y:
             return {"step": i, "eager": x, "graphed": y}
     return {"step": min(len(a), len(b)), "eager_steps": len(a), "graphed_steps": len(b)}
@@ -91,7 +91,7 @@ def fused_cell_difference(sampler: Sampler, steps: int = 500) -> dict:
     states = [e.init_state(4) for e in engines]
     worst = 0.0
     for t in range(steps):
-        (a, states[0]), (b, states[1]) = (e.step(tokens[t], s) for e, s in zip(engines, states))
+        (a, states[0]), (b, states[1]) = (e.step(tokens[t], s) for e, s in zip(engines, states, strict=True))
         worst = max(worst, float((a - b).abs().max()))
     return {"fused_cell_used": engines[0].fused_cell, "logits_max_abs_diff": worst, "steps": steps}
 
@@ -123,7 +123,7 @@ def block_difference(sampler: Sampler, capture: bool) -> dict:
         "tokens_equal": ta == tb,
         "logits_bitwise_equal": torch.equal(la, lb),
         "logits_max_abs_diff": float((la - lb).abs().max()),
-        "state_bitwise_equal": all(torch.equal(x, y) for x, y in zip(sa, sb)),
+        "state_bitwise_equal": all(torch.equal(x, y) for x, y in zip(sa, sb, strict=True)),
     }
 
 

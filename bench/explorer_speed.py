@@ -175,7 +175,7 @@ def main() -> None:
         features._syntax_labels.cache_clear()
         seconds, f_now = timed(lambda: [compute_feature(name, text, "python") for name in FEATURES])
         times["features now"].append(seconds)
-        assert all(np.array_equal(a, b) for a, b in zip(f_before, f_now)), "the features must not change"
+        assert all(np.array_equal(a, b) for a, b in zip(f_before, f_now, strict=True)), "the features must not change"
         with torch_threads(1):
             seconds, (h, c) = timed(lambda: trace_before(tracer, tokens[1:]))
             times["trace loop before"].append(seconds)

@@ -138,7 +138,7 @@ def shipped_model(args) -> None:
         (u.layer, u.neuron, u.signal, round(u.score, 3)) for u in new
     ]
     print(f"   top 10 the same, scores to three decimals: {same}")
-    for a, b in zip(old[:5], new[:5]):
+    for a, b in zip(old[:5], new[:5], strict=True):
         print(
             f"     {a.layer}:{a.neuron} {a.signal} {a.score:+.4f}   |   {b.layer}:{b.neuron} {b.signal} {b.score:+.4f}"
         )

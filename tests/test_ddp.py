@@ -80,7 +80,10 @@ def test_two_process_gloo_run_matches_one_process(tiny_dataset, tmp_path):
     single = tmp_path / "single"
     options = {"data": str(tiny_dataset.path), "out": str(single), "device": "cpu", "threads": 1, "precision": "fp32"}
     options.update(
-        {a[2:].replace("-", "_"): float(b) if "." in b or "e" in b else int(b) for a, b in zip(ARGS[::2], ARGS[1::2])}
+        {
+            a[2:].replace("-", "_"): float(b) if "." in b or "e" in b else int(b)
+            for a, b in zip(ARGS[::2], ARGS[1::2], strict=True)
+        }
     )
     train(options)
     reference = load_checkpoint(single / "latest.pt")["model"]

@@ -108,7 +108,9 @@ def test_export_for_inference_drops_resume_state(tmp_path, tiny_checkpoint):
     assert "optimizer" not in reloaded and "rng" not in reloaded and set(slim) <= set(reloaded)
     model, _ = model_from_checkpoint(reloaded)
     original, _ = model_from_checkpoint(payload)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values(), strict=True)
+    )
 
 
 def test_written_files_get_the_mode_open_would_give(tmp_path, tiny_dataset):

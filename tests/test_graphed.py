@@ -101,7 +101,7 @@ def test_a_stop_ends_each_sample_inside_a_block_and_the_rest_is_dropped(lively_c
     assert got == steps_of(eager, **settings)
     assert len(got) == max(at) + 1 and all(got[-1][1])  # over once every sample has stopped
     texts = blocks.sample_texts(SampleSettings(**settings))
-    assert texts == [text[: i + 1] for text, i in zip(free, at)]  # each cut right after its stop
+    assert texts == [text[: i + 1] for text, i in zip(free, at, strict=True)]  # each cut right after its stop
 
 
 def test_one_launch_is_k_eager_steps_and_the_next_carries_on(lively_checkpoint):
@@ -129,7 +129,9 @@ def test_one_launch_is_k_eager_steps_and_the_next_carries_on(lively_checkpoint):
         logits, state = engine.step(tokens, state)
     assert drawn == expected
     assert torch.equal(blocks.logits, logits)
-    assert all(torch.equal(a, b) for la, lb in zip(blocks.state, state) for a, b in zip(la, lb))
+    assert all(
+        torch.equal(a, b) for la, lb in zip(blocks.state, state, strict=True) for a, b in zip(la, lb, strict=True)
+    )
 
 
 def test_noise_fill_is_the_noise_at_each_step_and_reads_in_order():
@@ -157,9 +159,9 @@ def test_block_buffers_are_reused_and_two_live_generations_do_not_share_them(liv
     # Interleaved: two generations at once, each must keep its own buffers.
     a, b = blocks.generate(settings), blocks.generate(SampleSettings(seed=22, length=70, num_samples=2))
     texts_a, texts_b = [""] * 2, [""] * 2
-    for (ca, _), (cb, _) in zip(a, b):
-        texts_a = [t + c for t, c in zip(texts_a, ca)]
-        texts_b = [t + c for t, c in zip(texts_b, cb)]
+    for (ca, _), (cb, _) in zip(a, b, strict=True):
+        texts_a = [t + c for t, c in zip(texts_a, ca, strict=True)]
+        texts_b = [t + c for t, c in zip(texts_b, cb, strict=True)]
     assert texts_a == first == eager.sample_texts(settings)
     assert texts_b == eager.sample_texts(SampleSettings(seed=22, length=70, num_samples=2))
     blocks.sample_texts(SampleSettings(seed=1, length=40, top_k=3))  # another rule: new buffers

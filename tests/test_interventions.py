@@ -90,7 +90,10 @@ def test_no_intervention_is_the_engine_as_it_was(kind):
         plain_logits, plain_state = engine.step(pair, state)
         logits, state = engine.step(pair, state, per_stream)
         assert torch.equal(logits[0], plain_logits[0])
-        state = [tuple(torch.stack([p[0], s[1]]) for p, s in zip(pl, st)) for pl, st in zip(plain_state, state)]
+        state = [
+            tuple(torch.stack([p[0], s[1]]) for p, s in zip(pl, st, strict=True))
+            for pl, st in zip(plain_state, state, strict=True)
+        ]
     assert not torch.equal(logits[1], plain_logits[1])
 
 
@@ -298,7 +301,7 @@ def test_character_classes_partition_the_text():
     classes = character_classes(text, "python")
     lead = leading_whitespace(text)
     assert lead.sum() == 12 and all(text[t] == " " for t in np.flatnonzero(lead))
-    by = {name: "".join(ch for ch, k in zip(text, classes) if CLASSES[k] == name) for name in CLASSES}
+    by = {name: "".join(ch for ch, k in zip(text, classes, strict=True) if CLASSES[k] == name) for name in CLASSES}
     assert by["indentation"] == " " * 12
     assert by["string"] == '"""Doc\nmore."""'
     assert by["comment"] == "# done"

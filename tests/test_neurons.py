@@ -105,7 +105,7 @@ def test_ranking_finds_planted_units_and_skips_constant_ones():
     assert (ranked[1].layer, ranked[1].neuron, ranked[1].signal) == (1, 2, "cell")
     assert ranked[1].score < -0.99
     assert len(ranked) == 2 * 2 * 8 - 1 and not any(np.isnan(u.score) for u in ranked)
-    assert all(abs(a.score) >= abs(b.score) for a, b in zip(ranked, ranked[1:]))
+    assert all(abs(a.score) >= abs(b.score) for a, b in zip(ranked, ranked[1:], strict=False))
     assert neurons.rank_units({"hidden": hidden, "cell": cell}, feature, top=3) == ranked[:3]
     as_dict = ranked[0].to_dict()
     assert as_dict == {"layer": 2, "neuron": 5, "signal": "hidden", "score": pytest.approx(1.0, abs=1e-5)}

@@ -101,7 +101,7 @@ def test_a_stop_text_ends_each_sample_of_a_batch_on_its_own(lively_checkpoint):
     full = sampler.sample_texts(SampleSettings(**base))
     stop = full[0][10:12]  # a text the first sample is known to generate
     stopped = sampler.sample_texts(SampleSettings(stop=stop, **base))
-    for whole, cut in zip(full, stopped):
+    for whole, cut in zip(full, stopped, strict=True):
         at = whole.find(stop)
         if at >= 0:  # each sample ends right after its own first occurrence of the stop text
             assert cut == whole[: at + len(stop)]

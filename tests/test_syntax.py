@@ -204,7 +204,7 @@ def test_the_mask_is_additive_and_never_forbids_every_character():
     lexer = fed(PythonLexer(), "(")
     mask = LexicalMask(vocab.symbols, lexer, torch.device("cpu"))
     row = mask.rows_for([lexer])[0]
-    allowed = {s for s, v in zip(vocab.symbols, row.tolist()) if v == 0}
+    allowed = {s for s, v in zip(vocab.symbols, row.tolist(), strict=True) if v == 0}
     assert allowed == {")", "a", "\n"} and row[vocab.index[UNK]] == float("-inf")
     only_closers = Vocab([*SPECIALS, "]"])
     lexer = fed(PythonLexer(), "(")
@@ -273,7 +273,11 @@ def test_rollback_restores_the_exact_state_of_its_row(lively_checkpoint):
         logits, state = engine.step(torch.tensor([sampler.vocab.index[t]] * 2), state)
     restore_snapshot(1, saved, state, logits)
     assert torch.equal(logits[1], saved.logits)
-    assert all(torch.equal(s[1], r) for layer, rows in zip(state, saved.state) for s, r in zip(layer, rows))
+    assert all(
+        torch.equal(s[1], r)
+        for layer, rows in zip(state, saved.state, strict=True)
+        for s, r in zip(layer, rows, strict=True)
+    )
     assert not torch.equal(logits[0], saved.logits)  # the other row went on
 
 

@@ -50,7 +50,7 @@ def test_a_run_of_known_length_holds_the_peak_then_decays_over_its_last_fifth():
     assert schedule["from_step"] == 400
     lrs = [lr_at(s, 1.0, schedule["warmup"], 500, 0.1, schedule["from_step"]) for s in range(520)]
     assert lrs[0] == pytest.approx(1 / 20) and all(lr == 1.0 for lr in lrs[19:401])  # warm-up, then held
-    assert all(a > b for a, b in zip(lrs[400:500], lrs[401:501]))  # decays every step of the last fifth
+    assert all(a > b for a, b in zip(lrs[400:500], lrs[401:501], strict=True))  # decays every step of the last fifth
     assert lrs[500] == pytest.approx(0.1) and lrs[519] == pytest.approx(0.1)
     # decay_fraction 1 is the former schedule: cosine over everything after warm-up.
     old = new_schedule(20, 500, decay_fraction=1.0)

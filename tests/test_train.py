@@ -91,7 +91,7 @@ def test_lanes_split_by_rank_cover_the_batch():
 def test_schedule_warms_up_then_decays_to_the_floor():
     lrs = [lr_at(s, 1.0, warmup=10, total=100, min_ratio=0.1) for s in range(120)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
     assert lrs[100] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
     assert lr_at(500, 1.0, warmup=10, total=None, min_ratio=0.1) == 1.0  # length unknown: constant
 

@@ -146,8 +146,8 @@ def _surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, in
     out = {
         "bits": [round(float(b), 3) for b in bits],
         "top": [
-            [[symbols[i], round(float(p), 3)] for i, p in zip(ids, probs)]
-            for ids, probs in zip(top_ids.tolist(), top_probs.tolist())
+            [[symbols[i], round(float(p), 3)] for i, p in zip(ids, probs, strict=True)]
+            for ids, probs in zip(top_ids.tolist(), top_probs.tolist(), strict=True)
         ],
     }
     if ablate:

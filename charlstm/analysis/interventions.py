@@ -270,5 +270,5 @@ def causal_effects(inspection, text: str, feature: str, units, controls: int = C
         ablation_study, engine, inspection.vocab, text, [[t] for t in targets], inspection.language, controls, seed, own
     )
     report["feature"] = feature
-    report["by_unit"] = {t: a for t, a in zip(targets, report["ablations"])}
+    report["by_unit"] = {t: a for t, a in zip(targets, report["ablations"], strict=True)}
     return report

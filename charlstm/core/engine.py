@@ -75,7 +75,8 @@ class Clamps:
 
 def _store(out: dict, layer: int, names: tuple[str, ...], rows: list[tuple]) -> None:
     """Stack per-step tensors once per layer (cheaper than one copy per step and signal)."""
-    for name, column in zip(names, zip(*rows)):
+    # No rows (a trace of no steps): nothing to store, where strict=True would raise.
+    for name, column in zip(names, zip(*rows, strict=True), strict=False):
         out[name][layer] = torch.stack(column).float()
 
 
@@ -246,7 +247,7 @@ class StepEngine:
         hidden] and the next state. Scoring many steps can then run `head` on a block of them at once."""
         x = self.embedding[tokens]
         new_state = []
-        for k, (proj, s) in enumerate(zip(self._step_projections, state)):
+        for k, (proj, s) in enumerate(zip(self._step_projections, state, strict=True)):
             fix = clamps.layers[k] if clamps is not None else None
             if self.fused_cell and fix is None:
                 w = self.weights[k]  # the transposed copies, transposed back: views, no copies
@@ -301,7 +302,7 @@ class StepEngine:
             for s in self.signals
         }
         x_seq = self.embedding[tokens]  # [T, in]
-        for k, (w, s) in enumerate(zip(self.weights, state)):
+        for k, (w, s) in enumerate(zip(self.weights, state, strict=True)):
             h = s[0][0]
             add_recurrent = self._recurrent_adder(k)
             fix = clamps.layers[k] if clamps is not None else None

@@ -112,7 +112,7 @@ def fused_trace(engine, tokens: torch.Tensor, state: list) -> dict[str, torch.Te
     shape = (engine.layers, *tokens.shape, engine.hidden)
     out = {s: torch.empty(shape, dtype=torch.float32, device=engine.device) for s in engine.signals}
     x = engine.embedding[tokens]  # [T, B, in]
-    for k, (module, w, s) in enumerate(zip(engine._fused_layers, engine.weights, state)):
+    for k, (module, w, s) in enumerate(zip(engine._fused_layers, engine.weights, state, strict=True)):
         if engine.kind == "lstm":
             x = _lstm_layer(module, w, x, s, out, k)
         elif engine.kind == "gru":

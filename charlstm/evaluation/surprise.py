@@ -139,7 +139,7 @@ class MostSurprising:
 
 def guesses(symbols, ids, probs, digits: int = 4) -> list[list]:
     """The model's top guesses at one character: [[symbol, probability], ...]."""
-    return [[symbols[i], round(p, digits)] for i, p in zip(ids.tolist(), probs.tolist())]
+    return [[symbols[i], round(p, digits)] for i, p in zip(ids.tolist(), probs.tolist(), strict=True)]
 
 
 class SurprisePage:

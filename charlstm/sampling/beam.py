@@ -87,7 +87,9 @@ def beam_search(sampler, prime: str, width: int, length: int, stop: str | None =
     for t in range(length):
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # [beams, vocab]
         parents, chars, scores = best_extensions(log_probs, [b.log_prob for b in live], width)
-        candidates = [Beam(live[p].tokens + [c], score, t + 1) for p, c, score in zip(parents, chars, scores)]
+        candidates = [
+            Beam(live[p].tokens + [c], score, t + 1) for p, c, score in zip(parents, chars, scores, strict=True)
+        ]
         keep = []
         for k, beam in enumerate(candidates):
             if stop_ids is not None and (settled_tail + beam.tokens)[-len(stop_ids) :] == stop_ids:

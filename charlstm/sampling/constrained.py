@@ -67,7 +67,7 @@ def constrained_steps(
         # In place: the engine returns fresh logits each step, and nothing else reads these.
         tokens = rule.choose(logits.add_(mask.rows_for(lexers)), None if noise is None else noise.at(t))
         chars = progress.advance(tokens.tolist())
-        for lx, ch in zip(lexers, chars):
+        for lx, ch in zip(lexers, chars, strict=True):
             if ch:
                 lx.feed(ch)
         t += 1
@@ -277,7 +277,7 @@ def _resume_point(b: int, keeper: _UnitKeeper, end: int, state, logits) -> _Snap
 
 
 def restore_snapshot(b: int, snap: _Snapshot, state, logits) -> None:
-    for layer, saved in zip(state, snap.state):
-        for tensor, row in zip(layer, saved):
+    for layer, saved in zip(state, snap.state, strict=True):
+        for tensor, row in zip(layer, saved, strict=True):
             tensor[b].copy_(row)
     logits[b].copy_(snap.logits)

@@ -411,7 +411,7 @@ class Sampler:
         """Every sample's full text (prime included), without streaming."""
         texts = [[settings.prime] for _ in range(settings.num_samples)]
         for chars, *_ in self.generate(settings):
-            for parts, ch in zip(texts, chars):
+            for parts, ch in zip(texts, chars, strict=True):
                 parts.append(ch)
         return ["".join(parts) for parts in texts]
 

@@ -82,7 +82,7 @@ def _python_units(text: str) -> list[tuple[int, int, bool]]:
             lexer = PythonLexer()  # the open brackets were the last unit's mistake
             lexer.position = at + 1
     ends = [*starts[1:], len(text)]
-    return [(s, e, False) for s, e in zip(starts, ends)]
+    return [(s, e, False) for s, e in zip(starts, ends, strict=True)]
 
 
 def _brace_units(text: str, language: str, prime: str) -> list[tuple[int, int, bool]]:

@@ -58,7 +58,7 @@ def draw_curves(
             points = run[key]
             if not points:
                 continue
-            xs, ys = zip(*points)
+            xs, ys = zip(*points, strict=True)
             signal = fig.signal(list(xs), list(ys), marker=plt.marker(symbol, pixel=plt.pixel(foreground=colour)))
             signal.label(f"{run['name']} {what}")
             if len(points) > 1:
@@ -108,10 +108,17 @@ def draw_picture(series: list[dict], x: str = "steps", title: str = "bits per ch
     for i, run in enumerate(series):
         colour = PICTURE_COLOURS[i % len(PICTURE_COLOURS)]
         if run["train"]:
-            ax.plot(*zip(*run["train"]), color=colour, linewidth=1, alpha=0.65, label=f"{run['name']} train")
+            ax.plot(
+                *zip(*run["train"], strict=True), color=colour, linewidth=1, alpha=0.65, label=f"{run['name']} train"
+            )
         if run["val"]:
             ax.plot(
-                *zip(*run["val"]), color=colour, linewidth=2.2, marker="o", markersize=4, label=f"{run['name']} val"
+                *zip(*run["val"], strict=True),
+                color=colour,
+                linewidth=2.2,
+                marker="o",
+                markersize=4,
+                label=f"{run['name']} val",
             )
     ax.set_title(title)
     ax.set_xlabel(X_LABELS[x])

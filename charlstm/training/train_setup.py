@@ -126,7 +126,7 @@ def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:
     source = load_init_source(given["init_from"])
     check_shape_options(given, source)
     mc = source.model_config
-    shape = dict(zip(SHAPE_OPTIONS, (mc.kind, mc.layers, mc.hidden, mc.embed)))
+    shape = dict(zip(SHAPE_OPTIONS, (mc.kind, mc.layers, mc.hidden, mc.embed), strict=True))
     # Dropout stays the source model's: one trained without it fine-tunes worse with it (measured on
     # rich's source, 150 steps from the shipped model: 1.418 bpc without, 1.569 with 0.2).
     defaults = {

@@ -39,7 +39,8 @@ class ColouredText:
         from .render import append_on_colour
 
         piece = Text()
-        for ch, b in zip(self.text[self.start : end], self.bits):
+        # strict=False: a piece cut at a newline ends before the characters scored so far do.
+        for ch, b in zip(self.text[self.start : end], self.bits, strict=False):
             append_on_colour(piece, ch, colour_of_bits(b))
         self.out.print(piece, end="")
         del self.bits[: end - self.start]
