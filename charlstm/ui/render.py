@@ -208,7 +208,7 @@ def ingest_table(report: dict):
     from rich.markup import escape
     from rich.table import Table
 
-    from charlstm.errors import shown_path
+    from ..core.errors import shown_path
 
     table = Table(title=f"dataset {escape(shown_path(report['path']))}", show_header=False, title_justify="left")
     table.add_column(style="bold")
