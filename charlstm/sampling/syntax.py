@@ -82,7 +82,8 @@ def _python_units(text: str) -> list[tuple[int, int, bool]]:
             lexer = PythonLexer()  # the open brackets were the last unit's mistake
             lexer.position = at + 1
     ends = [*starts[1:], len(text)]
-    return [(s, e, False) for s, e in zip(starts, ends, strict=True)]
+    # strict=False: with no unit head, `ends` still holds the text's end, and there is no unit.
+    return [(s, e, False) for s, e in zip(starts, ends, strict=False)]
 
 
 def _brace_units(text: str, language: str, prime: str) -> list[tuple[int, int, bool]]:
