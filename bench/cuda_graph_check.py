@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charlstm.core.backend import sampling_device  # noqa: E402
 from charlstm.core.checkpoint import PRETRAINED_RUN, open_model  # noqa: E402
-from charlstm.sampling.draw import DrawRule, GumbelNoise  # noqa: E402
 from charlstm.core.engine import StepEngine  # noqa: E402
+from charlstm.sampling.draw import DrawRule, GumbelNoise  # noqa: E402
 from charlstm.sampling.graphed import GRAPH_STEPS, BlockSteps  # noqa: E402
 from charlstm.sampling.sample import Sampler, SampleSettings  # noqa: E402
 
@@ -62,13 +62,15 @@ def run_steps(sampler: Sampler, settings: dict) -> list:
 
 
 def first_difference(a: list, b: list) -> dict:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):  # runs of different lengths: reported below
         if x != y:
             return {"step": i, "eager": x, "graphed": y}
     return {"step": min(len(a), len(b)), "eager_steps": len(a), "graphed_steps": len(b)}
 
 
-def compare_cases(eager: Sampler, graphed: Sampler, cases: list[dict], expect_path: str, label: str = "") -> tuple[int, list]:
+def compare_cases(
+    eager: Sampler, graphed: Sampler, cases: list[dict], expect_path: str, label: str = ""
+) -> tuple[int, list]:
     mismatches = []
     for settings in cases:
         a, b = run_steps(eager, settings), run_steps(graphed, settings)
@@ -89,7 +91,7 @@ def fused_cell_difference(sampler: Sampler, steps: int = 500) -> dict:
     states = [e.init_state(4) for e in engines]
     worst = 0.0
     for t in range(steps):
-        (a, states[0]), (b, states[1]) = (e.step(tokens[t], s) for e, s in zip(engines, states))
+        (a, states[0]), (b, states[1]) = (e.step(tokens[t], s) for e, s in zip(engines, states, strict=True))
         worst = max(worst, float((a - b).abs().max()))
     return {"fused_cell_used": engines[0].fused_cell, "logits_max_abs_diff": worst, "steps": steps}
 
@@ -100,12 +102,16 @@ def block_difference(sampler: Sampler, capture: bool) -> dict:
     engine, batch, rule = sampler.engine, 4, DrawRule(0.9, top_k=40, top_p=0.95)
     gen = torch.Generator(device=sampler.device).manual_seed(0)
     logits = torch.randn(1, engine.vocab_size, generator=gen, device=sampler.device)
-    state = [tuple(torch.randn(1, engine.hidden, generator=gen, device=sampler.device).to(engine.dtype) for _ in layer)
-             for layer in engine.init_state(1)]  # fmt: skip
+    state = [
+        tuple(torch.randn(1, engine.hidden, generator=gen, device=sampler.device).to(engine.dtype) for _ in layer)
+        for layer in engine.init_state(1)
+    ]
     results = []
     for captured in (capture, False):
         blocks = BlockSteps(engine, batch, rule, GRAPH_STEPS, capture=captured)
-        noise = GumbelNoise(torch.Generator(device=sampler.device).manual_seed(1), batch, engine.vocab_size, sampler.device)
+        noise = GumbelNoise(
+            torch.Generator(device=sampler.device).manual_seed(1), batch, engine.vocab_size, sampler.device
+        )
         blocks.load(logits, state)
         tokens = []
         for first in (0, GRAPH_STEPS):
@@ -117,7 +123,7 @@ def block_difference(sampler: Sampler, capture: bool) -> dict:
         "tokens_equal": ta == tb,
         "logits_bitwise_equal": torch.equal(la, lb),
         "logits_max_abs_diff": float((la - lb).abs().max()),
-        "state_bitwise_equal": all(torch.equal(x, y) for x, y in zip(sa, sb)),
+        "state_bitwise_equal": all(torch.equal(x, y) for x, y in zip(sa, sb, strict=True)),
     }
 
 
@@ -140,7 +146,10 @@ def timings(eager: Sampler, graphed: Sampler, cpu: bool) -> dict:
     # The fused LSTM cell (torch.lstm_cell) that CUDA steps with by default, against the unfused math.
     plain = Sampler(graphed.model, graphed.vocab, graphed.device, "fp32", graphs=graphed.graphs, fused_cell=False)
     unfused = speed(plain, 1, 300 if cpu else 3000)
-    out["batch1_unfused_cell"] = {"graphed_chars_per_s": unfused, "fused_vs_unfused": round(out["batch1"]["graphed_chars_per_s"] / unfused, 2)}
+    out["batch1_unfused_cell"] = {
+        "graphed_chars_per_s": unfused,
+        "fused_vs_unfused": round(out["batch1"]["graphed_chars_per_s"] / unfused, 2),
+    }
     say(f"batch 1, graphed with the unfused cell: {unfused:,} chars/s")
     start = time.perf_counter()
     with torch.inference_mode():
@@ -151,7 +160,9 @@ def timings(eager: Sampler, graphed: Sampler, cpu: bool) -> dict:
 
 def check(checkpoint: str | Path, device: torch.device, quick: bool = False) -> dict:
     cpu = device.type != "cuda"
-    cases, fp16_case = (CASES, FP16_CASE) if not quick else ([dict(c, length=40) for c in CASES[:3]], dict(FP16_CASE, length=40))
+    cases, fp16_case = (
+        (CASES, FP16_CASE) if not quick else ([dict(c, length=40) for c in CASES[:3]], dict(FP16_CASE, length=40))
+    )
     mode, expect = ("blocks", "blocks") if cpu else ("capture", "graphed")
     opened = open_model(checkpoint, device)
     model, vocab = opened.model, opened.vocab
@@ -186,9 +197,15 @@ def check(checkpoint: str | Path, device: torch.device, quick: bool = False) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default=str(PRETRAINED_RUN), help="checkpoint file or run folder (default: the shipped model)")
+    parser.add_argument(
+        "--checkpoint", default=str(PRETRAINED_RUN), help="checkpoint file or run folder (default: the shipped model)"
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--quick", action="store_true", help="three cases of 40 steps and the block check, no timings: a CPU's proof that the script runs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="three cases of 40 steps and the block check, no timings: a CPU's proof that the script runs",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     device = sampling_device(args.device)

@@ -36,8 +36,9 @@ TRACE_TOLERANCE = 1e-3  # float32 on both sides; anything near this means TF32 o
 
 def charlstm(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
     t = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "charlstm", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "charlstm", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
     return done, round(time.perf_counter() - t, 2)
 
 
@@ -63,8 +64,10 @@ def check_trace(checkpoint: str, device: str) -> dict:
 
 def check_inspect(checkpoint: str, device: str) -> dict:
     results = {}
-    for name, args in {"find_indent": ["--find", "indent", "--from-val", "3000"],
-                       "ablate": ["--ablate", "1:5", "--from-val", "3000"]}.items():  # fmt: skip
+    for name, args in {
+        "find_indent": ["--find", "indent", "--from-val", "3000"],
+        "ablate": ["--ablate", "1:5", "--from-val", "3000"],
+    }.items():
         ours, t_ours = charlstm("inspect-neuron", checkpoint, *args, "--json", "--device", device)
         cpu, t_cpu = charlstm("inspect-neuron", checkpoint, *args, "--json", "--device", "cpu", "--exact")
         results[name] = {"device": as_json(ours), "cpu": as_json(cpu), "seconds": {"device": t_ours, "cpu": t_cpu}}
@@ -72,8 +75,12 @@ def check_inspect(checkpoint: str, device: str) -> dict:
     same_top = top(results["find_indent"]["device"]) == top(results["find_indent"]["cpu"])
     delta = lambda r: r["ablations"][0]["delta"]["all"]  # noqa: E731
     ablate_diff = abs(delta(results["ablate"]["device"]) - delta(results["ablate"]["cpu"]))
-    return {"ok": same_top and ablate_diff < 1e-3, "same_top_units": same_top, "ablate_delta_bpc_diff": ablate_diff,
-            "seconds": {k: v["seconds"] for k, v in results.items()}}  # fmt: skip
+    return {
+        "ok": same_top and ablate_diff < 1e-3,
+        "same_top_units": same_top,
+        "ablate_delta_bpc_diff": ablate_diff,
+        "seconds": {k: v["seconds"] for k, v in results.items()},
+    }
 
 
 def check_experiment(device: str, scratch: str) -> dict:
@@ -81,8 +88,14 @@ def check_experiment(device: str, scratch: str) -> dict:
     ours, t_ours = charlstm(*args, "--device", device, "--out-dir", f"{scratch}/device", timeout=300)
     cpu, t_cpu = charlstm(*args, "--device", "cpu", "--out-dir", f"{scratch}/cpu", timeout=300)
     a, c = as_json(ours), as_json(cpu)
-    strip = lambda r: json.dumps({k: v for k, v in r.items() if k not in ("train_seconds", "device", "seconds", "run")},  # noqa: E731
-                                 sort_keys=True, default=str)  # fmt: skip
+
+    def strip(r: dict) -> str:
+        return json.dumps(
+            {k: v for k, v in r.items() if k not in ("train_seconds", "device", "seconds", "run")},
+            sort_keys=True,
+            default=str,
+        )
+
     # Both ran and reported; equal results are reported, not required (GPU kernels need not match the CPU's bits).
     return {"ok": True, "same_as_cpu": strip(a) == strip(c), "seconds": {"device": t_ours, "cpu": t_cpu}}
 
@@ -92,8 +105,12 @@ def check_crossing(model: str) -> dict:
     excerpt = Path(model) / "val-excerpt.txt" if Path(model).is_dir() else Path(model).parent / "val-excerpt.txt"
     score, t_eval = charlstm("eval", model, "--text-file", str(excerpt), "--device", "cpu", "--json", timeout=300)
     ok = sample.returncode == 0 and score.returncode == 0
-    return {"ok": ok, "sample_chars": len(sample.stdout), "eval": as_json(score) if ok else score.stderr[-300:],
-            "seconds": {"sample": t_sample, "eval": t_eval}}  # fmt: skip
+    return {
+        "ok": ok,
+        "sample_chars": len(sample.stdout),
+        "eval": as_json(score) if ok else score.stderr[-300:],
+        "seconds": {"sample": t_sample, "eval": t_eval},
+    }
 
 
 def main() -> None:
@@ -108,9 +125,11 @@ def main() -> None:
     start = time.monotonic()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     scratch = tempfile.TemporaryDirectory(prefix="device_check-")
-    checks = {"trace": lambda: check_trace(args.checkpoint, device),
-              "inspect": lambda: check_inspect(args.checkpoint, device),
-              "experiment": lambda: check_experiment(device, scratch.name)}  # fmt: skip
+    checks = {
+        "trace": lambda: check_trace(args.checkpoint, device),
+        "inspect": lambda: check_inspect(args.checkpoint, device),
+        "experiment": lambda: check_experiment(device, scratch.name),
+    }
     if args.gpu_model:
         checks["crossing"] = lambda: check_crossing(args.gpu_model)
     record = {"device": device}

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 import charlstm.analysis.features as features
-from charlstm.core.backend import torch_threads
-from charlstm.core.engine import StepEngine
 from charlstm.analysis.explorer import write_explorer
 from charlstm.analysis.features import FEATURES, compute_feature
 from charlstm.analysis.interventions import bits_with_interventions
-from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.analysis.neurons import Inspection, trace_weights
+from charlstm.core.backend import torch_threads
+from charlstm.core.engine import StepEngine
+from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.core.units import ablation
 from charlstm.core.vocab import Vocab
 
@@ -66,10 +66,12 @@ def features_before(text: str) -> list[np.ndarray]:
         if name in ("string", "comment", "brackets"):
             labels = lex(text, "python")
             out.append(
-                (labels == features.STRING).astype(np.float32) if name == "string"
-                else (labels == features.COMMENT).astype(np.float32) if name == "comment"
+                (labels == features.STRING).astype(np.float32)
+                if name == "string"
+                else (labels == features.COMMENT).astype(np.float32)
+                if name == "comment"
                 else _brackets_before(text, labels)
-            )  # fmt: skip
+            )
         else:
             out.append(_layout_before(name, text))
     return out
@@ -99,7 +101,8 @@ def _layout_before(name: str, text: str) -> np.ndarray:
 
 
 def _brackets_before(text: str, labels: np.ndarray) -> np.ndarray:
-    from charlstm.analysis.features import CLOSE, CODE as IN_CODE, DOC_SEP, OPEN
+    from charlstm.analysis.features import CLOSE, DOC_SEP, OPEN
+    from charlstm.analysis.features import CODE as IN_CODE
 
     out = np.zeros(len(text), dtype=np.float32)
     depth = 0
@@ -172,11 +175,13 @@ def main() -> None:
         features._syntax_labels.cache_clear()
         seconds, f_now = timed(lambda: [compute_feature(name, text, "python") for name in FEATURES])
         times["features now"].append(seconds)
-        assert all(np.array_equal(a, b) for a, b in zip(f_before, f_now)), "the features must not change"
+        assert all(np.array_equal(a, b) for a, b in zip(f_before, f_now, strict=True)), "the features must not change"
         with torch_threads(1):
             seconds, (h, c) = timed(lambda: trace_before(tracer, tokens[1:]))
             times["trace loop before"].append(seconds)
-            seconds, trace = timed(lambda: tracer.trace(tokens[1:], fused=False))  # the step loop (bench/trace_speed.py: fused)
+            seconds, trace = timed(
+                lambda: tracer.trace(tokens[1:], fused=False)
+            )  # the step loop (bench/trace_speed.py: fused)
             times["trace loop now"].append(seconds)
         assert torch.equal(h, trace["hidden"]) and torch.equal(c, trace["cell"]), "the trace must not change"
     inspection = Inspection(path=Path("bench"), payload={"dataset": {"language": "python"}}, model=model, vocab=vocab)
@@ -188,11 +193,19 @@ def main() -> None:
     print(f"LSTM {args.layers}×{args.hidden}, {args.chars:,} characters, torch default threads {default_threads}")
     for name, values in times.items():
         print(f"  {name:18s} {best[name]:7.2f} s  (rounds {', '.join(f'{v:.2f}' for v in values)})")
-    print(f"ablation scoring: {best['score before'] / best['score now']:.1f}× faster, same bits within float32 rounding")
+    print(
+        f"ablation scoring: {best['score before'] / best['score now']:.1f}× faster, same bits within float32 rounding"
+    )
     print(f"features:         {best['features before'] / best['features now']:.1f}× faster, same values")
-    print(f"trace loop ({tracer.weight_dtype} weights): {best['trace loop before'] / best['trace loop now']:.2f}× faster, same h and c")
+    print(
+        f"trace loop ({tracer.weight_dtype} weights): "
+        f"{best['trace loop before'] / best['trace loop now']:.2f}× faster, same h and c"
+    )
     saved = sum(best[f"{n} before"] - best[f"{n} now"] for n in names)
-    print(f"whole page now (--html --ablate): {page:.2f} s; before, adding back what these parts saved: ~{page + saved:.2f} s")
+    print(
+        f"whole page now (--html --ablate): {page:.2f} s; "
+        f"before, adding back what these parts saved: ~{page + saved:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,8 @@ def build_dataset(work: Path, cpu: bool) -> tuple[Path, str]:
     if done.returncode == 0:
         return data_dir / "python-stdlib", "charlstm ingest"
     say(f"ingest failed ({done.stderr.strip()[-300:]}); building the dataset from the stdlib directly")
-    from charlstm.corpus.dataset import write_dataset
     from charlstm.core.vocab import Vocab
+    from charlstm.corpus.dataset import write_dataset
 
     budget = 2_000_000 if cpu else 20_000_000
     texts, n = [], 0
@@ -121,15 +121,37 @@ def main() -> None:
         t = time.perf_counter()
         data, how = build_dataset(work, cpu=not cuda)
         meta = json.loads((data / "meta.json").read_text())
-        summary["dataset"] = {"built_by": how, "train_chars": meta["train_chars"], "val_chars": meta["val_chars"],
-                              "vocab_size": len(meta["vocab"]), "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
+        summary["dataset"] = {
+            "built_by": how,
+            "train_chars": meta["train_chars"],
+            "val_chars": meta["val_chars"],
+            "vocab_size": len(meta["vocab"]),
+            "seconds": round(time.perf_counter() - t, 1),
+        }
 
         # Train in each precision.
         for precision in precisions:
             run = work / f"run-{precision}"
-            done = charlstm("train", "--data", str(data), "--out", str(run), *shape, "--steps", str(steps),
-                            "--eval-every", str(steps), "--log-every", "10", "--precision", precision,
-                            "--device", device, "--force", "--json")  # fmt: skip
+            done = charlstm(
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                *shape,
+                "--steps",
+                str(steps),
+                "--eval-every",
+                str(steps),
+                "--log-every",
+                "10",
+                "--precision",
+                precision,
+                "--device",
+                device,
+                "--force",
+                "--json",
+            )
             result = last_json(done.stdout) if done.returncode == 0 else None
             if result is None:
                 summary["runs"][precision] = {"ok": False, "error": done.stderr.strip()[-500:]}
@@ -164,16 +186,25 @@ def main() -> None:
             done = charlstm("train", "--out", str(run), "--resume", "--steps", str(steps + 20), "--json")
             resumed = last_json(done.stdout) if done.returncode == 0 else None
             ok = resumed is not None and resumed["steps"] == steps + 20
-            summary["resume"] = {"ok": ok, "from_step": steps, "to_step": resumed and resumed["steps"],
-                                 "val_bpc": resumed and resumed["val_bpc"], "error": None if ok else done.stderr.strip()[-500:]}  # fmt: skip
+            summary["resume"] = {
+                "ok": ok,
+                "from_step": steps,
+                "to_step": resumed and resumed["steps"],
+                "val_bpc": resumed and resumed["val_bpc"],
+                "error": None if ok else done.stderr.strip()[-500:],
+            }
             checks["resume"] = ok
 
             done = charlstm("eval", str(run / "latest.pt"), "--json")
             scored = last_json(done.stdout) if done.returncode == 0 else None
             agrees = scored is not None and resumed is not None and abs(scored["bpc"] - resumed["val_bpc"]) < 2e-3
-            summary["eval"] = {"ok": agrees, "bpc": scored and scored["bpc"], "chars": scored and scored["chars"],
-                               "chars_per_sec": scored and scored.get("chars_per_sec"),
-                               "error": None if scored else done.stderr.strip()[-500:]}  # fmt: skip
+            summary["eval"] = {
+                "ok": agrees,
+                "bpc": scored and scored["bpc"],
+                "chars": scored and scored["chars"],
+                "chars_per_sec": scored and scored.get("chars_per_sec"),
+                "error": None if scored else done.stderr.strip()[-500:],
+            }
             checks["eval"] = agrees
 
             done = charlstm("sample", str(run), "--length", "300", "--seed", "1", "--temperature", "0.8", "--no-color")

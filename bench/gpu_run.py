@@ -142,8 +142,9 @@ class Session:
         timeout = max(min(timeout, self.left() + HARD_GRACE_S), 1)
         say(f"$ {shown}  (at most {timeout:.0f} s)")
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        with subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                              **OWN_GROUP) as proc:  # fmt: skip
+        with subprocess.Popen(
+            argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **OWN_GROUP
+        ) as proc:
             try:
                 stdout, stderr = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -153,14 +154,23 @@ class Session:
                     pass
                 stdout, stderr = proc.communicate()
                 self._log(log, shown, stdout, stderr, "timeout")
-                raise StageError(f"{command_name(argv)} ran past {timeout:.0f} s and was stopped", last_json(stdout or "")) from None
+                raise StageError(
+                    f"{command_name(argv)} ran past {timeout:.0f} s and was stopped", last_json(stdout or "")
+                ) from None
         self._log(log, shown, stdout, stderr, proc.returncode)
         return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
     def _log(self, log: str, shown: str, stdout, stderr, rc) -> None:
-        tail = lambda s: s if len(s) <= LOG_TAIL_CHARS else f"[… {len(s) - LOG_TAIL_CHARS} characters left out]" + s[-LOG_TAIL_CHARS:]  # noqa: E731
+        def tail(s: str) -> str:
+            if len(s) <= LOG_TAIL_CHARS:
+                return s
+            return f"[… {len(s) - LOG_TAIL_CHARS} characters left out]" + s[-LOG_TAIL_CHARS:]
+
         with open(self.out / "commands.log", "a", encoding="utf-8") as f:
-            f.write(f"===== {log}\n$ {shown}\n[exit {rc}]\n--- stdout\n{tail(stdout or '')}\n--- stderr\n{tail(stderr or '')}\n")
+            f.write(
+                f"===== {log}\n$ {shown}\n[exit {rc}]\n"
+                f"--- stdout\n{tail(stdout or '')}\n--- stderr\n{tail(stderr or '')}\n"
+            )
 
     def save(self) -> None:
         """OUT/gpu_run.json as it stands (after every stage; the final one adds the totals)."""
@@ -173,8 +183,11 @@ class Session:
         """Run one stage guarded: skipped when under `need_s` seconds are left, any error recorded."""
         t = time.monotonic()
         if self.left() - self.reserve < need_s:
-            result = {"status": "skipped", "reason": f"deadline: {self.left():.0f} s left ({self.reserve:.0f} kept "
-                                                      f"for later stages), the stage needs {need_s:.0f}"}  # fmt: skip
+            result = {
+                "status": "skipped",
+                "reason": f"deadline: {self.left():.0f} s left ({self.reserve:.0f} kept "
+                f"for later stages), the stage needs {need_s:.0f}",
+            }
         else:
             say(f"stage {name} ({self.left():.0f} s left)")
             try:
@@ -203,7 +216,11 @@ def stage_env(s: Session, device: str) -> dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "bf16_supported": torch.cuda.is_bf16_supported() if cuda else None,
-        "auto_precision_3x512_batch256": {"precision": chosen.name, "rnn_dtype": chosen.rnn_dtype, "reason": chosen.reason},
+        "auto_precision_3x512_batch256": {
+            "precision": chosen.name,
+            "rnn_dtype": chosen.rnn_dtype,
+            "reason": chosen.reason,
+        },
     }
 
 
@@ -215,7 +232,9 @@ def stage_graph_check(s: Session, device: str) -> dict:
     done = s.run("graph_check", [sys.executable, str(script), *quick], timeout=s.budget(60 if device == "cuda" else 30))
     result = last_json(done.stdout)
     if done.returncode != 0:
-        raise StageError(f"exit {done.returncode}: {json.dumps(result) if result else one_line(done.stderr or done.stdout)}")
+        raise StageError(
+            f"exit {done.returncode}: {json.dumps(result) if result else one_line(done.stderr or done.stdout)}"
+        )
     return {"result": result if result is not None else one_line(done.stdout)}
 
 
@@ -243,7 +262,9 @@ def stage_sample_speed(s: Session, device: str) -> dict:
     if done.returncode != 0:
         raise StageError(f"exit {done.returncode}: {one_line(done.stderr)}")
     result = last_json(done.stdout)
-    return {"result": result} if result is not None else {"text": (done.stdout + done.stderr).strip().splitlines()[-12:]}
+    return (
+        {"result": result} if result is not None else {"text": (done.stdout + done.stderr).strip().splitlines()[-12:]}
+    )
 
 
 def prepare_data(s: Session, lang: str, given: Path | None) -> tuple[Path, list[str]]:
@@ -269,8 +290,21 @@ def train_run(s: Session, lang: str, data: Path, minutes: float, shape: tuple[in
     """`charlstm train` with the model size and a time budget only; its summary and header choices."""
     layers, hidden = shape
     run_dir = s.work / "checkpoints" / f"{data.name}-{layers}x{hidden}"
-    args = ["train", "--data", rel(data), "--out", rel(run_dir), "--layers", str(layers), "--hidden", str(hidden),
-            "--minutes", f"{minutes:.2f}", "--force", "--json"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        rel(data),
+        "--out",
+        rel(run_dir),
+        "--layers",
+        str(layers),
+        "--hidden",
+        str(hidden),
+        "--minutes",
+        f"{minutes:.2f}",
+        "--force",
+        "--json",
+    ]
     done = s.charlstm(f"{lang}-train", args, timeout=minutes * 60 + 120)
     summary = last_json(done.stdout)
     if done.returncode != 0 or summary is None:
@@ -288,9 +322,14 @@ def train_run(s: Session, lang: str, data: Path, minutes: float, shape: tuple[in
         "chars_per_sec": summary.get("chars_per_sec"),
         "skipped_steps": summary.get("skipped_steps"),
         "dataset": {k: config["dataset"].get(k) for k in ("path", "train_chars", "val_chars", "vocab_size")},
-        "choices": {k: tc.get(k) for k in ("batch_size", "seq_len", "lr", "dropout", "embed", "warmup_steps", "eval_every")}
-        | {"precision": config.get("precision"), "rnn_dtype": config.get("rnn_dtype_under_autocast"),
-           "precision_reason": header.group(2) if header else None},  # fmt: skip
+        "choices": {
+            k: tc.get(k) for k in ("batch_size", "seq_len", "lr", "dropout", "embed", "warmup_steps", "eval_every")
+        }
+        | {
+            "precision": config.get("precision"),
+            "rnn_dtype": config.get("rnn_dtype_under_autocast"),
+            "precision_reason": header.group(2) if header else None,
+        },
         "header": next((line.strip() for line in done.stderr.splitlines() if "precision " in line), None),
     }
     return result, run_dir
@@ -315,12 +354,17 @@ def ship(s: Session, lang: str, run_dir: Path, made_by: list[str], device: str) 
     """Export for inference in fp16 into pretrained-LANG, packed into OUT at once; check it loads,
     scores, samples."""
     to = exported(s, lang)
-    done = s.run(f"{lang}-ship", [sys.executable, "scripts/ship_model.py", rel(run_dir), "--to", str(to), "--fp16"], timeout=120)
+    done = s.run(
+        f"{lang}-ship", [sys.executable, "scripts/ship_model.py", rel(run_dir), "--to", str(to), "--fp16"], timeout=120
+    )
     if done.returncode != 0:
         raise StageError(f"ship_model.py exit {done.returncode}: {one_line(done.stderr)}")
     size_mb = (to / "best.pt").stat().st_size / 1e6
-    commands = [f"# {lang} model made by bench/gpu_run.py, {time.strftime('%Y-%m-%d')}; run from the repository root",
-                *made_by, *s.commands[-2:]]  # fmt: skip
+    commands = [
+        f"# {lang} model made by bench/gpu_run.py, {time.strftime('%Y-%m-%d')}; run from the repository root",
+        *made_by,
+        *s.commands[-2:],
+    ]
     (to / "COMMANDS.txt").write_text("\n".join(commands) + "\n", encoding="utf-8")
     result: dict = {"folder": rel(to), "best_pt_mb": round(size_mb, 2), "within_limit": size_mb <= SHIP_LIMIT_MB}
     result |= pack(s, to)  # before the checks below: the model comes back even if one of them hangs
@@ -329,8 +373,23 @@ def ship(s: Session, lang: str, run_dir: Path, made_by: list[str], device: str) 
         scored = last_json(done.stdout)
         result["eval_fp16_weights_bpc"] = scored.get("bpc") if scored else one_line(done.stderr)
     if s.left() > 10:
-        done = s.charlstm(f"{lang}-sample", ["sample", str(to), "--length", "400", "--seed", "1", "--temperature", "0.7",
-                                              "--device", device, "--no-color"], timeout=min(60, s.left()))  # fmt: skip
+        done = s.charlstm(
+            f"{lang}-sample",
+            [
+                "sample",
+                str(to),
+                "--length",
+                "400",
+                "--seed",
+                "1",
+                "--temperature",
+                "0.7",
+                "--device",
+                device,
+                "--no-color",
+            ],
+            timeout=min(60, s.left()),
+        )
         result["sample"] = done.stdout[:400] if done.returncode == 0 else one_line(done.stderr)
     if not result["within_limit"]:
         raise StageError(f"{to / 'best.pt'} is {size_mb:.1f} MB, over {SHIP_LIMIT_MB:.0f} MB")
@@ -339,7 +398,9 @@ def ship(s: Session, lang: str, run_dir: Path, made_by: list[str], device: str) 
     return result
 
 
-def stage_model(s: Session, lang: str, given: Path | None, minutes: float, shape, device: str, made_by: str | None) -> dict:
+def stage_model(
+    s: Session, lang: str, given: Path | None, minutes: float, shape, device: str, made_by: str | None
+) -> dict:
     """Data, training within what the deadline leaves (keeping s.reserve for the stages after), export."""
     data, how = prepare_data(s, lang, given)
     if made_by:
@@ -362,8 +423,14 @@ def stage_devices(s: Session, device: str) -> dict:
     """bench/device_check.py: trace, inspect-neuron and experiment on the device against the CPU, and
     the model trained here (the Python export) sampled and scored on the CPU."""
     budget = s.budget(90)
-    argv = [sys.executable, str(REPO / "bench" / "device_check.py"), "--device", device,
-            "--deadline-s", f"{max(budget - 25, 1):.0f}"]  # no check starts in the last 25 s
+    argv = [
+        sys.executable,
+        str(REPO / "bench" / "device_check.py"),
+        "--device",
+        device,
+        "--deadline-s",
+        f"{max(budget - 25, 1):.0f}",
+    ]  # no check starts in the last 25 s
     python_model = exported(s, "python")
     if (python_model / "best.pt").is_file():
         argv += ["--gpu-model", str(python_model)]
@@ -393,9 +460,13 @@ def java_unavailable(s: Session, given: Path | None) -> str | None:
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="artifacts folder (default: $OUT, else a temporary one)")
-    parser.add_argument("--java-data", type=Path, default=None, help="an ingested Java dataset (else --preset jdk is tried)")
+    parser.add_argument(
+        "--java-data", type=Path, default=None, help="an ingested Java dataset (else --preset jdk is tried)"
+    )
     parser.add_argument("--java-data-made-by", default=None, help="how --java-data was made, for COMMANDS.txt")
-    parser.add_argument("--python-data", type=Path, default=None, help="an ingested Python dataset (default: ingest the stdlib)")
+    parser.add_argument(
+        "--python-data", type=Path, default=None, help="an ingested Python dataset (default: ingest the stdlib)"
+    )
     parser.add_argument("--python-minutes", type=float, default=None, help="training budget (CUDA 2.5, smoke 0.1)")
     parser.add_argument("--java-minutes", type=float, default=None, help="training budget (CUDA 1.8, smoke 0.1)")
     parser.add_argument("--deadline-minutes", type=float, default=None, help="everything within this (CUDA 8, smoke 4)")
@@ -413,7 +484,10 @@ def main() -> None:
     out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(tempfile.mkdtemp(prefix="gpu_run-")))
     scratch = tempfile.TemporaryDirectory(prefix="gpu_run-work-") if smoke else None
     work = Path(scratch.name) if scratch else REPO  # on CUDA, data/ and checkpoints/ as a user's
-    minutes = {"python": args.python_minutes or (0.1 if smoke else 2.5), "java": args.java_minutes or (0.1 if smoke else 1.8)}
+    minutes = {
+        "python": args.python_minutes or (0.1 if smoke else 2.5),
+        "java": args.java_minutes or (0.1 if smoke else 1.8),
+    }
     shape = (2, 32) if smoke else (3, 512)
     s = Session(out, work, (args.deadline_minutes or (4 if smoke else 8)) * 60, smoke)
     if smoke:
@@ -427,28 +501,57 @@ def main() -> None:
     sample_need = 0 if "sample_speed" in args.skip else 20
     devices_need = 0 if "devices" in args.skip else 50
     java_need = 0 if "java" in args.skip else minutes["java"] * 60 + overhead
-    python_need = 0 if "python" in args.skip else minutes["python"] * 60 + overhead + (10 if args.python_data is None else 0)
-    reserve = {"python": java_need + sample_need + devices_need, "java": sample_need + devices_need,
-               "sample_speed": devices_need, "devices": 0.0}  # fmt: skip
+    python_need = (
+        0 if "python" in args.skip else minutes["python"] * 60 + overhead + (10 if args.python_data is None else 0)
+    )
+    reserve = {
+        "python": java_need + sample_need + devices_need,
+        "java": sample_need + devices_need,
+        "sample_speed": devices_need,
+        "devices": 0.0,
+    }
     plan = [
         ("env", lambda: stage_env(s, device), 1),
         ("graph_check", lambda: stage_graph_check(s, device), 10),
-        ("train_speed", lambda: stage_train_speed(s, device, [512] if not smoke else [32], 90 if not smoke else 45), 20),
-        ("python", lambda: stage_model(s, "python", args.python_data, minutes["python"], shape, device, made_by=None), 30),
-        ("java", lambda: stage_model(s, "java", args.java_data, minutes["java"], shape, device, args.java_data_made_by), 30),
-        ("sample_speed", lambda: stage_sample_speed(s, device), 15),  # after the models: docs/performance.md has figures already
+        (
+            "train_speed",
+            lambda: stage_train_speed(s, device, [512] if not smoke else [32], 90 if not smoke else 45),
+            20,
+        ),
+        (
+            "python",
+            lambda: stage_model(s, "python", args.python_data, minutes["python"], shape, device, made_by=None),
+            30,
+        ),
+        (
+            "java",
+            lambda: stage_model(s, "java", args.java_data, minutes["java"], shape, device, args.java_data_made_by),
+            30,
+        ),
+        (
+            "sample_speed",
+            lambda: stage_sample_speed(s, device),
+            15,
+        ),  # after the models: docs/performance.md has figures already
         ("devices", lambda: stage_devices(s, device), 20),
     ]
     try:
         for name, fn, need in plan:
             if name in args.skip:
-                s.record["stages"][name] = {"status": "skipped", "reason": no_java if name == "java" and no_java else "--skip"}
+                s.record["stages"][name] = {
+                    "status": "skipped",
+                    "reason": no_java if name == "java" and no_java else "--skip",
+                }
                 continue
             s.reserve = reserve.get(name, python_need + java_need + sample_need + devices_need)
             s.stage(name, fn, need_s=need)  # graph_check's own "missing" status replaces "ok"
         s.reserve = 0.0
         if "train_speed" not in args.skip and s.left() > 100:  # extra: the larger hidden size, when time is left
-            s.stage("train_speed_1024", lambda: stage_train_speed(s, device, [1024] if not smoke else [64], s.left() - 10), 60)
+            s.stage(
+                "train_speed_1024",
+                lambda: stage_train_speed(s, device, [1024] if not smoke else [64], s.left() - 10),
+                60,
+            )
     finally:
         if scratch is not None:
             scratch.cleanup()

@@ -7,8 +7,9 @@ with a unique first line, so the duplicate filter keeps them all), written to a 
 Both measurements read the files from the page cache, after one warm-up pass. The bare read is a
 sorted os.walk that opens and reads every file: the floor any ingester pays in Python. The issue's
 target is at least 20 MB/s of source on these 2-core machines. Ingest runs on one core; on a shared
-machine the wall-clock figure falls with the load (printed), the CPU-time figure much less. A last run under tracemalloc reports
-the peak Python/numpy memory of an ingest, to set beside the largest file and the corpus size.
+machine the wall-clock figure falls with the load (printed), the CPU-time figure much less. A last
+run under tracemalloc reports the peak Python/numpy memory of an ingest, to set beside the largest
+file and the corpus size.
 """
 
 from __future__ import annotations
@@ -92,8 +93,11 @@ def main() -> None:
             ours_cpu.append(nbytes / 1e6 / (time.process_time() - cpu))
             assert report["files_kept"] == files, report["files_skipped"]
             shutil.rmtree(work / "data" / f"bench{r}")
-            print(f"round {r + 1}: bare read {bare[-1]:.1f} MB/s, ingest {ours[-1]:.1f} MB/s "
-                  f"({ours_cpu[-1]:.1f} MB/s of CPU time)", file=sys.stderr)
+            print(
+                f"round {r + 1}: bare read {bare[-1]:.1f} MB/s, ingest {ours[-1]:.1f} MB/s "
+                f"({ours_cpu[-1]:.1f} MB/s of CPU time)",
+                file=sys.stderr,
+            )
         result = {
             "files": files,
             "megabytes": round(nbytes / 1e6, 1),
@@ -113,7 +117,9 @@ def main() -> None:
         result["largest_file_kb"] = round(largest / 1e3, 1)
         if args.stdlib:
             report = ingest(None, "python-stdlib", data_dir=work / "data")
-            result["stdlib"] = {k: report[k] for k in ("files_kept", "train_chars", "val_chars", "vocab_size", "seconds", "mb_per_s")}
+            result["stdlib"] = {
+                k: report[k] for k in ("files_kept", "train_chars", "val_chars", "vocab_size", "seconds", "mb_per_s")
+            }
         print(json.dumps(result))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -18,17 +18,17 @@ import time
 import torch
 
 from charlstm.analysis.features import compute_feature
-from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.analysis.neurons import FeatureCorrelation, activations, chunk_chars, rank_units, trace_chunks
+from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.core.vocab import Vocab
 
-CODE = '''    public static String abbreviate(final String str, final int maxWidth) {
+CODE = """    public static String abbreviate(final String str, final int maxWidth) {
         if (str == null || maxWidth < 4) { // too short to shorten
             return str;
         }
         return str.substring(0, maxWidth - 3) + "...";
     }
-'''
+"""
 
 
 def main() -> None:
@@ -69,17 +69,23 @@ def main() -> None:
     print(f"LSTM {args.layers}×{args.hidden}, {args.chars:,} characters, {len(acts)} signals ({values:,} values)")
     best = {name: min(times) for name, times in timings.items()}
     for name, seconds in best.items():
-        print(f"trace, 1 thread, {name}: {seconds:6.2f} s  ({args.chars / seconds:,.0f} chars/s; "
-              f"rounds {', '.join(f'{t:.2f}' for t in timings[name])})")
+        print(
+            f"trace, 1 thread, {name}: {seconds:6.2f} s  ({args.chars / seconds:,.0f} chars/s; "
+            f"rounds {', '.join(f'{t:.2f}' for t in timings[name])})"
+        )
     (fast,) = best.values()
     if default_threads is not None:
-        print(f"trace, {torch.get_num_threads()} threads (default): {default_threads:6.2f} s  "
-              f"(1 thread is {default_threads / fast:.2f}× faster)")
+        print(
+            f"trace, {torch.get_num_threads()} threads (default): {default_threads:6.2f} s  "
+            f"(1 thread is {default_threads / fast:.2f}× faster)"
+        )
     print(f"feature + rank all units: {ranked:6.2f} s")
     print(f"total (default trace + rank): {fast + ranked:6.2f} s")
-    print(f"streamed, {chunk_chars(model):,}-character chunks (as --find runs): {streamed:6.2f} s, keeping "
-          f"{sum(a.nbytes for d in (stats.mean, stats.m2, stats.co) for a in d.values()) / 1e6:.1f} MB "
-          f"of statistics instead of {values * 4 / 1e6:,.0f} MB of activations")
+    print(
+        f"streamed, {chunk_chars(model):,}-character chunks (as --find runs): {streamed:6.2f} s, keeping "
+        f"{sum(a.nbytes for d in (stats.mean, stats.m2, stats.co) for a in d.values()) / 1e6:.1f} MB "
+        f"of statistics instead of {values * 4 / 1e6:,.0f} MB of activations"
+    )
 
 
 if __name__ == "__main__":

@@ -28,17 +28,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.sampling.graphed import capture_unavailable  # noqa: E402
 from charlstm.core.model import CharRNN, ModelConfig  # noqa: E402
-from charlstm.sampling.sample import Sampler, SampleSettings  # noqa: E402
 from charlstm.core.vocab import SPECIALS, Vocab  # noqa: E402
+from charlstm.sampling.graphed import capture_unavailable  # noqa: E402
+from charlstm.sampling.sample import Sampler, SampleSettings  # noqa: E402
 
 VOCAB = Vocab([*SPECIALS, *(chr(c) for c in range(32, 32 + 98))])
 TARGET_GRAPHED_VS_NAIVE = 10  # batch 1, on a GPU
 TARGET_GRAPHED_BATCH16 = 100_000  # chars/s in all, on a GPU
 
 
-def naive_chars_per_sec(model: CharRNN, device: torch.device, seconds: float, generator: torch.Generator, batch: int = 1) -> float:
+def naive_chars_per_sec(
+    model: CharRNN, device: torch.device, seconds: float, generator: torch.Generator, batch: int = 1
+) -> float:
     token = torch.zeros(batch, 1, dtype=torch.long, device=device)
     state, steps, start = None, 0, time.perf_counter()
     with torch.inference_mode():
@@ -85,13 +87,21 @@ def variants_for(model: CharRNN, device: torch.device, seconds: float, uncapture
     for batch in (1, 16):
         counts = thread_counts if batch == 16 or not cpu else [1]
         for n in thread_counts:
-            variants[f"naive nn.LSTM loop, batch {batch}{label(n)}"] = lambda n=n, b=batch: with_threads(n, naive_chars_per_sec, model, device, seconds, generator, b)
-        variants[f"ours eager ({_weights(eager)}), batch {batch}{label(1)}"] = lambda b=batch: with_threads(1, ours_chars_per_sec, eager, b, seconds, 0)
+            variants[f"naive nn.LSTM loop, batch {batch}{label(n)}"] = lambda n=n, b=batch: with_threads(
+                n, naive_chars_per_sec, model, device, seconds, generator, b
+            )
+        variants[f"ours eager ({_weights(eager)}), batch {batch}{label(1)}"] = lambda b=batch: with_threads(
+            1, ours_chars_per_sec, eager, b, seconds, 0
+        )
         for n in counts[1:]:
-            variants[f"ours eager, batch {batch}{label(n)}"] = lambda n=n, b=batch: with_threads(n, ours_chars_per_sec, eager, b, seconds, 0)
+            variants[f"ours eager, batch {batch}{label(n)}"] = lambda n=n, b=batch: with_threads(
+                n, ours_chars_per_sec, eager, b, seconds, 0
+            )
         if batch == 1:
             for other in (o for o in others if o.engine.weight_dtype != eager.engine.weight_dtype):
-                variants[f"ours eager {_weights(other)}, batch 1{label(1)}"] = lambda o=other: with_threads(1, ours_chars_per_sec, o, 1, seconds, 0)
+                variants[f"ours eager {_weights(other)}, batch 1{label(1)}"] = lambda o=other: with_threads(
+                    1, ours_chars_per_sec, o, 1, seconds, 0
+                )
         name = f"ours graphed{' (uncaptured)' if uncaptured else ''}, batch {batch}"
         if graphed is None:
             skipped[name] = unavailable
@@ -117,7 +127,10 @@ def summary(median: dict[str, float], skipped: dict[str, str], device: torch.dev
     out["graphed_vs_eager_batch1"] = round(graphed / eager, 2) if graphed else None
     out["graphed_vs_eager_batch16"] = round(out["graphed_batch16"] / out["eager_batch16"], 2) if graphed else None
     if graphed:
-        out["targets_met"] = out["graphed_vs_naive_batch1"] >= TARGET_GRAPHED_VS_NAIVE and out["graphed_batch16"] >= TARGET_GRAPHED_BATCH16
+        out["targets_met"] = (
+            out["graphed_vs_naive_batch1"] >= TARGET_GRAPHED_VS_NAIVE
+            and out["graphed_batch16"] >= TARGET_GRAPHED_BATCH16
+        )
     out["skipped"] = skipped
     # The figures earlier versions printed, under their old names.
     out.update(naive=naive, ours_batch1=eager, ratio=out["eager_vs_naive_batch1"], ours_batch16=out["eager_batch16"])
@@ -129,8 +142,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--seconds", type=float, default=4.0, help="time per variant per round")
-    parser.add_argument("--json", action="store_true", help="print only the JSON summary on stdout (the table goes to stderr)")
-    parser.add_argument("--uncaptured", action="store_true", help="time the graphed path's block logic without the capture (checks this script on a CPU)")
+    parser.add_argument(
+        "--json", action="store_true", help="print only the JSON summary on stdout (the table goes to stderr)"
+    )
+    parser.add_argument(
+        "--uncaptured",
+        action="store_true",
+        help="time the graphed path's block logic without the capture (checks this script on a CPU)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -146,7 +165,10 @@ def main() -> None:
     out = summary(median, skipped, device)
 
     table = sys.stderr if args.json else sys.stdout
-    print(f"\nsampling speed, 3×512 LSTM (embed 64, vocab {len(VOCAB)}) on {device}, median of {args.rounds} rounds", file=table)
+    print(
+        f"\nsampling speed, 3×512 LSTM (embed 64, vocab {len(VOCAB)}) on {device}, median of {args.rounds} rounds",
+        file=table,
+    )
     for name, value in median.items():
         naive = out[f"naive_batch{_batch_of(name)}"]
         print(f"  {name:<52} {value:>9,.0f} chars/s   {value / naive:6.1f}× naive at its batch", file=table)
@@ -154,10 +176,20 @@ def main() -> None:
         print(f"  {name:<52}   skipped: {why}", file=table)
     print(f"ratio (ours eager, batch 1 / naive): {out['eager_vs_naive_batch1']:.1f}×", file=table)
     if out["graphed_batch1"]:
-        print(f"ratio (graphed, batch 1 / naive): {out['graphed_vs_naive_batch1']:.1f}×   (target ≥ {TARGET_GRAPHED_VS_NAIVE}×);"
-              f" graphed / eager: {out['graphed_vs_eager_batch1']:.1f}×", file=table)  # fmt: skip
-        print(f"graphed, batch 16: {out['graphed_batch16']:,} chars/s in all   (target ≥ {TARGET_GRAPHED_BATCH16:,})", file=table)
-    print(f"eager, batch 16: {out['eager_batch16']:,} chars/s in all ({out['eager_batch16'] / 16:,.0f} per sample)", file=table)
+        print(
+            f"ratio (graphed, batch 1 / naive): {out['graphed_vs_naive_batch1']:.1f}×   "
+            f"(target ≥ {TARGET_GRAPHED_VS_NAIVE}×);"
+            f" graphed / eager: {out['graphed_vs_eager_batch1']:.1f}×",
+            file=table,
+        )
+        print(
+            f"graphed, batch 16: {out['graphed_batch16']:,} chars/s in all   (target ≥ {TARGET_GRAPHED_BATCH16:,})",
+            file=table,
+        )
+    print(
+        f"eager, batch 16: {out['eager_batch16']:,} chars/s in all ({out['eager_batch16'] / 16:,.0f} per sample)",
+        file=table,
+    )
     print(json.dumps(out))
 
 

@@ -45,9 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from charlstm.core.config import TrainConfig  # noqa: E402
 from charlstm.corpus.dataset import load_dataset  # noqa: E402
 from charlstm.evaluation.evaluate import bits_per_char  # noqa: E402
-from charlstm.ui.terminal import Terminal  # noqa: E402
 from charlstm.training.train import Trainer  # noqa: E402
 from charlstm.training.train_setup import fresh_config  # noqa: E402
+from charlstm.ui.terminal import Terminal  # noqa: E402
 
 SHAPE = dict(layers=2, hidden=256, embed=64, batch_size=64, seq_len=128)  # the issue's shape
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
@@ -70,7 +70,9 @@ class BareModel(nn.Module):
 class BareLoop:
     """The reference: the loop a user writes, stateful lanes over the training split."""
 
-    def __init__(self, tokens: np.ndarray, vocab: int, shape: dict, seed: int, dtype, lr: float = 2e-3, clip: float = 1.0):
+    def __init__(
+        self, tokens: np.ndarray, vocab: int, shape: dict, seed: int, dtype, lr: float = 2e-3, clip: float = 1.0
+    ):
         torch.manual_seed(seed)
         self.model = BareModel(vocab, shape["layers"], shape["hidden"], shape["embed"])
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)  # constant; AdamW's own weight decay
@@ -103,7 +105,9 @@ class BareLoop:
 
 def run_bare(dataset, val, budgets: list[float], args) -> dict:
     """One run of the longest budget, scored as it passes each (steps, or training minutes)."""
-    loop = BareLoop(np.asarray(dataset.tokens("train")), len(dataset.vocab), args.shape, args.seed, DTYPES[args.precision])
+    loop = BareLoop(
+        np.asarray(dataset.tokens("train")), len(dataset.vocab), args.shape, args.seed, DTYPES[args.precision]
+    )
     results, trained = {}, 0.0
     for budget in sorted(budgets):
         while (trained < budget * 60) if args.minutes else (loop.steps < budget):
@@ -118,12 +122,24 @@ def run_bare(dataset, val, budgets: list[float], args) -> dict:
 
 def run_ours(dataset, val, budget: float, args, tmp: Path) -> dict:
     """`charlstm train` with the bench's shape and this budget: the CLI's defaults for the rest."""
-    options = {"data": str(dataset.path), "out": str(tmp / f"{dataset.name}-{budget:g}"), **args.shape,
-               "seed": args.seed, "precision": args.precision, "threads": args.threads, "device": "cpu",
-               "eval_every": 0, "save_every": 0, "log_every": 50, **args.overrides}  # fmt: skip
+    options = {
+        "data": str(dataset.path),
+        "out": str(tmp / f"{dataset.name}-{budget:g}"),
+        **args.shape,
+        "seed": args.seed,
+        "precision": args.precision,
+        "threads": args.threads,
+        "device": "cpu",
+        "eval_every": 0,
+        "save_every": 0,
+        "log_every": 50,
+        **args.overrides,
+    }
     options["minutes" if args.minutes else "steps"] = budget
     config = fresh_config(options).config
-    trainer = Trainer(config, Path(config.out), force=True, on_event=Terminal(labels=False))  # as `charlstm train` shows it
+    trainer = Trainer(
+        config, Path(config.out), force=True, on_event=Terminal(labels=False)
+    )  # as `charlstm train` shows it
     trainer.val_tokens = val  # the end-of-run validation scores the bench's tokens
     summary = trainer.run()
     trainer.close(finished=True)
@@ -144,15 +160,19 @@ def coerce(key: str, value: str):
 
 
 def table(results: dict, unit: str) -> str:
-    lines = [f"| dataset | budget | charlstm steps | charlstm val bpc | bare steps | bare val bpc | charlstm − bare |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | budget | charlstm steps | charlstm val bpc | bare steps | bare val bpc | charlstm − bare |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, rows in results.items():
         for budget in sorted(set(rows.get("ours", {})) | set(rows.get("bare", {}))):
             ours, bare = rows.get("ours", {}).get(budget), rows.get("bare", {}).get(budget)
             cell = lambda r, k: "—" if r is None else (f"{r[k]:,}" if k == "steps" else f"{r[k]:.3f}")  # noqa: E731
             diff = f"{ours['val_bpc'] - bare['val_bpc']:+.3f}" if ours and bare else "—"
-            lines.append(f"| {name} | {budget:g} {unit} | {cell(ours, 'steps')} | {cell(ours, 'val_bpc')} | "
-                         f"{cell(bare, 'steps')} | {cell(bare, 'val_bpc')} | {diff} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {budget:g} {unit} | {cell(ours, 'steps')} | {cell(ours, 'val_bpc')} | "
+                f"{cell(bare, 'steps')} | {cell(bare, 'val_bpc')} | {diff} |"
+            )
     return "\n".join(lines)
 
 
@@ -191,10 +211,12 @@ def main() -> None:
     torch.set_flush_denormal(True)  # as charlstm does on a CPU: denormals slow both sides alike otherwise
     unit = "min" if args.minutes else "steps"
     shape = args.shape
-    say(f"time to quality: {shape['layers']}×{shape['hidden']} LSTM, embed {shape['embed']}, batch "
+    say(
+        f"time to quality: {shape['layers']}×{shape['hidden']} LSTM, embed {shape['embed']}, batch "
         f"{shape['batch_size']} × {shape['seq_len']}, {args.precision}, {args.threads} thread(s), CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}; budgets {args.budgets} {unit}; "
-        f"charlstm options set: {args.overrides or 'none'}")  # fmt: skip
+        f"charlstm options set: {args.overrides or 'none'}"
+    )
     sides = set(args.sides.split(","))
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,8 +232,19 @@ def main() -> None:
             say(table({dataset.name: rows}, unit))
     say(table(results, unit))
     if args.json:
-        print(json.dumps({"shape": shape, "precision": args.precision, "threads": args.threads, "unit": unit,
-                          "overrides": args.overrides, "results": results}, default=str))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "shape": shape,
+                    "precision": args.precision,
+                    "threads": args.threads,
+                    "unit": unit,
+                    "overrides": args.overrides,
+                    "results": results,
+                },
+                default=str,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -24,19 +24,19 @@ from pathlib import Path
 
 import torch
 
-from charlstm.core.engine import StepEngine
 from charlstm.analysis.features import compute_feature
-from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.analysis.neurons import FeatureCorrelation, chunk_chars, encode_text, open_checkpoint, ranked
+from charlstm.core.engine import StepEngine
+from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.core.vocab import Vocab
 
-CODE = '''    public static String abbreviate(final String str, final int maxWidth) {
+CODE = """    public static String abbreviate(final String str, final int maxWidth) {
         if (str == null || maxWidth < 4) { // too short to shorten
             return str;
         }
         return str.substring(0, maxWidth - 3) + "...";
     }
-'''
+"""
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained-python"
 
 
@@ -52,22 +52,26 @@ def small_model(args) -> None:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=len(vocab), layers=3, hidden=512)).eval()
     tokens = encode_text(vocab, text)
-    engines = {"step, fp16 weights (old default)": (StepEngine(model, torch.float16), False),
-               "step, fp32 weights (old --exact)": (StepEngine(model), False),
-               "fused, fp32": (StepEngine(model), True)}  # fmt: skip
+    engines = {
+        "step, fp16 weights (old default)": (StepEngine(model, torch.float16), False),
+        "step, fp32 weights (old --exact)": (StepEngine(model), False),
+        "fused, fp32": (StepEngine(model), True),
+    }
     for engine, fused in engines.values():
         engine.trace(tokens[:200], fused=fused)  # warm up (and build the fused modules)
     times = {name: [] for name in engines}
     traces = {}
     for _ in range(args.rounds):
         for name, (engine, fused) in engines.items():
-            seconds, traces[name] = timed(lambda: engine.trace(tokens, fused=fused))
+            seconds, traces[name] = timed(lambda engine=engine, fused=fused: engine.trace(tokens, fused=fused))
             times[name].append(seconds)
     print(f"1. all signals, random LSTM 3×512, {args.chars:,} characters, 1 thread, best of {args.rounds}:")
     best = {name: min(t) for name, t in times.items()}
     for name, seconds in best.items():
-        print(f"   {name:34s} {seconds:6.2f} s  ({args.chars / seconds:7,.0f} chars/s; "
-              f"rounds {', '.join(f'{t:.2f}' for t in times[name])})")
+        print(
+            f"   {name:34s} {seconds:6.2f} s  ({args.chars / seconds:7,.0f} chars/s; "
+            f"rounds {', '.join(f'{t:.2f}' for t in times[name])})"
+        )
     old, exact, new = best.values()
     print(f"   fused vs old default: {old / new:.2f}×   fused vs old --exact: {exact / new:.2f}×")
     step, fused = traces["step, fp32 weights (old --exact)"], traces["fused, fp32"]
@@ -97,8 +101,10 @@ def python_text(chars: int, vocab: Vocab) -> str:
 def find_indent(model, tokens, feature, chunk: int) -> dict[str, tuple[float, list]]:
     """Both paths over the same chunks, alternating chunk by chunk (so load changes hit both alike),
     each with its own carried state and correlations, as `trace_chunks` and `--find` run them."""
-    paths = {"step, fp16 weights (old default)": (StepEngine(model, torch.float16), False),
-             "fused, fp32": (StepEngine(model), True)}  # fmt: skip
+    paths = {
+        "step, fp16 weights (old default)": (StepEngine(model, torch.float16), False),
+        "fused, fp32": (StepEngine(model), True),
+    }
     stats = {name: FeatureCorrelation(feature) for name in paths}
     states = {name: engine.init_state(1) for name, (engine, _) in paths.items()}
     seconds = dict.fromkeys(paths, 0.0)
@@ -119,8 +125,10 @@ def shipped_model(args) -> None:
     tokens = encode_text(vocab, text)
     feature = compute_feature("indent", text, "python")
     chunk = chunk_chars(model)
-    print(f"2. --find indent, shipped {model.config.layers}×{model.config.hidden} model, {len(text):,} characters "
-          f"of the Python standard library, {chunk:,}-character chunks, 1 thread, the two paths alternating:")
+    print(
+        f"2. --find indent, shipped {model.config.layers}×{model.config.hidden} model, {len(text):,} characters "
+        f"of the Python standard library, {chunk:,}-character chunks, 1 thread, the two paths alternating:"
+    )
     results = find_indent(model, tokens, feature, chunk)
     for name, (seconds, _) in results.items():
         print(f"   {name:34s} {seconds:7.1f} s  ({len(text) / seconds:7,.0f} chars/s)")
@@ -130,8 +138,10 @@ def shipped_model(args) -> None:
         (u.layer, u.neuron, u.signal, round(u.score, 3)) for u in new
     ]
     print(f"   top 10 the same, scores to three decimals: {same}")
-    for a, b in zip(old[:5], new[:5]):
-        print(f"     {a.layer}:{a.neuron} {a.signal} {a.score:+.4f}   |   {b.layer}:{b.neuron} {b.signal} {b.score:+.4f}")
+    for a, b in zip(old[:5], new[:5], strict=True):
+        print(
+            f"     {a.layer}:{a.neuron} {a.signal} {a.score:+.4f}   |   {b.layer}:{b.neuron} {b.signal} {b.score:+.4f}"
+        )
 
 
 def main() -> None:

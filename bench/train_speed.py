@@ -13,7 +13,8 @@ fp32 for the project's loop (target on an AMX CPU: bf16 ≥ 1.8×).
 batch × hidden. On CUDA: 3 layers, embed 64, seq 128, hidden 512 and 1024, batch 64, 256 and
 1024; elsewhere a tiny grid (hidden 32/64, batch 4/16, embed 16, seq 32) that proves the script
 in seconds. With --json the grid prints its record so far after every (hidden, batch), one JSON
-line each, so a run stopped early keeps the cells it finished; the last line is the whole. `--hidden H` / `--batch B` (repeatable) choose other sizes. The loops of one
+line each, so a run stopped early keeps the cells it finished; the last line is the whole.
+`--hidden H` / `--batch B` (repeatable) choose other sizes. The loops of one
 (hidden, batch) are interleaved; each row gives chars/s of ours and of the bare loop, their ratio
 and each precision's speed-up over fp32, and the JSON's "auto_table" holds the bare loop's figures
 in the form of charlstm.core.backend.CUDA_MEASURED, which `--precision auto` on CUDA follows.
@@ -39,13 +40,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.corpus.dataset import write_dataset  # noqa: E402
-from charlstm.core.model import CharRNN, ModelConfig  # noqa: E402
-from charlstm.core.errors import CharlstmError  # noqa: E402
 from charlstm.core.backend import available_cores, choose_precision, resolve_device  # noqa: E402
 from charlstm.core.config import TrainConfig  # noqa: E402
-from charlstm.training.train import Trainer  # noqa: E402
+from charlstm.core.errors import CharlstmError  # noqa: E402
+from charlstm.core.model import CharRNN, ModelConfig  # noqa: E402
 from charlstm.core.vocab import Vocab  # noqa: E402
+from charlstm.corpus.dataset import write_dataset  # noqa: E402
+from charlstm.training.train import Trainer  # noqa: E402
 
 SHAPE = dict(layers=3, hidden=512, embed=64, batch_size=64, seq_len=128)
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -248,8 +249,16 @@ def grid_cell(precisions, device, threads, warmup: int, steps: int, shape: dict)
     for name in precisions:
         ours = chars / statistics.median(times[name, "project"])
         bare = chars / statistics.median(times[name, "bare"])
-        rows.append({"hidden": shape["hidden"], "batch": shape["batch_size"], "precision": name,
-                     "ours_chars_per_sec": round(ours), "bare_chars_per_sec": round(bare), "ratio": round(ours / bare, 3)})  # fmt: skip
+        rows.append(
+            {
+                "hidden": shape["hidden"],
+                "batch": shape["batch_size"],
+                "precision": name,
+                "ours_chars_per_sec": round(ours),
+                "bare_chars_per_sec": round(bare),
+                "ratio": round(ours / bare, 3),
+            }
+        )
     fp32 = next((r for r in rows if r["precision"] == "fp32"), None)
     for row in rows:
         if fp32 is not None:
@@ -281,8 +290,11 @@ def grid(args, device, threads, warmup: int) -> dict:
             cell = grid_cell(precisions, device, threads, warmup, args.steps, shape)
             for r in cell:
                 speedup = f", {r['ours_speedup_over_fp32']:.2f}× fp32" if "ours_speedup_over_fp32" in r else ""
-                print(f"3×{hidden} batch {batch} {r['precision']}: ours {r['ours_chars_per_sec']:,} chars/s, bare "
-                      f"{r['bare_chars_per_sec']:,} → ratio {r['ratio']:.3f}{speedup}", file=sys.stderr)  # fmt: skip
+                print(
+                    f"3×{hidden} batch {batch} {r['precision']}: ours {r['ours_chars_per_sec']:,} chars/s, bare "
+                    f"{r['bare_chars_per_sec']:,} → ratio {r['ratio']:.3f}{speedup}",
+                    file=sys.stderr,
+                )
             rows += cell
             if args.json:  # the table so far, one JSON line per cell: a run stopped early keeps the cells done
                 print(json.dumps(grid_record(rows, device, base, hiddens, batches, args.steps, skipped)), flush=True)
@@ -295,9 +307,16 @@ def grid_record(rows: list[dict], device, base: dict, hiddens, batches, steps: i
         table.setdefault(r["hidden"], {}).setdefault(r["batch"], {})[r["precision"]] = r["bare_chars_per_sec"]
     cuda = device.type == "cuda"
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
-    return {"device": device_name, "torch": torch.__version__, "cudnn": torch.backends.cudnn.version() if cuda else None,
-            "shape": {**base, "hiddens": hiddens, "batches": batches}, "steps": steps,
-            "skipped": skipped, "rows": rows, "auto_table": table}  # fmt: skip
+    return {
+        "device": device_name,
+        "torch": torch.__version__,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "shape": {**base, "hiddens": hiddens, "batches": batches},
+        "steps": steps,
+        "skipped": skipped,
+        "rows": rows,
+        "auto_table": table,
+    }
 
 
 def main() -> None:
@@ -306,7 +325,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="measured steps per loop (after 2 warm-up steps)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--grid", action="store_true", help="precisions × batch × hidden instead of the one default shape")
+    parser.add_argument(
+        "--grid", action="store_true", help="precisions × batch × hidden instead of the one default shape"
+    )
     parser.add_argument("--hidden", type=int, action="append", help="with --grid: a hidden size (repeatable)")
     parser.add_argument("--batch", type=int, action="append", help="with --grid: a batch size (repeatable)")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON on stdout")

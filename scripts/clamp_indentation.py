@@ -32,16 +32,28 @@ def main() -> None:
     print(f"{'clamp':>18}  lines  median indent  most common  indented ≥ 8  not indented")
     for value in [None, *args.values]:
         clamps = parse_interventions([f"{args.unit}={value}"]) if value is not None else ()
-        settings = SampleSettings(length=args.length, prime="\n", seed=args.seed, temperature=args.temperature,
-                                  num_samples=args.samples, interventions=clamps)  # fmt: skip
-        widths = np.array([
-            len(line) - len(line.lstrip(" "))
-            for text in sampler.sample_texts(settings) for line in text.split("\n") if line.strip()
-        ])  # fmt: skip
+        settings = SampleSettings(
+            length=args.length,
+            prime="\n",
+            seed=args.seed,
+            temperature=args.temperature,
+            num_samples=args.samples,
+            interventions=clamps,
+        )
+        widths = np.array(
+            [
+                len(line) - len(line.lstrip(" "))
+                for text in sampler.sample_texts(settings)
+                for line in text.split("\n")
+                if line.strip()
+            ]
+        )
         name = "none" if value is None else f"{args.unit}={value:g}"
         common = np.bincount(widths).argmax()
-        print(f"{name:>18}  {len(widths):5d}  {np.median(widths):13g}  {common:11d}  {(widths >= 8).mean():12.0%}  "
-              f"{(widths == 0).mean():12.0%}")
+        print(
+            f"{name:>18}  {len(widths):5d}  {np.median(widths):13g}  {common:11d}  {(widths >= 8).mean():12.0%}  "
+            f"{(widths == 0).mean():12.0%}"
+        )
 
 
 if __name__ == "__main__":

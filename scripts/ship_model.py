@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from charlstm.core.checkpoint import BEST, PRETRAINED_RUN, VAL_EXCERPT, export_for_inference
-from charlstm.corpus.dataset import load_dataset
 from charlstm.core.files import atomic_write
+from charlstm.corpus.dataset import load_dataset
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("run", type=Path, help="the run folder to ship")
@@ -27,7 +27,7 @@ to.mkdir(parents=True, exist_ok=True)
 slim = export_for_inference(run / BEST, to / BEST, half=args.fp16)
 for name in ("config.json", "metrics.jsonl"):
     data = (run / name).read_bytes()
-    atomic_write(to / name, lambda f: f.write(data))
+    atomic_write(to / name, lambda f, data=data: f.write(data))
 dataset = load_dataset(slim["dataset"]["path"])
 excerpt = dataset.vocab.decode(np.asarray(dataset.tokens("val")[:20_000]).tolist())
 atomic_write(to / VAL_EXCERPT, lambda f: f.write(excerpt.encode("utf-8")))

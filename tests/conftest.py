@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from charlstm.core.checkpoint import load_checkpoint, save_checkpoint
-from charlstm.corpus.dataset import Dataset, write_dataset
 from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.core.vocab import Vocab
+from charlstm.corpus.dataset import Dataset, write_dataset
 
-JAVA_SNIPPET = '''public class Greeter {
+JAVA_SNIPPET = """public class Greeter {
     private final String name;
 
     public Greeter(String name) {
@@ -26,7 +26,7 @@ JAVA_SNIPPET = '''public class Greeter {
         return "Hello, " + name + "!";
     }
 }
-'''
+"""
 
 PYTHON_SNIPPET = '''def greet(name):
     """Say hello."""
@@ -60,8 +60,9 @@ def make_lively_model(kind: str, seed: int, layers: int = 2, hidden: int = 12) -
     leave their middle range (a default init keeps every gate near 0.5)."""
     torch.manual_seed(seed)
     # forget_bias 1: the init these fixtures were calibrated with (the default became PyTorch's own)
-    model = CharRNN(ModelConfig(vocab_size=len(SNIPPET_VOCAB), kind=kind, layers=layers, hidden=hidden, embed=6,
-                                forget_bias=1.0))
+    model = CharRNN(
+        ModelConfig(vocab_size=len(SNIPPET_VOCAB), kind=kind, layers=layers, hidden=hidden, embed=6, forget_bias=1.0)
+    )
     with torch.no_grad():
         for p in model.rnn.parameters():
             p.mul_(3)
@@ -74,7 +75,9 @@ def make_checkpoint(path: Path, kind: str = "lstm", layers: int = 2, hidden: int
     counts = {ch: 1 for ch in JAVA_SNIPPET + PYTHON_SNIPPET}
     vocab = Vocab.from_counts(counts)
     # forget_bias 1: the init the tests reading this model were calibrated with (PyTorch's is the default now)
-    model = CharRNN(ModelConfig(vocab_size=len(vocab), kind=kind, layers=layers, hidden=hidden, embed=8, forget_bias=1.0))
+    model = CharRNN(
+        ModelConfig(vocab_size=len(vocab), kind=kind, layers=layers, hidden=hidden, embed=8, forget_bias=1.0)
+    )
     save_checkpoint(
         path,
         {

@@ -8,12 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.sampling.beam import beam_search
-from charlstm.core.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
+from charlstm.core.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint
 from charlstm.core.model import CharRNN, ModelConfig
-from charlstm.sampling.sample import Sampler, SampleSettings
 from charlstm.core.vocab import DOC_SEP, Vocab
+from charlstm.sampling.beam import beam_search
+from charlstm.sampling.sample import Sampler, SampleSettings
 from conftest import make_checkpoint, make_lively_checkpoint
 
 runner = CliRunner()
@@ -140,11 +140,14 @@ def test_settled_characters_stream_before_the_search_ends():
 
 def test_cli_beam_and_its_bad_combinations(tmp_path):
     path = make_checkpoint(tmp_path / "run" / "best.pt")
-    result = runner.invoke(app, ["sample", str(path), "--beam", "3", "-n", "30", "--prime", "class ",
-                                 "--precision", "fp32"])  # fmt: skip
+    result = runner.invoke(
+        app, ["sample", str(path), "--beam", "3", "-n", "30", "--prime", "class ", "--precision", "fp32"]
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("class ") and len(result.stdout.rstrip("\n")) >= len("class ")
-    again = runner.invoke(app, ["sample", str(path), "--beam", "3", "-n", "30", "--prime", "class ", "--precision", "fp32"])
+    again = runner.invoke(
+        app, ["sample", str(path), "--beam", "3", "-n", "30", "--prime", "class ", "--precision", "fp32"]
+    )
     assert again.stdout == result.stdout
     for extra, message in [
         (["-t", "0.5"], "drop --temperature"),

@@ -15,10 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from charlstm.analysis import explorer
-from charlstm.analysis import neurons
-from charlstm.evaluation import surprise
 from charlstm.cli import app
 from charlstm.core.errors import one_line_text, shell_path, shown_path
+from charlstm.evaluation import surprise
 from conftest import JAVA_SNIPPET, make_checkpoint
 
 runner = CliRunner()
@@ -39,7 +38,9 @@ def test_per_char_page_is_capped_and_says_so(tiny_checkpoint, tmp_path, monkeypa
     text = tmp_path / "long.java"
     text.write_text(ONE_LINE * 200)  # ~70 KB on one line
     page = tmp_path / "page.html"
-    result = runner.invoke(app, ["eval", str(tiny_checkpoint), "--per-char", "--text-file", str(text), "--html", str(page)])
+    result = runner.invoke(
+        app, ["eval", str(tiny_checkpoint), "--per-char", "--text-file", str(text), "--html", str(page)]
+    )
     assert result.exit_code == 0, result.output
     html = page.read_text(encoding="utf-8")
     assert len(html.encode("utf-8")) <= 100_000
@@ -61,7 +62,9 @@ def test_per_char_json_streams_every_character_with_the_totals(tiny_checkpoint, 
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert "".join(c["char"] for c in report["characters"]) == JAVA_SNIPPET * 30
-    assert report["chars"] == len(JAVA_SNIPPET * 30) and report["bits"] == pytest.approx(report["bpc"] * report["chars"])
+    assert report["chars"] == len(JAVA_SNIPPET * 30) and report["bits"] == pytest.approx(
+        report["bpc"] * report["chars"]
+    )
     assert sum(c["bits"] for c in report["characters"]) == pytest.approx(report["bits"], abs=1e-4 * report["chars"])
 
 
@@ -94,8 +97,19 @@ def peak_bytes(tiny_checkpoint, text_file, page, extra, monkeypatch) -> int:
         real = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = devnull
         try:
-            app(["eval", str(tiny_checkpoint), "--per-char", "--text-file", str(text_file), "--html", str(page), *extra],
-                standalone_mode=False)  # fmt: skip
+            app(
+                [
+                    "eval",
+                    str(tiny_checkpoint),
+                    "--per-char",
+                    "--text-file",
+                    str(text_file),
+                    "--html",
+                    str(page),
+                    *extra,
+                ],
+                standalone_mode=False,
+            )
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -135,7 +149,10 @@ def test_inspect_html_page_stays_under_its_cap_and_says_so(tmp_path, monkeypatch
     data = page_data(page.read_text(encoding="utf-8"))
     shown = len(data["text"])
     assert 100 < shown < len(awkward * 40) and data["text"] == (awkward * 40)[:shown]
-    assert f"its first {shown:,} of {len(awkward * 40):,} characters: the most one page holds, at most 0.4 MB" in data["source"]
+    assert (
+        f"its first {shown:,} of {len(awkward * 40):,} characters: the most one page holds, at most 0.4 MB"
+        in data["source"]
+    )
     assert "a page holds at most 0.4 MB" in " ".join(result.stderr.split())
 
 
@@ -143,10 +160,16 @@ def test_the_shipped_models_page_holds_under_16_mb():
     """A 3×256 LSTM (the shipped model's shape): the most one page holds, at the bound's worst case."""
     from types import SimpleNamespace
 
-    inspection = SimpleNamespace(layers=3, hidden=256, signals=("hidden", "cell", "input", "forget", "output", "candidate"))
+    inspection = SimpleNamespace(
+        layers=3, hidden=256, signals=("hidden", "cell", "input", "forget", "output", "candidate")
+    )
     most = explorer.most_chars(inspection)
     assert 2000 < most < 2600
-    worst = explorer.FIXED_BYTES + 28 * explorer.values_per_char(inspection) + most * explorer.page_bytes_per_char(inspection)
+    worst = (
+        explorer.FIXED_BYTES
+        + 28 * explorer.values_per_char(inspection)
+        + most * explorer.page_bytes_per_char(inspection)
+    )
     assert worst <= explorer.MAX_PAGE_BYTES == 16_000_000
 
 
@@ -162,7 +185,9 @@ def test_quantised_values_never_take_more_than_the_bound_allows():
 def test_inspect_html_refuses_a_model_too_big_for_any_page(tmp_path, monkeypatch):
     monkeypatch.setattr(explorer, "MAX_PAGE_BYTES", 50_000)
     checkpoint = make_checkpoint(tmp_path / "run" / "best.pt", hidden=64)
-    result = runner.invoke(app, ["inspect-neuron", str(checkpoint), "--text", "public class", "--html", str(tmp_path / "p.html")])
+    result = runner.invoke(
+        app, ["inspect-neuron", str(checkpoint), "--text", "public class", "--html", str(tmp_path / "p.html")]
+    )
     assert result.exit_code == 1 and "more than a page holds" in result.stderr
     assert not (tmp_path / "p.html").exists()
 
@@ -191,7 +216,9 @@ def test_result_lines_show_a_newline_in_a_name_escaped(tiny_checkpoint, tmp_path
     result = runner.invoke(app, ["eval", str(tiny_checkpoint), "--text-file", str(odd)])
     assert result.exit_code == 0, result.output
     assert shows_escaped(result.stderr, str(odd))
-    result = runner.invoke(app, ["eval", str(tiny_checkpoint), "--per-char", "--text-file", str(odd), "--html", str(page)])
+    result = runner.invoke(
+        app, ["eval", str(tiny_checkpoint), "--per-char", "--text-file", str(odd), "--html", str(page)]
+    )
     assert result.exit_code == 0, result.output
     assert shows_escaped(result.stderr, str(odd)) and shows_escaped(result.stderr, str(page))
     result = runner.invoke(app, ["inspect-neuron", str(tiny_checkpoint), "--text-file", str(odd), "--html", str(page)])
@@ -206,14 +233,17 @@ def test_result_lines_show_a_newline_in_a_name_escaped(tiny_checkpoint, tmp_path
     assert shows_escaped(result.stderr, str(out))
 
 
-@pytest.mark.parametrize("argv", [
-    ["eval", "{ckpt}", "--text-file", "{tmp}/no\nsuch.java"],
-    ["inspect-neuron", "{ckpt}", "--find", "indent", "--text-file", "{tmp}/no\nsuch.java"],
-    ["sample", "{ckpt}", "--prime-file", "{tmp}/no\nsuch.java"],
-    ["eval", "{ckpt}", "--per-char", "--text-file", "{tmp}/ok.java", "--html", "{tmp}/a\nfolder"],
-    ["eval", "{tmp}/no\nrun"],
-    ["train", "--out", "{tmp}/no\nrun", "--resume"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "{ckpt}", "--text-file", "{tmp}/no\nsuch.java"],
+        ["inspect-neuron", "{ckpt}", "--find", "indent", "--text-file", "{tmp}/no\nsuch.java"],
+        ["sample", "{ckpt}", "--prime-file", "{tmp}/no\nsuch.java"],
+        ["eval", "{ckpt}", "--per-char", "--text-file", "{tmp}/ok.java", "--html", "{tmp}/a\nfolder"],
+        ["eval", "{tmp}/no\nrun"],
+        ["train", "--out", "{tmp}/no\nrun", "--resume"],
+    ],
+)
 def test_an_error_naming_a_path_with_a_newline_is_one_line(tiny_checkpoint, tmp_path, argv):
     (tmp_path / "ok.java").write_text(JAVA_SNIPPET)
     (tmp_path / "a\nfolder").mkdir()

@@ -91,9 +91,23 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     torch.save({"weights": torch.zeros(3), "note": "not ours"}, base / "foreign.pt")
     crafted = craft_checkpoints(ckpt, base / "crafted")
     before = torch.get_num_threads()
-    train({"data": str(data), "out": str(base / "run"), "layers": 1, "hidden": 8, "embed": 4, "batch_size": 2,
-           "seq_len": 16, "steps": 2, "eval_every": 0, "save_every": 0, "precision": "fp32", "device": "cpu",
-           "threads": 1})  # fmt: skip
+    train(
+        {
+            "data": str(data),
+            "out": str(base / "run"),
+            "layers": 1,
+            "hidden": 8,
+            "embed": 4,
+            "batch_size": 2,
+            "seq_len": 16,
+            "steps": 2,
+            "eval_every": 0,
+            "save_every": 0,
+            "precision": "fp32",
+            "device": "cpu",
+            "threads": 1,
+        }
+    )
     torch.set_num_threads(before)
     torch.set_flush_denormal(False)  # training turns it on for the process
     return {
@@ -327,8 +341,17 @@ def unit_specs(flag: str) -> Opt:
 
 
 CLAMPS = ["1:0=1.5", "1:7:cell=-4", "1:3:hidden=0.5", "1:0=0"]
-BAD_CLAMPS = [*(u + "=1" for u in BAD_UNITS), "1:0", "1:0=", "1:0=nan", "1:0=inf", "1:0=1e309", "1:0=x", "1:0:gate=1",
-              "1:0=1=2"]
+BAD_CLAMPS = [
+    *(u + "=1" for u in BAD_UNITS),
+    "1:0",
+    "1:0=",
+    "1:0=nan",
+    "1:0=inf",
+    "1:0=1e309",
+    "1:0=x",
+    "1:0:gate=1",
+    "1:0=1=2",
+]
 
 INPUTS = ["@missing", "@folder", "@empty", "@bytes", "@text", "@loop", "@under-file", "@devnull"]
 CHECKPOINTS = ["@ckpt", "@run", "@latest"]
@@ -461,8 +484,17 @@ sample_argv = command(
     ints("--threads", 1, 2, (0, -1, 2**70)),
     words("--precision", ["auto", "fp32", "fp16", "int8"], ["bf16", "FP32"]),
     choose_one=(
-        (("--beam",), ("--temperature",), ("--top-k",), ("--top-p",), ("--greedy",), ("--seed",), ("--num-samples",),
-         ("--temperature", "--top-p", "--seed", "--num-samples"), ()),
+        (
+            ("--beam",),
+            ("--temperature",),
+            ("--top-k",),
+            ("--top-p",),
+            ("--greedy",),
+            ("--seed",),
+            ("--num-samples",),
+            ("--temperature", "--top-p", "--seed", "--num-samples"),
+            (),
+        ),
         (("--prime",), ("--prime-file",), ()),
     ),
 )
@@ -472,13 +504,18 @@ inspect_argv = command(
     paths(None, CHECKPOINTS, NOT_CHECKPOINTS, required=True),
     ints("--layer", 1, 2, (0, -1, 3, 2**70)),
     ints("--neuron", 0, 7, (-1, 8, 16, 2**70)),
-    words("--state", ["hidden", "cell", "input", "forget", "output", "candidate", "all"], ["reset", "update", "HIDDEN"]),
+    words(
+        "--state", ["hidden", "cell", "input", "forget", "output", "candidate", "all"], ["reset", "update", "HIDDEN"]
+    ),
     Opt("--text", st.sampled_from(["public String greet() {", "    return name;\n"]), odd_text),
     paths("--text-file", ["@text"], [p for p in INPUTS if p != "@text"]),
     ints("--from-val", 1, 300),
     paths("--data", ["@data"], NOT_DATASETS),
-    words("--find", ["indent", "column", "string", "comment", "brackets", "spaces", "regex:[{}]"],
-          ["regex:(", "regex:", "regex:x{99999999}", "Indent"]),
+    words(
+        "--find",
+        ["indent", "column", "string", "comment", "brackets", "spaces", "regex:[{}]"],
+        ["regex:(", "regex:", "regex:x{99999999}", "Indent"],
+    ),
     ints("--top", 1, 20),
     switch("--stats"),
     switch("--json"),
@@ -493,9 +530,19 @@ inspect_argv = command(
     ints("--max-chars", 1, 300),
     words("--device", ["cpu"], ["mps", "tpu", "cuda:x"]),
     choose_one=(
-        (("--layer", "--neuron"), ("--layer", "--neuron", "--svg"), ("--layer", "--neuron", "--top-contexts"),
-         ("--find",), ("--find", "--json"), ("--find", "--causal"), ("--stats",), ("--stats", "--json"), ("--html",),
-         ("--ablate",), ("--ablate", "--json")),
+        (
+            ("--layer", "--neuron"),
+            ("--layer", "--neuron", "--svg"),
+            ("--layer", "--neuron", "--top-contexts"),
+            ("--find",),
+            ("--find", "--json"),
+            ("--find", "--causal"),
+            ("--stats",),
+            ("--stats", "--json"),
+            ("--html",),
+            ("--ablate",),
+            ("--ablate", "--json"),
+        ),
         (("--text",), ("--text-file",), ("--from-val",), ()),
     ),
 )
@@ -542,10 +589,40 @@ def test_ingest_fuzz(inputs, argv):
 
 @settings(max_examples=40 * SCALE, **FUZZ)
 @given(argv=train_argv | resume_argv)
-@example(argv=["train", "--data", "@data", "--layers", str(2**70), "--hidden", "1", "--seq-len", "8", "--steps", "1",
-               "--precision", "fp32"])  # building the layers never ended
-@example(argv=["train", "--data", "@data", "--hidden", "4", "--seq-len", "1", "--steps", "1", "--epochs", "1e308",
-               "--precision", "fp32"])  # epochs × windows overflowed to infinity
+@example(
+    argv=[
+        "train",
+        "--data",
+        "@data",
+        "--layers",
+        str(2**70),
+        "--hidden",
+        "1",
+        "--seq-len",
+        "8",
+        "--steps",
+        "1",
+        "--precision",
+        "fp32",
+    ]
+)  # building the layers never ended
+@example(
+    argv=[
+        "train",
+        "--data",
+        "@data",
+        "--hidden",
+        "4",
+        "--seq-len",
+        "1",
+        "--steps",
+        "1",
+        "--epochs",
+        "1e308",
+        "--precision",
+        "fp32",
+    ]
+)  # epochs × windows overflowed to infinity
 def test_train_fuzz(inputs, argv):
     run_in_process(argv, inputs)
 
@@ -568,8 +645,12 @@ def test_sample_fuzz(inputs, argv):
 
 @settings(max_examples=40 * SCALE, **FUZZ)
 @given(argv=inspect_argv)
-@example(argv=["inspect-neuron", "@ckpt", "--text", "x = 1;", "--ablate", "1:7", "--controls", str(2**31)])  # never ended
-@example(argv=["inspect-neuron", "@ckpt", "--text", "x = 1;", "--ablate", "1:7", "--seed", "-1"])  # numpy refused the seed
+@example(
+    argv=["inspect-neuron", "@ckpt", "--text", "x = 1;", "--ablate", "1:7", "--controls", str(2**31)]
+)  # never ended
+@example(
+    argv=["inspect-neuron", "@ckpt", "--text", "x = 1;", "--ablate", "1:7", "--seed", "-1"]
+)  # numpy refused the seed
 def test_inspect_neuron_fuzz(inputs, argv):
     run_in_process(argv, inputs)
 
@@ -596,7 +677,10 @@ def test_runs_fuzz(inputs, argv):
         (["experiment", "copy", "--steps", "1", "--max-n", "1"], "--max-n must be at least 2 for the copy study"),
         (["experiment", "all", "--steps", "1", "--eval-max-n", "1001"], "--eval-max-n must be at most 1000"),
         (["experiment", "counter", "--steps", "1", "--seed", "-1"], "--seed must be between 0 and"),
-        (["train", "--data", "@data", "--layers", "101", "--hidden", "4", "--steps", "1"], "--layers must be at most 100"),
+        (
+            ["train", "--data", "@data", "--layers", "101", "--hidden", "4", "--steps", "1"],
+            "--layers must be at most 100",
+        ),
         (["sample", "@latest", "--seed", str(2**63)], "--seed must be between 0 and 9223372036854775807"),
         (["sample", "@latest", "--num-samples", "4097"], "--num-samples must be at most 4096"),
         (["sample", "@latest", "--beam", "1025"], "--beam must be at most 1024"),
@@ -604,9 +688,14 @@ def test_runs_fuzz(inputs, argv):
         (["ingest", "@src", "--name", "x", "--data-dir", "%existing"], "existing.txt: it exists and is not a folder"),
         (["experiment", "counter", "--steps", "1", "--out-dir", "%existing"], "it exists and is not a folder"),
         (["experiment", "all", "--steps", "1", "--html", ""], "--html needs a file name"),
-        (["inspect-neuron", "@ckpt", "--text", "x = 1;", "--ablate", "1:7", "--controls", "101"],
-         "--controls must be at most 100"),
-        (["inspect-neuron", "@ckpt", "--text", "x = 1;", "--ablate", "1:7", "--seed", "-1"], "--seed must be 0 or more"),
+        (
+            ["inspect-neuron", "@ckpt", "--text", "x = 1;", "--ablate", "1:7", "--controls", "101"],
+            "--controls must be at most 100",
+        ),
+        (
+            ["inspect-neuron", "@ckpt", "--text", "x = 1;", "--ablate", "1:7", "--seed", "-1"],
+            "--seed must be 0 or more",
+        ),
     ],
 )
 def test_what_the_fuzz_found_fails_in_one_line(inputs, argv, message):
@@ -632,10 +721,16 @@ ODD_COLUMNS = st.sampled_from([None, "0", "1", "-4", "abc", "", "99999"])
 
 @pytest.mark.slow
 @settings(max_examples=4 * SCALE, **FUZZ)
-@given(argv=st.one_of(sample_argv, eval_argv, inspect_argv, train_argv, ingest_argv, experiment_argv),
-       closed=CLOSED_STREAMS, columns=ODD_COLUMNS)  # fmt: skip
-@example(argv=["train", "--data", "@data", "--hidden", "4", "--seq-len", "8", "--steps", "1", "--json"], closed=2,
-         columns="0")  # fmt: skip
+@given(
+    argv=st.one_of(sample_argv, eval_argv, inspect_argv, train_argv, ingest_argv, experiment_argv),
+    closed=CLOSED_STREAMS,
+    columns=ODD_COLUMNS,
+)
+@example(
+    argv=["train", "--data", "@data", "--hidden", "4", "--seq-len", "8", "--steps", "1", "--json"],
+    closed=2,
+    columns="0",
+)
 @example(argv=["sample", "@crafted-layers", "-n", "3"], closed=None, columns="0")
 def test_cli_fuzz_in_a_process(inputs, argv, closed, columns):
     """`python -m charlstm` itself: argv as bytes (a lone surrogate is the byte it came from), a
@@ -651,8 +746,15 @@ def test_cli_fuzz_in_a_process(inputs, argv, closed, columns):
         closing = f" {closed}>&-" if closed is not None else ""
         cmd = ["bash", "-c", f'exec "$@"{closing}', "bash", sys.executable, "-m", "charlstm", *args]
         try:
-            proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, stdin=subprocess.DEVNULL,
-                                  timeout=EXAMPLE_SECONDS, preexec_fn=_child_limits())  # fmt: skip
+            proc = subprocess.run(
+                cmd,
+                cwd=work,
+                env=env,
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=EXAMPLE_SECONDS,
+                preexec_fn=_child_limits(),
+            )
         except subprocess.TimeoutExpired:
             pytest.fail(f"argv: {argv!r}\nstill running after {EXAMPLE_SECONDS} s")
     stderr = proc.stderr.decode(errors="replace")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.core.checkpoint import save_checkpoint
-from charlstm.cli import app
 from charlstm.analysis.contexts import AFTER, BEFORE, top_contexts
+from charlstm.cli import app
+from charlstm.core.checkpoint import save_checkpoint
 from charlstm.core.engine import StepEngine
 from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.core.vocab import Vocab
@@ -101,12 +101,19 @@ def test_cli_top_contexts(tmp_path):
     model = planted_model("lstm")
     save_checkpoint(
         ckpt,
-        {"model_config": model.config.to_dict(), "vocab": VOCAB.symbols, "model": model.state_dict(),
-         "dataset": {"name": "x", "path": str(tmp_path / "nowhere"), "language": "python"}, "step": 0},
-    )  # fmt: skip
+        {
+            "model_config": model.config.to_dict(),
+            "vocab": VOCAB.symbols,
+            "model": model.state_dict(),
+            "dataset": {"name": "x", "path": str(tmp_path / "nowhere"), "language": "python"},
+            "step": 0,
+        },
+    )
     text, q_at, z_at = planted_text(np.random.default_rng(1))
     (ckpt.parent / "val-excerpt.txt").write_text(text)  # the default corpus when the dataset is absent
-    result = runner.invoke(app, ["inspect-neuron", str(ckpt), "-l", "2", "-n", str(PLANT), "--top-contexts", "3", "--json"])
+    result = runner.invoke(
+        app, ["inspect-neuron", str(ckpt), "-l", "2", "-n", str(PLANT), "--top-contexts", "3", "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["chars"] == len(text)

@@ -14,9 +14,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.core.checkpoint import load_checkpoint
 from charlstm.cli import app
 from charlstm.core.backend import cpu_runs_bf16_rnn
+from charlstm.core.checkpoint import load_checkpoint
 from charlstm.training.train import Trainer
 from charlstm.training.train_setup import train
 from conftest import JAVA_SNIPPET, make_dataset
@@ -25,8 +25,16 @@ pytestmark = pytest.mark.skipif(
     not cpu_runs_bf16_rnn("lstm"), reason="this CPU's oneDNN runs no bf16 LSTM (needs AVX-512 BF16 or AMX)"
 )
 
-BF16 = {"layers": 2, "hidden": 24, "embed": 8, "batch_size": 4, "seq_len": 16, "threads": 1, "log_every": 1,
-        "precision": "bf16"}  # fmt: skip
+BF16 = {
+    "layers": 2,
+    "hidden": 24,
+    "embed": 8,
+    "batch_size": 4,
+    "seq_len": 16,
+    "threads": 1,
+    "log_every": 1,
+    "precision": "bf16",
+}
 
 
 def options(dataset, out, **extra) -> dict:

@@ -3,14 +3,30 @@
 import numpy as np
 import pytest
 
-from charlstm.training.batching import LaneBatcher
 from charlstm.core.config import TrainConfig
+from charlstm.training.batching import LaneBatcher
 from charlstm.training.defaults import Facts, choose_defaults, estimated_chars_per_second, implied_passes
 
-H100_JAVA = Facts(device="cuda", world=1, train_chars=8_000_000, parameters=5_400_000, vocab=100, layers=3, hidden=512,
-                  reduced_precision=False)
-CPU_STDLIB = Facts(device="cpu", world=1, train_chars=12_000_000, parameters=5_400_000, vocab=100, layers=3, hidden=512,
-                   reduced_precision=True)
+H100_JAVA = Facts(
+    device="cuda",
+    world=1,
+    train_chars=8_000_000,
+    parameters=5_400_000,
+    vocab=100,
+    layers=3,
+    hidden=512,
+    reduced_precision=False,
+)
+CPU_STDLIB = Facts(
+    device="cpu",
+    world=1,
+    train_chars=12_000_000,
+    parameters=5_400_000,
+    vocab=100,
+    layers=3,
+    hidden=512,
+    reduced_precision=True,
+)
 
 
 def test_gpu_minutes_on_a_mid_sized_corpus_gets_the_measured_best_settings():
@@ -79,8 +95,16 @@ def test_learning_rate_scales_with_a_batch_the_user_gave():
 
 
 def test_a_short_corpus_gets_fewer_lanes_instead_of_an_error():
-    tiny = Facts(device="cpu", world=1, train_chars=5_000, parameters=10_000, vocab=100, layers=1, hidden=32,
-                 reduced_precision=False)
+    tiny = Facts(
+        device="cpu",
+        world=1,
+        train_chars=5_000,
+        parameters=10_000,
+        vocab=100,
+        layers=1,
+        hidden=32,
+        reduced_precision=False,
+    )
     chosen = choose_defaults({"seq_len": 32, "steps": 10}, tiny)
     lanes = chosen.values["batch_size"]
     assert lanes < TrainConfig.batch_size
@@ -89,8 +113,16 @@ def test_a_short_corpus_gets_fewer_lanes_instead_of_an_error():
 
 
 def test_lanes_stay_a_multiple_of_the_process_count():
-    facts = Facts(device="cuda", world=3, train_chars=200_000, parameters=10_000, vocab=100, layers=1, hidden=32,
-                  reduced_precision=False)
+    facts = Facts(
+        device="cuda",
+        world=3,
+        train_chars=200_000,
+        parameters=10_000,
+        vocab=100,
+        layers=1,
+        hidden=32,
+        reduced_precision=False,
+    )
     lanes = choose_defaults({"steps": 10}, facts).values["batch_size"]
     assert lanes % 3 == 0 and lanes < 768
 
@@ -102,8 +134,24 @@ def test_gpu_lanes_scale_with_processes():
 
 # ----- through `charlstm train` ----------------------------------------------------------------
 
-SMALL = ["--layers", "1", "--hidden", "16", "--embed", "8", "--seq-len", "16", "--threads", "1",
-         "--precision", "fp32", "--eval-every", "0", "--log-every", "1"]  # fmt: skip
+SMALL = [
+    "--layers",
+    "1",
+    "--hidden",
+    "16",
+    "--embed",
+    "8",
+    "--seq-len",
+    "16",
+    "--threads",
+    "1",
+    "--precision",
+    "fp32",
+    "--eval-every",
+    "0",
+    "--log-every",
+    "1",
+]
 
 
 def _train(dataset, run, *extra):
@@ -182,8 +230,16 @@ def test_an_fp32_gpu_run_turns_tf32_on_for_its_matrix_products(monkeypatch):
 def test_a_small_model_beside_a_large_corpus_gets_no_dropout():
     # The demo: a 3×128 LSTM (406,752 parameters) for 3 CPU minutes over the stdlib (11.5M
     # characters), batch 32 × 64. Measured: 1.8736 bpc without dropout, 1.9245 with 0.2.
-    demo = Facts(device="cpu", world=1, train_chars=11_511_940, parameters=406_752, vocab=300, layers=3,
-                 hidden=128, reduced_precision=True)  # fmt: skip
+    demo = Facts(
+        device="cpu",
+        world=1,
+        train_chars=11_511_940,
+        parameters=406_752,
+        vocab=300,
+        layers=3,
+        hidden=128,
+        reduced_precision=True,
+    )
     given = {"minutes": 3, "batch_size": 32, "seq_len": 64, "lr": 4e-3}
     assert choose_defaults(given, demo).values == {}
     # Its speed, measured at 7,606 steps in those 3 minutes (86.5k chars/s), is estimated within 1.5×.
@@ -208,4 +264,7 @@ def test_a_corpus_too_short_for_four_windows_a_lane_still_gets_lanes_that_fit():
     chosen = choose_defaults({"steps": 1}, facts)
     assert chosen.values["batch_size"] == 2 and "300 characters" in chosen.reasons["batch_size"]
     LaneBatcher(np.zeros(300, dtype=np.uint8), chosen.values["batch_size"], 128)  # fits
-    assert choose_defaults({"steps": 1}, Facts(**{**CPU_STDLIB.__dict__, "train_chars": 100})).values.get("batch_size") is None
+    assert (
+        choose_defaults({"steps": 1}, Facts(**{**CPU_STDLIB.__dict__, "train_chars": 100})).values.get("batch_size")
+        is None
+    )

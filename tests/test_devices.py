@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from charlstm.analysis.neurons import open_checkpoint, trace_weights
+from charlstm.cli import app
 from charlstm.core import checkpoint as checkpoint_module
 from charlstm.core.backend import cpu_threads
 from charlstm.core.checkpoint import load_checkpoint
-from charlstm.cli import app
 from charlstm.core.errors import CharlstmError
-from charlstm.analysis.neurons import open_checkpoint, trace_weights
 from tests.conftest import make_checkpoint, make_dataset
 
 runner = CliRunner()
@@ -145,12 +145,27 @@ def command_lines(tmp_path: Path) -> dict[str, list[str]]:
         "experiment": ["experiment", "counter", "--steps", "2", "--out-dir", str(tmp_path / "exp"), "--quiet"],
         "sample": ["sample", ckpt, "--length", "5", "--precision", "fp32"],
         "eval": ["eval", ckpt, "--text-file", str(text_file), "--precision", "fp32"],
-        "train": ["train", "--data", str(data.path), "--out", str(tmp_path / "out"), "--hidden", "8",
-                  "--seq-len", "8", "--steps", "1", "--precision", "fp32"],
-    }  # fmt: skip
+        "train": [
+            "train",
+            "--data",
+            str(data.path),
+            "--out",
+            str(tmp_path / "out"),
+            "--hidden",
+            "8",
+            "--seq-len",
+            "8",
+            "--steps",
+            "1",
+            "--precision",
+            "fp32",
+        ],
+    }
 
 
-@pytest.mark.parametrize("command", ["inspect-neuron", "inspect-neuron --ablate", "experiment", "sample", "eval", "train"])
+@pytest.mark.parametrize(
+    "command", ["inspect-neuron", "inspect-neuron --ablate", "experiment", "sample", "eval", "train"]
+)
 def test_auto_resolves_to_the_gpu_where_torch_sees_one(command, tmp_path, pretend_gpu):
     argv = command_lines(tmp_path)[command]
     one_line_error(runner.invoke(app, argv), "moved onto cuda")
@@ -171,12 +186,16 @@ def test_cuda_asked_for_without_one_is_a_one_line_error(command, tmp_path):
 
 @pytest.mark.parametrize(
     "command, device, fragment",
-    [("inspect-neuron", "tpu", "--device must be one of"), ("experiment", "tpu", "--device must be one of"),
-     ("experiment", "mps", "--device must be one of auto, cpu, cuda"),
-     # torch knows these names, but sampling cannot run there: a traceback before
-     ("sample", "meta", "unknown device 'meta'"), ("sample", "xpu", "unknown device 'xpu'"),
-     ("sample", "mkldnn", "unknown device")],
-)  # fmt: skip
+    [
+        ("inspect-neuron", "tpu", "--device must be one of"),
+        ("experiment", "tpu", "--device must be one of"),
+        ("experiment", "mps", "--device must be one of auto, cpu, cuda"),
+        # torch knows these names, but sampling cannot run there: a traceback before
+        ("sample", "meta", "unknown device 'meta'"),
+        ("sample", "xpu", "unknown device 'xpu'"),
+        ("sample", "mkldnn", "unknown device"),
+    ],
+)
 def test_an_unknown_device_is_a_one_line_error(command, device, fragment, tmp_path):
     result = runner.invoke(app, [*command_lines(tmp_path)[command], "--device", device])
     one_line_error(result, fragment)
@@ -195,8 +214,12 @@ def test_auto_inspects_on_the_cpu_where_there_is_no_gpu(tiny_checkpoint, monkeyp
     if getattr(torch.backends, "mps", None) is not None:
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert open_checkpoint(tiny_checkpoint, device="auto").device.type == "cpu"
-    runs = [runner.invoke(app, ["inspect-neuron", str(tiny_checkpoint), "--find", "indent", "--json", "--text", TEXT,
-                                *extra]) for extra in ([], ["--device", "cpu"])]  # fmt: skip
+    runs = [
+        runner.invoke(
+            app, ["inspect-neuron", str(tiny_checkpoint), "--find", "indent", "--json", "--text", TEXT, *extra]
+        )
+        for extra in ([], ["--device", "cpu"])
+    ]
     assert runs[0].exit_code == runs[1].exit_code == 0 and runs[0].stdout == runs[1].stdout
 
 

@@ -16,8 +16,15 @@ REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 # A page about one command: a flag in its prose is that command's, or another command's the prose names.
-PAGE_COMMAND = {"ingest.md": "ingest", "train.md": "train", "runs.md": "runs", "eval.md": "eval", "sample.md": "sample",
-                "inspect.md": "inspect-neuron", "experiment.md": "experiment"}  # fmt: skip
+PAGE_COMMAND = {
+    "ingest.md": "ingest",
+    "train.md": "train",
+    "runs.md": "runs",
+    "eval.md": "eval",
+    "sample.md": "sample",
+    "inspect.md": "inspect-neuron",
+    "experiment.md": "experiment",
+}
 
 # Flags the pages give to other programs: each must still be in the file that parses it.
 OTHER_PROGRAMS = {
@@ -28,8 +35,16 @@ OTHER_PROGRAMS = {
     "bench/explorer_speed.py": {"--chars", "--rounds"},
     "bench/intervention_overhead.py": {"--baseline"},
     "bench/inspect_speed.py": {"--compare-threads"},
-    "bench/time_to_quality.py": {"--data", "--budgets", "--hidden", "--batch-size", "--seq-len", "--val-chars",
-                                 "--minutes", "--precision"},
+    "bench/time_to_quality.py": {
+        "--data",
+        "--budgets",
+        "--hidden",
+        "--batch-size",
+        "--seq-len",
+        "--val-chars",
+        "--minutes",
+        "--precision",
+    },
     "bench/gpu_run.py": {"--deadline-minutes", "--java-data", "--out"},
     "Makefile": set(),
 }
@@ -103,9 +118,15 @@ def test_every_flag_given_to_a_command_is_one_of_its_options():
 
 
 def test_the_flag_check_sees_a_wrong_flag_in_a_block_and_inline():
-    text = ("```bash\ncharlstm train --data d \\\n    --no-such 3   # --also-not-checked\n```\n"
-            "and `charlstm eval RUN --threads 1 | head --lines 3`, `charlstm sample -t 0.7 -Q`")
-    assert wrong_flags(text, command_options()) == ["charlstm train --no-such", "charlstm eval --threads", "charlstm sample -Q"]
+    text = (
+        "```bash\ncharlstm train --data d \\\n    --no-such 3   # --also-not-checked\n```\n"
+        "and `charlstm eval RUN --threads 1 | head --lines 3`, `charlstm sample -t 0.7 -Q`"
+    )
+    assert wrong_flags(text, command_options()) == [
+        "charlstm train --no-such",
+        "charlstm eval --threads",
+        "charlstm sample -Q",
+    ]
 
 
 def test_every_flag_in_the_prose_exists_where_the_page_says():
@@ -126,8 +147,11 @@ def test_every_flag_in_the_prose_exists_where_the_page_says():
 def test_the_other_programs_still_parse_the_flags_the_pages_give_them(program):
     source = (REPO / program).read_text(encoding="utf-8")
     # time_to_quality.py makes its shape's flags from SHAPE's keys (batch_size=64 → --batch-size)
-    parsed = [flag for flag in sorted(OTHER_PROGRAMS[program])
-              if f'"{flag}"' in source or f"{flag[2:].replace('-', '_')}=" in source]  # fmt: skip
+    parsed = [
+        flag
+        for flag in sorted(OTHER_PROGRAMS[program])
+        if f'"{flag}"' in source or f"{flag[2:].replace('-', '_')}=" in source
+    ]
     assert parsed == sorted(OTHER_PROGRAMS[program])
 
 
@@ -175,14 +199,25 @@ def test_the_slug_follows_github():
 
 def test_every_code_block_is_closed():
     """A fence left open swallows the rest of a page (and the flags and links in it)."""
-    assert [page.name for page in PAGES
-            if sum(1 for line in page.read_text(encoding="utf-8").splitlines() if line.lstrip().startswith("```")) % 2]  == []  # fmt: skip
+    assert [
+        page.name
+        for page in PAGES
+        if sum(1 for line in page.read_text(encoding="utf-8").splitlines() if line.lstrip().startswith("```")) % 2
+    ] == []
 
 
 def test_every_file_of_the_project_the_pages_name_exists():
     """`charlstm/core/engine.py`, `bench/gpu_run.py`, `tests/test_beam.py`: a module moved or renamed
     leaves the pages pointing nowhere."""
-    named = re.compile(r"(?<![\w/.-])((?:charlstm|bench|scripts|tests|docs)/[\w./-]+\.(?:py|sh|svg|png|md|html|css|js))\b")
-    missing = sorted({f"{page.name}: {path}" for page in PAGES
-                      for path in named.findall(page.read_text(encoding="utf-8")) if not (REPO / path).exists()})  # fmt: skip
+    named = re.compile(
+        r"(?<![\w/.-])((?:charlstm|bench|scripts|tests|docs)/[\w./-]+\.(?:py|sh|svg|png|md|html|css|js))\b"
+    )
+    missing = sorted(
+        {
+            f"{page.name}: {path}"
+            for page in PAGES
+            for path in named.findall(page.read_text(encoding="utf-8"))
+            if not (REPO / path).exists()
+        }
+    )
     assert missing == []

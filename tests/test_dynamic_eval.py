@@ -9,8 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
 from charlstm.evaluation.dynamic_eval import dynamic_bits_per_char
 from charlstm.evaluation.evaluate import bits_per_char
 from conftest import JAVA_SNIPPET
@@ -44,8 +44,10 @@ def test_cli_reports_both_and_rejects_bad_rates(tiny_checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     scored = json.loads(result.stdout)
     assert scored["dynamic"]["chars"] == scored["chars"] and scored["dynamic"]["bpc"] < scored["bpc"]
-    for args, message in [(["--dynamic", "--dynamic-lr", "0"], "--dynamic-lr must be a positive number"),
-                          (["--dynamic-lr", "0.1"], "--dynamic-lr needs --dynamic")]:  # fmt: skip
+    for args, message in [
+        (["--dynamic", "--dynamic-lr", "0"], "--dynamic-lr must be a positive number"),
+        (["--dynamic-lr", "0.1"], "--dynamic-lr needs --dynamic"),
+    ]:
         bad = runner.invoke(app, ["eval", str(tiny_checkpoint), "--text-file", str(text), *args])
         assert bad.exit_code == 1 and message in bad.output and "Traceback" not in bad.output
 
@@ -54,7 +56,8 @@ def test_a_rate_that_diverges_is_a_one_line_error_not_a_nan(tiny_checkpoint, tmp
     """NaN is no JSON value and no score: a rate that blows the weights up says so."""
     text = tmp_path / "t.java"
     text.write_text(JAVA_SNIPPET * 3)
-    result = runner.invoke(app, ["eval", str(tiny_checkpoint), "--text-file", str(text), "--dynamic",
-                                 "--dynamic-lr", "1e30", "--json"])  # fmt: skip
+    result = runner.invoke(
+        app, ["eval", str(tiny_checkpoint), "--text-file", str(text), "--dynamic", "--dynamic-lr", "1e30", "--json"]
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "diverged" in result.output and "NaN" not in result.stdout

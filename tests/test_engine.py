@@ -7,7 +7,6 @@ from charlstm.core.engine import SIGNALS, StepEngine, half_weight_kernels_availa
 from charlstm.core.model import CharRNN, ModelConfig
 from helpers import logits_from_trace
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -44,8 +43,8 @@ def test_step_equals_fused_module_with_batch_and_carried_state(kind, fused_cell)
             logits, state = engine.step(tokens[:, t], state)
             outputs.append(logits)
     torch.testing.assert_close(torch.stack(outputs, dim=1), reference, rtol=1e-4, atol=1e-4)
-    for got, want in zip(state, fused_state_as_engine_state(ref_state, kind, model.config.layers)):
-        for g, w in zip(got, want):
+    for got, want in zip(state, fused_state_as_engine_state(ref_state, kind, model.config.layers), strict=True):
+        for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
 
 
@@ -162,7 +161,9 @@ def test_a_layer_with_clamps_steps_unfused_and_equals_the_unfused_engine():
     with torch.no_grad():
         a, state_a = fused.step(tokens, fused.init_state(3), fused.clamps(units))
         b, state_b = plain.step(tokens, plain.init_state(3), plain.clamps(units))
-    assert torch.equal(a, b) and all(torch.equal(x, y) for la, lb in zip(state_a, state_b) for x, y in zip(la, lb))
+    assert torch.equal(a, b) and all(
+        torch.equal(x, y) for la, lb in zip(state_a, state_b, strict=True) for x, y in zip(la, lb, strict=True)
+    )
     assert all(float(c[0, 3]) == 0.5 for _, c in state_a)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from charlstm.core.events import Message, Metrics, Progress
 from charlstm.analysis.experiments import run_study
+from charlstm.core.events import Message, Metrics, Progress
 from charlstm.corpus.ingest import ingest
-from charlstm.ui.terminal import Terminal
 from charlstm.training.train_setup import train
+from charlstm.ui.terminal import Terminal
 from conftest import JAVA_SNIPPET
 from test_train import options
 
@@ -26,8 +26,9 @@ def test_training_writes_nothing_and_tells_its_listener_everything(tiny_dataset,
     assert said[0].startswith("LSTM 2×24, ") and said[0].endswith(f"run folder {run}")
     assert said[-2:] == [line for line in said if line.startswith("step ")] and "step 4: validation" in said[-1]
     progress = kinds(heard, Progress)
-    assert [(p.task, p.done, p.total, p.finished) for p in progress] == \
-        [("training", step, 4, False) for step in range(5)] + [("training", 4, 4, True)]
+    assert [(p.task, p.done, p.total, p.finished) for p in progress] == [
+        ("training", step, 4, False) for step in range(5)
+    ] + [("training", 4, 4, True)]
     assert set(progress[-1].stats) == {"loss", "bpc", "chars/s"}  # the last metrics line's figures
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [dict(m.record) for m in kinds(heard, Metrics)] == logged and summary["steps"] == 4
@@ -45,7 +46,9 @@ def test_a_resume_warns_through_the_listener(tiny_dataset, tmp_path, capfd):
         f.write("not json\n")
     train({"out": str(run), "steps": 3}, resume=True, on_event=heard.append)
     warnings = [m for m in kinds(heard, Message) if m.warning]
-    assert [m.text for m in warnings] == [f"dropped 1 damaged line(s) of {run / 'metrics.jsonl'} (not UTF-8 JSON with a step)"]
+    assert [m.text for m in warnings] == [
+        f"dropped 1 damaged line(s) of {run / 'metrics.jsonl'} (not UTF-8 JSON with a step)"
+    ]
     assert str(warnings[0]).startswith("warning: dropped 1 damaged line(s)")
     assert capfd.readouterr() == ("", "")
 
@@ -83,5 +86,8 @@ def test_the_terminal_writes_messages_on_stderr_and_no_bar_off_a_terminal(capsys
 
 def test_events_read_as_lines():
     assert str(Progress("reading", 2048, 4096, "B")) == "reading: 2,048 of 4,096 B"
-    assert str(Progress("training", 3, None, stats={"loss": "1.2"}, finished=True)) == "training: 3 step, loss 1.2 (finished)"
+    assert (
+        str(Progress("training", 3, None, stats={"loss": "1.2"}, finished=True))
+        == "training: 3 step, loss 1.2 (finished)"
+    )
     assert str(Metrics({"step": 3, "bpc": 1.5})) == '{"step": 3, "bpc": 1.5}'

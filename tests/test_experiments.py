@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from charlstm.analysis import experiments
 from charlstm.analysis import synthetic as syn
-from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
-from charlstm.cli import app
-from charlstm.core.errors import CharlstmError
 from charlstm.analysis.experiments import run_study
+from charlstm.cli import app
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from charlstm.core.errors import CharlstmError
 
 runner = CliRunner()
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
@@ -120,7 +120,14 @@ def test_max_n_correct_is_the_end_of_the_first_unbroken_run():
 @pytest.fixture(scope="module")
 def short_counter(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return out, run_study("counter", seed=0, out_dir=out, steps=400, max_n=5, eval_max_n=6, )
+    return out, run_study(
+        "counter",
+        seed=0,
+        out_dir=out,
+        steps=400,
+        max_n=5,
+        eval_max_n=6,
+    )
 
 
 def test_short_counter_run_learns_every_n_up_to_5(short_counter):
@@ -144,8 +151,17 @@ def test_short_counter_run_is_saved_as_an_ordinary_checkpoint(short_counter):
 
 
 def test_same_seed_same_result_other_seed_other_result(tmp_path):
-    runs = [run_study("counter", seed=s, out_dir=tmp_path, steps=60, max_n=3, eval_max_n=3, )
-            for s in (7, 7, 8)]
+    runs = [
+        run_study(
+            "counter",
+            seed=s,
+            out_dir=tmp_path,
+            steps=60,
+            max_n=3,
+            eval_max_n=3,
+        )
+        for s in (7, 7, 8)
+    ]
     assert runs[0]["final_loss"] == runs[1]["final_loss"] != runs[2]["final_loss"]
     assert runs[0]["views"] == runs[1]["views"]
 
@@ -153,8 +169,21 @@ def test_same_seed_same_result_other_seed_other_result(tmp_path):
 def test_cli_json_smoke(tmp_path):
     result = runner.invoke(
         app,
-        ["experiment", "counter", "--steps", "150", "--max-n", "3", "--eval-max-n", "4", "--json",
-         "--out-dir", str(tmp_path), "--html", str(tmp_path / "counter.html")],
+        [
+            "experiment",
+            "counter",
+            "--steps",
+            "150",
+            "--max-n",
+            "3",
+            "--eval-max-n",
+            "4",
+            "--json",
+            "--out-dir",
+            str(tmp_path),
+            "--html",
+            str(tmp_path / "counter.html"),
+        ],
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
@@ -169,8 +198,20 @@ def test_cli_json_smoke(tmp_path):
 def test_cli_all_gives_one_object_keyed_by_study_and_the_comparison_table(tmp_path):
     result = runner.invoke(
         app,
-        ["experiment", "all", "--steps", "20", "--max-n", "2", "--eval-max-n", "2", "--quiet", "--json",
-         "--out-dir", str(tmp_path)],
+        [
+            "experiment",
+            "all",
+            "--steps",
+            "20",
+            "--max-n",
+            "2",
+            "--eval-max-n",
+            "2",
+            "--quiet",
+            "--json",
+            "--out-dir",
+            str(tmp_path),
+        ],
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
@@ -187,8 +228,13 @@ def test_cli_rejects_an_unknown_study_in_one_line(tmp_path):
     assert "unknown experiment" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("args, named", [(["--max-n", "8", "--eval-max-n", "5"], "below --max-n 8"),
-                                         (["--eval-max-n", "5"], "below the default --max-n 10")])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--max-n", "8", "--eval-max-n", "5"], "below --max-n 8"),
+        (["--eval-max-n", "5"], "below the default --max-n 10"),
+    ],
+)
 def test_cli_refuses_an_eval_max_n_below_the_training_range(tmp_path, args, named):
     result = runner.invoke(app, ["experiment", "counter", "--steps", "1", *args, "--out-dir", str(tmp_path)])
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -214,8 +260,20 @@ def test_the_studies_correlate_through_neurons_and_a_constant_unit_scores_zero()
 def test_cli_html_that_cannot_be_written_fails_before_training(tmp_path, page):
     (tmp_path / "folder").mkdir()
     (tmp_path / "file").write_text("not a folder")
-    result = runner.invoke(app, ["experiment", "counter", "--steps", "1", "--out-dir", str(tmp_path / "runs"),
-                                 "--html", str(tmp_path / page), "--quiet"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "experiment",
+            "counter",
+            "--steps",
+            "1",
+            "--out-dir",
+            str(tmp_path / "runs"),
+            "--html",
+            str(tmp_path / page),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "cannot write" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs" / "experiment-counter").exists()  # nothing trained for a page it could not write

@@ -12,15 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.analysis import explorer
-from charlstm.analysis import neurons
-from charlstm.core.checkpoint import save_checkpoint
+from charlstm.analysis import explorer, neurons
 from charlstm.cli import app
+from charlstm.core.checkpoint import save_checkpoint
 from charlstm.core.errors import CharlstmError
 from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.core.vocab import Vocab
-from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
 from helpers import dequantise
+from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
 
 runner = CliRunner()
 # Characters that must survive being embedded in HTML and in a <script> element.
@@ -156,7 +155,9 @@ def _render_in_chromium(tmp_path, out) -> str:
     return subprocess.run(command, capture_output=True, text=True, timeout=90).stdout
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+@pytest.mark.skipif(
+    _chromium() is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it"
+)
 def test_page_renders_in_headless_chromium(tmp_path, html_checkpoint):
     inspection = neurons.open_checkpoint(html_checkpoint)
     text = (JAVA_SNIPPET + AWKWARD + "\n") * 3
@@ -195,15 +196,30 @@ def test_page_holds_the_surprise_row_and_an_ablation(tmp_path, html_checkpoint):
 def test_cli_html_with_an_ablation(tmp_path, html_checkpoint):
     out = tmp_path / "a.html"
     result = runner.invoke(
-        app, ["inspect-neuron", str(html_checkpoint), "--text", JAVA_SNIPPET, "--html", str(out), "--ablate", "2:3",
-              "-l", "2", "-n", "3"],
-    )  # fmt: skip
+        app,
+        [
+            "inspect-neuron",
+            str(html_checkpoint),
+            "--text",
+            JAVA_SNIPPET,
+            "--html",
+            str(out),
+            "--ablate",
+            "2:3",
+            "-l",
+            "2",
+            "-n",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = page_data(out.read_text(encoding="utf-8"))
     assert data["surprise"]["ablation"]["units"] == [[2, 3]] and data["initial"]["neuron"] == 3
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+@pytest.mark.skipif(
+    _chromium() is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it"
+)
 def test_page_with_a_long_ablation_renders_in_headless_chromium(tmp_path, html_checkpoint):
     # A small model's page holds up to hundreds of thousands of characters; the script once took the
     # largest ablation effect with Math.max(...deltas), past the browser's limit on arguments.

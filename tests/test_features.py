@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from charlstm.core.errors import CharlstmError
 from charlstm.analysis.features import (
     FEATURES,
     compute_feature,
@@ -14,6 +13,7 @@ from charlstm.analysis.features import (
     syntax_labels,
     validate_feature,
 )
+from charlstm.core.errors import CharlstmError
 from charlstm.core.vocab import DOC_SEP
 from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET
 
@@ -146,7 +146,10 @@ def test_a_model_without_a_language_gets_a_code_lexer_not_pygments_odd_guess():
     # Pygments' guess for short code is often some rare lexer (TeraTerm macros for this snippet),
     # which labels no comment at all; a model whose corpus had no known language must still see them.
     assert lexer_name(None, PYTHON_SNIPPET) == "python"
-    assert compute_feature("comment", PYTHON_SNIPPET, None).tolist() == compute_feature("comment", PYTHON_SNIPPET, "python").tolist()
+    assert (
+        compute_feature("comment", PYTHON_SNIPPET, None).tolist()
+        == compute_feature("comment", PYTHON_SNIPPET, "python").tolist()
+    )
     assert lexer_name(None, "#include <stdio.h>\nint main(void) { return 0; }\n") in ("c", "cpp", "python")
 
 

@@ -8,15 +8,24 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.core.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
+from charlstm.core.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint
 from charlstm.core.engine import StepEngine
 from charlstm.training.train_setup import train
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_dataset
 
 runner = CliRunner()
-TINY = {"layers": 2, "hidden": 24, "embed": 8, "batch_size": 4, "seq_len": 16, "threads": 1, "log_every": 1,
-        "precision": "fp32", "eval_every": 0}  # fmt: skip
+TINY = {
+    "layers": 2,
+    "hidden": 24,
+    "embed": 8,
+    "batch_size": 4,
+    "seq_len": 16,
+    "threads": 1,
+    "log_every": 1,
+    "precision": "fp32",
+    "eval_every": 0,
+}
 NEW = "€ü"  # characters the Java source model never saw
 
 
@@ -40,9 +49,21 @@ def python_data(tmp_path):
 def test_shared_characters_keep_their_weights_and_new_ones_start_improbable(java_run, python_data, tmp_path):
     source = load_checkpoint(java_run / "best.pt")  # what a run folder resolves to
     run = tmp_path / "ft"
-    summary = train({"data": str(python_data.path), "out": str(run), "init_from": str(java_run), "steps": 1,
-                     "lr": 1e-12, "warmup_steps": 0, "threads": 1, "precision": "fp32", "eval_every": 0,
-                     "batch_size": 4, "seq_len": 16})  # fmt: skip
+    summary = train(
+        {
+            "data": str(python_data.path),
+            "out": str(run),
+            "init_from": str(java_run),
+            "steps": 1,
+            "lr": 1e-12,
+            "warmup_steps": 0,
+            "threads": 1,
+            "precision": "fp32",
+            "eval_every": 0,
+            "batch_size": 4,
+            "seq_len": 16,
+        }
+    )
     assert summary["steps"] == 1
     tuned = load_checkpoint(run / "latest.pt")
     old_vocab, vocab = source["vocab"], tuned["vocab"]
@@ -69,8 +90,21 @@ def test_shared_characters_keep_their_weights_and_new_ones_start_improbable(java
 
 def test_fine_tuned_model_learns_its_new_corpus_and_samples_inside_its_vocabulary(java_run, python_data, tmp_path):
     run = tmp_path / "ft"
-    train({"data": str(python_data.path), "out": str(run), "init_from": str(java_run), "steps": 40, "lr": 1e-2,
-           "threads": 1, "precision": "fp32", "eval_every": 20, "batch_size": 4, "seq_len": 16, "log_every": 1})  # fmt: skip
+    train(
+        {
+            "data": str(python_data.path),
+            "out": str(run),
+            "init_from": str(java_run),
+            "steps": 40,
+            "lr": 1e-2,
+            "threads": 1,
+            "precision": "fp32",
+            "eval_every": 20,
+            "batch_size": 4,
+            "seq_len": 16,
+            "log_every": 1,
+        }
+    )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     vals = [r["val_bpc"] for r in rows if "val_bpc" in r]
     assert vals[-1] < vals[0]
@@ -88,8 +122,19 @@ def test_fine_tuned_model_learns_its_new_corpus_and_samples_inside_its_vocabular
 
 
 def test_a_fine_tuning_run_resumes_exactly(java_run, python_data, tmp_path):
-    opts = {"data": str(python_data.path), "init_from": str(java_run), "steps": 16, "eval_every": 8, "save_every": 5,
-            "threads": 1, "precision": "fp32", "batch_size": 4, "seq_len": 16, "log_every": 1, "dropout": 0.1}  # fmt: skip
+    opts = {
+        "data": str(python_data.path),
+        "init_from": str(java_run),
+        "steps": 16,
+        "eval_every": 8,
+        "save_every": 5,
+        "threads": 1,
+        "precision": "fp32",
+        "batch_size": 4,
+        "seq_len": 16,
+        "log_every": 1,
+        "dropout": 0.1,
+    }
     straight, paused = tmp_path / "straight", tmp_path / "paused"
     train({**opts, "out": str(straight)})
     train({**opts, "out": str(paused)}, stop_after=7)
@@ -102,10 +147,31 @@ def test_a_fine_tuning_run_resumes_exactly(java_run, python_data, tmp_path):
 
 
 def test_the_shipped_model_fine_tunes_by_name(python_data, tmp_path):
-    result = runner.invoke(app, ["train", "--data", str(python_data.path), "--out", str(tmp_path / "ft"),
-                                 "--init-from", PRETRAINED_RUN.name, "--steps", "1", "--batch-size", "2",
-                                 "--seq-len", "8", "--eval-every", "0", "--threads", "1", "--precision", "fp32",
-                                 "--json"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(python_data.path),
+            "--out",
+            str(tmp_path / "ft"),
+            "--init-from",
+            PRETRAINED_RUN.name,
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "8",
+            "--eval-every",
+            "0",
+            "--threads",
+            "1",
+            "--precision",
+            "fp32",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "fine-tuning" in result.stderr and "fine-tuning defaults: --lr 0.001, --warmup-steps 50" in result.stderr
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
@@ -114,9 +180,30 @@ def test_the_shipped_model_fine_tunes_by_name(python_data, tmp_path):
 
 def test_the_header_names_the_warm_up_the_schedule_uses(java_run, python_data, tmp_path):
     """Warm-up is at most a twentieth of a run of known length: 40 steps warm up over 2, not the default 50."""
-    result = runner.invoke(app, ["train", "--data", str(python_data.path), "--out", str(tmp_path / "ft"),
-                                 "--init-from", str(java_run), "--steps", "40", "--batch-size", "4", "--seq-len", "8",
-                                 "--eval-every", "0", "--threads", "1", "--precision", "fp32"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(python_data.path),
+            "--out",
+            str(tmp_path / "ft"),
+            "--init-from",
+            str(java_run),
+            "--steps",
+            "40",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "8",
+            "--eval-every",
+            "0",
+            "--threads",
+            "1",
+            "--precision",
+            "fp32",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert load_checkpoint(tmp_path / "ft" / "latest.pt")["schedule"]["warmup"] == 2
     assert "and 2 warm-up steps" in result.stderr and "and 50 warm-up steps" not in result.stderr
@@ -130,22 +217,46 @@ def test_the_header_names_the_warm_up_the_schedule_uses(java_run, python_data, t
     ],
 )
 def test_a_different_shape_is_refused_in_one_line(java_run, python_data, tmp_path, extra, message):
-    result = runner.invoke(app, ["train", "--data", str(python_data.path), "--out", str(tmp_path / "ft"),
-                                 "--init-from", str(java_run), "--steps", "1", *extra])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(python_data.path),
+            "--out",
+            str(tmp_path / "ft"),
+            "--init-from",
+            str(java_run),
+            "--steps",
+            "1",
+            *extra,
+        ],
+    )
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "ft").exists()
 
 
 def test_a_missing_source_is_refused_in_one_line(python_data, tmp_path):
-    result = runner.invoke(app, ["train", "--data", str(python_data.path), "--out", str(tmp_path / "ft"),
-                                 "--init-from", str(tmp_path / "nope")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(python_data.path),
+            "--out",
+            str(tmp_path / "ft"),
+            "--init-from",
+            str(tmp_path / "nope"),
+        ],
+    )
     assert result.exit_code == 1 and "no such checkpoint or run folder" in result.output
     assert "pretrained-python" in result.output
 
 
 def test_an_empty_source_is_refused_naming_the_option(python_data, tmp_path):
-    result = runner.invoke(app, ["train", "--data", str(python_data.path), "--out", str(tmp_path / "ft"),
-                                 "--init-from", ""])  # fmt: skip
+    result = runner.invoke(
+        app, ["train", "--data", str(python_data.path), "--out", str(tmp_path / "ft"), "--init-from", ""]
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "--init-from is empty" in result.output and "holds no" not in result.output
     assert not (tmp_path / "ft").exists()
@@ -153,8 +264,16 @@ def test_an_empty_source_is_refused_naming_the_option(python_data, tmp_path):
 
 def test_fine_tuning_keeps_the_source_models_dropout_unless_given(java_run, python_data, tmp_path):
     source_dropout = json.loads((java_run / "config.json").read_text())["train_config"]["dropout"]
-    common = {"data": str(python_data.path), "init_from": str(java_run), "epochs": 8, "threads": 1,
-              "precision": "fp32", "eval_every": 0, "batch_size": 4, "seq_len": 16}  # fmt: skip
+    common = {
+        "data": str(python_data.path),
+        "init_from": str(java_run),
+        "epochs": 8,
+        "threads": 1,
+        "precision": "fp32",
+        "eval_every": 0,
+        "batch_size": 4,
+        "seq_len": 16,
+    }
     # Eight passes over a tiny corpus: a fresh run would get dropout chosen; fine-tuning keeps the source's.
     train({**common, "out": str(tmp_path / "kept")}, stop_after=2)
     kept = json.loads((tmp_path / "kept" / "config.json").read_text())["train_config"]

@@ -10,17 +10,17 @@ import torch
 from typer.testing import CliRunner
 
 from charlstm import __version__
+from charlstm.cli import app
 from charlstm.core.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
 )
-from charlstm.cli import app
-from charlstm.corpus.dataset import load_dataset, write_dataset
 from charlstm.core.errors import CharlstmError
 from charlstm.core.files import atomic_write
 from charlstm.core.vocab import DOC_SEP, UNK, Vocab
+from charlstm.corpus.dataset import load_dataset, write_dataset
 
 runner = CliRunner()
 
@@ -99,13 +99,18 @@ def test_export_for_inference_drops_resume_state(tmp_path, tiny_checkpoint):
     from charlstm.core.checkpoint import export_for_inference
 
     payload = load_checkpoint(tiny_checkpoint)
-    save_checkpoint(tiny_checkpoint, {**payload, "optimizer": {"state": {}, "param_groups": []}, "rng": {"torch": torch.get_rng_state()}})
+    save_checkpoint(
+        tiny_checkpoint,
+        {**payload, "optimizer": {"state": {}, "param_groups": []}, "rng": {"torch": torch.get_rng_state()}},
+    )
     slim = export_for_inference(tiny_checkpoint, tmp_path / "slim" / "best.pt")
     reloaded = load_checkpoint(tmp_path / "slim" / "best.pt")
     assert "optimizer" not in reloaded and "rng" not in reloaded and set(slim) <= set(reloaded)
     model, _ = model_from_checkpoint(reloaded)
     original, _ = model_from_checkpoint(payload)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values(), strict=True)
+    )
 
 
 def test_written_files_get_the_mode_open_would_give(tmp_path, tiny_dataset):

@@ -70,7 +70,9 @@ def test_clamps_keep_the_step_path():
     engine = StepEngine(random_model("lstm", seed=9))
     tokens = torch.randint(0, 19, (80,), generator=torch.Generator().manual_seed(5))
     clamps = engine.clamps([Intervention(2, 3, "cell", 1.5)])
-    assert torch.equal(engine.trace(tokens, clamps=clamps)["cell"], engine.trace(tokens, clamps=clamps, fused=False)["cell"])
+    assert torch.equal(
+        engine.trace(tokens, clamps=clamps)["cell"], engine.trace(tokens, clamps=clamps, fused=False)["cell"]
+    )
     assert (engine.trace(tokens, clamps=clamps)["cell"][1, :, 3] == 1.5).all()
 
 
@@ -83,7 +85,10 @@ def test_a_bfloat16_engine_keeps_the_step_path(monkeypatch):
 @pytest.mark.parametrize("steps", [1, 2, 7, 64, 100, 1001])
 def test_cell_scan_equals_the_sequential_recurrence(steps):
     g = torch.Generator().manual_seed(steps)
-    f, u = torch.rand(steps, 2, 5, generator=g, dtype=torch.float64), torch.randn(steps, 2, 5, generator=g, dtype=torch.float64)
+    f, u = (
+        torch.rand(steps, 2, 5, generator=g, dtype=torch.float64),
+        torch.randn(steps, 2, 5, generator=g, dtype=torch.float64),
+    )
     f[steps // 2] = 0  # a closed forget gate: the scan must not divide by a product of gates
     c0 = torch.randn(2, 5, generator=g, dtype=torch.float64)
     expected, c = [], c0

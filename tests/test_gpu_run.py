@@ -45,7 +45,9 @@ def test_a_failing_stage_is_one_line_and_the_deadline_skips_rather_than_overruns
     assert done.stdout.strip() == "42" and "print(6 * 7)" in (tmp_path / "commands.log").read_text()
     with pytest.raises(gpu_run.StageError, match="ran past 1 s"):
         s.run("sleep", [sys.executable, "-c", "import time; time.sleep(5)"], timeout=1)
-    assert json.loads((tmp_path / "gpu_run.json").read_text())["stages"]["big"]["status"] == "skipped"  # saved per stage
+    assert (
+        json.loads((tmp_path / "gpu_run.json").read_text())["stages"]["big"]["status"] == "skipped"
+    )  # saved per stage
 
 
 def test_a_stopped_command_is_named_as_a_user_would_type_it():
@@ -61,8 +63,10 @@ def test_a_stopped_command_takes_its_children_along_and_leaves_its_last_json(tmp
     s = gpu_run.Session(tmp_path, tmp_path, deadline_s=3, smoke=True)
     marker = tmp_path / "grandchild-lived"
     grandchild = f"import time, pathlib; time.sleep(4); pathlib.Path({str(marker)!r}).write_text('x')"
-    script = (f"import json, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
-              "print(json.dumps({'cells': 1}), flush=True); time.sleep(60)")  # fmt: skip
+    script = (
+        f"import json, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
+        "print(json.dumps({'cells': 1}), flush=True); time.sleep(60)"
+    )
     start = time.monotonic()
     # The deadline, not the 300 s asked for, stops it; the stage records its last JSON line.
     result = s.stage("stuck", lambda: s.run("stuck", [sys.executable, "-c", script], timeout=300), need_s=0)
@@ -81,11 +85,29 @@ def test_the_smoke_form_runs_every_stage_and_ships_both_models(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--python-data", str(data / "py"),
-         "--java-data", str(data / "java"), "--java-data-made-by", "make_dataset in a test",
-         "--python-minutes", "0.05", "--java-minutes", "0.05"],
-        cwd=REPO, capture_output=True, text=True, timeout=400, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--smoke",
+            "--out",
+            str(out),
+            "--python-data",
+            str(data / "py"),
+            "--java-data",
+            str(data / "java"),
+            "--java-data-made-by",
+            "make_dataset in a test",
+            "--python-minutes",
+            "0.05",
+            "--java-minutes",
+            "0.05",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
     assert len(done.stdout.strip().splitlines()) == 1, done.stdout  # ONE JSON object on stdout
     record = json.loads(done.stdout)
     assert record == json.loads((out / "gpu_run.json").read_text())
@@ -106,7 +128,13 @@ def test_the_smoke_form_runs_every_stage_and_ships_both_models(tmp_path):
         with tarfile.open(out / f"pretrained-{lang}.tar") as packed:
             packed.extractall(tmp_path / "unpacked", filter="data")
         shipped = tmp_path / "unpacked" / f"pretrained-{lang}"
-        assert {p.name for p in shipped.iterdir()} == {"best.pt", "config.json", "metrics.jsonl", "val-excerpt.txt", "COMMANDS.txt"}
+        assert {p.name for p in shipped.iterdir()} == {
+            "best.pt",
+            "config.json",
+            "metrics.jsonl",
+            "val-excerpt.txt",
+            "COMMANDS.txt",
+        }
         payload = load_checkpoint(shipped / "best.pt")
         assert {v.dtype for v in payload["model"].values()} == {torch.float16} and "optimizer" not in payload
         commands = (shipped / "COMMANDS.txt").read_text()

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlstm.sampling import draw
 from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
-from charlstm.sampling.draw import DrawRule, GumbelNoise
 from charlstm.core.engine import StepEngine
 from charlstm.core.errors import CharlstmError
-from charlstm.sampling.graphed import EAGER_ENV, GRAPH_STEPS, BlockSteps, capture_unavailable
 from charlstm.core.units import WATCHABLE, parse_interventions, parse_unit
+from charlstm.sampling import draw
+from charlstm.sampling.draw import DrawRule, GumbelNoise
+from charlstm.sampling.graphed import EAGER_ENV, GRAPH_STEPS, BlockSteps, capture_unavailable
 from charlstm.sampling.sample import KEPT_GRAPHS, Sampler, SampleSettings
 from conftest import make_checkpoint, make_lively_checkpoint
 
@@ -25,7 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def samplers(path, precision: str = "fp32") -> tuple[Sampler, Sampler]:
     """(eager, blocks) samplers over one model."""
     model, vocab = model_from_checkpoint(load_checkpoint(path))
-    return Sampler(model, vocab, "cpu", precision, graphs="eager"), Sampler(model, vocab, "cpu", precision, graphs="blocks")
+    return Sampler(model, vocab, "cpu", precision, graphs="eager"), Sampler(
+        model, vocab, "cpu", precision, graphs="blocks"
+    )
 
 
 def steps_of(sampler: Sampler, **settings) -> list[tuple[list[str], list[bool]]]:
@@ -99,7 +101,7 @@ def test_a_stop_ends_each_sample_inside_a_block_and_the_rest_is_dropped(lively_c
     assert got == steps_of(eager, **settings)
     assert len(got) == max(at) + 1 and all(got[-1][1])  # over once every sample has stopped
     texts = blocks.sample_texts(SampleSettings(**settings))
-    assert texts == [text[: i + 1] for text, i in zip(free, at)]  # each cut right after its stop
+    assert texts == [text[: i + 1] for text, i in zip(free, at, strict=True)]  # each cut right after its stop
 
 
 def test_one_launch_is_k_eager_steps_and_the_next_carries_on(lively_checkpoint):
@@ -127,7 +129,9 @@ def test_one_launch_is_k_eager_steps_and_the_next_carries_on(lively_checkpoint):
         logits, state = engine.step(tokens, state)
     assert drawn == expected
     assert torch.equal(blocks.logits, logits)
-    assert all(torch.equal(a, b) for la, lb in zip(blocks.state, state) for a, b in zip(la, lb))
+    assert all(
+        torch.equal(a, b) for la, lb in zip(blocks.state, state, strict=True) for a, b in zip(la, lb, strict=True)
+    )
 
 
 def test_noise_fill_is_the_noise_at_each_step_and_reads_in_order():
@@ -155,9 +159,9 @@ def test_block_buffers_are_reused_and_two_live_generations_do_not_share_them(liv
     # Interleaved: two generations at once, each must keep its own buffers.
     a, b = blocks.generate(settings), blocks.generate(SampleSettings(seed=22, length=70, num_samples=2))
     texts_a, texts_b = [""] * 2, [""] * 2
-    for (ca, _), (cb, _) in zip(a, b):
-        texts_a = [t + c for t, c in zip(texts_a, ca)]
-        texts_b = [t + c for t, c in zip(texts_b, cb)]
+    for (ca, _), (cb, _) in zip(a, b, strict=True):
+        texts_a = [t + c for t, c in zip(texts_a, ca, strict=True)]
+        texts_b = [t + c for t, c in zip(texts_b, cb, strict=True)]
     assert texts_a == first == eager.sample_texts(settings)
     assert texts_b == eager.sample_texts(SampleSettings(seed=22, length=70, num_samples=2))
     blocks.sample_texts(SampleSettings(seed=1, length=40, top_k=3))  # another rule: new buffers

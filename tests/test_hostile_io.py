@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from charlstm.core import userio
 from charlstm.cli import app
+from charlstm.core import userio
 from charlstm.corpus.dataset import load_dataset
 from charlstm.corpus.sources import git_failure
 from conftest import JAVA_SNIPPET, make_checkpoint
@@ -58,8 +58,9 @@ def run_cli(*args, env: dict | None = None, **kwargs) -> subprocess.CompletedPro
     """The real program in a child process: stdout and argv bytes are as a shell gives them."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     kwargs.setdefault("stdout", subprocess.PIPE)
-    return subprocess.run([sys.executable, "-m", "charlstm", *args], cwd=REPO, env=env, stderr=subprocess.PIPE,
-                          timeout=180, **kwargs)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "charlstm", *args], cwd=REPO, env=env, stderr=subprocess.PIPE, timeout=180, **kwargs
+    )
 
 
 def quiet_failure(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -105,8 +106,13 @@ SAMPLE = ("sample", "-n", "40", "--seed", "3", "--precision", "fp32")
 
 
 def git(*args, cwd=None):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}  # fmt: skip
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
@@ -162,8 +168,16 @@ def test_directory_source_skips_symlinks_leaving_it_but_a_single_file_source_is_
     assert json.loads(result.stdout)["files_skipped"]["symlink-outside"] == 2
     assert "TOP-SECRET" not in all_text(data / "d")
     # A file named on the command line is the user's explicit choice, symlink or not.
-    chosen = invoke("ingest", str(tmp_path / "src" / "config.py"), str(tmp_path / "src"), "--name", "e",
-                    "--data-dir", str(data), "--json")  # fmt: skip
+    chosen = invoke(
+        "ingest",
+        str(tmp_path / "src" / "config.py"),
+        str(tmp_path / "src"),
+        "--name",
+        "e",
+        "--data-dir",
+        str(data),
+        "--json",
+    )
     assert chosen.exit_code == 0, chosen.output
     assert "TOP-SECRET" in all_text(data / "e")
 
@@ -195,8 +209,10 @@ def test_a_failed_clone_shows_gits_reason(tmp_path):
 
 
 def test_git_reasons_are_its_fatal_and_error_lines():
-    stderr = ("fatal: '/x' does not appear to be a git repository\nfatal: Could not read from remote repository.\n\n"
-              "Please make sure you have the correct access rights\nand the repository exists.\n")  # fmt: skip
+    stderr = (
+        "fatal: '/x' does not appear to be a git repository\nfatal: Could not read from remote repository.\n\n"
+        "Please make sure you have the correct access rights\nand the repository exists.\n"
+    )
     assert git_failure(stderr) == "'/x' does not appear to be a git repository; Could not read from remote repository."
     assert git_failure("warning: odd\nsomething else went wrong\n") == "something else went wrong"
     assert git_failure("") == ""
@@ -303,13 +319,22 @@ def read_only_file_system(monkeypatch):
 def test_read_only_destinations_are_one_line_errors_naming_the_path(tiny_checkpoint, tmp_path, read_only_file_system):
     out, page, svg = tmp_path / "out.txt", tmp_path / "page.html", tmp_path / "view.svg"
     one_line_error(invoke(*SAMPLE, str(tiny_checkpoint), "-o", str(out)), str(out), "Read-only file system")
-    one_line_error(invoke("inspect-neuron", str(tiny_checkpoint), "--html", str(page), "--text", "int n;\n"),
-                   str(page), "Read-only file system")  # fmt: skip
-    one_line_error(invoke("inspect-neuron", str(tiny_checkpoint), "-l", "1", "-n", "0", "--text", "int n;",
-                          "--svg", str(svg)), str(svg), "Read-only file system")  # fmt: skip
+    one_line_error(
+        invoke("inspect-neuron", str(tiny_checkpoint), "--html", str(page), "--text", "int n;\n"),
+        str(page),
+        "Read-only file system",
+    )
+    one_line_error(
+        invoke("inspect-neuron", str(tiny_checkpoint), "-l", "1", "-n", "0", "--text", "int n;", "--svg", str(svg)),
+        str(svg),
+        "Read-only file system",
+    )
     runs = tmp_path / "runs"
-    one_line_error(invoke("experiment", "counter", "--out-dir", str(runs), "--steps", "1"),
-                   f"cannot write to {runs}", "Read-only file system")  # fmt: skip; before any training
+    one_line_error(
+        invoke("experiment", "counter", "--out-dir", str(runs), "--steps", "1"),
+        f"cannot write to {runs}",
+        "Read-only file system",
+    )  # before any training
     assert not out.exists() and not page.exists() and not svg.exists()
 
 
@@ -323,12 +348,25 @@ def test_a_folder_that_refuses_files_is_a_one_line_error(tiny_checkpoint):
 
 def test_pipes_are_text_sources_for_eval_inspect_and_sample(tiny_checkpoint, tmp_path):
     """`--text-file <(printf ...)`: a pipe, read once, decoded as ingest decodes files."""
-    scored = invoke("eval", str(tiny_checkpoint), "--text-file",
-                    str(fifo_with_text(tmp_path / "eval.fifo", b"int n;\r\n")), "--json")  # fmt: skip
+    scored = invoke(
+        "eval",
+        str(tiny_checkpoint),
+        "--text-file",
+        str(fifo_with_text(tmp_path / "eval.fifo", b"int n;\r\n")),
+        "--json",
+    )
     assert scored.exit_code == 0, scored.output
     assert json.loads(scored.stdout)["chars"] == len("int n;\n")
-    shown = invoke("inspect-neuron", str(tiny_checkpoint), "-l", "1", "-n", "0", "--text-file",
-                   str(fifo_with_text(tmp_path / "inspect.fifo", b"int \xff;\n")))  # fmt: skip
+    shown = invoke(
+        "inspect-neuron",
+        str(tiny_checkpoint),
+        "-l",
+        "1",
+        "-n",
+        "0",
+        "--text-file",
+        str(fifo_with_text(tmp_path / "inspect.fifo", b"int \xff;\n")),
+    )
     assert shown.exit_code == 0, shown.output  # the invalid byte is the unknown symbol, as in ingest
     primed = invoke(*SAMPLE, str(tiny_checkpoint), "--prime-file", str(fifo_with_text(tmp_path / "p.fifo", b"int")))
     assert primed.exit_code == 0 and primed.stdout.startswith("int"), primed.output
@@ -351,7 +389,9 @@ def test_text_sources_that_cannot_be_read_are_one_line_errors(tiny_checkpoint, t
 
 def test_an_endless_text_source_is_refused_at_the_limit(tiny_checkpoint, monkeypatch):
     monkeypatch.setattr(userio, "MAX_TEXT_BYTES", 1000)
-    one_line_error(invoke("eval", str(tiny_checkpoint), "--text-file", "/dev/zero"), "text file /dev/zero is larger than")
+    one_line_error(
+        invoke("eval", str(tiny_checkpoint), "--text-file", "/dev/zero"), "text file /dev/zero is larger than"
+    )
 
 
 def test_prime_with_bytes_that_are_not_utf8_reads_them_as_unknown(tiny_checkpoint, tmp_path):
@@ -413,8 +453,13 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, unbuffered):
         ["eval", str(checkpoint), "--text-file", str(text), "--json"],
     )
     for command in commands:
-        proc = subprocess.Popen([sys.executable, "-m", "charlstm", *command], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "charlstm", *command],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         if command[0] == "sample":
             proc.stdout.read(10)
         proc.stdout.close()

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from charlstm.core.checkpoint import load_checkpoint, save_checkpoint
 from charlstm.cli import app
+from charlstm.core.checkpoint import load_checkpoint, save_checkpoint
 from charlstm.core.errors import CharlstmError
 from charlstm.corpus.ingest import ingest
 from charlstm.training.train_setup import train
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint
-from test_hostile_train import ENV, REPO, TINY, TINY_ARGS, one_line_error, options, train_args
+from test_hostile_train import ENV, REPO, TINY, one_line_error, options, train_args
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,7 +101,18 @@ def test_ingest_force_cannot_replace_a_dataset_a_run_is_reading(tmp_path, monkey
     [
         lambda ck, f, link: ["eval", str(ck), "--per-char", "--text-file", str(f), "--html", str(link)],
         lambda ck, f, link: ["inspect-neuron", str(ck), "--text-file", str(f), "--html", str(link)],
-        lambda ck, f, link: ["inspect-neuron", str(ck), "--text-file", str(f), "-l", "1", "-n", "0", "--svg", str(link)],
+        lambda ck, f, link: [
+            "inspect-neuron",
+            str(ck),
+            "--text-file",
+            str(f),
+            "-l",
+            "1",
+            "-n",
+            "0",
+            "--svg",
+            str(link),
+        ],
         lambda ck, f, link: ["sample", str(ck), "-n", "5", "--prime-file", str(f), "-o", str(link)],
         lambda ck, f, link: ["sample", str(ck), "-n", "5", "-o", str(ck)],
     ],
@@ -129,8 +140,14 @@ def test_a_device_may_be_input_and_output(tiny_checkpoint, tmp_path):
 
 def shell(command: str, env: dict | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
     """`python -m charlstm` under a shell, so that its redirections (`2>&-`) close streams for real."""
-    return subprocess.run(["bash", "-c", f"exec {sys.executable} -m charlstm {command}"], cwd=REPO,
-                          env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        ["bash", "-c", f"exec {sys.executable} -m charlstm {command}"],
+        cwd=REPO,
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_train_json_with_stderr_and_stdin_closed_prints_only_its_json(tiny_dataset, tmp_path):
@@ -170,12 +187,25 @@ def wait_for(condition, seconds: float = 120) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_save_a_training_run_as_ctrl_c_does(tiny_dataset, tmp_path, sig):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "charlstm", *train_args(tiny_dataset, run, "--steps", "1000000", "--save-every", "0",
-                                                         "--eval-every", "0", "--log-every", "1")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "charlstm",
+        *train_args(
+            tiny_dataset, run, "--steps", "1000000", "--save-every", "0", "--eval-every", "0", "--log-every", "1"
+        ),
+    ]
     # The child starts with the signal's default action, as from a terminal: a suite run under
     # nohup would otherwise pass on an ignored SIGHUP, which train rightly keeps ignoring.
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL),
+    )
     try:
         wait_for(lambda: (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size > 0)
         proc.send_signal(sig)
@@ -190,8 +220,21 @@ def test_sigterm_and_sighup_save_a_training_run_as_ctrl_c_does(tiny_dataset, tmp
 def test_sigterm_during_sample_o_keeps_the_text_so_far(lively_checkpoint, tmp_path):
     out = tmp_path / "out.txt"
     out.write_text("old")
-    cmd = [sys.executable, "-m", "charlstm", "sample", str(lively_checkpoint), "-n", "100000000", "--seed", "1",
-           "--precision", "fp32", "-o", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "charlstm",
+        "sample",
+        str(lively_checkpoint),
+        "-n",
+        "100000000",
+        "--seed",
+        "1",
+        "--precision",
+        "fp32",
+        "-o",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         first = proc.stdout.read(200)  # it is generating
@@ -217,13 +260,20 @@ def _gru_weights(payload):
 
 CRAFTED = {
     "short-vocab": (lambda p: {**p, "vocab": p["vocab"][:-1]}, "symbols but its model_config"),
-    "no-head-bias": (lambda p: {**p, "model": {k: v for k, v in p["model"].items() if k != "head.bias"}},
-                     "head.bias missing"),
+    "no-head-bias": (
+        lambda p: {**p, "model": {k: v for k, v in p["model"].items() if k != "head.bias"}},
+        "head.bias missing",
+    ),
     "gru-weights": (_gru_weights, "do not match its model_config"),
     "layers-100": (lambda p: {**p, "model_config": {**p["model_config"], "layers": 100}}, "missing"),
-    "embedding-200": (lambda p: {**p, "model": {**p["model"], "embedding.weight": p["model"]["embedding.weight"].new_zeros(200, 8)}},
-                      "embedding.weight is [200, 8]"),
-    "hidden-float": (lambda p: {**p, "model_config": {**p["model_config"], "hidden": 24.0}}, "hidden should be a whole number"),
+    "embedding-200": (
+        lambda p: {**p, "model": {**p["model"], "embedding.weight": p["model"]["embedding.weight"].new_zeros(200, 8)}},
+        "embedding.weight is [200, 8]",
+    ),
+    "hidden-float": (
+        lambda p: {**p, "model_config": {**p["model_config"], "hidden": 24.0}},
+        "hidden should be a whole number",
+    ),
     "data-number": (lambda p: {**p, "train_config": {**p["train_config"], "data": 123}}, "data: 123"),
 }
 
@@ -238,8 +288,23 @@ def test_a_crafted_checkpoint_is_one_short_line_for_every_command(tiny_dataset, 
     save_checkpoint(run / "latest.pt", {k: v for k, v in craft(payload).items() if k not in ("format", "version")})
     (run / "best.pt").unlink(missing_ok=True)
     argv = {
-        "init-from": ["train", "--data", str(tiny_dataset.path), "--out", str(tmp_path / "ft"), "--batch-size", "4",
-                      "--seq-len", "16", "--threads", "1", "--init-from", str(run / "latest.pt"), "--steps", "1"],
+        "init-from": [
+            "train",
+            "--data",
+            str(tiny_dataset.path),
+            "--out",
+            str(tmp_path / "ft"),
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "16",
+            "--threads",
+            "1",
+            "--init-from",
+            str(run / "latest.pt"),
+            "--steps",
+            "1",
+        ],
         "resume": ["train", "--out", str(run), "--resume", "--steps", "3"],
         "sample": ["sample", str(run / "latest.pt"), "-n", "5"],
     }[command]
@@ -311,10 +376,12 @@ def test_metrics_that_is_a_folder_is_one_line(tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize(
     "edit, expected",
-    [({"train_chars": -1}, "train_chars should be a whole number of 0 or more"),
-     ({"val_chars": 2.5}, "val_chars should be a whole number"),
-     ({"language": 123}, "language should be a string"),
-     ({"name": ["t"]}, "name should be a string")],
+    [
+        ({"train_chars": -1}, "train_chars should be a whole number of 0 or more"),
+        ({"val_chars": 2.5}, "val_chars should be a whole number"),
+        ({"language": 123}, "language should be a string"),
+        ({"name": ["t"]}, "name should be a string"),
+    ],
 )
 def test_an_edited_meta_json_is_refused_when_the_dataset_is_opened(tiny_dataset, tmp_path, edit, expected):
     meta_path = tiny_dataset.path / "meta.json"
@@ -330,8 +397,14 @@ def test_an_edited_meta_json_is_refused_when_the_dataset_is_opened(tiny_dataset,
 # --- 6. characters no UTF-8 text holds ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["sample", "-n", "5", "-o", "OUT"], ["sample", "-n", "5", "--watch", "1:0", "-o", "OUT"],
-                                     ["eval", "--per-char", "--text-file", "TEXT", "--json"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sample", "-n", "5", "-o", "OUT"],
+        ["sample", "-n", "5", "--watch", "1:0", "-o", "OUT"],
+        ["eval", "--per-char", "--text-file", "TEXT", "--json"],
+    ],
+)
 def test_a_vocabulary_with_a_lone_surrogate_is_refused_in_one_line(tmp_path, command):
     path = make_checkpoint(tmp_path / "run" / "best.pt")
     payload = load_checkpoint(path)
@@ -350,7 +423,9 @@ def test_a_dataset_vocabulary_with_a_lone_surrogate_is_refused(tiny_dataset, tmp
     meta = json.loads(meta_path.read_text())
     meta["vocab"][-1] = "\ud800"
     meta_path.write_text(json.dumps(meta))
-    assert "lone surrogate" in one_line_error(runner.invoke(app, train_args(tiny_dataset, tmp_path / "r", "--steps", "1")))
+    assert "lone surrogate" in one_line_error(
+        runner.invoke(app, train_args(tiny_dataset, tmp_path / "r", "--steps", "1"))
+    )
 
 
 # --- 7. float32 edges --------------------------------------------------------------------------------
@@ -358,8 +433,11 @@ def test_a_dataset_vocabulary_with_a_lone_surrogate_is_refused(tiny_dataset, tmp
 
 @pytest.mark.parametrize(
     "extra, expected",
-    [(["--clamp", "1:1=1e39"], "finite float32 number"), (["--clamp", "1:1=-1e39"], "finite float32 number"),
-     (["--clamp", "1:1:hidden=3.5e38"], "finite float32 number")],
+    [
+        (["--clamp", "1:1=1e39"], "finite float32 number"),
+        (["--clamp", "1:1=-1e39"], "finite float32 number"),
+        (["--clamp", "1:1:hidden=3.5e38"], "finite float32 number"),
+    ],
 )
 def test_sampling_numbers_beyond_float32_are_refused(tiny_checkpoint, extra, expected):
     assert expected in one_line_error(runner.invoke(app, ["sample", str(tiny_checkpoint), "-n", "5", *extra]))
@@ -368,14 +446,17 @@ def test_sampling_numbers_beyond_float32_are_refused(tiny_checkpoint, extra, exp
 @pytest.mark.parametrize("top_p", ["1e-46", "1e-30"])
 def test_a_top_p_below_float32s_range_is_greedy_not_all_separators(lively_checkpoint, top_p):
     greedy = runner.invoke(app, ["sample", str(lively_checkpoint), "-n", "40", "--greedy", "--precision", "fp32"])
-    result = runner.invoke(app, ["sample", str(lively_checkpoint), "-n", "40", "--top-p", top_p, "--seed", "1",
-                                 "--precision", "fp32"])  # fmt: skip
+    result = runner.invoke(
+        app, ["sample", str(lively_checkpoint), "-n", "40", "--top-p", top_p, "--seed", "1", "--precision", "fp32"]
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == greedy.stdout  # 1e-46 is 0 in float32: every character was dropped, a separator drawn
 
 
 def test_steps_beyond_exact_float64_are_refused(tiny_dataset, tmp_path):
-    line = one_line_error(runner.invoke(app, train_args(tiny_dataset, tmp_path / "r", "--steps", "99999999999999999999")))
+    line = one_line_error(
+        runner.invoke(app, train_args(tiny_dataset, tmp_path / "r", "--steps", "99999999999999999999"))
+    )
     assert "--steps must be at most" in line
 
 
@@ -450,8 +531,20 @@ def test_watch_with_colour_off_on_a_terminal_says_why(lively_checkpoint, monkeyp
 
 
 def test_inspect_html_with_ablate_and_json_is_refused(tiny_checkpoint, tmp_path):
-    result = runner.invoke(app, ["inspect-neuron", str(tiny_checkpoint), "--text", "x = 1\n", "--ablate", "1:3",
-                                 "--html", str(tmp_path / "p.html"), "--json"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "inspect-neuron",
+            str(tiny_checkpoint),
+            "--text",
+            "x = 1\n",
+            "--ablate",
+            "1:3",
+            "--html",
+            str(tmp_path / "p.html"),
+            "--json",
+        ],
+    )
     assert "--html writes a page instead" in one_line_error(result)
     assert not (tmp_path / "p.html").exists()
 
@@ -480,7 +573,10 @@ def test_a_folder_the_os_will_not_enter_is_one_line(tiny_checkpoint, tmp_path, m
         return real_stat(self, *args, **kwargs)
 
     monkeypatch.setattr(pathlib.Path, "stat", stat)
-    cases = [(["sample", str(locked / "run"), "-n", "5"], locked / "run"), (["eval", str(locked / "run")], locked / "run"),
-             (["sample", str(tiny_checkpoint), "-n", "5", "-o", str(locked / "out.txt")], locked / "out.txt")]
+    cases = [
+        (["sample", str(locked / "run"), "-n", "5"], locked / "run"),
+        (["eval", str(locked / "run")], locked / "run"),
+        (["sample", str(tiny_checkpoint), "-n", "5", "-o", str(locked / "out.txt")], locked / "out.txt"),
+    ]
     for argv, refused in cases:
         assert one_line_error(runner.invoke(app, argv)) == f"error: cannot use {refused}: Permission denied"

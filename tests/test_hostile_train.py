@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from charlstm.cli import app
 from charlstm.core import lock
 from charlstm.core.checkpoint import export_for_inference, load_checkpoint, save_checkpoint
-from charlstm.cli import app
 from charlstm.core.errors import CharlstmError
-from charlstm.evaluation.evaluate import evaluate_checkpoint
 from charlstm.core.files import append_line
 from charlstm.corpus.ingest import ingest
+from charlstm.evaluation.evaluate import evaluate_checkpoint
 from charlstm.training.train_setup import train
 from conftest import JAVA_SNIPPET, make_checkpoint
 
@@ -33,8 +33,22 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 # A model small enough that each step takes a millisecond or two; fp32 runs alike on every CPU.
 TINY = {"layers": 2, "hidden": 24, "embed": 8, "batch_size": 4, "seq_len": 16, "threads": 1, "precision": "fp32"}
-TINY_ARGS = ["--layers", "2", "--hidden", "24", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
-             "--threads", "1", "--precision", "fp32"]  # fmt: skip
+TINY_ARGS = [
+    "--layers",
+    "2",
+    "--hidden",
+    "24",
+    "--embed",
+    "8",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--threads",
+    "1",
+    "--precision",
+    "fp32",
+]
 
 
 def options(dataset, out, **extra) -> dict:
@@ -64,7 +78,9 @@ def hold_lock_in_another_process(lock_file: Path) -> subprocess.Popen:
         "import sys; from charlstm.core import lock; "
         f"held = lock.acquire({str(lock_file)!r}, 'x'); print('held', flush=True); sys.stdin.read()"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -75,9 +91,17 @@ def hold_lock_in_another_process(lock_file: Path) -> subprocess.Popen:
 def test_a_second_trainer_is_refused_while_the_first_runs_and_not_after_a_kill_9(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "charlstm", *train_args(tiny_dataset, run, "--steps", "1000000", "--save-every", "1", "--eval-every", "0")],
-        cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "charlstm",
+            *train_args(tiny_dataset, run, "--steps", "1000000", "--save-every", "1", "--eval-every", "0"),
+        ],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120  # start-up is slow on a loaded machine
         while not (run / "latest.pt").exists() and time.time() < deadline:
@@ -133,7 +157,9 @@ def test_ingest_of_a_name_being_ingested_is_refused(tmp_path):
     (src / "Greeter.java").write_text(JAVA_SNIPPET * 20)
     data_dir = tmp_path / "data"
     with lock.acquire(data_dir / ".same.lock", "x"):  # another ingest of "same" is under way
-        with pytest.raises(CharlstmError, match=re.escape(f"dataset {data_dir / 'same'} is in use by PID {os.getpid()}")):
+        with pytest.raises(
+            CharlstmError, match=re.escape(f"dataset {data_dir / 'same'} is in use by PID {os.getpid()}")
+        ):
             ingest([str(src)], "same", data_dir=data_dir)
         assert not (data_dir / "same").exists()
     ingest([str(src)], "same", data_dir=data_dir)  # once it is done, the name is free
@@ -349,13 +375,19 @@ def test_a_checkpoint_whose_vocabulary_holds_a_number_is_caught_by_sample(tmp_pa
     assert "single characters" in one_line_error(runner.invoke(app, ["sample", str(path), "-n", "5"]))
 
 
-
 @pytest.mark.parametrize(
     "field, value, expected",
-    [("dataset", "tiny", "a dict"), ("dataset", {"name": "tiny", "language": 5}, "its 'language' should be a string"),
-     ("model_config", ["lstm"], "a dict"), ("model", [1, 2], "a dict"), ("step", "20", "a whole number"),
-     ("precision", 16, "a string"), ("train_config", "steps=4", "a dict"), ("val_bpc", "low", "a number")],
-)  # fmt: skip
+    [
+        ("dataset", "tiny", "a dict"),
+        ("dataset", {"name": "tiny", "language": 5}, "its 'language' should be a string"),
+        ("model_config", ["lstm"], "a dict"),
+        ("model", [1, 2], "a dict"),
+        ("step", "20", "a whole number"),
+        ("precision", 16, "a string"),
+        ("train_config", "steps=4", "a dict"),
+        ("val_bpc", "low", "a number"),
+    ],
+)
 def test_a_checkpoint_with_a_field_of_the_wrong_type_is_one_line(tmp_path, field, value, expected):
     path = make_checkpoint(tmp_path / "best.pt")
     save_checkpoint(path, {**load_checkpoint(path), field: value})
@@ -380,8 +412,10 @@ def test_a_checkpoint_with_non_finite_weights_is_one_line(tmp_path, bad, command
 
 def test_a_fresh_run_refused_at_set_up_leaves_no_folder_behind(tiny_dataset, tmp_path):
     """A batch the corpus cannot hold is found once the run folder is owned: the folder it made goes again."""
-    result = runner.invoke(app, [*train_args(tiny_dataset, tmp_path / "r" / "deep", "--steps", "2"),
-                                 "--batch-size", "64", "--seq-len", "200"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [*train_args(tiny_dataset, tmp_path / "r" / "deep", "--steps", "2"), "--batch-size", "64", "--seq-len", "200"],
+    )
     assert "lower --batch-size or --seq-len" in one_line_error(result)
     assert not (tmp_path / "r" / "deep").exists()
 

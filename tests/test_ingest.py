@@ -17,12 +17,11 @@ from typer.testing import CliRunner
 
 import charlstm.corpus.sources as sources_module
 from charlstm.cli import app
-from charlstm.corpus.dataset import load_dataset
 from charlstm.core.errors import CharlstmError
-from charlstm.corpus.ingest import ingest
 from charlstm.core.userio import decode_source
 from charlstm.core.vocab import DOC_SEP, UNK
-
+from charlstm.corpus.dataset import load_dataset
+from charlstm.corpus.ingest import ingest
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET
 
 runner = CliRunner()
@@ -93,18 +92,34 @@ def java_tree(tmp_path) -> Path:
 
 def test_java_tree_accounts_for_every_file_and_splits_by_file(java_tree, tmp_path):
     data = tmp_path / "data"
-    result = run_ingest(str(java_tree), "--name", "x", "--ext", ".java", "--max-file-bytes", "10000",
-                        "--data-dir", str(data), "--json", "--val-fraction", "0.2")
+    result = run_ingest(
+        str(java_tree),
+        "--name",
+        "x",
+        "--ext",
+        ".java",
+        "--max-file-bytes",
+        "10000",
+        "--data-dir",
+        str(data),
+        "--json",
+        "--val-fraction",
+        "0.2",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["files_kept"] == 12
     assert report["files_skipped"] == {
-        "excluded-folder": 3, "duplicate": 2, "binary": 1, "too-large": 1, "empty": 1, "extension": 1,
-        "symlinked-folder": 1, "broken-symlink": 1,
+        "excluded-folder": 3,
+        "duplicate": 2,
+        "binary": 1,
+        "too-large": 1,
+        "empty": 1,
+        "extension": 1,
+        "symlinked-folder": 1,
+        "broken-symlink": 1,
     }
-    assert report["train_chars"] + report["val_chars"] == sum(
-        len(java_class(f"Class{i}")) + 1 for i in range(12)
-    )
+    assert report["train_chars"] + report["val_chars"] == sum(len(java_class(f"Class{i}")) + 1 for i in range(12))
     ds = load_dataset(data / "x")
     assert ds.language == "java" and ds.meta["dtype"] == "uint8"
     assert report["vocab_size"] == len(ds.vocab)
@@ -205,7 +220,6 @@ def test_rare_characters_map_to_unknown_and_the_split_is_deterministic(tmp_path)
     assert ds.meta["vocab_counts"][1] == 3  # 'Q', 'z' and '=' each seen once
 
 
-
 def test_a_high_unknown_share_is_warned_about(tmp_path):
     src = tmp_path / "src"
     for i in range(20):
@@ -258,11 +272,14 @@ def make_zip(path: Path, members: dict[str, str | bytes]) -> Path:
 def test_preset_jdk_reads_src_zip_from_java_home(tmp_path, monkeypatch):
     home = tmp_path / "jdk"
     (home / "lib").mkdir(parents=True)
-    make_zip(home / "lib" / "src.zip", {
-        "java.base/java/lang/A.java": java_class("A"),
-        "java.base/java/lang/B.java": java_class("B"),
-        "java.base/module-info.class": b"\xca\xfe\xba\xbe",
-    })
+    make_zip(
+        home / "lib" / "src.zip",
+        {
+            "java.base/java/lang/A.java": java_class("A"),
+            "java.base/java/lang/B.java": java_class("B"),
+            "java.base/module-info.class": b"\xca\xfe\xba\xbe",
+        },
+    )
     monkeypatch.setenv("JAVA_HOME", str(home))
     result = run_ingest("--preset", "jdk", "--data-dir", str(tmp_path / "data"), "--json")
     assert result.exit_code == 0, result.output
@@ -284,8 +301,13 @@ def test_preset_jdk_missing_names_where_it_looked(tmp_path, monkeypatch):
 
 
 def git(*args, cwd=None):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
@@ -331,15 +353,19 @@ def test_archives_are_read_in_place(tmp_path):
 
 
 def test_missing_path(tmp_path):
-    assert_clean_failure(run_ingest(str(tmp_path / "nope"), "--name", "x", "--data-dir", str(tmp_path / "d")),
-                         "source not found")
+    assert_clean_failure(
+        run_ingest(str(tmp_path / "nope"), "--name", "x", "--data-dir", str(tmp_path / "d")), "source not found"
+    )
     assert no_leftovers(tmp_path / "d") == []
 
 
 def test_empty_directory(tmp_path):
     (tmp_path / "empty").mkdir()
-    assert_clean_failure(run_ingest(str(tmp_path / "empty"), "--name", "x", "--data-dir", str(tmp_path / "d")),
-                         "nothing to ingest", "no files")
+    assert_clean_failure(
+        run_ingest(str(tmp_path / "empty"), "--name", "x", "--data-dir", str(tmp_path / "d")),
+        "nothing to ingest",
+        "no files",
+    )
     assert no_leftovers(tmp_path / "d") == []
 
 
@@ -357,8 +383,9 @@ def test_comma_separated_extensions_keep_each_kind(tmp_path):
     write(tmp_path / "src" / "A.java", java_class("A"))
     write(tmp_path / "src" / "b.py", "def b():\n    return 1\n")
     write(tmp_path / "src" / "c.txt", "notes\n")
-    result = run_ingest(str(tmp_path / "src"), "--name", "x", "--ext", "py, .JAVA", "--data-dir", str(tmp_path / "d"),
-                        "--json")  # fmt: skip
+    result = run_ingest(
+        str(tmp_path / "src"), "--name", "x", "--ext", "py, .JAVA", "--data-dir", str(tmp_path / "d"), "--json"
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["files_kept"] == 2 and report["files_skipped"] == {"extension": 1}
@@ -367,8 +394,9 @@ def test_comma_separated_extensions_keep_each_kind(tmp_path):
 def test_only_binary_files(tmp_path):
     write(tmp_path / "src" / "a.c", b"\x7fELF\x00\x00\x01")
     write(tmp_path / "src" / "b.c", b"int x;\x00")
-    assert_clean_failure(run_ingest(str(tmp_path / "src"), "--name", "x", "--data-dir", str(tmp_path / "d")),
-                         "binary: 2")
+    assert_clean_failure(
+        run_ingest(str(tmp_path / "src"), "--name", "x", "--data-dir", str(tmp_path / "d")), "binary: 2"
+    )
     assert no_leftovers(tmp_path / "d") == []
 
 
@@ -394,8 +422,7 @@ def test_archive_with_escaping_member_paths(tmp_path):
             info.size = 6
             tf.addfile(info, io.BytesIO(b"x = 1\n"))
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert_clean_failure(run_ingest(str(tar_path), "--name", "x", "--data-dir", str(tmp_path / "d")),
-                         "unsafe-path: 3")
+    assert_clean_failure(run_ingest(str(tar_path), "--name", "x", "--data-dir", str(tmp_path / "d")), "unsafe-path: 3")
     assert not outside.exists() and not (tmp_path / "abs.py").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "d"])
     assert no_leftovers(tmp_path / "d") == []
@@ -410,8 +437,9 @@ def test_archive_with_escaping_member_paths(tmp_path):
 
 def test_corrupt_archive(tmp_path):
     zipped = write(tmp_path / "broken.zip", b"PK\x03\x04 this is not really a zip file")
-    assert_clean_failure(run_ingest(str(zipped), "--name", "x", "--data-dir", str(tmp_path / "d")),
-                         "corrupt or unreadable archive")
+    assert_clean_failure(
+        run_ingest(str(zipped), "--name", "x", "--data-dir", str(tmp_path / "d")), "corrupt or unreadable archive"
+    )
     good = make_zip(tmp_path / "good.tar.gz", {})  # a zip wearing a .tar.gz name
     assert_clean_failure(run_ingest(str(good), "--name", "x", "--data-dir", str(tmp_path / "d")), "corrupt")
     assert no_leftovers(tmp_path / "d") == []
@@ -421,21 +449,20 @@ def test_symlink_loop(tmp_path):
     loop = tmp_path / "loop"
     loop.symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(loop)
-    assert_clean_failure(run_ingest(str(loop), "--name", "x", "--data-dir", str(tmp_path / "d")),
-                         "symlink loop")
+    assert_clean_failure(run_ingest(str(loop), "--name", "x", "--data-dir", str(tmp_path / "d")), "symlink loop")
     # A folder holding nothing but a loop: the walk does not follow it and finds nothing to ingest.
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "back").symlink_to(tmp_path / "src")
-    assert_clean_failure(run_ingest(str(tmp_path / "src"), "--name", "x", "--data-dir", str(tmp_path / "d")),
-                         "symlinked-folder: 1")
+    assert_clean_failure(
+        run_ingest(str(tmp_path / "src"), "--name", "x", "--data-dir", str(tmp_path / "d")), "symlinked-folder: 1"
+    )
     assert no_leftovers(tmp_path / "d") == []
 
 
 @pytest.mark.parametrize("name", ["a/b", "../x", "..", "a\\b", "", ".hidden"])
 def test_name_with_a_path_separator(tmp_path, name):
     write(tmp_path / "src" / "a.py", PYTHON_SNIPPET)
-    assert_clean_failure(run_ingest(str(tmp_path / "src"), "--name", name, "--data-dir", str(tmp_path / "d")),
-                         "name")
+    assert_clean_failure(run_ingest(str(tmp_path / "src"), "--name", name, "--data-dir", str(tmp_path / "d")), "name")
     assert no_leftovers(tmp_path / "d") == [] and not (tmp_path / "x").exists()
 
 
@@ -459,8 +486,10 @@ def test_existing_dataset_needs_force(tmp_path):
     assert no_leftovers(data) == ["x"]
     # --force never deletes a folder that is not a dataset.
     write(data / "notes" / "mine.txt", "keep me")
-    assert_clean_failure(run_ingest(str(tmp_path / "src"), "--name", "notes", "--data-dir", str(data), "--force"),
-                         "not a charlstm dataset")
+    assert_clean_failure(
+        run_ingest(str(tmp_path / "src"), "--name", "notes", "--data-dir", str(data), "--force"),
+        "not a charlstm dataset",
+    )
     assert (data / "notes" / "mine.txt").read_text() == "keep me"
 
 
@@ -495,8 +524,16 @@ def test_ctrl_c_during_ingest_leaves_nothing_and_keeps_the_old_dataset(tmp_path,
     load_dataset(data / "x")
 
 
-@pytest.mark.parametrize("option", [["--val-fraction", "0"], ["--val-fraction", "1.5"], ["--min-char-count", "0"],
-                                    ["--max-file-bytes", "0"], ["--ext", "."]])
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--val-fraction", "0"],
+        ["--val-fraction", "1.5"],
+        ["--min-char-count", "0"],
+        ["--max-file-bytes", "0"],
+        ["--ext", "."],
+    ],
+)
 def test_nonsense_options(tmp_path, option):
     write(tmp_path / "src" / "a.py", PYTHON_SNIPPET)
     assert_clean_failure(run_ingest(str(tmp_path / "src"), "--name", "x", "--data-dir", str(tmp_path / "d"), *option))

@@ -12,15 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.analysis import explorer
-from charlstm.ui import inspect_command
-from charlstm.analysis import neurons
-from charlstm.analysis import saturation
+from charlstm.analysis import explorer, neurons, saturation
+from charlstm.analysis.features import compute_feature
 from charlstm.cli import app
 from charlstm.core.engine import SIGNALS, StepEngine
-from charlstm.analysis.features import compute_feature
 from charlstm.core.model import CharRNN
-from tests.conftest import SNIPPET_VOCAB, JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_lively_model
+from charlstm.ui import inspect_command
+from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, SNIPPET_VOCAB, make_checkpoint, make_lively_model
 
 runner = CliRunner()
 VOCAB = SNIPPET_VOCAB
@@ -299,7 +297,11 @@ def test_svg_of_a_long_text_is_refused_before_tracing(tmp_path, text_file, monke
 def test_html_of_a_long_text_shows_its_start_and_says_so(tmp_path, text_file, monkeypatch):
     inspection_ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
     per_char = 2 * 16 * 6
-    page_bytes = explorer.FIXED_BYTES + 28 * per_char + 120 * (math.ceil(per_char * 4 / 3 * 1.001) + explorer.OTHER_BYTES_PER_CHAR)
+    page_bytes = (
+        explorer.FIXED_BYTES
+        + 28 * per_char
+        + 120 * (math.ceil(per_char * 4 / 3 * 1.001) + explorer.OTHER_BYTES_PER_CHAR)
+    )
     monkeypatch.setattr(explorer, "MAX_PAGE_BYTES", page_bytes)  # a page holds 120 characters
     out = tmp_path / "page.html"
     result = invoke(str(inspection_ckpt), "--text-file", str(text_file), "--html", str(out))

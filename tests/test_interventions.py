@@ -11,17 +11,23 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from charlstm.analysis.interventions import (
+    CLASSES,
+    ablation_study,
+    bits_with_interventions,
+    character_classes,
+    leading_whitespace,
+)
 from charlstm.cli import app
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from charlstm.core.engine import StepEngine
 from charlstm.core.errors import CharlstmError
-from charlstm.evaluation.evaluate import bits_per_char
-from charlstm.analysis.interventions import CLASSES, ablation_study, bits_with_interventions, character_classes, leading_whitespace
 from charlstm.core.model import CharRNN, ModelConfig
-from charlstm.sampling.sample import Sampler, SampleSettings
-from charlstm.ui.sample_command import StreamWriter, stream_samples
 from charlstm.core.units import Intervention, ablation, parse_clamp, parse_interventions, parse_unit, resolve
 from charlstm.core.vocab import Vocab
+from charlstm.evaluation.evaluate import bits_per_char
+from charlstm.sampling.sample import Sampler, SampleSettings
+from charlstm.ui.sample_command import StreamWriter, stream_samples
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_lively_checkpoint
 from helpers import logits_from_trace
 
@@ -84,7 +90,10 @@ def test_no_intervention_is_the_engine_as_it_was(kind):
         plain_logits, plain_state = engine.step(pair, state)
         logits, state = engine.step(pair, state, per_stream)
         assert torch.equal(logits[0], plain_logits[0])
-        state = [tuple(torch.stack([p[0], s[1]]) for p, s in zip(pl, st)) for pl, st in zip(plain_state, state)]
+        state = [
+            tuple(torch.stack([p[0], s[1]]) for p, s in zip(pl, st, strict=True))
+            for pl, st in zip(plain_state, state, strict=True)
+        ]
     assert not torch.equal(logits[1], plain_logits[1])
 
 
@@ -191,7 +200,9 @@ def test_seeded_samples_differ_only_through_the_intervention(lively):
     silence(sampler.model, 1, 6)
     sampler = Sampler(sampler.model, sampler.vocab, "cpu", "fp32")
     silenced = sampler.sample_texts(SampleSettings(**base))
-    assert sampler.sample_texts(SampleSettings(**base, interventions=parse_interventions(["2:6:hidden=0.9"]))) == silenced
+    assert (
+        sampler.sample_texts(SampleSettings(**base, interventions=parse_interventions(["2:6:hidden=0.9"]))) == silenced
+    )
     assert sampler.sample_texts(SampleSettings(**base, interventions=parse_interventions(None, ["2:6"]))) == silenced
     # A unit that matters: the text changes.
     steered = sampler.sample_texts(SampleSettings(**base, interventions=parse_interventions(["1:3=4"])))
@@ -234,14 +245,14 @@ class _Sink:
 
 def test_watch_reports_the_units_value_after_each_character(lively):
     sampler = fp32_sampler(lively)
-    settings = SampleSettings(length=40, prime="x = ", seed=2, temperature=1.0, watch=parse_unit("2:5:cell", "--watch", ("hidden", "cell")))
+    settings = SampleSettings(
+        length=40, prime="x = ", seed=2, temperature=1.0, watch=parse_unit("2:5:cell", "--watch", ("hidden", "cell"))
+    )
     steps = list(sampler.generate(settings))
     text = "".join(chars[0] for chars, _, _ in steps)
     assert text == sampler.sample_texts(SampleSettings(length=40, prime="x = ", seed=2, temperature=1.0))[0][4:]
     trace = sampler.engine.trace(sampler.prime_tokens("x = " + text)[0])
-    torch.testing.assert_close(
-        torch.tensor([v for _, _, v in steps]), trace["cell"][1, -40:, 5], rtol=1e-4, atol=1e-4
-    )
+    torch.testing.assert_close(torch.tensor([v for _, _, v in steps]), trace["cell"][1, -40:, 5], rtol=1e-4, atol=1e-4)
     # On a terminal the characters are painted; the plain text stays what a pipe gets.
     from charlstm.ui.sample_command import UnitPainter
 
@@ -290,7 +301,7 @@ def test_character_classes_partition_the_text():
     classes = character_classes(text, "python")
     lead = leading_whitespace(text)
     assert lead.sum() == 12 and all(text[t] == " " for t in np.flatnonzero(lead))
-    by = {name: "".join(ch for ch, k in zip(text, classes) if CLASSES[k] == name) for name in CLASSES}
+    by = {name: "".join(ch for ch, k in zip(text, classes, strict=True) if CLASSES[k] == name) for name in CLASSES}
     assert by["indentation"] == " " * 12
     assert by["string"] == '"""Doc\nmore."""'
     assert by["comment"] == "# done"
@@ -318,7 +329,11 @@ def test_batched_scoring_equals_eval_and_the_clamped_trace():
 def stepwise_bits(engine, tokens: torch.Tensor, conditions) -> np.ndarray:
     """bits_with_interventions as it was first written: the output layer and the log-softmax one
     step at a time (the blocked version must give the same numbers)."""
-    rows, clamps, state = len(conditions), engine.clamps(conditions, per_stream=True), engine.init_state(len(conditions))
+    rows, clamps, state = (
+        len(conditions),
+        engine.clamps(conditions, per_stream=True),
+        engine.init_state(len(conditions)),
+    )
     out = torch.empty(rows, tokens.shape[0] - 1, dtype=torch.float64)
     for t in range(tokens.shape[0] - 1):
         logits, state = engine.step(tokens[t].expand(rows), state, clamps)

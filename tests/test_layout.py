@@ -168,17 +168,20 @@ def test_only_the_ui_layer_talks_to_the_terminal_or_imports_the_ui():
     assert offenders == {}
 
 
-@pytest.mark.parametrize("code, found", [
-    ("def view():\n    from rich.table import Table\n    return Table()\n", ["rich"]),
-    ("import tqdm.auto\n", ["tqdm"]),
-    ("import sys\n\ndef warn(m):\n    sys.stderr.write(m)\n", ["sys.stderr"]),
-    ("from sys import stderr\n", ["sys.stderr"]),
-    ("def say(m):\n    print(m, flush=True)\n", ["print"]),
-    ("def run(on_event=print):\n    pass\n", ["print"]),
-    ("import richer\nimport tqdm_like\n", []),
-    ("def git(proc):\n    return proc.stderr  # print(it)\n", []),
-    ("def show(console):\n    console.print('x')\n", []),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "code, found",
+    [
+        ("def view():\n    from rich.table import Table\n    return Table()\n", ["rich"]),
+        ("import tqdm.auto\n", ["tqdm"]),
+        ("import sys\n\ndef warn(m):\n    sys.stderr.write(m)\n", ["sys.stderr"]),
+        ("from sys import stderr\n", ["sys.stderr"]),
+        ("def say(m):\n    print(m, flush=True)\n", ["print"]),
+        ("def run(on_event=print):\n    pass\n", ["print"]),
+        ("import richer\nimport tqdm_like\n", []),
+        ("def git(proc):\n    return proc.stderr  # print(it)\n", []),
+        ("def show(console):\n    console.print('x')\n", []),
+    ],
+)
 def test_the_terminal_check_sees_each_way_to_the_terminal(tmp_path, code, found):
     module = tmp_path / "m.py"
     module.write_text(code, encoding="utf-8")
@@ -219,11 +222,11 @@ def test_ingest_and_text_inputs_do_not_import_torch():
     assert done.stdout.strip() == "False"
 
 
-
 SAMPLING_IMPORTS = """
 import sys
 import charlstm.sampling.sample
-print(sorted(m for m in sys.modules if m in ("charlstm.analysis.interventions", "charlstm.analysis.features") or m.split(".")[0] == "pygments"))
+analysis = ("charlstm.analysis.interventions", "charlstm.analysis.features")
+print(sorted(m for m in sys.modules if m in analysis or m.split(".")[0] == "pygments"))
 """
 
 
@@ -231,10 +234,12 @@ def test_sampling_does_not_import_the_analysis():
     """The sampler is core: its unit specs (--clamp, --ablate, --watch) are units.py's, so it pulls
     in neither the ablation study (interventions.py), the features it ranks by, nor Pygments."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", SAMPLING_IMPORTS], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", SAMPLING_IMPORTS], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
 
 # Every module is held to these: a module that outgrows them is two rooms, a function two steps.
 MAX_MODULE_LINES = 500

@@ -11,14 +11,13 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from charlstm.analysis import neurons
-from charlstm.analysis import saturation
-from charlstm.core.checkpoint import VAL_EXCERPT
+from charlstm.analysis import neurons, saturation
 from charlstm.cli import app
+from charlstm.core.checkpoint import VAL_EXCERPT
 from charlstm.core.errors import CharlstmError
 from charlstm.core.model import CharRNN, ModelConfig
-from tests.conftest import SNIPPET_VOCAB, JAVA_SNIPPET, PYTHON_SNIPPET, make_checkpoint, make_dataset, make_lively_model
 from helpers import logits_from_trace
+from tests.conftest import JAVA_SNIPPET, PYTHON_SNIPPET, SNIPPET_VOCAB, make_checkpoint, make_dataset, make_lively_model
 
 runner = CliRunner()
 VOCAB = SNIPPET_VOCAB
@@ -106,7 +105,7 @@ def test_ranking_finds_planted_units_and_skips_constant_ones():
     assert (ranked[1].layer, ranked[1].neuron, ranked[1].signal) == (1, 2, "cell")
     assert ranked[1].score < -0.99
     assert len(ranked) == 2 * 2 * 8 - 1 and not any(np.isnan(u.score) for u in ranked)
-    assert all(abs(a.score) >= abs(b.score) for a, b in zip(ranked, ranked[1:]))
+    assert all(abs(a.score) >= abs(b.score) for a, b in zip(ranked, ranked[1:], strict=False))
     assert neurons.rank_units({"hidden": hidden, "cell": cell}, feature, top=3) == ranked[:3]
     as_dict = ranked[0].to_dict()
     assert as_dict == {"layer": 2, "neuron": 5, "signal": "hidden", "score": pytest.approx(1.0, abs=1e-5)}
@@ -253,8 +252,13 @@ def test_cli_find_table_and_stats(run_with_data):
     assert stats.exit_code == 0, stats.output
     rows = json.loads(stats.stdout)["gates"]
     assert [(r["layer"], r["gate"]) for r in rows] == [
-        (1, "input"), (1, "forget"), (1, "output"), (2, "input"), (2, "forget"), (2, "output")
-    ]  # fmt: skip
+        (1, "input"),
+        (1, "forget"),
+        (1, "output"),
+        (2, "input"),
+        (2, "forget"),
+        (2, "output"),
+    ]
     assert all(0 <= r["left_saturated"] <= 1 and 0 <= r["right_saturated"] <= 1 for r in rows)
     table = invoke(str(run_with_data), "--stats")
     assert table.exit_code == 0 and "right >0.9" in table.stderr and "forget" in table.stderr
@@ -276,7 +280,10 @@ def test_cli_find_table_and_stats(run_with_data):
         (["-l", "1", "-n", "0", "--state", "memory", "--text", "n"], "unknown --state 'memory'"),
         (["-l", "1", "-n", "0", "--text", "n", "--from-val", "5"], "give only one of --text, --from-val"),
         (["-l", "1", "-n", "0"], "dataset data/tiny (validation text for this checkpoint) is not here"),
-        (["-l", "1", "-n", "0", "--text-file", "/nonexistent/file.java"], "text file not found: /nonexistent/file.java"),
+        (
+            ["-l", "1", "-n", "0", "--text-file", "/nonexistent/file.java"],
+            "text file not found: /nonexistent/file.java",
+        ),
         (["--stats", "--find", "indent", "--text", "n"], "choose one of --find, --stats"),
         (["-l", "1", "-n", "0", "--top-contexts", "2", "--state", "all", "--text", "n"], "one signal"),
         (["--find", "indent", "-l", "1", "-n", "0", "--text", "a\n  b\n"], "--find ranks every unit"),
@@ -335,8 +342,9 @@ def test_a_text_file_name_with_brackets_is_shown_as_it_is(tiny_checkpoint, tmp_p
 
 @pytest.mark.parametrize("causal", [[], ["--causal", "--controls", "1"]])
 def test_a_regex_feature_with_brackets_is_shown_as_it_is(tiny_checkpoint, causal):
-    result = invoke(str(tiny_checkpoint), "--find", "regex:[/e]", "--top", "2", *causal,
-                    "--text", "if (name) {\n    greet();\n}\n")  # fmt: skip
+    result = invoke(
+        str(tiny_checkpoint), "--find", "regex:[/e]", "--top", "2", *causal, "--text", "if (name) {\n    greet();\n}\n"
+    )
     assert result.exit_code == 0, result.output
     assert "regex:[/e]" in result.stderr
 

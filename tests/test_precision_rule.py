@@ -46,7 +46,9 @@ def test_unmeasured_or_unknown_shape_stays_in_fp32_and_says_so(gpu):
 
 
 def test_a_measured_speed_up_picks_the_fastest_precision_that_runs(gpu, monkeypatch):
-    table = {2048: ("a test GPU", {256: {"fp32": 100.0, "fp16": 300.0, "bf16": 310.0}, 64: {"fp32": 100.0, "fp16": 110.0}})}
+    table = {
+        2048: ("a test GPU", {256: {"fp32": 100.0, "fp16": 300.0, "bf16": 310.0}, 64: {"fp32": 100.0, "fp16": 110.0}})
+    }
     monkeypatch.setattr(backend, "CUDA_MEASURED", table)
     # This cuDNN returns float16 under bf16 autocast (no bf16 LSTM): bf16 is passed over for fp16.
     chosen = choose_precision("auto", CUDA, hidden=2048, batch=256)

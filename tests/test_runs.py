@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,18 @@ from conftest import JAVA_SNIPPET, make_dataset
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
-TINY = {"layers": 1, "hidden": 16, "embed": 8, "batch_size": 4, "seq_len": 16, "threads": 1, "log_every": 2,
-        "precision": "fp32", "eval_every": 4, "save_every": 4}
+TINY = {
+    "layers": 1,
+    "hidden": 16,
+    "embed": 8,
+    "batch_size": 4,
+    "seq_len": 16,
+    "threads": 1,
+    "log_every": 2,
+    "precision": "fp32",
+    "eval_every": 4,
+    "save_every": 4,
+}
 
 
 @pytest.fixture
@@ -39,10 +48,14 @@ def records(run: Path) -> list[dict]:
 
 def hold_lock(run: Path):
     """Another process holding the run's lock, as a live `train` does: (process, its PID)."""
-    code = ("import sys, time; from charlstm.core import lock; lock.acquire(sys.argv[1], 'run'); "
-            "print('held', flush=True); time.sleep(60)")  # fmt: skip
+    code = (
+        "import sys, time; from charlstm.core import lock; lock.acquire(sys.argv[1], 'run'); "
+        "print('held', flush=True); time.sleep(60)"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run / ".lock")], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(run / ".lock")], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -154,8 +167,9 @@ def test_plot_of_two_runs_has_both_series_in_legend_and_picture(tmp_path):
     fake_run(tmp_path / "alpha", 0.01)
     fake_run(tmp_path / "beta", 0.005, steps=120)
     svg, html = tmp_path / "curves.svg", tmp_path / "curves.html"
-    result = runner.invoke(app, ["runs", str(tmp_path / "alpha"), str(tmp_path / "beta"), "--plot",
-                                 "--svg", str(svg), "--html", str(html)])  # fmt: skip
+    result = runner.invoke(
+        app, ["runs", str(tmp_path / "alpha"), str(tmp_path / "beta"), "--plot", "--svg", str(svg), "--html", str(html)]
+    )
     assert result.exit_code == 0, result.output
     for label in ("alpha train", "alpha val", "beta train", "beta val"):
         assert label in result.output
@@ -167,17 +181,22 @@ def test_plot_of_two_runs_has_both_series_in_legend_and_picture(tmp_path):
     page = html.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 1 and ">beta val</text>" in page
 
-    points = json.loads(runner.invoke(app, ["runs", str(tmp_path / "alpha"), str(tmp_path / "beta"), "--plot",
-                                            "--json"]).stdout)  # fmt: skip
+    points = json.loads(
+        runner.invoke(app, ["runs", str(tmp_path / "alpha"), str(tmp_path / "beta"), "--plot", "--json"]).stdout
+    )
     assert [p["name"] for p in points] == ["alpha", "beta"]
     assert points[0]["val"][0] == [50, pytest.approx(4.7)] and len(points[1]["train"]) == 12
 
 
 def test_plot_against_characters_and_minutes(tmp_path):
     fake_run(tmp_path / "alpha", 0.01)
-    by_chars = json.loads(runner.invoke(app, ["runs", str(tmp_path / "alpha"), "--plot", "--x", "chars", "--json"]).stdout)
+    by_chars = json.loads(
+        runner.invoke(app, ["runs", str(tmp_path / "alpha"), "--plot", "--x", "chars", "--json"]).stdout
+    )
     assert by_chars[0]["train"][0][0] == 10 * 4 * 10  # steps × batch × sequence length
-    by_minutes = json.loads(runner.invoke(app, ["runs", str(tmp_path / "alpha"), "--plot", "--x", "minutes", "--json"]).stdout)
+    by_minutes = json.loads(
+        runner.invoke(app, ["runs", str(tmp_path / "alpha"), "--plot", "--x", "minutes", "--json"]).stdout
+    )
     # 10 steps of 40 characters at 400 chars/s: one second of training per line
     assert by_minutes[0]["train"][-1][0] == pytest.approx(20 / 60)
     bad = runner.invoke(app, ["runs", str(tmp_path / "alpha"), "--plot", "--x", "hours"])
@@ -208,8 +227,13 @@ def raw_steps(log_dir: Path, tag: str) -> list[int]:
     """Every event of `tag` in every file, as written (EventFileLoader: no purging)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    return [e.step for f in sorted(log_dir.glob("events.out.tfevents.*")) for e in EventFileLoader(str(f)).Load()
-            for v in e.summary.value if v.tag == tag]  # fmt: skip
+    return [
+        e.step
+        for f in sorted(log_dir.glob("events.out.tfevents.*"))
+        for e in EventFileLoader(str(f)).Load()
+        for v in e.summary.value
+        if v.tag == tag
+    ]
 
 
 def test_tensorboard_events_hold_the_metrics_and_a_resume_adds_no_duplicate_steps(tmp_path, dataset):
@@ -227,9 +251,15 @@ def test_tensorboard_events_hold_the_metrics_and_a_resume_adds_no_duplicate_step
     assert [r["step"] for r in metrics] == [2, 4, 6, 8, 10, 12]
     assert raw_steps(logs / "tb", "bpc/train") == [2, 4, 6, 6, 8, 10, 12]  # written twice: the purge has work
     found, acc = scalars(logs / "tb")
-    for key, tag in (("bpc", "bpc/train"), ("val_bpc", "bpc/val"), ("loss", "loss/train"), ("lr", "optim/lr"),
-                     ("grad_norm", "optim/grad_norm"), ("chars_per_sec", "speed/chars_per_sec"),
-                     ("epoch", "data/epoch")):  # fmt: skip
+    for key, tag in (
+        ("bpc", "bpc/train"),
+        ("val_bpc", "bpc/val"),
+        ("loss", "loss/train"),
+        ("lr", "optim/lr"),
+        ("grad_norm", "optim/grad_norm"),
+        ("chars_per_sec", "speed/chars_per_sec"),
+        ("epoch", "data/epoch"),
+    ):
         expected = [(r["step"], float(np.float32(r[key]))) for r in metrics if key in r]
         assert found[tag] == expected, tag  # the same steps once each, the same numbers as TensorBoard's float32
     assert [step for step, _ in found["bpc/val"]] == [4, 8, 12]
@@ -249,16 +279,32 @@ def test_tensorboard_does_not_change_training(tmp_path, dataset):
 
 def test_tensorboard_without_the_extra_is_a_one_line_error(tmp_path, dataset, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were missing
-    result = runner.invoke(app, ["train", "--data", str(dataset.path), "--out", str(tmp_path / "r"), "--steps", "2",
-                                 "--tensorboard", str(tmp_path / "tb")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(dataset.path),
+            "--out",
+            str(tmp_path / "r"),
+            "--steps",
+            "2",
+            "--tensorboard",
+            str(tmp_path / "tb"),
+        ],
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert result.output.startswith("error: --tensorboard needs the tensorboard package: pip install 'charlstm[tensorboard]'")
+    assert result.output.startswith(
+        "error: --tensorboard needs the tensorboard package: pip install 'charlstm[tensorboard]'"
+    )
     assert not (tmp_path / "r").exists()
 
 
 def test_runs_help_does_not_import_torch():
-    code = ("import sys; from typer.testing import CliRunner; from charlstm.cli import app; "
-            "r = CliRunner().invoke(app, ['runs', '--help']); print(r.exit_code, 'torch' in sys.modules)")  # fmt: skip
+    code = (
+        "import sys; from typer.testing import CliRunner; from charlstm.cli import app; "
+        "r = CliRunner().invoke(app, ['runs', '--help']); print(r.exit_code, 'torch' in sys.modules)"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["0", "False"], done.stderr

@@ -8,14 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from charlstm.cli import app
 from charlstm.core import checkpoint as checkpoint_module
 from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
-from charlstm.cli import app
 from charlstm.core.engine import packed_weights_available
 from charlstm.core.errors import CharlstmError
+from charlstm.core.vocab import DOC_SEP, UNK
 from charlstm.sampling.sample import Sampler, SampleSettings, engine_dtype
 from charlstm.ui.sample_command import StreamWriter, stream_samples
-from charlstm.core.vocab import DOC_SEP, UNK
 
 runner = CliRunner()
 
@@ -101,7 +101,7 @@ def test_a_stop_text_ends_each_sample_of_a_batch_on_its_own(lively_checkpoint):
     full = sampler.sample_texts(SampleSettings(**base))
     stop = full[0][10:12]  # a text the first sample is known to generate
     stopped = sampler.sample_texts(SampleSettings(stop=stop, **base))
-    for whole, cut in zip(full, stopped):
+    for whole, cut in zip(full, stopped, strict=True):
         at = whole.find(stop)
         if at >= 0:  # each sample ends right after its own first occurrence of the stop text
             assert cut == whole[: at + len(stop)]
@@ -123,7 +123,7 @@ def test_num_samples_are_independent_and_each_the_right_length(lively_checkpoint
 
 def test_piped_output_is_plain_text_with_code_brackets_kept(lively_checkpoint, tmp_path):
     out = tmp_path / "sample.txt"
-    prime = 'int[] a = {1}; // [bold red]not markup[/bold red]\n'
+    prime = "int[] a = {1}; // [bold red]not markup[/bold red]\n"
     result = sample(str(lively_checkpoint), "-n", "300", "--seed", "4", "-p", prime, "-o", str(out))
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.stdout
@@ -274,9 +274,7 @@ def test_a_long_prime_is_read_in_chunks_with_the_state_carried(lively_checkpoint
 
 def test_auto_precision_picks_the_smallest_weights_the_cpu_runs():
     cpu = torch.device("cpu")
-    expected = next(
-        (dt for dt in (torch.qint8, torch.float16) if packed_weights_available(dt)), torch.float32
-    )
+    expected = next((dt for dt in (torch.qint8, torch.float16) if packed_weights_available(dt)), torch.float32)
     assert engine_dtype("auto", cpu) == expected
     assert engine_dtype("fp32", cpu) == torch.float32 and engine_dtype("fp16", cpu) == torch.float16
 
@@ -337,8 +335,8 @@ def test_sampling_without_out_keeps_no_text_that_has_been_shown(tiny_checkpoint,
 def test_one_seed_bound_for_every_command(lively_checkpoint):
     """sample, train and experiment take the same seeds: 2**63 - 1 and below. Training seeds
     torch with seed + rank + step, which must stay within what torch.manual_seed takes."""
-    from charlstm.core.config import MAX_SEED, MAX_STEPS, TrainConfig
     from charlstm.analysis.experiments import configured_study
+    from charlstm.core.config import MAX_SEED, MAX_STEPS, TrainConfig
 
     assert MAX_SEED == 2**63 - 1
     assert MAX_SEED + 4096 + MAX_STEPS <= 2**64 - 1  # any rank a machine room has, the last step
@@ -346,9 +344,11 @@ def test_one_seed_bound_for_every_command(lively_checkpoint):
     SampleSettings(seed=MAX_SEED).validate()
     TrainConfig(seed=MAX_SEED).validate()
     configured_study("counter", seed=MAX_SEED)
-    for refuse in (lambda: SampleSettings(seed=MAX_SEED + 1).validate(),
-                   lambda: TrainConfig(seed=MAX_SEED + 1).validate(),
-                   lambda: configured_study("counter", seed=MAX_SEED + 1)):  # fmt: skip
+    for refuse in (
+        lambda: SampleSettings(seed=MAX_SEED + 1).validate(),
+        lambda: TrainConfig(seed=MAX_SEED + 1).validate(),
+        lambda: configured_study("counter", seed=MAX_SEED + 1),
+    ):
         with pytest.raises(CharlstmError, match="--seed must be between 0 and 9223372036854775807"):
             refuse()
     top = sampler_for(lively_checkpoint).sample_texts(SampleSettings(length=5, seed=MAX_SEED))

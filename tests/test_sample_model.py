@@ -19,7 +19,10 @@ def sample(*args):
 @pytest.fixture
 def shipped(tmp_path, monkeypatch):
     """Shipped models in a temporary checkpoints/: python (a lively model), java not (yet) there."""
-    folders = {"python": tmp_path / "checkpoints" / "pretrained-python", "java": tmp_path / "checkpoints" / "pretrained-java"}
+    folders = {
+        "python": tmp_path / "checkpoints" / "pretrained-python",
+        "java": tmp_path / "checkpoints" / "pretrained-java",
+    }
     make_lively_checkpoint(folders["python"] / "best.pt", seed=1)
     monkeypatch.setattr(checkpoint_module, "SHIPPED_MODELS", folders)
     monkeypatch.setattr(checkpoint_module, "PRETRAINED_RUN", folders["python"])
@@ -42,7 +45,11 @@ def test_an_unshipped_or_unknown_name_is_one_line_listing_the_shipped(shipped):
     assert "'java' is not shipped" in result.stderr and "shipped: python" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     result = sample("--model", "cobol")
-    assert result.exit_code == 1 and "unknown model 'cobol'" in result.stderr and "shipped models are python" in result.stderr
+    assert (
+        result.exit_code == 1
+        and "unknown model 'cobol'" in result.stderr
+        and "shipped models are python" in result.stderr
+    )
 
 
 def test_model_takes_a_path_but_not_beside_a_checkpoint(shipped, tmp_path):
@@ -64,9 +71,13 @@ def test_without_a_run_sample_uses_the_python_model_even_beside_a_shipped_java(s
 
 @pytest.mark.parametrize(
     "argv, named",
-    [(["sample", "--model", ""], "--model"), (["sample", ""], "CHECKPOINT"), (["eval", ""], "CHECKPOINT"),
-     (["inspect-neuron", "", "--layer", "1", "--neuron", "0", "--text", "x = 1"], "CHECKPOINT")],
-)  # fmt: skip
+    [
+        (["sample", "--model", ""], "--model"),
+        (["sample", ""], "CHECKPOINT"),
+        (["eval", ""], "CHECKPOINT"),
+        (["inspect-neuron", "", "--layer", "1", "--neuron", "0", "--text", "x = 1"], "CHECKPOINT"),
+    ],
+)
 def test_an_empty_path_is_an_error_that_names_the_option(shipped, argv, named):
     """Not '. holds no best.pt or latest.pt' (an empty path read as the current folder)."""
     make_lively_checkpoint(shipped["python"].parent.parent / "best.pt", seed=4)  # even where "." holds one
@@ -78,20 +89,26 @@ def test_an_empty_path_is_an_error_that_names_the_option(shipped, argv, named):
 
 @pytest.mark.parametrize(
     "argv",
-    [["sample", "--length", "5", "--seed", "1", "--device", "cpu", "--clamp", "1:0=1"],
-     ["eval", "--text-file", "@text", "--device", "cpu"],
-     ["eval", "--per-char", "--text-file", "@text", "--device", "cpu"],
-     ["inspect-neuron", "--layer", "1", "--neuron", "0", "--text", "a = b"]],
-)  # fmt: skip
+    [
+        ["sample", "--length", "5", "--seed", "1", "--device", "cpu", "--clamp", "1:0=1"],
+        ["eval", "--text-file", "@text", "--device", "cpu"],
+        ["eval", "--per-char", "--text-file", "@text", "--device", "cpu"],
+        ["inspect-neuron", "--layer", "1", "--neuron", "0", "--text", "a = b"],
+    ],
+)
 def test_each_command_opens_its_checkpoint_once(shipped, tmp_path, monkeypatch, argv):
     """One resolve and one load on the way to a model (open_model), not one per layer of the code."""
     calls = []
     for name in ("resolve_checkpoint", "load_checkpoint"):
         real = getattr(checkpoint_module, name)
-        monkeypatch.setattr(checkpoint_module, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+        monkeypatch.setattr(
+            checkpoint_module, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k)
+        )
     text = tmp_path / "t.py"
     text.write_text("a = b\n", encoding="utf-8")
-    result = runner.invoke(app, [argv[0], str(shipped["python"]), *[str(text) if a == "@text" else a for a in argv[1:]]])
+    result = runner.invoke(
+        app, [argv[0], str(shipped["python"]), *[str(text) if a == "@text" else a for a in argv[1:]]]
+    )
     assert result.exit_code == 0, result.output
     assert calls == ["resolve_checkpoint", "load_checkpoint"]
 

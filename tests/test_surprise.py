@@ -9,8 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
 from charlstm.cli import app
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint
 from charlstm.evaluation.evaluate import bits_per_char
 from charlstm.evaluation.surprise import SurprisePage, per_char_bits
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_lively_checkpoint

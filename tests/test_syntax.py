@@ -11,18 +11,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.sampling import constrained
-from charlstm.sampling import syntax
 from charlstm.cli import app
+from charlstm.core.model import CharRNN, ModelConfig
+from charlstm.core.vocab import DOC_SEP, SPECIALS, UNK, Vocab
+from charlstm.evaluation.syntax_eval import syntax_rate
+from charlstm.sampling import constrained, syntax
 from charlstm.sampling.constrained import restore_snapshot, take_snapshot
 from charlstm.sampling.draw import DrawRule
 from charlstm.sampling.lexers import BraceLexer, LexicalMask, PythonLexer
-from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.sampling.sample import Sampler, SampleSettings
 from charlstm.sampling.syntax import judge_units, parse_error, python_prefix_error, split_units
-from charlstm.evaluation.syntax_eval import syntax_rate
-from charlstm.core.vocab import DOC_SEP, SPECIALS, UNK, Vocab
-
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,7 +47,7 @@ def bad() x:
 class Tail:
 '''
 
-JAVA_BODY = '''public class Example {
+JAVA_BODY = """public class Example {
 
     public int one() { return "}".length(); }
 
@@ -57,7 +55,7 @@ JAVA_BODY = '''public class Example {
 
     /* } not a closer */ String s = "a\\"b";
 
-    void last() {'''
+    void last() {"""
 
 
 def fed(lexer, text: str):
@@ -77,10 +75,10 @@ SYMBOLS = [*SPECIALS, *"\n \t()[]{}'\"#:\\abcdefxyz=;/*.,@"]
 
 
 def test_python_brackets_inside_strings_and_comments_are_not_brackets():
-    lexer = fed(PythonLexer(), 'x = ("(", \'[\', # {\n')
+    lexer = fed(PythonLexer(), "x = (\"(\", '[', # {\n")
     assert lexer.brackets == [")"] and lexer.mode == "code"
     assert forbidden_now(lexer, SYMBOLS) >= {"]", "}"} and ")" not in forbidden_now(lexer, SYMBOLS)
-    fed(lexer, '1)\n')
+    fed(lexer, "1)\n")
     assert lexer.brackets == [] and lexer.at_rest
 
 
@@ -300,7 +298,9 @@ def test_python_units_follow_the_tokenizer():
     # A bracket left open breaks its own unit only; a string left open swallows what follows.
     text = 'def a(x:\n    pass\n\ndef b():\n    s = """\ndef c():\n"""\n    return 1\n\ndef d(\n'
     assert [(text[u.start : u.start + 5], e is None) for u, e in judge_units(text, "python")] == [
-        ("def a", False), ("def b", True)]
+        ("def a", False),
+        ("def b", True),
+    ]
     # A file separator ends a unit: the one before it is complete.
     assert split_units("def a():\n    pass\n" + DOC_SEP + "x = 1\n", "python")[0].complete
 
@@ -346,7 +346,7 @@ def test_the_mask_is_additive_and_never_forbids_every_character():
     lexer = fed(PythonLexer(), "(")
     mask = LexicalMask(vocab.symbols, lexer, torch.device("cpu"))
     row = mask.rows_for([lexer])[0]
-    allowed = {s for s, v in zip(vocab.symbols, row.tolist()) if v == 0}
+    allowed = {s for s, v in zip(vocab.symbols, row.tolist(), strict=True) if v == 0}
     assert allowed == {")", "a", "\n"} and row[vocab.index[UNK]] == float("-inf")
     only_closers = Vocab([*SPECIALS, "]"])
     lexer = fed(PythonLexer(), "(")
@@ -363,8 +363,9 @@ def lively_sampler(path, language: str) -> Sampler:
 @pytest.mark.parametrize("language", ["python", "java"])
 def test_constrained_text_never_holds_a_forbidden_character(lively_checkpoint, language):
     sampler = lively_sampler(lively_checkpoint, language)
-    settings = SampleSettings(length=300, temperature=1.5, seed=4, num_samples=3, constrain=True, top_k=30,
-                              interventions=())  # fmt: skip
+    settings = SampleSettings(
+        length=300, temperature=1.5, seed=4, num_samples=3, constrain=True, top_k=30, interventions=()
+    )
     texts = sampler.sample_texts(settings)
     forbade = 0
     for text in texts:
@@ -414,9 +415,12 @@ def test_rollback_restores_the_exact_state_of_its_row(lively_checkpoint):
         logits, state = engine.step(torch.tensor([sampler.vocab.index[t]] * 2), state)
     restore_snapshot(1, saved, state, logits)
     assert torch.equal(logits[1], saved.logits)
-    assert all(torch.equal(s[1], r) for layer, rows in zip(state, saved.state) for s, r in zip(layer, rows))
+    assert all(
+        torch.equal(s[1], r)
+        for layer, rows in zip(state, saved.state, strict=True)
+        for s, r in zip(layer, rows, strict=True)
+    )
     assert not torch.equal(logits[0], saved.logits)  # the other row went on
-
 
 
 class TableNoise:
@@ -432,7 +436,7 @@ class TableNoise:
 
 
 def first_unit(steps) -> str:
-    for pieces, done in steps:
+    for pieces, _done in steps:
         if pieces[0]:
             return pieces[0]
     return ""
@@ -454,15 +458,33 @@ def test_after_a_rejected_unit_the_draw_is_a_fresh_draw_from_the_units_start(mon
     monkeypatch.setattr(constrained._UnitKeeper, "roll_back", spy)
     logits, state = sampler.primed(sampler.prime_tokens(prime)[0])
     lexer = constrained.primed_lexer("python", prime)
-    emitted = first_unit(constrained.valid_steps(engine, rule, symbols, "python", prime, lexer, logits, state, None,
-                                                 noise, 1, 8, constrained.ValidStats()))  # fmt: skip
+    emitted = first_unit(
+        constrained.valid_steps(
+            engine, rule, symbols, "python", prime, lexer, logits, state, None, noise, 1, 8, constrained.ValidStats()
+        )
+    )
     assert emitted and len(rollbacks) == 1
     snap, next_step = rollbacks[0]
     assert snap.position == len(prime)  # back to where the unit's drawing began
     fresh_state = [tuple(row[None].clone() for row in layer) for layer in snap.state]
-    fresh = first_unit(constrained.valid_steps(engine, rule, symbols, "python", prime, snap.lexer.clone(),
-                                               snap.logits[None].clone(), fresh_state, None, TableNoise(engine.vocab_size),
-                                               1, 8, constrained.ValidStats(), first_step=next_step))  # fmt: skip
+    fresh = first_unit(
+        constrained.valid_steps(
+            engine,
+            rule,
+            symbols,
+            "python",
+            prime,
+            snap.lexer.clone(),
+            snap.logits[None].clone(),
+            fresh_state,
+            None,
+            TableNoise(engine.vocab_size),
+            1,
+            8,
+            constrained.ValidStats(),
+            first_step=next_step,
+        )
+    )
     assert fresh == emitted
 
 
@@ -486,7 +508,7 @@ def memorised_sampler(text: str, language: str, steps: int = 400) -> Sampler:
     model = CharRNN(ModelConfig(vocab_size=len(vocab), layers=1, hidden=64, embed=16, forget_bias=1.0))
     ids = torch.from_numpy(vocab.encode(text * 4)).long()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(steps):
+    for _step in range(steps):
         starts = torch.randint(0, len(ids) - 65, (16,))
         batch = torch.stack([ids[s : s + 65] for s in starts.tolist()])
         logits, _ = model(batch[:, :-1])
@@ -542,8 +564,22 @@ def test_eval_syntax_and_sample_valid_commands(lively_checkpoint):
     assert {**again, "seconds": 0} == {**result, "seconds": 0}  # the same seed, the same figure
     refused = runner.invoke(app, [*args, "--text-file", "x.py"])
     assert refused.exit_code == 1 and "--syntax draws its own samples" in refused.output
-    done = runner.invoke(app, ["sample", str(lively_checkpoint), "--valid", "--length", "80", "--seed", "1",
-                               "--max-tries", "2", "--prime", "class A {\n"])  # fmt: skip
+    done = runner.invoke(
+        app,
+        [
+            "sample",
+            str(lively_checkpoint),
+            "--valid",
+            "--length",
+            "80",
+            "--seed",
+            "1",
+            "--max-tries",
+            "2",
+            "--prime",
+            "class A {\n",
+        ],
+    )
     assert done.exit_code == 0, done.output
     assert "--valid:" in done.stderr and done.stdout.startswith("class A {\n")
     for units in [u for u, e in judge_units(done.stdout, "java", "class A {\n") if e is not None]:

@@ -32,10 +32,17 @@ def test_forget_gates_start_as_pytorch_initialises_them_unless_asked():
     opened = CharRNN(ModelConfig(vocab_size=10, layers=2, hidden=32, forget_bias=1.0))
     h = 32
     for layer in range(2):  # the sum of the two biases is what the gate sees: 1
-        total = getattr(opened.rnn, f"bias_ih_l{layer}")[h : 2 * h] + getattr(opened.rnn, f"bias_hh_l{layer}")[h : 2 * h]
+        total = (
+            getattr(opened.rnn, f"bias_ih_l{layer}")[h : 2 * h] + getattr(opened.rnn, f"bias_hh_l{layer}")[h : 2 * h]
+        )
         assert torch.equal(total, torch.ones(h))
     defaults = TrainConfig()
-    assert defaults.forget_bias is None and defaults.decay_fraction == 0.2 and defaults.lr == 3e-3 and defaults.warmup_steps == 0
+    assert (
+        defaults.forget_bias is None
+        and defaults.decay_fraction == 0.2
+        and defaults.lr == 3e-3
+        and defaults.warmup_steps == 0
+    )
 
 
 def test_a_run_of_known_length_holds_the_peak_then_decays_over_its_last_fifth():
@@ -43,12 +50,13 @@ def test_a_run_of_known_length_holds_the_peak_then_decays_over_its_last_fifth():
     assert schedule["from_step"] == 400
     lrs = [lr_at(s, 1.0, schedule["warmup"], 500, 0.1, schedule["from_step"]) for s in range(520)]
     assert lrs[0] == pytest.approx(1 / 20) and all(lr == 1.0 for lr in lrs[19:401])  # warm-up, then held
-    assert all(a > b for a, b in zip(lrs[400:500], lrs[401:501]))  # decays every step of the last fifth
+    assert all(a > b for a, b in zip(lrs[400:500], lrs[401:501], strict=True))  # decays every step of the last fifth
     assert lrs[500] == pytest.approx(0.1) and lrs[519] == pytest.approx(0.1)
     # decay_fraction 1 is the former schedule: cosine over everything after warm-up.
     old = new_schedule(20, 500, decay_fraction=1.0)
-    assert [lr_at(s, 1.0, 20, 500, 0.1, old["from_step"]) for s in range(500)] == \
-        [lr_at(s, 1.0, 20, 500, 0.1) for s in range(500)]
+    assert [lr_at(s, 1.0, 20, 500, 0.1, old["from_step"]) for s in range(500)] == [
+        lr_at(s, 1.0, 20, 500, 0.1) for s in range(500)
+    ]
 
 
 def test_config_json_records_the_new_defaults_and_the_header_says_them(tiny_dataset, tmp_path):
@@ -59,7 +67,12 @@ def test_config_json_records_the_new_defaults_and_the_header_says_them(tiny_data
     assert config["lr"] == 3e-3 and config["warmup_steps"] == 0
     said = "\n".join(str(event) for event in heard if isinstance(event, Message))
     assert "0.003 from the first step, held, then cosine decay to 0.0003 from step 24 to 30 (the last 20%" in said
-    assert load_checkpoint(run / "latest.pt")["schedule"] == {"warmup": 0, "total": 30, "from_step": 24, "from_ratio": 1.0}
+    assert load_checkpoint(run / "latest.pt")["schedule"] == {
+        "warmup": 0,
+        "total": 30,
+        "from_step": 24,
+        "from_ratio": 1.0,
+    }
     lrs = [r["lr"] for r in metrics(run)]
     assert lrs[:25] == [3e-3] * 25 and lrs[-1] < 7e-4 and lrs[-1] == pytest.approx(lr_at(29, 3e-3, 0, 30, 0.1, 24))
 

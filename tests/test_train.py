@@ -16,14 +16,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from charlstm.cli import app
-from charlstm.core.errors import CharlstmError
-from charlstm.evaluation.evaluate import bits_per_char, evaluate_checkpoint
 from charlstm.core.backend import choose_precision, cpu_runs_bf16_rnn
+from charlstm.core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from charlstm.core.errors import CharlstmError
+from charlstm.core.stopping import TrainingInterrupted
+from charlstm.evaluation.evaluate import bits_per_char, evaluate_checkpoint
 from charlstm.training.batching import LaneBatcher
 from charlstm.training.schedule import lr_at
-from charlstm.core.stopping import TrainingInterrupted
 from charlstm.training.train_setup import train
 from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_dataset
 
@@ -32,8 +32,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A model small enough that each step takes a millisecond or two. Precision is pinned: `auto` means
 # bf16 on an AMX CPU and fp32 elsewhere, and these tests assert exact values (bf16 has its own tests).
-TINY = {"layers": 2, "hidden": 24, "embed": 8, "batch_size": 4, "seq_len": 16, "threads": 1, "log_every": 1,
-        "precision": "fp32"}
+TINY = {
+    "layers": 2,
+    "hidden": 24,
+    "embed": 8,
+    "batch_size": 4,
+    "seq_len": 16,
+    "threads": 1,
+    "log_every": 1,
+    "precision": "fp32",
+}
 
 
 def options(dataset, out, **extra) -> dict:
@@ -83,7 +91,7 @@ def test_lanes_split_by_rank_cover_the_batch():
 def test_schedule_warms_up_then_decays_to_the_floor():
     lrs = [lr_at(s, 1.0, warmup=10, total=100, min_ratio=0.1) for s in range(120)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
     assert lrs[100] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
     assert lr_at(500, 1.0, warmup=10, total=None, min_ratio=0.1) == 1.0  # length unknown: constant
 
@@ -160,10 +168,36 @@ def test_ctrl_c_saves_and_says_how_to_resume(tiny_dataset, tmp_path, monkeypatch
 @pytest.mark.slow  # a real process, started and killed
 def test_kill_9_mid_run_leaves_a_loadable_checkpoint(tiny_dataset, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "charlstm", "train", "--data", str(tiny_dataset.path), "--out", str(run),
-           "--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "8",
-           "--steps", "1000000", "--save-every", "1", "--eval-every", "0", "--threads", "1",
-           "--precision", "fp32"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "charlstm",
+        "train",
+        "--data",
+        str(tiny_dataset.path),
+        "--out",
+        str(run),
+        "--layers",
+        "1",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "8",
+        "--steps",
+        "1000000",
+        "--save-every",
+        "1",
+        "--eval-every",
+        "0",
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120  # start-up is slow on a loaded machine
@@ -334,20 +368,43 @@ def test_eval_bad_input(tiny_checkpoint, tmp_path):
     ],
 )
 def test_nonsense_options_give_one_line_errors(tiny_dataset, tmp_path, args, message):
-    result = runner.invoke(app, ["train", "--data", str(tiny_dataset.path), "--out", str(tmp_path / "r"), "--steps", "2", *args])
+    result = runner.invoke(
+        app, ["train", "--data", str(tiny_dataset.path), "--out", str(tmp_path / "r"), "--steps", "2", *args]
+    )
     assert message in one_line_error(result)
     assert not (tmp_path / "r" / "latest.pt").exists()
 
 
 def test_run_folder_rules_and_resume_errors(tiny_dataset, tmp_path):
     run = tmp_path / "run"
-    base = ["train", "--data", str(tiny_dataset.path), "--out", str(run), "--layers", "1", "--hidden", "8",
-            "--embed", "4", "--batch-size", "2", "--seq-len", "8", "--threads", "1", "--precision", "fp32"]  # fmt: skip
+    base = [
+        "train",
+        "--data",
+        str(tiny_dataset.path),
+        "--out",
+        str(run),
+        "--layers",
+        "1",
+        "--hidden",
+        "8",
+        "--embed",
+        "4",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "8",
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+    ]
     assert "--resume" in one_line_error(runner.invoke(app, ["train", "--out", str(tmp_path / "none"), "--resume"]))
     assert runner.invoke(app, [*base, "--steps", "2"]).exit_code == 0
     latest = (run / "latest.pt").read_bytes()
     assert "--resume, or start over with --force" in one_line_error(runner.invoke(app, [*base, "--steps", "2"]))
-    assert "differs from the run's" in one_line_error(runner.invoke(app, ["train", "--out", str(run), "--resume", "--hidden", "9"]))
+    assert "differs from the run's" in one_line_error(
+        runner.invoke(app, ["train", "--out", str(run), "--resume", "--hidden", "9"])
+    )
     both = runner.invoke(app, ["train", "--out", str(run), "--resume", "--force", "--steps", "4"])
     assert "--resume continues the run, --force starts it over" in one_line_error(both)
     for option in ("--data", "--out"):  # not the current folder, not silently the default
@@ -473,15 +530,48 @@ def test_patience_stops_after_that_many_validations_without_a_new_best(tiny_data
     assert load_checkpoint(run / "best.pt")["step"] == 10
     latest = load_checkpoint(run / "latest.pt")
     assert latest["step"] == 20 and latest["stale_validations"] == 2
-    assert "--patience" in one_line_error(runner.invoke(app, ["train", "--data", str(tiny_dataset.path), "--out",
-                                                              str(tmp_path / "p"), "--patience", "2", "--eval-every", "0"]))
+    assert "--patience" in one_line_error(
+        runner.invoke(
+            app,
+            [
+                "train",
+                "--data",
+                str(tiny_dataset.path),
+                "--out",
+                str(tmp_path / "p"),
+                "--patience",
+                "2",
+                "--eval-every",
+                "0",
+            ],
+        )
+    )
 
 
 def test_patience_on_a_dataset_without_a_validation_split_is_refused(tmp_path):
     """One file ingested: no validation split, so --patience could never stop the run."""
     no_val = make_dataset(tmp_path / "data" / "one-file", JAVA_SNIPPET * 12, "")
-    args = ["train", "--data", str(no_val.path), "--out", str(tmp_path / "r"), "--layers", "1", "--hidden", "8",
-            "--batch-size", "2", "--seq-len", "8", "--steps", "4", "--eval-every", "2", "--threads", "1"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(no_val.path),
+        "--out",
+        str(tmp_path / "r"),
+        "--layers",
+        "1",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "8",
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--threads",
+        "1",
+    ]
     assert "no validation split" in one_line_error(runner.invoke(app, [*args, "--patience", "2"]))
     assert not (tmp_path / "r" / "latest.pt").exists()
     assert runner.invoke(app, args).exit_code == 0  # without --patience it trains, unvalidated

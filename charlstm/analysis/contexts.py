@@ -58,7 +58,10 @@ class _Best:
             start, end = max(0, p - BEFORE), min(total, p + AFTER + 1)
             self.items.append((float(values[i]), p, start, buf[start - buf_start : end - buf_start].copy()))
         keep = _pick(
-            np.array([self.sign * v for v, *_ in self.items]), np.array([p for _, p, *_ in self.items]), 2 * self.k, self.gap
+            np.array([self.sign * v for v, *_ in self.items]),
+            np.array([p for _, p, *_ in self.items]),
+            2 * self.k,
+            self.gap,
         )
         self.items = [self.items[i] for i in keep]
 

@@ -21,9 +21,9 @@ import numpy as np
 
 from ..core.engine import BOUNDED, GATES
 from ..core.errors import CharlstmError
+from ..core.userio import MAX_PAGE_BYTES, write_output
 from .features import FEATURES
 from .neurons import Inspection, activations, top_units_by_feature
-from ..core.userio import write_output, MAX_PAGE_BYTES
 
 # A page weighs at most MAX_PAGE_BYTES (16 MB). Its bulk is the quantised values, one byte each
 # (deflated, which gains little on 8-bit activations, then base64: 4/3 of a byte), so a page holds
@@ -136,16 +136,19 @@ def surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, int
 def _surprise_data(inspection: Inspection, text: str, ablate: list[tuple[int, int]] | None) -> dict:
     import torch
 
-    from .interventions import bits_with_interventions
     from ..core.units import ablation
     from ..evaluation.surprise import per_char_bits
+    from .interventions import bits_with_interventions
 
     tokens = np.concatenate([[inspection.vocab.doc_sep], inspection.vocab.encode(text)])
     bits, top_ids, top_probs = per_char_bits(inspection.model, tokens, device=inspection.device)
     symbols = inspection.vocab.symbols
     out = {
         "bits": [round(float(b), 3) for b in bits],
-        "top": [[[symbols[i], round(float(p), 3)] for i, p in zip(ids, probs)] for ids, probs in zip(top_ids.tolist(), top_probs.tolist())],
+        "top": [
+            [[symbols[i], round(float(p), 3)] for i, p in zip(ids, probs, strict=True)]
+            for ids, probs in zip(top_ids.tolist(), top_probs.tolist(), strict=True)
+        ],
     }
     if ablate:
         from ..core.engine import StepEngine
@@ -195,7 +198,9 @@ def write_explorer(
     }
     page = render_page(data).encode("utf-8")
     if len(page) > MAX_PAGE_BYTES:  # most_chars bounds the worst case: never a page over the cap
-        raise CharlstmError(f"the page would weigh {len(page):,} bytes, over its cap of {MAX_PAGE_BYTES:,}; use --max-chars")
+        raise CharlstmError(
+            f"the page would weigh {len(page):,} bytes, over its cap of {MAX_PAGE_BYTES:,}; use --max-chars"
+        )
     write_output(out, page)
     return {
         "path": str(out),

@@ -203,7 +203,7 @@ def brackets(text: str, labels: np.ndarray | None = None) -> np.ndarray:
         labels = syntax_labels(text)
     out = []  # a list, then one array: setting numpy elements one by one costs more than the loop
     depth = 0
-    for ch, code in zip(text, (labels == CODE).tolist()):
+    for ch, code in zip(text, (labels == CODE).tolist(), strict=True):
         if ch == DOC_SEP:
             depth = 0
         elif code:

@@ -17,10 +17,10 @@ import torch
 
 from ..core.backend import cpu_threads, torch_threads
 from ..core.errors import CharlstmError
-from .features import CODE, CLOSE, COMMENT, OPEN, STRING, compute_feature, is_binary, syntax_labels
 from ..core.model import LN2
 from ..core.units import Intervention, UnitSpec, ablation, resolve
 from ..core.vocab import DOC_SEP
+from .features import CLOSE, CODE, COMMENT, OPEN, STRING, compute_feature, is_binary, syntax_labels
 
 CONTROLS = 8  # random control ablations per study
 MAX_CONTROLS = 100  # each is one more version of the model scoring the whole text
@@ -270,5 +270,5 @@ def causal_effects(inspection, text: str, feature: str, units, controls: int = C
         ablation_study, engine, inspection.vocab, text, [[t] for t in targets], inspection.language, controls, seed, own
     )
     report["feature"] = feature
-    report["by_unit"] = {t: a for t, a in zip(targets, report["ablations"])}
+    report["by_unit"] = {t: a for t, a in zip(targets, report["ablations"], strict=True)}
     return report

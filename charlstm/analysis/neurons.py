@@ -19,14 +19,15 @@ import torch
 
 from ..core.backend import cpu_threads, torch_threads
 from ..core.checkpoint import VAL_EXCERPT, open_model
-from ..corpus.dataset import load_dataset
 from ..core.engine import BOUNDED, GATES, SIGNALS, StepEngine
 from ..core.errors import CharlstmError, shown_path
-from .features import compute_feature, validate_feature
 from ..core.model import CharRNN
-from .scales import value_range
 from ..core.userio import read_text_source, text_from_argv
 from ..core.vocab import Vocab
+from ..corpus.dataset import load_dataset
+from .features import compute_feature, validate_feature
+from .scales import value_range
+
 
 @dataclass
 class Inspection:
@@ -77,14 +78,10 @@ class Inspection:
 
     def check_signal(self, signal: str) -> None:
         if signal not in self.signals:
-            raise CharlstmError(
-                f"a {self.kind.upper()} has no {signal!r} signal; it has: {', '.join(self.signals)}"
-            )
+            raise CharlstmError(f"a {self.kind.upper()} has no {signal!r} signal; it has: {', '.join(self.signals)}")
 
 
-def open_checkpoint(
-    where: str | Path | None, exact: bool = False, device: str | torch.device = "cpu"
-) -> Inspection:
+def open_checkpoint(where: str | Path | None, exact: bool = False, device: str | torch.device = "cpu") -> Inspection:
     """The checkpoint's model on `device` (a --device name, auto included, or a torch device)."""
     opened = open_model(where, device)
     return Inspection(path=opened.path, payload=opened.payload, model=opened.model, vocab=opened.vocab, exact=exact)
@@ -440,7 +437,9 @@ def choose_text(
     At most one of `text`, `text_file`, `from_val`; none → the first `default_chars` characters of
     the validation split.
     """
-    given = [name for name, v in (("--text", text), ("--text-file", text_file), ("--from-val", from_val)) if v is not None]
+    given = [
+        name for name, v in (("--text", text), ("--text-file", text_file), ("--from-val", from_val)) if v is not None
+    ]
     if len(given) > 1:
         raise CharlstmError(f"give only one of {', '.join(given)}")
     if data is not None and (text is not None or text_file is not None):

@@ -37,7 +37,9 @@ class GateSaturation:
         many units spend most of the time (> 50 %) in each state."""
         rows = []
         for gate in self.gates:
-            for layer, (left, right) in enumerate(zip(self.left[gate] / self.count, self.right[gate] / self.count)):
+            for layer, (left, right) in enumerate(
+                zip(self.left[gate] / self.count, self.right[gate] / self.count, strict=True)
+            ):
                 rows.append(
                     {
                         "layer": layer + 1,

@@ -115,8 +115,9 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
 
-def choose_precision(requested: str, device: torch.device, kind: str = "lstm", hidden: int | None = None,
-                     batch: int | None = None) -> Precision:
+def choose_precision(
+    requested: str, device: torch.device, kind: str = "lstm", hidden: int | None = None, batch: int | None = None
+) -> Precision:
     """Pick bf16/fp16/fp32 for `device`, checking by running a recurrent layer, never assuming.
 
     `hidden` and `batch` (the model's units per layer and the lanes per step) let `auto` on CUDA
@@ -130,9 +131,14 @@ def choose_precision(requested: str, device: torch.device, kind: str = "lstm", h
         if probe is None:
             hint = ""
             if dt == "cpu":
-                hint = (" (oneDNN is capped below the CPU's AMX/AVX-512 BF16, e.g. by ONEDNN_MAX_CPU_ISA)" if cpu_has_native_bf16()
-                        else " (this CPU lacks AVX-512 BF16/AMX, which oneDNN's bf16 RNNs need)")
-            raise CharlstmError(f"--precision {name}: a {kind.upper()} does not run under {name} autocast on {dt}{hint}; use fp32")
+                hint = (
+                    " (oneDNN is capped below the CPU's AMX/AVX-512 BF16, e.g. by ONEDNN_MAX_CPU_ISA)"
+                    if cpu_has_native_bf16()
+                    else " (this CPU lacks AVX-512 BF16/AMX, which oneDNN's bf16 RNNs need)"
+                )
+            raise CharlstmError(
+                f"--precision {name}: a {kind.upper()} does not run under {name} autocast on {dt}{hint}; use fp32"
+            )
         return Precision(name, dt, str(probe).removeprefix("torch."), reason)
 
     if dt == "cpu":
@@ -140,13 +146,18 @@ def choose_precision(requested: str, device: torch.device, kind: str = "lstm", h
             raise CharlstmError("--precision fp16 is not supported on the CPU: use bf16 or fp32")
         if requested == "bf16":
             native = cpu_has_native_bf16()
-            return made("bf16", "requested" + ("" if native else "; this CPU has no native bf16, so it is emulated and slow"))
+            return made(
+                "bf16", "requested" + ("" if native else "; this CPU has no native bf16, so it is emulated and slow")
+            )
         if requested == "fp32":
             return made("fp32", "requested")
         if cpu_runs_bf16_rnn(kind):
             return made("bf16", f"the CPU runs a bf16 {kind.upper()} natively (AMX/AVX-512 BF16)")
-        why = ("oneDNN runs no bf16 kernel for it: capped by ONEDNN_MAX_CPU_ISA, or none for this cell kind"
-               if cpu_has_native_bf16() else "the CPU lacks AMX/AVX-512 BF16")
+        why = (
+            "oneDNN runs no bf16 kernel for it: capped by ONEDNN_MAX_CPU_ISA, or none for this cell kind"
+            if cpu_has_native_bf16()
+            else "the CPU lacks AMX/AVX-512 BF16"
+        )
         return made("fp32", f"no native bf16 {kind.upper()} here ({why})")
     if dt == "cuda":
         if requested == "fp32":
@@ -211,8 +222,10 @@ def cuda_auto_precision(device: torch.device, kind: str, hidden: int | None, bat
     best = max((name for name in speeds if name != "fp32"), key=speeds.get, default=None)
     if best is None:
         return "fp32", f"only fp32 was measured, {where}"
-    return "fp32", (f"{best} measured {speeds[best] / fp32:.2f}× fp32 ({speeds[best]:,.0f} vs {fp32:,.0f} chars/s), "
-                    f"below the {CUDA_MIN_SPEEDUP}× that pays for mixed precision, {where}")
+    return "fp32", (
+        f"{best} measured {speeds[best] / fp32:.2f}× fp32 ({speeds[best]:,.0f} vs {fp32:,.0f} chars/s), "
+        f"below the {CUDA_MIN_SPEEDUP}× that pays for mixed precision, {where}"
+    )
 
 
 def checkpoint_precision(requested: str | None, trained: str | None, device: torch.device, kind: str) -> Precision:
@@ -243,7 +256,9 @@ def sampling_device(name: str) -> torch.device:
         raise CharlstmError("--device cuda asked for, but this PyTorch build sees no CUDA GPU")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
-        raise CharlstmError(f"--device {name}: this machine has {count} GPU{'s' if count != 1 else ''} (cuda:0..{count - 1})")
+        raise CharlstmError(
+            f"--device {name}: this machine has {count} GPU{'s' if count != 1 else ''} (cuda:0..{count - 1})"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise CharlstmError("--device mps asked for, but MPS is not available here")
     return device
@@ -310,7 +325,8 @@ def training_memory(model_config: ModelConfig, lanes: int, seq_len: int) -> tupl
             params = CharRNN(model_config).num_parameters()
     except (RuntimeError, TypeError, ValueError, OverflowError):
         raise CharlstmError(
-            f"a {model_config.layers}×{model_config.hidden} model with --embed {model_config.embed} is too large to build"
+            f"a {model_config.layers}×{model_config.hidden} model with --embed {model_config.embed} "
+            "is too large to build"
         ) from None
     per_char = model_config.layers * model_config.hidden * 8 + model_config.embed + 3 * model_config.vocab_size
     return params, 16 * params + 4 * lanes * seq_len * per_char

@@ -134,12 +134,15 @@ def _check_fields(payload: dict, path: Path) -> None:
     for key, (types, expected) in FIELD_TYPES.items():
         value = payload.get(key)
         if key in payload and (not isinstance(value, types) or isinstance(value, bool)):
-            raise CharlstmError(f"{shown_path(path)} has a malformed {key!r} field: it should be {expected}, got {type(value).__name__}")
+            raise CharlstmError(
+                f"{shown_path(path)} has a malformed {key!r} field: it should be {expected}, got {type(value).__name__}"
+            )
     for key in DATASET_FIELDS:
         value = (payload.get("dataset") or {}).get(key)
         if not isinstance(value, _TEXT):
             raise CharlstmError(
-                f"{shown_path(path)} has a malformed 'dataset' field: its {key!r} should be a string, got {type(value).__name__}"
+                f"{shown_path(path)} has a malformed 'dataset' field: its {key!r} should be a string, "
+                f"got {type(value).__name__}"
             )
 
 
@@ -148,9 +151,13 @@ def _check_weights(weights: dict, path: Path) -> None:
     quantization fails on it)."""
     for name, value in weights.items():
         if not isinstance(value, torch.Tensor):
-            raise CharlstmError(f"{shown_path(path)} has a malformed 'model' field: {name} is a {type(value).__name__}, not a tensor")
+            raise CharlstmError(
+                f"{shown_path(path)} has a malformed 'model' field: {name} is a {type(value).__name__}, not a tensor"
+            )
         if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
-            raise CharlstmError(f"{shown_path(path)} holds non-finite weights (NaN or inf in {name}): no use can be made of it")
+            raise CharlstmError(
+                f"{shown_path(path)} holds non-finite weights (NaN or inf in {name}): no use can be made of it"
+            )
 
 
 MODEL_INTS = ("vocab_size", "layers", "hidden", "embed")
@@ -166,7 +173,9 @@ def _check_model(payload: dict, path: Path) -> None:
     given = payload["model_config"]
     for key in MODEL_INTS:
         if key in given and (not isinstance(given[key], int) or isinstance(given[key], bool)):
-            raise CharlstmError(f"{shown_path(path)} has a malformed model_config: {key} should be a whole number, got {given[key]!r}")
+            raise CharlstmError(
+                f"{shown_path(path)} has a malformed model_config: {key} should be a whole number, got {given[key]!r}"
+            )
     try:
         config = ModelConfig.from_dict(given)
     except (TypeError, CharlstmError) as exc:
@@ -177,18 +186,23 @@ def _check_model(payload: dict, path: Path) -> None:
         except CharlstmError as exc:
             raise CharlstmError(f"{shown_path(path)}: {exc}") from None
     if "vocab" in payload and len(payload["vocab"]) != config.vocab_size:
-        raise CharlstmError(f"{shown_path(path)}: its vocabulary has {len(payload['vocab'])} symbols but its model_config "
-                            f"{config.vocab_size} (one output per symbol)")  # fmt: skip
+        raise CharlstmError(
+            f"{shown_path(path)}: its vocabulary has {len(payload['vocab'])} symbols but its model_config "
+            f"{config.vocab_size} (one output per symbol)"
+        )
     with torch.device("meta"):  # shapes only: no memory, however large the config claims to be
         expected = {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
     found = {k: tuple(v.shape) for k, v in payload["model"].items()}
     problems = [f"{k} missing" for k in expected if k not in found]
-    problems += [f"{k} is {list(found[k])}, expected {list(s)}" for k, s in expected.items() if k in found and found[k] != s]
+    problems += [
+        f"{k} is {list(found[k])}, expected {list(s)}" for k, s in expected.items() if k in found and found[k] != s
+    ]
     problems += [f"{k} unexpected" for k in found if k not in expected]
     if problems:
         more = f" and {len(problems) - SHOWN_MISMATCHES} more" if len(problems) > SHOWN_MISMATCHES else ""
         raise CharlstmError(
-            f"{shown_path(path)}: its weights do not match its model_config ({config.kind} {config.layers}×{config.hidden}, "
+            f"{shown_path(path)}: its weights do not match its model_config "
+            f"({config.kind} {config.layers}×{config.hidden}, "
             f"embed {config.embed}, {config.vocab_size} symbols): {'; '.join(problems[:SHOWN_MISMATCHES])}{more}"
         )
 
@@ -266,11 +280,16 @@ def resolve_model(name: str) -> Path:
     refuse_empty(name, "--model", f"a shipped model ({shipped}), a run folder or a checkpoint file")
     if name in SHIPPED_MODELS:
         if not (SHIPPED_MODELS[name] / BEST).is_file():
-            raise CharlstmError(f"model {name!r} is not shipped in this copy ({SHIPPED_MODELS[name]} holds no {BEST}); shipped: {shipped}")
+            raise CharlstmError(
+                f"model {name!r} is not shipped in this copy ({SHIPPED_MODELS[name]} holds no {BEST}); "
+                f"shipped: {shipped}"
+            )
         return SHIPPED_MODELS[name]
     if Path(name).exists():
         return Path(name)
-    raise CharlstmError(f"unknown model {name!r}: shipped models are {shipped}; or give a run folder or checkpoint file")
+    raise CharlstmError(
+        f"unknown model {name!r}: shipped models are {shipped}; or give a run folder or checkpoint file"
+    )
 
 
 @dataclass
@@ -303,7 +322,17 @@ def open_model(where: str | Path | None, device: str | torch.device = "cpu") -> 
 
 
 # What sampling, inspection and evaluation need; the rest only serves resuming a run.
-INFERENCE_KEYS = ("model_config", "vocab", "model", "dataset", "step", "val_bpc", "best_val_bpc", "precision", "train_config")
+INFERENCE_KEYS = (
+    "model_config",
+    "vocab",
+    "model",
+    "dataset",
+    "step",
+    "val_bpc",
+    "best_val_bpc",
+    "precision",
+    "train_config",
+)
 
 
 def export_for_inference(src: Path, dst: Path, half: bool = False) -> dict:

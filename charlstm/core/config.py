@@ -86,14 +86,21 @@ class TrainConfig:
     hidden: int = DEFAULT_HIDDEN  # units per layer
     embed: int = DEFAULT_EMBED  # character embedding width
     dropout: float = 0.0  # when not given, defaults.py picks it from the passes and the model size
-    forget_bias: float | None = None  # LSTM forget-gate bias at init; None: PyTorch's (1 cost short runs, docs/performance.md, "Time to quality")
+    # LSTM forget-gate bias at init; None: PyTorch's (1 cost short runs, docs/performance.md, "Time to quality")
+    forget_bias: float | None = None
     # optimisation
     batch_size: int = 64  # lanes: contiguous streams through the corpus (a GPU: 256 per process, defaults.py)
     seq_len: int = 128  # characters back-propagated through per step (truncated BPTT)
-    lr: float = 3e-3  # peak AdamW learning rate (scaled with the lanes above 64, defaults.py); 2e-3 trained slower (docs/performance.md, "Time to quality")
+    # peak AdamW learning rate (scaled with the lanes above 64, defaults.py); 2e-3 trained slower
+    # (docs/performance.md, "Time to quality")
+    lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decay ends at lr × this
-    decay_fraction: float = 0.2  # the rate is held at its peak, then decays over the run's last fifth (1: cosine over all of it)
-    warmup_steps: int = 0  # linear warm-up (capped at a twentieth of a known length); any cost short runs (docs/performance.md, "Time to quality")
+    decay_fraction: float = (
+        0.2  # the rate is held at its peak, then decays over the run's last fifth (1: cosine over all of it)
+    )
+    # linear warm-up (capped at a twentieth of a known length); any cost short runs
+    # (docs/performance.md, "Time to quality")
+    warmup_steps: int = 0
     weight_decay: float = 0.01  # AdamW decoupled decay, on weight matrices only
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     steps: int | None = None  # stop after this many steps in all (the schedule's length)
@@ -143,8 +150,13 @@ class TrainConfig:
         need(self.grad_clip >= 0, f"--grad-clip must be 0 (off) or more, got {self.grad_clip}")
         need(self.steps is None or self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
         need(self.steps is None or self.steps <= MAX_STEPS, f"--steps must be at most {MAX_STEPS:,}, got {self.steps}")
-        need(self.epochs is None or 0 < self.epochs < math.inf, f"--epochs must be a positive number, got {self.epochs}")
-        need(self.minutes is None or 0 < self.minutes < math.inf, f"--minutes must be a positive number, got {self.minutes}")
+        need(
+            self.epochs is None or 0 < self.epochs < math.inf, f"--epochs must be a positive number, got {self.epochs}"
+        )
+        need(
+            self.minutes is None or 0 < self.minutes < math.inf,
+            f"--minutes must be a positive number, got {self.minutes}",
+        )
         need(0 <= self.seed <= MAX_SEED, f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
         for name in ("eval_every", "save_every"):
             need(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
@@ -152,7 +164,9 @@ class TrainConfig:
         need(self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}")
         need(self.patience is None or self.eval_every > 0, "--patience counts validations: give --eval-every N too")
         check_threads(self.threads)
-        need(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        need(
+            self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+        )
         need(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
 
@@ -179,4 +193,3 @@ def malformed_fields(saved: dict) -> list[str]:
         if isinstance(value, bool) or not isinstance(value, allowed):
             bad.append(f"{f.name}: {value!r}")
     return bad
-

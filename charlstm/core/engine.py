@@ -75,7 +75,8 @@ class Clamps:
 
 def _store(out: dict, layer: int, names: tuple[str, ...], rows: list[tuple]) -> None:
     """Stack per-step tensors once per layer (cheaper than one copy per step and signal)."""
-    for name, column in zip(names, zip(*rows)):
+    # No rows (a trace of no steps): nothing to store, where strict=True would raise.
+    for name, column in zip(names, zip(*rows, strict=True), strict=False):
         out[name][layer] = torch.stack(column).float()
 
 
@@ -100,7 +101,7 @@ def _pack_int8(weight: torch.Tensor, bias: torch.Tensor):
 _PACKERS = {torch.float16: _pack_half, torch.qint8: _pack_int8}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def packed_weights_available(dtype: torch.dtype = torch.float16) -> bool:
     """Whether this PyTorch build runs `dtype` weights through FBGEMM (x86 CPU builds do)."""
     try:
@@ -132,7 +133,8 @@ class StepEngine:
     so halving the bytes roughly quadruples the speed here (the fp16 copy also fits the cache).
     torch.qint8 halves the bytes again (int8 weights with one scale per row, inputs quantized
     per call) at a small cost in accuracy (a KL of ~0.002 bits per character on trained models).
-    Where those kernels are missing, or off the CPU for int8, it falls back to float32. bfloat16 (and float16 on a GPU) casts everything.
+    Where those kernels are missing, or off the CPU for int8, it falls back to float32. bfloat16
+    (and float16 on a GPU) casts everything.
 
     `fused_cell` (default: an LSTM on CUDA in fp32 or fp16) makes `step` call `torch.lstm_cell`,
     which CUDA runs as two matrix products and one fused pointwise kernel per layer instead of
@@ -245,7 +247,7 @@ class StepEngine:
         hidden] and the next state. Scoring many steps can then run `head` on a block of them at once."""
         x = self.embedding[tokens]
         new_state = []
-        for k, (proj, s) in enumerate(zip(self._step_projections, state)):
+        for k, (proj, s) in enumerate(zip(self._step_projections, state, strict=True)):
             fix = clamps.layers[k] if clamps is not None else None
             if self.fused_cell and fix is None:
                 w = self.weights[k]  # the transposed copies, transposed back: views, no copies
@@ -280,10 +282,10 @@ class StepEngine:
         Without clamps, and with float32 state (`fused` None: whenever it can), the layers run as
         fused nn modules and the gates come from batched products (`fused_trace`): the same values
         to float32 rounding, with float32 weights even where `step` uses float16 ones. Otherwise
-        (`fused=False`, or clamps) it steps as follows. Only the recurrence itself runs step by step: the input projections of a whole layer are
-        one matrix product before the loop, each step adds W_hh h in place and keeps h (and c),
-        and the gates are recomputed for all steps at once afterwards from the same
-        pre-activations, through the same pointwise math as `step`. With float16 weights the
+        (`fused=False`, or clamps) it steps as follows. Only the recurrence itself runs step by step:
+        the input projections of a whole layer are one matrix product before the loop, each step
+        adds W_hh h in place and keeps h (and c), and the gates are recomputed for all steps at once
+        afterwards from the same pre-activations, through the same pointwise math as `step`. With float16 weights the
         recurrent product uses them too (half the bytes read per character). `clamps`, as in
         `step`, overwrites units after each update; the trace records the overwritten values, and
         the gates it reports are the ones computed from them.
@@ -296,10 +298,11 @@ class StepEngine:
         steps = tokens.shape[0]
         # On the engine's device: the next layer reads this one's hidden states from here.
         out = {
-            s: torch.empty(self.layers, steps, self.hidden, dtype=torch.float32, device=self.device) for s in self.signals
+            s: torch.empty(self.layers, steps, self.hidden, dtype=torch.float32, device=self.device)
+            for s in self.signals
         }
         x_seq = self.embedding[tokens]  # [T, in]
-        for k, (w, s) in enumerate(zip(self.weights, state)):
+        for k, (w, s) in enumerate(zip(self.weights, state, strict=True)):
             h = s[0][0]
             add_recurrent = self._recurrent_adder(k)
             fix = clamps.layers[k] if clamps is not None else None

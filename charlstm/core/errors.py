@@ -43,8 +43,11 @@ def shell_path(path) -> str:
     name = str(path)
     if name.isprintable():
         return shlex.quote(name)
-    return "$'" + "".join(ch if ch.isprintable() and ch not in "'\\" else repr(ch)[1:-1] if ch != "'" else "\\'"
-                          for ch in name) + "'"
+    return (
+        "$'"
+        + "".join(ch if ch.isprintable() and ch not in "'\\" else repr(ch)[1:-1] if ch != "'" else "\\'" for ch in name)
+        + "'"
+    )
 
 
 def shown_path(path) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class Metrics:
         return json.dumps(dict(self.record))
 
 
-Event = Union[Message, Progress, Metrics]
+Event = Message | Progress | Metrics
 Listener = Callable[[Event], None]
 
 

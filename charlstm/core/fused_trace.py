@@ -25,7 +25,7 @@ from .model import RNN_MODULES
 def fused_layers(engine) -> list[nn.Module]:
     """One-layer fused modules holding the engine's float32 weights, on its device."""
     layers = []
-    for k, w in enumerate(engine.weights):
+    for w in engine.weights:
         module = RNN_MODULES[engine.kind](w.w_ih_t.shape[0], engine.hidden, num_layers=1)
         with torch.no_grad():
             module.weight_ih_l0.copy_(w.w_ih_t.t())
@@ -112,7 +112,7 @@ def fused_trace(engine, tokens: torch.Tensor, state: list) -> dict[str, torch.Te
     shape = (engine.layers, *tokens.shape, engine.hidden)
     out = {s: torch.empty(shape, dtype=torch.float32, device=engine.device) for s in engine.signals}
     x = engine.embedding[tokens]  # [T, B, in]
-    for k, (module, w, s) in enumerate(zip(engine._fused_layers, engine.weights, state)):
+    for k, (module, w, s) in enumerate(zip(engine._fused_layers, engine.weights, state, strict=True)):
         if engine.kind == "lstm":
             x = _lstm_layer(module, w, x, s, out, k)
         elif engine.kind == "gru":

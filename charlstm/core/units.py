@@ -63,7 +63,9 @@ def parse_clamp(text: str) -> UnitSpec:
     except ValueError:
         raise CharlstmError(f"bad --clamp {text!r}: {raw!r} is not a number") from None
     if not math.isfinite(value) or abs(value) > FLOAT32_MAX:  # the state is float32: 1e39 would be inf
-        raise CharlstmError(f"bad --clamp {text!r}: the value must be a finite float32 number (|value| ≤ {FLOAT32_MAX:.4g})")
+        raise CharlstmError(
+            f"bad --clamp {text!r}: the value must be a finite float32 number (|value| ≤ {FLOAT32_MAX:.4g})"
+        )
     if signal is not None and signal not in ("cell", "hidden"):
         raise CharlstmError(f"bad --clamp {text!r}: the state to clamp is cell or hidden, not {signal!r}")
     return UnitSpec("--clamp", text, int(layer), int(neuron), signal, value)
@@ -92,7 +94,8 @@ WATCHABLE = ("hidden", "cell")
 def check_unit(spec: UnitSpec, kind: str, layers: int, hidden: int) -> None:
     if not 1 <= spec.layer <= layers:
         raise CharlstmError(
-            f"{spec.option} {spec.text}: layer {spec.layer} is out of range: this model has layers 1..{layers} (1-based)"
+            f"{spec.option} {spec.text}: layer {spec.layer} is out of range: "
+            f"this model has layers 1..{layers} (1-based)"
         )
     if not 0 <= spec.neuron < hidden:
         raise CharlstmError(

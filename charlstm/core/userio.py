@@ -91,8 +91,11 @@ def refuse_output_over_input(outputs: dict, inputs: dict) -> None:
             except (OSError, ValueError):
                 same = False
             if same:
-                raise CharlstmError(f"{out_name} {shown_path(out)} is the same file as {in_name} {shown_path(source)}: writing it would "
-                                    f"replace the input; write to another file")  # fmt: skip
+                raise CharlstmError(
+                    f"{out_name} {shown_path(out)} is the same file as {in_name} {shown_path(source)}: "
+                    "writing it would "
+                    f"replace the input; write to another file"
+                )
 
 
 def _write_in_place(path: Path, data: bytes) -> None:

@@ -60,7 +60,9 @@ def load_dataset(path: str | Path) -> Dataset:
     path = Path(path)
     meta_path = path / "meta.json"
     if not path.is_dir():
-        raise CharlstmError(f"dataset not found: {shown_path(path)} (create it with `charlstm ingest --name {path.name}`)")
+        raise CharlstmError(
+            f"dataset not found: {shown_path(path)} (create it with `charlstm ingest --name {path.name}`)"
+        )
     if not meta_path.is_file():
         raise CharlstmError(f"{shown_path(path)} is not a dataset: no meta.json (ingest again with --force)")
     try:
@@ -70,7 +72,9 @@ def load_dataset(path: str | Path) -> Dataset:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CharlstmError(f"{shown_path(path)} is not a charlstm dataset (wrong format in meta.json)")
     if meta.get("version") != VERSION:
-        raise CharlstmError(f"{shown_path(path)} has dataset version {meta.get('version')}, expected {VERSION}; ingest again")
+        raise CharlstmError(
+            f"{shown_path(path)} has dataset version {meta.get('version')}, expected {VERSION}; ingest again"
+        )
     _check_meta_fields(meta, meta_path)
     try:
         vocab = _vocab(meta, meta_path)
@@ -80,7 +84,8 @@ def load_dataset(path: str | Path) -> Dataset:
             size = f.stat().st_size if f.exists() else -1
             if size != n * vocab.dtype.itemsize:
                 raise CharlstmError(
-                    f"{f} is missing or has the wrong size ({size} bytes, expected {n * vocab.dtype.itemsize}); ingest again"
+                    f"{f} is missing or has the wrong size "
+                    f"({size} bytes, expected {n * vocab.dtype.itemsize}); ingest again"
                 )
     except (KeyError, TypeError, ValueError) as exc:
         raise CharlstmError(f"{shown_path(meta_path)} is missing fields ({exc}); ingest again") from exc
@@ -96,7 +101,9 @@ def _check_meta_fields(meta: dict, meta_path: Path) -> None:
     for split in SPLITS:
         n = meta.get(f"{split}_chars")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise CharlstmError(f"{shown_path(meta_path)}: {split}_chars should be a whole number of 0 or more, got {n!r}; ingest again")
+            raise CharlstmError(
+                f"{shown_path(meta_path)}: {split}_chars should be a whole number of 0 or more, got {n!r}; ingest again"
+            )
     for key in ("name", "language", "content_hash"):
         if not isinstance(meta.get(key), (str, type(None))):
             raise CharlstmError(f"{shown_path(meta_path)}: {key} should be a string, got {meta[key]!r}; ingest again")
@@ -108,7 +115,9 @@ def _vocab(meta: dict, meta_path: Path) -> Vocab:
     if not isinstance(symbols, list):
         raise CharlstmError(f"{shown_path(meta_path)}: vocab must be a list of characters; ingest again")
     if len(symbols) > MAX_VOCAB:
-        raise CharlstmError(f"{shown_path(meta_path)}: vocab has {len(symbols):,} symbols, more than {MAX_VOCAB:,}; ingest again")
+        raise CharlstmError(
+            f"{shown_path(meta_path)}: vocab has {len(symbols):,} symbols, more than {MAX_VOCAB:,}; ingest again"
+        )
     try:
         vocab = Vocab(symbols)
     except CharlstmError as exc:
@@ -132,7 +141,8 @@ def _check_token_ids(dataset: Dataset, meta_path: Path) -> None:
             largest = int(np.max(tokens[start : start + ID_CHECK_CHUNK]))
             if largest >= size:
                 raise CharlstmError(
-                    f"{dataset.path / (split + '.bin')} holds token id {largest}, but {shown_path(meta_path)} lists only "
+                    f"{dataset.path / (split + '.bin')} holds token id {largest}, "
+                    f"but {shown_path(meta_path)} lists only "
                     f"{size} symbols (was the vocab edited?); ingest again"
                 )
 
@@ -152,12 +162,19 @@ def check_same_data(dataset: Dataset, recorded: dict | None, checkpoint: str | P
     new = dataset.meta.get("content_hash")
     if old is None or new is None or old == new:
         return None
-    what = (f"{dataset.path} is not the data {checkpoint} was trained on (content hash {old[:12]}…, now "
-            f"{new[:12]}…; ingested again?)")
+    what = (
+        f"{dataset.path} is not the data {checkpoint} was trained on (content hash {old[:12]}…, now "
+        f"{new[:12]}…; ingested again?)"
+    )
     if not allow:
-        raise CharlstmError(f"{what}: resuming on it loses exact resumption and an honest validation split; "
-                            f"give the original data, or --new-data to continue on this one anyway")
-    return f"{what}: continuing on it (--new-data); the step and schedule carry on, the batches and validation split are the new data's"
+        raise CharlstmError(
+            f"{what}: resuming on it loses exact resumption and an honest validation split; "
+            f"give the original data, or --new-data to continue on this one anyway"
+        )
+    return (
+        f"{what}: continuing on it (--new-data); the step and schedule carry on, "
+        "the batches and validation split are the new data's"
+    )
 
 
 def locate_recorded_dataset(recorded: str | Path, checkpoint: str | Path) -> Path:

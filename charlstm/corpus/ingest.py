@@ -39,9 +39,11 @@ import numpy as np
 from .. import __version__
 from ..core import lock
 from ..core.config import Preset
-from .dataset import FORMAT, VERSION, load_dataset
 from ..core.errors import CharlstmError, shown_path
 from ..core.events import Listener, Progress, ignore
+from ..core.userio import decode_source
+from ..core.vocab import DOC_SEP, Vocab
+from .dataset import FORMAT, VERSION, load_dataset
 from .sources import (
     Candidate,
     Discovery,
@@ -53,8 +55,6 @@ from .sources import (
     one_line,
     resolve_sources,
 )
-from ..core.userio import decode_source
-from ..core.vocab import DOC_SEP, Vocab
 
 # A file is "not UTF-8" (skipped) above this fraction of invalid bytes; below it, each invalid sequence
 # becomes U+FFFD (the UNK symbol) and is counted. One stray Latin-1 comment should not cost a file.
@@ -69,7 +69,9 @@ def validate_name(name: str | None) -> str:
     if name is None or not name.strip():
         raise CharlstmError("a dataset name is required: --name NAME (or use a --preset)")
     if "/" in name or "\\" in name or os.sep in name or name in (".", "..") or name.startswith(".") or "\0" in name:
-        raise CharlstmError(f"invalid dataset name {name!r}: use a plain folder name without path separators or a leading dot")
+        raise CharlstmError(
+            f"invalid dataset name {name!r}: use a plain folder name without path separators or a leading dot"
+        )
     return name
 
 
@@ -157,7 +159,9 @@ def ingest(
         try:
             preset = Preset(preset).value
         except ValueError:
-            raise CharlstmError(f"unknown preset {preset!r} (choose from {', '.join(p.value for p in Preset)})") from None
+            raise CharlstmError(
+                f"unknown preset {preset!r} (choose from {', '.join(p.value for p in Preset)})"
+            ) from None
     settings = Settings(
         name=validate_name(name or preset),
         extensions=normalize_extensions(extensions),
@@ -220,7 +224,9 @@ def _check_target(target: Path, force: bool) -> None:
     if not force:
         raise CharlstmError(f"dataset {shown_path(target)} already exists (use --force to replace it)")
     if not target.is_dir() or target.is_symlink() or not (target / "meta.json").is_file() and any(target.iterdir()):
-        raise CharlstmError(f"{shown_path(target)} exists and is not a charlstm dataset; not replacing it, even with --force")
+        raise CharlstmError(
+            f"{shown_path(target)} exists and is not a charlstm dataset; not replacing it, even with --force"
+        )
 
 
 def _install(built: Path, target: Path, work: Path) -> None:
@@ -237,7 +243,6 @@ def _install(built: Path, target: Path, work: Path) -> None:
         if isinstance(exc, OSError):
             raise CharlstmError(f"cannot create {shown_path(target)}: {exc.strerror or exc}") from None
         raise
-
 
 
 def _read_all(found: Discovery, scratch_path: Path, settings: Settings, on_event: Listener) -> _Pass1:
@@ -347,7 +352,6 @@ def _split(kept: list[_Kept], val_fraction: float) -> None:
     if val_chars == 0:  # every file is bigger than the budget: validate on the smallest one
         smallest = min(order, key=lambda i: kept[i].chars)
         kept[smallest].entry["split"] = "val"
-
 
 
 def _vocabulary(read: _Pass1, min_char_count: int) -> tuple[Vocab, np.ndarray, list[int]]:
@@ -460,10 +464,15 @@ def _write_dataset(work: Path, found: Discovery, read: _Pass1, sources: list[Sou
 
 
 def _unknown_warning(unk_rate: float, min_char_count: int) -> str:
-    cause = (f"--min-char-count {min_char_count} maps every character seen fewer times to it; lower it"
-             if min_char_count > 1 else "invalid UTF-8 bytes and U+FFFD characters in the files")  # fmt: skip
-    return (f"{unk_rate:.2%} of the characters are the unknown symbol (this warns above {UNK_WARN_RATE:.0%}), "
-            f"and a model learns nothing from them: {cause}")  # fmt: skip
+    cause = (
+        f"--min-char-count {min_char_count} maps every character seen fewer times to it; lower it"
+        if min_char_count > 1
+        else "invalid UTF-8 bytes and U+FFFD characters in the files"
+    )
+    return (
+        f"{unk_rate:.2%} of the characters are the unknown symbol (this warns above {UNK_WARN_RATE:.0%}), "
+        f"and a model learns nothing from them: {cause}"
+    )
 
 
 def _meta_json(meta: dict) -> str:

@@ -118,7 +118,7 @@ def normalize_extensions(exts: list[str] | None) -> frozenset[str] | None:
 
 
 def file_extension(path: str) -> str:
-    """".java" for "a/B.java"; "" for "Makefile" and ".bashrc" (as pathlib's suffix)."""
+    """ ".java" for "a/B.java"; "" for "Makefile" and ".bashrc" (as pathlib's suffix)."""
     return os.path.splitext(path.rpartition("/")[2])[1].lower()
 
 
@@ -202,7 +202,9 @@ def _archive_members(archive: Path, index: int, source: Source, found: Discovery
     try:
         if name.endswith(".zip"):
             zf = stack.enter_context(zipfile.ZipFile(archive))
-            members = [(i.filename, i.file_size, i.is_dir(), stat.S_ISLNK(i.external_attr >> 16), i) for i in zf.infolist()]
+            members = [
+                (i.filename, i.file_size, i.is_dir(), stat.S_ISLNK(i.external_attr >> 16), i) for i in zf.infolist()
+            ]
 
             def opener(info):
                 return lambda: zf.read(info)
@@ -247,7 +249,9 @@ def clone(url: str, dest: Path, timeout: float = CLONE_TIMEOUT_S) -> str:
         raise CharlstmError(f"cannot clone {url}: git clone took more than {timeout:.0f} s") from None
     if proc.returncode != 0:
         reason = git_failure(proc.stderr) or f"git exited with code {proc.returncode}"
-        hint = " (is the network available?)" if re.search(r"resolve host|unable to access|connect", reason, re.I) else ""
+        hint = (
+            " (is the network available?)" if re.search(r"resolve host|unable to access|connect", reason, re.I) else ""
+        )
         raise CharlstmError(f"cannot clone {url}: {reason}{hint}")
     head = subprocess.run(["git", "-C", str(dest), "rev-parse", "HEAD"], capture_output=True, text=True)
     return head.stdout.strip() or None
@@ -319,7 +323,9 @@ def resolve_sources(specs: list[str], preset: str | None, scratch: Path) -> list
         try:
             st = path.stat()
         except OSError as exc:
-            raise CharlstmError(f"cannot read source {spec}: {exc.strerror or exc} (a broken symlink or a symlink loop?)") from None
+            raise CharlstmError(
+                f"cannot read source {spec}: {exc.strerror or exc} (a broken symlink or a symlink loop?)"
+            ) from None
         if stat.S_ISDIR(st.st_mode):
             sources.append(Source(spec, "directory", path.resolve()))
         elif stat.S_ISREG(st.st_mode):
@@ -348,17 +354,47 @@ def discover(sources: list[Source], extensions: frozenset[str] | None, stack: Ex
                 found.skip(index, name, "extension", source.path.stat().st_size)
             else:
                 full = str(source.path)
-                found.candidates.append(Candidate(index, name, source.path.stat().st_size, lambda full=full: _read_file(full)))
+                found.candidates.append(
+                    Candidate(index, name, source.path.stat().st_size, lambda full=full: _read_file(full))
+                )
     return found
 
 
 # Pygments lexer aliases for the usual extensions; asking Pygments itself costs a third of a second.
 LANGUAGES = {
-    ".py": "python", ".pyi": "python", ".pyx": "cython", ".java": "java", ".kt": "kotlin", ".scala": "scala",
-    ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp", ".cu": "cuda",
-    ".go": "go", ".rs": "rust", ".js": "javascript", ".mjs": "javascript", ".jsx": "jsx", ".ts": "typescript",
-    ".tsx": "tsx", ".rb": "ruby", ".php": "php", ".cs": "csharp", ".swift": "swift", ".lua": "lua", ".sh": "bash",
-    ".hs": "haskell", ".ml": "ocaml", ".jl": "julia", ".r": "r", ".sql": "sql", ".m": "objective-c",
+    ".py": "python",
+    ".pyi": "python",
+    ".pyx": "cython",
+    ".java": "java",
+    ".kt": "kotlin",
+    ".scala": "scala",
+    ".c": "c",
+    ".h": "c",
+    ".cc": "cpp",
+    ".cpp": "cpp",
+    ".cxx": "cpp",
+    ".hpp": "cpp",
+    ".hh": "cpp",
+    ".cu": "cuda",
+    ".go": "go",
+    ".rs": "rust",
+    ".js": "javascript",
+    ".mjs": "javascript",
+    ".jsx": "jsx",
+    ".ts": "typescript",
+    ".tsx": "tsx",
+    ".rb": "ruby",
+    ".php": "php",
+    ".cs": "csharp",
+    ".swift": "swift",
+    ".lua": "lua",
+    ".sh": "bash",
+    ".hs": "haskell",
+    ".ml": "ocaml",
+    ".jl": "julia",
+    ".r": "r",
+    ".sql": "sql",
+    ".m": "objective-c",
 }
 
 

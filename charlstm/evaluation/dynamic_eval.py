@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..core.errors import CharlstmError
 from ..core.model import LN2, detach_state
+
 DYNAMIC_SEQ_LEN = 100  # characters per segment: one SGD step each
 DYNAMIC_LR = 0.3  # plain SGD on a segment's mean loss, clipped; best of 0.005–1.0 on the shipped model
 DYNAMIC_GRAD_CLIP = 1.0
@@ -59,9 +60,11 @@ def dynamic_bits_per_char(
         total += float(loss.detach())  # scored before the model learns from it
         segment_bits = float(loss.detach()) / len(y) / LN2
         if not math.isfinite(total) or segment_bits > DIVERGED_BITS_PER_CHAR:
-            raise CharlstmError(f"dynamic evaluation diverged at --dynamic-lr {lr:g} (a segment after {start:,} "
-                                f"characters scored {segment_bits:.3g} bits per character); try a lower rate "
-                                f"(default {DYNAMIC_LR:g})")  # fmt: skip
+            raise CharlstmError(
+                f"dynamic evaluation diverged at --dynamic-lr {lr:g} (a segment after {start:,} "
+                f"characters scored {segment_bits:.3g} bits per character); try a lower rate "
+                f"(default {DYNAMIC_LR:g})"
+            )
         optimizer.zero_grad(set_to_none=True)
         (loss / len(y)).backward()
         torch.nn.utils.clip_grad_norm_(adapted.parameters(), DYNAMIC_GRAD_CLIP)

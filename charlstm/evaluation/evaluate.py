@@ -19,10 +19,11 @@ import torch.nn.functional as F
 
 from ..core.backend import Precision, checkpoint_precision, flush_denormals
 from ..core.checkpoint import OpenedModel, open_model
-from ..corpus.dataset import load_dataset, locate_recorded_dataset
 from ..core.errors import CharlstmError, shown_path
 from ..core.model import LN2
 from ..core.userio import read_text_source
+from ..corpus.dataset import load_dataset, locate_recorded_dataset
+
 EVAL_SEQ_LEN = 256  # characters per forward pass; the state carries, so this sets speed, not the score
 MAX_LANES = 64  # lanes scored side by side (a batch)
 MIN_LANE_CHARS = 2048  # short texts get fewer lanes, so each lane keeps a long context
@@ -89,7 +90,9 @@ def bits_per_char(
     return {"bpc": loss / LN2, "loss": loss, "chars": n_pred}
 
 
-def load_for_scoring(checkpoint: str | Path | None, device: str, precision: str | None) -> tuple[OpenedModel, Precision]:
+def load_for_scoring(
+    checkpoint: str | Path | None, device: str, precision: str | None
+) -> tuple[OpenedModel, Precision]:
     """A checkpoint's model on `device`, and the precision it is scored in (`precision` None: the
     one the run trained with, where it runs here)."""
     opened = open_model(checkpoint, device)
@@ -133,7 +136,9 @@ def evaluate_checkpoint(
         if data is None:
             data = (payload.get("dataset") or {}).get("path")
             if not data:
-                raise CharlstmError(f"{shown_path(path)} does not record its dataset; pass --data data/NAME or --text-file FILE")
+                raise CharlstmError(
+                    f"{shown_path(path)} does not record its dataset; pass --data data/NAME or --text-file FILE"
+                )
             data = locate_recorded_dataset(data, path)
         dataset = load_dataset(data)
         tokens = dataset.tokens("val")
@@ -153,8 +158,14 @@ def evaluate_checkpoint(
         from .dynamic_eval import DYNAMIC_LR, dynamic_bits_per_char
 
         started = time.perf_counter()
-        adapted = dynamic_bits_per_char(model, tokens, device=dev, autocast=prec.autocast, remap=remap,
-                                        lr=DYNAMIC_LR if dynamic_lr is None else dynamic_lr)  # fmt: skip
+        adapted = dynamic_bits_per_char(
+            model,
+            tokens,
+            device=dev,
+            autocast=prec.autocast,
+            remap=remap,
+            lr=DYNAMIC_LR if dynamic_lr is None else dynamic_lr,
+        )
         extra["dynamic"] = {**adapted, "seconds": round(time.perf_counter() - started, 3)}
     return {
         **result,

@@ -27,8 +27,8 @@ import torch
 
 from ..core.errors import CharlstmError
 from ..core.model import LN2
-from ..core.vocab import NEWLINE_MARK
 from ..core.userio import MAX_PAGE_BYTES
+from ..core.vocab import NEWLINE_MARK
 
 SEQ_LEN = 256  # characters per forward pass; the state carries, so this sets speed, not the score
 BLOCK = 32 * SEQ_LEN  # characters handed to the consumers at a time
@@ -38,8 +38,9 @@ SURPRISED = (255, 255, 255), (203, 24, 29)  # white (no surprise) to red (ColorB
 
 
 @torch.no_grad()
-def score_blocks(model, tokens, *, device="cpu", autocast=nullcontext, top: int = TOP,
-                 block: int = BLOCK) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:  # fmt: skip
+def score_blocks(
+    model, tokens, *, device="cpu", autocast=nullcontext, top: int = TOP, block: int = BLOCK
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """Score tokens[1:] given what precedes each, a block at a time: yields (start, bits [n]
     (float64), the `top` most likely next tokens [n, top] and their probabilities [n, top]
     (float32)) for the characters start .. start + n. `block` is a multiple of SEQ_LEN, so the
@@ -60,7 +61,9 @@ def score_blocks(model, tokens, *, device="cpu", autocast=nullcontext, top: int 
             with autocast():
                 logits, state = model(x, state)
             log_probs = torch.log_softmax(logits[0].float(), dim=-1)
-            bits[start - first : end - first] = (-log_probs.gather(1, y[:, None])[:, 0].cpu().double() / LN2).numpy()  # MPS has no float64
+            bits[start - first : end - first] = (
+                -log_probs.gather(1, y[:, None])[:, 0].cpu().double() / LN2
+            ).numpy()  # MPS has no float64
             values, ids = log_probs.topk(min(top, log_probs.shape[-1]), dim=-1)
             if top_ids is None:
                 top_ids = np.empty((last - first, ids.shape[1]), dtype=np.int64)
@@ -108,7 +111,12 @@ class MostSurprising:
         ids = top_ids[keep] if self.top_ids is None else np.concatenate([self.top_ids, top_ids[keep]])
         probs = top_probs[keep] if self.top_probs is None else np.concatenate([self.top_probs, top_probs[keep]])
         order = np.lexsort((position, -all_bits))[: self.count]
-        self.position, self.bits, self.top_ids, self.top_probs = position[order], all_bits[order], ids[order], probs[order]
+        self.position, self.bits, self.top_ids, self.top_probs = (
+            position[order],
+            all_bits[order],
+            ids[order],
+            probs[order],
+        )
 
     def entries(self, text: str, symbols) -> list[dict]:
         """Each with its position, line and column (from 1, as editors count), bits and the top guesses."""
@@ -116,14 +124,22 @@ class MostSurprising:
         for k, t in enumerate(self.position.tolist()):
             line = text.count("\n", 0, t) + 1
             column = t - text.rfind("\n", 0, t)
-            out.append({"position": t, "line": line, "column": column, "char": text[t],
-                        "bits": round(float(self.bits[k]), 4), "top": guesses(symbols, self.top_ids[k], self.top_probs[k])})  # fmt: skip
+            out.append(
+                {
+                    "position": t,
+                    "line": line,
+                    "column": column,
+                    "char": text[t],
+                    "bits": round(float(self.bits[k]), 4),
+                    "top": guesses(symbols, self.top_ids[k], self.top_probs[k]),
+                }
+            )
         return out
 
 
 def guesses(symbols, ids, probs, digits: int = 4) -> list[list]:
     """The model's top guesses at one character: [[symbol, probability], ...]."""
-    return [[symbols[i], round(p, digits)] for i, p in zip(ids.tolist(), probs.tolist())]
+    return [[symbols[i], round(p, digits)] for i, p in zip(ids.tolist(), probs.tolist(), strict=True)]
 
 
 class SurprisePage:
@@ -173,17 +189,22 @@ class SurprisePage:
         title = html.escape(f"surprise: {self.source} — {bpc:.3f} bits per character ({self.checkpoint})")
         note = ""
         if shown < chars:
-            note = (f"<p><b>This page shows the first {shown:,} of {chars:,} characters</b>: a page holds at most "
-                    f"{self.cap / 1e6:g} MB. The bits per character above are over all {chars:,}; "
-                    "<code>--json</code> gives every character.</p>")  # fmt: skip
+            note = (
+                f"<p><b>This page shows the first {shown:,} of {chars:,} characters</b>: a page holds at most "
+                f"{self.cap / 1e6:g} MB. The bits per character above are over all {chars:,}; "
+                "<code>--json</code> gives every character.</p>"
+            )
         return (
             "<!doctype html><html><head><meta charset=utf-8><title>" + title + "</title><style>"
             "body{font:14px/1.45 ui-monospace,Menlo,Consolas,monospace;margin:2em}"
             "pre{white-space:pre-wrap;tab-size:4}h1{font-size:15px}"
-            "</style></head><body><h1>" + title + "</h1>" + note +
-            f"<p>White: expected; red: {MAX_BITS:g} bits or more (the model gave the character under 1/1024). "
+            "</style></head><body><h1>"
+            + title
+            + "</h1>"
+            + note
+            + f"<p>White: expected; red: {MAX_BITS:g} bits or more (the model gave the character under 1/1024). "
             "Hover a character for its bits and the model's five guesses.</p><pre>\0</pre></body></html>"
-        )  # fmt: skip
+        )
 
 
 def colour_of_bits(bits: float) -> tuple[int, int, int]:

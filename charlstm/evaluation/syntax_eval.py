@@ -25,9 +25,16 @@ def default_prime(language: str | None) -> str:
     return DEFAULT_PRIMES.get(language or "", "")
 
 
-def syntax_rate(sampler, samples: int = DEFAULT_SAMPLES, length: int = DEFAULT_LENGTH,
-                temperature: float = DEFAULT_TEMPERATURE, prime: str | None = None, seed: int = 0,
-                mode: str = "plain", max_tries: int | None = None) -> dict:  # fmt: skip
+def syntax_rate(
+    sampler,
+    samples: int = DEFAULT_SAMPLES,
+    length: int = DEFAULT_LENGTH,
+    temperature: float = DEFAULT_TEMPERATURE,
+    prime: str | None = None,
+    seed: int = 0,
+    mode: str = "plain",
+    max_tries: int | None = None,
+) -> dict:
     """Draw `samples` samples (plain, constrain or valid) and parse their complete units."""
     from ..sampling.sample import SampleSettings
 
@@ -37,8 +44,15 @@ def syntax_rate(sampler, samples: int = DEFAULT_SAMPLES, length: int = DEFAULT_L
     if mode not in ("plain", "constrain", "valid"):
         raise CharlstmError(f"unknown drawing mode {mode!r}: plain, constrain or valid")
     prime = default_prime(language) if prime is None else prime
-    settings = SampleSettings(length=length, temperature=temperature, prime=prime, seed=seed, num_samples=samples,
-                              constrain=mode == "constrain", valid=mode == "valid")  # fmt: skip
+    settings = SampleSettings(
+        length=length,
+        temperature=temperature,
+        prime=prime,
+        seed=seed,
+        num_samples=samples,
+        constrain=mode == "constrain",
+        valid=mode == "valid",
+    )
     if max_tries is not None:
         settings.max_tries = max_tries
     began = time.perf_counter()
@@ -48,15 +62,24 @@ def syntax_rate(sampler, samples: int = DEFAULT_SAMPLES, length: int = DEFAULT_L
     parsed = sum(error is None for _, _, error in judged)
     failures = [{"unit": text[u.start : u.end], "error": error} for text, u, error in judged if error is not None]
     result = {
-        "language": language, "mode": mode, "samples": samples, "length": length, "temperature": temperature,
-        "prime": prime, "seed": seed, "units": len(judged), "parsed": parsed,
-        "rate": parsed / len(judged) if judged else None, "seconds": seconds,
+        "language": language,
+        "mode": mode,
+        "samples": samples,
+        "length": length,
+        "temperature": temperature,
+        "prime": prime,
+        "seed": seed,
+        "units": len(judged),
+        "parsed": parsed,
+        "rate": parsed / len(judged) if judged else None,
+        "seconds": seconds,
         "failures": failures[:SHOWN_FAILURES],
-    }  # fmt: skip
+    }
     if mode != "plain":
         stats = sampler.last_stats
         result["unclosed"] = stats.unclosed
         if mode == "valid":
-            result.update(tries=stats.tries, dropped=stats.dropped, lines_redrawn=stats.lines_redrawn,
-                          unfinished=stats.unfinished)  # fmt: skip
+            result.update(
+                tries=stats.tries, dropped=stats.dropped, lines_redrawn=stats.lines_redrawn, unfinished=stats.unfinished
+            )
     return result

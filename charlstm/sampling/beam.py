@@ -70,9 +70,7 @@ def best_extensions(log_probs: torch.Tensor, beam_log_probs: list[float], width:
 
 
 @torch.inference_mode()
-def beam_search(
-    sampler, prime: str, width: int, length: int, stop: str | None = None, clamps=None
-) -> Iterator[str]:
+def beam_search(sampler, prime: str, width: int, length: int, stop: str | None = None, clamps=None) -> Iterator[str]:
     """Yield the best continuation of `prime` in settled pieces (see the module docstring).
 
     `clamps` (interventions compiled by the engine) hold units at their values at every step."""
@@ -89,7 +87,9 @@ def beam_search(
     for t in range(length):
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # [beams, vocab]
         parents, chars, scores = best_extensions(log_probs, [b.log_prob for b in live], width)
-        candidates = [Beam(live[p].tokens + [c], score, t + 1) for p, c, score in zip(parents, chars, scores)]
+        candidates = [
+            Beam(live[p].tokens + [c], score, t + 1) for p, c, score in zip(parents, chars, scores, strict=True)
+        ]
         keep = []
         for k, beam in enumerate(candidates):
             if stop_ids is not None and (settled_tail + beam.tokens)[-len(stop_ids) :] == stop_ids:

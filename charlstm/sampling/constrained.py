@@ -55,8 +55,9 @@ class ValidStats:
     seconds: float = 0.0
 
 
-def constrained_steps(engine, rule, symbols, lexer, logits, state, clamps, noise, progress, length: int,
-                      stats: ValidStats) -> Iterator[tuple]:  # fmt: skip
+def constrained_steps(
+    engine, rule, symbols, lexer, logits, state, clamps, noise, progress, length: int, stats: ValidStats
+) -> Iterator[tuple]:
     """--constrain's loop: like the eager loop, with the lexical mask added before each draw."""
     batch = logits.shape[0]
     lexers = [lexer.clone() for _ in range(batch)]
@@ -66,7 +67,7 @@ def constrained_steps(engine, rule, symbols, lexer, logits, state, clamps, noise
         # In place: the engine returns fresh logits each step, and nothing else reads these.
         tokens = rule.choose(logits.add_(mask.rows_for(lexers)), None if noise is None else noise.at(t))
         chars = progress.advance(tokens.tolist())
-        for lx, ch in zip(lexers, chars):
+        for lx, ch in zip(lexers, chars, strict=True):
             if ch:
                 lx.feed(ch)
         t += 1
@@ -136,8 +137,22 @@ class _UnitKeeper:
         return snap
 
 
-def valid_steps(engine, rule, symbols, language: str, prime: str, lexer, logits, state, clamps, noise,
-                length: int, max_tries: int, stats: ValidStats, first_step: int = 0) -> Iterator[tuple]:  # fmt: skip
+def valid_steps(
+    engine,
+    rule,
+    symbols,
+    language: str,
+    prime: str,
+    lexer,
+    logits,
+    state,
+    clamps,
+    noise,
+    length: int,
+    max_tries: int,
+    stats: ValidStats,
+    first_step: int = 0,
+) -> Iterator[tuple]:
     """--valid's loop. Yields (pieces, done) per draw: each sample's newly accepted text ("" mostly)."""
     check_language(language)
     began = time.perf_counter()
@@ -166,8 +181,17 @@ def valid_steps(engine, rule, symbols, language: str, prime: str, lexer, logits,
     yield [""] * batch, done
 
 
-def _settle(b: int, keeper: _UnitKeeper, language: str, state, logits, length: int, max_tries: int,
-            stats: ValidStats, done: list[bool]) -> str:  # fmt: skip
+def _settle(
+    b: int,
+    keeper: _UnitKeeper,
+    language: str,
+    state,
+    logits,
+    length: int,
+    max_tries: int,
+    stats: ValidStats,
+    done: list[bool],
+) -> str:
     """After a sample's draw: judge a unit that ended (emit it or roll it back) and, in Python, the
     logical line that ended (roll it back when no continuation could make the unit parse).
     Returns the text emitted."""
@@ -253,7 +277,7 @@ def _resume_point(b: int, keeper: _UnitKeeper, end: int, state, logits) -> _Snap
 
 
 def restore_snapshot(b: int, snap: _Snapshot, state, logits) -> None:
-    for layer, saved in zip(state, snap.state):
-        for tensor, row in zip(layer, saved):
+    for layer, saved in zip(state, snap.state, strict=True):
+        for tensor, row in zip(layer, saved, strict=True):
             tensor[b].copy_(row)
     logits[b].copy_(snap.logits)

@@ -26,7 +26,9 @@ class DrawRule:
     top_k: int | None = None
     top_p: float | None = None
 
-    def choose(self, logits: torch.Tensor, gumbel: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+    def choose(
+        self, logits: torch.Tensor, gumbel: torch.Tensor | None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """logits [batch, vocab] and noise of the same shape (None when greedy) → tokens [batch].
 
         No host synchronisation and no data-dependent shapes, so a CUDA graph can capture it.

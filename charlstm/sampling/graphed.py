@@ -21,8 +21,8 @@ from collections.abc import Iterator
 
 import torch
 
-from .draw import DrawRule, GumbelNoise
 from ..core.engine import StepEngine
+from .draw import DrawRule, GumbelNoise
 
 GRAPH_STEPS = 32  # characters per replay: ~1-2 ms of GPU work at batch 1, so streaming stays live
 WARMUP_RUNS = 3  # eager runs of the body on the capture stream first, as the capture recipe asks
@@ -66,7 +66,7 @@ class BlockSteps:
     def load(self, logits: torch.Tensor, state: list) -> None:
         """Start from these logits [1 or batch, vocab] and this state (per layer, [1 or batch, hidden])."""
         self.logits.copy_(logits)  # a batch of 1 broadcasts to every sample, as `expand` does
-        for static, value in zip(_flat(self.state), _flat(state)):
+        for static, value in zip(_flat(self.state), _flat(state), strict=True):
             static.copy_(value)
 
     def launch(self) -> tuple[torch.Tensor, torch.cuda.Event | None]:
@@ -102,7 +102,7 @@ class BlockSteps:
             tokens = self.rule.choose(logits, None if self.noise is None else self.noise[j], out=self.tokens[j])
             logits, state = self.engine.step(tokens, state)
         self.logits.copy_(logits)
-        for static, value in zip(_flat(self.state), _flat(state)):
+        for static, value in zip(_flat(self.state), _flat(state), strict=True):
             static.copy_(value)
 
     def _capture(self) -> torch.cuda.CUDAGraph:

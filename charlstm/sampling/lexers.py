@@ -95,8 +95,14 @@ class PythonLexer(StatementRules):
     @property
     def at_rest(self) -> bool:
         """The text could end here: outside strings and brackets, at the start of a line, no block left open."""
-        return (self.mode == CODE and self.line_start and not self.brackets and not self.expect_indent
-                and not self.backslash and not self.after_decorator)  # fmt: skip
+        return (
+            self.mode == CODE
+            and self.line_start
+            and not self.brackets
+            and not self.expect_indent
+            and not self.backslash
+            and not self.after_decorator
+        )
 
     def key(self) -> tuple:
         """What the lexer forbids now, as a hashable value (see `forbidden`)."""

@@ -26,20 +26,20 @@ from pathlib import Path
 import torch
 
 from ..core.backend import sampling_device
-from .beam import beam_search
 from ..core.checkpoint import OpenedModel, open_model
 from ..core.config import MAX_SEED, WEIGHT_PRECISIONS
-from .constrained import DEFAULT_MAX_TRIES, ValidStats, constrained_steps, primed_lexer, valid_steps
-from .draw import DrawRule, GumbelNoise
 from ..core.engine import StepEngine, packed_weights_available
 from ..core.errors import CharlstmError
-from .graphed import GRAPH_STEPS, BlockSteps, capture_unavailable, replays
-from .lexers import LEXED_LANGUAGES
 from ..core.model import CharRNN
-from .syntax import check_language
 from ..core.units import Intervention, UnitSpec, check_unit, resolve
 from ..core.userio import read_text_source
 from ..core.vocab import Vocab
+from .beam import beam_search
+from .constrained import DEFAULT_MAX_TRIES, ValidStats, constrained_steps, primed_lexer, valid_steps
+from .draw import DrawRule, GumbelNoise
+from .graphed import GRAPH_STEPS, BlockSteps, capture_unavailable, replays
+from .lexers import LEXED_LANGUAGES
+from .syntax import check_language
 
 PRIME_CHUNK = 4096  # prime characters per fused forward
 DEFAULT_TEMPERATURE = 0.8
@@ -120,8 +120,13 @@ class SampleSettings:
             raise CharlstmError(f"--beam must be at least 1, got {self.beam}")
         if self.beam > MAX_BEAM:
             raise CharlstmError(f"--beam must be at most {MAX_BEAM}, got {self.beam}")
-        drawing = {"--temperature": self.temperature, "--top-k": self.top_k, "--top-p": self.top_p,
-                   "--greedy": self.greedy or None, "--seed": self.seed}  # fmt: skip
+        drawing = {
+            "--temperature": self.temperature,
+            "--top-k": self.top_k,
+            "--top-p": self.top_p,
+            "--greedy": self.greedy or None,
+            "--seed": self.seed,
+        }
         given = [name for name, value in drawing.items() if value is not None]
         if given:
             raise CharlstmError(f"--beam searches instead of drawing at random: drop {', '.join(given)}")
@@ -335,18 +340,34 @@ class Sampler:
         lexer = primed_lexer(self.language, settings.prime)
         if lexer is None:
             known = ", ".join(LEXED_LANGUAGES)
-            raise CharlstmError(f"--constrain follows the lexer of {known}; this model's language is {self.language or 'unknown'}")
+            raise CharlstmError(
+                f"--constrain follows the lexer of {known}; this model's language is {self.language or 'unknown'}"
+            )
         return lexer
 
     def _constrained(self, settings: SampleSettings, lexer, logits, state, clamps, noise, progress) -> Iterator[tuple]:
         stats = self.last_stats = ValidStats()
         symbols, rule = self.vocab.symbols, settings.draw_rule
         if settings.valid:
-            yield from valid_steps(self.engine, rule, symbols, self.language, settings.prime, lexer, logits, state,
-                                   clamps, noise, settings.length, settings.max_tries, stats)  # fmt: skip
+            yield from valid_steps(
+                self.engine,
+                rule,
+                symbols,
+                self.language,
+                settings.prime,
+                lexer,
+                logits,
+                state,
+                clamps,
+                noise,
+                settings.length,
+                settings.max_tries,
+                stats,
+            )
         else:
-            yield from constrained_steps(self.engine, rule, symbols, lexer, logits, state, clamps, noise, progress,
-                                         settings.length, stats)  # fmt: skip
+            yield from constrained_steps(
+                self.engine, rule, symbols, lexer, logits, state, clamps, noise, progress, settings.length, stats
+            )
 
     def _eager(self, settings: SampleSettings, logits, state, clamps, watch, noise, progress) -> Iterator[tuple]:
         """One engine step per character, each launched from Python: any settings, any device."""
@@ -390,7 +411,7 @@ class Sampler:
         """Every sample's full text (prime included), without streaming."""
         texts = [[settings.prime] for _ in range(settings.num_samples)]
         for chars, *_ in self.generate(settings):
-            for parts, ch in zip(texts, chars):
+            for parts, ch in zip(texts, chars, strict=True):
                 parts.append(ch)
         return ["".join(parts) for parts in texts]
 

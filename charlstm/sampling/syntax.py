@@ -12,11 +12,11 @@ from __future__ import annotations
 import ast
 import importlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from ..core.errors import CharlstmError
-from .lexers import PYTHON_UNIT_HEAD, BraceLexer, PythonLexer
 from ..core.vocab import DOC_SEP
+from .lexers import PYTHON_UNIT_HEAD, BraceLexer, PythonLexer
 
 SYNTAX_EXTRA = "pip install 'charlstm[syntax]'"
 # tree-sitter grammar packages by the Pygments name a dataset records: (module, its language function).
@@ -44,7 +44,9 @@ def check_language(language: str | None) -> str:
     """The language, when there is a parser for it; else a one-line error."""
     if language not in PARSED_LANGUAGES:
         known = ", ".join(PARSED_LANGUAGES)
-        raise CharlstmError(f"no parser for this model's language ({language or 'unknown'}): syntax checks know {known}")
+        raise CharlstmError(
+            f"no parser for this model's language ({language or 'unknown'}): syntax checks know {known}"
+        )
     if language != "python":
         _tree_sitter_parser(language)  # fails now, with the package to install, not mid-run
     return language
@@ -80,7 +82,8 @@ def _python_units(text: str) -> list[tuple[int, int, bool]]:
             lexer = PythonLexer()  # the open brackets were the last unit's mistake
             lexer.position = at + 1
     ends = [*starts[1:], len(text)]
-    return [(s, e, False) for s, e in zip(starts, ends)]
+    # strict=False: with no unit head, `ends` still holds the text's end, and there is no unit.
+    return [(s, e, False) for s, e in zip(starts, ends, strict=False)]
 
 
 def _brace_units(text: str, language: str, prime: str) -> list[tuple[int, int, bool]]:
@@ -180,7 +183,7 @@ def _first_error(node):
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tree_sitter_parser(language: str):
     module_name, function = GRAMMARS[language]
     try:
@@ -195,5 +198,8 @@ def _tree_sitter_parser(language: str):
 
 def judge_units(text: str, language: str, prime: str = "") -> list[tuple[Unit, str | None]]:
     """Every complete unit of a sample with its first parse error (None when it parses)."""
-    return [(u, parse_error(text[u.start : u.end], language, u.member)) for u in split_units(text, language, prime)
-            if u.complete]  # fmt: skip
+    return [
+        (u, parse_error(text[u.start : u.end], language, u.member))
+        for u in split_units(text, language, prime)
+        if u.complete
+    ]

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from ..core.config import TrainConfig
-from ..corpus.dataset import Dataset, load_dataset
 from ..core.errors import CharlstmError
-from .finetune import merged_vocab, token_map
 from ..core.vocab import Vocab
+from ..corpus.dataset import Dataset, load_dataset
+from .finetune import merged_vocab, token_map
 
 
 class LaneBatcher:
@@ -27,8 +27,15 @@ class LaneBatcher:
     memory-mapped file as they are needed: the corpus is never copied into RAM.
     """
 
-    def __init__(self, tokens: np.ndarray, lanes: int, seq_len: int, rank: int = 0, world: int = 1,
-                 token_map: np.ndarray | None = None):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        lanes: int,
+        seq_len: int,
+        rank: int = 0,
+        world: int = 1,
+        token_map: np.ndarray | None = None,
+    ):
         n = len(tokens)
         self.token_map = token_map  # dataset id → model id, for a model whose vocabulary is wider
         self.lane_len = n // lanes
@@ -79,8 +86,9 @@ class TrainingData:
     val_tokens: np.ndarray
 
 
-def training_data(config: TrainConfig, rank: int, world: int, init_vocab: Vocab | None = None,
-                  resumed: dict | None = None) -> TrainingData:
+def training_data(
+    config: TrainConfig, rank: int, world: int, init_vocab: Vocab | None = None, resumed: dict | None = None
+) -> TrainingData:
     """The dataset, the model's vocabulary (fine-tuning: the source model's characters `init_vocab`,
     then the corpus's new ones), this process's lanes and the validation tokens.
 
@@ -104,8 +112,10 @@ def training_data(config: TrainConfig, rank: int, world: int, init_vocab: Vocab 
     batcher = LaneBatcher(dataset.tokens("train"), config.batch_size, config.seq_len, rank, world, ids)
     val_tokens = dataset.tokens("val")
     if config.patience is not None and len(val_tokens) < 2:
-        raise CharlstmError(f"--patience counts validations, but {config.data} has no validation split to score "
-                            f"(ingest more than one file, or drop --patience)")  # fmt: skip
+        raise CharlstmError(
+            f"--patience counts validations, but {config.data} has no validation split to score "
+            f"(ingest more than one file, or drop --patience)"
+        )
     if ids is not None:
         val_tokens = ids[np.asarray(val_tokens, dtype=np.int64)]
     return TrainingData(dataset, vocab, batcher, val_tokens)

@@ -19,8 +19,20 @@ X_LABELS = {"steps": "step", "chars": "characters trained on", "minutes": "minut
 # plotext's 256-colour codes, one per run: blue, red, green, magenta, cyan, yellow, then the dim ones.
 RUN_COLOURS = (12, 9, 10, 13, 14, 11, 4, 1, 2, 5, 6, 3)
 # The same colours in the picture, as matplotlib names them.
-PICTURE_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:cyan", "tab:olive", "navy", "darkred",
-                   "darkgreen", "indigo", "teal", "goldenrod")  # fmt: skip
+PICTURE_COLOURS = (
+    "tab:blue",
+    "tab:red",
+    "tab:green",
+    "tab:purple",
+    "tab:cyan",
+    "tab:olive",
+    "navy",
+    "darkred",
+    "darkgreen",
+    "indigo",
+    "teal",
+    "goldenrod",
+)
 SVG_EXTRA = "charlstm[svg]"
 
 
@@ -30,8 +42,9 @@ class Figure:
     plain: str  # the same without them
 
 
-def draw_curves(series: list[dict], x: str = "steps", width: int = 100, height: int = 28,
-                title: str | None = "bits per character") -> Figure:
+def draw_curves(
+    series: list[dict], x: str = "steps", width: int = 100, height: int = 28, title: str | None = "bits per character"
+) -> Figure:
     """One figure of every run's training and validation bpc. `series`: runs.curve_series' dicts."""
     import plotext as plt
 
@@ -45,7 +58,7 @@ def draw_curves(series: list[dict], x: str = "steps", width: int = 100, height: 
             points = run[key]
             if not points:
                 continue
-            xs, ys = zip(*points)
+            xs, ys = zip(*points, strict=True)
             signal = fig.signal(list(xs), list(ys), marker=plt.marker(symbol, pixel=plt.pixel(foreground=colour)))
             signal.label(f"{run['name']} {what}")
             if len(points) > 1:
@@ -95,9 +108,18 @@ def draw_picture(series: list[dict], x: str = "steps", title: str = "bits per ch
     for i, run in enumerate(series):
         colour = PICTURE_COLOURS[i % len(PICTURE_COLOURS)]
         if run["train"]:
-            ax.plot(*zip(*run["train"]), color=colour, linewidth=1, alpha=0.65, label=f"{run['name']} train")
+            ax.plot(
+                *zip(*run["train"], strict=True), color=colour, linewidth=1, alpha=0.65, label=f"{run['name']} train"
+            )
         if run["val"]:
-            ax.plot(*zip(*run["val"]), color=colour, linewidth=2.2, marker="o", markersize=4, label=f"{run['name']} val")
+            ax.plot(
+                *zip(*run["val"], strict=True),
+                color=colour,
+                linewidth=2.2,
+                marker="o",
+                markersize=4,
+                label=f"{run['name']} val",
+            )
     ax.set_title(title)
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel("bits per character")

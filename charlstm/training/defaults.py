@@ -88,8 +88,10 @@ def choose_defaults(given: dict, facts: Facts) -> Chosen:
         dropout = 0.0 if passes <= 1 else next(p for bound, p in DROPOUT_BY_PRESSURE if pressure <= bound)
         if dropout != TrainConfig.dropout:
             chosen.values["dropout"] = dropout
-            chosen.reasons["dropout"] = (f"{how}, with {facts.parameters / max(1, facts.train_chars):.2g} parameters "
-                                         f"per character: repeats a model this size can memorise")
+            chosen.reasons["dropout"] = (
+                f"{how}, with {facts.parameters / max(1, facts.train_chars):.2g} parameters "
+                f"per character: repeats a model this size can memorise"
+            )
     return chosen
 
 
@@ -106,14 +108,18 @@ def _batch(facts: Facts, seq_len: int) -> tuple[int, str]:
     fits = facts.train_chars // (MIN_WINDOWS_PER_LANE * seq_len + 1)
     fits -= fits % facts.world
     if fits < batch and fits >= facts.world:
-        return fits, (f"the training split ({facts.train_chars:,} characters) gives {batch} lanes fewer than "
-                      f"{MIN_WINDOWS_PER_LANE} windows of {seq_len} each")
+        return fits, (
+            f"the training split ({facts.train_chars:,} characters) gives {batch} lanes fewer than "
+            f"{MIN_WINDOWS_PER_LANE} windows of {seq_len} each"
+        )
     # Too short for even that: the most lanes that hold one window each, where any do.
     fits = facts.train_chars // (seq_len + 1)
     fits -= fits % facts.world
     if fits < batch and fits >= facts.world:
-        return fits, (f"the training split ({facts.train_chars:,} characters) holds no lane of {MIN_WINDOWS_PER_LANE} "
-                      f"windows of {seq_len}, only {fits} of one")
+        return fits, (
+            f"the training split ({facts.train_chars:,} characters) holds no lane of {MIN_WINDOWS_PER_LANE} "
+            f"windows of {seq_len}, only {fits} of one"
+        )
     return batch, reason
 
 
@@ -127,7 +133,9 @@ def implied_passes(given: dict, facts: Facts, batch: int, seq_len: int) -> tuple
         bounds.append((float(given["epochs"]), "--epochs"))
     if "minutes" in given:
         rate = estimated_chars_per_second(facts, batch, seq_len)
-        bounds.append((given["minutes"] * 60 * rate / n, f"{given['minutes']:g} min at an estimated {rate:,.0f} chars/s"))
+        bounds.append(
+            (given["minutes"] * 60 * rate / n, f"{given['minutes']:g} min at an estimated {rate:,.0f} chars/s")
+        )
     if not bounds:
         bounds.append((1.0, "no budget given, one pass"))
     passes, how = min(bounds, key=lambda b: b[0])
@@ -141,8 +149,11 @@ def estimated_chars_per_second(facts: Facts, batch: int, seq_len: int) -> float:
     if facts.device == "cuda":
         latency = seq_len * facts.layers * GPU_SECONDS_PER_CELL_STEP * max(1.0, facts.hidden / 512)
         return chars / max(latency, flops / GPU_FLOPS)
-    per_step = (flops / CPU_FLOPS["bf16" if facts.reduced_precision else "fp32"] + chars * facts.vocab * CPU_SECONDS_PER_LOGIT
-                + seq_len * facts.layers * CPU_SECONDS_PER_CELL_STEP)
+    per_step = (
+        flops / CPU_FLOPS["bf16" if facts.reduced_precision else "fp32"]
+        + chars * facts.vocab * CPU_SECONDS_PER_LOGIT
+        + seq_len * facts.layers * CPU_SECONDS_PER_CELL_STEP
+    )
     return chars / per_step
 
 

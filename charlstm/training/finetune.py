@@ -52,22 +52,33 @@ class InitSource:
 
     def record(self) -> dict:
         """What the run's config records about where it started."""
-        return {"checkpoint": str(self.checkpoint.resolve()), "step": self.step, "dataset": self.dataset,
-                "vocab_size": len(self.vocab)}  # fmt: skip
+        return {
+            "checkpoint": str(self.checkpoint.resolve()),
+            "step": self.step,
+            "dataset": self.dataset,
+            "vocab_size": len(self.vocab),
+        }
 
 
 def resolve_init_source(name_or_path: str) -> Path:
     """A checkpoint file from a file, a run folder, or the name of a shipped model."""
-    refuse_empty(name_or_path, "--init-from", f"a shipped model ({', '.join(SHIPPED)}), a run folder or a checkpoint file")
+    refuse_empty(
+        name_or_path, "--init-from", f"a shipped model ({', '.join(SHIPPED)}), a run folder or a checkpoint file"
+    )
     path = Path(name_or_path)
     if not path.exists() and name_or_path in SHIPPED:
         path = SHIPPED[name_or_path]
     elif name_or_path in SHIPPED and path.is_dir() and not any((path / f).is_file() for f in (BEST, LATEST)):
-        raise CharlstmError(f"--init-from {shown_path(name_or_path)}: the folder {shown_path(path)} here holds no checkpoint and hides the "
-                            f"shipped model of that name; give its path instead: {SHIPPED[name_or_path]}")
+        raise CharlstmError(
+            f"--init-from {shown_path(name_or_path)}: the folder {shown_path(path)} here holds no checkpoint "
+            "and hides the "
+            f"shipped model of that name; give its path instead: {SHIPPED[name_or_path]}"
+        )
     if not path.exists():
         names = ", ".join(SHIPPED)
-        raise CharlstmError(f"--init-from {shown_path(name_or_path)}: no such checkpoint or run folder (shipped models: {names})")
+        raise CharlstmError(
+            f"--init-from {shown_path(name_or_path)}: no such checkpoint or run folder (shipped models: {names})"
+        )
     return resolve_checkpoint(path)
 
 
@@ -80,14 +91,19 @@ def load_init_source(name_or_path: str) -> InitSource:
         weights = payload["model"]
     except (KeyError, TypeError) as exc:
         raise CharlstmError(f"--init-from {checkpoint}: not a model checkpoint ({exc})") from None
-    return InitSource(checkpoint, config, vocab, weights, int(payload.get("step", 0)),
-                      (payload.get("dataset") or {}).get("name"))  # fmt: skip
+    return InitSource(
+        checkpoint, config, vocab, weights, int(payload.get("step", 0)), (payload.get("dataset") or {}).get("name")
+    )
 
 
 def check_shape_options(given: dict, source: InitSource) -> None:
     """The user may leave the shape out (it comes from the source) but not ask for another one."""
-    wanted = {"model": source.model_config.kind, "layers": source.model_config.layers,
-              "hidden": source.model_config.hidden, "embed": source.model_config.embed}  # fmt: skip
+    wanted = {
+        "model": source.model_config.kind,
+        "layers": source.model_config.layers,
+        "hidden": source.model_config.hidden,
+        "embed": source.model_config.embed,
+    }
     for key in SHAPE_OPTIONS:
         if key in given and given[key] != wanted[key]:
             raise CharlstmError(
@@ -108,7 +124,9 @@ def token_map(data_vocab: Vocab, model_vocab: Vocab) -> np.ndarray | None:
         return None
     missing = [s for s in data_vocab.symbols if s not in model_vocab.index]
     if missing:
-        raise CharlstmError(f"the run's vocabulary lacks {len(missing)} of the dataset's characters: {''.join(missing[:20])!r}")
+        raise CharlstmError(
+            f"the run's vocabulary lacks {len(missing)} of the dataset's characters: {''.join(missing[:20])!r}"
+        )
     return np.array([model_vocab.index[s] for s in data_vocab.symbols], dtype=np.int64)
 
 

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import torch
 
-from .defaults import Chosen
 from ..core.distributed import average
 from ..core.errors import shown_path
+from .defaults import Chosen
 from .schedule import describe
 
 
 class Invocation:
-    def __init__(self, total: int | None, stop_after: int | None, minutes: float | None, now: float, step: int,
-                 device: torch.device):
+    def __init__(
+        self,
+        total: int | None,
+        stop_after: int | None,
+        minutes: float | None,
+        now: float,
+        step: int,
+        device: torch.device,
+    ):
         self.total = total  # the step the budget ends at, when --steps or --epochs fixes it
         self.stop_after = stop_after  # pause after this many steps
         self.minutes = minutes  # --minutes, counted from `start`

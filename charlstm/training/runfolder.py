@@ -15,13 +15,12 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from ..core import lock
-from ..core.distributed import distributed_layout
 from ..core.checkpoint import BEST, LATEST
 from ..core.config import malformed_fields
+from ..core.distributed import distributed_layout
 from ..core.errors import CharlstmError, shown_path
 from ..core.events import Listener, Message, ignore
 from ..core.files import atomic_write
-
 
 RUN_LOCK = ".lock"  # in the run folder, held by the process training in it (see charlstm.lock)
 SUMMARY = "summary.json"  # written when a run ends its budget (or --patience ends it); a resume removes it
@@ -35,7 +34,9 @@ def check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
     if resume or force:
         return
     if (run_dir / LATEST).exists():
-        raise CharlstmError(f"{shown_path(run_dir)} already holds a run: continue it with --resume, or start over with --force")
+        raise CharlstmError(
+            f"{shown_path(run_dir)} already holds a run: continue it with --resume, or start over with --force"
+        )
     if (run_dir / BEST).exists():
         raise CharlstmError(
             f"{shown_path(run_dir)} holds a {BEST} but no {LATEST} (its run stopped before its first save): "
@@ -63,6 +64,7 @@ def prepare_run_dir(run_dir: Path, resumed_at: int | None, on_event: Listener = 
     else:
         clear_earlier_run(run_dir, on_event)
     run_dir.mkdir(parents=True, exist_ok=True)
+
 
 def write_run_config(run_dir: Path, record: dict) -> None:
     """config.json: the run's options, model, data and backend, for people and for reproducing it."""
@@ -102,7 +104,11 @@ def truncate_metrics(run_dir: Path, step: int, on_event: Listener = ignore) -> N
         if record_step <= step:
             kept.append(line + "\n")
     if damaged:
-        on_event(Message(f"dropped {damaged} damaged line(s) of {shown_path(path)} (not UTF-8 JSON with a step)", warning=True))
+        on_event(
+            Message(
+                f"dropped {damaged} damaged line(s) of {shown_path(path)} (not UTF-8 JSON with a step)", warning=True
+            )
+        )
     atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 
@@ -133,12 +139,15 @@ def check_resumable(payload: dict, path: Path) -> None:
     missing = [key for key in RESUME_KEYS if key not in payload]
     if missing:
         raise CharlstmError(
-            f"{shown_path(path)} cannot be resumed: it has no {', '.join(missing)} (an inference-only export keeps just the "
+            f"{shown_path(path)} cannot be resumed: it has no {', '.join(missing)} "
+            "(an inference-only export keeps just the "
             f"weights); sample or evaluate it, or start a new run with --force"
         )
     position = payload["data_position"]
     if not (isinstance(position, dict) and all(isinstance(position.get(k), int) for k in ("epoch", "window"))):
-        raise CharlstmError(f"{shown_path(path)} cannot be resumed: its data_position is not {{'epoch': int, 'window': int}}")
+        raise CharlstmError(
+            f"{shown_path(path)} cannot be resumed: its data_position is not {{'epoch': int, 'window': int}}"
+        )
 
 
 @contextmanager

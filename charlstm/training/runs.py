@@ -34,7 +34,9 @@ def find_runs(folder: str | Path) -> list[dict]:
     """A row per run in `folder` (or for `folder` itself when it is a run), oldest activity first."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CharlstmError(f"{shown_path(folder)} is not a folder of runs" if folder.exists() else f"{shown_path(folder)} not found")
+        raise CharlstmError(
+            f"{shown_path(folder)} is not a folder of runs" if folder.exists() else f"{shown_path(folder)} not found"
+        )
     if is_run(folder):
         return [describe_run(folder)]
     try:
@@ -50,8 +52,16 @@ def describe_run(path: Path) -> dict:
     try:
         return _describe(path)
     except Exception as exc:  # noqa: BLE001 -- files of any shape: what is wrong is the row, never a traceback
-        return {**dict.fromkeys(ROW_KEYS), "name": path.name, "path": str(path), "steps": 0, "checkpoints": [],
-                "problems": [first_line(exc)], "status": DAMAGED, "note": f"unreadable: {first_line(exc)}"}  # fmt: skip
+        return {
+            **dict.fromkeys(ROW_KEYS),
+            "name": path.name,
+            "path": str(path),
+            "steps": 0,
+            "checkpoints": [],
+            "problems": [first_line(exc)],
+            "status": DAMAGED,
+            "note": f"unreadable: {first_line(exc)}",
+        }
 
 
 def _describe(path: Path) -> dict:
@@ -88,8 +98,25 @@ def _describe(path: Path) -> dict:
     return row
 
 
-ROW_KEYS = ("name", "path", "model", "parameters", "dataset", "steps", "epoch", "train_bpc", "best_val_bpc",
-            "precision", "device", "minutes", "updated", "checkpoints", "problems", "status", "note")  # fmt: skip
+ROW_KEYS = (
+    "name",
+    "path",
+    "model",
+    "parameters",
+    "dataset",
+    "steps",
+    "epoch",
+    "train_bpc",
+    "best_val_bpc",
+    "precision",
+    "device",
+    "minutes",
+    "updated",
+    "checkpoints",
+    "problems",
+    "status",
+    "note",
+)
 
 
 def _section(config: dict, key: str, problems: list[str]) -> dict:
@@ -188,15 +215,21 @@ def curve_series(path: str | Path, x: str = "steps") -> dict:
     if not path.exists():
         raise CharlstmError(f"{shown_path(path)} not found")
     if not path.is_dir() or not is_run(path):
-        raise CharlstmError(f"{shown_path(path)} is not a run folder (no metrics.jsonl, config.json or checkpoint there)")
+        raise CharlstmError(
+            f"{shown_path(path)} is not a run folder (no metrics.jsonl, config.json or checkpoint there)"
+        )
     problems: list[str] = []
     records = read_metrics(path / "metrics.jsonl", problems)
     if not records:
-        raise CharlstmError(f"{shown_path(path)} has no metrics to draw" + (f": {problems[0]}" if problems else " (no metrics.jsonl)"))
+        raise CharlstmError(
+            f"{shown_path(path)} has no metrics to draw" + (f": {problems[0]}" if problems else " (no metrics.jsonl)")
+        )
     tc = _section(_read_json(path / "config.json", problems) or {}, "train_config", problems)
     per_step = _chars_per_step(tc)
     if x != "steps" and per_step is None:
-        raise CharlstmError(f"{shown_path(path)}: --x {x} needs the batch size and sequence length from its config.json")
+        raise CharlstmError(
+            f"{shown_path(path)}: --x {x} needs the batch size and sequence length from its config.json"
+        )
     minutes = _minutes_by_step(records, per_step) if x == "minutes" else {}
     at = {"steps": lambda s: s, "chars": lambda s: s * per_step, "minutes": lambda s: minutes[s]}[x]
     train = [(at(r["step"]), r["bpc"]) for r in records if _finite(r.get("bpc"))]
@@ -209,7 +242,9 @@ def curve_series(path: str | Path, x: str = "steps") -> dict:
 def newest_run(folder: str | Path) -> Path:
     rows = find_runs(folder)
     if not rows:
-        raise CharlstmError(f"no runs in {shown_path(folder)}: train one with `charlstm train`, or name run folders to plot")
+        raise CharlstmError(
+            f"no runs in {shown_path(folder)}: train one with `charlstm train`, or name run folders to plot"
+        )
     return Path(rows[-1]["path"])
 
 

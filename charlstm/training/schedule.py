@@ -102,7 +102,9 @@ def check_budget_left(schedule: dict, config: TrainConfig, step: int) -> None:
     total = schedule.get("total")
     if total is None or step < total:
         return
-    budget = " and ".join(f"--{k} {getattr(config, k):g}" for k in ("steps", "epochs") if getattr(config, k) is not None)
+    budget = " and ".join(
+        f"--{k} {getattr(config, k):g}" for k in ("steps", "epochs") if getattr(config, k) is not None
+    )
     if config.steps != total:
         budget += f", which ends at step {total:,}"
     raise CharlstmError(
@@ -122,9 +124,15 @@ def minutes_decay(schedule: dict, step: int, seconds_per_step: float, seconds_le
 
 def describe(schedule: dict, config: TrainConfig) -> str:
     """The run header's line on the learning rate: what a reader needs to reproduce its shape."""
-    warm = f"warm-up {schedule['warmup']} step(s) to {config.lr:g}" if schedule["warmup"] else f"{config.lr:g} from the first step"
+    warm = (
+        f"warm-up {schedule['warmup']} step(s) to {config.lr:g}"
+        if schedule["warmup"]
+        else f"{config.lr:g} from the first step"
+    )
     held = f"{warm}, held, then cosine decay to {config.lr * config.min_lr_ratio:g}"
     if schedule["total"] is None:
         return f"learning rate: {held} over the last {config.decay_fraction:.0%} of the time (--decay-fraction)"
-    return (f"learning rate: {held} from step {schedule['from_step'] or schedule['warmup']:,} to {schedule['total']:,} "
-            f"(the last {config.decay_fraction:.0%}, --decay-fraction)")
+    return (
+        f"learning rate: {held} from step {schedule['from_step'] or schedule['warmup']:,} to {schedule['total']:,} "
+        f"(the last {config.decay_fraction:.0%}, --decay-fraction)"
+    )

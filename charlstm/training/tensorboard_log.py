@@ -101,7 +101,7 @@ class TensorBoardLog:
 
     def sample(self, step: int) -> str:
         """A short sample from a copy of the model: the training model's mode, weights and RNG are untouched."""
-        from ..sampling.sample import SampleSettings, Sampler
+        from ..sampling.sample import Sampler, SampleSettings
 
         t = self.trainer
         sampler = Sampler(copy.deepcopy(t.raw_model), t.vocab, t.device, precision="fp32", graphs="eager")
@@ -113,8 +113,13 @@ class TensorBoardLog:
         from torch.utils.tensorboard.summary import hparams
 
         t = self.trainer
-        values = {**asdict(t.cfg), "parameters": t.raw_model.num_parameters(), "precision_used": t.precision.name,
-                  "device_used": str(t.device), "world_size": t.world}  # fmt: skip
+        values = {
+            **asdict(t.cfg),
+            "parameters": t.raw_model.num_parameters(),
+            "precision_used": t.precision.name,
+            "device_used": str(t.device),
+            "world_size": t.world,
+        }
         values.pop("chosen", None)
         # TensorBoard takes numbers, strings and booleans only.
         clean = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in values.items()}

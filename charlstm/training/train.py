@@ -5,9 +5,10 @@ loop (`train_step`, `run`). Its parts live beside it: options and defaults in co
 defaults.py, their resolution and `train()` (what the CLI calls) in train_setup.py; lanes and the
 model's vocabulary in batching.py; the learning-rate schedule in schedule.py; device, precision
 and threads in backend.py; torchrun's processes in distributed.py; the run folder (lock,
-config.json, metrics.jsonl, what --resume reads) in runfolder.py; the hidden and RNG states a
-checkpoint carries in trainstate.py; Ctrl-C and early ends in stopping.py; one call of `run` (its
-budget, progress figures, loss since the last metrics line) in progress.py.
+config.json, metrics.jsonl, what --resume reads) in runfolder.py; what a checkpoint carries (the
+Trainer's state, the hidden and RNG states) and how a resume puts it back in trainstate.py; Ctrl-C
+and early ends in stopping.py; one call of `run` (its budget, progress figures, loss since the
+last metrics line) in progress.py.
 
 The Trainer prints nothing: what it has to say (the announcement, validations, a step's progress,
 each metrics record) goes as events (events.py) to its listeners, `on_event` and any added to
@@ -37,30 +38,37 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..core.backend import check_training_memory, training_device, training_precision
 from ..core import distributed
-from .batching import training_data
+from ..core.backend import check_training_memory, training_device, training_precision
 from ..core.checkpoint import BEST, LATEST, save_checkpoint
 from ..core.config import TrainConfig
 from ..core.errors import CharlstmError, first_line, shell_path, shown_path
-from ..evaluation.evaluate import bits_per_char
 from ..core.events import Listener, Message, Metrics, Progress
 from ..core.files import append_line
-from .finetune import InitSource, transfer_weights
 from ..core.model import LN2, CharRNN, detach_state
+from ..core.stopping import CtrlC, TrainingInterrupted, TrainingStopped
+from ..evaluation.evaluate import bits_per_char
+from .batching import training_data
+from .finetune import InitSource, transfer_weights
 from .progress import Invocation, announcement, run_summary
 from .runfolder import check_run_dir, prepare_run_dir, write_run_config
-from .schedule import lr_at, minutes_decay, new_schedule, planned_total, resumed_schedule
-from ..core.stopping import CtrlC, TrainingInterrupted, TrainingStopped
-from .trainstate import hidden_for_checkpoint, lanes_from_checkpoint, restore_rng, rng_state
+from .schedule import lr_at, minutes_decay, new_schedule, planned_total
+from .trainstate import restore_trainer, trainer_payload
 
 
 class Trainer:
     """Set up a run (fresh or resumed), then `run()` the loop."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, resume_payload: dict | None = None, force: bool = False,
-                 init_source: InitSource | None = None, finetune_defaults: str | None = None,
-                 on_event: Listener | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        resume_payload: dict | None = None,
+        force: bool = False,
+        init_source: InitSource | None = None,
+        finetune_defaults: str | None = None,
+        on_event: Listener | None = None,
+    ):
         config.validate()
         self.cfg = config
         self.run_dir = Path(run_dir)
@@ -74,8 +82,9 @@ class Trainer:
         distributed.start_process_group(self.device, self.world)
 
         check_run_dir(self.run_dir, resume=resume_payload is not None, force=force)
-        self.precision = training_precision(config.precision, self.device, config.model, config.hidden,
-                                            lanes=config.batch_size // self.world)
+        self.precision = training_precision(
+            config.precision, self.device, config.model, config.hidden, lanes=config.batch_size // self.world
+        )
 
         init_vocab = init_source.vocab if init_source is not None else None
         data = training_data(config, self.rank, self.world, init_vocab, resume_payload)
@@ -150,68 +159,37 @@ class Trainer:
             raise CharlstmError(f"the checkpoint does not fit the run it should resume: {first_line(exc)}") from None
 
     def _restore(self, payload: dict) -> None:
-        self.raw_model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])  # moves its state to the parameters' device
-        if payload.get("scaler"):
-            self.scaler.load_state_dict(payload["scaler"])
-        self.step = int(payload["step"])
-        self.batcher.seek(payload["data_position"])
-        self.best_val_bpc = payload.get("best_val_bpc")
-        self.stale_validations = int(payload.get("stale_validations", 0))
-        self.last_val_bpc = payload.get("val_bpc")
-        self._skipped.fill_(int(payload.get("skipped_steps", 0)))
-        self.schedule = resumed_schedule(self.schedule, payload, self.cfg, self.step)
-        hidden = payload.get("hidden_state")
-        if hidden is not None:
-            self.state = lanes_from_checkpoint(hidden, self.cfg.batch_size, self.world, self.rank,
-                                               self.model_config.kind, self.device)  # fmt: skip
-        restore_rng(payload.get("rng") or {}, self.device, self.world, self.cfg.seed + self.rank + self.step)
+        restore_trainer(self, payload)
 
     def _prepare_run_dir(self, resume: bool) -> None:
         prepare_run_dir(self.run_dir, self.step if resume else None, self._emit)
-        write_run_config(self.run_dir, {
-            "train_config": asdict(self.cfg),
-            "model_config": self.model_config.to_dict(),
-            "parameters": self.raw_model.num_parameters(),
-            "dataset": {
-                **self.dataset.summary(),
-                "train_chars": int(self.dataset.meta.get("train_chars", 0)),
-                "val_chars": int(self.dataset.meta.get("val_chars", 0)),
-                "vocab_size": len(self.dataset.vocab),
+        write_run_config(
+            self.run_dir,
+            {
+                "train_config": asdict(self.cfg),
+                "model_config": self.model_config.to_dict(),
+                "parameters": self.raw_model.num_parameters(),
+                "dataset": {
+                    **self.dataset.summary(),
+                    "train_chars": int(self.dataset.meta.get("train_chars", 0)),
+                    "val_chars": int(self.dataset.meta.get("val_chars", 0)),
+                    "vocab_size": len(self.dataset.vocab),
+                },
+                "windows_per_epoch": self.batcher.windows,
+                "precision": self.precision.name,
+                "rnn_dtype_under_autocast": self.precision.rnn_dtype,
+                "init_from": self.init_source,
+                "device": str(self.device),
+                "world_size": self.world,
+                "threads": self.threads,
+                "torch": torch.__version__,
             },
-            "windows_per_epoch": self.batcher.windows,
-            "precision": self.precision.name,
-            "rnn_dtype_under_autocast": self.precision.rnn_dtype,
-            "init_from": self.init_source,
-            "device": str(self.device),
-            "world_size": self.world,
-            "threads": self.threads,
-            "torch": torch.__version__,
-        })  # fmt: skip
+        )
 
     # -- checkpoints ---------------------------------------------------------------------------
 
     def _payload(self, state) -> dict:
-        return {
-            "model_config": self.model_config.to_dict(),
-            "vocab": self.vocab.symbols,
-            "model": self.raw_model.state_dict(),  # the unwrapped module: no DDP prefix
-            "dataset": self.dataset.summary(),
-            "step": self.step,
-            "train_config": asdict(self.cfg),
-            "init_from": self.init_source,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "data_position": self.batcher.position(),
-            "hidden_state": hidden_for_checkpoint(state),
-            "schedule": dict(self.schedule),
-            "rng": rng_state(self.device),
-            "best_val_bpc": self.best_val_bpc,
-            "stale_validations": self.stale_validations,
-            "val_bpc": self.last_val_bpc,
-            "skipped_steps": self.skipped_steps,
-            "precision": self.precision.name,
-        }
+        return trainer_payload(self, state)
 
     def save(self) -> None:
         """Save latest.pt on rank 0 (every rank takes part in gathering the lanes' hidden state)."""
@@ -245,7 +223,8 @@ class Trainer:
             yield
         except CharlstmError as exc:
             kept = (
-                f"{shown_path(self.run_dir / LATEST)} (step {self.saved_step}) is intact; once the disk has room, resume with: "
+                f"{shown_path(self.run_dir / LATEST)} (step {self.saved_step}) is intact; "
+                "once the disk has room, resume with: "
                 f"{self.resume_command()}"
                 if self.saved_step is not None
                 else "nothing had been saved yet"
@@ -259,10 +238,13 @@ class Trainer:
     # -- evaluation and logging ----------------------------------------------------------------
 
     def validate(self) -> float | None:
-        """Validation bpc over the whole split (rank 0 only); other ranks wait. NaN stops every rank, as a NaN loss does."""
+        """Validation bpc over the whole split (rank 0 only); other ranks wait. NaN stops every rank,
+        as a NaN loss does."""
         bpc = None
         if self.main and len(self.val_tokens) >= 2:
-            self.last_val_bpc = bpc = bits_per_char(self.raw_model, self.val_tokens, device=self.device, autocast=self.precision.autocast)["bpc"]
+            self.last_val_bpc = bpc = bits_per_char(
+                self.raw_model, self.val_tokens, device=self.device, autocast=self.precision.autocast
+            )["bpc"]
             self._nonfinite |= not math.isfinite(bpc)  # weights an update blew up can score NaN before the loss is
         self._stop_if_nonfinite()  # every rank takes part: the barrier, too
         return bpc
@@ -361,7 +343,15 @@ class Trainer:
         if fresh:
             self.state = None  # a new epoch starts every lane from the beginning of its text
         sch = self.schedule
-        lr = lr_at(self.step, self.cfg.lr, sch["warmup"], sch["total"], self.cfg.min_lr_ratio, sch["from_step"], sch["from_ratio"])
+        lr = lr_at(
+            self.step,
+            self.cfg.lr,
+            sch["warmup"],
+            sch["total"],
+            self.cfg.min_lr_ratio,
+            sch["from_step"],
+            sch["from_ratio"],
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x = x.to(self.device, non_blocking=True)
@@ -406,7 +396,8 @@ class Trainer:
             # A second Ctrl-C (or one outside the loop's checks): the step may be half done, so
             # nothing is saved; the last checkpoint stays as it was.
             raise TrainingInterrupted(
-                f"interrupted at step {self.step} without saving; the last save is {shown_path(self.run_dir / LATEST)}. "
+                f"interrupted at step {self.step} without saving; "
+                f"the last save is {shown_path(self.run_dir / LATEST)}. "
                 f"Resume with: {self.resume_command()}"
             ) from None
         finally:
@@ -414,7 +405,8 @@ class Trainer:
         if ctrl_c.pressed:
             self.save()
             raise TrainingInterrupted(
-                f"interrupted at step {self.step}; saved {shown_path(self.run_dir / LATEST)}. Resume with: {self.resume_command()}"
+                f"interrupted at step {self.step}; saved {shown_path(self.run_dir / LATEST)}. "
+                f"Resume with: {self.resume_command()}"
             )
         # The steps since the last log line (a --minutes run ends anywhere), and a validation of
         # the final weights unless this is a pause or the loop just ran one.
@@ -441,7 +433,11 @@ class Trainer:
             inv.steps += 1
             inv.loss_sum += loss
             self._nonfinite |= ~torch.isfinite(loss)
-            if self.schedule["total"] is None and cfg.minutes is not None and (self.world == 1 or self.step % cfg.log_every == 0):
+            if (
+                self.schedule["total"] is None
+                and cfg.minutes is not None
+                and (self.world == 1 or self.step % cfg.log_every == 0)
+            ):
                 self._maybe_start_decay(inv, loss)
 
             evaluate = inv.budget_spent(self.step) or bool(cfg.eval_every and self.step % cfg.eval_every == 0)
@@ -475,8 +471,10 @@ class Trainer:
         # Every rank must use rank 0's number, or their learning rates differ.
         schedule["total"] = distributed.rank_0s(schedule["total"], self.world, self.device)
         self.schedule = schedule
-        self._say(f"step {self.step:,}: the last {cfg.decay_fraction:.0%} of --minutes {cfg.minutes:g}; the learning "
-                  f"rate decays over the ~{schedule['total'] - self.step:,} steps left (to step {schedule['total']:,})")
+        self._say(
+            f"step {self.step:,}: the last {cfg.decay_fraction:.0%} of --minutes {cfg.minutes:g}; the learning "
+            f"rate decays over the ~{schedule['total'] - self.step:,} steps left (to step {schedule['total']:,})"
+        )
 
     def close(self, finished: bool = False) -> None:
         self.model = self.raw_model  # DDP's reducer goes before the process group (see end_process_group)

@@ -17,11 +17,11 @@ from pathlib import Path
 from ..core.backend import choose_precision, resolve_device, training_memory
 from ..core.checkpoint import load_checkpoint
 from ..core.config import TrainConfig
-from ..corpus.dataset import check_same_data, load_dataset, locate_recorded_dataset, reading
-from .defaults import Facts, choose_defaults
 from ..core.distributed import distributed_layout
 from ..core.errors import CharlstmError, refuse_empty, shown_path
 from ..core.events import Listener, Message, ignore
+from ..corpus.dataset import check_same_data, load_dataset, locate_recorded_dataset, reading
+from .defaults import Facts, choose_defaults
 from .finetune import (
     FINETUNE_LR,
     FINETUNE_WARMUP_STEPS,
@@ -36,7 +36,19 @@ from .train import Trainer
 
 # Options that may change when a run is resumed: the budget and how it is logged and run.
 # Everything else (model shape, data layout, optimiser) is the run's and must stay as it was.
-RESUMABLE_OVERRIDES = ("steps", "epochs", "minutes", "patience", "eval_every", "save_every", "log_every", "precision", "device", "threads", "data")
+RESUMABLE_OVERRIDES = (
+    "steps",
+    "epochs",
+    "minutes",
+    "patience",
+    "eval_every",
+    "save_every",
+    "log_every",
+    "precision",
+    "device",
+    "threads",
+    "data",
+)
 BUDGET = ("steps", "epochs", "minutes")
 
 
@@ -94,9 +106,16 @@ def facts_for(config: TrainConfig) -> Facts:
     mc = config.model_config(len(dataset.vocab))
     parameters, _ = training_memory(mc, config.batch_size, config.seq_len)  # refuses a model too large to build
     reduced = device.type == "cpu" and choose_precision(config.precision, device, kind=config.model).name == "bf16"
-    return Facts(device=device.type, world=distributed_layout()[1], train_chars=int(dataset.meta.get("train_chars", 0)),
-                 parameters=parameters, vocab=len(dataset.vocab), layers=config.layers, hidden=config.hidden,
-                 reduced_precision=reduced)
+    return Facts(
+        device=device.type,
+        world=distributed_layout()[1],
+        train_chars=int(dataset.meta.get("train_chars", 0)),
+        parameters=parameters,
+        vocab=len(dataset.vocab),
+        layers=config.layers,
+        hidden=config.hidden,
+        reduced_precision=reduced,
+    )
 
 
 def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:
@@ -107,19 +126,23 @@ def finetune_options(options: dict) -> tuple[dict, InitSource, str | None]:
     source = load_init_source(given["init_from"])
     check_shape_options(given, source)
     mc = source.model_config
-    shape = dict(zip(SHAPE_OPTIONS, (mc.kind, mc.layers, mc.hidden, mc.embed)))
+    shape = dict(zip(SHAPE_OPTIONS, (mc.kind, mc.layers, mc.hidden, mc.embed), strict=True))
     # Dropout stays the source model's: one trained without it fine-tunes worse with it (measured on
     # rich's source, 150 steps from the shipped model: 1.418 bpc without, 1.569 with 0.2).
-    defaults = {k: v for k, v in (("lr", FINETUNE_LR), ("warmup_steps", FINETUNE_WARMUP_STEPS), ("dropout", mc.dropout))
-                if k not in given}  # fmt: skip
+    defaults = {
+        k: v
+        for k, v in (("lr", FINETUNE_LR), ("warmup_steps", FINETUNE_WARMUP_STEPS), ("dropout", mc.dropout))
+        if k not in given
+    }
     note = None
     if defaults:
         note = "fine-tuning defaults: " + ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in defaults.items())
     return {**options, **shape, **defaults}, source, note
 
 
-def resumed_config(given: dict, run_dir: Path, new_data: bool = False,
-                   on_event: Listener = ignore) -> tuple[TrainConfig, dict]:
+def resumed_config(
+    given: dict, run_dir: Path, new_data: bool = False, on_event: Listener = ignore
+) -> tuple[TrainConfig, dict]:
     """--resume: the run's saved config and checkpoint.
 
     Only the budget, logging and backend options may change (see RESUMABLE_OVERRIDES); any other
@@ -167,8 +190,15 @@ def _default_budget(config: TrainConfig) -> None:
         config.epochs = 1.0  # no budget given: one pass over the training split
 
 
-def train(options: dict, resume: bool = False, force: bool = False, stop_after: int | None = None,
-          tensorboard: str | None = None, new_data: bool = False, on_event: Listener | None = None) -> dict:
+def train(
+    options: dict,
+    resume: bool = False,
+    force: bool = False,
+    stop_after: int | None = None,
+    tensorboard: str | None = None,
+    new_data: bool = False,
+    on_event: Listener | None = None,
+) -> dict:
     """`charlstm train`: set up (or resume) a run from CLI-style options, train it, return the summary.
 
     `stop_after` pauses after that many steps (the run is not finished); `tensorboard` also logs
@@ -188,7 +218,9 @@ def train(options: dict, resume: bool = False, force: bool = False, stop_after: 
         given = given_options(options)
         run_dir = run_dir_of(given)
         if not run_dir.is_dir():
-            raise CharlstmError(f"nothing to resume: {shown_path(run_dir)} not found (pass --out RUN, or start a run without --resume)")
+            raise CharlstmError(
+                f"nothing to resume: {shown_path(run_dir)} not found (pass --out RUN, or start a run without --resume)"
+            )
     else:
         new = fresh_config(options)  # nonsense options fail before the folder is made
         run_dir = Path(new.config.out)
@@ -200,8 +232,14 @@ def train(options: dict, resume: bool = False, force: bool = False, stop_after: 
             trainer = Trainer(config, run_dir, resume_payload=payload, force=force, on_event=on_event)
         else:
             held.enter_context(reading(new.config.data))
-            trainer = Trainer(new.config, run_dir, force=force, init_source=new.init_source,
-                              finetune_defaults=new.defaults_note, on_event=on_event)  # fmt: skip
+            trainer = Trainer(
+                new.config,
+                run_dir,
+                force=force,
+                init_source=new.init_source,
+                finetune_defaults=new.defaults_note,
+                on_event=on_event,
+            )
         try:
             with tensorboard_log(trainer, tensorboard):
                 summary = trainer.run(stop_after=stop_after)

@@ -39,7 +39,8 @@ class ColouredText:
         from .render import append_on_colour
 
         piece = Text()
-        for ch, b in zip(self.text[self.start : end], self.bits):
+        # strict=False: a piece cut at a newline ends before the characters scored so far do.
+        for ch, b in zip(self.text[self.start : end], self.bits, strict=False):
             append_on_colour(piece, ch, colour_of_bits(b))
         self.out.print(piece, end="")
         del self.bits[: end - self.start]
@@ -57,9 +58,17 @@ class JsonCharacters:
     def add(self, start: int, bits, top_ids, top_probs) -> None:
         from ..evaluation.surprise import guesses
 
-        entries = (json.dumps({"char": self.text[start + k], "bits": round(b, 4),
-                               "top": guesses(self.symbols, top_ids[k], top_probs[k])}, ensure_ascii=False)
-                   for k, b in enumerate(bits.tolist()))  # fmt: skip
+        entries = (
+            json.dumps(
+                {
+                    "char": self.text[start + k],
+                    "bits": round(b, 4),
+                    "top": guesses(self.symbols, top_ids[k], top_probs[k]),
+                },
+                ensure_ascii=False,
+            )
+            for k, b in enumerate(bits.tolist())
+        )
         print(("" if self.first else ", ") + ", ".join(entries), end="")
         self.first = False
 
@@ -93,8 +102,16 @@ def warn_unknown(chars: list[str], err) -> None:
         )
 
 
-def run_per_char(checkpoint: str | None, text_file: str, html_out: str | None, json_out: bool, err, *,
-                 device: str, precision: str | None) -> None:  # fmt: skip
+def run_per_char(
+    checkpoint: str | None,
+    text_file: str,
+    html_out: str | None,
+    json_out: bool,
+    err,
+    *,
+    device: str,
+    precision: str | None,
+) -> None:
     """`charlstm eval --per-char --text-file F`: every character's bits and the model's top guesses,
     as the coloured text on stdout (or --json) and a summary on stderr; with `html_out`, the page.
     Streams: the scores go out a block at a time, and what is kept does not grow with the text."""
@@ -103,8 +120,8 @@ def run_per_char(checkpoint: str | None, text_file: str, html_out: str | None, j
     import numpy as np
     from rich.console import Console
 
-    from ..core.userio import write_output, check_output, read_text_source, refuse_output_over_input
     from ..core.errors import shown_path
+    from ..core.userio import check_output, read_text_source, refuse_output_over_input, write_output
     from ..evaluation.evaluate import load_for_scoring
     from ..evaluation.surprise import MostSurprising, SurprisePage, Totals, score_blocks
 
@@ -119,8 +136,15 @@ def run_per_char(checkpoint: str | None, text_file: str, html_out: str | None, j
     warn_unknown(unknown, err)
     totals, worst = Totals(), MostSurprising(10)
     page = SurprisePage(text, vocab.symbols, str(text_file), str(path)) if html_out is not None else None
-    head = {"source": str(text_file), "checkpoint": str(path), "step": payload.get("step"), "precision": prec.name,
-            "device": str(dev), "chars": len(text), "unknown_chars": unknown}  # fmt: skip
+    head = {
+        "source": str(text_file),
+        "checkpoint": str(path),
+        "step": payload.get("step"),
+        "precision": prec.name,
+        "device": str(dev),
+        "chars": len(text),
+        "unknown_chars": unknown,
+    }
     shown = JsonCharacters(text, vocab.symbols, head) if json_out else ColouredText(Console(highlight=False), text)
     started = time.perf_counter()
     for block in score_blocks(model, tokens, device=dev, autocast=prec.autocast):
@@ -137,16 +161,26 @@ def run_per_char(checkpoint: str | None, text_file: str, html_out: str | None, j
     if json_out:
         return
     err.print(surprise_legend())
-    err.print(f"{shown_path(text_file)}: {totals.bpc:.4f} bits per character over {len(text):,} characters, scored as "
-              f"one stream ({shown_path(path)}, {prec.name} on {dev})", markup=False, highlight=False)  # fmt: skip
+    err.print(
+        f"{shown_path(text_file)}: {totals.bpc:.4f} bits per character over {len(text):,} characters, scored as "
+        f"one stream ({shown_path(path)}, {prec.name} on {dev})",
+        markup=False,
+        highlight=False,
+    )
     err.print("most surprising (line:column):", highlight=False)
     for s in worst.entries(text, vocab.symbols):
         expected = ", ".join(f"{shown_char(sym)} {p:.0%}" for sym, p in s["top"][:3])
-        err.print(f"  {s['line']}:{s['column']}  {shown_char(s['char'])}  {s['bits']:.1f} bits  (expected {expected})",
-                  markup=False, highlight=False)  # fmt: skip
+        err.print(
+            f"  {s['line']}:{s['column']}  {shown_char(s['char'])}  {s['bits']:.1f} bits  (expected {expected})",
+            markup=False,
+            highlight=False,
+        )
     if page is not None:
-        cut = f"; the first {page.shown:,} of {len(text):,} characters, as a page holds at most {page.cap / 1e6:g} MB" \
-            if page.shown < len(text) else ""
+        cut = (
+            f"; the first {page.shown:,} of {len(text):,} characters, as a page holds at most {page.cap / 1e6:g} MB"
+            if page.shown < len(text)
+            else ""
+        )
         err.print(f"wrote {shown_path(html_out)}{cut}", markup=False, highlight=False)
 
 
@@ -170,8 +204,8 @@ def run_syntax_eval(
     from rich.markup import escape
 
     from ..core.errors import CharlstmError
-    from ..sampling.sample import Sampler, SampleSettings, unescape
     from ..evaluation.syntax_eval import syntax_rate
+    from ..sampling.sample import Sampler, SampleSettings, unescape
 
     if any(text_options):
         raise CharlstmError("--syntax draws its own samples: drop --data, --text-file, --per-char and --dynamic")
@@ -190,7 +224,10 @@ def run_syntax_eval(
         highlight=False,
     )
     if draw == "valid":
-        err.print(valid_summary(result["tries"], result["dropped"], result["lines_redrawn"], result["seconds"]), highlight=False)
+        err.print(
+            valid_summary(result["tries"], result["dropped"], result["lines_redrawn"], result["seconds"]),
+            highlight=False,
+        )
     for failure in result["failures"]:
         head = failure["unit"].strip().splitlines()[0][:60] if failure["unit"].strip() else ""
         err.print(f"  {escape(failure['error'])}  in  {escape(repr(head))}", highlight=False)
@@ -201,8 +238,10 @@ def valid_summary(tries: list[int], dropped: int, lines_redrawn: int, seconds: f
     if not tries:
         return f"--valid: no unit accepted ({dropped} dropped, {seconds:.1f} s)"
     mean = sum(tries) / len(tries)
-    return (f"--valid: {len(tries)} units accepted, {mean:.2f} draws per unit (at most {max(tries)}), "
-            f"{lines_redrawn} lines drawn again, {dropped} units dropped; {seconds / len(tries):.2f} s per accepted unit")
+    return (
+        f"--valid: {len(tries)} units accepted, {mean:.2f} draws per unit (at most {max(tries)}), "
+        f"{lines_redrawn} lines drawn again, {dropped} units dropped; {seconds / len(tries):.2f} s per accepted unit"
+    )
 
 
 def training_syntax(run_dir: str) -> dict | None:
@@ -211,8 +250,8 @@ def training_syntax(run_dir: str) -> dict | None:
     has a parser; None when it has none."""
     from ..core.backend import torch_threads
     from ..core.errors import CharlstmError
-    from ..sampling.sample import Sampler
     from ..evaluation.syntax_eval import syntax_rate
+    from ..sampling.sample import Sampler
 
     try:
         with torch_threads(1):
@@ -244,8 +283,10 @@ def report_score(result: dict, err, json_out: bool) -> None:
         print(json.dumps(result))
         return
     err.print(
-        f"{escape(shown_path(result['source']))}: [bold]{result['bpc']:.4f}[/bold] bits per character over {result['chars']:,} characters "
-        f"({escape(shown_path(result['checkpoint']))}, step {result['step']}, {result['precision']} on {result['device']}, "
+        f"{escape(shown_path(result['source']))}: [bold]{result['bpc']:.4f}[/bold] bits per character "
+        f"over {result['chars']:,} characters "
+        f"({escape(shown_path(result['checkpoint']))}, step {result['step']}, "
+        f"{result['precision']} on {result['device']}, "
         f"{result['chars_per_sec']:,.0f} chars/s)",
         highlight=False,
     )

@@ -10,12 +10,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..core.errors import CharlstmError, shown_path
+from ..analysis.experiments import NAMES, STUDIES, configured_study, run_study, write_html
 from ..core.backend import sampling_device
 from ..core.config import STUDY_DEVICES
-from ..analysis.experiments import NAMES, STUDIES, configured_study, run_study, write_html
-from .terminal import Terminal
+from ..core.errors import CharlstmError, shown_path
 from ..core.userio import check_output
+from .terminal import Terminal
 
 
 def _mark(value) -> Text:
@@ -39,9 +39,12 @@ def report(result: dict, console: Console) -> None:
         table.add_row(n, _mark(value), "in training range" if int(n) <= result["max_n"] else "beyond training")
     console.print(table)
     summary = Table(show_header=False, box=None, padding=(0, 2))
-    summary.add_row("model", f"{result['model']['layers']} × {result['model']['hidden']} LSTM, "
-                             f"{result['steps']} steps in {result['train_seconds']} s "
-                             f"(final loss {result['final_loss']})")
+    summary.add_row(
+        "model",
+        f"{result['model']['layers']} × {result['model']['hidden']} LSTM, "
+        f"{result['steps']} steps in {result['train_seconds']} s "
+        f"(final loss {result['final_loss']})",
+    )
     if "max_n_correct" in ev:
         summary.add_row("max_n_correct", str(ev["max_n_correct"]))
     summary.add_row("accuracy", f"{ev['accuracy']:.1%} for N ≤ {result['max_n']}")
@@ -50,12 +53,18 @@ def report(result: dict, console: Console) -> None:
     summary.add_row("run", result["run"])
     console.print(summary)
     for failure in ev["failures"][:3]:
-        console.print(Text(f"  wrong: {failure['prompt']} → {failure['generated']!r} "
-                           f"(expected {failure['expected']!r})", style="dim"))
+        console.print(
+            Text(
+                f"  wrong: {failure['prompt']} → {failure['generated']!r} (expected {failure['expected']!r})",
+                style="dim",
+            )
+        )
     for view in result["views"]:
         console.print(Text(view["caption"], style="bold"))
-        command = (f"  charlstm inspect-neuron {result['run']} --layer {view['layer']} --neuron {view['neuron']} "
-                   f"--state {view['signal']} --text '{view['text']}'")
+        command = (
+            f"  charlstm inspect-neuron {result['run']} --layer {view['layer']} --neuron {view['neuron']} "
+            f"--state {view['signal']} --text '{view['text']}'"
+        )
         console.print(Text(command, style="dim"), soft_wrap=True)
         scale = view.get("scale")
         if scale is None and view["signal"] == "cell":
@@ -66,14 +75,16 @@ def report(result: dict, console: Console) -> None:
 
 def comparison_table(results: dict[str, dict]) -> Table:
     """`experiment all`: our results beside the article's claims."""
-    table = Table(title="charlstm experiment all: our results beside the article's", title_justify="left",
-                  show_lines=True)
+    table = Table(
+        title="charlstm experiment all: our results beside the article's", title_justify="left", show_lines=True
+    )
     table.add_column("study")
     table.add_column("ours", ratio=3)
     table.add_column("article", ratio=2)
     for name, r in results.items():
         study = Text(name, style="bold").append(
-            f"\n{r['model']['layers']}×{r['model']['hidden']} LSTM\n{r['train_seconds']:.0f} s training", style="dim")
+            f"\n{r['model']['layers']}×{r['model']['hidden']} LSTM\n{r['train_seconds']:.0f} s training", style="dim"
+        )
         table.add_row(study, r["ours"], r["article"])
     return table
 
@@ -89,8 +100,9 @@ def strip_views(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "views"}
 
 
-def run_experiments(name: str, console: Console, quiet: bool = False, html: Path | str | None = None,
-                    device: str = "auto", **options) -> dict:
+def run_experiments(
+    name: str, console: Console, quiet: bool = False, html: Path | str | None = None, device: str = "auto", **options
+) -> dict:
     """`charlstm experiment NAME|all`: run, report each on `console`, return results by study."""
     names = NAMES if name == "all" else (name,)
     if name != "all" and name not in STUDIES:

@@ -14,16 +14,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..analysis import explorer, interventions
-from . import render
-from ..core import units
 from ..analysis.contexts import unit_top_contexts
-from ..core.errors import CharlstmError, shell_path, shown_path
-from ..analysis.explorer import most_chars, write_explorer, default_chars as html_chars
+from ..analysis.explorer import default_chars as html_chars
+from ..analysis.explorer import most_chars, write_explorer
 from ..analysis.features import is_binary, validate_feature
 from ..analysis.neurons import UnitSignals, choose_text, cut_text, find_units, open_checkpoint, trace_into
 from ..analysis.saturation import GateSaturation
 from ..analysis.scales import value_range
+from ..core import units
+from ..core.errors import CharlstmError, shell_path, shown_path
 from ..core.userio import refuse_output_over_input, write_output
+from . import render
 
 
 def tracing_progress(status):
@@ -192,8 +193,9 @@ def _ablate_units(inspection, chosen: str, source: str, specs, controls: int, se
     err.print(render.ablation_table(report, f"Ablating {units} over {escape(source)}"))
 
 
-def _top_contexts(inspection, chosen: str, source: str, layer: int, neuron: int, state: str | None, k: int,
-                  json_out: bool, err) -> None:
+def _top_contexts(
+    inspection, chosen: str, source: str, layer: int, neuron: int, state: str | None, k: int, json_out: bool, err
+) -> None:
     """--top-contexts: where the unit is most positive and most negative."""
     with err.status(f"tracing {len(chosen):,} characters…"):
         result = unit_top_contexts(inspection, chosen, layer, neuron, state or "hidden", k)
@@ -205,13 +207,24 @@ def _top_contexts(inspection, chosen: str, source: str, layer: int, neuron: int,
         out.print(view)
 
 
-def _explorer_page(inspection, chosen: str, source: str, html: str, layer: int | None, neuron: int | None,
-                   state: str | None, specs, err) -> None:
+def _explorer_page(
+    inspection,
+    chosen: str,
+    source: str,
+    html: str,
+    layer: int | None,
+    neuron: int | None,
+    state: str | None,
+    specs,
+    err,
+) -> None:
     """--html: the explorer page (with --ablate, opened on the first ablated unit)."""
     most, cap = most_chars(inspection), f"{explorer.MAX_PAGE_BYTES / 1e6:g} MB"
     if most < 1:
-        raise CharlstmError(f"one character of this model's signals is more than a page holds (at most {cap}); "
-                            "use --find, --stats or --top-contexts")  # fmt: skip
+        raise CharlstmError(
+            f"one character of this model's signals is more than a page holds (at most {cap}); "
+            "use --find, --stats or --top-contexts"
+        )
     if len(chosen) > most:  # the page shows the start of a long text, and says so
         err.print(
             f"note: a page holds at most {cap}: {most:,} characters with this model "
@@ -225,7 +238,13 @@ def _explorer_page(inspection, chosen: str, source: str, html: str, layer: int |
         if specs and layer is None:  # open the page on the (first) ablated unit
             layer, neuron = specs[0].layer, specs[0].neuron
         summary = write_explorer(
-            html, inspection, chosen, source, layer=layer, neuron=neuron, signal=None if state == "all" else state,
+            html,
+            inspection,
+            chosen,
+            source,
+            layer=layer,
+            neuron=neuron,
+            signal=None if state == "all" else state,
             ablate=[(s.layer, s.neuron) for s in specs] if specs else None,
         )
     err.print(
@@ -236,8 +255,18 @@ def _explorer_page(inspection, chosen: str, source: str, html: str, layer: int |
     )
 
 
-def _find(inspection, chosen: str, source: str, find: str, top: int, causal: bool, controls: int, seed: int,
-          json_out: bool, err) -> None:
+def _find(
+    inspection,
+    chosen: str,
+    source: str,
+    find: str,
+    top: int,
+    causal: bool,
+    controls: int,
+    seed: int,
+    json_out: bool,
+    err,
+) -> None:
     """--find FEATURE: the units that follow it most closely (--causal: and what ablating each costs)."""
     width = max(24, err.width - 45)  # the snippet's width: the rest of the table's row fits
     if causal:  # two more columns: Δ all, and Δ on the feature's own characters
@@ -286,8 +315,9 @@ def _stats(inspection, chosen: str, source: str, json_out: bool, err) -> None:
     err.print(render.stats_table(rows, f"Gate saturation ({escape(source)}; {escape(inspection.describe())})"))
 
 
-def _one_unit(inspection, chosen: str, source: str, layer: int, neuron: int, state: str | None, svg: str | None,
-             err) -> None:
+def _one_unit(
+    inspection, chosen: str, source: str, layer: int, neuron: int, state: str | None, svg: str | None, err
+) -> None:
     """One unit's signal(s) colouring the text (--svg: also saved as a picture)."""
     signals = inspection.signals if state == "all" else (state or "hidden",)
     unit = UnitSignals(layer, neuron, signals, len(chosen))

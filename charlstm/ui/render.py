@@ -18,9 +18,9 @@ from collections.abc import Sequence
 
 from rich.text import Text
 
-from ..core.engine import GATES
 from ..analysis.interventions import CLASSES
 from ..analysis.scales import value_range
+from ..core.engine import GATES
 from ..core.vocab import NEWLINE_MARK
 
 # ColorBrewer RdBu / Blues end points: readable on light and dark terminals alike.
@@ -139,9 +139,7 @@ def feature_snippet(text: str, feature: Sequence[float]) -> Text:
     return colour_text(text, feature, "feature", newlines=False)
 
 
-def find_table(
-    feature_name: str, units, snippets, feature, text: str, window: tuple[int, int], title: str, extra=()
-):
+def find_table(feature_name: str, units, snippets, feature, text: str, window: tuple[int, int], title: str, extra=()):
     """A ranked table of units, each with a one-line snippet of the text coloured by its activation.
 
     `units` are objects with layer (1-based), neuron, signal, score; `snippets` holds for each unit
@@ -210,12 +208,14 @@ def ingest_table(report: dict):
     from rich.markup import escape
     from rich.table import Table
 
-    from charlstm.errors import shown_path
+    from ..core.errors import shown_path
 
     table = Table(title=f"dataset {escape(shown_path(report['path']))}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
-    table.add_row("files kept", f"{report['files_kept']:,} ({report['train_files']:,} train, {report['val_files']:,} val)")
+    table.add_row(
+        "files kept", f"{report['files_kept']:,} ({report['train_files']:,} train, {report['val_files']:,} val)"
+    )
     for reason, n in report["files_skipped"].items():
         table.add_row(f"skipped: {reason}", f"{n:,}")
     table.add_row("train characters", f"{report['train_chars']:,}")
@@ -301,7 +301,9 @@ def causal_caption(report: dict) -> str:
         f"Δ: bits per character with the unit ablated (zero at every step) minus without, over "
         f"{report['chars']:,} characters"
         + (f", {report['counts']['own']:,} of them {feature}'s" if "own" in report["counts"] else "")
-        + f". Control, the mean of {n} random units of the layer ablated alone: " + "; ".join(parts) + "."
+        + f". Control, the mean of {n} random units of the layer ablated alone: "
+        + "; ".join(parts)
+        + "."
     )
 
 

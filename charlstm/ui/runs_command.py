@@ -15,17 +15,18 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..training.curves import draw_curves, draw_picture
 from ..core.errors import CharlstmError, one_line_text, shown_path
-from ..training.runs import DAMAGED, FINISHED, STOPPED, TRAINING, X_AXES, curve_series, find_runs, newest_run
 from ..core.userio import write_output
+from ..training.curves import draw_curves, draw_picture
+from ..training.runs import DAMAGED, FINISHED, STOPPED, TRAINING, X_AXES, curve_series, find_runs, newest_run
 
 DEFAULT_FOLDER = "checkpoints"
 STATUS_STYLE = {FINISHED: "green", STOPPED: "yellow", TRAINING: "bold cyan", DAMAGED: "bold red"}
 
 
-def show_runs(paths: list[str] | None, *, plot: bool, x: str, svg: str | None, html: str | None, json_out: bool,
-              err: Console) -> None:
+def show_runs(
+    paths: list[str] | None, *, plot: bool, x: str, svg: str | None, html: str | None, json_out: bool, err: Console
+) -> None:
     """The table of the runs in a folder, or (--plot, --svg, --html) the curves of the runs named."""
     if x not in X_AXES:
         raise CharlstmError(f"--x {x!r}: choose one of {', '.join(X_AXES)}")
@@ -85,8 +86,9 @@ def _number(value, form: str) -> str:
     return "–" if value is None else form.format(value)
 
 
-def plot_runs(paths: list[str] | None, *, x: str, svg: str | None, html: str | None, json_out: bool,
-              err: Console) -> None:
+def plot_runs(
+    paths: list[str] | None, *, x: str, svg: str | None, html: str | None, json_out: bool, err: Console
+) -> None:
     """The runs' bpc curves overlaid: on the terminal (stderr), and as an SVG picture or an HTML page."""
     runs = paths or [str(newest_run(DEFAULT_FOLDER))]
     series = [curve_series(path, x) for path in runs]
@@ -96,7 +98,10 @@ def plot_runs(paths: list[str] | None, *, x: str, svg: str | None, html: str | N
             s["name"] = s["path"]
     for s in series:
         for problem in s["problems"]:
-            err.print(f"[yellow]warning:[/yellow] {escape(shown_path(s['path']))}: {escape(one_line_text(problem))}", highlight=False)
+            err.print(
+                f"[yellow]warning:[/yellow] {escape(shown_path(s['path']))}: {escape(one_line_text(problem))}",
+                highlight=False,
+            )
     if json_out:
         typer.echo(json.dumps([{k: s[k] for k in ("name", "path", "x", "train", "val")} for s in series]))
     if svg is not None or html is not None:
@@ -123,10 +128,10 @@ def _print_figure(console: Console, figure) -> None:
 
 def figure_page(svg: str, title: str) -> str:
     """The picture inline in a page of its own (no files beside it, nothing fetched)."""
-    svg = svg[svg.index("<svg"):]  # the XML declaration and doctype belong to a file, not a page
+    svg = svg[svg.index("<svg") :]  # the XML declaration and doctype belong to a file, not a page
     return (
-        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{_html_escape(title)}</title></head>\n"
-        f"<body style=\"margin:1em\">\n{svg}\n</body></html>\n"
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{_html_escape(title)}</title></head>\n'
+        f'<body style="margin:1em">\n{svg}\n</body></html>\n'
     )
 
 
@@ -141,7 +146,10 @@ def report_training(summary: dict, json_output: bool, err: Console) -> None:
     else:
         val, best = summary["val_bpc"], summary["best_val_bpc"]
         scores = f", validation {val:.4f} bpc (best {best:.4f})" if val is not None and best is not None else ""
-        err.print(f"done: {summary['steps']:,} steps{scores}; run in {escape(shown_path(summary['run_dir']))}", highlight=False)
+        err.print(
+            f"done: {summary['steps']:,} steps{scores}; run in {escape(shown_path(summary['run_dir']))}",
+            highlight=False,
+        )
     if err.is_terminal:
         try:
             series = curve_series(Path(summary["run_dir"]))

@@ -271,8 +271,8 @@ def sample_command(
 
     On a terminal each finished line is syntax-highlighted in the corpus's language; piped or redirected, the output is plain text. A new file the model starts shows as a '── new file ──' line; the unknown symbol prints as \ufffd.
     """  # noqa: E501
-    from ..core.units import WATCHABLE, parse_interventions, parse_unit
     from ..core.checkpoint import resolve_model
+    from ..core.units import WATCHABLE, parse_interventions, parse_unit
     from ..core.userio import refuse_output_over_input, text_from_argv
     from ..sampling.sample import SampleSettings, read_prime_file, unescape
     from .sample_command import run_sampling

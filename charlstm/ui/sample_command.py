@@ -19,11 +19,11 @@ from typing import TextIO
 
 from ..core.backend import torch_threads
 from ..core.config import check_threads
-from ..sampling.constrained import CLOSE_ALLOWANCE
 from ..core.errors import CharlstmError, shown_path
-from ..sampling.sample import Plan, Sampler, SampleSettings
 from ..core.userio import check_output, refuse_output_over_input, silence_stdout, write_output
 from ..core.vocab import DOC_SEP, NEWLINE_MARK  # --watch: a newline's value shows on the mark
+from ..sampling.constrained import CLOSE_ALLOWANCE
+from ..sampling.sample import Plan, Sampler, SampleSettings
 
 NEW_FILE_RULE = "── new file ──"  # how a generated document separator (a new file starting) is shown
 
@@ -341,7 +341,8 @@ def _run_sampling(
         )
     engine = sampler.engine
     err.print(
-        f"[dim]{escape(shown_path(path))}: {engine.kind} {engine.layers}×{engine.hidden}, step {payload.get('step', '?')}, "
+        f"[dim]{escape(shown_path(path))}: {engine.kind} {engine.layers}×{engine.hidden}, "
+        f"step {payload.get('step', '?')}, "
         f"{str(engine.weight_dtype).removeprefix('torch.')} weights on {sampler.device}[/dim]",
         highlight=False,
         soft_wrap=True,
@@ -390,7 +391,11 @@ def _report_constraint(settings: SampleSettings, stats, err) -> None:
     from .eval_command import valid_summary
 
     if settings.valid:
-        err.print(f"[dim]{valid_summary(stats.tries, stats.dropped, stats.lines_redrawn, stats.seconds)}[/dim]", highlight=False, soft_wrap=True)
+        err.print(
+            f"[dim]{valid_summary(stats.tries, stats.dropped, stats.lines_redrawn, stats.seconds)}[/dim]",
+            highlight=False,
+            soft_wrap=True,
+        )
         if stats.unfinished:
             err.print(
                 f"[yellow]warning:[/yellow] {stats.unfinished} sample(s) ran out of draws before reaching --length",

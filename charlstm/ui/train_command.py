@@ -13,18 +13,27 @@ from ..core.errors import one_line_text
 from .terminal import Terminal
 
 
-def run_training(options: dict, *, resume: bool, force: bool, tensorboard: str | None, new_data: bool,
-                 json_output: bool, err: Console) -> None:
+def run_training(
+    options: dict,
+    *,
+    resume: bool,
+    force: bool,
+    tensorboard: str | None,
+    new_data: bool,
+    json_output: bool,
+    err: Console,
+) -> None:
     """Train (train_setup.train) with its events shown on stderr; on Ctrl-C, say how to resume and exit 130."""
-    from .eval_command import syntax_line, training_syntax
-    from .runs_command import report_training  # the 'done' line, and on a terminal the run's curve
     from ..core.stopping import TrainingInterrupted
     from ..training.train_setup import train
+    from .eval_command import syntax_line, training_syntax
+    from .runs_command import report_training  # the 'done' line, and on a terminal the run's curve
 
     try:
         with Terminal(labels=False) as show:
-            summary = train(options, resume=resume, force=force, tensorboard=tensorboard, new_data=new_data,
-                            on_event=show)
+            summary = train(
+                options, resume=resume, force=force, tensorboard=tensorboard, new_data=new_data, on_event=show
+            )
     except TrainingInterrupted as exc:
         err.print(f"[yellow]{escape(one_line_text(str(exc)))}[/yellow]", highlight=False, soft_wrap=True)
         raise typer.Exit(code=130) from None
