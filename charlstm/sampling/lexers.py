@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 
 from ..core.vocab import DOC_SEP, UNK
-from .python_rules import StatementRules, block_kind, rule_forbidden
+from .python_rules import StatementRules, rule_forbidden
+from .python_words import block_kind
 
 CODE, STRING, TRIPLE, COMMENT, BLOCK_COMMENT = "code", "string", "triple", "comment", "block"
 OPENERS = {"(": ")", "[": "]", "{": "}"}

@@ -26,8 +26,9 @@ NAME_PRE, NAME, NAME_POST = "name_pre", "name", "name_post"
 P_START, P_STAR1, P_STAR2, P_NAME, P_POST = "p_start", "p_star1", "p_star2", "p_name", "p_post"
 P_ANNOT, P_DEFAULT, AFTER_PARAMS, ARROW, RET = "p_annot", "p_default", "after_params", "arrow", "ret"
 ARGS, CLASS_AFTER = "args", "class_after"
-STRICT = frozenset({NAME_PRE, NAME, NAME_POST, P_START, P_STAR1, P_STAR2, P_NAME, P_POST, AFTER_PARAMS, ARROW,
-                    CLASS_AFTER})  # fmt: skip
+STRICT = frozenset(
+    {NAME_PRE, NAME, NAME_POST, P_START, P_STAR1, P_STAR2, P_NAME, P_POST, AFTER_PARAMS, ARROW, CLASS_AFTER}
+)
 
 
 class HeadRules:
@@ -98,7 +99,9 @@ def header_forbidden(rule: tuple, symbols: list[str]) -> set[str]:
     elif hdr in (P_NAME, P_POST):
         allowed = idents if hdr == P_NAME else set()
         if not kw:
-            allowed = allowed | lines | {":"} | ({"="} if star == 0 else set()) | (set() if need_default else {",", ")"})
+            allowed = (
+                allowed | lines | {":"} | ({"="} if star == 0 else set()) | (set() if need_default else {",", ")"})
+            )
     elif hdr == AFTER_PARAMS:
         allowed = space | {":", "-"}
     elif hdr == ARROW:

@@ -25,90 +25,58 @@ continuation could make valid Python (tests/test_syntax.py feeds real code throu
 The lexer (lexers.PythonLexer) calls `_rules_char` for every character of code and folds
 `_rule_key` into its key; `rule_forbidden` turns that key into the characters forbidden.
 """
+
 from __future__ import annotations
 
-import keyword
-
 from .python_heads import (
-    NAME, NAME_POST, NAME_PRE, P_ANNOT, P_NAME, P_POST, P_STAR1, P_STAR2, P_START, RET, STRICT, HeadRules,
-    header_forbidden, is_ident,
-)  # fmt: skip
-
-HARD_KEYWORDS = frozenset(keyword.kwlist)
-OPERAND_KEYWORDS = frozenset({"None", "True", "False"})
-# Keywords that begin a statement and appear nowhere else.
-STATEMENT_ONLY = frozenset({"assert", "break", "class", "continue", "def", "del", "elif", "except", "finally", "global",
-                            "import", "nonlocal", "pass", "raise", "return", "try", "while", "with"})  # fmt: skip
-BLOCK_CONTINUATIONS = frozenset({"else", "elif", "except", "finally"})
-# Words that may follow an operand.
-AFTER_OPERAND = frozenset({"if", "else", "in", "not", "is", "and", "or", "for", "as", "from", "async", "import"})
-# Keywords that need an operand before them (at a statement's start, or after an operator or keyword).
-BINARY_ONLY = frozenset({"and", "or", "is", "as", "if", "else"})
-STATEMENT_BINARY = frozenset({"and", "or", "is", "as", "in"})  # ... cannot begin a statement
-STRING_PREFIXES = frozenset(
-    "".join(p) for base in ("r", "u", "b", "f", "br", "rb", "fr", "rf")
-    for p in __import__("itertools").product(*[(c, c.upper()) for c in base])
-)  # fmt: skip
-SOFT_KEYWORDS = frozenset({"match", "case"})  # a name at a statement's start that a name may follow
-NO_ASSIGN = HARD_KEYWORDS - {"lambda", "None", "True", "False"}  # a statement led by one holds no lone '=' outside brackets
-# Statements whose ':' outside brackets ends a head, after which a statement may begin (elsewhere it
-# is an annotation's or a lambda's).
-COMPOUND_HEADS = frozenset({"if", "elif", "else", "while", "for", "try", "except", "finally", "with", "def", "class",
-                            "async", "match", "case"})  # fmt: skip
-DANGLING_WORDS = frozenset({"and", "or", "not", "in", "is", "if", "elif", "while", "for", "with", "assert", "del",
-                            "import", "from", "as", "global", "nonlocal", "await", "else", "try", "except",
-                            "finally", "lambda", "class", "def", "async"})  # fmt: skip
-DANGLING_CHARS = frozenset("=+-/%&|^<>~@!")  # a line cannot end right after one of these
-# Outside brackets an import statement holds only names, dots, commas (and after a from-import's
-# 'import', '(' or '*').
-IMPORT_BEFORE, IMPORT_AFTER = "()[]{}=+-/%&|^<>~@!:*'\"", "[]{}=+-/%&|^<>~@!:.'\""
-FOR_TARGET = "=<>!%&|^/+-*@:~;"  # impossible in a for statement's target, outside brackets
-OPERATOR_CHARS = frozenset("=<>!/%&|^*+-@:~.")  # one of these may make a longer operator with the next
-ENDINGS = frozenset("\n\r#;")
-QUOTES = frozenset("'\"")
-NO_LONE_EQ_AFTER = frozenset("=<>!:+-*/%&|^@")
-
-
-def _prefixes(words) -> frozenset[str]:
-    return frozenset(w[:i] for w in words for i in range(1, len(w) + 1))
-
-
-# Sets of words one of which must (or may) come next, and their prefixes.
-_IN_BRACKETS = AFTER_OPERAND - {"import"}  # 'import' follows an operand only in a from-import
-_OUTSIDE = _IN_BRACKETS - {"for", "async"}  # a comprehension's 'for' only inside brackets
-_TEXT_PREFIXES = frozenset(p for p in STRING_PREFIXES if "b" not in p.lower())  # a str may follow only a str,
-_BYTES_PREFIXES = STRING_PREFIXES - _TEXT_PREFIXES  # bytes only bytes
-WORD_SETS = {"op": _IN_BRACKETS, "op0": _OUTSIDE, "str": _IN_BRACKETS | _TEXT_PREFIXES,
-             "str0": _OUTSIDE | _TEXT_PREFIXES, "bytes": _IN_BRACKETS | _BYTES_PREFIXES,
-             "bytes0": _OUTSIDE | _BYTES_PREFIXES, "from": frozenset({"import"}), "import": frozenset({"as"}),
-             "not": frozenset({"in"}), "deco": frozenset({"def", "class", "async"}),
-             "handler": frozenset({"except", "finally"})}  # fmt: skip
-# 'as' follows an operand only in a with, except, import or case statement: the sets without it end in '!'.
-WORD_SETS.update({name + "!": words - {"as"} for name, words in list(WORD_SETS.items()) if "as" in words})
-# 'from' follows an operand only in a raise statement: the sets without it end in '~'.
-WORD_SETS.update({name + "~": words - {"from"} for name, words in list(WORD_SETS.items()) if "from" in words})
-AS_STATEMENTS = frozenset({"with", "except", "import", "from", "case", "async"})
-WORD_PREFIXES = {name: _prefixes(words) for name, words in WORD_SETS.items()}
-# Compound statements whose head must end with ':' on its logical line (def and class: their own rules).
-HEAD_KEYWORDS = frozenset({"if", "elif", "else", "while", "for", "try", "except", "finally", "with"})
-
-# Where a word begins.
-LINE, STMT, DOT, AFTER, OTHER, NUM, SOFT = "line", "stmt", "dot", "after", "other", "num", "soft"
-
-
-# The kinds of statement `else`, `elif`, `except` and `finally` may follow, by the line's first word.
-FOLLOWS = {"else": ("if", "loop", "except"), "elif": ("if",), "except": ("try", "except"),
-           "finally": ("try", "except", "tryelse")}  # fmt: skip
-BLOCK_KINDS = {"if": "if", "elif": "if", "for": "loop", "while": "loop", "async": "loop", "try": "try",
-               "except": "except"}  # fmt: skip
-
-
-def block_kind(first_word: str, before: str | None) -> str:
-    """The kind of a finished logical line at its indentation, by its first word (`before`: the
-    kind of the statement before it there)."""
-    if first_word == "else":
-        return "tryelse" if before == "except" else "other"
-    return BLOCK_KINDS.get(first_word, "other")
+    NAME,
+    NAME_POST,
+    NAME_PRE,
+    P_ANNOT,
+    P_NAME,
+    P_POST,
+    P_STAR1,
+    P_STAR2,
+    P_START,
+    RET,
+    STRICT,
+    HeadRules,
+    header_forbidden,
+    is_ident,
+)
+from .python_words import (
+    AFTER,
+    AS_STATEMENTS,
+    BINARY_ONLY,
+    BLOCK_CONTINUATIONS,
+    COMPOUND_HEADS,
+    DANGLING_CHARS,
+    DANGLING_WORDS,
+    DOT,
+    ENDINGS,
+    FOLLOWS,
+    FOR_TARGET,
+    HARD_KEYWORDS,
+    HEAD_KEYWORDS,
+    IMPORT_AFTER,
+    IMPORT_BEFORE,
+    LINE,
+    NO_ASSIGN,
+    NO_LONE_EQ_AFTER,
+    NUM,
+    OPERAND_KEYWORDS,
+    OPERATOR_CHARS,
+    OTHER,
+    QUOTES,
+    SOFT,
+    SOFT_KEYWORDS,
+    STATEMENT_BINARY,
+    STATEMENT_ONLY,
+    STMT,
+    STRING_PREFIXES,
+    WORD_PREFIXES,
+    WORD_SETS,
+)
 
 
 class StatementRules(HeadRules):
@@ -178,7 +146,12 @@ class StatementRules(HeadRules):
         word, ctx, self.word = self.word, self.word_ctx, ""
         self.dangling = "w" if word in DANGLING_WORDS and ctx != DOT else ""
         is_keyword = word in HARD_KEYWORDS and word not in OPERAND_KEYWORDS
-        self.operand, self.operand_str, self.soft, self.bad_target = ctx == NUM or not is_keyword, False, False, ctx == NUM
+        self.operand, self.operand_str, self.soft, self.bad_target = (
+            ctx == NUM or not is_keyword,
+            False,
+            False,
+            ctx == NUM,
+        )
         self.import_seen = self.import_seen or word == "import"
         self.in_seen = self.in_seen or word == "in" and not self.brackets
         if not self.brackets and (word in HARD_KEYWORDS or ctx == NUM):
@@ -239,7 +212,9 @@ class StatementRules(HeadRules):
         if self.hdr is not None:
             self._header_char(ch)
         body = False  # a compound statement's head ended: a statement may follow
-        if ch in QUOTES and not prefixed and not self.empty_quote:  # a string with no prefix (not the third quote of '"""')
+        if (
+            ch in QUOTES and not prefixed and not self.empty_quote
+        ):  # a string with no prefix (not the third quote of '"""')
             self.string_bytes = False
         self.stars = (self.stars + 1 if prev == "*" else 1) if ch == "*" else 0
         self.no_eq = ch == "=" and (prev in NO_LONE_EQ_AFTER or in_params)
@@ -249,7 +224,13 @@ class StatementRules(HeadRules):
                 self.eq_pending = False
             elif prev not in NO_LONE_EQ_AFTER and not in_params and self._lone_eq_invalid(depth, lambda_here):
                 self.eq_pending = True
-            elif depth in self.calls and prev not in NO_LONE_EQ_AFTER and not in_params and not lambda_here and depth not in self.kwargs:
+            elif (
+                depth in self.calls
+                and prev not in NO_LONE_EQ_AFTER
+                and not in_params
+                and not lambda_here
+                and depth not in self.kwargs
+            ):
                 self.kw_tentative = depth  # a keyword argument, unless '=' follows ('==')
         elif ch == ":":
             if lambda_here:  # the lambda's own colon
@@ -319,7 +300,13 @@ class StatementRules(HeadRules):
             extra += IMPORT_AFTER if after_import and self.stmt_word == "from" else IMPORT_BEFORE
             if self.stmt_word == "from" and not after_import:
                 extra += "\n\r#;"
-        elif bare and self.stmt_word == "for" and not self.in_seen and (self.operand or word) and word not in HARD_KEYWORDS:
+        elif (
+            bare
+            and self.stmt_word == "for"
+            and not self.in_seen
+            and (self.operand or word)
+            and word not in HARD_KEYWORDS
+        ):
             extra += FOR_TARGET  # a for statement's target: names, attributes, subscripts, commas, then 'in'
 
         elif hdr == P_ANNOT and len(self.brackets) == 1 and self._needs_default():
@@ -334,7 +321,9 @@ class StatementRules(HeadRules):
                     return ("words", words, word, False, bare), extra
                 return None, extra
             if ctx == NUM or ctx == SOFT:
-                if ctx == NUM and word[0] == "0" and self.num_fresh and word.strip("0_").isdigit():  # '0300': only as a float
+                if (
+                    ctx == NUM and word[0] == "0" and self.num_fresh and word.strip("0_").isdigit()
+                ):  # '0300': only as a float
                     return ("num0",), extra
                 return (("num",) if ctx == NUM else None), extra
             return self._word_key(word, ctx, bare), extra
@@ -380,7 +369,9 @@ class StatementRules(HeadRules):
         head = False
         if ctx == LINE or ctx == STMT:
             head = word == "def" or word == "class"
-            bad = word in STATEMENT_BINARY or word in BLOCK_CONTINUATIONS and (ctx == STMT or not self._may_follow(word))
+            bad = (
+                word in STATEMENT_BINARY or word in BLOCK_CONTINUATIONS and (ctx == STMT or not self._may_follow(word))
+            )
         elif ctx == DOT:
             bad = word in HARD_KEYWORDS and word != "import"
         else:
@@ -412,13 +403,14 @@ class StatementRules(HeadRules):
         if self.must == "deco":
             return "@dca"
         if "try" in self.blocks:
-            for level, kind in zip(self.indents, self.blocks):
+            for level, kind in zip(self.indents, self.blocks, strict=True):  # a block kind per level
                 if kind == "try" and column <= level:
                     return "ef" if column == level else ""
         return None
 
     def _may_follow(self, word: str) -> bool:
         return self.blocks[-1] in FOLLOWS[word]
+
 
 def _identifiers(symbols) -> set[str]:
     return {s for s in symbols if is_ident(s)}
