@@ -112,6 +112,52 @@ def test_every_module_lives_in_a_layer_and_the_top_level_stays_small():
     assert len(top_level) <= MAX_TOP_LEVEL_MODULES, top_level
 
 
+def missing_imports(path: Path, repo: Path = REPO) -> list[str]:
+    """The charlstm modules `path` imports (relative or absolute, at any depth) that do not exist."""
+    here = path.relative_to(repo).with_suffix("").parts[:-1]  # ("charlstm", "ui") for charlstm/ui/x.py
+    missing = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            parts = list(here[: len(here) - (node.level - 1)]) + (node.module.split(".") if node.module else [])
+        elif node.module and node.module.split(".")[0] == "charlstm":
+            parts = node.module.split(".")
+        else:
+            continue
+        target = repo.joinpath(*parts)
+        if target.with_suffix(".py").is_file():
+            continue
+        if not (target / "__init__.py").is_file():
+            missing.append(f"{path.name}:{node.lineno} {'.'.join(parts)}")
+            continue
+        init = (target / "__init__.py").read_text(encoding="utf-8")
+        for alias in node.names:  # from a package: a module of it, or a name its __init__ defines
+            if not (target / f"{alias.name}.py").is_file() and not (target / alias.name).is_dir():
+                if f"{alias.name} =" not in init:
+                    missing.append(f"{path.name}:{node.lineno} {'.'.join(parts)}.{alias.name}")
+    return missing
+
+
+def test_every_charlstm_import_names_a_module_that_exists():
+    """A module moved or renamed leaves no import behind, not even one inside a function body."""
+    assert [m for path in sorted(PACKAGE.rglob("*.py")) for m in missing_imports(path)] == []
+
+
+def test_the_missing_import_check_finds_one(tmp_path):
+    assert missing_imports(PACKAGE / "ui" / "render.py") == []
+    for package in ("charlstm", "charlstm/core", "charlstm/ui"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text('__version__ = "0"\n' if package == "charlstm" else "")
+    (tmp_path / "charlstm/core/errors.py").write_text("")
+    stale = tmp_path / "charlstm/ui/stale.py"
+    stale.write_text(
+        "from ..core.errors import x\nfrom .. import __version__\n"
+        "def table():\n    from charlstm.errors import shown_path\n    from ..core import nothing_here\n"
+    )
+    assert missing_imports(stale, tmp_path) == ["stale.py:4 charlstm.errors", "stale.py:5 charlstm.core.nothing_here"]
+
+
 def test_the_import_reader_resolves_relative_imports(tmp_path):
     modules = package_modules()
     assert imports_of(PACKAGE / "core" / "checkpoint.py", modules) >= {"core.model", "core.vocab"}
