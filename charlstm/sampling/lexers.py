@@ -34,6 +34,24 @@ TAB = 8  # columns a tab advances to, as Python's tokenizer counts them
 FREE, FREE_AT_REST = ("free", False), ("free", True)
 
 
+def _one_line_string_step(lexer, ch: str) -> str:
+    """One character inside a one-line string (either lexer's): "quote" when it closes the string,
+    "newline" when a line ends it unterminated (only a prime can do this), both back in code;
+    otherwise "" and `run` counts the characters since the string opened."""
+    if lexer.escaped:
+        lexer.escaped = False
+    elif ch == "\\":
+        lexer.escaped = True
+    elif ch == lexer.quote:
+        lexer.mode, lexer.empty_quote = CODE, ch if lexer.run == 0 else ""
+        return "quote"
+    elif ch in NEWLINES:
+        lexer.mode = CODE
+        return "newline"
+    lexer.run += 1
+    return ""
+
+
 def _triple_closed(lexer, ch: str) -> bool:
     """One character inside a triple-quoted string (Python's, Java's text block): True when it is
     the third closing quote in a row, which returns the lexer to code."""
@@ -211,22 +229,12 @@ class PythonLexer(StatementRules):
             self.last_code = ch
 
     def _string(self, ch: str) -> None:
-        if self.escaped:
-            self.escaped = False
-        elif ch == "\\":
-            self.escaped = True
-        elif ch == self.quote:
-            self.mode = CODE
-            self.empty_quote = ch if self.run == 0 else ""
+        ended = _one_line_string_step(self, ch)
+        if ended == "quote":
             self.last_code = ch
             self._string_closed()
-            return
-        elif ch in NEWLINES:  # an unterminated string (only a prime can do this): the line ends it
-            self.mode = CODE
-            if not self.brackets:
-                self._newline()
-            return
-        self.run += 1  # in a one-line string: characters since it opened
+        elif ended == "newline" and not self.brackets:  # an unterminated string (only a prime can do this)
+            self._newline()
 
     def _triple(self, ch: str) -> None:
         if _triple_closed(self, ch):
@@ -408,18 +416,7 @@ class BraceLexer:
         self.boundary, self.pending, self.unit_start, self.unit_kind = self.position, False, self.position, kind
 
     def _string(self, ch: str) -> None:
-        if self.escaped:
-            self.escaped = False
-        elif ch == "\\":
-            self.escaped = True
-        elif ch == self.quote:
-            self.mode = CODE
-            self.empty_quote = ch if self.run == 0 else ""
-            return
-        elif ch in NEWLINES:
-            self.mode = CODE
-            return
-        self.run += 1
+        _one_line_string_step(self, ch)
 
     def _triple(self, ch: str) -> None:
         _triple_closed(self, ch)
