@@ -12,6 +12,19 @@ from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.core.vocab import Vocab
 from charlstm.corpus.dataset import Dataset, write_dataset
 
+# train() options for a model small enough that each step takes a millisecond or two. Precision is
+# pinned: `auto` means bf16 on an AMX CPU and fp32 elsewhere, and tests assert exact values.
+TINY_TRAIN = {
+    "layers": 2,
+    "hidden": 24,
+    "embed": 8,
+    "batch_size": 4,
+    "seq_len": 16,
+    "threads": 1,
+    "log_every": 1,
+    "precision": "fp32",
+}
+
 JAVA_SNIPPET = """public class Greeter {
     private final String name;
 

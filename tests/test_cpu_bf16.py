@@ -19,22 +19,13 @@ from charlstm.core.backend import cpu_runs_bf16_rnn
 from charlstm.core.checkpoint import load_checkpoint
 from charlstm.training.train import Trainer
 from charlstm.training.train_setup import train
-from conftest import JAVA_SNIPPET, make_dataset
+from conftest import JAVA_SNIPPET, TINY_TRAIN, make_dataset
 
 pytestmark = pytest.mark.skipif(
     not cpu_runs_bf16_rnn("lstm"), reason="this CPU's oneDNN runs no bf16 LSTM (needs AVX-512 BF16 or AMX)"
 )
 
-BF16 = {
-    "layers": 2,
-    "hidden": 24,
-    "embed": 8,
-    "batch_size": 4,
-    "seq_len": 16,
-    "threads": 1,
-    "log_every": 1,
-    "precision": "bf16",
-}
+BF16 = {**TINY_TRAIN, "precision": "bf16"}
 
 
 def options(dataset, out, **extra) -> dict:

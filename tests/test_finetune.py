@@ -12,20 +12,10 @@ from charlstm.cli import app
 from charlstm.core.checkpoint import PRETRAINED_RUN, load_checkpoint, model_from_checkpoint
 from charlstm.core.engine import StepEngine
 from charlstm.training.train_setup import train
-from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_dataset
+from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, TINY_TRAIN, make_dataset
 
 runner = CliRunner()
-TINY = {
-    "layers": 2,
-    "hidden": 24,
-    "embed": 8,
-    "batch_size": 4,
-    "seq_len": 16,
-    "threads": 1,
-    "log_every": 1,
-    "precision": "fp32",
-    "eval_every": 0,
-}
+TINY = {**TINY_TRAIN, "eval_every": 0}
 NEW = "€ü"  # characters the Java source model never saw
 
 

@@ -25,23 +25,12 @@ from charlstm.evaluation.evaluate import bits_per_char, evaluate_checkpoint
 from charlstm.training.batching import LaneBatcher
 from charlstm.training.schedule import lr_at
 from charlstm.training.train_setup import train
-from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, make_dataset
+from conftest import JAVA_SNIPPET, PYTHON_SNIPPET, TINY_TRAIN, make_dataset
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
 
-# A model small enough that each step takes a millisecond or two. Precision is pinned: `auto` means
-# bf16 on an AMX CPU and fp32 elsewhere, and these tests assert exact values (bf16 has its own tests).
-TINY = {
-    "layers": 2,
-    "hidden": 24,
-    "embed": 8,
-    "batch_size": 4,
-    "seq_len": 16,
-    "threads": 1,
-    "log_every": 1,
-    "precision": "fp32",
-}
+TINY = TINY_TRAIN  # bf16 has its own tests (test_cpu_bf16.py)
 
 
 def options(dataset, out, **extra) -> dict:
