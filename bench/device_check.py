@@ -7,6 +7,9 @@ proves the script. Checks, each timed:
   (TF32 matrix products, were they on, would show here as ~1e-3 rather than ~1e-5);
 - inspect: `inspect-neuron --find indent --json` and `--ablate 1:5 --json` on both devices (the
   same top units; Δbpc within 1e-3);
+- lanes: `--find indent` over 200,000 characters, traced in lanes (`lane_chunks`: chunks on the
+  device, results back to the CPU) on the device and on the CPU: the same top units to three
+  decimals, how closely the lanes joined, and characters per second on each;
 - experiment: `experiment counter --steps 200 --seed 5 --json` on the device and on the CPU (into
   a scratch folder), whether the results agree, and the seconds each took;
 - crossing: a model that `--gpu-model` names (e.g. one just trained on the GPU) sampled and
@@ -49,7 +52,8 @@ def as_json(done: subprocess.CompletedProcess):
 
 
 def check_trace(checkpoint: str, device: str) -> dict:
-    from charlstm.analysis.neurons import activations, open_checkpoint
+    from charlstm.analysis.neurons import open_checkpoint
+    from charlstm.analysis.tracing import activations
 
     here = open_checkpoint(checkpoint, device=device)
     cpu = open_checkpoint(checkpoint, device="cpu", exact=True)
@@ -60,6 +64,29 @@ def check_trace(checkpoint: str, device: str) -> dict:
     ref = activations(cpu.model, cpu.vocab, text, exact=True)
     diff = {name: float(abs(ours[name] - ref[name]).max()) for name in ours}
     return {"ok": max(diff.values()) < TRACE_TOLERANCE, "max_abs_diff": diff, "seconds": round(seconds, 2)}
+
+
+def check_lanes(checkpoint: str, device: str, chars: int = 200_000) -> dict:
+    """--find over a corpus in lanes (`lane_chunks`) on the device against the CPU: the same top units."""
+    from charlstm.analysis.neurons import find_units, open_checkpoint
+
+    here = open_checkpoint(checkpoint, device=device)
+    cpu = open_checkpoint(checkpoint, device="cpu")
+    excerpt = (here.path.parent / "val-excerpt.txt").read_text(encoding="utf-8")
+    text = (excerpt * (chars // len(excerpt) + 1))[:chars]
+    seconds, found = {}, {}
+    for name, inspection in (("device", here), ("cpu", cpu)):
+        t = time.perf_counter()
+        found[name] = find_units(inspection, text, "indent")
+        seconds[name] = round(time.perf_counter() - t, 2)
+    units = {name: [(u.layer, u.neuron, u.signal, round(u.score, 3)) for u in f.units] for name, f in found.items()}
+    return {
+        "ok": units["device"] == units["cpu"],
+        "lanes": found["device"].lanes.to_dict() if found["device"].lanes else None,
+        "top": units["device"][:3],
+        "chars_per_s": {name: round(chars / s) for name, s in seconds.items()},
+        "seconds": seconds,
+    }
 
 
 def check_inspect(checkpoint: str, device: str) -> dict:
@@ -128,6 +155,7 @@ def main() -> None:
     checks = {
         "trace": lambda: check_trace(args.checkpoint, device),
         "inspect": lambda: check_inspect(args.checkpoint, device),
+        "lanes": lambda: check_lanes(args.checkpoint, device),
         "experiment": lambda: check_experiment(device, scratch.name),
     }
     if args.gpu_model:

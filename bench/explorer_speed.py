@@ -35,7 +35,8 @@ import charlstm.analysis.features as features
 from charlstm.analysis.explorer import write_explorer
 from charlstm.analysis.features import FEATURES, compute_feature
 from charlstm.analysis.interventions import bits_with_interventions
-from charlstm.analysis.neurons import Inspection, trace_weights
+from charlstm.analysis.neurons import Inspection
+from charlstm.analysis.tracing import trace_weights
 from charlstm.core.backend import torch_threads
 from charlstm.core.engine import StepEngine
 from charlstm.core.model import CharRNN, ModelConfig

@@ -18,7 +18,8 @@ import time
 import torch
 
 from charlstm.analysis.features import compute_feature
-from charlstm.analysis.neurons import FeatureCorrelation, activations, chunk_chars, rank_units, trace_chunks
+from charlstm.analysis.neurons import FeatureCorrelation, rank_units
+from charlstm.analysis.tracing import activations, chunk_chars, trace_chunks
 from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.core.vocab import Vocab
 

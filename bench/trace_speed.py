@@ -1,6 +1,6 @@
-"""The per-step trace (the old path, kept as the reference) against the fused trace, in one run.
+"""The per-step trace (the old path, kept as the reference) against the fused trace and the lanes, in one run.
 
-    .venv/bin/python bench/trace_speed.py [--chars 10000] [--big-chars 1000000] [--rounds 3]
+    .venv/bin/python bench/trace_speed.py [--chars 10000] [--big-chars 1000000] [--command-chars 5000000]
 
 1. All signals of a random 3×512 LSTM over --chars characters of Java: the step trace with float16
    weights (the old default), with float32 weights (the old --exact), and the fused trace
@@ -9,23 +9,33 @@
 2. `inspect-neuron --find indent` as the command runs it (chunks of the trace, correlations
    accumulated, single-threaded) over --big-chars characters of the Python standard library on the
    shipped 3×256 model: the step trace with float16 weights (the old default) and the fused one,
-   alternating chunk by chunk (each timed apart), and whether the top 10 units and their scores
-   (to three decimals) agree.
-Everything runs in this process, one thread.
+   alternating chunk by chunk (each timed apart, one thread, as the command ran them), then the
+   same text in lanes (`lane_chunks`, every core, as the command runs now); whether the top 10 units
+   and their scores (to three decimals) agree, and how closely the lanes joined.
+3. The command, `charlstm inspect-neuron --find indent`, over --command-chars characters in a
+   process of its own: its wall time and peak memory (the issue's "5 MB in 2 minutes, 1.5 GB").
+Parts 1 and 2 run in this process.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
+import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from charlstm.analysis.features import compute_feature
-from charlstm.analysis.neurons import FeatureCorrelation, chunk_chars, encode_text, open_checkpoint, ranked
+from charlstm.analysis.neurons import FeatureCorrelation, open_checkpoint, ranked
+from charlstm.analysis.tracing import LaneReport, chunk_chars, encode_text, lane_chunks
+from charlstm.core.backend import available_cores, torch_threads
 from charlstm.core.engine import StepEngine
 from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.core.vocab import Vocab
@@ -99,23 +109,42 @@ def python_text(chars: int, vocab: Vocab) -> str:
 
 
 def find_indent(model, tokens, feature, chunk: int) -> dict[str, tuple[float, list]]:
-    """Both paths over the same chunks, alternating chunk by chunk (so load changes hit both alike),
-    each with its own carried state and correlations, as `trace_chunks` and `--find` run them."""
+    """Both sequential paths over the same chunks, alternating chunk by chunk (so load changes hit
+    both alike), each with its own carried state and correlations, as `trace_chunks` ran them."""
     paths = {
         "step, fp16 weights (old default)": (StepEngine(model, torch.float16), False),
-        "fused, fp32": (StepEngine(model), True),
+        "fused, fp32, sequential": (StepEngine(model), True),
     }
     stats = {name: FeatureCorrelation(feature) for name in paths}
     states = {name: engine.init_state(1) for name, (engine, _) in paths.items()}
     seconds = dict.fromkeys(paths, 0.0)
-    for start in range(0, tokens.shape[0], chunk):
-        for name, (engine, fused) in paths.items():
-            begin = time.perf_counter()
-            part = engine.trace(tokens[start : start + chunk], states[name], fused=fused)
-            stats[name].add(start, {signal: values.numpy() for signal, values in part.items()})
-            states[name] = engine.state_after(part)
-            seconds[name] += time.perf_counter() - begin
+    with torch_threads(1):
+        for start in range(0, tokens.shape[0], chunk):
+            for name, (engine, fused) in paths.items():
+                begin = time.perf_counter()
+                part = engine.trace(tokens[start : start + chunk], states[name], fused=fused)
+                stats[name].add(start, {signal: values.numpy() for signal, values in part.items()})
+                states[name] = engine.state_after(part)
+                seconds[name] += time.perf_counter() - begin
     return {name: (seconds[name], ranked(stats[name].scores(), 10)) for name in paths}
+
+
+def find_in_lanes(model, vocab, text: str, feature) -> tuple[float, list, LaneReport]:
+    """The corpus path `--find` runs now: lanes side by side, on every core."""
+    begin = time.perf_counter()
+    stats = FeatureCorrelation(feature)
+    traced = lane_chunks(model, vocab, text)
+    with torch_threads(available_cores()):
+        for at, chunk in traced:
+            stats.add(at, {signal: values.numpy() for signal, values in chunk.items()})
+    seconds = time.perf_counter() - begin
+    return seconds, ranked(stats.scores(), 10), LaneReport(traced.layout, traced.boundaries)
+
+
+def same(a: list, b: list) -> bool:
+    return [(u.layer, u.neuron, u.signal, round(u.score, 3)) for u in a] == [
+        (u.layer, u.neuron, u.signal, round(u.score, 3)) for u in b
+    ]
 
 
 def shipped_model(args) -> None:
@@ -127,27 +156,56 @@ def shipped_model(args) -> None:
     chunk = chunk_chars(model)
     print(
         f"2. --find indent, shipped {model.config.layers}×{model.config.hidden} model, {len(text):,} characters "
-        f"of the Python standard library, {chunk:,}-character chunks, 1 thread, the two paths alternating:"
+        f"of the Python standard library: the two sequential paths ({chunk:,}-character chunks, 1 thread, "
+        f"alternating), then the lanes ({available_cores()} threads):"
     )
     results = find_indent(model, tokens, feature, chunk)
+    lane_seconds, lane_units, report = find_in_lanes(model, vocab, text, feature)
+    results["lanes, fp32"] = (lane_seconds, lane_units)
     for name, (seconds, _) in results.items():
         print(f"   {name:34s} {seconds:7.1f} s  ({len(text) / seconds:7,.0f} chars/s)")
-    (old_s, old), (new_s, new) = results.values()
-    print(f"   fused vs old default: {old_s / new_s:.2f}×")
-    same = [(u.layer, u.neuron, u.signal, round(u.score, 3)) for u in old] == [
-        (u.layer, u.neuron, u.signal, round(u.score, 3)) for u in new
-    ]
-    print(f"   top 10 the same, scores to three decimals: {same}")
-    for a, b in zip(old[:5], new[:5], strict=True):
+    (old_s, old), (fused_s, fused), _ = results.values()
+    print(
+        f"   lanes vs old default: {old_s / lane_seconds:.2f}×   "
+        f"lanes vs fused sequential: {fused_s / lane_seconds:.2f}×"
+    )
+    print(f"   {report.describe()}")
+    print(
+        f"   top 10 the same, scores to three decimals: step = fused {same(old, fused)}, "
+        f"fused = lanes {same(fused, lane_units)}"
+    )
+    for a, b in zip(fused[:5], lane_units[:5], strict=True):
         print(
             f"     {a.layer}:{a.neuron} {a.signal} {a.score:+.4f}   |   {b.layer}:{b.neuron} {b.signal} {b.score:+.4f}"
         )
+
+
+def command_run(args) -> None:
+    """3. The command itself over --command-chars characters: its wall time and peak memory."""
+    vocab = open_checkpoint(SHIPPED).vocab
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "corpus.py"
+        path.write_text(python_text(args.command_chars, vocab), encoding="utf-8")
+        command = [sys.executable, "-m", "charlstm", "inspect-neuron", str(SHIPPED), "--find", "indent"]
+        command += ["--text-file", str(path), "--json"]
+        begin = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        seconds = time.perf_counter() - begin
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6  # KB → GB
+    found = json.loads(done.stdout)
+    top = found["neurons"][0]
+    print(
+        f"3. charlstm inspect-neuron --find indent over {args.command_chars:,} characters: {seconds:.0f} s "
+        f"({args.command_chars / seconds:,.0f} chars/s), peak {peak:.2f} GB, {found['lanes']['lanes']} lanes; "
+        f"first {top['layer']}:{top['neuron']} {top['signal']} {top['score']:+.4f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chars", type=int, default=10_000)
     parser.add_argument("--big-chars", type=int, default=1_000_000, help="0: skip part 2")
+    parser.add_argument("--command-chars", type=int, default=5_000_000, help="0: skip part 3")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -155,6 +213,8 @@ def main() -> None:
     small_model(args)
     if args.big_chars:
         shipped_model(args)
+    if args.command_chars:
+        command_run(args)
     print(f"load average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

@@ -13,8 +13,10 @@ from charlstm.analysis.contexts import AFTER, BEFORE, top_contexts
 from charlstm.cli import app
 from charlstm.core.checkpoint import save_checkpoint
 from charlstm.core.engine import StepEngine
+from charlstm.core.lanes import LaneLayout
 from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.core.vocab import Vocab
+from tests.conftest import make_dataset
 
 runner = CliRunner()
 
@@ -53,9 +55,9 @@ def planted_model(kind: str) -> CharRNN:
     return model.eval()
 
 
-def planted_text(rng) -> tuple[str, list[int], list[int]]:
+def planted_text(rng, length: int = 3000) -> tuple[str, list[int], list[int]]:
     letters = np.array(list("abcdefghij \n"))
-    chars = list(rng.choice(letters, size=3000))
+    chars = list(rng.choice(letters, size=length))
     q_at, z_at = [400, 1100, 2500], [700, 1900, 2950]
     for p in q_at:
         chars[p] = "q"
@@ -126,3 +128,49 @@ def test_cli_top_contexts(tmp_path):
     assert shown.exit_code == 0 and "its highest values" in shown.stdout and "its lowest values" in shown.stdout
     bad = runner.invoke(app, ["inspect-neuron", str(ckpt), "--top-contexts", "2"])
     assert bad.exit_code == 1 and "--top-contexts needs the unit" in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_top_contexts_in_lanes_find_what_one_piece_finds(kind):
+    model = planted_model(kind)
+    text, q_at, z_at = planted_text(np.random.default_rng(2), length=6000)
+    tokens = torch.from_numpy(VOCAB.encode(text))
+    engine = StepEngine(model)
+    layout = LaneLayout.for_text(len(tokens), warmup=40, max_lanes=9)
+    assert layout.lanes == 9
+    found = top_contexts(engine, tokens, 1, PLANT, "hidden", k=3, lanes=layout)
+    assert sorted(p for _, p, _, _ in found["positive"]) == q_at
+    assert sorted(p for _, p, _, _ in found["negative"]) == z_at
+    assert found["boundaries"].units == {"hidden": [], **({"cell": []} if kind == "lstm" else {})}
+    whole = engine.trace(tokens)["hidden"][1, :, PLANT].numpy()
+    for value, p, start, values in found["positive"] + found["negative"]:
+        assert value == pytest.approx(whole[p], abs=1e-5)
+        np.testing.assert_allclose(values, whole[start : start + len(values)], atol=1e-5)
+        assert start <= p < start + len(values) <= start + BEFORE + AFTER + 1
+
+
+def test_cli_top_contexts_read_the_training_split_when_the_dataset_is_here(tmp_path):
+    train, *_ = planted_text(np.random.default_rng(3))
+    val = planted_text(np.random.default_rng(4))[0][:900]
+    dataset = make_dataset(tmp_path / "data" / "planted", train, val, language="python")
+    assert dataset.vocab == VOCAB
+    ckpt = tmp_path / "run" / "best.pt"
+    ckpt.parent.mkdir()
+    model = planted_model("lstm")
+    save_checkpoint(
+        ckpt,
+        {
+            "model_config": model.config.to_dict(),
+            "vocab": VOCAB.symbols,
+            "model": model.state_dict(),
+            "dataset": {"name": "planted", "path": str(dataset.path), "language": "python"},
+            "step": 0,
+        },
+    )
+    unit = ["inspect-neuron", str(ckpt), "-l", "2", "-n", str(PLANT), "--top-contexts", "2", "--json"]
+    report = json.loads(runner.invoke(app, unit).stdout)
+    assert report["chars"] == len(train) and "training characters" in report["source"]
+    report = json.loads(runner.invoke(app, [*unit, "--split", "val"]).stdout)
+    assert report["chars"] == len(val) and "validation characters" in report["source"]
+    bad = runner.invoke(app, [*unit, "--split", "test"])
+    assert bad.exit_code == 1 and "--split is train or val" in bad.stderr

@@ -12,7 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.analysis.neurons import open_checkpoint, trace_weights
+from charlstm.analysis.neurons import open_checkpoint
+from charlstm.analysis.tracing import trace_weights
 from charlstm.cli import app
 from charlstm.core import checkpoint as checkpoint_module
 from charlstm.core.backend import cpu_threads

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.analysis import explorer, neurons
+from charlstm.analysis import explorer, neurons, tracing
 from charlstm.cli import app
 from charlstm.core.checkpoint import save_checkpoint
 from charlstm.core.errors import CharlstmError
@@ -82,7 +82,7 @@ def test_page_is_self_contained_and_holds_every_signal(tmp_path, html_checkpoint
     assert data["signals"] == ["hidden", "cell", "input", "forget", "output", "candidate"]
     assert set(data["top"]) <= {"indent", "column", "string", "comment", "brackets", "spaces"}
     assert {"indent", "string", "brackets"} <= set(data["top"])
-    acts = neurons.activations(inspection.model, inspection.vocab, text)
+    acts = tracing.activations(inspection.model, inspection.vocab, text)
     for signal in data["signals"]:
         for layer in range(2):
             back = dequantise(data["acts"][signal][layer], len(text))

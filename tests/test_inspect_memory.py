@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charlstm.analysis import explorer, neurons, saturation
+from charlstm.analysis import explorer, neurons, saturation, tracing
 from charlstm.analysis.features import compute_feature
 from charlstm.cli import app
 from charlstm.core.engine import SIGNALS, StepEngine
@@ -36,7 +36,7 @@ def tiny_model(kind: str, layers: int = 2, hidden: int = 12) -> CharRNN:
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Make every trace in the command run CHUNK characters at a time."""
-    monkeypatch.setattr(neurons, "CHUNK_CHARS", (CHUNK, CHUNK))
+    monkeypatch.setattr(tracing, "CHUNK_CHARS", (CHUNK, CHUNK))
 
 
 def stitched(chunks) -> dict[str, np.ndarray]:
@@ -73,9 +73,9 @@ def test_engine_chunks_are_slices_of_the_whole_trace(kind, weights):
 
 def test_activations_do_not_depend_on_the_chunk_length(monkeypatch):
     model = tiny_model("lstm")
-    one_chunk = neurons.activations(model, VOCAB, TEXT)
-    monkeypatch.setattr(neurons, "CHUNK_CHARS", (CHUNK, CHUNK))
-    many = neurons.activations(model, VOCAB, TEXT)
+    one_chunk = tracing.activations(model, VOCAB, TEXT)
+    monkeypatch.setattr(tracing, "CHUNK_CHARS", (CHUNK, CHUNK))
+    many = tracing.activations(model, VOCAB, TEXT)
     for name in one_chunk:
         assert many[name].shape == (2, len(TEXT), 12)
         np.testing.assert_allclose(many[name], one_chunk[name], rtol=1e-5, atol=1e-5)  # as above: the cell is unbounded
@@ -91,7 +91,7 @@ def chunks_of(acts: dict[str, np.ndarray], size: int = CHUNK):
 
 
 def test_correlation_over_chunks_equals_the_whole_text():
-    acts = neurons.activations(tiny_model("lstm"), VOCAB, TEXT, exact=True)
+    acts = tracing.activations(tiny_model("lstm"), VOCAB, TEXT, exact=True)
     feature = compute_feature("indent", TEXT, "java")
     stats = neurons.FeatureCorrelation(feature)
     for start, chunk in chunks_of(acts):
@@ -119,9 +119,9 @@ def test_correlation_of_a_barely_moving_gate_survives_merging():
 
 
 def test_saturation_unit_signals_and_snippets_over_chunks():
-    acts = neurons.activations(tiny_model("lstm"), VOCAB, TEXT)
+    acts = tracing.activations(tiny_model("lstm"), VOCAB, TEXT)
     counts = saturation.GateSaturation("lstm")
-    unit = neurons.UnitSignals(2, 5, ("hidden", "cell", "forget"), len(TEXT))
+    unit = tracing.UnitSignals(2, 5, ("hidden", "cell", "forget"), len(TEXT))
     snippets = neurons.WindowSnippets((100, 164))
     for start, chunk in chunks_of(acts):
         for keeper in (counts, unit, snippets):
@@ -157,11 +157,11 @@ def keep_over(text: str, model: CharRNN):
         "correlation": neurons.FeatureCorrelation(feature),
         "saturation": saturation.GateSaturation("lstm"),
         "snippets": neurons.WindowSnippets(neurons.feature_window(feature, 40)),
-        "unit": neurons.UnitSignals(1, 3, ("hidden", "cell"), len(text)),
+        "unit": tracing.UnitSignals(1, 3, ("hidden", "cell"), len(text)),
     }
     longest = 0
-    for start, chunk in neurons.trace_chunks(model, VOCAB, text, chunk=CHUNK):
-        longest = max(longest, neurons.chunk_length(chunk))
+    for start, chunk in tracing.trace_chunks(model, VOCAB, text, chunk=CHUNK):
+        longest = max(longest, tracing.chunk_length(chunk))
         for keeper in keepers.values():
             keeper.add(start, chunk)
     return keepers, longest
@@ -182,7 +182,7 @@ def test_find_memory_grows_by_bytes_per_character_not_by_the_trace(monkeypatch, 
     arrays (tokens, feature: tens of bytes per character), not every signal of every unit (here
     6 signals × 2 layers × 64 units × 4 bytes = 3 KB per character)."""
     inspection = neurons.open_checkpoint(make_checkpoint(tmp_path / "run" / "best.pt", hidden=64))
-    monkeypatch.setattr(neurons, "CHUNK_CHARS", (200, 200))
+    monkeypatch.setattr(tracing, "CHUNK_CHARS", (200, 200))
 
     def peak(text: str) -> int:
         neurons.find_units(inspection, text[:50], "indent")  # warm up: lexers, kernels, caches
@@ -229,7 +229,7 @@ def test_cli_results_do_not_depend_on_the_chunk_length(tmp_path, text_file, monk
         return out
 
     whole = outputs()
-    monkeypatch.setattr(neurons, "CHUNK_CHARS", (CHUNK, CHUNK))
+    monkeypatch.setattr(tracing, "CHUNK_CHARS", (CHUNK, CHUNK))
     chunked = outputs()
     assert chunked["neuron"] == whole["neuron"]  # the same colours, character by character
     for row, expected in zip(json.loads(chunked["stats"])["gates"], json.loads(whole["stats"])["gates"], strict=True):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from charlstm.analysis import neurons, saturation
+from charlstm.analysis import neurons, saturation, tracing
 from charlstm.cli import app
 from charlstm.core.checkpoint import VAL_EXCERPT
 from charlstm.core.errors import CharlstmError
@@ -48,7 +48,7 @@ def test_activations_equal_the_training_forward_pass(kind):
     model = tiny_model(kind)
     text = PYTHON_SNIPPET[:80]
     tokens = torch.from_numpy(VOCAB.encode(text))
-    acts = neurons.activations(model, VOCAB, text, exact=True)
+    acts = tracing.activations(model, VOCAB, text, exact=True)
     assert set(acts) == set(neurons.SIGNALS[kind])
     for values in acts.values():
         assert values.shape == (2, len(text), 12) and values.dtype == np.float32
@@ -75,14 +75,14 @@ def test_default_activations_are_the_exact_ones(kind):
     """The default trace reads float32 weights now (the fused layers): --exact changes nothing."""
     torch.manual_seed(3)
     model = CharRNN(ModelConfig(vocab_size=len(VOCAB), kind=kind, layers=2, hidden=64, embed=16)).eval()
-    exact = neurons.activations(model, VOCAB, PYTHON_SNIPPET, exact=True)
-    default = neurons.activations(model, VOCAB, PYTHON_SNIPPET)
+    exact = tracing.activations(model, VOCAB, PYTHON_SNIPPET, exact=True)
+    default = tracing.activations(model, VOCAB, PYTHON_SNIPPET)
     for signal in exact:
         np.testing.assert_array_equal(default[signal], exact[signal], err_msg=signal)
 
 
 def test_gate_values_are_consistent_with_the_states():
-    acts = neurons.activations(tiny_model("lstm"), VOCAB, JAVA_SNIPPET[:60])
+    acts = tracing.activations(tiny_model("lstm"), VOCAB, JAVA_SNIPPET[:60])
     i, f, o, g, c, h = (acts[s][0] for s in ("input", "forget", "output", "candidate", "cell", "hidden"))
     np.testing.assert_allclose(c[1:], f[1:] * c[:-1] + i[1:] * g[1:], atol=1e-5)
     np.testing.assert_allclose(h, o * np.tanh(c), atol=1e-5)
@@ -153,7 +153,7 @@ def test_find_units_on_a_planted_feature_of_a_real_trace():
     """Rank a model's real activations against a feature made from one of its own units."""
     model = tiny_model("lstm")
     text = JAVA_SNIPPET
-    acts = neurons.activations(model, VOCAB, text)
+    acts = tracing.activations(model, VOCAB, text)
     planted = acts["cell"][1, :, 7]
     ranked = neurons.rank_units(acts, planted, top=1)
     assert (ranked[0].layer, ranked[0].neuron, ranked[0].signal) == (2, 7, "cell")
@@ -288,7 +288,7 @@ def test_cli_find_table_and_stats(run_with_data):
         (["-l", "1", "-n", "0", "--top-contexts", "2", "--state", "all", "--text", "n"], "one signal"),
         (["--find", "indent", "-l", "1", "-n", "0", "--text", "a\n  b\n"], "--find ranks every unit"),
         (["--stats", "-l", "1", "-n", "0", "--text", "n"], "--stats covers every unit"),
-        (["-l", "1", "-n", "0", "--text", "n", "--data", "data/tiny"], "--data picks the validation split"),
+        (["-l", "1", "-n", "0", "--text", "n", "--data", "data/tiny"], "--data picks the dataset to read"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(tiny_checkpoint, args, message):

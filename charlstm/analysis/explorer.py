@@ -23,7 +23,8 @@ from ..core.engine import BOUNDED, GATES
 from ..core.errors import CharlstmError
 from ..core.userio import MAX_PAGE_BYTES, write_output
 from .features import FEATURES
-from .neurons import Inspection, activations, top_units_by_feature
+from .neurons import Inspection, top_units_by_feature
+from .tracing import activations
 
 # A page weighs at most MAX_PAGE_BYTES (16 MB). Its bulk is the quantised values, one byte each
 # (deflated, which gains little on 8-bit activations, then base64: 4/3 of a byte), so a page holds

@@ -10,16 +10,14 @@ explorer numbers them; neurons are 0-based, as the index of the unit in the laye
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core.backend import cpu_threads, torch_threads
 from ..core.checkpoint import VAL_EXCERPT, open_model
-from ..core.engine import BOUNDED, GATES, SIGNALS, StepEngine
+from ..core.engine import BOUNDED, GATES, SIGNALS
 from ..core.errors import CharlstmError, shown_path
 from ..core.model import CharRNN
 from ..core.userio import read_text_source, text_from_argv
@@ -27,6 +25,7 @@ from ..core.vocab import Vocab
 from ..corpus.dataset import load_dataset
 from .features import compute_feature, validate_feature
 from .scales import value_range
+from .tracing import At, LaneReport, chunk_length, encode_text, places, trace_into
 
 
 @dataclass
@@ -87,141 +86,46 @@ def open_checkpoint(where: str | Path | None, exact: bool = False, device: str |
     return Inspection(path=opened.path, payload=opened.payload, model=opened.model, vocab=opened.vocab, exact=exact)
 
 
-def validation_text(inspection: Inspection, chars: int, data: str | Path | None = None) -> tuple[str, str]:
-    """The first `chars` characters of the checkpoint's validation split, and where they came from."""
+SPLIT_NAMES = {"train": "training", "val": "validation"}
+
+
+def dataset_at_hand(inspection: Inspection, data: str | Path | None = None) -> bool:
+    """Whether the dataset the text would come from (--data, or the checkpoint's own) is on this machine."""
+    where = data or (inspection.payload.get("dataset") or {}).get("path")
+    return bool(where) and Path(where).is_dir()
+
+
+def split_text(
+    inspection: Inspection, chars: int, data: str | Path | None = None, split: str = "val"
+) -> tuple[str, str]:
+    """The first `chars` characters of a split of the checkpoint's dataset, and where they came from.
+
+    Without the dataset, the validation excerpt a run carries stands in for the validation split."""
     if chars < 1:
         raise CharlstmError(f"--from-val needs a positive number of characters, got {chars}")
+    if split not in SPLIT_NAMES:
+        raise CharlstmError(f"--split is train or val, not {split!r}")
+    named = SPLIT_NAMES[split]
     where = data or (inspection.payload.get("dataset") or {}).get("path")
     excerpt = Path(inspection.path).parent / VAL_EXCERPT
-    if data is None and not (where and Path(where).is_dir()) and excerpt.is_file():
+    if split == "val" and data is None and not dataset_at_hand(inspection) and excerpt.is_file():
         text = excerpt.read_text(encoding="utf-8")[:chars]
         return text, f"the first {len(text):,} validation characters ({excerpt})"
     if not where:
         raise CharlstmError("the checkpoint does not say which dataset it was trained on; pass --data or --text")
     if not Path(where).is_dir():
         raise CharlstmError(
-            f"dataset {shown_path(where)} (validation text for this checkpoint) is not here; "
+            f"dataset {shown_path(where)} ({named} text for this checkpoint) is not here; "
             "pass --data DIR, --text or --text-file"
         )
     dataset = load_dataset(where)
     if dataset.vocab != inspection.vocab:
         raise CharlstmError(f"dataset {shown_path(where)} has a different vocabulary from the checkpoint")
-    ids = np.asarray(dataset.tokens("val")[:chars])
+    ids = np.asarray(dataset.tokens(split)[:chars])
     if len(ids) == 0:
-        raise CharlstmError(f"dataset {shown_path(where)} has an empty validation split; pass --text or --text-file")
+        raise CharlstmError(f"dataset {shown_path(where)} has an empty {named} split; pass --text or --text-file")
     text = dataset.vocab.decode(ids.tolist())
-    return text, f"the first {len(text):,} validation characters of {where}"
-
-
-def encode_text(vocab: Vocab, text: str) -> torch.Tensor:
-    if not text:
-        raise CharlstmError("the text is empty; give some characters to inspect")
-    unknown = vocab.unknown_chars(text)
-    if unknown:
-        shown = ", ".join(repr(ch) for ch in unknown[:10]) + (" …" if len(unknown) > 10 else "")
-        raise CharlstmError(f"the text has {len(unknown)} character(s) the model's vocabulary lacks: {shown}")
-    return torch.from_numpy(vocab.encode(text))
-
-
-# ----- tracing a text, a chunk at a time --------------------------------------------------------
-
-# The trace runs over a chunk of characters at a time, the recurrent state carried across, and each
-# mode keeps from each chunk only what it needs: a whole-text trace of a 3×256 LSTM holds 18 KB per
-# character (and as much again while its gates are recomputed): ~90 GB for 5 MB of text.
-CHUNK_VALUES = 4_000_000  # float32 values in one chunk's trace: 16 MB
-CHUNK_CHARS = (64, 4096)  # bounds on a chunk's length in characters
-
-
-def chunk_chars(model: CharRNN) -> int:
-    """Characters per chunk of the trace: about CHUNK_VALUES values, whatever the model's size."""
-    cfg = model.config
-    per_char = cfg.layers * cfg.hidden * len(SIGNALS[cfg.kind])
-    low, high = CHUNK_CHARS
-    return max(low, min(high, CHUNK_VALUES // per_char))
-
-
-def trace_weights(model: CharRNN, exact: bool = False) -> torch.dtype:
-    """The weights' type for a trace: float32. The trace without interventions runs the fused
-    layers (`fused_trace`) in float32: exact, and on the shipped 3×256 model faster than the
-    float16 step trace it replaced (slower on a 3×512 one: bench/trace_speed.py). So `exact`
-    (float32 before) no longer changes anything."""
-    return torch.float32
-
-
-def trace_chunks(
-    model: CharRNN,
-    vocab: Vocab,
-    text: str,
-    threads: int | None = 1,
-    exact: bool = False,
-    chunk: int | None = None,
-    fused: bool | None = None,
-) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Trace `text` a chunk at a time: yields (start, signal → float32 array [layers, chunk, hidden]).
-
-    The chunks are slices of one trace over the whole text (to float rounding).
-
-    Each layer runs fused over a chunk (`StepEngine.trace`, `fused_trace`) with float32 weights:
-    the training model's forward pass to float32 rounding (`exact` is kept for callers; both are
-    exact now). The recurrence is still a chain of matrix-vector products, one per character and
-    layer. Each product is too small to share between threads, and a second thread stalls whenever other
-    work uses the cores, so it runs single-threaded unless `threads` says otherwise (None: torch's
-    default). bench/inspect_speed.py measures both choices (--compare-threads for the second).
-    Off the CPU the trace runs on the model's device and `threads` is ignored; each chunk comes
-    back to the CPU as numpy.
-    """
-    engine = StepEngine(model, trace_weights(model, exact))
-    tokens = encode_text(vocab, text).to(engine.device)
-    with torch_threads(cpu_threads(engine.device, threads)):
-        for start, part in engine.trace_chunks(tokens, chunk or chunk_chars(model), fused=fused):
-            yield start, {name: values.cpu().numpy() for name, values in part.items()}
-
-
-def chunk_length(chunk: dict[str, np.ndarray]) -> int:
-    return next(iter(chunk.values())).shape[1]
-
-
-def trace_into(inspection: Inspection, text: str, keepers, progress=None) -> None:
-    """Trace `text` once, handing each chunk to every keeper's `add(start, chunk)`.
-
-    `progress(done, total)` hears after each chunk, in characters.
-    """
-    for start, chunk in trace_chunks(inspection.model, inspection.vocab, text, exact=inspection.exact):
-        for keeper in keepers:
-            keeper.add(start, chunk)
-        if progress is not None:
-            progress(start + chunk_length(chunk), len(text))
-
-
-def activations(
-    model: CharRNN, vocab: Vocab, text: str, threads: int | None = 1, exact: bool = False
-) -> dict[str, np.ndarray]:
-    """Every signal of every unit at every character: signal → float32 array [layers, T, hidden].
-
-    18 KB per character on a 3×256 LSTM: for texts the size of an HTML explorer page (which caps
-    its own) and for tests; the command's other modes keep less from `trace_chunks`.
-    """
-    acts: dict[str, np.ndarray] = {}
-    for start, chunk in trace_chunks(model, vocab, text, threads=threads, exact=exact):
-        for name, values in chunk.items():
-            if name not in acts:
-                acts[name] = np.empty((values.shape[0], len(text), values.shape[2]), dtype=np.float32)
-            acts[name][:, start : start + values.shape[1]] = values
-    return acts
-
-
-class UnitSignals:
-    """One unit's signals at every character: all that colouring one neuron needs (4 bytes per
-    character and signal)."""
-
-    def __init__(self, layer: int, neuron: int, signals, length: int):
-        self.layer, self.neuron = layer, neuron  # 1-based, 0-based
-        self.values = {signal: np.empty(length, dtype=np.float32) for signal in signals}
-
-    def add(self, start: int, chunk: dict[str, np.ndarray]) -> None:
-        for signal, values in self.values.items():
-            part = chunk[signal][self.layer - 1, :, self.neuron]
-            values[start : start + len(part)] = part
+    return text, f"the first {len(text):,} {named} characters of {where}"
 
 
 # ----- ranking units by a feature ----------------------------------------------------------------
@@ -245,11 +149,11 @@ class FeatureCorrelation:
         self.m2: dict[str, np.ndarray] = {}
         self.co: dict[str, np.ndarray] = {}
 
-    def add(self, start: int, chunk: dict[str, np.ndarray]) -> None:
+    def add(self, at: At, chunk: dict[str, np.ndarray]) -> None:
         n_new = chunk_length(chunk)
-        f = self.feature[start : start + n_new]
+        f = self.feature[places(at, n_new)]
         if len(f) != n_new:
-            raise ValueError(f"activations up to {start + n_new} but {len(self.feature)} feature values")
+            raise ValueError(f"{n_new} activations from {at} but {len(self.feature)} feature values")
         f_mean = float(f.mean(dtype=np.float64))
         # float32 after centring is accurate to ~1e-5 here and twice as fast as float64.
         f_centred = (f - f_mean).astype(np.float32)
@@ -347,14 +251,15 @@ class WindowSnippets:
         self.values: dict[str, np.ndarray] = {}  # signal → [layers, end - start, hidden]
         self.largest: dict[str, np.ndarray] = {}  # signal → [layers, hidden], for unbounded signals
 
-    def add(self, start: int, chunk: dict[str, np.ndarray]) -> None:
-        lo, hi = max(self.start, start), min(self.end, start + chunk_length(chunk))
+    def add(self, at: At, chunk: dict[str, np.ndarray]) -> None:
+        positions = np.arange(at, at + chunk_length(chunk)) if isinstance(at, int) else at
+        inside = np.flatnonzero((positions >= self.start) & (positions < self.end))
         for signal, values in chunk.items():
             if signal not in self.values:
                 layers, _, hidden = values.shape
                 self.values[signal] = np.zeros((layers, self.end - self.start, hidden), dtype=np.float32)
-            if lo < hi:
-                self.values[signal][:, lo - self.start : hi - self.start] = values[:, lo - start : hi - start]
+            if len(inside):
+                self.values[signal][:, positions[inside] - self.start] = values[:, inside]
             if signal not in GATES and signal not in BOUNDED:
                 largest = np.where(np.isfinite(values), np.abs(values), 0).max(axis=1)
                 self.largest[signal] = np.maximum(self.largest.get(signal, 0), largest)
@@ -375,6 +280,7 @@ class Found:
     feature: np.ndarray
     window: tuple[int, int]
     snippets: list[tuple[np.ndarray, float]]  # per unit: values over the window, colour scale
+    lanes: LaneReport | None = None  # how a long text was traced in lanes (None: in one piece)
 
 
 def find_units(
@@ -386,9 +292,9 @@ def find_units(
     check_feature_varies(feature)  # before the slow part
     window = feature_window(feature, window_width)
     stats, snippets = FeatureCorrelation(feature), WindowSnippets(window)
-    trace_into(inspection, text, (stats, snippets), progress)
+    lanes = trace_into(inspection, text, (stats, snippets), progress, lanes=True)
     units = ranked(stats.scores(), top)
-    return Found(units, feature, window, [snippets.of(unit) for unit in units])
+    return Found(units, feature, window, [snippets.of(unit) for unit in units], lanes)
 
 
 def top_units_by_feature(
@@ -431,11 +337,12 @@ def choose_text(
     from_val: int | None = None,
     data: str | Path | None = None,
     default_chars: int = 1000,
+    split: str = "val",
 ) -> tuple[str, str]:
     """The text to inspect and a short description of where it came from.
 
     At most one of `text`, `text_file`, `from_val`; none → the first `default_chars` characters of
-    the validation split.
+    the dataset's `split`.
     """
     given = [
         name for name, v in (("--text", text), ("--text-file", text_file), ("--from-val", from_val)) if v is not None
@@ -443,14 +350,14 @@ def choose_text(
     if len(given) > 1:
         raise CharlstmError(f"give only one of {', '.join(given)}")
     if data is not None and (text is not None or text_file is not None):
-        raise CharlstmError(f"--data picks the validation split to read; it does not go with {given[0]}")
+        raise CharlstmError(f"--data picks the dataset to read; it does not go with {given[0]}")
     if text is not None:
         chosen, source = text, "--text"
     elif text_file is not None:
         chosen, source = read_text_file(text_file), shown_path(text_from_argv(str(text_file)))  # shown in the page
     else:
         chars = default_chars if from_val is None else from_val
-        chosen, source = validation_text(inspection, chars, data)
+        chosen, source = split_text(inspection, chars, data, split)
     encode_text(inspection.vocab, chosen)  # empty text and unknown characters fail here, clearly
     return chosen, source
 

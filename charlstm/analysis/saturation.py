@@ -7,7 +7,7 @@ import numpy as np
 
 from ..core.engine import GATES, SIGNALS
 from ..core.errors import CharlstmError
-from .neurons import chunk_length
+from .tracing import chunk_length
 
 # Karpathy, Johnson & Fei-Fei (2015): a gate is left-saturated below 0.1, right-saturated above 0.9.
 LEFT_SATURATED, RIGHT_SATURATED = 0.1, 0.9
@@ -25,7 +25,7 @@ class GateSaturation:
         self.left: dict[str, np.ndarray] = {}  # gate → [layers, hidden] characters
         self.right: dict[str, np.ndarray] = {}
 
-    def add(self, start: int, chunk: dict[str, np.ndarray]) -> None:
+    def add(self, at, chunk: dict[str, np.ndarray]) -> None:  # where the chunk lies does not matter
         for gate in self.gates:
             values = chunk[gate]
             self.left[gate] = self.left.get(gate, 0) + (values < LEFT_SATURATED).sum(axis=1)

@@ -187,6 +187,7 @@ class StepEngine:
             fused_cell = self.device.type == "cuda" and dtype in (torch.float32, torch.float16)
         self.fused_cell = fused_cell and cfg.kind == "lstm" and packed is None
         self._fused_layers = None  # `trace`'s one-layer nn modules, made on first use
+        self._stepped_weights = None  # and its weights for many streams stepped by hand (`fused_trace`)
 
     def clamps(self, interventions, per_stream: bool = False) -> Clamps | None:
         """Compile interventions for `step` and `trace`; None when there are none.

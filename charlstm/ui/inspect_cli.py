@@ -51,6 +51,19 @@ FromVal = Annotated[
     ),
 ]
 
+Split = Annotated[
+    str | None,
+    typer.Option(
+        "--split",
+        help=(
+            "The split of the checkpoint's dataset that --chars and the default text read: val (the default) or "
+            "train (the default for --top-contexts when the dataset is at hand; otherwise the validation excerpt a "
+            "run carries)."
+        ),
+        rich_help_panel="Text",
+    ),
+]
+
 Data = Annotated[
     str | None,
     typer.Option("--data", help="Dataset folder for --from-val (default: the checkpoint's).", rich_help_panel="Text"),
@@ -199,6 +212,7 @@ def inspect_neuron_command(
     text: Text = None,
     text_file: TextFile = None,
     from_val: FromVal = None,
+    split: Split = None,
     data: Data = None,
     max_chars: MaxChars = None,
     find: Find = None,

@@ -18,9 +18,10 @@ from ..analysis.contexts import unit_top_contexts
 from ..analysis.explorer import default_chars as html_chars
 from ..analysis.explorer import most_chars, write_explorer
 from ..analysis.features import is_binary, validate_feature
-from ..analysis.neurons import UnitSignals, choose_text, cut_text, find_units, open_checkpoint, trace_into
+from ..analysis.neurons import choose_text, cut_text, dataset_at_hand, find_units, open_checkpoint
 from ..analysis.saturation import GateSaturation
 from ..analysis.scales import value_range
+from ..analysis.tracing import UnitSignals, trace_into
 from ..core import units
 from ..core.errors import CharlstmError, shell_path, shown_path
 from ..core.userio import refuse_output_over_input, write_output
@@ -47,6 +48,7 @@ class InspectOptions:
     text: str | None = None
     text_file: str | None = None
     from_val: int | None = None
+    split: str | None = None  # train | val (None: val, or train for --top-contexts where the dataset is)
     data: str | None = None
     max_chars: int | None = None
     find: str | None = None
@@ -121,6 +123,10 @@ def _check_flags(o: InspectOptions) -> tuple[list[str], list | None]:
         raise CharlstmError("--causal adds the ablation effect to --find FEATURE's ranking; give --find")
     if o.ablate and o.html is None and (o.layer is not None or o.neuron is not None):
         raise CharlstmError("--ablate names its units itself (L:N); drop --layer and --neuron")
+    if o.split is not None and o.split not in ("train", "val"):
+        raise CharlstmError(f"--split is train or val, not {o.split!r}")
+    if o.split is not None and (o.text is not None or o.text_file is not None):
+        raise CharlstmError("--split picks the dataset's split to read; it does not go with --text or --text-file")
     if o.top_contexts is not None and not o.unit_given:
         raise CharlstmError("--top-contexts needs the unit: --layer and --neuron")
     if o.top_contexts is not None and o.state == "all":
@@ -168,10 +174,13 @@ def _text(inspection, o: InspectOptions) -> tuple[str, str]:
     if o.html is not None:
         default_chars = html_chars(inspection)
     elif o.top_contexts is not None:
-        default_chars = 1 << 62  # the whole validation split (or the excerpt a run carries)
+        default_chars = 1 << 62  # the whole split
     else:
         default_chars = 5000 if (o.find or o.stats or o.ablate) else 1000
-    chosen, source = choose_text(inspection, o.text, o.text_file, o.from_val, o.data, default_chars)
+    split = o.split
+    if split is None:
+        split = "train" if o.top_contexts is not None and dataset_at_hand(inspection, o.data) else "val"
+    chosen, source = choose_text(inspection, o.text, o.text_file, o.from_val, o.data, default_chars, split)
     if o.max_chars is not None:
         chosen, source = cut_text(chosen, source, o.max_chars)
     if o.svg is not None and len(chosen) > SVG_MAX_CHARS:
@@ -285,14 +294,31 @@ def _find(
             for entry, u in zip(ranked_units, units, strict=True):
                 entry["ablation"] = effects["by_unit"][(u.layer, u.neuron)]["delta"]
             effects = {k: v for k, v in effects.items() if k not in ("by_unit", "ablations")}
-        print(json.dumps({"feature": find, "chars": len(chosen), "neurons": ranked_units, "causal": effects}))
+        lanes = found.lanes.to_dict() if found.lanes else None
+        if found.lanes:
+            for entry, u in zip(ranked_units, units, strict=True):
+                entry["offset_in_lanes"] = found.lanes.offset(u.layer, u.neuron, u.signal)
+        print(
+            json.dumps(
+                {"feature": find, "chars": len(chosen), "neurons": ranked_units, "causal": effects, "lanes": lanes}
+            )
+        )
         return
     measure = "point-biserial r" if is_binary(find) else "Pearson r"
     title = f"Units following {escape(repr(find))} ({measure} over {escape(source)})"
     extra = render.causal_columns(effects, units) if effects is not None else []
     table = render.find_table(find, units, found.snippets, found.feature, chosen, found.window, title, extra)
-    if effects is not None:
-        table.caption = render.causal_caption(effects)
+    captions = [render.causal_caption(effects)] if effects is not None else []
+    if found.lanes:
+        captions.append(found.lanes.describe())
+        offset = [f"{u.layer}:{u.neuron} {u.signal}" for u in units if found.lanes.offset(u.layer, u.neuron, u.signal)]
+        if offset:
+            captions.append(
+                f"{', '.join(offset)}: a memory longer than the warm-up (an integrating cell): its values in lanes "
+                "are offset from a trace in one piece, and its r may differ from that trace's"
+            )
+    if captions:
+        table.caption = "\n".join(captions)
     err.print(table)
     if units:
         best = units[0]
@@ -307,12 +333,15 @@ def _stats(inspection, chosen: str, source: str, json_out: bool, err) -> None:
     """--stats: how often each layer's gates saturate."""
     counts = GateSaturation(inspection.kind)  # an RNN has no gates: say so before tracing
     with err.status(f"tracing {len(chosen):,} characters…") as status:
-        trace_into(inspection, chosen, [counts], tracing_progress(status))
+        lanes = trace_into(inspection, chosen, [counts], tracing_progress(status), lanes=True)
     rows = counts.rows()
     if json_out:
-        print(json.dumps({"chars": len(chosen), "gates": rows}))
+        print(json.dumps({"chars": len(chosen), "gates": rows, "lanes": lanes.to_dict() if lanes else None}))
         return
-    err.print(render.stats_table(rows, f"Gate saturation ({escape(source)}; {escape(inspection.describe())})"))
+    table = render.stats_table(rows, f"Gate saturation ({escape(source)}; {escape(inspection.describe())})")
+    if lanes:
+        table.caption = f"{table.caption}\n{lanes.describe()}"
+    err.print(table)
 
 
 def _one_unit(

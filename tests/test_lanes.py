@@ -1,0 +1,127 @@
+"""Corpus-scale traces in lanes: the layout, the hand-stepped batch path, and the lanes against the
+sequential trace, on random models and on the shipped one."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from charlstm.analysis import neurons, tracing
+from charlstm.core.engine import StepEngine
+from charlstm.core.fused_trace import MANY_STREAMS
+from charlstm.core.lanes import LaneLayout, LaneTrace
+from tests.test_engine import random_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Float32 tolerance: the hand-stepped cell computes tanh as 2σ(2x) − 1 and sums its products in
+# another order than the step engine (see test_fused_trace for the same bound).
+TOL = dict(rtol=1e-4, atol=1e-4)
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained-python"
+
+
+@given(length=st.integers(1, 5000), warmup=st.integers(0, 300), most=st.integers(1, 70))
+@settings(max_examples=200, deadline=None)
+def test_every_character_is_kept_once_by_the_lane_that_read_it(length, warmup, most):
+    layout = LaneLayout.for_text(length, warmup, most)
+    assert 1 <= layout.lanes <= most
+    tokens = torch.arange(length)
+    lanes = layout.lane_tokens(tokens)
+    seen = np.zeros(length, dtype=int)
+    for begin in range(0, layout.steps, 37):  # blocks that do not line up with the warm-up
+        end = min(layout.steps, begin + 37)
+        positions, index = layout.kept(begin, end)
+        seen[positions] += 1
+        # the index picks, from the block flattened step-major, the very tokens at those positions
+        assert torch.equal(lanes[begin:end].flatten()[torch.from_numpy(index)], tokens[positions])
+    assert (seen == 1).all()
+
+
+def test_a_short_text_is_one_lane_and_a_long_one_many():
+    assert LaneLayout.for_text(10_000).lanes == 1
+    layout = LaneLayout.for_text(5_000_000)
+    assert layout.lanes == 64 and layout.warmup == 4096
+    assert layout.share >= 4 * layout.warmup  # warming up costs at most a quarter more
+
+
+def test_many_streams_stepped_by_hand_equal_each_traced_alone():
+    engine = StepEngine(random_model("lstm", seed=8))
+    streams = MANY_STREAMS + 2
+    tokens = torch.randint(0, 19, (90, streams), generator=torch.Generator().manual_seed(4))
+    start = engine.init_state(streams)
+    start = [tuple(torch.randn_like(s) * 0.5 for s in layer) for layer in start]  # not from zero
+    together = engine.trace(tokens, start)
+    for b in (0, 3, streams - 1):
+        alone = engine.trace(tokens[:, b], [tuple(s[b : b + 1] for s in layer) for layer in start], fused=False)
+        for name, values in alone.items():
+            torch.testing.assert_close(together[name][:, :, b], values, **TOL, msg=name)
+
+
+def whole(lane_trace, length: int) -> dict[str, torch.Tensor]:
+    """The lane trace's blocks put back in text order."""
+    out = {}
+    for positions, part in lane_trace:
+        for name, values in part.items():
+            out.setdefault(name, torch.full((values.shape[0], length, values.shape[2]), float("nan")))
+            out[name][:, torch.from_numpy(positions)] = values
+    return out
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_lanes_equal_the_sequential_trace_once_the_warm_up_has_faded(kind):
+    # Weights with std 0.1 forget within a few dozen characters: a 64-character warm-up rebuilds the state.
+    torch.manual_seed(1)
+    model = random_model(kind, seed=2)
+    with torch.no_grad():
+        for p in model.rnn.parameters():
+            p.normal_(0, 0.1)
+    engine = StepEngine(model)
+    tokens = torch.randint(0, 19, (3000,), generator=torch.Generator().manual_seed(5))
+    layout = LaneLayout.for_text(3000, warmup=64, max_lanes=10)
+    assert layout.lanes == 10
+    traced = LaneTrace(engine, tokens, layout, block=50)
+    lanes = whole(traced, 3000)
+    sequential = engine.trace(tokens, fused=False)
+    for name, values in sequential.items():
+        torch.testing.assert_close(lanes[name], values, **TOL, msg=name)
+    assert traced.boundaries.largest["hidden"] < 1e-4
+    assert all(units == [] for units in traced.boundaries.units.values())
+
+
+def test_boundaries_name_the_units_a_warm_up_cannot_rebuild():
+    # An integrating cell: unit 0 of the one layer forgets nothing and adds ~1 a character.
+    model = random_model("lstm", layers=1, hidden=6, seed=3)
+    with torch.no_grad():
+        for p in model.rnn.parameters():
+            p.normal_(0, 0.1)
+        hidden = 6
+        model.rnn.bias_ih_l0[0] = 20.0  # input gate open
+        model.rnn.bias_ih_l0[hidden] = 20.0  # forget gate at 1
+        model.rnn.bias_ih_l0[2 * hidden] = 20.0  # candidate at +1
+    engine = StepEngine(model.eval())
+    tokens = torch.randint(0, 19, (2000,), generator=torch.Generator().manual_seed(6))
+    traced = LaneTrace(engine, tokens, LaneLayout.for_text(2000, warmup=50, max_lanes=8), block=64)
+    lanes = whole(traced, 2000)
+    assert traced.boundaries.units["cell"] == [(1, 0)]
+    assert traced.boundaries.largest["cell"] > 100  # it counted from the text's start, the lane from its warm-up
+    sequential = engine.trace(tokens, fused=False)
+    torch.testing.assert_close(lanes["hidden"], sequential["hidden"], **TOL)  # its tanh is saturated: h agrees
+    torch.testing.assert_close(lanes["cell"][:, :, 1:], sequential["cell"][:, :, 1:], **TOL)
+
+
+def test_find_in_lanes_ranks_the_shipped_models_units_as_the_sequential_trace_does():
+    inspection = neurons.open_checkpoint(SHIPPED)
+    text = (SHIPPED / "val-excerpt.txt").read_text(encoding="utf-8")
+    text = (text * (45_000 // len(text) + 1))[:45_000]
+    found = neurons.find_units(inspection, text, "indent", top=10)
+    assert found.lanes is not None and found.lanes.layout.lanes == 2
+    stats = neurons.FeatureCorrelation(found.feature)
+    assert tracing.trace_into(inspection, text, [stats]) is None  # one piece
+    sequential = neurons.ranked(stats.scores(), 10)
+    assert [(u.layer, u.neuron, u.signal, round(u.score, 3)) for u in found.units] == [
+        (u.layer, u.neuron, u.signal, round(u.score, 3)) for u in sequential
+    ]
+    assert found.lanes.boundaries.largest["hidden"] < 1e-3
