@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import sysconfig
@@ -180,6 +179,17 @@ def shipped_model(args) -> None:
         )
 
 
+def high_water_kb(pid: int) -> int:
+    """A live process's peak resident memory so far (VmHWM), in KB; 0 where /proc does not say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def command_run(args) -> None:
     """3. The command itself over --command-chars characters: its wall time and peak memory."""
     vocab = open_checkpoint(SHIPPED).vocab
@@ -189,10 +199,20 @@ def command_run(args) -> None:
         command = [sys.executable, "-m", "charlstm", "inspect-neuron", str(SHIPPED), "--find", "indent"]
         command += ["--text-file", str(path), "--json"]
         begin = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        seconds = time.perf_counter() - begin
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6  # KB → GB
-    found = json.loads(done.stdout)
+        with tempfile.TemporaryFile("w+") as out:
+            child = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL, text=True)
+            peak = 0
+            while (
+                child.poll() is None
+            ):  # the child's own high-water mark (getrusage would count the fork's copy of this process)
+                peak = max(peak, high_water_kb(child.pid))
+                time.sleep(0.2)
+            seconds = time.perf_counter() - begin
+            if child.returncode != 0:
+                raise SystemExit(f"the command failed (exit {child.returncode}): {' '.join(command)}")
+            out.seek(0)
+            found = json.loads(out.read())
+    peak /= 1e6  # KB → GB
     top = found["neurons"][0]
     print(
         f"3. charlstm inspect-neuron --find indent over {args.command_chars:,} characters: {seconds:.0f} s "

@@ -1,8 +1,8 @@
 """Neuron inspection: record every signal of every unit over a text, rank units by how closely they
 follow a feature of the code (gate saturation, counted over the same trace, is in saturation.py).
 
-Activations come from the step engine's `trace` — the same cell math sampling uses, checked equal to
-the fused modules training uses — so what is shown is what the trained model computes.
+Activations come from tracing.py (the fused layers, or lanes for a whole corpus) — checked equal to
+the step engine sampling uses — so what is shown is what the trained model computes.
 
 Numbering, everywhere a user sees it (terminal, --json, HTML): layers are 1-based, as the article's
 explorer numbers them; neurons are 0-based, as the index of the unit in the layer's state vector.

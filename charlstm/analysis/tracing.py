@@ -97,11 +97,11 @@ def trace_chunks(
             yield start, {name: values.cpu().numpy() for name, values in part.items()}
 
 
-def lane_chunks(model: CharRNN, vocab: Vocab, text: str, threads: int | None = None) -> LaneTrace:
+def lane_chunks(model: CharRNN, vocab: Vocab, text: str) -> LaneTrace:
     """A corpus-scale trace of `text` in lanes (`core.lanes`): iterate for (positions, signal →
-    float32 array [layers, n, hidden]) blocks in no particular order; afterwards its `boundaries`
-    say how closely the lanes joined. Each step is one product over all lanes, big enough to share
-    between threads: by default it uses all the cores `cpu_threads` allows."""
+    float32 tensor [layers, n, hidden] on the model's device) blocks in no particular order;
+    afterwards its `boundaries` say how closely the lanes joined. Each step is one product over
+    all lanes, big enough to share between threads: run it on every core (`trace_into` does)."""
     engine = StepEngine(model, torch.float32)
     tokens = encode_text(vocab, text)
     layout = LaneLayout.for_text(len(tokens))
