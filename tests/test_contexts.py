@@ -97,8 +97,8 @@ def test_top_contexts_keep_windows_apart_and_reach_the_ends():
     assert all(len(v) >= 1 for _, _, _, v in found["positive"])
 
 
-def test_cli_top_contexts(tmp_path):
-    ckpt = tmp_path / "planted" / "best.pt"
+def save_planted(ckpt, dataset_path) -> None:
+    """The planted LSTM as a checkpoint trained on the dataset at `dataset_path` (there or not)."""
     ckpt.parent.mkdir()
     model = planted_model("lstm")
     save_checkpoint(
@@ -107,10 +107,15 @@ def test_cli_top_contexts(tmp_path):
             "model_config": model.config.to_dict(),
             "vocab": VOCAB.symbols,
             "model": model.state_dict(),
-            "dataset": {"name": "x", "path": str(tmp_path / "nowhere"), "language": "python"},
+            "dataset": {"name": "planted", "path": str(dataset_path), "language": "python"},
             "step": 0,
         },
     )
+
+
+def test_cli_top_contexts(tmp_path):
+    ckpt = tmp_path / "planted" / "best.pt"
+    save_planted(ckpt, tmp_path / "nowhere")
     text, q_at, z_at = planted_text(np.random.default_rng(1))
     (ckpt.parent / "val-excerpt.txt").write_text(text)  # the default corpus when the dataset is absent
     result = runner.invoke(
@@ -155,18 +160,7 @@ def test_cli_top_contexts_read_the_training_split_when_the_dataset_is_here(tmp_p
     dataset = make_dataset(tmp_path / "data" / "planted", train, val, language="python")
     assert dataset.vocab == VOCAB
     ckpt = tmp_path / "run" / "best.pt"
-    ckpt.parent.mkdir()
-    model = planted_model("lstm")
-    save_checkpoint(
-        ckpt,
-        {
-            "model_config": model.config.to_dict(),
-            "vocab": VOCAB.symbols,
-            "model": model.state_dict(),
-            "dataset": {"name": "planted", "path": str(dataset.path), "language": "python"},
-            "step": 0,
-        },
-    )
+    save_planted(ckpt, dataset.path)
     unit = ["inspect-neuron", str(ckpt), "-l", "2", "-n", str(PLANT), "--top-contexts", "2", "--json"]
     report = json.loads(runner.invoke(app, unit).stdout)
     assert report["chars"] == len(train) and "training characters" in report["source"]
