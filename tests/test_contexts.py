@@ -143,7 +143,9 @@ def test_top_contexts_in_lanes_find_what_one_piece_finds(kind):
     engine = StepEngine(model)
     layout = LaneLayout.for_text(len(tokens), warmup=40, max_lanes=9)
     assert layout.lanes == 9
-    found = top_contexts(engine, tokens, 1, PLANT, "hidden", k=3, lanes=layout)
+    heard = []
+    found = top_contexts(engine, tokens, 1, PLANT, "hidden", k=3, lanes=layout, progress=lambda *a: heard.append(a))
+    assert heard[-1] == (len(tokens), len(tokens)) and [d for d, _ in heard] == sorted(d for d, _ in heard)
     assert sorted(p for _, p, _, _ in found["positive"]) == q_at
     assert sorted(p for _, p, _, _ in found["negative"]) == z_at
     assert found["boundaries"].units == {"hidden": [], **({"cell": []} if kind == "lstm" else {})}

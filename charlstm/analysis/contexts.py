@@ -118,6 +118,7 @@ def top_contexts(
     k: int,
     chunk: int = CHUNK,
     lanes: LaneLayout | None = None,
+    progress=None,
 ) -> dict:
     """The `k` most positive and most negative contexts of a unit (0-based `layer`) over `tokens`,
     traced a `chunk` at a time, or in `lanes` (each lane a stream of its own: a window does not
@@ -125,10 +126,11 @@ def top_contexts(
 
     Returns {"positive": [...], "negative": [...], "largest": max |value|, "boundaries": how
     closely the lanes joined, or None}, each item (value, position, window start, window values).
+    `progress(done, total)` hears after each block, in characters.
     """
     sides = (_Best(k, 1.0, BEFORE + AFTER), _Best(k, -1.0, BEFORE + AFTER))
     streams: dict[int, _Stream] = {}  # by the position each expects next
-    largest, boundaries = 0.0, None
+    largest, boundaries, done = 0.0, None, 0
     if lanes is not None and lanes.lanes > 1:
         block = max(1, CHUNK // lanes.lanes)
         traced = LaneTrace(engine, tokens, lanes, block)
@@ -145,6 +147,9 @@ def top_contexts(
             stream = streams.pop(first, None) or _Stream(first)
             stream.feed(run, sides)
             streams[stream.seen] = stream
+        done += len(values)
+        if progress is not None:
+            progress(done, tokens.shape[0])
     for stream in streams.values():
         stream.finish(sides)
     if traced is not None:
@@ -153,7 +158,7 @@ def top_contexts(
     return {"positive": positive, "negative": negative, "largest": largest, "boundaries": boundaries}
 
 
-def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: str, k: int) -> dict:
+def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: str, k: int, progress=None) -> dict:
     """`inspect-neuron -l L -n N --top-contexts K`: the result as plain data (layer 1-based).
 
     A long text is traced in lanes; where the lanes did not join for this unit's signal (a hidden
@@ -167,13 +172,13 @@ def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: st
     lanes = None
     if layout.lanes > 1:
         with torch_threads(cpu_threads(engine.device, available_cores())):  # products over all lanes: every core
-            found = top_contexts(engine, tokens, layer - 1, neuron, signal, k, lanes=layout)
+            found = top_contexts(engine, tokens, layer - 1, neuron, signal, k, lanes=layout, progress=progress)
         b = found["boundaries"]
         retrace = bool(b.units["hidden"]) or (signal == "cell" and (layer, neuron) in b.units.get("cell", []))
         lanes = {"lanes": layout.lanes, "warmup": layout.warmup, "boundaries": b.to_dict(), "retraced": retrace}
     if layout.lanes == 1 or lanes["retraced"]:
         with torch_threads(cpu_threads(engine.device, 1)):  # as `activations`: a trace is a chain of small products
-            found = top_contexts(engine, tokens, layer - 1, neuron, signal, k)
+            found = top_contexts(engine, tokens, layer - 1, neuron, signal, k, progress=progress)
 
     def item(entry) -> dict:
         value, position, start, values = entry

@@ -8,6 +8,7 @@ this module alone talks to the terminal for the command.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -29,8 +30,20 @@ from . import render
 
 
 def tracing_progress(status):
-    """A `trace_into` progress callback that updates a rich status line."""
-    return lambda done, total: status.update(f"tracing {done:,} of {total:,} characters…")
+    """A `trace_into` progress callback that updates a rich status line: how far, how fast, how long
+    is left (a whole training split takes minutes on a CPU)."""
+    start = time.monotonic()
+
+    def update(done: int, total: int) -> None:
+        elapsed = time.monotonic() - start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = ""
+        if rate > 0 and elapsed > 3:
+            minutes, seconds = divmod(round((total - done) / rate), 60)
+            left = f", about {minutes} min {seconds:02d} s left" if minutes else f", about {seconds} s left"
+        status.update(f"tracing {done:,} of {total:,} characters ({rate:,.0f} a second{left})…")
+
+    return update
 
 
 INSPECT_STATES = ("hidden", "cell", "input", "forget", "output", "candidate", "reset", "update", "all")
@@ -206,8 +219,8 @@ def _top_contexts(
     inspection, chosen: str, source: str, layer: int, neuron: int, state: str | None, k: int, json_out: bool, err
 ) -> None:
     """--top-contexts: where the unit is most positive and most negative."""
-    with err.status(f"tracing {len(chosen):,} characters…"):
-        result = unit_top_contexts(inspection, chosen, layer, neuron, state or "hidden", k)
+    with err.status(f"tracing {len(chosen):,} characters…") as status:
+        result = unit_top_contexts(inspection, chosen, layer, neuron, state or "hidden", k, tracing_progress(status))
     if json_out:
         print(json.dumps({"source": source, **result}))
         return
