@@ -35,6 +35,7 @@ OTHER_PROGRAMS = {
     "bench/explorer_speed.py": {"--chars", "--rounds"},
     "bench/intervention_overhead.py": {"--baseline"},
     "bench/inspect_speed.py": {"--compare-threads"},
+    "bench/trace_speed.py": {"--big-chars", "--command-chars"},
     "bench/time_to_quality.py": {
         "--data",
         "--budgets",
