@@ -20,19 +20,11 @@ from ..core.backend import available_cores, cpu_threads, torch_threads
 from ..core.engine import StepEngine
 from ..core.errors import CharlstmError
 from ..core.lanes import LaneLayout, LaneTrace
-from .tracing import trace_weights
+from .tracing import LaneReport, trace_weights
 
 # Characters traced at a time: one chunk's signals take CHUNK × layers × hidden × signals × 4 bytes.
 CHUNK = 2048
 BEFORE, AFTER = 56, 8  # characters shown before and after the peak
-
-
-def unit_values(
-    engine: StepEngine, tokens: torch.Tensor, layer: int, neuron: int, signal: str, chunk: int = CHUNK
-) -> Iterator[np.ndarray]:
-    """One unit's `signal` at every token (0-based `layer`), chunk by chunk, the state carried across."""
-    for _, part in engine.trace_chunks(tokens, chunk):
-        yield part[signal][layer, :, neuron].cpu().numpy().copy()
 
 
 def _pick(values: np.ndarray, positions: np.ndarray, k: int, gap: int) -> list[int]:
@@ -130,7 +122,7 @@ def top_contexts(
     """
     sides = (_Best(k, 1.0, BEFORE + AFTER), _Best(k, -1.0, BEFORE + AFTER))
     streams: dict[int, _Stream] = {}  # by the position each expects next
-    largest, boundaries, done = 0.0, None, 0
+    largest, done = 0.0, 0
     if lanes is not None and lanes.lanes > 1:
         block = max(1, CHUNK // lanes.lanes)
         traced = LaneTrace(engine, tokens, lanes, block)
@@ -152,8 +144,7 @@ def top_contexts(
             progress(done, tokens.shape[0])
     for stream in streams.values():
         stream.finish(sides)
-    if traced is not None:
-        boundaries = traced.boundaries
+    boundaries = traced.boundaries if traced is not None else None
     positive, negative = (side.best() for side in sides)
     return {"positive": positive, "negative": negative, "largest": largest, "boundaries": boundaries}
 
@@ -173,9 +164,8 @@ def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: st
     if layout.lanes > 1:
         with torch_threads(cpu_threads(engine.device, available_cores())):  # products over all lanes: every core
             found = top_contexts(engine, tokens, layer - 1, neuron, signal, k, lanes=layout, progress=progress)
-        b = found["boundaries"]
-        retrace = bool(b.units["hidden"]) or (signal == "cell" and (layer, neuron) in b.units.get("cell", []))
-        lanes = {"lanes": layout.lanes, "warmup": layout.warmup, "boundaries": b.to_dict(), "retraced": retrace}
+        report = LaneReport(layout, found["boundaries"])
+        lanes = {**report.to_dict(), "retraced": report.offset(layer, neuron, signal)}
     if layout.lanes == 1 or lanes["retraced"]:
         with torch_threads(cpu_threads(engine.device, 1)):  # as `activations`: a trace is a chain of small products
             found = top_contexts(engine, tokens, layer - 1, neuron, signal, k, progress=progress)

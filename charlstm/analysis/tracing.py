@@ -146,8 +146,8 @@ def trace_into(inspection, text: str, keepers, progress=None, lanes: bool = Fals
     returns how closely the lanes joined (None when the text was traced in one piece).
     `progress(done, total)` hears after each chunk, in characters.
     """
-    traced = lane_chunks(inspection.model, inspection.vocab, text) if lanes else None
-    if traced is not None and traced.layout.lanes > 1:
+    if lanes and LaneLayout.for_text(len(text)).lanes > 1:
+        traced = lane_chunks(inspection.model, inspection.vocab, text)
         with torch_threads(cpu_threads(inspection.device, available_cores())):
             chunks = ((at, {name: v.cpu().numpy() for name, v in chunk.items()}) for at, chunk in traced)
             _hand_out(chunks, keepers, progress, len(text))

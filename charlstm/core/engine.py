@@ -343,11 +343,12 @@ class StepEngine:
         return out
 
     def state_after(self, trace: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
-        """The recurrent state after a trace's last character, as `init_state` lays it out.
+        """The recurrent state after a trace's last character, as `init_state` lays it out: [1, H]
+        after a trace of one sequence ([layers, T, H]), [B, H] after B side by side ([layers, T, B, H]).
 
         Exact: the trace keeps h (and c) as float32 copies of the engine's own values.
         """
-        last = lambda name, k: trace[name][k, -1:].to(self.device, self.dtype)  # noqa: E731
+        last = lambda name, k: trace[name][k, -1].reshape(-1, self.hidden).to(self.device, self.dtype)  # noqa: E731
         if self.kind == "lstm":
             return [(last("hidden", k), last("cell", k)) for k in range(self.layers)]
         return [(last("hidden", k),) for k in range(self.layers)]

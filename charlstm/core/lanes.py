@@ -113,7 +113,7 @@ class LaneTrace:
         cuts = sorted({*range(0, layout.steps, self.block), layout.warmup} - {layout.steps}) + [layout.steps]
         for begin, end in zip(cuts[:-1], cuts[1:], strict=True):
             part = engine.trace(lanes[begin:end], state)
-            state = _last_state(engine, part)
+            state = engine.state_after(part)
             positions, index = layout.kept(begin, end)
             flat = {name: values.flatten(1, 2) for name, values in part.items()}
             if len(index) < (end - begin) * layout.lanes:  # a warm-up, or the text's end: pick what is kept
@@ -124,11 +124,6 @@ class LaneTrace:
                 after_warmup = state
         if layout.lanes > 1:
             self.boundaries = _compare(engine, after_warmup, state)
-
-
-def _last_state(engine, part: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
-    names = ("hidden", "cell") if engine.kind == "lstm" else ("hidden",)
-    return [tuple(part[name][k, -1].to(engine.dtype) for name in names) for k in range(engine.layers)]
 
 
 def _compare(engine, after_warmup: list, final: list, tolerance: float = 1e-3) -> Boundaries:
