@@ -121,7 +121,8 @@ def test_find_in_lanes_ranks_the_shipped_models_units_as_the_sequential_trace_do
     stats = neurons.FeatureCorrelation(found.feature)
     assert tracing.trace_into(inspection, text, [stats]) is None  # one piece
     sequential = neurons.ranked(stats.scores(), 10)
-    assert [(u.layer, u.neuron, u.signal, round(u.score, 3)) for u in found.units] == [
-        (u.layer, u.neuron, u.signal, round(u.score, 3)) for u in sequential
-    ]
+    # The same units in the same order, and scores well within the third decimal (measured: 2.5e-7 apart).
+    # Not round(·, 3) on both: two kernels' last bits could straddle a rounding boundary on another CPU.
+    assert [(u.layer, u.neuron, u.signal) for u in found.units] == [(u.layer, u.neuron, u.signal) for u in sequential]
+    assert max(abs(a.score - b.score) for a, b in zip(found.units, sequential, strict=True)) < 1e-4
     assert found.lanes.boundaries.largest["hidden"] < 1e-3
