@@ -10,8 +10,10 @@
    accumulated, single-threaded) over --big-chars characters of the Python standard library on the
    shipped 3×256 model: the step trace with float16 weights (the old default) and the fused one,
    alternating chunk by chunk (each timed apart, one thread, as the command ran them), then the
-   same text in lanes (`lane_chunks`, every core, as the command runs now); whether the top 10 units
-   and their scores (to three decimals) agree, and how closely the lanes joined.
+   same text in lanes (`lane_chunks`, every core, as the command runs now), and in lanes again with
+   plain float32 products where this CPU's probe splits them into bf16 pieces
+   (`backend.cpu_splits_float32_products`); whether the top 10 units and their scores (to three
+   decimals) agree, and how closely the lanes joined.
 3. The command, `charlstm inspect-neuron --find indent`, over --command-chars characters in a
    process of its own: its wall time and peak memory (the issue's "5 MB in 2 minutes, 1.5 GB").
 Parts 1 and 2 run in this process.
@@ -34,6 +36,7 @@ import torch
 from charlstm.analysis.features import compute_feature
 from charlstm.analysis.neurons import FeatureCorrelation, open_checkpoint, ranked
 from charlstm.analysis.tracing import LaneReport, chunk_chars, encode_text, lane_chunks
+from charlstm.core import backend
 from charlstm.core.backend import available_cores, torch_threads
 from charlstm.core.engine import StepEngine
 from charlstm.core.model import CharRNN, ModelConfig
@@ -128,8 +131,19 @@ def find_indent(model, tokens, feature, chunk: int) -> dict[str, tuple[float, li
     return {name: (seconds[name], ranked(stats[name].scores(), 10)) for name in paths}
 
 
-def find_in_lanes(model, vocab, text: str, feature) -> tuple[float, list, LaneReport]:
-    """The corpus path `--find` runs now: lanes side by side, on every core."""
+def find_in_lanes(model, vocab, text: str, feature, split: bool = True) -> tuple[float, list, LaneReport]:
+    """The corpus path `--find` runs now: lanes side by side, on every core; `split=False` keeps
+    every product in plain float32 whatever the probe says."""
+    probe = backend.cpu_splits_float32_products
+    if not split:
+        backend.cpu_splits_float32_products = lambda: False
+    try:
+        return _find_in_lanes(model, vocab, text, feature)
+    finally:
+        backend.cpu_splits_float32_products = probe
+
+
+def _find_in_lanes(model, vocab, text: str, feature) -> tuple[float, list, LaneReport]:
     begin = time.perf_counter()
     stats = FeatureCorrelation(feature)
     traced = lane_chunks(model, vocab, text)
@@ -160,18 +174,24 @@ def shipped_model(args) -> None:
     )
     results = find_indent(model, tokens, feature, chunk)
     lane_seconds, lane_units, report = find_in_lanes(model, vocab, text, feature)
-    results["lanes, fp32"] = (lane_seconds, lane_units)
+    results["lanes (as the command runs)"] = (lane_seconds, lane_units)
+    split = backend.cpu_splits_float32_products()
+    if split:
+        results["lanes, plain float32 products"] = find_in_lanes(model, vocab, text, feature, split=False)[:2]
     for name, (seconds, _) in results.items():
         print(f"   {name:34s} {seconds:7.1f} s  ({len(text) / seconds:7,.0f} chars/s)")
-    (old_s, old), (fused_s, fused), _ = results.values()
+    (old_s, old), (fused_s, fused) = list(results.values())[:2]
     print(
         f"   lanes vs old default: {old_s / lane_seconds:.2f}×   "
-        f"lanes vs fused sequential: {fused_s / lane_seconds:.2f}×"
+        f"lanes vs fused sequential: {fused_s / lane_seconds:.2f}×   "
+        f"products split into bf16 pieces on this CPU: {'yes' if split else 'no (the probe refused)'}"
     )
     print(f"   {report.describe()}")
+    plain = results.get("lanes, plain float32 products")
     print(
         f"   top 10 the same, scores to three decimals: step = fused {same(old, fused)}, "
         f"fused = lanes {same(fused, lane_units)}"
+        + (f", lanes = plain-product lanes {same(lane_units, plain[1])}" if plain else "")
     )
     for a, b in zip(fused[:5], lane_units[:5], strict=True):
         print(

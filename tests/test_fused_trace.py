@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from charlstm.core import backend
 from charlstm.core.engine import SIGNALS, StepEngine, half_weight_kernels_available
 from charlstm.core.fused_trace import cell_scan
 from charlstm.core.units import Intervention
@@ -96,3 +97,30 @@ def test_cell_scan_equals_the_sequential_recurrence(steps):
         c = f[t] * c + u[t]
         expected.append(c)
     torch.testing.assert_close(cell_scan(f, u, c0), torch.stack(expected), rtol=1e-12, atol=1e-12)
+
+
+def test_the_float32_bound_accepts_float32_products_and_refuses_bf16_factors():
+    generator = torch.Generator().manual_seed(1)
+    a, b = torch.randn(16, 256, generator=generator), torch.randn(256, 64, generator=generator)
+    with backend.float32_products("highest"):
+        assert backend.within_float32_bound(a, b, a @ b)
+    rounded = a.bfloat16().float() @ b.bfloat16().float()  # what a bf16 matrix unit sums, exactly
+    assert not backend.within_float32_bound(a, b, rounded)
+    assert not backend.within_float32_bound(a, b, (a.bfloat16() @ b.bfloat16()).float())
+
+
+def test_split_products_change_no_signal_beyond_float32_rounding(monkeypatch):
+    """Many streams stepped by hand, with the products as this CPU's probe decides (split into bf16
+    pieces where it keeps float32's accuracy) and with plain float32 products."""
+    engine = StepEngine(random_model("lstm", seed=6))
+    tokens = torch.randint(0, 19, (120, 12), generator=torch.Generator().manual_seed(5))
+    chosen = engine.trace(tokens, engine.init_state(12))
+    monkeypatch.setattr(backend, "cpu_splits_float32_products", lambda: False)
+    plain = StepEngine(random_model("lstm", seed=6))
+    reference = plain.trace(tokens, plain.init_state(12))
+    for name, values in reference.items():
+        torch.testing.assert_close(chosen[name], values, **TOL, msg=name)
+    before = torch.get_float32_matmul_precision()
+    with pytest.raises(RuntimeError), backend.float32_products("medium"):
+        raise RuntimeError  # the precision comes back even when the block fails
+    assert torch.get_float32_matmul_precision() == before

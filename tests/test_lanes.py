@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from charlstm.analysis import neurons, tracing
 from charlstm.core.engine import StepEngine
 from charlstm.core.fused_trace import MANY_STREAMS
-from charlstm.core.lanes import LaneLayout, LaneTrace
+from charlstm.core.lanes import MAX_LANES, LaneLayout, LaneTrace
 from tests.test_engine import random_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,8 +42,9 @@ def test_every_character_is_kept_once_by_the_lane_that_read_it(length, warmup, m
 
 def test_a_short_text_is_one_lane_and_a_long_one_many():
     assert LaneLayout.for_text(10_000).lanes == 1
+    assert LaneLayout.for_text(1_000_000).lanes == 60  # as many as keep four warm-ups' worth each
     layout = LaneLayout.for_text(5_000_000)
-    assert layout.lanes == 64 and layout.warmup == 4096
+    assert layout.lanes == MAX_LANES == 128 and layout.warmup == 4096
     assert layout.share >= 4 * layout.warmup  # warming up costs at most a quarter more
 
 

@@ -160,11 +160,18 @@ class FeatureCorrelation:
         n_old, n = self.count, self.count + n_new
         weight = n_old * n_new / n  # how much the difference of the two means adds to the sums
         f_shift = f_mean - self.feature_mean
+        ones_and_feature = np.stack([np.ones(n_new, dtype=np.float32), f_centred])  # [2, T]
         for signal, values in chunk.items():
-            mean = values.mean(axis=1, dtype=np.float64)  # [layers, hidden]
-            x = values - mean[:, None, :].astype(np.float32)
-            m2 = np.einsum("lth,lth->lh", x, x).astype(np.float64)
-            co = np.einsum("t,lth->lh", f_centred, x).astype(np.float64)
+            # Sums over the chunk's characters as products ([T] @ [layers, T, hidden]: BLAS, 2–5×
+            # faster than numpy's reductions across this axis). The values are centred on a float32
+            # guess of the mean and the residual sums correct it (the shifted-data form: no
+            # cancellation however far the guess is off by rounding).
+            guess = (ones_and_feature[0] @ values) / np.float32(n_new)  # [layers, hidden]
+            x = values - guess[:, None, :]
+            sums = (ones_and_feature @ x).astype(np.float64)  # [layers, 2, hidden]: Σx and Σ f·x
+            residual, co = sums[:, 0], sums[:, 1]
+            mean = guess + residual / n_new
+            m2 = np.maximum(np.einsum("lth,lth->lh", x, x) - residual * residual / n_new, 0.0)
             if signal not in self.mean:
                 self.mean[signal], self.m2[signal], self.co[signal] = (np.zeros_like(mean) for _ in range(3))
             shift = mean - self.mean[signal]
@@ -182,8 +189,10 @@ class FeatureCorrelation:
             denom = np.sqrt(self.feature_m2 * self.m2[signal])
             with np.errstate(invalid="ignore", divide="ignore"):
                 r = co / denom
-            # Units with (numerically) no variance give noise or NaN; treat them as undefined.
-            r[~(denom > 1e-12)] = np.nan
+            # Units with (numerically) no variance give noise or NaN; treat them as undefined. A spread
+            # under 1e-6 of the unit's size is float32 rounding (of the trace, or of the sums).
+            spread = np.sqrt(self.m2[signal] / max(self.count, 1))
+            r[~(denom > 1e-12) | (spread <= 1e-6 * np.abs(self.mean[signal]))] = np.nan
             out[signal] = r
         return out
 

@@ -56,7 +56,7 @@ def trace_weights(model: CharRNN, exact: bool = False) -> torch.dtype:
 
 
 # A block of a trace in lanes holds about this many float32 values (64 MB): lanes × steps × values per char.
-LANE_BLOCK_VALUES = 16_000_000
+LANE_BLOCK_VALUES = 4_000_000
 
 # Where a chunk of a trace lies in the text: its first character's place (a contiguous chunk), or
 # each character's place (a block of a trace in lanes: every lane's next steps, step-major).

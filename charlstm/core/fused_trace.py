@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from .backend import fast_float32_products
 from .cells import gru_pointwise
 from .model import RNN_MODULES
 
@@ -98,36 +99,43 @@ def stepped_weights(engine) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tens
     return out
 
 
-def _lstm_steps(weights, x, state, out: dict, k: int) -> torch.Tensor:
-    """An LSTM layer stepped by hand over x [T, B, in] (B ≥ MANY_STREAMS), filling out[·][k]."""
+def stepped_outputs(engine, steps: int, streams: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The signals of an LSTM stepped by hand, [layers, T, B, hidden] each, and the one
+    [layers, T, B, 4·hidden] buffer the four gates are views of: each step's product and sigmoid
+    fill it in place (no copy of a gate, no second buffer). The hidden state and cell have their own."""
+    hidden = engine.hidden
+    shape = (engine.layers, steps, streams, hidden)
+    out = {name: torch.empty(shape, dtype=torch.float32, device=engine.device) for name in ("hidden", "cell")}
+    gates = torch.empty((*shape[:3], 4 * hidden), dtype=torch.float32, device=engine.device)
+    for q, name in enumerate(("input", "forget", "candidate", "output")):
+        out[name] = gates[..., q * hidden : (q + 1) * hidden]
+    return out, gates
+
+
+def _lstm_steps(weights, x, state, out: dict, k: int, gates: torch.Tensor) -> torch.Tensor:
+    """An LSTM layer stepped by hand over x [T, B, in] (B ≥ MANY_STREAMS), filling out[·][k] and
+    `gates` [T, B, 4·hidden], which out's gates view (`stepped_outputs`)."""
     w_ih_t, w_hh_t, bias = weights
     steps, batch = x.shape[:2]
     hidden = w_hh_t.shape[0]
-    pre = torch.addmm(bias, x.flatten(0, 1), w_ih_t).view(steps, batch, 4 * hidden)  # gains W_hh h below
-    act = torch.empty_like(pre)
-    i, f, g, o = (
-        act[..., :hidden],
-        act[..., hidden : 2 * hidden],
-        act[..., 2 * hidden : 3 * hidden],
-        act[..., 3 * hidden :],
-    )
+    i, f, g, o = (out[name][k] for name in ("input", "forget", "candidate", "output"))
+    torch.addmm(bias, x.flatten(0, 1), w_ih_t, out=gates.view(steps * batch, 4 * hidden))  # gains W_hh h below
     h_out, c_out = out["hidden"][k], out["cell"][k]
     h, c = state
     squashed = torch.empty_like(c)
     for t in range(steps):
-        torch.sigmoid(pre[t].addmm_(h, w_hh_t), out=act[t])
+        gates[t].addmm_(h, w_hh_t).sigmoid_()
         g[t].mul_(2).sub_(1)  # tanh of the candidate's input, from σ of twice it
         c = torch.addcmul(f[t] * c, i[t], g[t], out=c_out[t])
         torch.sigmoid(c * 2, out=squashed)
         h = torch.addcmul(o[t].neg(), o[t], squashed, value=2, out=h_out[t])  # o · tanh(c) = o · (2σ(2c) − 1)
-    for name, gate in (("input", i), ("forget", f), ("candidate", g), ("output", o)):
-        out[name][k] = gate
     return h_out
 
 
 def _lstm_layer(module, w, x, state, out: dict, k: int, stepped=None) -> torch.Tensor:
     if stepped is not None:
-        return _lstm_steps(stepped, x, state, out, k)
+        weights, gates = stepped
+        return _lstm_steps(weights, x, state, out, k, gates)
     h = _run(module, x, state)
     h_before = torch.cat([state[0][None], h[:-1]])
     # The one product per layer: [x_t, h_{t-1}] against both weight matrices, as the step does.
@@ -159,19 +167,24 @@ def fused_trace(engine, tokens: torch.Tensor, state: list) -> dict[str, torch.Te
     tokens = tokens[:, None] if single else tokens
     if engine._fused_layers is None:
         engine._fused_layers = fused_layers(engine)
-    shape = (engine.layers, *tokens.shape, engine.hidden)
-    out = {s: torch.empty(shape, dtype=torch.float32, device=engine.device) for s in engine.signals}
     stepped = None
     if engine.kind == "lstm" and tokens.shape[1] >= MANY_STREAMS:
         if engine._stepped_weights is None:
             engine._stepped_weights = stepped_weights(engine)
         stepped = engine._stepped_weights
+        out, gates = stepped_outputs(engine, *tokens.shape)
+    else:
+        shape = (engine.layers, *tokens.shape, engine.hidden)
+        out = {s: torch.empty(shape, dtype=torch.float32, device=engine.device) for s in engine.signals}
     x = engine.embedding[tokens]  # [T, B, in]
-    for k, (module, w, s) in enumerate(zip(engine._fused_layers, engine.weights, state, strict=True)):
-        if engine.kind == "lstm":
-            x = _lstm_layer(module, w, x, s, out, k, stepped[k] if stepped else None)
-        elif engine.kind == "gru":
-            x = _gru_layer(module, w, x, s, out, k)
-        else:
-            out["hidden"][k] = x = _run(module, x, s)
+    # Every product here is batched (over positions, or over streams): where the CPU's bf16
+    # instructions keep float32's accuracy, they run in bf16 pieces (`fast_float32_products`).
+    with fast_float32_products(engine.device):
+        for k, (module, w, s) in enumerate(zip(engine._fused_layers, engine.weights, state, strict=True)):
+            if engine.kind == "lstm":
+                x = _lstm_layer(module, w, x, s, out, k, (stepped[k], gates[k]) if stepped else None)
+            elif engine.kind == "gru":
+                x = _gru_layer(module, w, x, s, out, k)
+            else:
+                out["hidden"][k] = x = _run(module, x, s)
     return {name: values[:, :, 0] for name, values in out.items()} if single else out

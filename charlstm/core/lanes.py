@@ -27,7 +27,10 @@ import torch
 # up to 0.52, after 1,024 by up to 0.065 (5% of characters over 1e-3), after 4,096 by at most
 # 2.5e-4 on every signal but a few integrating cells (docs/inspect.md, "Lanes").
 WARMUP = 4096
-MAX_LANES = 64  # lanes traced side by side: one product of 64 rows runs near the peak of two cores
+# Lanes traced side by side. Measured on two Zen 4 EPYC cores, the shipped 3×256 model: 80k (64
+# lanes), 95k (128), 104k (256) characters a second; over 5 MB each lane past the first adds a
+# warm-up (5%, 10%, 21% more to trace), so 128 gave the most text a second.
+MAX_LANES = 128
 SHARES_PER_WARMUP = 4  # a lane keeps at least 4 warm-ups' worth: warming up costs at most 1/4 more
 
 
