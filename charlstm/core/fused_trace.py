@@ -123,12 +123,14 @@ def _lstm_steps(weights, x, state, out: dict, k: int, gates: torch.Tensor) -> to
     h_out, c_out = out["hidden"][k], out["cell"][k]
     h, c = state
     squashed = torch.empty_like(c)
+    # tanh(x) = 2σ(2x) − 1 throughout. The candidate stays σ(2x) in the loop, where
+    # c = f·c + i·(2σ − 1) = f·c − i + 2·i·σ, and becomes tanh for the whole block after it.
     for t in range(steps):
         gates[t].addmm_(h, w_hh_t).sigmoid_()
-        g[t].mul_(2).sub_(1)  # tanh of the candidate's input, from σ of twice it
-        c = torch.addcmul(f[t] * c, i[t], g[t], out=c_out[t])
-        torch.sigmoid(c * 2, out=squashed)
+        c = torch.mul(f[t], c, out=c_out[t]).sub_(i[t]).addcmul_(i[t], g[t], value=2)
+        torch.mul(c, 2, out=squashed).sigmoid_()
         h = torch.addcmul(o[t].neg(), o[t], squashed, value=2, out=h_out[t])  # o · tanh(c) = o · (2σ(2c) − 1)
+    g.mul_(2).sub_(1)
     return h_out
 
 
