@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from charlstm.analysis import contexts, neurons
 from charlstm.analysis.contexts import AFTER, BEFORE, top_contexts
 from charlstm.cli import app
 from charlstm.core.checkpoint import save_checkpoint
@@ -16,7 +18,9 @@ from charlstm.core.engine import StepEngine
 from charlstm.core.lanes import LaneLayout
 from charlstm.core.model import CharRNN, ModelConfig
 from charlstm.core.vocab import Vocab
+from charlstm.ui import render
 from tests.conftest import make_dataset
+from tests.test_lanes import integrating_model
 
 runner = CliRunner()
 
@@ -170,3 +174,24 @@ def test_cli_top_contexts_read_the_training_split_when_the_dataset_is_here(tmp_p
     assert report["chars"] == len(val) and "validation characters" in report["source"]
     bad = runner.invoke(app, [*unit, "--split", "test"])
     assert bad.exit_code == 1 and "--split is train or val" in bad.stderr
+
+
+@pytest.mark.parametrize(("lanes", "passes", "retraced"), [(3, 3, False), (4, 3, True)])
+def test_top_contexts_trace_again_from_the_neighbours_states_then_in_one_piece(monkeypatch, lanes, passes, retraced):
+    """A cell that forgets nothing joins one lane further per seeded pass: three lanes join after two
+    such passes; four do not, and the text is traced in one piece. Either way the values shown are
+    the sequential trace's."""
+    vocab = Vocab.from_counts({c: 1 for c in "abcdefghij\n"})
+    inspection = neurons.Inspection(Path("integrator"), {}, integrating_model(len(vocab)), vocab)
+    text = "".join(np.random.default_rng(7).choice(list("abcdefghij\n"), size=2000))
+    layout_for = LaneLayout.for_text
+    monkeypatch.setattr(LaneLayout, "for_text", lambda n: layout_for(n, warmup=50, max_lanes=lanes))
+    result = contexts.unit_top_contexts(inspection, text, 1, 0, "cell", 2)
+    assert result["lanes"]["lanes"] == lanes
+    assert (result["lanes"]["passes"], result["lanes"]["retraced"]) == (passes, retraced)
+    sequential = StepEngine(inspection.model).trace(torch.from_numpy(vocab.encode(text)))["cell"][0, :, 0]
+    for entry in result["positive"] + result["negative"]:
+        assert entry["value"] == pytest.approx(float(sequential[entry["position"]]), rel=1e-5)
+    assert result["positive"][0]["position"] > 1900  # it counts up to the text's end
+    caption = render.contexts_view(result, "a text")[-1].caption
+    assert caption.startswith("traced in one piece" if retraced else f"traced in {lanes} lanes ({passes} passes")

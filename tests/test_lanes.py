@@ -92,9 +92,9 @@ def test_lanes_equal_the_sequential_trace_once_the_warm_up_has_faded(kind):
     assert all(units == [] for units in traced.boundaries.units.values())
 
 
-def test_boundaries_name_the_units_a_warm_up_cannot_rebuild():
-    # An integrating cell: unit 0 of the one layer forgets nothing and adds ~1 a character.
-    model = random_model("lstm", layers=1, hidden=6, seed=3)
+def integrating_model(vocab: int = 19):
+    """One layer whose unit 0's cell forgets nothing and adds ~1 a character."""
+    model = random_model("lstm", layers=1, hidden=6, vocab=vocab, seed=3)
     with torch.no_grad():
         for p in model.rnn.parameters():
             p.normal_(0, 0.1)
@@ -102,7 +102,11 @@ def test_boundaries_name_the_units_a_warm_up_cannot_rebuild():
         model.rnn.bias_ih_l0[0] = 20.0  # input gate open
         model.rnn.bias_ih_l0[hidden] = 20.0  # forget gate at 1
         model.rnn.bias_ih_l0[2 * hidden] = 20.0  # candidate at +1
-    engine = StepEngine(model.eval())
+    return model.eval()
+
+
+def test_boundaries_name_the_units_a_warm_up_cannot_rebuild():
+    engine = StepEngine(integrating_model())
     tokens = torch.randint(0, 19, (2000,), generator=torch.Generator().manual_seed(6))
     traced = LaneTrace(engine, tokens, LaneLayout.for_text(2000, warmup=50, max_lanes=8), block=64)
     lanes = whole(traced, 2000)
@@ -111,6 +115,44 @@ def test_boundaries_name_the_units_a_warm_up_cannot_rebuild():
     sequential = engine.trace(tokens, fused=False)
     torch.testing.assert_close(lanes["hidden"], sequential["hidden"], **TOL)  # its tanh is saturated: h agrees
     torch.testing.assert_close(lanes["cell"][:, :, 1:], sequential["cell"][:, :, 1:], **TOL)
+
+
+def short_memory_engine() -> StepEngine:
+    model = random_model("lstm", seed=2)  # weights of std 0.3: a state takes dozens of characters to fade
+    return StepEngine(model)
+
+
+def test_a_seeded_pass_joins_lanes_a_short_warm_up_left_apart():
+    engine = short_memory_engine()
+    tokens = torch.randint(0, 19, (3000,), generator=torch.Generator().manual_seed(5))
+    layout = LaneLayout.for_text(3000, warmup=2, max_lanes=10)
+    first = LaneTrace(engine, tokens, layout, block=50)
+    whole(first, 3000)
+    assert first.boundaries.largest["hidden"] > 1e-3  # two characters rebuild no state
+    again = LaneTrace(engine, tokens, layout, block=50, seeds=first.final)
+    lanes = whole(again, 3000)
+    assert again.boundaries.largest["hidden"] < 1e-4
+    assert all(units == [] for units in again.boundaries.units.values())
+    for name, values in engine.trace(tokens, fused=False).items():
+        torch.testing.assert_close(lanes[name], values, **TOL, msg=name)
+
+
+def test_each_seeded_pass_carries_an_integrator_one_lane_further():
+    """A cell that forgets nothing joins one more lane per pass: after as many passes as lanes, all."""
+    engine = StepEngine(integrating_model())
+    tokens = torch.randint(0, 19, (2000,), generator=torch.Generator().manual_seed(6))
+    layout = LaneLayout.for_text(2000, warmup=50, max_lanes=4)
+    sequential = engine.trace(tokens, fused=False)["cell"][0, :, 0]
+    seeds = None
+    for passes in range(1, layout.lanes + 1):
+        traced = LaneTrace(engine, tokens, layout, block=64, seeds=seeds)
+        cell = whole(traced, 2000)["cell"][0, :, 0]
+        exact_until = layout.first(passes) + layout.warmup if passes < layout.lanes else 2000
+        torch.testing.assert_close(cell[:exact_until], sequential[:exact_until], **TOL)
+        assert (traced.boundaries.units["cell"] == [(1, 0)]) == (passes < layout.lanes)
+        if passes < layout.lanes:
+            assert (cell[exact_until:] - sequential[exact_until:]).abs().min() > 10  # still counting from a warm-up
+        seeds = traced.final
 
 
 def test_find_in_lanes_ranks_the_shipped_models_units_as_the_sequential_trace_does():

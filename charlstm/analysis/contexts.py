@@ -11,6 +11,7 @@ list with neighbouring characters.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,6 +26,9 @@ from .tracing import LaneReport, trace_weights
 # Characters traced at a time: one chunk's signals take CHUNK × layers × hidden × signals × 4 bytes.
 CHUNK = 2048
 BEFORE, AFTER = 56, 8  # characters shown before and after the peak
+# Lane passes after the first, each lane going on from its neighbour's last state, before a text
+# whose lanes do not join is traced in one piece (one pass joined the shipped model's training split).
+SEEDED_PASSES = 2
 
 
 def _pick(values: np.ndarray, positions: np.ndarray, k: int, gap: int) -> list[int]:
@@ -111,21 +115,24 @@ def top_contexts(
     chunk: int = CHUNK,
     lanes: LaneLayout | None = None,
     progress=None,
+    seeds: list | None = None,
 ) -> dict:
     """The `k` most positive and most negative contexts of a unit (0-based `layer`) over `tokens`,
     traced a `chunk` at a time, or in `lanes` (each lane a stream of its own: a window does not
-    reach across a lane's edge).
+    reach across a lane's edge), from an earlier pass's final states where `seeds` are given
+    (`LaneTrace`).
 
     Returns {"positive": [...], "negative": [...], "largest": max |value|, "boundaries": how
-    closely the lanes joined, or None}, each item (value, position, window start, window values).
-    `progress(done, total)` hears after each block, in characters.
+    closely the lanes joined, or None, "final": the lanes' last states, or None}, each item (value,
+    position, window start, window values). `progress(done, total)` hears after each block, in
+    characters.
     """
     sides = (_Best(k, 1.0, BEFORE + AFTER), _Best(k, -1.0, BEFORE + AFTER))
     streams: dict[int, _Stream] = {}  # by the position each expects next
     largest, done = 0.0, 0
     if lanes is not None and lanes.lanes > 1:
         block = max(1, CHUNK // lanes.lanes)
-        traced = LaneTrace(engine, tokens, lanes, block)
+        traced = LaneTrace(engine, tokens, lanes, block, seeds)
         blocks = ((positions, part[signal][layer, :, neuron].cpu().numpy()) for positions, part in traced)
     else:
         traced = None
@@ -144,17 +151,19 @@ def top_contexts(
             progress(done, tokens.shape[0])
     for stream in streams.values():
         stream.finish(sides)
-    boundaries = traced.boundaries if traced is not None else None
+    boundaries, final = (traced.boundaries, traced.final) if traced is not None else (None, None)
     positive, negative = (side.best() for side in sides)
-    return {"positive": positive, "negative": negative, "largest": largest, "boundaries": boundaries}
+    return {"positive": positive, "negative": negative, "largest": largest, "boundaries": boundaries, "final": final}
 
 
 def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: str, k: int, progress=None) -> dict:
     """`inspect-neuron -l L -n N --top-contexts K`: the result as plain data (layer 1-based).
 
-    A long text is traced in lanes; where the lanes did not join for this unit's signal (a hidden
+    A long text is traced in lanes. Where the lanes did not join for this unit's signal (a hidden
     state anywhere, or this unit's own cell, differed after a warm-up: `core.lanes`), it is traced
-    again in one piece, so the values shown are always the sequential trace's."""
+    in lanes again, each lane going on from its neighbour's last state (`LaneTrace`'s seeds), up
+    to SEEDED_PASSES times; if they still do not join, in one piece. So the values shown are always
+    the sequential trace's."""
     if k < 1:
         raise CharlstmError(f"--top-contexts must be at least 1, got {k}")
     engine = StepEngine(inspection.model, trace_weights(inspection.model, inspection.exact))
@@ -162,10 +171,16 @@ def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: st
     layout = LaneLayout.for_text(len(tokens))
     lanes = None
     if layout.lanes > 1:
+        run = functools.partial(
+            top_contexts, engine, tokens, layer - 1, neuron, signal, k, lanes=layout, progress=progress
+        )
         with torch_threads(cpu_threads(engine.device, available_cores())):  # products over all lanes: every core
-            found = top_contexts(engine, tokens, layer - 1, neuron, signal, k, lanes=layout, progress=progress)
-        report = LaneReport(layout, found["boundaries"])
-        lanes = {**report.to_dict(), "retraced": report.offset(layer, neuron, signal)}
+            found = run()
+            report, passes = LaneReport(layout, found["boundaries"]), 1
+            while report.offset(layer, neuron, signal) and passes <= SEEDED_PASSES:
+                found = run(seeds=found["final"])
+                report, passes = LaneReport(layout, found["boundaries"]), passes + 1
+        lanes = {**report.to_dict(), "passes": passes, "retraced": report.offset(layer, neuron, signal)}
     if layout.lanes == 1 or lanes["retraced"]:
         with torch_threads(cpu_threads(engine.device, 1)):  # as `activations`: a trace is a chain of small products
             found = top_contexts(engine, tokens, layer - 1, neuron, signal, k, progress=progress)

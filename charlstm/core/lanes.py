@@ -101,11 +101,21 @@ class Boundaries:
 
 class LaneTrace:
     """Iterate for (positions, signal → [layers, n, hidden]) blocks of `block` steps over all lanes;
-    afterwards `boundaries` says how closely the lanes joined (None with one lane)."""
+    afterwards `boundaries` says how closely the lanes joined (None with one lane), and `final` holds
+    every lane's last state.
 
-    def __init__(self, engine, tokens: torch.Tensor, layout: LaneLayout, block: int):
+    `seeds`: the `final` of an earlier pass over the same layout. Then each lane j ≥ 1 sets its
+    warm-up's state aside and goes on from lane j−1's earlier final state, which is its first kept
+    character's state as lane j−1 reached it by reading everything before. Where a lane's state
+    had not yet joined its neighbour's after a warm-up, a seeded pass carries the neighbour's
+    across: it joins wherever each lane's earlier final state equals its final state now
+    (`boundaries` compares them), so every lane started from the sequential trace's state."""
+
+    def __init__(self, engine, tokens: torch.Tensor, layout: LaneLayout, block: int, seeds: list | None = None):
         self.engine, self.tokens, self.layout, self.block = engine, tokens, layout, block
+        self.seeds = seeds
         self.boundaries: Boundaries | None = None
+        self.final: list | None = None
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         engine, layout = self.engine, self.layout
@@ -124,9 +134,20 @@ class LaneTrace:
                 flat = {name: values.index_select(1, index_t) for name, values in flat.items()}
             yield positions, flat
             if end == layout.warmup:
+                if self.seeds is not None:
+                    state = _carried(state, self.seeds)
                 after_warmup = state
+        self.final = state
         if layout.lanes > 1:
             self.boundaries = _compare(engine, after_warmup, state)
+
+
+def _carried(state: list, seeds: list) -> list:
+    """Lane 0's state as it is; lane j ≥ 1's is lane j−1's in `seeds` (per layer, tensors [lanes, hidden])."""
+    return [
+        tuple(torch.cat([own[:1], seed[:-1]]) for own, seed in zip(layer, seeded, strict=True))
+        for layer, seeded in zip(state, seeds, strict=True)
+    ]
 
 
 def _compare(engine, after_warmup: list, final: list, tolerance: float = 1e-3) -> Boundaries:

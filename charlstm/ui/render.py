@@ -345,4 +345,15 @@ def contexts_view(result: dict, source: str, width: int = 100):
                 snippet,
             )
         views.append(table)
+    if result.get("lanes"):
+        views[-1].caption = lanes_caption(result["lanes"])
     return views
+
+
+def lanes_caption(lanes: dict) -> str:
+    """How --top-contexts traced a long text (`unit_top_contexts`' "lanes")."""
+    count, passes = lanes["lanes"], lanes["passes"]
+    if lanes["retraced"]:
+        return f"traced in one piece: {count} lanes did not join for this unit after {passes} passes"
+    how = f"{passes} passes, each lane going on from its neighbour's last state" if passes > 1 else "one pass"
+    return f"traced in {count} lanes ({how}); they joined for this unit: the values are the trace in one piece's"
