@@ -315,6 +315,6 @@ def test_html_of_a_long_text_shows_its_start_and_says_so(tmp_path, text_file, mo
 
 
 def test_constant_feature_is_refused_before_tracing(tmp_path, monkeypatch):
-    monkeypatch.setattr(neurons, "trace_into", refuse_to_trace)
+    monkeypatch.setattr(neurons, "trace_joined", refuse_to_trace)
     result = invoke(str(make_checkpoint(tmp_path / "run" / "best.pt")), "--find", "indent", "--text", "name")
     assert result.exit_code == 1 and "constant" in result.stderr

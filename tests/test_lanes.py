@@ -13,6 +13,7 @@ from charlstm.analysis import neurons, tracing
 from charlstm.core.engine import StepEngine
 from charlstm.core.fused_trace import MANY_STREAMS
 from charlstm.core.lanes import MAX_LANES, LaneLayout, LaneTrace
+from charlstm.core.vocab import Vocab
 from tests.test_engine import random_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -169,3 +170,26 @@ def test_find_in_lanes_ranks_the_shipped_models_units_as_the_sequential_trace_do
     assert [(u.layer, u.neuron, u.signal) for u in found.units] == [(u.layer, u.neuron, u.signal) for u in sequential]
     assert max(abs(a.score - b.score) for a, b in zip(found.units, sequential, strict=True)) < 1e-4
     assert found.lanes.boundaries.largest["hidden"] < 1e-3
+
+
+def test_find_and_stats_trace_again_where_a_hidden_state_did_not_join(monkeypatch):
+    vocab = Vocab.from_counts({c: 1 for c in "abcdefghij\n"})
+    inspection = neurons.Inspection(Path("short"), {}, random_model("lstm", vocab=len(vocab), seed=2), vocab)
+    text = "".join(np.random.default_rng(3).choice(list("abcdefghij\n"), size=3000))
+    feature = np.random.default_rng(4).normal(size=3000)
+    layout_for = LaneLayout.for_text
+    monkeypatch.setattr(LaneLayout, "for_text", lambda n: layout_for(n, warmup=2, max_lanes=10))
+    made = []
+
+    def fresh():
+        made.append(neurons.FeatureCorrelation(feature))
+        return (made[-1],)
+
+    (stats,), report = tracing.trace_joined(inspection, text, fresh)
+    assert len(made) == report.passes == 2  # two characters of warm-up join no hidden state; a seeded pass does
+    assert report.boundaries.units["hidden"] == [] and report.to_dict()["passes"] == 2
+    assert "2 passes" in report.describe()
+    one_piece = neurons.FeatureCorrelation(feature)
+    assert tracing.trace_into(inspection, text, [one_piece]) is None
+    for signal, r in one_piece.scores().items():
+        np.testing.assert_allclose(stats.scores()[signal], r, atol=1e-5, err_msg=signal)

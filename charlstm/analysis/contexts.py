@@ -20,15 +20,12 @@ import torch
 from ..core.backend import available_cores, cpu_threads, torch_threads
 from ..core.engine import StepEngine
 from ..core.errors import CharlstmError
-from ..core.lanes import LaneLayout, LaneTrace
+from ..core.lanes import SEEDED_PASSES, LaneLayout, LaneTrace
 from .tracing import LaneReport, trace_weights
 
 # Characters traced at a time: one chunk's signals take CHUNK × layers × hidden × signals × 4 bytes.
 CHUNK = 2048
 BEFORE, AFTER = 56, 8  # characters shown before and after the peak
-# Lane passes after the first, each lane going on from its neighbour's last state, before a text
-# whose lanes do not join is traced in one piece (one pass joined the shipped model's training split).
-SEEDED_PASSES = 2
 
 
 def _pick(values: np.ndarray, positions: np.ndarray, k: int, gap: int) -> list[int]:
@@ -176,11 +173,11 @@ def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: st
         )
         with torch_threads(cpu_threads(engine.device, available_cores())):  # products over all lanes: every core
             found = run()
-            report, passes = LaneReport(layout, found["boundaries"]), 1
-            while report.offset(layer, neuron, signal) and passes <= SEEDED_PASSES:
+            report = LaneReport(layout, found["boundaries"])
+            while report.offset(layer, neuron, signal) and report.passes <= SEEDED_PASSES:
                 found = run(seeds=found["final"])
-                report, passes = LaneReport(layout, found["boundaries"]), passes + 1
-        lanes = {**report.to_dict(), "passes": passes, "retraced": report.offset(layer, neuron, signal)}
+                report = LaneReport(layout, found["boundaries"], report.passes + 1)
+        lanes = {**report.to_dict(), "retraced": report.offset(layer, neuron, signal)}
     if layout.lanes == 1 or lanes["retraced"]:
         with torch_threads(cpu_threads(engine.device, 1)):  # as `activations`: a trace is a chain of small products
             found = top_contexts(engine, tokens, layer - 1, neuron, signal, k, progress=progress)

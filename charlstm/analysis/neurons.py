@@ -25,7 +25,7 @@ from ..core.vocab import Vocab
 from ..corpus.dataset import load_dataset
 from .features import compute_feature, validate_feature
 from .scales import value_range
-from .tracing import At, LaneReport, chunk_length, encode_text, places, trace_into
+from .tracing import At, LaneReport, chunk_length, encode_text, places, trace_joined
 
 
 @dataclass
@@ -300,8 +300,9 @@ def find_units(
     feature = compute_feature(feature_name, text, inspection.language)
     check_feature_varies(feature)  # before the slow part
     window = feature_window(feature, window_width)
-    stats, snippets = FeatureCorrelation(feature), WindowSnippets(window)
-    lanes = trace_into(inspection, text, (stats, snippets), progress, lanes=True)
+    (stats, snippets), lanes = trace_joined(
+        inspection, text, lambda: (FeatureCorrelation(feature), WindowSnippets(window)), progress
+    )
     units = ranked(stats.scores(), top)
     return Found(units, feature, window, [snippets.of(unit) for unit in units], lanes)
 

@@ -7,7 +7,7 @@ does not grow with the text.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ import torch
 from ..core.backend import available_cores, cpu_threads, torch_threads
 from ..core.engine import SIGNALS, StepEngine
 from ..core.errors import CharlstmError
-from ..core.lanes import Boundaries, LaneLayout, LaneTrace
+from ..core.lanes import SEEDED_PASSES, Boundaries, LaneLayout, LaneTrace
 from ..core.model import CharRNN
 from ..core.vocab import Vocab
 
@@ -98,16 +98,17 @@ def trace_chunks(
             yield start, {name: values.cpu().numpy() for name, values in part.items()}
 
 
-def lane_chunks(model: CharRNN, vocab: Vocab, text: str) -> LaneTrace:
+def lane_chunks(model: CharRNN, vocab: Vocab, text: str, seeds: list | None = None) -> LaneTrace:
     """A corpus-scale trace of `text` in lanes (`core.lanes`): iterate for (positions, signal →
     float32 tensor [layers, n, hidden] on the model's device) blocks in no particular order;
     afterwards its `boundaries` say how closely the lanes joined. Each step is one product over
-    all lanes, big enough to share between threads: run it on every core (`trace_into` does)."""
+    all lanes, big enough to share between threads: run it on every core (`trace_into` does).
+    `seeds`: an earlier pass's `final` states, for a seeded pass (`LaneTrace`)."""
     engine = StepEngine(model, torch.float32)
     tokens = encode_text(vocab, text)
     layout = LaneLayout.for_text(len(tokens))
     per_char = model.config.layers * model.config.hidden * len(SIGNALS[model.config.kind])
-    return LaneTrace(engine, tokens, layout, max(1, LANE_BLOCK_VALUES // (per_char * layout.lanes)))
+    return LaneTrace(engine, tokens, layout, max(1, LANE_BLOCK_VALUES // (per_char * layout.lanes)), seeds)
 
 
 def chunk_length(chunk: dict[str, np.ndarray]) -> int:
@@ -120,9 +121,16 @@ class LaneReport:
 
     layout: LaneLayout
     boundaries: Boundaries
+    passes: int = 1  # the first, and the seeded passes after it
+    final: list | None = field(default=None, repr=False, compare=False)  # the lanes' last states
 
     def to_dict(self) -> dict:
-        return {"lanes": self.layout.lanes, "warmup": self.layout.warmup, "boundaries": self.boundaries.to_dict()}
+        return {
+            "lanes": self.layout.lanes,
+            "warmup": self.layout.warmup,
+            "passes": self.passes,
+            "boundaries": self.boundaries.to_dict(),
+        }
 
     def offset(self, layer: int, neuron: int, signal: str) -> bool:
         """Whether the lanes' values of this unit's `signal` may be offset from a trace in one piece
@@ -134,29 +142,49 @@ class LaneReport:
         b = self.boundaries
         joined = ", ".join(f"{name} ≤ {value:.1e}" for name, value in b.largest.items())
         over = ", ".join(f"{len(units)} {name}" for name, units in b.units.items() if units)
-        return (
-            f"traced in {self.layout.lanes} lanes, each after a {self.layout.warmup:,}-character warm-up; where they "
-            f"join, their states differ by {joined}" + (f" (units over {b.tolerance:g}: {over})" if over else "")
+        how = (
+            f"{self.passes} passes, each lane after the first going on from its neighbour's last state"
+            if self.passes > 1
+            else f"each after a {self.layout.warmup:,}-character warm-up"
+        )
+        return f"traced in {self.layout.lanes} lanes, {how}; where they join, their states differ by {joined}" + (
+            f" (units over {b.tolerance:g}: {over})" if over else ""
         )
 
 
-def trace_into(inspection, text: str, keepers, progress=None, lanes: bool = False) -> LaneReport | None:
+def trace_into(
+    inspection, text: str, keepers, progress=None, lanes: bool = False, after: LaneReport | None = None
+) -> LaneReport | None:
     """Trace `text` once, handing each chunk to every keeper's `add(at, chunk)` (see `At`).
 
     `lanes`: trace in lanes (`lane_chunks`), for modes that reduce the whole text to statistics;
-    returns how closely the lanes joined (None when the text was traced in one piece).
+    returns how closely the lanes joined (None when the text was traced in one piece); `after`: the
+    report of a pass before, to go on from its lanes' last states (a seeded pass).
     `progress(done, total)` hears after each chunk, in characters.
     """
     if lanes and LaneLayout.for_text(len(text)).lanes > 1:
-        traced = lane_chunks(inspection.model, inspection.vocab, text)
+        seeds, passes = (after.final, after.passes + 1) if after is not None else (None, 1)
+        traced = lane_chunks(inspection.model, inspection.vocab, text, seeds)
         with torch_threads(cpu_threads(inspection.device, available_cores())):
             chunks = ((at, {name: v.cpu().numpy() for name, v in chunk.items()}) for at, chunk in traced)
             _hand_out(chunks, keepers, progress, len(text))
-        return LaneReport(traced.layout, traced.boundaries)
+        return LaneReport(traced.layout, traced.boundaries, passes, traced.final)
     _hand_out(
         trace_chunks(inspection.model, inspection.vocab, text, exact=inspection.exact), keepers, progress, len(text)
     )
     return None
+
+
+def trace_joined(inspection, text: str, make_keepers, progress=None) -> tuple[list, LaneReport | None]:
+    """`trace_into` in lanes for keepers that `make_keepers()` makes fresh; where a hidden state did
+    not join (so every unit's values may be offset), again in seeded passes, up to SEEDED_PASSES,
+    each with fresh keepers. Returns the last keepers and how their pass joined."""
+    keepers = make_keepers()
+    report = trace_into(inspection, text, keepers, progress, lanes=True)
+    while report is not None and report.boundaries.units["hidden"] and report.passes <= SEEDED_PASSES:
+        keepers = make_keepers()
+        report = trace_into(inspection, text, keepers, progress, lanes=True, after=report)
+    return keepers, report
 
 
 def _hand_out(chunks, keepers, progress, total: int) -> None:

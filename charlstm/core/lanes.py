@@ -32,6 +32,9 @@ WARMUP = 4096
 # warm-up (5%, 10%, 21% more to trace), so 128 gave the most text a second.
 MAX_LANES = 128
 SHARES_PER_WARMUP = 4  # a lane keeps at least 4 warm-ups' worth: warming up costs at most 1/4 more
+# Seeded passes (`LaneTrace`'s seeds) a mode may run after the first where the lanes did not join,
+# before it gives up on them (one joined the shipped model's whole training split).
+SEEDED_PASSES = 2
 
 
 @dataclass(frozen=True)

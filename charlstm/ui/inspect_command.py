@@ -7,6 +7,7 @@ this module alone talks to the terminal for the command.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from ..analysis.features import is_binary, validate_feature
 from ..analysis.neurons import choose_text, cut_text, dataset_at_hand, find_units, open_checkpoint
 from ..analysis.saturation import GateSaturation
 from ..analysis.scales import value_range
-from ..analysis.tracing import UnitSignals, trace_into
+from ..analysis.tracing import UnitSignals, trace_into, trace_joined
 from ..core import units
 from ..core.errors import CharlstmError, shell_path, shown_path
 from ..core.userio import refuse_output_over_input, write_output
@@ -344,9 +345,10 @@ def _find(
 
 def _stats(inspection, chosen: str, source: str, json_out: bool, err) -> None:
     """--stats: how often each layer's gates saturate."""
-    counts = GateSaturation(inspection.kind)  # an RNN has no gates: say so before tracing
+    fresh = functools.partial(GateSaturation, inspection.kind)
+    fresh()  # an RNN has no gates: say so before tracing
     with err.status(f"tracing {len(chosen):,} characters…") as status:
-        lanes = trace_into(inspection, chosen, [counts], tracing_progress(status), lanes=True)
+        (counts,), lanes = trace_joined(inspection, chosen, lambda: (fresh(),), tracing_progress(status))
     rows = counts.rows()
     if json_out:
         print(json.dumps({"chars": len(chosen), "gates": rows, "lanes": lanes.to_dict() if lanes else None}))
