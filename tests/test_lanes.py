@@ -14,6 +14,7 @@ from charlstm.core.engine import StepEngine
 from charlstm.core.fused_trace import MANY_STREAMS
 from charlstm.core.lanes import MAX_LANES, LaneLayout, LaneTrace
 from charlstm.core.vocab import Vocab
+from charlstm.ui.inspect_command import tracing_progress
 from tests.test_engine import random_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -193,3 +194,20 @@ def test_find_and_stats_trace_again_where_a_hidden_state_did_not_join(monkeypatc
     assert tracing.trace_into(inspection, text, [one_piece]) is None
     for signal, r in one_piece.scores().items():
         np.testing.assert_allclose(stats.scores()[signal], r, atol=1e-5, err_msg=signal)
+
+
+def test_the_status_line_names_a_seeded_pass_and_times_it_afresh(monkeypatch):
+    class Status:
+        def update(self, line):
+            self.line = line
+
+    clock = iter([0.0, 10.0, 20.0, 25.0, 26.0])  # its start, a reading per update, two at a new pass
+    monkeypatch.setattr("charlstm.ui.inspect_command.time.monotonic", lambda: next(clock))
+    status = Status()
+    update = tracing_progress(status)
+    update(100_000, 200_000)
+    assert status.line.startswith("tracing 100,000 of 200,000 characters (10,000 a second, about 10 s left)")
+    update(200_000, 200_000)
+    update(50_000, 200_000)  # a seeded pass starts over, timed from here
+    assert "characters again (pass 2: the lanes had not joined)" in status.line
+    assert status.line.endswith("(50,000 a second)…")  # 50,000 in its first second; too soon to say how long

@@ -32,17 +32,23 @@ from . import render
 
 def tracing_progress(status):
     """A `trace_into` progress callback that updates a rich status line: how far, how fast, how long
-    is left (a whole training split takes minutes on a CPU)."""
-    start = time.monotonic()
+    is left (a whole training split takes minutes on a CPU). A count that starts over is a seeded
+    pass (lanes that did not join, traced again): it is timed afresh and named."""
+    start, last, passes = time.monotonic(), 0, 1
 
     def update(done: int, total: int) -> None:
+        nonlocal start, last, passes
+        if done < last:
+            start, passes = time.monotonic(), passes + 1
+        last = done
         elapsed = time.monotonic() - start
         rate = done / elapsed if elapsed > 0 else 0.0
         left = ""
         if rate > 0 and elapsed > 3:
             minutes, seconds = divmod(round((total - done) / rate), 60)
             left = f", about {minutes} min {seconds:02d} s left" if minutes else f", about {seconds} s left"
-        status.update(f"tracing {done:,} of {total:,} characters ({rate:,.0f} a second{left})…")
+        again = f" again (pass {passes}: the lanes had not joined)" if passes > 1 else ""
+        status.update(f"tracing {done:,} of {total:,} characters{again} ({rate:,.0f} a second{left})…")
 
     return update
 
