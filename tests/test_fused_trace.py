@@ -5,7 +5,7 @@ import torch
 
 from charlstm.core import backend
 from charlstm.core.engine import SIGNALS, StepEngine, half_weight_kernels_available
-from charlstm.core.fused_trace import cell_scan
+from charlstm.core.fused_trace import MANY_STREAMS, cell_scan, trace_buffers
 from charlstm.core.units import Intervention
 from tests.test_engine import random_model
 
@@ -45,6 +45,26 @@ def test_fused_trace_starts_from_a_given_state_and_chunks_carry_it(kind):
     whole = engine.trace(tokens, fused=False)
     for name, values in whole.items():
         torch.testing.assert_close(torch.cat([p[name] for p in chunked], dim=1), values, **TOL, msg=name)
+
+
+def test_blocks_traced_into_the_same_buffers_equal_one_trace():
+    """A long trace in blocks writes each into the same buffers (`trace_buffers`): what a block
+    returns is a view of them, and carrying its last state into the next block, which overwrites
+    them, changes nothing (the last block is shorter than the buffers)."""
+    engine = StepEngine(random_model("lstm", seed=9))
+    tokens = torch.randint(0, 19, (60, MANY_STREAMS), generator=torch.Generator().manual_seed(9))
+    buffers = trace_buffers(engine, 25, MANY_STREAMS)
+    state, blocks = engine.init_state(MANY_STREAMS), []
+    for begin in range(0, 60, 25):
+        part = engine.trace(tokens[begin : begin + 25], state, into=buffers)
+        assert all(part[name].data_ptr() == buffers[0][name].data_ptr() for name in part)
+        blocks.append({name: values.clone() for name, values in part.items()})
+        state = engine.state_after(part)
+    for name, values in engine.trace(tokens, engine.init_state(MANY_STREAMS)).items():
+        torch.testing.assert_close(torch.cat([b[name] for b in blocks], dim=1), values, **TOL, msg=name)
+    # Only the hand-stepped LSTM of many streams writes into buffers; the fused modules make their own.
+    assert trace_buffers(engine, 25, MANY_STREAMS - 1) is None
+    assert trace_buffers(StepEngine(random_model("gru", seed=9)), 25, MANY_STREAMS) is None
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])

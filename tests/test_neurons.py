@@ -368,3 +368,14 @@ def test_a_large_offset_does_not_inflate_the_spread():
     exact = values[0].astype(np.float64)
     np.testing.assert_allclose(stats.m2["cell"][0], ((exact - exact.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-4)
     np.testing.assert_allclose(stats.mean["cell"][0], exact.mean(axis=0), rtol=1e-9)
+
+
+def test_the_cell_colour_scale_is_its_largest_finite_value():
+    """--find draws a cell at full colour at its largest |value| over the text: an overflow or a NaN
+    at one character leaves the others to set the scale."""
+    snippets = neurons.WindowSnippets((0, 4))
+    first = np.array([[[1.0, -0.5], [-3.0, 0.25], [np.inf, 0.0], [2.0, np.nan]]], dtype=np.float32)
+    snippets.add(0, {"cell": first})
+    np.testing.assert_array_equal(snippets.largest["cell"], [[3.0, 0.5]])
+    snippets.add(4, {"cell": np.array([[[-4.0, 0.1]]], dtype=np.float32)})
+    np.testing.assert_array_equal(snippets.largest["cell"], [[4.0, 0.5]])

@@ -160,18 +160,20 @@ class FeatureCorrelation:
         n_old, n = self.count, self.count + n_new
         weight = n_old * n_new / n  # how much the difference of the two means adds to the sums
         f_shift = f_mean - self.feature_mean
-        ones_and_feature = np.stack([np.ones(n_new, dtype=np.float32), f_centred])  # [2, T]
+        ones_and_feature = torch.from_numpy(np.stack([np.ones(n_new, dtype=np.float32), f_centred]))  # [2, T]
         for signal, values in chunk.items():
+            values = torch.from_numpy(values)  # the same memory: torch's reductions use every thread
             # Sums over the chunk's characters as products ([T] @ [layers, T, hidden]: BLAS, 2–5×
-            # faster than numpy's reductions across this axis). The values are centred on a float32
-            # guess of the mean and the residual sums correct it (the shifted-data form: no
-            # cancellation however far the guess is off by rounding).
-            guess = (ones_and_feature[0] @ values) / np.float32(n_new)  # [layers, hidden]
+            # faster than reductions across this axis). The values are centred on a float32 guess of
+            # their mean and the residual sums correct it (the shifted-data form: no cancellation
+            # however far the guess is off by rounding; a guess far off, such as the mean so far,
+            # would leave Σx² much larger than the spread it measures, and float32 rounding with it).
+            guess = torch.matmul(ones_and_feature[0], values) / n_new  # [layers, hidden]
             x = values - guess[:, None, :]
-            sums = (ones_and_feature @ x).astype(np.float64)  # [layers, 2, hidden]: Σx and Σ f·x
+            sums = torch.matmul(ones_and_feature, x).double().numpy()  # [layers, 2, hidden]: Σx and Σ f·x
             residual, co = sums[:, 0], sums[:, 1]
-            mean = guess + residual / n_new
-            m2 = np.maximum(np.einsum("lth,lth->lh", x, x) - residual * residual / n_new, 0.0)
+            mean = guess.numpy() + residual / n_new
+            m2 = np.maximum(x.square_().sum(dim=1).double().numpy() - residual * residual / n_new, 0.0)
             if signal not in self.mean:
                 self.mean[signal], self.m2[signal], self.co[signal] = (np.zeros_like(mean) for _ in range(3))
             shift = mean - self.mean[signal]
@@ -270,8 +272,7 @@ class WindowSnippets:
             if len(inside):
                 self.values[signal][:, positions[inside] - self.start] = values[:, inside]
             if signal not in GATES and signal not in BOUNDED:
-                largest = np.where(np.isfinite(values), np.abs(values), 0).max(axis=1)
-                self.largest[signal] = np.maximum(self.largest.get(signal, 0), largest)
+                self.largest[signal] = np.maximum(self.largest.get(signal, 0), _largest_finite(values))
 
     def of(self, unit: RankedUnit) -> tuple[np.ndarray, float]:
         """The unit's values over the window and the value drawn at full colour."""
@@ -279,6 +280,15 @@ class WindowSnippets:
         if unit.signal in self.largest:
             return values, float(self.largest[unit.signal][unit.layer - 1, unit.neuron]) or 1.0
         return values, value_range(unit.signal)[1]
+
+
+def _largest_finite(values: np.ndarray) -> np.ndarray:
+    """Each unit's largest finite |value| over the characters (axis 1) of [layers, T, hidden]."""
+    low, high = torch.aminmax(torch.from_numpy(values), dim=1)  # one pass, on every thread
+    largest = torch.maximum(high, -low).numpy()
+    if np.isfinite(largest).all():
+        return largest
+    return np.where(np.isfinite(values), np.abs(values), 0).max(axis=1)  # an overflow: leave it out
 
 
 @dataclass

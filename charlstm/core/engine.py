@@ -276,7 +276,12 @@ class StepEngine:
 
     @torch.no_grad()
     def trace(
-        self, tokens: torch.Tensor, state: list | None = None, clamps: Clamps | None = None, fused: bool | None = None
+        self,
+        tokens: torch.Tensor,
+        state: list | None = None,
+        clamps: Clamps | None = None,
+        fused: bool | None = None,
+        into=None,
     ) -> dict[str, torch.Tensor]:
         """Teacher-force one sequence of token ids [T]; return each signal as [layers, T, hidden].
 
@@ -289,13 +294,14 @@ class StepEngine:
         afterwards from the same pre-activations, through the same pointwise math as `step`. With float16 weights the
         recurrent product uses them too (half the bytes read per character). `clamps`, as in
         `step`, overwrites units after each update; the trace records the overwritten values, and
-        the gates it reports are the ones computed from them.
+        the gates it reports are the ones computed from them. `into`: buffers the fused trace of
+        many streams writes into (`fused_trace.trace_buffers`).
         """
         state = state or self.init_state(1)
         if fused is None:
             fused = clamps is None and self.dtype == torch.float32
         if fused:
-            return fused_trace(self, tokens, state)
+            return fused_trace(self, tokens, state, into)
         steps = tokens.shape[0]
         # On the engine's device: the next layer reads this one's hidden states from here.
         out = {

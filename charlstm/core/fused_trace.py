@@ -16,6 +16,7 @@ step over all streams, every gate kept as it is computed.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -87,15 +88,27 @@ def _run(module: nn.Module, x: torch.Tensor, state: tuple) -> torch.Tensor:
 MANY_STREAMS = 8
 
 
-def stepped_weights(engine) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per LSTM layer (W_ih^T, W_hh^T, b) with the candidate's quarter doubled: tanh(x) = 2σ(2x) − 1,
-    and a CPU's sigmoid runs 3–4× faster than its tanh (so one sigmoid serves all four gates)."""
+class SteppedLayer(NamedTuple):
+    """An LSTM layer's weights for stepping by hand, the candidate's quarter doubled (tanh(x) =
+    2σ(2x) − 1, and a CPU's sigmoid runs 3–4× faster than its tanh, so one sigmoid serves all four
+    gates). The first layer's input projection of each character is a row of `table`
+    (embedding · W_ih + b, one per vocabulary entry): a gather instead of a product per block."""
+
+    w_ih_t: torch.Tensor
+    w_hh_t: torch.Tensor
+    bias: torch.Tensor
+    table: torch.Tensor | None  # [vocab, 4·hidden], the first layer only
+
+
+def stepped_weights(engine) -> list[SteppedLayer]:
     out = []
-    for w in engine.weights:
+    for k, w in enumerate(engine.weights):
         hidden = w.w_hh_t.shape[0]
         scale = torch.ones(4 * hidden, device=w.b_sum.device)
         scale[2 * hidden : 3 * hidden] = 2
-        out.append((w.w_ih_t.float() * scale, w.w_hh_t.float() * scale, w.b_sum.float() * scale))
+        w_ih_t, bias = w.w_ih_t.float() * scale, w.b_sum.float() * scale
+        table = torch.addmm(bias, engine.embedding.float(), w_ih_t) if k == 0 else None
+        out.append(SteppedLayer(w_ih_t, w.w_hh_t.float() * scale, bias, table))
     return out
 
 
@@ -112,21 +125,35 @@ def stepped_outputs(engine, steps: int, streams: int) -> tuple[dict[str, torch.T
     return out, gates
 
 
-def _lstm_steps(weights, x, state, out: dict, k: int, gates: torch.Tensor) -> torch.Tensor:
-    """An LSTM layer stepped by hand over x [T, B, in] (B ≥ MANY_STREAMS), filling out[·][k] and
-    `gates` [T, B, 4·hidden], which out's gates view (`stepped_outputs`)."""
-    w_ih_t, w_hh_t, bias = weights
+def trace_buffers(engine, steps: int, streams: int) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+    """Buffers for `fused_trace(..., into=)` over up to `steps` steps of `streams` streams, or None
+    where that trace does not step by hand (a GRU or an RNN, or fewer than MANY_STREAMS streams).
+
+    A long trace in blocks writes every block into the same buffers: fresh ones per block cost a
+    page fault per 4 KB (~1.5 million over 600,000 characters in lanes, ~19% of the trace time)."""
+    if engine.kind != "lstm" or streams < MANY_STREAMS:
+        return None
+    return stepped_outputs(engine, steps, streams)
+
+
+def _lstm_steps(layer: SteppedLayer, x, state, out: dict, k: int, gates: torch.Tensor) -> torch.Tensor:
+    """An LSTM layer stepped by hand over x [T, B, in] (B ≥ MANY_STREAMS), or the tokens [T, B] for
+    the first layer, filling out[·][k] and `gates` [T, B, 4·hidden], which out's gates view."""
     steps, batch = x.shape[:2]
-    hidden = w_hh_t.shape[0]
+    hidden = layer.w_hh_t.shape[0]
     i, f, g, o = (out[name][k] for name in ("input", "forget", "candidate", "output"))
-    torch.addmm(bias, x.flatten(0, 1), w_ih_t, out=gates.view(steps * batch, 4 * hidden))  # gains W_hh h below
+    flat = gates.view(steps * batch, 4 * hidden)  # the input projections, which gain W_hh h below
+    if layer.table is not None:
+        torch.index_select(layer.table, 0, x.flatten(), out=flat)
+    else:
+        torch.addmm(layer.bias, x.flatten(0, 1), layer.w_ih_t, out=flat)
     h_out, c_out = out["hidden"][k], out["cell"][k]
     h, c = state
     squashed = torch.empty_like(c)
     # tanh(x) = 2σ(2x) − 1 throughout. The candidate stays σ(2x) in the loop, where
     # c = f·c + i·(2σ − 1) = f·c − i + 2·i·σ, and becomes tanh for the whole block after it.
     for t in range(steps):
-        gates[t].addmm_(h, w_hh_t).sigmoid_()
+        gates[t].addmm_(h, layer.w_hh_t).sigmoid_()
         c = torch.mul(f[t], c, out=c_out[t]).sub_(i[t]).addcmul_(i[t], g[t], value=2)
         torch.mul(c, 2, out=squashed).sigmoid_()
         h = torch.addcmul(o[t].neg(), o[t], squashed, value=2, out=h_out[t])  # o · tanh(c) = o · (2σ(2c) − 1)
@@ -134,10 +161,7 @@ def _lstm_steps(weights, x, state, out: dict, k: int, gates: torch.Tensor) -> to
     return h_out
 
 
-def _lstm_layer(module, w, x, state, out: dict, k: int, stepped=None) -> torch.Tensor:
-    if stepped is not None:
-        weights, gates = stepped
-        return _lstm_steps(weights, x, state, out, k, gates)
+def _lstm_layer(module, w, x, state, out: dict, k: int) -> torch.Tensor:
     h = _run(module, x, state)
     h_before = torch.cat([state[0][None], h[:-1]])
     # The one product per layer: [x_t, h_{t-1}] against both weight matrices, as the step does.
@@ -162,31 +186,44 @@ def _gru_layer(module, w, x, state, out: dict, k: int) -> torch.Tensor:
     return h
 
 
-def fused_trace(engine, tokens: torch.Tensor, state: list) -> dict[str, torch.Tensor]:
+def fused_trace(engine, tokens: torch.Tensor, state: list, into=None) -> dict[str, torch.Tensor]:
     """`StepEngine.trace` without interventions: tokens [T] or [T, B], `state` as `init_state(B)`
-    lays it out; each signal comes back as float32 [layers, T, hidden] (or [layers, T, B, hidden])."""
+    lays it out; each signal comes back as float32 [layers, T, hidden] (or [layers, T, B, hidden]).
+    `into`: `trace_buffers` for at least T steps of these B streams, which the signals returned are
+    views of (the next call overwrites them), or None for new ones."""
     single = tokens.dim() == 1
     tokens = tokens[:, None] if single else tokens
     if engine._fused_layers is None:
         engine._fused_layers = fused_layers(engine)
-    stepped = None
-    if engine.kind == "lstm" and tokens.shape[1] >= MANY_STREAMS:
-        if engine._stepped_weights is None:
-            engine._stepped_weights = stepped_weights(engine)
-        stepped = engine._stepped_weights
-        out, gates = stepped_outputs(engine, *tokens.shape)
-    else:
-        shape = (engine.layers, *tokens.shape, engine.hidden)
-        out = {s: torch.empty(shape, dtype=torch.float32, device=engine.device) for s in engine.signals}
-    x = engine.embedding[tokens]  # [T, B, in]
     # Every product here is batched (over positions, or over streams): where the CPU's bf16
     # instructions keep float32's accuracy, they run in bf16 pieces (`fast_float32_products`).
     with fast_float32_products(engine.device):
+        if engine.kind == "lstm" and tokens.shape[1] >= MANY_STREAMS:
+            return _stepped_trace(engine, tokens, state, into)
+        shape = (engine.layers, *tokens.shape, engine.hidden)
+        out = {s: torch.empty(shape, dtype=torch.float32, device=engine.device) for s in engine.signals}
+        x = engine.embedding[tokens]  # [T, B, in]
         for k, (module, w, s) in enumerate(zip(engine._fused_layers, engine.weights, state, strict=True)):
             if engine.kind == "lstm":
-                x = _lstm_layer(module, w, x, s, out, k, (stepped[k], gates[k]) if stepped else None)
+                x = _lstm_layer(module, w, x, s, out, k)
             elif engine.kind == "gru":
                 x = _gru_layer(module, w, x, s, out, k)
             else:
                 out["hidden"][k] = x = _run(module, x, s)
     return {name: values[:, :, 0] for name, values in out.items()} if single else out
+
+
+def _stepped_trace(engine, tokens: torch.Tensor, state: list, into) -> dict[str, torch.Tensor]:
+    """An LSTM over tokens [T, B ≥ MANY_STREAMS], every layer stepped by hand (`_lstm_steps`)."""
+    if engine._stepped_weights is None:
+        engine._stepped_weights = stepped_weights(engine)
+    steps = tokens.shape[0]
+    if into is None:
+        out, gates = stepped_outputs(engine, *tokens.shape)
+    else:
+        values, buffer = into
+        out, gates = {name: v[:, :steps] for name, v in values.items()}, buffer[:, :steps]
+    x = tokens  # the first layer's input projections are rows of its table
+    for k, (layer, s) in enumerate(zip(engine._stepped_weights, state, strict=True)):
+        x = _lstm_steps(layer, x, s, out, k, gates[k])
+    return out
