@@ -284,8 +284,9 @@ class WindowSnippets:
 
 def _largest_finite(values: np.ndarray) -> np.ndarray:
     """Each unit's largest finite |value| over the characters (axis 1) of [layers, T, hidden]."""
-    low, high = torch.aminmax(torch.from_numpy(values), dim=1)  # one pass, on every thread
-    largest = torch.maximum(high, -low).numpy()
+    # torch's amax and amin across this axis: 2–8× numpy's reductions (its aminmax: 10× slower)
+    values_t = torch.from_numpy(values)
+    largest = torch.maximum(values_t.amax(dim=1), values_t.amin(dim=1).neg_()).numpy()
     if np.isfinite(largest).all():
         return largest
     return np.where(np.isfinite(values), np.abs(values), 0).max(axis=1)  # an overflow: leave it out
