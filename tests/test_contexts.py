@@ -178,9 +178,9 @@ def test_cli_top_contexts_read_the_training_split_when_the_dataset_is_here(tmp_p
 
 @pytest.mark.parametrize(("lanes", "passes", "retraced"), [(3, 3, False), (4, 3, True)])
 def test_top_contexts_trace_again_from_the_neighbours_states_then_in_one_piece(monkeypatch, lanes, passes, retraced):
-    """A cell that forgets nothing joins one lane further per seeded pass: three lanes join after two
-    such passes; four do not, and the text is traced in one piece. Either way the values shown are
-    the sequential trace's."""
+    """A cell that forgets nothing joins one lane further per round of lanes traced again from their
+    neighbours' last states: three lanes join after two rounds; four do not, and the text is traced
+    in one piece. Either way the values shown are the sequential trace's."""
     vocab = Vocab.from_counts({c: 1 for c in "abcdefghij\n"})
     inspection = neurons.Inspection(Path("integrator"), {}, integrating_model(len(vocab)), vocab)
     text = "".join(np.random.default_rng(7).choice(list("abcdefghij\n"), size=2000))
@@ -193,5 +193,47 @@ def test_top_contexts_trace_again_from_the_neighbours_states_then_in_one_piece(m
     for entry in result["positive"] + result["negative"]:
         assert entry["value"] == pytest.approx(float(sequential[entry["position"]]), rel=1e-5)
     assert result["positive"][0]["position"] > 1900  # it counts up to the text's end
+    assert result["lanes"]["traced_again"] == list(range(1, lanes))
     caption = render.contexts_view(result, "a text")[-1].caption
-    assert caption.startswith("traced in one piece" if retraced else f"traced in {lanes} lanes ({passes} passes")
+    assert caption.startswith(
+        "traced in one piece" if retraced else f"traced in {lanes} lanes (lanes 1, 2 traced again from the last state"
+    )
+
+
+def resetting_counter(vocab: Vocab) -> CharRNN:
+    """The integrator of `integrating_model`, whose cell 'x' sets back to 1: unit 0's cell counts the
+    characters since the last 'x'."""
+    model = integrating_model(len(vocab))
+    with torch.no_grad():
+        model.embedding.weight[:, 0] = 0.0
+        model.embedding.weight[vocab.encode("x")[0], 0] = 10.0
+        model.rnn.weight_ih_l0[6, 0] = -12.0  # the forget gate's row of unit 0: shut by an 'x'
+    return model
+
+
+def test_only_the_lane_that_did_not_join_is_traced_again(monkeypatch):
+    """Every lane's warm-up but lane 2's holds an 'x', which sets the counter's cell as the
+    sequential trace has it: lane 2 alone starts apart, and it alone is traced again (from lane 1's
+    last state), after which every lane joins and every value shown is the sequential trace's."""
+    vocab = Vocab.from_counts({c: 1 for c in "abcdefghijx\n"})
+    inspection = neurons.Inspection(Path("counter"), {}, resetting_counter(vocab), vocab)
+    layout_for = LaneLayout.for_text
+    monkeypatch.setattr(LaneLayout, "for_text", lambda n: layout_for(n, warmup=50, max_lanes=4))
+    layout = LaneLayout.for_text(2000)
+    chars = list("".join(np.random.default_rng(8).choice(list("abcdefghij\n"), size=2000)))
+    for lane in (1, 3):
+        chars[layout.first(lane) + 10] = "x"
+    text = "".join(chars)
+    heard = []
+    result = contexts.unit_top_contexts(inspection, text, 1, 0, "cell", 4, progress=lambda *a: heard.append(a))
+    assert (result["lanes"]["traced_again"], result["lanes"]["passes"], result["lanes"]["retraced"]) == ([2], 2, False)
+    assert heard[-1] == (layout.share, layout.share)  # the round of one lane, after the pass over all
+    sequential = StepEngine(inspection.model).trace(torch.from_numpy(vocab.encode(text)))["cell"][0, :, 0]
+    # the counter peaks at the end of lane 2's share, which its first trace had counted from its warm-up
+    top = result["positive"][0]
+    assert layout.first(2) < top["position"] < layout.first(3) + 10
+    for entry in result["positive"] + result["negative"]:
+        assert entry["value"] == pytest.approx(float(sequential[entry["position"]]), rel=1e-5)
+        np.testing.assert_allclose(
+            entry["values"], sequential[entry["start"] : entry["start"] + len(entry["values"])], rtol=1e-5
+        )

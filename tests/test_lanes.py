@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from charlstm.analysis import neurons, tracing
 from charlstm.core.engine import StepEngine
 from charlstm.core.fused_trace import MANY_STREAMS
-from charlstm.core.lanes import MAX_LANES, LaneLayout, LaneTrace
+from charlstm.core.lanes import MAX_LANES, LaneLayout, LaneRetrace, LaneTrace
 from charlstm.core.vocab import Vocab
 from charlstm.ui.inspect_command import tracing_progress
 from tests.test_engine import random_model
@@ -117,6 +117,32 @@ def test_boundaries_name_the_units_a_warm_up_cannot_rebuild():
     sequential = engine.trace(tokens, fused=False)
     torch.testing.assert_close(lanes["hidden"], sequential["hidden"], **TOL)  # its tanh is saturated: h agrees
     torch.testing.assert_close(lanes["cell"][:, :, 1:], sequential["cell"][:, :, 1:], **TOL)
+
+
+def test_lanes_traced_again_from_the_sequential_states_equal_the_sequential_trace():
+    """`LaneRetrace` reads only a lane's kept share, from the state it is given: given the sequential
+    trace's state there, its values and last state are the sequential trace's (the last lane's share
+    runs past the text's end, and those steps are dropped)."""
+    engine = StepEngine(random_model("lstm", seed=4))
+    tokens = torch.randint(0, 19, (1003,), generator=torch.Generator().manual_seed(4))
+    layout = LaneLayout.for_text(1003, warmup=30, max_lanes=5)
+    last = layout.lanes - 1
+    assert layout.first(last) + layout.steps > 1003
+    sequential = engine.trace(tokens, fused=False)
+    firsts = [layout.first(lane) + layout.warmup for lane in (1, last)]
+    before = [engine.state_after(engine.trace(tokens[:first], fused=False)) for first in firsts]
+    starts = [tuple(torch.cat(parts) for parts in zip(*layers, strict=True)) for layers in zip(*before, strict=True)]
+    retrace = LaneRetrace(engine, tokens, layout, [1, last], starts, block=17)
+    values = whole(retrace, 1003)
+    kept = torch.zeros(1003, dtype=torch.bool)
+    kept[firsts[0] : firsts[0] + layout.share] = kept[firsts[1] :] = True
+    for name, expected in sequential.items():
+        assert torch.isnan(values[name][:, ~kept]).all()
+        torch.testing.assert_close(values[name][:, kept], expected[:, kept], **TOL, msg=name)
+    after_lane_1 = engine.state_after(engine.trace(tokens[: firsts[0] + layout.share], fused=False))
+    for (h, c), (h_seq, c_seq) in zip(retrace.final, after_lane_1, strict=True):
+        torch.testing.assert_close(h[:1], h_seq, **TOL)
+        torch.testing.assert_close(c[:1], c_seq, **TOL)
 
 
 def short_memory_engine() -> StepEngine:

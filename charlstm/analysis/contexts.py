@@ -11,7 +11,6 @@ list with neighbouring characters.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,7 +19,16 @@ import torch
 from ..core.backend import available_cores, cpu_threads, torch_threads
 from ..core.engine import StepEngine
 from ..core.errors import CharlstmError
-from ..core.lanes import SEEDED_PASSES, LaneLayout, LaneTrace
+from ..core.lanes import (
+    SEEDED_PASSES,
+    LaneLayout,
+    LaneRetrace,
+    LaneTrace,
+    joins,
+    lane_rows,
+    offset_lanes,
+    set_lane_rows,
+)
 from .tracing import LaneReport, trace_weights
 
 # Characters traced at a time: one chunk's signals take CHUNK × layers × hidden × signals × 4 bytes.
@@ -65,6 +73,16 @@ class _Best:
     def best(self) -> list[tuple[float, int, int, np.ndarray]]:
         return self.items[: self.k]
 
+    @staticmethod
+    def merged(sides: list[_Best], k: int) -> list[tuple[float, int, int, np.ndarray]]:
+        """The best `k` over several streams' sides (of one sign), windows kept apart."""
+        items = [item for side in sides for item in side.items]
+        if not items:
+            return []
+        sign, gap = sides[0].sign, sides[0].gap
+        keep = _pick(np.array([sign * v for v, *_ in items]), np.array([p for _, p, *_ in items]), k, gap)
+        return [items[i] for i in keep]
+
 
 class _Stream:
     """A contiguous run of the text (the whole of it, or one lane's share) whose values arrive in
@@ -72,6 +90,7 @@ class _Stream:
     later window may still need is kept."""
 
     def __init__(self, origin: int):
+        self.origin = origin
         self.buf, self.buf_start = np.zeros(0, dtype=np.float32), origin
         self.seen = self.ready = origin  # values known up to `seen`, offered up to `ready`
 
@@ -102,6 +121,61 @@ def _runs(positions: np.ndarray, values: np.ndarray) -> Iterator[tuple[int, np.n
         yield int(positions[lo]), values[lo:hi]
 
 
+class _Contexts:
+    """The best contexts of each stream (the whole text, or one lane's share, by where it starts)
+    and its largest |value|. Kept apart per stream, so that a lane traced again replaces what its
+    first trace found (`forget`); `best` merges them."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.open: dict[int, _Stream] = {}  # by the position each expects next
+        self.found: dict[int, tuple[_Best, _Best, float]] = {}  # by the stream's first position
+
+    def add(self, at, values: np.ndarray) -> None:
+        for first, run in [(at, values)] if isinstance(at, int) else _runs(at, values):
+            stream = self.open.pop(first, None) or _Stream(first)
+            positive, negative, largest = self.found.get(stream.origin) or (
+                _Best(self.k, 1.0, BEFORE + AFTER),
+                _Best(self.k, -1.0, BEFORE + AFTER),
+                0.0,
+            )
+            stream.feed(run, (positive, negative))
+            if len(run):
+                largest = max(largest, float(np.nanmax(np.abs(run))))
+            self.found[stream.origin] = (positive, negative, largest)
+            self.open[stream.seen] = stream
+
+    def finish(self) -> None:
+        for stream in self.open.values():
+            positive, negative, _ = self.found[stream.origin]
+            stream.finish((positive, negative))
+        self.open.clear()
+
+    def forget(self, origins) -> None:
+        for origin in origins:
+            self.found.pop(origin, None)
+
+    def best(self) -> dict:
+        found = list(self.found.values())
+        positive, negative = (_Best.merged([f[side] for f in found], self.k) for side in (0, 1))
+        return {"positive": positive, "negative": negative, "largest": max((f[2] for f in found), default=0.0)}
+
+
+def _unit_values(blocks, layer: int, neuron: int, signal: str):
+    for at, part in blocks:
+        yield at, part[signal][layer, :, neuron].cpu().numpy()
+
+
+def _collect(found: _Contexts, blocks, progress, done: int, total: int) -> int:
+    for at, values in blocks:
+        found.add(at, values)
+        done += len(values)
+        if progress is not None:
+            progress(done, total)
+    found.finish()
+    return done
+
+
 def top_contexts(
     engine: StepEngine,
     tokens: torch.Tensor,
@@ -112,55 +186,60 @@ def top_contexts(
     chunk: int = CHUNK,
     lanes: LaneLayout | None = None,
     progress=None,
-    seeds: list | None = None,
 ) -> dict:
     """The `k` most positive and most negative contexts of a unit (0-based `layer`) over `tokens`,
     traced a `chunk` at a time, or in `lanes` (each lane a stream of its own: a window does not
-    reach across a lane's edge), from an earlier pass's final states where `seeds` are given
-    (`LaneTrace`).
+    reach across a lane's edge).
 
-    Returns {"positive": [...], "negative": [...], "largest": max |value|, "boundaries": how
-    closely the lanes joined, or None, "final": the lanes' last states, or None}, each item (value,
+    In lanes, a lane whose state where its share begins is not its neighbour's last state (a hidden
+    state, or this unit's own cell, more than 1e-3 apart: `core.lanes`) is traced again over its
+    share alone, from that last state (`LaneRetrace`), and replaces what it found. A lane traced
+    again changes its own last state, so its right neighbour may need the same in turn: up to
+    SEEDED_PASSES such rounds, each over the lanes then still apart.
+
+    Returns {"positive": [...], "negative": [...], "largest": max |value|, "boundaries": how closely
+    the lanes joined, or None, "rounds": how many times lanes were traced again, "traced_again":
+    those lanes, "joined": whether every lane joined (True in one piece)}, each item (value,
     position, window start, window values). `progress(done, total)` hears after each block, in
-    characters.
+    characters (a round again from 0).
     """
-    sides = (_Best(k, 1.0, BEFORE + AFTER), _Best(k, -1.0, BEFORE + AFTER))
-    streams: dict[int, _Stream] = {}  # by the position each expects next
-    largest, done = 0.0, 0
-    if lanes is not None and lanes.lanes > 1:
-        block = max(1, CHUNK // lanes.lanes)
-        traced = LaneTrace(engine, tokens, lanes, block, seeds)
-        blocks = ((positions, part[signal][layer, :, neuron].cpu().numpy()) for positions, part in traced)
-    else:
-        traced = None
-        blocks = (
-            (start, part[signal][layer, :, neuron].cpu().numpy()) for start, part in engine.trace_chunks(tokens, chunk)
-        )
-    for at, values in blocks:
-        if len(values):
-            largest = max(largest, float(np.nanmax(np.abs(values))))
-        for first, run in [(at, values)] if isinstance(at, int) else _runs(at, values):
-            stream = streams.pop(first, None) or _Stream(first)
-            stream.feed(run, sides)
-            streams[stream.seen] = stream
-        done += len(values)
-        if progress is not None:
-            progress(done, tokens.shape[0])
-    for stream in streams.values():
-        stream.finish(sides)
-    boundaries, final = (traced.boundaries, traced.final) if traced is not None else (None, None)
-    positive, negative = (side.best() for side in sides)
-    return {"positive": positive, "negative": negative, "largest": largest, "boundaries": boundaries, "final": final}
+    found = _Contexts(k)
+    total = tokens.shape[0]
+    if lanes is None or lanes.lanes == 1:
+        _collect(found, _unit_values(engine.trace_chunks(tokens, chunk), layer, neuron, signal), progress, 0, total)
+        return {**found.best(), "boundaries": None, "rounds": 0, "traced_again": [], "joined": True}
+    traced = LaneTrace(engine, tokens, lanes, max(1, CHUNK // lanes.lanes))
+    _collect(found, _unit_values(traced, layer, neuron, signal), progress, 0, total)
+    starts, final = traced.starts, traced.final
+    cell = (layer, neuron) if signal == "cell" else None
+    again, rounds, apart = [], 0, offset_lanes(starts, final, cell)
+    while apart and rounds < SEEDED_PASSES:
+        rounds += 1
+        seeds = lane_rows(final, [j - 1 for j in apart])
+        retrace = LaneRetrace(engine, tokens, lanes, apart, seeds, max(1, CHUNK // len(apart)))
+        firsts = [lanes.first(j) + lanes.warmup for j in apart]
+        found.forget(firsts)
+        kept = sum(min(lanes.share, total - first) for first in firsts)
+        _collect(found, _unit_values(retrace, layer, neuron, signal), progress, 0, kept)
+        set_lane_rows(starts, apart, retrace.starts)
+        set_lane_rows(final, apart, retrace.final)
+        again = sorted({*again, *apart})
+        apart = offset_lanes(starts, final, cell)
+    return {
+        **found.best(),
+        "boundaries": joins(engine, starts, final),
+        "rounds": rounds,
+        "traced_again": again,
+        "joined": not apart,
+    }
 
 
 def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: str, k: int, progress=None) -> dict:
     """`inspect-neuron -l L -n N --top-contexts K`: the result as plain data (layer 1-based).
 
-    A long text is traced in lanes. Where the lanes did not join for this unit's signal (a hidden
-    state anywhere, or this unit's own cell, differed after a warm-up: `core.lanes`), it is traced
-    in lanes again, each lane going on from its neighbour's last state (`LaneTrace`'s seeds), up
-    to SEEDED_PASSES times; if they still do not join, in one piece. So the values shown are always
-    the sequential trace's."""
+    A long text is traced in lanes; lanes that did not join for this unit's signal are traced again
+    from their neighbours' last states (`top_contexts`), and if some still do not join, the text is
+    traced in one piece. So the values shown are always the sequential trace's."""
     if k < 1:
         raise CharlstmError(f"--top-contexts must be at least 1, got {k}")
     engine = StepEngine(inspection.model, trace_weights(inspection.model, inspection.exact))
@@ -168,16 +247,13 @@ def unit_top_contexts(inspection, text: str, layer: int, neuron: int, signal: st
     layout = LaneLayout.for_text(len(tokens))
     lanes = None
     if layout.lanes > 1:
-        run = functools.partial(
-            top_contexts, engine, tokens, layer - 1, neuron, signal, k, lanes=layout, progress=progress
-        )
         with torch_threads(cpu_threads(engine.device, available_cores())):  # products over all lanes: every core
-            found = run()
-            report = LaneReport(layout, found["boundaries"])
-            while report.offset(layer, neuron, signal) and report.passes <= SEEDED_PASSES:
-                found = run(seeds=found["final"])
-                report = LaneReport(layout, found["boundaries"], report.passes + 1)
-        lanes = {**report.to_dict(), "retraced": report.offset(layer, neuron, signal)}
+            found = top_contexts(engine, tokens, layer - 1, neuron, signal, k, lanes=layout, progress=progress)
+        lanes = {
+            **LaneReport(layout, found["boundaries"], 1 + found["rounds"]).to_dict(),
+            "traced_again": found["traced_again"],
+            "retraced": not found["joined"],
+        }
     if layout.lanes == 1 or lanes["retraced"]:
         with torch_threads(cpu_threads(engine.device, 1)):  # as `activations`: a trace is a chain of small products
             found = top_contexts(engine, tokens, layer - 1, neuron, signal, k, progress=progress)

@@ -120,6 +120,7 @@ class LaneTrace:
         self.engine, self.tokens, self.layout, self.block = engine, tokens, layout, block
         self.seeds = seeds
         self.boundaries: Boundaries | None = None
+        self.starts: list | None = None  # every lane's state at its first kept character
         self.final: list | None = None
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
@@ -144,9 +145,71 @@ class LaneTrace:
                 if self.seeds is not None:
                     state = _carried(state, self.seeds)
                 after_warmup = _copied(state)  # the buffers it may lie in are written again
-        self.final = _copied(state)
+        self.starts, self.final = after_warmup, _copied(state)
         if layout.lanes > 1:
-            self.boundaries = _compare(engine, after_warmup, self.final)
+            self.boundaries = joins(engine, after_warmup, self.final)
+
+
+class LaneRetrace:
+    """Some lanes of a layout traced again over the characters they keep, each from a start state
+    given per lane (for lane j, lane j−1's last state: its first kept character's state as lane j−1
+    reached it). Iterate for (positions, signal → [layers, n, hidden]) blocks as `LaneTrace`'s;
+    afterwards `final` holds the retraced lanes' last states. Lane 0 never needs it: it reads from
+    the text's start."""
+
+    def __init__(self, engine, tokens: torch.Tensor, layout: LaneLayout, lanes: list[int], starts: list, block: int):
+        self.engine, self.tokens, self.layout, self.lanes, self.starts = engine, tokens, layout, lanes, starts
+        self.block = block
+        self.final: list | None = None
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        engine, layout = self.engine, self.layout
+        firsts = np.array([layout.first(lane) + layout.warmup for lane in self.lanes])
+        tokens = self.tokens.new_zeros((layout.share, len(self.lanes)))
+        for b, first in enumerate(firsts.tolist()):
+            part = self.tokens[first : first + layout.share]
+            tokens[: len(part), b] = part
+        tokens = tokens.to(engine.device)
+        state = self.starts
+        buffers = trace_buffers(engine, self.block, len(self.lanes))
+        for begin in range(0, layout.share, self.block):
+            end = min(layout.share, begin + self.block)
+            part = engine.trace(tokens[begin:end], state, into=buffers)
+            state = engine.state_after(part)
+            positions = (np.arange(begin, end)[:, None] + firsts[None, :]).ravel()  # step-major, as the values
+            flat = {name: values.flatten(1, 2) for name, values in part.items()}
+            if positions[-1] >= layout.length:  # the last lane runs past the text's end
+                index = np.flatnonzero(positions < layout.length)
+                index_t = torch.from_numpy(index).to(engine.device)
+                positions, flat = positions[index], {n: v.index_select(1, index_t) for n, v in flat.items()}
+            yield positions, flat
+        self.final = _copied(state)
+
+
+def lane_rows(state: list, lanes: list[int]) -> list:
+    """Lanes `lanes` of a state laid out per layer as tuples of [lanes, hidden]."""
+    index = torch.tensor(lanes, device=state[0][0].device)
+    return [tuple(s.index_select(0, index) for s in layer) for layer in state]
+
+
+def set_lane_rows(state: list, lanes: list[int], rows: list) -> None:
+    """Lanes `lanes` of `state` become `rows` (as `lane_rows` returns them), in place."""
+    for layer, new in zip(state, rows, strict=True):
+        for s, row in zip(layer, new, strict=True):
+            s[lanes] = row
+
+
+def offset_lanes(starts: list, final: list, cell: tuple[int, int] | None = None, tolerance: float = 1e-3) -> list[int]:
+    """Lanes j ≥ 1 whose state at their first kept character is not lane j−1's last state: a hidden
+    state (any unit's) differs by more than `tolerance`, or, with `cell` (a 0-based layer, neuron),
+    that unit's cell does."""
+    lanes = starts[0][0].shape[0]
+    offset = torch.zeros(lanes - 1, dtype=torch.bool, device=starts[0][0].device)
+    for k, (start, last) in enumerate(zip(starts, final, strict=True)):
+        offset |= ((start[0][1:] - last[0][:-1]).abs() > tolerance).any(dim=1)
+        if cell is not None and cell[0] == k:
+            offset |= (start[1][1:, cell[1]] - last[1][:-1, cell[1]]).abs() > tolerance
+    return (offset.nonzero().flatten() + 1).tolist()
 
 
 def _copied(state: list) -> list:
@@ -161,8 +224,9 @@ def _carried(state: list, seeds: list) -> list:
     ]
 
 
-def _compare(engine, after_warmup: list, final: list, tolerance: float = 1e-3) -> Boundaries:
-    """Lane j's state after its warm-up against lane j−1's final state: the same character."""
+def joins(engine, after_warmup: list, final: list, tolerance: float = 1e-3) -> Boundaries:
+    """Lane j's state at its first kept character (after its warm-up, or as a seed gave it) against
+    lane j−1's final state: the same character."""
     names = ("hidden", "cell") if engine.kind == "lstm" else ("hidden",)
     largest, units = {}, {}
     for i, name in enumerate(names):

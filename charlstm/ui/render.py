@@ -350,10 +350,21 @@ def contexts_view(result: dict, source: str, width: int = 100):
     return views
 
 
+def _lanes_named(lanes: list[int]) -> str:
+    shown = ", ".join(str(lane) for lane in lanes[:5]) + (" …" if len(lanes) > 5 else "")
+    return f"lane{'s' if len(lanes) > 1 else ''} {shown}"
+
+
 def lanes_caption(lanes: dict) -> str:
     """How --top-contexts traced a long text (`unit_top_contexts`' "lanes")."""
     count, passes = lanes["lanes"], lanes["passes"]
     if lanes["retraced"]:
         return f"traced in one piece: {count} lanes did not join for this unit after {passes} passes"
-    how = f"{passes} passes, each lane going on from its neighbour's last state" if passes > 1 else "one pass"
+    again = lanes.get("traced_again") or []
+    how = (
+        f"{_lanes_named(again)} traced again from the last state of the lane before, in {passes - 1} "
+        f"round{'s' if passes > 2 else ''}"
+        if again
+        else "one pass"
+    )
     return f"traced in {count} lanes ({how}); they joined for this unit: the values are the trace in one piece's"
