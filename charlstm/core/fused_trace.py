@@ -199,18 +199,25 @@ def fused_trace(engine, tokens: torch.Tensor, state: list, into=None) -> dict[st
     # instructions keep float32's accuracy, they run in bf16 pieces (`fast_float32_products`).
     with fast_float32_products(engine.device):
         if engine.kind == "lstm" and tokens.shape[1] >= MANY_STREAMS:
-            return _stepped_trace(engine, tokens, state, into)
-        shape = (engine.layers, *tokens.shape, engine.hidden)
-        out = {s: torch.empty(shape, dtype=torch.float32, device=engine.device) for s in engine.signals}
-        x = engine.embedding[tokens]  # [T, B, in]
-        for k, (module, w, s) in enumerate(zip(engine._fused_layers, engine.weights, state, strict=True)):
-            if engine.kind == "lstm":
-                x = _lstm_layer(module, w, x, s, out, k)
-            elif engine.kind == "gru":
-                x = _gru_layer(module, w, x, s, out, k)
-            else:
-                out["hidden"][k] = x = _run(module, x, s)
+            out = _stepped_trace(engine, tokens, state, into)
+        else:
+            out = _fused_layers_trace(engine, tokens, state)
     return {name: values[:, :, 0] for name, values in out.items()} if single else out
+
+
+def _fused_layers_trace(engine, tokens: torch.Tensor, state: list) -> dict[str, torch.Tensor]:
+    """Each layer as a fused module over tokens [T, B], its gates recomputed after it."""
+    shape = (engine.layers, *tokens.shape, engine.hidden)
+    out = {s: torch.empty(shape, dtype=torch.float32, device=engine.device) for s in engine.signals}
+    x = engine.embedding[tokens]  # [T, B, in]
+    for k, (module, w, s) in enumerate(zip(engine._fused_layers, engine.weights, state, strict=True)):
+        if engine.kind == "lstm":
+            x = _lstm_layer(module, w, x, s, out, k)
+        elif engine.kind == "gru":
+            x = _gru_layer(module, w, x, s, out, k)
+        else:
+            out["hidden"][k] = x = _run(module, x, s)
+    return out
 
 
 def _stepped_trace(engine, tokens: torch.Tensor, state: list, into) -> dict[str, torch.Tensor]:
