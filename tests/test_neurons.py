@@ -379,3 +379,16 @@ def test_the_cell_colour_scale_is_its_largest_finite_value():
     np.testing.assert_array_equal(snippets.largest["cell"], [[3.0, 0.5]])
     snippets.add(4, {"cell": np.array([[[-4.0, 0.1]]], dtype=np.float32)})
     np.testing.assert_array_equal(snippets.largest["cell"], [[4.0, 0.5]])
+
+
+def test_correlations_take_float64_values_as_float32_ones():
+    rng = np.random.default_rng(5)
+    feature = rng.normal(size=500)
+    values = rng.normal(size=(2, 500, 8))
+    scores = {}
+    for dtype in (np.float64, np.float32):
+        stats = neurons.FeatureCorrelation(feature)
+        stats.add(0, {"hidden": values.astype(dtype)})
+        scores[dtype] = stats.scores()["hidden"]
+    np.testing.assert_allclose(scores[np.float64], scores[np.float32], atol=1e-6)
+    np.testing.assert_allclose(scores[np.float32][1, 3], np.corrcoef(values[1, :, 3], feature)[0, 1], atol=1e-5)

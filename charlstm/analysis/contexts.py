@@ -161,19 +161,17 @@ class _Contexts:
         return {"positive": positive, "negative": negative, "largest": max((f[2] for f in found), default=0.0)}
 
 
-def _unit_values(blocks, layer: int, neuron: int, signal: str):
+def _collect(found: _Contexts, blocks, unit: tuple[int, int, str], progress, total: int) -> None:
+    """Hand one unit's values (0-based layer, neuron, signal) from each traced block to `found`."""
+    layer, neuron, signal = unit
+    done = 0
     for at, part in blocks:
-        yield at, part[signal][layer, :, neuron].cpu().numpy()
-
-
-def _collect(found: _Contexts, blocks, progress, done: int, total: int) -> int:
-    for at, values in blocks:
+        values = part[signal][layer, :, neuron].cpu().numpy()
         found.add(at, values)
         done += len(values)
         if progress is not None:
             progress(done, total)
     found.finish()
-    return done
 
 
 def top_contexts(
@@ -203,13 +201,12 @@ def top_contexts(
     position, window start, window values). `progress(done, total)` hears after each block, in
     characters (a round again from 0).
     """
-    found = _Contexts(k)
-    total = tokens.shape[0]
+    found, unit, total = _Contexts(k), (layer, neuron, signal), tokens.shape[0]
     if lanes is None or lanes.lanes == 1:
-        _collect(found, _unit_values(engine.trace_chunks(tokens, chunk), layer, neuron, signal), progress, 0, total)
+        _collect(found, engine.trace_chunks(tokens, chunk), unit, progress, total)
         return {**found.best(), "boundaries": None, "rounds": 0, "traced_again": [], "joined": True}
     traced = LaneTrace(engine, tokens, lanes, max(1, CHUNK // lanes.lanes))
-    _collect(found, _unit_values(traced, layer, neuron, signal), progress, 0, total)
+    _collect(found, traced, unit, progress, total)
     starts, final = traced.starts, traced.final
     cell = (layer, neuron) if signal == "cell" else None
     again, rounds, apart = [], 0, offset_lanes(starts, final, cell)
@@ -220,7 +217,7 @@ def top_contexts(
         firsts = [lanes.first(j) + lanes.warmup for j in apart]
         found.forget(firsts)
         kept = sum(min(lanes.share, total - first) for first in firsts)
-        _collect(found, _unit_values(retrace, layer, neuron, signal), progress, 0, kept)
+        _collect(found, retrace, unit, progress, kept)
         set_lane_rows(starts, apart, retrace.starts)
         set_lane_rows(final, apart, retrace.final)
         again = sorted({*again, *apart})

@@ -162,7 +162,7 @@ class FeatureCorrelation:
         f_shift = f_mean - self.feature_mean
         ones_and_feature = torch.from_numpy(np.stack([np.ones(n_new, dtype=np.float32), f_centred]))  # [2, T]
         for signal, values in chunk.items():
-            values = torch.from_numpy(values)  # the same memory: torch's reductions use every thread
+            values = torch.from_numpy(np.asarray(values, dtype=np.float32))  # the same memory, on every thread
             # Sums over the chunk's characters as products ([T] @ [layers, T, hidden]: BLAS, 2–5×
             # faster than reductions across this axis). The values are centred on a float32 guess of
             # their mean and the residual sums correct it (the shifted-data form: no cancellation
