@@ -34,6 +34,9 @@ WARMUP = 4096
 # warm-up (5%, 10%, 21% more to trace), so 128 gave the most text a second.
 MAX_LANES = 128
 SHARES_PER_WARMUP = 4  # a lane keeps at least 4 warm-ups' worth: warming up costs at most 1/4 more
+# Lane j joins lane j−1 where its state at its first kept character is within this of lane j−1's
+# last state, unit by unit.
+JOIN_TOLERANCE = 1e-3
 # Seeded passes (`LaneTrace`'s seeds) a mode may run after the first where the lanes did not join,
 # before it gives up on them (one joined the shipped model's whole training split).
 SEEDED_PASSES = 2
@@ -94,7 +97,7 @@ class Boundaries:
 
     largest: dict[str, float]
     units: dict[str, list[tuple[int, int]]]
-    tolerance: float = 1e-3
+    tolerance: float = JOIN_TOLERANCE
 
     def to_dict(self) -> dict:
         return {
@@ -199,7 +202,9 @@ def set_lane_rows(state: list, lanes: list[int], rows: list) -> None:
             s[lanes] = row
 
 
-def offset_lanes(starts: list, final: list, cell: tuple[int, int] | None = None, tolerance: float = 1e-3) -> list[int]:
+def offset_lanes(
+    starts: list, final: list, cell: tuple[int, int] | None = None, tolerance: float = JOIN_TOLERANCE
+) -> list[int]:
     """Lanes j ≥ 1 whose state at their first kept character is not lane j−1's last state: a hidden
     state (any unit's) differs by more than `tolerance`, or, with `cell` (a 0-based layer, neuron),
     that unit's cell does."""
@@ -224,7 +229,7 @@ def _carried(state: list, seeds: list) -> list:
     ]
 
 
-def joins(engine, after_warmup: list, final: list, tolerance: float = 1e-3) -> Boundaries:
+def joins(engine, after_warmup: list, final: list, tolerance: float = JOIN_TOLERANCE) -> Boundaries:
     """Lane j's state at its first kept character (after its warm-up, or as a seed gave it) against
     lane j−1's final state: the same character."""
     names = ("hidden", "cell") if engine.kind == "lstm" else ("hidden",)
