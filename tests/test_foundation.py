@@ -123,3 +123,30 @@ def test_written_files_get_the_mode_open_would_give(tmp_path, tiny_dataset):
         assert stat.S_IMODE((tmp_path / "ds").stat().st_mode) == 0o755
     finally:
         os.umask(mask)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_parameter_shapes_are_the_built_models_own(kind, layers):
+    from charlstm.core.model import CharRNN, ModelConfig, parameter_shapes
+
+    config = ModelConfig(vocab_size=23, kind=kind, layers=layers, hidden=12, embed=5)
+    built = {name: tuple(tensor.shape) for name, tensor in CharRNN(config).state_dict().items()}
+    assert list(parameter_shapes(config).items()) == list(built.items())
+
+
+@pytest.mark.slow  # a process of its own: what it imports is the point
+def test_opening_a_checkpoint_does_not_import_torchs_compiler():
+    """Checking a checkpoint's weights against its config once built the model on the meta device,
+    whose random initialisers import torch._dynamo: a second added to every command's start."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained-python"
+    code = (
+        "import sys; from charlstm.core.checkpoint import open_model; "
+        f"open_model({str(shipped)!r}); print('torch._dynamo' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False", result.stderr

@@ -25,7 +25,7 @@ import torch
 
 from .config import DEVICES, PRECISIONS
 from .errors import CharlstmError
-from .model import RNN_MODULES, CharRNN, ModelConfig
+from .model import RNN_MODULES, ModelConfig, parameter_shapes
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -381,17 +381,19 @@ def training_precision(requested: str, device: torch.device, kind: str, hidden: 
 # Memory: what training a model needs, and what the device has
 
 
+MAX_TENSOR_ELEMENTS = 2**63 - 1  # a tensor's element count is a signed 64-bit integer
+
+
 def training_memory(model_config: ModelConfig, lanes: int, seq_len: int) -> tuple[int, int]:
     """(parameters, bytes) for training a model, roughly: fp32 weights, gradients and AdamW's two
     moments, plus what one step keeps for the backward pass (every layer's gates and states, logits)."""
-    try:
-        with torch.device("meta"):  # counts the parameters without allocating them
-            params = CharRNN(model_config).num_parameters()
-    except (RuntimeError, TypeError, ValueError, OverflowError):
+    shapes = parameter_shapes(model_config).values()
+    if any(math.prod(shape) > MAX_TENSOR_ELEMENTS for shape in shapes):
         raise CharlstmError(
             f"a {model_config.layers}×{model_config.hidden} model with --embed {model_config.embed} "
             "is too large to build"
-        ) from None
+        )
+    params = sum(math.prod(shape) for shape in shapes)
     per_char = model_config.layers * model_config.hidden * 8 + model_config.embed + 3 * model_config.vocab_size
     return params, 16 * params + 4 * lanes * seq_len * per_char
 

@@ -24,7 +24,7 @@ import torch
 from .backend import resolve_device
 from .errors import CharlstmError, first_line, refuse_empty, shown_path
 from .files import atomic_write
-from .model import CharRNN, ModelConfig
+from .model import CharRNN, ModelConfig, parameter_shapes
 from .vocab import Vocab
 
 FORMAT = "charlstm-checkpoint"
@@ -190,8 +190,7 @@ def _check_model(payload: dict, path: Path) -> None:
             f"{shown_path(path)}: its vocabulary has {len(payload['vocab'])} symbols but its model_config "
             f"{config.vocab_size} (one output per symbol)"
         )
-    with torch.device("meta"):  # shapes only: no memory, however large the config claims to be
-        expected = {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
+    expected = parameter_shapes(config)  # no memory, however large the config claims to be
     found = {k: tuple(v.shape) for k, v in payload["model"].items()}
     problems = [f"{k} missing" for k in expected if k not in found]
     problems += [

@@ -12,6 +12,7 @@ from .config import ModelConfig  # the model's shape (there, without torch, for 
 LN2 = math.log(2.0)  # the loss is in nats; divided by this, in bits
 RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # each kind's torch module (config.RNN_KINDS)
 
+GATE_ROWS = {"lstm": 4, "gru": 3, "rnn": 1}  # blocks of `hidden` rows in each kind's weight matrices
 # A recurrent state: (h, c) for an LSTM, h for a GRU or tanh RNN; each [layers, batch, hidden].
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -59,6 +60,22 @@ class CharRNN(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """`CharRNN(config).state_dict()`'s shapes, name for name and in its order, computed instead of
+    built: building even on the meta device costs a second the first time (its random initialisers
+    import torch's compiler), and a checkpoint's claimed config may be any size."""
+    rows = GATE_ROWS[config.kind] * config.hidden
+    shapes = {"embedding.weight": (config.vocab_size, config.embed)}
+    for k in range(config.layers):
+        shapes[f"rnn.weight_ih_l{k}"] = (rows, config.embed if k == 0 else config.hidden)
+        shapes[f"rnn.weight_hh_l{k}"] = (rows, config.hidden)
+        shapes[f"rnn.bias_ih_l{k}"] = (rows,)
+        shapes[f"rnn.bias_hh_l{k}"] = (rows,)
+    shapes["head.weight"] = (config.vocab_size, config.hidden)
+    shapes["head.bias"] = (config.vocab_size,)
+    return shapes
 
 
 def detach_state(state: State) -> State:
