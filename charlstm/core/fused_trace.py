@@ -101,6 +101,7 @@ class SteppedLayer(NamedTuple):
 
 
 def stepped_weights(engine) -> list[SteppedLayer]:
+    """Each of the engine's LSTM layers as a `SteppedLayer`, float32, on the engine's device."""
     out = []
     for k, w in enumerate(engine.weights):
         hidden = w.w_hh_t.shape[0]
