@@ -214,10 +214,8 @@ def top_contexts(
         rounds += 1
         seeds = lane_rows(final, [j - 1 for j in apart])
         retrace = LaneRetrace(engine, tokens, lanes, apart, seeds, max(1, CHUNK // len(apart)))
-        firsts = [lanes.first(j) + lanes.warmup for j in apart]
-        found.forget(firsts)
-        kept = sum(min(lanes.share, total - first) for first in firsts)
-        _collect(found, retrace, unit, progress, kept)
+        found.forget(retrace.firsts)
+        _collect(found, retrace, unit, progress, retrace.chars)
         set_lane_rows(starts, apart, retrace.starts)
         set_lane_rows(final, apart, retrace.final)
         again = sorted({*again, *apart})

@@ -68,6 +68,10 @@ class LaneLayout:
         """The first character lane `lane` reads."""
         return lane * self.share
 
+    def first_kept(self, lane: int) -> int:
+        """The first character lane `lane` keeps: after its warm-up (lane 0 has none to drop)."""
+        return self.first(lane) + self.warmup if lane else 0
+
     def lane_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [length] → [steps, lanes]; the last lane's steps past the text's end read token 0."""
         out = tokens.new_zeros((self.steps, self.lanes))
@@ -163,13 +167,15 @@ class LaneRetrace:
     def __init__(self, engine, tokens: torch.Tensor, layout: LaneLayout, lanes: list[int], starts: list, block: int):
         self.engine, self.tokens, self.layout, self.lanes, self.starts = engine, tokens, layout, lanes, starts
         self.block = block
+        self.firsts = [layout.first_kept(lane) for lane in lanes]  # where each lane's share begins
+        self.chars = sum(min(layout.share, layout.length - first) for first in self.firsts)  # what it yields
         self.final: list | None = None
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         engine, layout = self.engine, self.layout
-        firsts = np.array([layout.first(lane) + layout.warmup for lane in self.lanes])
+        firsts = np.array(self.firsts)
         tokens = self.tokens.new_zeros((layout.share, len(self.lanes)))
-        for b, first in enumerate(firsts.tolist()):
+        for b, first in enumerate(self.firsts):
             part = self.tokens[first : first + layout.share]
             tokens[: len(part), b] = part
         tokens = tokens.to(engine.device)
@@ -208,13 +214,17 @@ def offset_lanes(
     """Lanes j ≥ 1 whose state at their first kept character is not lane j−1's last state: a hidden
     state (any unit's) differs by more than `tolerance`, or, with `cell` (a 0-based layer, neuron),
     that unit's cell does."""
-    lanes = starts[0][0].shape[0]
-    offset = torch.zeros(lanes - 1, dtype=torch.bool, device=starts[0][0].device)
-    for k, (start, last) in enumerate(zip(starts, final, strict=True)):
-        offset |= ((start[0][1:] - last[0][:-1]).abs() > tolerance).any(dim=1)
-        if cell is not None and cell[0] == k:
-            offset |= (start[1][1:, cell[1]] - last[1][:-1, cell[1]]).abs() > tolerance
+    offset = (_gaps(starts, final, 0) > tolerance).any(dim=2).any(dim=0)
+    if cell is not None:
+        layer, neuron = cell
+        offset |= _gaps(starts, final, 1)[layer, :, neuron] > tolerance
     return (offset.nonzero().flatten() + 1).tolist()
+
+
+def _gaps(starts: list, final: list, i: int) -> torch.Tensor:
+    """|lane j's start − lane j−1's last state| of state `i` (0 hidden, 1 cell) for j ≥ 1: the same
+    character reached two ways. [layers, lanes − 1, hidden]."""
+    return torch.stack([(s[i][1:] - f[i][:-1]).abs().float() for s, f in zip(starts, final, strict=True)])
 
 
 def _copied(state: list) -> list:
@@ -235,10 +245,7 @@ def joins(engine, after_warmup: list, final: list, tolerance: float = JOIN_TOLER
     names = ("hidden", "cell") if engine.kind == "lstm" else ("hidden",)
     largest, units = {}, {}
     for i, name in enumerate(names):
-        # [layers, hidden]: each unit's largest difference over the boundaries
-        diff = torch.stack(
-            [(w[i][1:] - f[i][:-1]).abs().float().amax(dim=0) for w, f in zip(after_warmup, final, strict=True)]
-        )
+        diff = _gaps(after_warmup, final, i).amax(dim=1)  # [layers, hidden]: each unit's largest over the boundaries
         largest[name] = float(diff.max())
         units[name] = [(layer + 1, neuron) for layer, neuron in (diff > tolerance).nonzero().tolist()]
     return Boundaries(largest, units, tolerance)
